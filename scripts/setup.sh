@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what stunturn-diag and its test suite need on a fresh Debian machine
+# (run as root): kernel NAT tooling, third-party STUN peers, Redis, and the
+# Python package itself with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    need=()
+    for pkg_cmd in nftables:nft iproute2:ip coturn:turnutils_stunclient stun-client:stun redis-server:redis-server; do
+        command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
+    done
+    if [ "${#need[@]}" -gt 0 ]; then
+        echo "setup: apt-get install ${need[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+else
+    echo "setup: not root or no apt-get: install nftables iproute2 coturn stun-client redis-server yourself" >&2
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING' -e 'Location' || true
+python3 -c 'import stunturn_diag, stunturn_server' 
+echo "setup: ok" >&2

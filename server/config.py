@@ -1,0 +1,77 @@
+"""Server settings shared by the Flask app factory, the STUN responder and ``serve``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from stunturn_diag.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StunEndpoint:
+    """One address:port the STUN responder answers on (RFC 5780 section 7)."""
+
+    ip: str
+    port: int
+    role: str  # "primary" | "alt-port" | "alt-ip" | "alt-both"
+
+    def as_dict(self) -> dict:
+        return {"ip": self.ip, "port": self.port, "role": self.role}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs; every field has a sane default."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    #: address the STUN responder binds (defaults to ``http_host``)
+    stun_host: str | None = None
+    stun_port: int = 3478
+    #: alternate IP for RFC 5780 behaviour tests; ``None`` disables them
+    alt_ip: str | None = None
+    alt_port: int = 3479
+    #: longest time an initiator's long-poll is held (seconds)
+    wait_timeout: float = 30.0
+    #: largest accepted HTTP request body (bytes)
+    max_body: int = 16 * 1024
+    #: run the STUN responder beside HTTP
+    stun_enabled: bool = True
+    log_level: str = "INFO"
+    #: extra settings for extensions (store URL, rate limits...)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("http_host",) + (("stun_host",) if self.stun_host else ()) + (
+                ("alt_ip",) if self.alt_ip else ()):
+            value = getattr(self, name)
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be an IP address, got {value!r}",
+                                  hint="use a numeric address such as 127.0.0.1") from None
+        for name in ("http_port", "stun_port", "alt_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 65535:
+                raise ConfigError(f"{name} must be a port 0-65535, got {value!r}")
+        if self.stun_port == self.alt_port and self.stun_port != 0:
+            raise ConfigError("stun_port and alt_port must differ",
+                              hint="RFC 5780 needs two distinct ports")
+        if not (0 < self.wait_timeout <= 3600):
+            raise ConfigError(f"wait_timeout must be in (0, 3600] seconds, got {self.wait_timeout}")
+
+    @property
+    def stun_ip(self) -> str:
+        return self.stun_host or self.http_host
+
+    def stun_endpoints(self) -> list[StunEndpoint]:
+        """The STUN endpoints this configuration serves (primary first)."""
+        eps = [StunEndpoint(self.stun_ip, self.stun_port, "primary")]
+        if self.alt_ip:
+            eps += [
+                StunEndpoint(self.stun_ip, self.alt_port, "alt-port"),
+                StunEndpoint(self.alt_ip, self.stun_port, "alt-ip"),
+                StunEndpoint(self.alt_ip, self.alt_port, "alt-both"),
+            ]
+        return eps

@@ -1,0 +1,11 @@
+"""`stunturn-diag lab` (not built yet)."""
+
+import click
+
+from ._common import not_built
+
+
+@click.command("lab", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def command() -> None:
+    """Not built yet."""
+    not_built("lab")

@@ -1,0 +1,112 @@
+"""The one exception hierarchy of stunturn-diag.
+
+Every error says what happened and what to do about it. Only ``cli.py`` turns
+these into ``click.ClickException``; library users catch ``StunturnError``.
+"""
+
+from __future__ import annotations
+
+
+class StunturnError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    #: stable, machine-readable code (used in ``--json`` output)
+    code = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class StunDecodeError(StunturnError, ValueError):
+    """Bytes are not a well-formed STUN message (RFC 8489 section 5/14)."""
+
+    code = "stun-decode"
+
+
+class StunIntegrityError(StunDecodeError):
+    """MESSAGE-INTEGRITY or FINGERPRINT did not verify (RFC 8489 sections 14.5, 14.7)."""
+
+    code = "stun-integrity"
+
+
+class ConfigError(StunturnError):
+    """A setting or option value is invalid."""
+
+    code = "config"
+
+
+class PrivilegeError(StunturnError):
+    """An operation needs root (CAP_NET_ADMIN / CAP_NET_RAW) and we do not have it."""
+
+    code = "privilege"
+
+
+class SignalingError(StunturnError):
+    """Talking to the signaling server failed (unreachable, bad answer, 4xx)."""
+
+    code = "signaling"
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None,
+                 error: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.error = error
+
+
+class ServerUnreachable(SignalingError):
+    code = "server-unreachable"
+
+
+class PairingTimeout(SignalingError):
+    """The initiator's long-poll ended without a receiver checking in."""
+
+    code = "timeout"
+
+
+class NoInitiatorWaiting(SignalingError):
+    """A receiver checked in but no initiator waits for this key and this IP."""
+
+    code = "no-initiator"
+
+
+class PairingConflict(SignalingError):
+    """Another initiator already waits for this key and target IP."""
+
+    code = "conflict"
+
+
+class ProbeError(StunturnError):
+    """The NAT probe could not run at all (e.g. STUN server unreachable)."""
+
+    code = "probe"
+
+
+class PunchError(StunturnError):
+    """Hole punching failed; ``reason`` names the cause, ``attempts`` each attempt's failure."""
+
+    code = "punch-failed"
+
+    def __init__(self, message: str, *, hint: str | None = None, reason: str = "failed",
+                 attempts: list[dict] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.attempts = attempts or []
+
+
+class AuthenticationError(PunchError):
+    """The peer did not prove knowledge of the access key."""
+
+    code = "auth-failed"
+
+
+class LabError(StunturnError):
+    """Building, using or tearing down a NAT lab failed."""
+
+    code = "lab"
