@@ -1,0 +1,1 @@
+"""Hole punching: pure auth handshake and strategy decision, UDP/TCP runners, API."""
