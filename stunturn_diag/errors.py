@@ -36,6 +36,12 @@ class StunIntegrityError(StunDecodeError):
     code = "stun-integrity"
 
 
+class StunEncodeError(StunturnError, ValueError):
+    """A STUN message or attribute value cannot be encoded (RFC 8489 sections 5, 14)."""
+
+    code = "stun-encode"
+
+
 class ConfigError(StunturnError):
     """A setting or option value is invalid."""
 

@@ -1,0 +1,28 @@
+"""Sans-IO STUN codec: RFC 8489 (and 5389), RFC 5780 attributes, classic RFC 3489.
+
+No sockets, no clocks, no Scapy here (Scapy layers live in
+:mod:`stunturn_diag.stun.scapy_layers`, imported on demand).
+"""
+
+from .attributes import CODECS as KNOWN_ATTRIBUTES
+from .codec import decode, encode, join_type, looks_like_stun, message_length, split_type
+from .constants import (
+    FINGERPRINT_XOR,
+    HEADER_LENGTH,
+    MAGIC_COOKIE,
+    AttrType,
+    MessageClass,
+    Method,
+    is_comprehension_required,
+)
+from .integrity import long_term_key, saslprep, short_term_key
+from .message import StunMessage, binding_request, new_transaction_id
+from .values import Address, ChangeRequest, ErrorCode
+
+__all__ = [
+    "MAGIC_COOKIE", "FINGERPRINT_XOR", "HEADER_LENGTH", "Method", "MessageClass", "AttrType",
+    "StunMessage", "Address", "ChangeRequest", "ErrorCode", "decode", "encode",
+    "looks_like_stun", "message_length", "new_transaction_id", "binding_request",
+    "split_type", "join_type", "is_comprehension_required", "KNOWN_ATTRIBUTES",
+    "long_term_key", "short_term_key", "saslprep",
+]
