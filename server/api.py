@@ -1,0 +1,220 @@
+"""The signaling blueprint: ``/healthz``, ``/v1/info``, ``/v1/initiate`` (long-poll), ``/v1/checkin``.
+
+Thin I/O around the pure :mod:`matching` logic: read and validate the body, read
+the client's observed address (``REMOTE_ADDR``/``REMOTE_PORT``; proxy headers are
+not trusted), call the matcher with the injected clock, wait in the mailbox.
+Per-app state lives in ``app.extensions["stunturn"]`` (a :class:`SignalingState`).
+Every failure is an :class:`ApiError`, rendered by the app's one JSON error handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from stunturn_diag import __version__
+
+from . import probe_assist, validation
+from .config import ServerConfig
+from .matching import Conflict, Matcher
+
+log = logging.getLogger("stunturn_server.pairing")
+
+#: a receiver took the waiter just as the initiator's wait ended: how long to await its match
+LATE_DELIVERY_GRACE = 5.0
+
+#: ``watch_hangup(environ, on_hangup) -> stop``: call ``on_hangup`` when the client goes away
+HangupWatcher = Callable[[dict, Callable[[], None]], Callable[[], None]]
+
+
+def no_hangup_watch(environ: dict, on_hangup: Callable[[], None]) -> Callable[[], None]:
+    """Default watcher for servers that cannot expose the client socket: watches nothing."""
+    return lambda: None
+
+
+class ApiError(HTTPException):
+    """An API failure with a stable ``error`` code and extra JSON fields."""
+
+    def __init__(self, status: int, error: str, message: str, **extra) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.error = error
+        self.extra = extra
+
+
+@dataclass
+class SignalingState:
+    """Everything the routes need, created by :func:`stunturn_server.app.create_app`."""
+
+    config: ServerConfig
+    matcher: Matcher
+    clock: Callable[[], float]
+    watch_hangup: HangupWatcher = no_hangup_watch
+    stun_endpoints: list[dict] | None = None  # actual endpoints when the STUN service runs
+    stun_unavailable: list[str] = field(default_factory=list)
+
+
+bp = Blueprint("signaling", __name__)
+PROBE_ASSIST = bool(probe_assist.register(bp))
+
+
+def _state() -> SignalingState:
+    return current_app.extensions["stunturn"]
+
+
+def _json_body() -> dict:
+    """The request's JSON object; 415 for other media types, 413 before reading an oversized body."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported-media-type",
+                       f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
+    limit = _state().config.max_body
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, "payload-too-large", f"body of {length} bytes exceeds the {limit} byte limit")
+    body = request.get_data(cache=False)  # werkzeug stops at MAX_CONTENT_LENGTH (chunked bodies)
+    if len(body) > limit:
+        raise ApiError(413, "payload-too-large", f"body exceeds the {limit} byte limit")
+    try:
+        return validation.parse_json_object(body)
+    except validation.BadRequest as exc:
+        raise ApiError(400, "bad-request", str(exc)) from None
+
+
+def _validated(parse, obj: dict):
+    try:
+        return parse(obj)
+    except validation.BadRequest as exc:
+        raise ApiError(400, "bad-request", str(exc)) from None
+
+
+def _observed() -> tuple[str, int]:
+    """The client's address as this server sees it (no proxy headers trusted)."""
+    environ = request.environ
+    try:
+        ip = validation.canonical_ip(environ.get("REMOTE_ADDR") or "")
+    except ValueError:
+        raise ApiError(400, "no-client-address", "cannot tell the client's IP address") from None
+    try:
+        port = int(environ.get("REMOTE_PORT") or 0)
+    except ValueError:
+        port = 0
+    return ip, port
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    ip, port = address
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"ok": True, "waiting": _state().matcher.store.waiting_count()})
+
+
+def _stun_info(state: SignalingState) -> dict:
+    cfg = state.config
+    unavailable = list(state.stun_unavailable)
+    if state.stun_endpoints is not None:
+        endpoints = state.stun_endpoints
+    elif cfg.stun_enabled:
+        endpoints = [ep.as_dict() for ep in cfg.stun_endpoints()]
+    else:
+        endpoints = []
+        unavailable.append("the STUN responder is disabled on this server")
+    by_role = {ep["role"]: {"ip": ep["ip"], "port": ep["port"]} for ep in endpoints}
+    behaviour = all(role in by_role for role in ("primary", "alt-port", "alt-ip", "alt-both"))
+    if endpoints and not cfg.alt_ip:
+        unavailable.append("no alternate IP configured (serve --alt-ip): RFC 5780 behaviour tests "
+                           "(CHANGE-REQUEST, OTHER-ADDRESS) are unavailable; only the mapped address "
+                           "can be learned")
+    return {
+        "enabled": bool(endpoints),
+        "primary": by_role.get("primary"),
+        "alt_port": by_role.get("alt-port"),
+        "alt_ip": by_role.get("alt-ip"),
+        "alt_both": by_role.get("alt-both"),
+        "transports": ["udp", "tcp"] if endpoints else [],
+        "behaviour_tests": behaviour,
+        "unavailable": unavailable,
+    }
+
+
+@bp.get("/v1/info")
+def info():
+    state = _state()
+    return jsonify({"version": __version__, "wait_timeout": state.config.wait_timeout,
+                    "stun": _stun_info(state), "probe_assist": PROBE_ASSIST})
+
+
+@bp.post("/v1/initiate")
+def initiate():
+    """Long-poll: wait until the receiver named by ``target_ip`` checks in, or time out (408)."""
+    state = _state()
+    req = _validated(validation.initiate_request, _json_body())
+    observed = _observed()
+    timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
+    started = state.clock()
+    try:
+        reg = state.matcher.register(req.access_key, req.target_ip, req.protocol, observed=observed,
+                                     details=req.details, now=started, timeout=timeout)
+    except Conflict as exc:
+        log.info("pair conflict key=%s target=%s from=%s", exc.slot.label, req.target_ip, _fmt(observed))
+        raise ApiError(409, "conflict", "another initiator is already waiting for this access key and "
+                       "target IP; wait for it to finish or use another key") from None
+    slot = reg.waiter.slot
+    log.info("pair waiting key=%s target=%s from=%s protocol=%s timeout=%gs",
+             slot.label, slot.target_ip, _fmt(observed), req.protocol, timeout)
+    hung_up = False
+
+    def on_hangup() -> None:
+        nonlocal hung_up
+        hung_up = True
+        reg.mailbox.interrupt()
+
+    stop_watch = state.watch_hangup(request.environ, on_hangup)
+    try:
+        match = reg.mailbox.wait(timeout)
+        if match is None and not state.matcher.leave(reg.waiter):
+            # a receiver took the entry at the last moment: its match is being delivered
+            match = reg.mailbox.wait(LATE_DELIVERY_GRACE)
+    finally:
+        stop_watch()
+        state.matcher.leave(reg.waiter)
+        reg.mailbox.close()
+    waited = round(state.clock() - started, 3)
+    if match is not None:
+        return jsonify(match.initiator_answer())
+    if hung_up:
+        log.info("pair hangup key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
+                 _fmt(observed), waited)
+        raise ApiError(408, "client-gone", "the client closed the connection while waiting",
+                       waited=waited)
+    log.info("pair timeout key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
+             _fmt(observed), waited)
+    raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "
+                   f"within {timeout:g}s; start the receiver (checkin) while the initiator waits",
+                   waited=waited)
+
+
+@bp.post("/v1/checkin")
+def checkin():
+    """Immediate: match the initiator waiting for this key and the caller's observed IP, or 404."""
+    state = _state()
+    req = _validated(validation.checkin_request, _json_body())
+    observed = _observed()
+    match = state.matcher.checkin(req.access_key, observed=observed, details=req.details,
+                                  now=state.clock())
+    if match is None:
+        label = state.matcher.slot(req.access_key, observed[0]).label
+        log.info("pair no-initiator key=%s from=%s", label, _fmt(observed))
+        raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
+                       f"{observed[0]}; start the initiator first (it must name {observed[0]} as "
+                       f"target_ip) and check in while it waits")
+    log.info("pair matched key=%s match=%s initiator=%s receiver=%s protocol=%s",
+             match.initiator.slot.label, match.match_id, _fmt(match.initiator.observed),
+             _fmt(observed), match.protocol)
+    return jsonify(match.receiver_answer())

@@ -1,0 +1,295 @@
+"""Run the server: gevent WSGI (thousands of long-polls) + the STUN service.
+
+``start_server(config)`` is non-blocking and embeddable: the gevent server runs in
+its own thread with its own hub, nothing is monkey-patched, so the host program's
+threads and sockets behave as before. ``serve_forever(config)`` blocks until
+Ctrl-C / SIGTERM and is what ``stunturn-diag serve`` calls.
+
+Long-polls wait on ``gevent.event.Event``; a client that hangs up while waiting is
+noticed by watching its socket for EOF (the handler puts the socket into the WSGI
+environ) and its entry is freed at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import resource
+import signal
+import socket
+import threading
+from typing import Callable
+
+from stunturn_diag.errors import ConfigError, StunturnError
+
+from .app import create_app
+from .config import ServerConfig
+
+log = logging.getLogger("stunturn_server.runner")
+
+#: WSGI environ key holding the client's gevent socket (set by :class:`_SocketHandler`)
+SOCKET_ENVIRON_KEY = "stunturn.client_socket"
+_LISTEN_BACKLOG = 4096
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s to %s: %s", soft, target, exc)
+    return soft
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> ConfigError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        hint = "another program already uses this port; pick another port or stop that program"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = "this machine has no such address; use one of its own addresses (e.g. 127.0.0.1)"
+    elif exc.errno == errno.EACCES:
+        hint = "ports below 1024 need root; pick a port >= 1024"
+    else:
+        hint = None
+    return ConfigError(f"cannot bind the {what} on {where}: {exc.strerror or exc}", hint=hint)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking TCP socket (errors become :class:`ConfigError`)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(_LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error("HTTP server", host, port, exc) from None
+    return sock
+
+
+def _handler_class():
+    from gevent.pywsgi import WSGIHandler
+
+    class _SocketHandler(WSGIHandler):
+        """Puts the client socket into the environ so a long-poll can watch for a hang-up."""
+
+        def get_environ(self):
+            environ = super().get_environ()
+            environ[SOCKET_ENVIRON_KEY] = self.socket
+            return environ
+
+    return _SocketHandler
+
+
+def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callable[[], None]:
+    """Call ``on_hangup`` (in the hub) when the client's socket reaches EOF or resets.
+
+    Returns a function that stops watching. If the client pipelines more data
+    instead, watching stops quietly (a hang-up can then no longer be told apart).
+    """
+    sock = environ.get(SOCKET_ENVIRON_KEY)
+    if sock is None:
+        return lambda: None
+    import gevent
+
+    raw = getattr(sock, "_sock", sock)  # the stdlib socket under gevent's wrapper
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+
+    def on_readable() -> None:
+        try:
+            data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        watcher.stop()
+        if not data:
+            on_hangup()
+
+    watcher.start(on_readable)
+
+    def stop() -> None:
+        watcher.stop()
+        watcher.close()
+
+    return stop
+
+
+def _normalise_endpoints(endpoints) -> list[dict]:
+    out = []
+    for ep in endpoints or []:
+        item = ep.as_dict() if hasattr(ep, "as_dict") else dict(ep)
+        out.append(item)
+    return out
+
+
+class ServerHandle:
+    """A running server. ``stop()`` is clean and idempotent; also a context manager."""
+
+    def __init__(self, config: ServerConfig, listener: socket.socket, stun_service) -> None:
+        self.config = config
+        self._listener = listener
+        self.stun_service = stun_service
+        host, port = listener.getsockname()[:2]
+        self.http_address: tuple[str, int] = (host, port)
+        self.http_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.stun_endpoints: list[dict] = _normalise_endpoints(
+            getattr(stun_service, "endpoints", None)) if stun_service else []
+        self.app = create_app(
+            config,
+            signal_factory=_gevent_event,
+            watch_hangup=gevent_watch_hangup,
+            stun_endpoints=self.stun_endpoints if stun_service else None,
+        )
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
+        self._wake = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stunturn-http", daemon=True)
+
+    # -- the gevent thread -------------------------------------------------------------
+    def _run(self) -> None:
+        import gevent
+        import gevent.event
+        from gevent.pywsgi import WSGIServer
+
+        hub = gevent.get_hub()
+        stop_event = gevent.event.Event()
+        try:
+            self._wake = hub.loop.async_()
+            self._wake.start(stop_event.set)
+            server = WSGIServer(self._listener, self.app, handler_class=_handler_class(),
+                                log=None, error_log=logging.getLogger("stunturn_server.wsgi"))
+            server.start()
+        except BaseException as exc:  # pragma: no cover - start-up failure is reported by start()
+            self._error = exc
+            self._ready.set()
+            self._stopped.set()
+            return
+        self._ready.set()
+        try:
+            stop_event.wait()
+            server.stop(timeout=1.0)
+        finally:
+            self._wake.close()
+            self._listener.close()
+            try:
+                hub.destroy(destroy_loop=True)
+            finally:
+                self._stopped.set()
+
+    def _start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._stop_stun()
+            raise ConfigError(f"the HTTP server failed to start: {self._error}")
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._ready.is_set() and not self._stopped.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; ``True`` if it has."""
+        return self._stopped.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop HTTP and STUN; waiting long-polls are dropped. Safe to call more than once."""
+        with self._stop_lock:
+            first = not self._stop_requested
+            self._stop_requested = True
+        if first:
+            if self._wake is not None and self._thread.is_alive():
+                self._wake.send()
+            self._stop_stun()
+        self._thread.join(timeout)
+
+    def _stop_stun(self) -> None:
+        service, self.stun_service = self.stun_service, None
+        if service is not None:
+            try:
+                service.stop()
+            except Exception:  # pragma: no cover - never let shutdown raise
+                log.exception("stopping the STUN service failed")
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _gevent_event():
+    import gevent.event
+
+    return gevent.event.Event()
+
+
+def _start_stun(config: ServerConfig):
+    try:
+        from .stun.service import start_stun_service
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("stunturn_server.stun"):
+            raise
+        raise ConfigError("this installation has no STUN responder (stunturn_server.stun.service)",
+                          hint="run the signaling server alone with --no-stun") from None
+    try:
+        return start_stun_service(config)
+    except StunturnError:
+        raise
+    except OSError as exc:
+        raise _bind_error("STUN responder", config.stun_ip, config.stun_port, exc) from None
+
+
+def start_server(config: ServerConfig) -> ServerHandle:
+    """Start HTTP (+ STUN when ``config.stun_enabled``) and return at once.
+
+    Binding errors raise :class:`ConfigError` before anything keeps running.
+    Raises the open-file soft limit to the hard limit (each long-poll holds a socket).
+    """
+    raise_nofile_limit()
+    listener = bind_listener(config.http_host, config.http_port)
+    try:
+        stun = _start_stun(config) if config.stun_enabled else None
+    except BaseException:
+        listener.close()
+        raise
+    handle = ServerHandle(config, listener, stun)
+    try:
+        handle._start()
+    except BaseException:
+        listener.close()
+        raise
+    log.info("signaling server listening on %s", handle.http_url)
+    return handle
+
+
+def serve_forever(config: ServerConfig, *, on_ready: Callable[[ServerHandle], None] | None = None) -> None:
+    """Run until Ctrl-C or SIGTERM, then stop cleanly. ``on_ready`` gets the running handle."""
+    handle = start_server(config)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(signum, frame):
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if on_ready is not None:
+            on_ready(handle)
+        while not handle.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

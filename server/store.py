@@ -1,0 +1,156 @@
+"""Matching store: the atomic operations pairing needs, plus waking a waiting initiator.
+
+:class:`MatchStore` is the interface; :class:`InMemoryStore` is the single-process
+implementation. A shared store (e.g. Redis, so several server instances pair with
+each other) maps the operations onto ``SET NX PX`` (put), ``GETDEL`` (take), a
+compare-and-delete script (remove) and a per-waiter list or channel (mailbox:
+``deliver`` = ``LPUSH``/``PUBLISH``, ``wait`` = ``BLPOP``/subscribe).
+
+Waking is pluggable: the in-memory store gets a *signal factory* (``threading.Event``
+for threads and Flask's test client, ``gevent.event.Event`` inside the gevent server).
+The store never reads a clock; ``now`` comes from the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import Callable, Protocol
+
+from .matching import Match, Slot, Waiter
+
+
+class Signal(Protocol):
+    """What the in-memory mailbox needs from an event: ``threading.Event`` or ``gevent.event.Event``."""
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class Mailbox(ABC):
+    """Where one initiator's match arrives."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> Match | None:
+        """Block (cooperatively) until a match arrives, :meth:`interrupt` is called or ``timeout``."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Wake :meth:`wait` without a match (the client hung up)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Forget the mailbox; later deliveries to it are dropped."""
+
+
+class MatchStore(ABC):
+    """Atomic pairing storage. Every method is atomic with respect to the others."""
+
+    @abstractmethod
+    def put_waiter(self, waiter: Waiter, now: float) -> bool:
+        """Store ``waiter`` in its slot unless a live (unexpired at ``now``) waiter is there."""
+
+    @abstractmethod
+    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
+        """Remove and return the live waiter in ``slot`` (expired ones are dropped, not returned)."""
+
+    @abstractmethod
+    def remove_waiter(self, waiter: Waiter) -> bool:
+        """Remove exactly this waiter (same slot, same id); ``False`` if it is no longer there."""
+
+    @abstractmethod
+    def open_mailbox(self, waiter_id: str) -> Mailbox:
+        """Create the mailbox a match for ``waiter_id`` will be delivered to."""
+
+    @abstractmethod
+    def deliver(self, match: Match) -> bool:
+        """Hand ``match`` to its initiator's mailbox and wake it; ``False`` if nobody listens."""
+
+    @abstractmethod
+    def waiting_count(self) -> int:
+        """Number of waiters currently stored (expired but not yet removed ones included)."""
+
+
+class _MemoryMailbox(Mailbox):
+    def __init__(self, store: "InMemoryStore", waiter_id: str, signal: Signal) -> None:
+        self._store = store
+        self._waiter_id = waiter_id
+        self._signal = signal
+        self.match: Match | None = None
+
+    def _put(self, match: Match) -> None:
+        self.match = match
+        self._signal.set()
+
+    def wait(self, timeout: float) -> Match | None:
+        if self.match is None:
+            self._signal.wait(max(0.0, timeout))
+        return self.match
+
+    def interrupt(self) -> None:
+        self._signal.set()
+
+    def close(self) -> None:
+        self._store._drop_mailbox(self._waiter_id, self)
+
+
+class InMemoryStore(MatchStore):
+    """Dict-backed store for one process; a lock makes each operation atomic across threads."""
+
+    def __init__(self, signal_factory: Callable[[], Signal] = threading.Event) -> None:
+        self._signal_factory = signal_factory
+        self._lock = threading.Lock()
+        self._waiters: dict[Slot, Waiter] = {}
+        self._mailboxes: dict[str, _MemoryMailbox] = {}
+
+    def put_waiter(self, waiter: Waiter, now: float) -> bool:
+        with self._lock:
+            current = self._waiters.get(waiter.slot)
+            if current is not None and not current.expired(now):
+                return False
+            self._waiters[waiter.slot] = waiter
+            return True
+
+    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
+        with self._lock:
+            waiter = self._waiters.pop(slot, None)
+        if waiter is None or waiter.expired(now) or not waiter.slot.same_key(slot):
+            return None
+        return waiter
+
+    def remove_waiter(self, waiter: Waiter) -> bool:
+        with self._lock:
+            current = self._waiters.get(waiter.slot)
+            if current is None or current.waiter_id != waiter.waiter_id:
+                return False
+            del self._waiters[waiter.slot]
+            return True
+
+    def open_mailbox(self, waiter_id: str) -> Mailbox:
+        mailbox = _MemoryMailbox(self, waiter_id, self._signal_factory())
+        with self._lock:
+            self._mailboxes[waiter_id] = mailbox
+        return mailbox
+
+    def deliver(self, match: Match) -> bool:
+        with self._lock:
+            mailbox = self._mailboxes.pop(match.initiator.waiter_id, None)
+        if mailbox is None:
+            return False
+        mailbox._put(match)
+        return True
+
+    def _drop_mailbox(self, waiter_id: str, mailbox: _MemoryMailbox) -> None:
+        with self._lock:
+            if self._mailboxes.get(waiter_id) is mailbox:
+                del self._mailboxes[waiter_id]
+
+    def waiting_count(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+    def mailbox_count(self) -> int:
+        """Open mailboxes (for tests: proves nothing leaks)."""
+        with self._lock:
+            return len(self._mailboxes)

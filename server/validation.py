@@ -1,0 +1,231 @@
+"""Request body validation for the signaling API (pure: bytes in, typed values out).
+
+Every function raises :class:`BadRequest` with a message that names the offending
+field; the API turns it into ``400 {"error": "bad-request", "message": ...}``.
+Nothing here touches sockets, clocks or Flask.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from dataclasses import dataclass, field
+
+ACCESS_KEY_MIN = 8
+ACCESS_KEY_MAX = 256
+PROTOCOLS = ("udp", "tcp")
+#: timeouts beyond this are rejected outright (smaller ones are capped by the server)
+TIMEOUT_MAX = 3600.0
+LOCAL_MAX = 8
+NAT_MAX_BYTES = 2048
+SOFTWARE_MAX = 64
+MAX_JSON_DEPTH = 16
+
+
+class BadRequest(ValueError):
+    """The request body is not acceptable; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class InitiateRequest:
+    access_key: str
+    target_ip: str  # canonical text form (see :func:`canonical_ip`)
+    protocol: str
+    timeout: float | None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckinRequest:
+    access_key: str
+    details: dict = field(default_factory=dict)
+
+
+def canonical_ip(text: str) -> str:
+    """Canonical text form of an IP; IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4.
+
+    Raises ``ValueError`` for anything that is not a numeric IPv4/IPv6 address.
+    """
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        if addr.scope_id:
+            raise ValueError("scoped IPv6 addresses are not accepted")
+    return str(addr)
+
+
+def _reject_constant(name: str):
+    raise BadRequest(f"invalid JSON: {name} is not allowed")
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadRequest(f"invalid JSON: duplicate field {key!r}")
+        out[key] = value
+    return out
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of a decoded JSON value (stops counting beyond ``limit``)."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def parse_json_object(body: bytes) -> dict:
+    """Decode a UTF-8 JSON object body; NaN/Infinity, duplicate keys and deep nesting are refused."""
+    if not body:
+        raise BadRequest("empty body: send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"body must be a JSON object, got {type(value).__name__}")
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise BadRequest(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _check_fields(obj: dict, required: set[str], optional: set[str], where: str) -> None:
+    missing = sorted(required - obj.keys())
+    if missing:
+        raise BadRequest(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = sorted(obj.keys() - required - optional)
+    if unknown:
+        raise BadRequest(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def access_key(value) -> str:
+    """8-256 printable ASCII characters (0x20-0x7e)."""
+    if not isinstance(value, str):
+        raise BadRequest(f"access_key must be a string, got {_type_name(value)}")
+    if not ACCESS_KEY_MIN <= len(value) <= ACCESS_KEY_MAX:
+        raise BadRequest(f"access_key must be {ACCESS_KEY_MIN}-{ACCESS_KEY_MAX} characters long, "
+                         f"got {len(value)}")
+    if not all(" " <= ch <= "~" for ch in value):
+        raise BadRequest("access_key must contain printable ASCII characters only")
+    return value
+
+
+def ip_field(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be an IP address string, got {_type_name(value)}")
+    if len(value) > 64:
+        raise BadRequest(f"{name} is too long to be an IP address")
+    try:
+        return canonical_ip(value)
+    except ValueError:
+        raise BadRequest(f"{name} is not a valid IPv4/IPv6 address: {value!r}") from None
+
+
+def port_field(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer, got {_type_name(value)}")
+    if not 1 <= value <= 65535:
+        raise BadRequest(f"{name} must be a port 1-65535, got {value}")
+    return value
+
+
+def protocol_field(value) -> str:
+    if not isinstance(value, str) or value.lower() not in PROTOCOLS:
+        raise BadRequest(f"protocol must be one of {', '.join(PROTOCOLS)}, got {value!r}"[:200])
+    return value.lower()
+
+
+def timeout_field(value) -> float | None:
+    """Seconds to hold the long-poll: a finite number in (0, 3600]; ``null`` means server default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"timeout must be a number of seconds, got {_type_name(value)}")
+    value = float(value)
+    if not math.isfinite(value) or not 0 < value <= TIMEOUT_MAX:
+        raise BadRequest(f"timeout must be > 0 and <= {TIMEOUT_MAX:g} seconds, got {value!r}")
+    return value
+
+
+def endpoint(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{name} must be an object {{ip, port}}, got {_type_name(value)}")
+    _check_fields(value, {"ip", "port"}, set(), name)
+    return {"ip": ip_field(value["ip"], f"{name}.ip"), "port": port_field(value["port"], f"{name}.port")}
+
+
+def details_field(value) -> dict:
+    """Validate the optional peer ``details`` (srflx, local, nat, software)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"details must be an object, got {_type_name(value)}")
+    _check_fields(value, set(), {"srflx", "local", "nat", "software"}, "details")
+    out: dict = {}
+    if "srflx" in value:
+        out["srflx"] = endpoint(value["srflx"], "details.srflx")
+    if "local" in value:
+        local = value["local"]
+        if not isinstance(local, list):
+            raise BadRequest(f"details.local must be a list, got {_type_name(local)}")
+        if len(local) > LOCAL_MAX:
+            raise BadRequest(f"details.local may hold at most {LOCAL_MAX} addresses, got {len(local)}")
+        out["local"] = [endpoint(item, f"details.local[{i}]") for i, item in enumerate(local)]
+    if "nat" in value:
+        nat = value["nat"]
+        if not isinstance(nat, dict):
+            raise BadRequest(f"details.nat must be an object, got {_type_name(nat)}")
+        size = len(json.dumps(nat, separators=(",", ":")).encode())
+        if size > NAT_MAX_BYTES:
+            raise BadRequest(f"details.nat must be at most {NAT_MAX_BYTES} bytes of JSON, got {size}")
+        out["nat"] = nat
+    if "software" in value:
+        software = value["software"]
+        if not isinstance(software, str):
+            raise BadRequest(f"details.software must be a string, got {_type_name(software)}")
+        if len(software) > SOFTWARE_MAX:
+            raise BadRequest(f"details.software must be at most {SOFTWARE_MAX} characters")
+        out["software"] = software
+    return out
+
+
+def initiate_request(obj: dict) -> InitiateRequest:
+    """Validate a decoded ``POST /v1/initiate`` body."""
+    _check_fields(obj, {"access_key", "target_ip", "protocol"}, {"timeout", "details"}, "initiate")
+    return InitiateRequest(
+        access_key=access_key(obj["access_key"]),
+        target_ip=ip_field(obj["target_ip"], "target_ip"),
+        protocol=protocol_field(obj["protocol"]),
+        timeout=timeout_field(obj.get("timeout")),
+        details=details_field(obj.get("details")),
+    )
+
+
+def checkin_request(obj: dict) -> CheckinRequest:
+    """Validate a decoded ``POST /v1/checkin`` body."""
+    _check_fields(obj, {"access_key"}, {"details"}, "checkin")
+    return CheckinRequest(access_key=access_key(obj["access_key"]),
+                          details=details_field(obj.get("details")))
