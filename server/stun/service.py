@@ -1,0 +1,440 @@
+"""STUN service: UDP sockets and TCP listeners on every endpoint, one background thread.
+
+The thread multiplexes everything with :mod:`selectors` (no gevent, so it works
+whatever hub the HTTP server runs) and hands each message to the pure
+:class:`~stunturn_server.stun.responder.StunResponder`.
+
+TCP follows RFC 8489 section 6.2.2: messages are framed back to back on the
+stream by their own length field. A connection is closed when it sends bytes
+that are not a STUN header or a malformed message, stays idle longer than
+``idle_timeout``, lives longer than ``max_lifetime``, sends more than
+``max_bytes`` or does not read its responses; at most ``max_connections`` are
+open at once (more are accepted and closed at once, and counted).
+
+``start_stun_service(config)`` binds everything before it returns (a clear
+:class:`ConfigError` names the address:port it could not bind); port 0 picks
+free ports, keeping RFC 5780's layout (the same two ports on both IPs).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from stunturn_diag.errors import ConfigError, StunDecodeError
+from stunturn_diag.stun import HEADER_LENGTH, looks_like_stun, message_length
+
+from ..config import ServerConfig, StunEndpoint
+from .responder import MAX_REQUEST_BYTES, StunResponder
+
+log = logging.getLogger("stunturn_server.stun")
+
+#: Datagrams read per readiness event before the loop looks at other sockets.
+_UDP_BURST = 64
+#: Connections accepted per readiness event.
+_ACCEPT_BURST = 16
+#: Attempts to find free ports when the configuration asks for port 0.
+_PORT_ATTEMPTS = 20
+SERVICE_COUNTERS = ("udp_datagrams", "send_errors", "internal_errors", "tcp_connections",
+                    "tcp_open", "tcp_rejected", "tcp_closed_idle", "tcp_closed_garbage",
+                    "tcp_closed_limit", "tcp_closed_by_peer")
+
+
+@dataclass(frozen=True)
+class TcpLimits:
+    """Bounds on TCP clients (RFC 8489 section 6.2.2 leaves them to the server)."""
+
+    max_connections: int = 256
+    idle_timeout: float = 30.0
+    max_lifetime: float = 300.0
+    max_bytes: int = 64 * 1024
+    max_pending_out: int = 64 * 1024
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> "TcpLimits":
+        """Defaults, overridden by ``config.extra["stun_tcp_<field>"]`` when present."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            key = f"stun_tcp_{name}"
+            if key in config.extra:
+                value = config.extra[key]
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ConfigError(f"{key} must be a positive number, got {value!r}")
+                values[name] = value
+        return cls(**values)
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    peer: tuple[str, int]
+    role: str
+    opened: float
+    last: float
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    received: int = 0
+
+
+class StunService:
+    """A running STUN responder. ``stop()`` is clean and idempotent; also a context manager.
+
+    ``endpoints`` lists the bound endpoints (actual ports), primary first;
+    ``stats`` is a snapshot of the counters (responder and socket level).
+    """
+
+    def __init__(self, endpoints: list[StunEndpoint], udp: dict[str, socket.socket],
+                 tcp: dict[str, socket.socket], limits: TcpLimits,
+                 responder: StunResponder | None = None) -> None:
+        self.endpoints = endpoints
+        self.limits = limits
+        self._responder = responder or StunResponder(endpoints)
+        self._udp, self._tcp = udp, tcp
+        self._conns: dict[int, _Conn] = {}
+        self._counters = dict.fromkeys(SERVICE_COUNTERS, 0)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        for role, sock in udp.items():
+            self._sel.register(sock, selectors.EVENT_READ, ("udp", role))
+        for role, sock in tcp.items():
+            self._sel.register(sock, selectors.EVENT_READ, ("listen", role))
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="stunturn-stun", daemon=True)
+        self._thread.start()
+
+    # -- public -----------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: requests, responses, errors_sent, dropped_*, tcp_*, send_errors..."""
+        return {**self._responder.stats, **self._counters}
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close every socket; safe to call more than once."""
+        with self._stop_lock:
+            first, self._stopping = not self._stopping, True
+        if first:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "StunService":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        tick = min(1.0, self.limits.idle_timeout / 2)
+        try:
+            while not self._stopping:
+                for key, mask in self._sel.select(timeout=tick):
+                    kind, ref = key.data
+                    try:
+                        if kind == "udp":
+                            self._on_udp(key.fileobj, ref)
+                        elif kind == "listen":
+                            self._on_accept(key.fileobj, ref)
+                        elif kind == "conn":
+                            self._on_conn(ref, mask)
+                        else:
+                            self._drain_wake()
+                    except Exception:  # never let one message kill the loop
+                        self._counters["internal_errors"] += 1
+                        log.exception("STUN service: unexpected error handling %s", kind)
+                        if kind == "conn":
+                            self._close(ref, None)
+                self._expire(time.monotonic())
+        finally:
+            self._close_all()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except OSError:
+            pass
+
+    # -- UDP ----------------------------------------------------------------------
+
+    def _on_udp(self, sock: socket.socket, role: str) -> None:
+        for _ in range(_UDP_BURST):
+            try:
+                data, source = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                log.debug("STUN UDP %s: recvfrom: %s", role, exc)
+                continue
+            self._counters["udp_datagrams"] += 1
+            outcome = self._responder.handle(data, (source[0], source[1]), role, "udp")
+            for reply in outcome.replies:
+                out = self._udp[reply.local.role]
+                try:
+                    out.sendto(reply.data, _sockaddr(out, reply.destination))
+                except OSError as exc:
+                    self._counters["send_errors"] += 1
+                    log.debug("STUN UDP send to %s failed: %s", reply.destination, exc)
+
+    # -- TCP ----------------------------------------------------------------------
+
+    def _on_accept(self, listener: socket.socket, role: str) -> None:
+        for _ in range(_ACCEPT_BURST):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ECONNABORTED...
+                log.warning("STUN TCP accept on %s failed: %s", role, exc)
+                return
+            if len(self._conns) >= self.limits.max_connections:
+                self._counters["tcp_rejected"] += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            now = time.monotonic()
+            conn = _Conn(sock, (peer[0], peer[1]), role, now, now)
+            self._conns[sock.fileno()] = conn
+            self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+            self._counters["tcp_connections"] += 1
+            self._counters["tcp_open"] = len(self._conns)
+
+    def _on_conn(self, conn: _Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if mask & selectors.EVENT_READ and conn.sock.fileno() in self._conns:
+            try:
+                chunk = conn.sock.recv(8192)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._close(conn, "tcp_closed_by_peer")
+                return
+            conn.last = time.monotonic()
+            conn.received += len(chunk)
+            if conn.received > self.limits.max_bytes:
+                self._close(conn, "tcp_closed_limit")
+                return
+            conn.inbuf += chunk
+            self._frames(conn)
+
+    def _frames(self, conn: _Conn) -> None:
+        """Cut complete messages off the stream (RFC 8489 section 6.2.2) and answer them."""
+        if conn.inbuf and conn.inbuf[0] & 0xC0:  # RFC 8489 section 5: top two bits are zero
+            self._responder.stats["dropped_non_stun"] += 1
+            self._close(conn, "tcp_closed_garbage")
+            return
+        while len(conn.inbuf) >= HEADER_LENGTH:
+            header = bytes(conn.inbuf[:HEADER_LENGTH])
+            try:
+                if not looks_like_stun(header):
+                    raise StunDecodeError("not a STUN header")
+                total = message_length(header)
+            except StunDecodeError:
+                self._responder.stats["dropped_non_stun"] += 1
+                self._close(conn, "tcp_closed_garbage")
+                return
+            if total > MAX_REQUEST_BYTES:
+                self._responder.stats["dropped_oversize"] += 1
+                self._close(conn, "tcp_closed_garbage")
+                return
+            if len(conn.inbuf) < total:
+                return
+            message = bytes(conn.inbuf[:total])
+            del conn.inbuf[:total]
+            outcome = self._responder.handle(message, conn.peer, conn.role, "tcp")
+            for reply in outcome.replies:  # over TCP always on this connection
+                conn.outbuf += reply.data
+            if outcome.event in ("dropped_malformed", "dropped_non_stun"):
+                self._close(conn, "tcp_closed_garbage")
+                return
+            if len(conn.outbuf) > self.limits.max_pending_out:
+                self._close(conn, "tcp_closed_limit")
+                return
+            self._flush(conn)
+            if conn.sock.fileno() not in self._conns:
+                return
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.outbuf:
+            try:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._counters["send_errors"] += 1
+                self._close(conn, "tcp_closed_by_peer")
+                return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        self._sel.modify(conn.sock, events, ("conn", conn))
+
+    def _expire(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            if (now - conn.last > self.limits.idle_timeout
+                    or now - conn.opened > self.limits.max_lifetime):
+                self._close(conn, "tcp_closed_idle")
+
+    def _close(self, conn: _Conn, counter: str | None) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0 or self._conns.get(fd) is not conn:
+            return
+        del self._conns[fd]
+        if counter:
+            self._counters[counter] += 1
+        self._counters["tcp_open"] = len(self._conns)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _close_all(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn, None)
+        for sock in [*self._udp.values(), *self._tcp.values(), self._wake_r, self._wake_w]:
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        self._sel.close()
+
+
+def _sockaddr(sock: socket.socket, destination: tuple[str, int]) -> tuple[str, int]:
+    """Destination as the socket wants it (IPv4 via a dual-stack IPv6 socket: ::ffff:a.b.c.d)."""
+    if sock.family == socket.AF_INET6 and ":" not in destination[0]:
+        return (f"::ffff:{destination[0]}", destination[1])
+    return destination
+
+
+# -- binding -------------------------------------------------------------------
+
+class _PortTaken(Exception):
+    """An ephemeral port picked for one endpoint is taken on another: try again."""
+
+
+def _bind(kind: int, ip: str, port: int, role: str) -> socket.socket:
+    family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+    sock = socket.socket(family, kind)
+    what = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(what, role, ip, port, exc) from None
+    return sock
+
+
+def _bind_error(what: str, role: str, ip: str, port: int, exc: OSError) -> ConfigError:
+    where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    hints = {
+        errno.EADDRINUSE: "another program (or another STUN responder) uses this port; "
+                          "choose other --stun-port/--alt-port values or stop that program",
+        errno.EADDRNOTAVAIL: "this machine has no such address; use one of its own addresses "
+                             "(for --alt-ip: a second address on one of its interfaces)",
+        errno.EACCES: "ports below 1024 need root; choose a port >= 1024",
+    }
+    error = ConfigError(f"cannot bind the STUN responder ({what}, {role}) on {where}: "
+                        f"{exc.strerror or exc}", hint=hints.get(exc.errno))
+    error.errno = exc.errno  # type: ignore[attr-defined]
+    return error
+
+
+def _bind_layout(config: ServerConfig) -> tuple[list[StunEndpoint], dict, dict]:
+    """Bind UDP + TCP on every endpoint; port 0 picks one port shared by both IPs and transports."""
+    udp: dict[str, socket.socket] = {}
+    tcp: dict[str, socket.socket] = {}
+    ports = {"primary": config.stun_port, "alt": config.alt_port}
+    layout = [("primary", config.stun_ip, "primary")]
+    if config.alt_ip:
+        layout += [("alt-port", config.stun_ip, "alt"), ("alt-ip", config.alt_ip, "primary"),
+                   ("alt-both", config.alt_ip, "alt")]
+    endpoints: list[StunEndpoint] = []
+    try:
+        for role, ip, which in layout:
+            port = ports[which]
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                try:
+                    sock = _bind(kind, ip, port, role)
+                except ConfigError as exc:
+                    fresh = getattr(exc, "errno", None) == errno.EADDRINUSE and (
+                        (which == "primary" and config.stun_port == 0)
+                        or (which == "alt" and config.alt_port == 0))
+                    if fresh:
+                        raise _PortTaken() from None
+                    raise
+                (udp if kind == socket.SOCK_DGRAM else tcp)[role] = sock
+                port = sock.getsockname()[1]
+                ports[which] = port
+            endpoints.append(StunEndpoint(ip, port, role))
+    except BaseException:
+        for sock in [*udp.values(), *tcp.values()]:
+            sock.close()
+        raise
+    return endpoints, udp, tcp
+
+
+def _check(config: ServerConfig) -> None:
+    if not config.alt_ip:
+        return
+    primary, alt = ipaddress.ip_address(config.stun_ip), ipaddress.ip_address(config.alt_ip)
+    if primary.version != alt.version:
+        raise ConfigError(f"the STUN address {primary} and the alternate IP {alt} are of "
+                          "different IP versions", hint="use two IPv4 or two IPv6 addresses")
+    if primary == alt:
+        raise ConfigError(f"the alternate IP {alt} equals the STUN address",
+                          hint="RFC 5780 needs two different IP addresses")
+    if primary.is_unspecified or alt.is_unspecified:
+        raise ConfigError("with an alternate IP, the STUN address must be a specific address, "
+                          f"not {primary if primary.is_unspecified else alt}",
+                          hint="responses must come from a known address (RFC 5780 section 6.1)")
+
+
+def start_stun_service(config: ServerConfig, *, limits: TcpLimits | None = None) -> StunService:
+    """Bind UDP and TCP on every endpoint of ``config`` and start answering (non-blocking).
+
+    Raises :class:`ConfigError` naming the address:port it could not bind.
+    """
+    _check(config)
+    limits = limits or TcpLimits.from_config(config)
+    for attempt in range(_PORT_ATTEMPTS):
+        try:
+            endpoints, udp, tcp = _bind_layout(config)
+            break
+        except _PortTaken:
+            continue
+    else:
+        raise ConfigError(f"could not find free ports for the STUN responder on {config.stun_ip}"
+                          f"{' and ' + config.alt_ip if config.alt_ip else ''} after "
+                          f"{_PORT_ATTEMPTS} attempts", hint="give explicit --stun-port/--alt-port")
+    service = StunService(endpoints, udp, tcp, limits)
+    log.info("STUN responder on %s (UDP and TCP)",
+             ", ".join(f"{ep.role} {ep.ip}:{ep.port}" for ep in endpoints))
+    return service
