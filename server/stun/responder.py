@@ -27,8 +27,9 @@ Behaviour (each rule cites the RFC text it follows):
   (RFC 5780 section 7.5); together with PADDING it is refused with 400 (section
   6.1, and section 10: it prevents amplification).
 - PADDING in the request gets PADDING in the response (RFC 5780 section 6.1).
-  Its length is capped so that the response is never larger than the request
-  (and never above :data:`MAX_PADDING`): the responder never amplifies.
+  Its length is capped so that a padded response is never larger than the
+  request (or than a plain response with an empty PADDING, for tiny requests),
+  and never above :data:`MAX_PADDING`: padding never amplifies.
 - Unknown comprehension-required attributes get 420 with UNKNOWN-ATTRIBUTES
   (RFC 8489 section 6.3.1.1); RESPONSE-ADDRESS (RFC 3489 section 11.2.2) is
   refused the same way because it would let anyone aim our responses at a
