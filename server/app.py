@@ -65,7 +65,8 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
     if store is None:
         store = InMemoryStore(signal_factory) if signal_factory else InMemoryStore()
     app = Flask("stunturn_server")
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body
+    # one byte over the limit so a streamed (chunked) body that is too large is seen as such
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body + 1
     app.json.sort_keys = True
     app.extensions["stunturn"] = SignalingState(
         config=config,

@@ -31,6 +31,8 @@ log = logging.getLogger("stunturn_server.runner")
 #: WSGI environ key holding the client's gevent socket (set by :class:`_SocketHandler`)
 SOCKET_ENVIRON_KEY = "stunturn.client_socket"
 _LISTEN_BACKLOG = 4096
+#: seconds in-flight requests get to finish on stop() before connections are dropped
+_STOP_GRACE = 0.5
 
 
 def raise_nofile_limit() -> int:
@@ -160,6 +162,7 @@ class ServerHandle:
     def _run(self) -> None:
         import gevent
         import gevent.event
+        import gevent.pool
         from gevent.pywsgi import WSGIServer
 
         hub = gevent.get_hub()
@@ -167,8 +170,10 @@ class ServerHandle:
         try:
             self._wake = hub.loop.async_()
             self._wake.start(stop_event.set)
+            # an explicit pool: stop() kills the connections still open (waiting long-polls)
             server = WSGIServer(self._listener, self.app, handler_class=_handler_class(),
-                                log=None, error_log=logging.getLogger("stunturn_server.wsgi"))
+                                spawn=gevent.pool.Pool(), log=None,
+                                error_log=logging.getLogger("stunturn_server.wsgi"))
             server.start()
         except BaseException as exc:  # pragma: no cover - start-up failure is reported by start()
             self._error = exc
@@ -178,7 +183,7 @@ class ServerHandle:
         self._ready.set()
         try:
             stop_event.wait()
-            server.stop(timeout=1.0)
+            server.stop(timeout=_STOP_GRACE)
         finally:
             self._wake.close()
             self._listener.close()

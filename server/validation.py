@@ -164,6 +164,8 @@ def timeout_field(value) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"timeout must be a number of seconds, got {_type_name(value)}")
+    if isinstance(value, int) and not 0 < value <= TIMEOUT_MAX:  # before float(): may overflow
+        raise BadRequest(f"timeout must be > 0 and <= {TIMEOUT_MAX:g} seconds, got {value!r}"[:200])
     value = float(value)
     if not math.isfinite(value) or not 0 < value <= TIMEOUT_MAX:
         raise BadRequest(f"timeout must be > 0 and <= {TIMEOUT_MAX:g} seconds, got {value!r}")

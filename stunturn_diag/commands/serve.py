@@ -1,11 +1,84 @@
-"""`stunturn-diag serve` (not built yet)."""
+"""`stunturn-diag serve [HOST:PORT]`: run the signaling server and the STUN responder."""
+
+from __future__ import annotations
+
+import logging
 
 import click
 
-from ._common import not_built
+from ..errors import ConfigError
+from ._common import emit_json, progress
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
-@click.command("serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not built yet."""
-    not_built("serve")
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or a bare ``HOST`` (port 8080) -> (host, port)."""
+    text = text.strip()
+    host, port_text = text, "8080"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"invalid listen address {text!r}", hint="use [IPv6]:PORT, e.g. [::1]:8080")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"invalid listen address {text!r}", hint="use [IPv6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"invalid port in listen address {text!r}", hint="a port is 0-65535")
+    if not host:
+        raise ConfigError(f"listen address {text!r} has no host", hint="e.g. 127.0.0.1:8080")
+    return host, int(port_text)
+
+
+def _describe(handle) -> dict:
+    return {"http_url": handle.http_url, "stun_endpoints": handle.stun_endpoints,
+            "wait_timeout": handle.config.wait_timeout}
+
+
+@click.command("serve")
+@click.argument("listen", default=DEFAULT_LISTEN, metavar="[HOST:PORT]")
+@click.option("--alt-ip", metavar="IP", help="Second IP of this host for RFC 5780 behaviour tests.")
+@click.option("--stun-port", type=int, default=3478, show_default=True, help="STUN primary port (UDP+TCP).")
+@click.option("--alt-port", type=int, default=3479, show_default=True, help="STUN alternate port.")
+@click.option("--wait-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="Longest time an initiator's long-poll is held.")
+@click.option("--no-stun", is_flag=True, help="Run only the signaling server, no STUN responder.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print where it listens as one JSON line.")
+def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
+            no_stun: bool, log_level: str, as_json: bool) -> None:
+    """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
+
+    Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
+    """
+    from stunturn_server.config import ServerConfig
+    from stunturn_server.runner import serve_forever
+
+    host, port = parse_listen(listen)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, stun_port=stun_port,
+                          alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
+                          log_level=log_level.upper())
+
+    def ready(handle) -> None:
+        if as_json:
+            emit_json(_describe(handle))
+            return
+        click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
+        for ep in handle.stun_endpoints:
+            transport = ep.get("transport", "udp+tcp")
+            click.echo(f"STUN {ep.get('role', '?'):9} {transport:8} {ep['ip']}:{ep['port']}")
+        if no_stun:
+            click.echo("STUN responder: disabled (--no-stun)")
+        elif not alt_ip:
+            click.echo("no --alt-ip: RFC 5780 behaviour tests are unavailable to probes")
+        progress("press Ctrl-C to stop")
+
+    serve_forever(config, on_ready=ready)
+    progress("stopped")

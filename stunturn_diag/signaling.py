@@ -1,0 +1,199 @@
+"""HTTP client for the signaling server (``stunturn-diag serve``); urllib only.
+
+>>> client = SignalingClient("http://127.0.0.1:8080")
+>>> client.initiate("shared-secret", "203.0.113.7", "udp")      # waits for the receiver
+>>> client.checkin("shared-secret")                             # on the receiver, meanwhile
+
+Answers are the server's JSON objects (see docs/ARCHITECTURE.md, "Signaling HTTP
+API"). Failures raise the :class:`~stunturn_diag.errors.SignalingError` family:
+:class:`ServerUnreachable`, :class:`PairingTimeout`, :class:`NoInitiatorWaiting`,
+:class:`PairingConflict`. Environment proxies are ignored unless asked for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout,
+                     ServerUnreachable, SignalingError)
+
+DEFAULT_PORT = 8080
+#: extra seconds the HTTP read may take beyond the long-poll's own timeout
+LONG_POLL_MARGIN = 10.0
+
+
+def parse_server_url(text: str, *, default_port: int = DEFAULT_PORT) -> str:
+    """Normalise ``host``, ``host:port``, ``[v6]:port`` or ``http(s)://host[:port][/prefix]``.
+
+    Returns ``scheme://host:port[/prefix]`` without a trailing slash; raises
+    :class:`ConfigError` for anything else.
+    """
+    raw = (text or "").strip()
+    if not raw:
+        raise ConfigError("the signaling server URL is empty", hint="e.g. http://127.0.0.1:8080")
+    candidate = raw if "://" in raw else f"http://{raw}"
+    try:
+        parts = urllib.parse.urlsplit(candidate)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"invalid signaling server URL {raw!r}: {exc}",
+                          hint="e.g. http://127.0.0.1:8080") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"signaling server URL must use http or https, got {parts.scheme!r}",
+                          hint="e.g. http://127.0.0.1:8080")
+    if not host:
+        raise ConfigError(f"signaling server URL {raw!r} has no host", hint="e.g. http://127.0.0.1:8080")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"signaling server URL {raw!r} must not carry a query, fragment or credentials")
+    if port is None:
+        port = default_port if parts.scheme == "http" or "://" not in raw else 443
+    try:
+        is_v6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        is_v6 = False
+    netloc = f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+class SignalingClient:
+    """Talks to one signaling server. ``timeout`` bounds every plain request (seconds)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0, use_env_proxy: bool = False) -> None:
+        self.base_url = parse_server_url(base_url)
+        self.timeout = timeout
+        handlers = [] if use_env_proxy else [urllib.request.ProxyHandler({})]
+        self._opener = urllib.request.build_opener(*handlers)
+        self._wait_timeout: float | None = None
+
+    # -- API ---------------------------------------------------------------------------------
+    def health(self) -> dict:
+        """``GET /healthz``."""
+        return self._request("GET", "/healthz")
+
+    def info(self) -> dict:
+        """``GET /v1/info``: STUN endpoints, wait timeout, what the server offers."""
+        answer = self._request("GET", "/v1/info")
+        if isinstance(answer.get("wait_timeout"), (int, float)):
+            self._wait_timeout = float(answer["wait_timeout"])
+        return answer
+
+    def initiate(self, access_key: str, target_ip: str, protocol: str, *, details: dict | None = None,
+                 timeout: float | None = None) -> dict:
+        """Wait (long-poll) until the receiver at ``target_ip`` checks in with ``access_key``.
+
+        ``timeout`` defaults to the server's wait timeout (which also caps it).
+        Raises :class:`PairingTimeout` if nobody came, :class:`PairingConflict` if
+        another initiator already waits for this key and IP.
+        """
+        body: dict = {"access_key": access_key, "target_ip": target_ip, "protocol": protocol}
+        if details:
+            body["details"] = details
+        if timeout is not None:
+            body["timeout"] = timeout
+            wait = float(timeout)
+        else:
+            if self._wait_timeout is None:
+                self.info()
+            wait = self._wait_timeout or 30.0
+        return self._request("POST", "/v1/initiate", body, read_timeout=wait + LONG_POLL_MARGIN,
+                             waiting_for=wait)
+
+    def checkin(self, access_key: str, *, details: dict | None = None) -> dict:
+        """Check in as the receiver; returns the waiting initiator's details at once.
+
+        Raises :class:`NoInitiatorWaiting` when no initiator waits for this key and
+        the IP the server sees this machine coming from.
+        """
+        body: dict = {"access_key": access_key}
+        if details:
+            body["details"] = details
+        return self._request("POST", "/v1/checkin", body)
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: dict | None = None, *,
+                 read_timeout: float | None = None, waiting_for: float | None = None) -> dict:
+        url = self.base_url + path
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(req, timeout=read_timeout or self.timeout) as resp:
+                return self._decode(resp.read(), resp.status, url)
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = exc.read()
+            except OSError:
+                payload = b""
+            finally:
+                exc.close()
+            raise self._http_error(exc.code, payload, url) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)) and waiting_for is not None:
+                raise self._no_answer(url, waiting_for) from None
+            raise ServerUnreachable(f"cannot reach the signaling server at {self.base_url}: {reason}",
+                                    hint="check the URL and that `stunturn-diag serve` runs there") from None
+        except (TimeoutError, socket.timeout):
+            if waiting_for is not None:
+                raise self._no_answer(url, waiting_for) from None
+            raise ServerUnreachable(f"the signaling server at {self.base_url} did not answer within "
+                                    f"{self.timeout:g}s", hint="is it overloaded or behind a firewall?") from None
+        except (ConnectionError, OSError) as exc:
+            raise ServerUnreachable(f"connection to the signaling server at {self.base_url} failed: {exc}",
+                                    hint="check that the server is running and reachable") from None
+
+    def _no_answer(self, url: str, waited: float) -> PairingTimeout:
+        return PairingTimeout(f"no answer from {url} within {waited + LONG_POLL_MARGIN:g}s",
+                              hint="the server should have answered by its wait timeout; "
+                                   "is a proxy holding the request?", status=None, error="timeout")
+
+    @staticmethod
+    def _decode(payload: bytes, status: int, url: str) -> dict:
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            raise SignalingError(f"{url} answered {status} with something that is not JSON",
+                                 hint="is this URL really a stunturn-diag signaling server?",
+                                 status=status) from None
+        if not isinstance(answer, dict):
+            raise SignalingError(f"{url} answered {status} with JSON that is not an object",
+                                 hint="is this URL really a stunturn-diag signaling server?", status=status)
+        return answer
+
+    @staticmethod
+    def _http_error(status: int, payload: bytes, url: str) -> SignalingError:
+        try:
+            answer = json.loads(payload)
+            if not isinstance(answer, dict):
+                answer = {}
+        except ValueError:
+            answer = {}
+        error = str(answer.get("error") or "")
+        message = str(answer.get("message") or f"HTTP {status}")
+        if status == 408 and error == "timeout":
+            waited = answer.get("waited")
+            suffix = f" (waited {waited}s)" if isinstance(waited, (int, float)) else ""
+            return PairingTimeout(f"no receiver checked in{suffix}: {message}",
+                                  hint="start the receiver while the initiator waits, with the same "
+                                       "access key, from the IP the initiator named", status=status, error=error)
+        if status == 404 and error == "no-initiator":
+            return NoInitiatorWaiting(message, hint="the initiator must be waiting already and name "
+                                                    "this machine's public IP as target", status=status, error=error)
+        if status == 409 and error == "conflict":
+            return PairingConflict(message, hint="another initiator uses this key for the same "
+                                                 "target; wait for it or pick another key",
+                                   status=status, error=error)
+        if not error:
+            return SignalingError(f"{url} answered HTTP {status} without a signaling error body",
+                                  hint="is this URL really a stunturn-diag signaling server?",
+                                  status=status)
+        return SignalingError(f"the signaling server rejected the request ({status} {error}): {message}",
+                              status=status, error=error)

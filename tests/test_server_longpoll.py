@@ -1,0 +1,209 @@
+"""Long-poll behaviour against a real gevent server on 127.0.0.1 (port 0).
+
+Loopback owns all of 127/8, so clients bind source addresses 127.0.0.2, 127.0.0.3...
+to play receivers behind different public IPs. Every wait polls with a bound.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from stunturn_server.config import ServerConfig
+from stunturn_server.runner import start_server
+
+KEY = "long-poll-key-1"
+RECEIVER = "127.0.0.2"
+OTHER = "127.0.0.3"
+
+
+@pytest.fixture
+def server():
+    handle = start_server(ServerConfig(http_port=0, stun_enabled=False, wait_timeout=30))
+    yield handle
+    handle.stop()
+
+
+def request(server, method, path, body=None, *, source="127.0.0.1", timeout=40.0):
+    """One HTTP request from ``source``; returns (status, parsed JSON)."""
+    conn = http.client.HTTPConnection(*server.http_address, timeout=timeout, source_address=(source, 0))
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def initiate(server, *, key=KEY, target=RECEIVER, timeout=None, source="127.0.0.1", details=None):
+    body = {"access_key": key, "target_ip": target, "protocol": "tcp"}
+    if timeout is not None:
+        body["timeout"] = timeout
+    if details:
+        body["details"] = details
+    return request(server, "POST", "/v1/initiate", body, source=source)
+
+
+def checkin(server, *, key=KEY, source=RECEIVER, details=None):
+    body = {"access_key": key}
+    if details:
+        body["details"] = details
+    return request(server, "POST", "/v1/checkin", body, source=source, timeout=10)
+
+
+def waiting(server) -> int:
+    return request(server, "GET", "/healthz")[1]["waiting"]
+
+
+def poll(predicate, what, limit=10.0):
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+def in_background(fn, *args, **kwargs):
+    """Run ``fn`` in a thread; returns (thread, result dict)."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # surfaced by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_match_releases_both_with_each_others_details(server):
+    thread, result = in_background(initiate, server, details={"software": "initiator"})
+    poll(lambda: waiting(server) == 1, "the initiator to wait")
+    status, recv = checkin(server, details={"srflx": {"ip": RECEIVER, "port": 5555}})
+    thread.join(20)
+    assert not thread.is_alive(), "initiator long-poll still open after the match"
+    assert status == 200 and result["value"][0] == 200
+    init = result["value"][1]
+    assert init["match_id"] == recv["match_id"] and init["protocol"] == recv["protocol"] == "tcp"
+    assert init["peer"]["observed"]["ip"] == RECEIVER
+    assert init["peer"]["details"] == {"srflx": {"ip": RECEIVER, "port": 5555}}
+    assert recv["peer"]["observed"]["ip"] == "127.0.0.1" and recv["peer"]["observed"]["port"] > 0
+    assert recv["peer"]["details"] == {"software": "initiator"}
+    assert waiting(server) == 0
+
+
+def test_timeout_frees_the_key_at_once(server):
+    status, body = initiate(server, timeout=0.2)
+    assert status == 408 and body["error"] == "timeout"
+    assert waiting(server) == 0
+    assert checkin(server)[0] == 404  # a receiver after the timeout finds nobody
+    status, body = initiate(server, timeout=0.2)  # same key accepted again immediately
+    assert status == 408 and body["error"] == "timeout"
+
+
+def test_disconnect_frees_the_key(server):
+    body = json.dumps({"access_key": KEY, "target_ip": RECEIVER, "protocol": "udp"}).encode()
+    raw = socket.create_connection(server.http_address, timeout=10)
+    raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    poll(lambda: waiting(server) == 1, "the raw initiator to wait")
+    raw.close()
+    poll(lambda: waiting(server) == 0, "the hung-up initiator's entry to be freed")
+    assert checkin(server)[0] == 404
+    thread, result = in_background(initiate, server)
+    poll(lambda: waiting(server) == 1, "a new initiator with the same key")
+    assert checkin(server)[0] == 200
+    thread.join(20)
+    assert result["value"][0] == 200
+
+
+def test_reset_connection_frees_the_key(server):
+    body = json.dumps({"access_key": KEY, "target_ip": RECEIVER, "protocol": "udp"}).encode()
+    raw = socket.create_connection(server.http_address, timeout=10)
+    raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    poll(lambda: waiting(server) == 1, "the raw initiator to wait")
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    raw.close()  # RST instead of FIN
+    poll(lambda: waiting(server) == 0, "the reset initiator's entry to be freed")
+    assert checkin(server)[0] == 404
+
+
+def test_conflict_while_one_waits(server):
+    thread, result = in_background(initiate, server)
+    poll(lambda: waiting(server) == 1, "the first initiator")
+    status, body = initiate(server, source="127.0.0.4")
+    assert status == 409 and body["error"] == "conflict"
+    assert checkin(server)[0] == 200  # the first one is still there and matchable
+    thread.join(20)
+    assert result["value"][0] == 200
+
+
+def test_receiver_from_another_ip_is_not_matched(server):
+    thread, result = in_background(initiate, server, target=OTHER)
+    poll(lambda: waiting(server) == 1, "the initiator")
+    status, body = checkin(server, source=RECEIVER)
+    assert status == 404 and body["error"] == "no-initiator" and RECEIVER in body["message"]
+    assert waiting(server) == 1
+    assert checkin(server, source=OTHER)[0] == 200
+    thread.join(20)
+    assert result["value"][1]["peer"]["observed"]["ip"] == OTHER
+
+
+def test_receiver_with_wrong_key_is_not_matched(server):
+    thread, result = in_background(initiate, server)
+    poll(lambda: waiting(server) == 1, "the initiator")
+    assert checkin(server, key="wrong-key-123")[0] == 404
+    assert waiting(server) == 1
+    assert checkin(server)[0] == 200
+    thread.join(20)
+
+
+def test_receiver_with_nobody_waiting_is_answered_at_once(server):
+    # the client's read timeout (10 s) is far below the server's wait timeout (30 s)
+    status, body = checkin(server)
+    assert status == 404 and body["error"] == "no-initiator"
+
+
+def test_many_waiters_are_held_and_matched(server):
+    count = 50
+    threads = [in_background(initiate, server, key=f"many-keys-{i:03d}") for i in range(count)]
+    poll(lambda: waiting(server) == count, f"{count} initiators to wait")
+    for i in range(count):
+        assert checkin(server, key=f"many-keys-{i:03d}")[0] == 200
+    for thread, result in threads:
+        thread.join(20)
+        assert result["value"][0] == 200
+    assert waiting(server) == 0
+
+
+def test_oversized_chunked_body_is_413(server):
+    raw = socket.create_connection(server.http_address, timeout=10)
+    try:
+        chunk = b'{"access_key": "' + b"x" * 20000 + b'"}'
+        raw.sendall(b"POST /v1/checkin HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
+        response = raw.makefile("rb").readline()
+    finally:
+        raw.close()
+    assert response.split()[1] == b"413"
+
+
+def test_stop_drops_waiting_long_polls(server):
+    thread, result = in_background(initiate, server)
+    poll(lambda: waiting(server) == 1, "the initiator")
+    server.stop()
+    server.stop()  # idempotent
+    thread.join(20)
+    assert not thread.is_alive()
+    assert "error" in result  # the connection was closed without an answer
+    with pytest.raises(OSError):
+        socket.create_connection(server.http_address, timeout=2).close()
