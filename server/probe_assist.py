@@ -1,15 +1,279 @@
-"""Probe helper routes (placeholder).
+"""Probe-assist routes: the server opens TCP connections back to the caller on request.
 
-``register(bp)`` adds routes to the signaling blueprint that let a probe ask the
-server to open a TCP connection / send a UDP datagram back to the caller (used to
-test inbound filtering, RFC 4787 section 5 / RFC 5382 section 5). This placeholder
-adds nothing; the implementation returns ``True`` when it registered its routes,
-which ``/v1/info`` reports as ``"probe_assist": true``.
+RFC 5780 section 3 has a server never open connections to a client, so TCP
+filtering (RFC 5382 section 4.3) and what a NAT does with an unsolicited SYN
+(section 7.1: drop / RST / ICMP) cannot be learned with STUN alone. This module
+adds ``POST /v1/probe/tcp-connect``: the server connects from another source to the
+caller's mapped port and reports what happened.
+
+Safety (it makes the server send SYNs on request):
+
+- the target IP is always the request's own source (``REMOTE_ADDR``); only the
+  port is chosen by the caller, so it can only ever probe itself;
+- per source IP token bucket (``config.extra["probe_assist_burst"]``, default 10
+  requests; ``["probe_assist_rate"]`` refill per second, default 0.5) with the
+  app's injected clock -> 429 when empty;
+- bounded work per request: at most 2 sources x 3 attempts, connect timeout
+  50..2000 ms; a global cap of concurrent connects (``["probe_assist_concurrency"]``,
+  default 32) -> 503 when busy;
+- nothing is sent on a connection but the caller's own token (<= 32 hex chars).
+
+Outcome per attempt: ``connected``, ``rst`` (refused without an ICMP error),
+``icmp`` (an ICMP error arrived: seen via ``IP_RECVERR``, which tells a NAT's
+ICMP port-unreachable apart from a TCP RST that the kernel reports the same way),
+``timeout`` (silently dropped) or ``error``.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
-def register(bp):
-    """Add the probe-assist routes to ``bp``; return ``True`` if any were added."""
-    pass
+from flask import current_app, jsonify, request
+
+MAX_ATTEMPTS = 3
+MAX_TIMEOUT_MS = 2000
+MIN_TIMEOUT_MS = 50
+SOURCES = ("alt-ip", "alt-port")
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
+
+
+@dataclass
+class TokenBucket:
+    """Per-key token bucket; ``clock`` is injected so tests step time."""
+
+    burst: float
+    rate: float
+    clock: Callable[[], float]
+    _state: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, key: str) -> bool:
+        """Spend one token for ``key``; False when none is left."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._state.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            ok = tokens >= 1.0
+            self._state[key] = (tokens - 1.0 if ok else tokens, now)
+            if len(self._state) > 100_000:  # bounded memory: forget full buckets
+                for k in [k for k, (t, _) in self._state.items() if t >= self.burst - 1][:50_000]:
+                    del self._state[k]
+            return ok
+
+
+@dataclass
+class AssistState:
+    bucket: TokenBucket
+    slots: threading.BoundedSemaphore
+    concurrency: int
+    stats: dict = field(default_factory=lambda: {"requests": 0, "limited": 0, "busy": 0, "connects": 0})
+
+
+def _assist_state() -> AssistState:
+    ext = current_app.extensions
+    st = ext.get("stunturn_probe_assist")
+    if st is None:
+        shared = ext["stunturn"]
+        extra = shared.config.extra or {}
+        conc = int(extra.get("probe_assist_concurrency", 32))
+        st = AssistState(TokenBucket(float(extra.get("probe_assist_burst", 10)),
+                                     float(extra.get("probe_assist_rate", 0.5)), shared.clock),
+                         threading.BoundedSemaphore(conc), conc)
+        ext["stunturn_probe_assist"] = st
+    return st
+
+
+def parse_request(body: dict) -> tuple[int, list[str], int, int, bytes]:
+    """Validate ``{"port", "from"?, "attempts"?, "timeout_ms"?, "token"?}`` (ValueError if bad)."""
+    allowed = {"port", "from", "attempts", "timeout_ms", "token"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    port = body.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError("port must be an integer 1..65535 (your mapped TCP port)")
+    sources = body.get("from", list(SOURCES))
+    if (not isinstance(sources, list) or not sources or len(sources) > len(SOURCES)
+            or any(s not in SOURCES for s in sources) or len(set(sources)) != len(sources)):
+        raise ValueError(f"from must be a non-empty list of distinct values from {list(SOURCES)}")
+    attempts = body.get("attempts", 2)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"attempts must be an integer 1..{MAX_ATTEMPTS}")
+    timeout_ms = body.get("timeout_ms", 500)
+    if (not isinstance(timeout_ms, (int, float)) or isinstance(timeout_ms, bool)
+            or not MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS):
+        raise ValueError(f"timeout_ms must be a number {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
+    token = body.get("token", "")
+    if not isinstance(token, str) or len(token) > 32 or any(c not in "0123456789abcdef" for c in token):
+        raise ValueError("token must be at most 32 lowercase hex characters")
+    return port, sources, attempts, int(timeout_ms), bytes.fromhex(token) if len(token) % 2 == 0 else b""
+
+
+def _icmp_error(sock) -> dict | None:
+    """An ICMP error queued by IP_RECVERR (struct sock_extended_err), if any."""
+    raw = getattr(sock, "_sock", sock)  # gevent wraps the kernel socket; ask it directly
+    try:
+        _, anc, _, _ = raw.recvmsg(1, 512, _MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    for _level, _type, data in anc:
+        if len(data) >= 16:
+            ee_errno, origin, etype, code = struct.unpack_from("=IBBB", data, 0)
+            if origin in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
+                offender = None
+                if len(data) >= 24 and struct.unpack_from("=H", data, 16)[0] == socket.AF_INET:
+                    offender = socket.inet_ntoa(data[20:24])
+                return {"type": etype, "code": code, "errno": ee_errno, "from": offender}
+    return None
+
+
+def connect_once(source_ip: str, target: tuple[str, int], timeout: float, token: bytes,
+                 socket_module=socket) -> dict:
+    """One bounded connect attempt from ``(source_ip, ephemeral)`` to ``target``."""
+    fam = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    s = socket_module.socket(fam, socket.SOCK_STREAM)
+    started = time.monotonic()
+    result: dict = {"source": None}
+    try:
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+        s.bind((source_ip, 0))
+        result["source"] = {"ip": s.getsockname()[0], "port": s.getsockname()[1]}
+        s.settimeout(timeout)
+        try:
+            s.connect(target)
+            result["outcome"] = "connected"
+            if token:
+                try:
+                    s.sendall(token)
+                except OSError:
+                    pass
+        except (socket.timeout, TimeoutError):
+            result["outcome"] = "timeout"
+        except OSError as exc:
+            icmp = _icmp_error(s)
+            if icmp is not None:
+                result.update(outcome="icmp", icmp=icmp)
+            elif exc.errno == errno.ECONNREFUSED:
+                result["outcome"] = "rst"
+            elif exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                result["outcome"] = "icmp"
+            elif exc.errno == errno.ETIMEDOUT:
+                result["outcome"] = "timeout"
+            else:
+                result.update(outcome="error", error=errno.errorcode.get(exc.errno or 0, str(exc)))
+    except OSError as exc:
+        result.update(outcome="error", error=errno.errorcode.get(exc.errno or 0, str(exc)))
+    finally:
+        s.close()
+    result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)
+    return result
+
+
+def _source_ip(role: str, cfg) -> str | None:
+    if role == "alt-ip":
+        return cfg.alt_ip
+    return cfg.stun_ip  # "alt-port": the primary IP from a port other than the STUN port
+
+
+def _run_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
+    """Run the connect attempts concurrently: greenlets under gevent, threads otherwise."""
+    try:
+        import gevent
+        from gevent import socket as gsocket
+        from gevent.hub import get_hub  # noqa: F401  (a hub exists in every thread on demand)
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        gevent = None
+    if gevent is not None:
+        greenlets = [gevent.spawn(job, gsocket) for job in jobs]
+        gevent.joinall(greenlets)
+        return [g.value if g.successful() else {"outcome": "error", "error": "internal"} for g in greenlets]
+    results: list[dict] = [{} for _ in jobs]  # pragma: no cover
+
+    def run(i):  # pragma: no cover
+        results[i] = jobs[i](socket)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]  # pragma: no cover
+    for t in threads:  # pragma: no cover
+        t.start()
+    for t in threads:  # pragma: no cover
+        t.join()
+    return results  # pragma: no cover
+
+
+_RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
+
+
+def tcp_connect():
+    """``POST /v1/probe/tcp-connect``: connect back to the caller's mapped port."""
+    from .api import ApiError, _json_body, _observed, _state  # late: api imports this module
+
+    st = _assist_state()
+    st.stats["requests"] += 1
+    body = _json_body()
+    try:
+        port, sources, attempts, timeout_ms, token = parse_request(body)
+    except ValueError as exc:
+        raise ApiError(400, "bad-request", str(exc)) from None
+    ip, _ = _observed()
+    if not st.bucket.take(ip):
+        st.stats["limited"] += 1
+        raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
+                                            "wait a few seconds and retry")
+    cfg = _state().config
+    plan = []
+    for role in sources:
+        src = _source_ip(role, cfg)
+        if src is not None and ipaddress.ip_address(src).version != ipaddress.ip_address(ip).version:
+            src = None
+        plan.append((role, src))
+    n = sum(attempts for _, src in plan if src is not None)
+    acquired = 0
+    for _ in range(n):
+        if not st.slots.acquire(blocking=False):
+            break
+        acquired += 1
+    try:
+        if acquired < n:
+            st.stats["busy"] += 1
+            raise ApiError(503, "busy", "the server is running too many probe connections; retry shortly")
+        jobs, roles = [], []
+        for role, src in plan:
+            if src is None:
+                continue
+            for _ in range(attempts):
+                jobs.append(lambda sm, src=src: connect_once(src, (ip, port), timeout_ms / 1000, token, sm))
+                roles.append(role)
+        st.stats["connects"] += len(jobs)
+        raw = _run_parallel(jobs)
+    finally:
+        for _ in range(acquired):
+            st.slots.release()
+    results = []
+    for role, src in plan:
+        if src is None:
+            results.append({"from": role, "outcome": "unavailable", "attempts": [],
+                            "reason": "the server has no alternate IP" if role == "alt-ip"
+                            else "address family mismatch"})
+            continue
+        tries = [r for r, rl in zip(raw, roles) if rl == role]
+        best = min(tries, key=lambda r: _RANK.get(r.get("outcome"), 9))
+        results.append({"from": role, "outcome": best.get("outcome"), "attempts": tries})
+    return jsonify({"target": {"ip": ip, "port": port}, "results": results})
+
+
+def register(bp) -> bool:
+    """Add the probe-assist routes to ``bp``; returns True (reported by ``/v1/info``)."""
+    bp.add_url_rule("/v1/probe/tcp-connect", "probe_tcp_connect", tcp_connect, methods=["POST"])
+    return True

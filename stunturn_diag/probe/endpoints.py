@@ -1,0 +1,76 @@
+"""The STUN server's four RFC 5780 endpoints (primary / alternate IP x port)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Primary address and the alternates of RFC 5780 section 4.1 (None when unknown)."""
+
+    primary: Address
+    alt_port: Address | None = None  # primary IP, alternate port
+    alt_ip: Address | None = None    # alternate IP, primary port
+    alt_both: Address | None = None  # alternate IP and port (OTHER-ADDRESS)
+    #: where the alternates came from: "info" (/v1/info), "other-address", or None
+    source: str | None = None
+
+    @property
+    def behaviour_tests(self) -> bool:
+        """All four endpoints known: mapping and filtering can be fully decided."""
+        return None not in (self.alt_port, self.alt_ip, self.alt_both)
+
+    def with_other_address(self, other: Address | None) -> "Endpoints":
+        """Fill unknown alternates from OTHER-ADDRESS (RFC 5780 section 7.4)."""
+        if other is None or self.behaviour_tests:
+            return self
+        pip, pport = self.primary
+        oip, oport = other
+        if oip == pip or oport == pport:
+            return self  # not a usable alternate (RFC 5780 needs both to differ)
+        return replace(self, alt_port=self.alt_port or (pip, oport),
+                       alt_ip=self.alt_ip or (oip, pport),
+                       alt_both=self.alt_both or (oip, oport), source=self.source or "other-address")
+
+    def as_dict(self) -> dict:
+        def a(x):
+            return None if x is None else {"ip": x[0], "port": x[1]}
+        return {"primary": a(self.primary), "alt_port": a(self.alt_port), "alt_ip": a(self.alt_ip),
+                "alt_both": a(self.alt_both), "source": self.source}
+
+
+def _addr(obj) -> Address | None:
+    if isinstance(obj, dict) and "ip" in obj and "port" in obj:
+        return (str(obj["ip"]), int(obj["port"]))
+    return None
+
+
+def from_info(info: dict) -> Endpoints | None:
+    """Endpoints from the signaling server's ``/v1/info`` ``stun`` object (None if no STUN)."""
+    stun = info.get("stun") or {}
+    primary = _addr(stun.get("primary"))
+    if primary is None:
+        return None
+    return Endpoints(primary, _addr(stun.get("alt_port")), _addr(stun.get("alt_ip")),
+                     _addr(stun.get("alt_both")), "info" if stun.get("alt_both") else None)
+
+
+def parse_hostport(text: str, default_port: int = 3478) -> Address:
+    """``HOST[:PORT]`` / ``[V6]:PORT`` -> (host, port); ValueError when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    p = int(port) if port else default_port
+    if not 0 < p < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, p

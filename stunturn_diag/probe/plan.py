@@ -1,0 +1,159 @@
+"""Pure UDP test plan: which STUN transactions to run, from which socket, in which order.
+
+Sans-IO. The runner owns the sockets (one per label in :data:`SOCKETS`, all bound to
+the same local IP) and feeds every concluded transaction back via ``on_outcome``;
+the plan answers with the next transactions. Tests that could disturb each other use
+separate sockets (an unsolicited inbound packet can leave Linux conntrack state that
+changes a later mapping of the same socket), so the order tests finish in cannot
+change a verdict.
+
+Phases:
+
+1. ``map.primary`` from socket ``map`` (RFC 5780 section 4.3 test I): the mapped
+   address, and OTHER-ADDRESS when the alternates are not known yet.
+2. Port allocation (RFC 4787 section 4.2.1): fresh sockets ``alloc1..`` each send one
+   Binding request, strictly one after another so the NAT sees them in order.
+3. Everything else at once: mapping tests II/III (+ alternate port), filtering
+   (section 4.4, one socket per CHANGE-REQUEST), hairpinning (section 4.5), the
+   unsolicited-inbound mapping move test, and binding lifetime (section 4.6) probes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..stun import binding_request, encode, new_transaction_id
+from .endpoints import Address, Endpoints
+from .engine import Outcome, Probe
+
+ALLOC_SOCKETS = 4
+BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + tuple(
+    f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
+SOFTWARE = "stunturn-diag probe"
+
+
+def lifetime_schedule(max_seconds: float) -> list[float]:
+    """Probe delays for the binding lifetime test: 1, 2, 4, 8, 15, 30, 60, 120, ... <= max."""
+    steps = [1, 2, 4, 8, 15, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200]
+    return [float(s) for s in steps if s <= max_seconds]
+
+
+def sockets_for(lifetime_max: float | None) -> tuple[str, ...]:
+    """Socket labels the runner must open for this plan."""
+    extra: tuple[str, ...] = ()
+    if lifetime_max:
+        for i, _ in enumerate(lifetime_schedule(lifetime_max)):
+            extra += (f"life-x{i}", f"life-y{i}")
+    return BASE_SOCKETS + extra
+
+
+@dataclass
+class UdpPlan:
+    """State machine producing :class:`Probe`s; evidence accumulates in ``outcomes``."""
+
+    endpoints: Endpoints
+    locals: dict[str, Address]
+    lifetime_max: float | None = None
+    #: guard between the last confirmation of the unsolicited packet and the move test
+    guard: float = 0.005
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _passive: list[tuple[str, str, bytes]] = field(default_factory=list)
+    _srtt: float | None = None
+    _hair_started: bool = False
+
+    # -- helpers -----------------------------------------------------------------
+    def _probe(self, name: str, sock: str, dest: Address, *, not_before: float = 0.0,
+               change_ip: bool = False, change_port: bool = False,
+               response_port: int | None = None, prelude=()) -> Probe:
+        tid = new_transaction_id()
+        msg = binding_request(tid, change_ip=change_ip, change_port=change_port,
+                              response_port=response_port, software=SOFTWARE)
+        return Probe(name, sock, dest, encode(msg), tid, not_before=not_before, prelude=prelude)
+
+    def take_passive(self) -> list[tuple[str, str, bytes]]:
+        """Transaction IDs sent as preludes that the engine must also watch for."""
+        out, self._passive = self._passive, []
+        return out
+
+    def set_srtt(self, srtt: float | None) -> None:
+        self._srtt = srtt
+
+    # -- phases ------------------------------------------------------------------
+    def start(self, now: float) -> list[Probe]:
+        return [self._probe("map.primary", "map", self.endpoints.primary)]
+
+    def on_outcome(self, out: Outcome, now: float) -> list[Probe]:
+        """React to one concluded transaction (answered or no reply)."""
+        name = out.name
+        first = name not in self.outcomes
+        self.outcomes[name] = out
+        if name == "map.primary":
+            if not out.answered:
+                return []  # UDP unreachable: nothing else can be learned
+            self.endpoints = self.endpoints.with_other_address(
+                getattr(out.message, "other_address", None))
+            return [self._probe("alloc.1", "alloc1", self.endpoints.primary)]
+        if name.startswith("alloc.") and first:
+            i = int(name.split(".")[1])
+            if i < ALLOC_SOCKETS:
+                return [self._probe(f"alloc.{i + 1}", f"alloc{i + 1}", self.endpoints.primary)]
+            return self._concurrent_phase(now)
+        if name == "unsol.bind" and out.answered:
+            return [self._unsolicited_step(now)]
+        if name == "unsol.confirm" and out.answered:
+            delay = max(self.guard, self._srtt or 0.0)
+            return [self._probe("unsol.after", "unsol", self.endpoints.alt_both, not_before=now + delay)]
+        if name in ("hair.a", "hair.b"):
+            return self._hairpin_step()
+        if name.startswith("life.x") and out.answered:
+            i = int(name[6:])
+            t = lifetime_schedule(self.lifetime_max or 0)[i]
+            mapped = out.message.mapped_address
+            return [self._probe(f"life.y{i}", f"life-y{i}", self.endpoints.primary,
+                                not_before=out.replied_at + t, response_port=mapped[1])]
+        return []
+
+    def _concurrent_phase(self, now: float) -> list[Probe]:
+        ep = self.endpoints
+        probes = [self._probe("hair.a", "hair-a", ep.primary),
+                  self._probe("hair.b", "hair-b", ep.primary)]
+        for attr, name in (("alt_ip", "map.alt_ip"), ("alt_both", "map.alt_both"),
+                           ("alt_port", "map.alt_port")):
+            dest = getattr(ep, attr)
+            if dest is not None:
+                probes.append(self._probe(name, "map", dest))
+        if ep.behaviour_tests:
+            probes.append(self._probe("filt.change_both", "filt-both", ep.primary,
+                                      change_ip=True, change_port=True))
+            probes.append(self._probe("filt.change_port", "filt-port", ep.primary, change_port=True))
+            probes.append(self._probe("unsol.bind", "unsol", ep.primary))
+        else:
+            self.notes.append("the server has no alternate address (no OTHER-ADDRESS): filtering "
+                              "and the unsolicited-packet test need one")
+        if self.lifetime_max:
+            for i, _ in enumerate(lifetime_schedule(self.lifetime_max)):
+                probes.append(self._probe(f"life.x{i}", f"life-x{i}", ep.primary))
+        return probes
+
+    def _unsolicited_step(self, now: float) -> Probe:
+        """Make the server send to ``unsol``'s mapping from alt IP+port (CHANGE-REQUEST),
+        confirmed by a plain request sent right after it on every attempt."""
+        ep = self.endpoints
+        tid = new_transaction_id()
+        change = encode(binding_request(tid, change_ip=True, change_port=True, software=SOFTWARE))
+        self._passive.append(("unsol.inbound", "unsol", tid))
+        return self._probe("unsol.confirm", "unsol", ep.primary,
+                           prelude=((ep.primary, change), (ep.primary, change)))
+
+    def _hairpin_step(self) -> list[Probe]:
+        a, b = self.outcomes.get("hair.a"), self.outcomes.get("hair.b")
+        if a is None or b is None or self._hair_started or not (a.answered and b.answered):
+            return []
+        xa, xb = a.message.mapped_address, b.message.mapped_address
+        self._hair_started = True
+        # each socket sends to the other's mapped address, so an address(-and-port)-
+        # dependent filter is opened from both sides (RFC 5780 section 4.5)
+        pa = self._probe("hair.b_to_a", "hair-b", xa)
+        pb = self._probe("hair.a_to_b", "hair-a", xb)
+        return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, expect="request") for p in (pa, pb)]
