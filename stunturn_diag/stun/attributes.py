@@ -213,6 +213,22 @@ def encode_raw(value: object, xor_key: bytes) -> bytes:
     return bytes(value)
 
 
+def uint_codec(size: int, name: str) -> tuple[Decoder, Encoder]:
+    """Fixed-size unsigned integers: PRIORITY (32 bits), ICE-CONTROLLED/-CONTROLLING (64 bits), RFC 8445."""
+
+    def decode(value: bytes, xor_key: bytes) -> int:
+        if len(value) != size:
+            raise StunDecodeError(f"{name} has {len(value)} bytes, expected {size}")
+        return int.from_bytes(value, "big")
+
+    def encode(value: object, xor_key: bytes) -> bytes:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << (8 * size):
+            raise StunEncodeError(f"{name} must be an unsigned {8 * size}-bit int, got {value!r}")
+        return value.to_bytes(size, "big")
+
+    return decode, encode
+
+
 def decode_fingerprint(value: bytes, xor_key: bytes) -> int:
     """FINGERPRINT (RFC 8489 section 14.7): 32-bit CRC-32 XOR 0x5354554e."""
     if len(value) != 4:
@@ -261,6 +277,10 @@ CODECS: dict[int, tuple[Decoder, Encoder]] = {
     AttrType.REALM: text_codec(AttrType.REALM),
     AttrType.NONCE: text_codec(AttrType.NONCE),
     AttrType.SOFTWARE: text_codec(AttrType.SOFTWARE),
+    AttrType.PRIORITY: uint_codec(4, "PRIORITY"),
+    AttrType.USE_CANDIDATE: (decode_raw, encode_raw),
+    AttrType.ICE_CONTROLLED: uint_codec(8, "ICE-CONTROLLED"),
+    AttrType.ICE_CONTROLLING: uint_codec(8, "ICE-CONTROLLING"),
     AttrType.MESSAGE_INTEGRITY: (decode_message_integrity, encode_raw),
     AttrType.MESSAGE_INTEGRITY_SHA256: (decode_message_integrity_sha256, encode_raw),
     AttrType.FINGERPRINT: (decode_fingerprint, encode_raw),

@@ -2,7 +2,8 @@
 
 Sources: RFC 8489 sections 5, 14 and 18 (IANA), RFC 5780 section 7 (NAT behaviour
 discovery attributes), RFC 3489 section 11.2 (classic attributes), RFC 8656
-(TURN methods/attributes, listed so they are recognised, not interpreted).
+(TURN methods/attributes) and RFC 8445 (ICE attributes), listed so they are
+recognised.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class AttrType(IntEnum):
     XOR_RELAYED_ADDRESS = 0x0016  # RFC 8656
     MESSAGE_INTEGRITY_SHA256 = 0x001C
     XOR_MAPPED_ADDRESS = 0x0020
+    PRIORITY = 0x0024  # RFC 8445 (ICE)
+    USE_CANDIDATE = 0x0025  # RFC 8445 (ICE)
     PADDING = 0x0026  # RFC 5780 section 7.6
     RESPONSE_PORT = 0x0027  # RFC 5780 section 7.5
     XOR_MAPPED_ADDRESS_OLD = 0x8020  # pre-RFC 5389 drafts, still sent by some servers
@@ -89,6 +92,8 @@ class AttrType(IntEnum):
     FINGERPRINT = 0x8028
     RESPONSE_ORIGIN = 0x802B  # RFC 5780 section 7.3
     OTHER_ADDRESS = 0x802C  # RFC 5780 section 7.4
+    ICE_CONTROLLED = 0x8029  # RFC 8445 (ICE)
+    ICE_CONTROLLING = 0x802A  # RFC 8445 (ICE)
 
 
 def is_comprehension_required(attr_type: int) -> bool:
