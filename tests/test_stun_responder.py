@@ -318,22 +318,29 @@ def _valid() -> bytes:
     return raw(binding_request(bytes(range(12))))
 
 
-@pytest.mark.parametrize("data,counter", [
-    (b"", "dropped_non_stun"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "dropped_non_stun"),
-    (b"\x16\x03\x01" + bytes(40), "dropped_malformed"),  # TLS: top bits 0, not STUN
-    (bytes(19), "dropped_non_stun"),
-    (_valid()[:-1] + b"", "dropped_non_stun"),
-    (_valid() + b"\0\0\0\0", "dropped_malformed"),  # length field disagrees
-    (struct.pack("!HH", 1, 8) + _valid()[4:20] + struct.pack("!HH", 0x8022, 40) + b"abcd",
-     "dropped_malformed"),  # attribute runs past the end
-    (raw(binding_request(bytes(12)), fingerprint=True)[:-1] + b"\xff", "dropped_malformed"),
-    (raw(StunMessage(Method.BINDING, MessageClass.INDICATION, bytes(12))), "dropped_not_request"),
-    (raw(StunMessage(Method.BINDING, MessageClass.SUCCESS, bytes(12))), "dropped_not_request"),
-    (raw(StunMessage(Method.BINDING, MessageClass.ERROR, bytes(12),
-                     [(AttrType.ERROR_CODE, ErrorCode(400, "x"))])), "dropped_not_request"),
-    (raw(binding_request(padding=MAX_REQUEST_BYTES)), "dropped_oversize"),
-])
+TID = bytes(range(12))
+BAD_INPUT = {
+    "empty": (b"", "dropped_non_stun"),
+    "http": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "dropped_non_stun"),
+    "tls": (b"\x16\x03\x01" + bytes(40), "dropped_malformed"),  # top bits 0, not STUN
+    "19-bytes": (bytes(19), "dropped_non_stun"),
+    "short-header": (_valid()[:-1], "dropped_non_stun"),
+    "length-mismatch": (_valid() + b"\0\0\0\0", "dropped_malformed"),
+    "attribute-past-end": (struct.pack("!HH", 1, 8) + _valid()[4:20]
+                           + struct.pack("!HH", 0x8022, 40) + b"abcd", "dropped_malformed"),
+    "bad-fingerprint": (raw(binding_request(TID), fingerprint=True)[:-1] + b"\xff",
+                        "dropped_malformed"),
+    "indication": (raw(StunMessage(Method.BINDING, MessageClass.INDICATION, TID)),
+                   "dropped_not_request"),
+    "success": (raw(StunMessage(Method.BINDING, MessageClass.SUCCESS, TID)),
+                "dropped_not_request"),
+    "error": (raw(StunMessage(Method.BINDING, MessageClass.ERROR, TID,
+                              [(AttrType.ERROR_CODE, ErrorCode(400, "x"))])), "dropped_not_request"),
+    "oversize": (raw(binding_request(TID, padding=MAX_REQUEST_BYTES)), "dropped_oversize"),
+}
+
+
+@pytest.mark.parametrize("data,counter", list(BAD_INPUT.values()), ids=list(BAD_INPUT))
 def test_bad_input_is_dropped_and_counted(data, counter):
     responder = four()
     outcome = responder.handle(data, CLIENT, "primary")
