@@ -1,0 +1,332 @@
+"""Library API: pair through a signaling server and get a connected, authenticated channel.
+
+The counterpart of the original Go library's ``GetTCPPeer``/``GetClientPeer`` +
+``PunchTCPHole``/``PunchUDPHole``::
+
+    from stunturn_diag.punch import initiate, receive, PunchError
+
+    # machine A (names B's public IP and waits for it):
+    result = initiate("http://server:8080", key, target_ip="203.0.113.7", protocol="udp")
+    # machine B (checks in; wait=60 keeps checking in for up to a minute):
+    result = receive("http://server:8080", key, wait=60)
+
+    conn = result.connection   # UdpChannel (send/recv datagrams) or socket.socket (TCP stream)
+
+Both raise :class:`PunchError` (``.reason``, ``.attempts``) when no authenticated
+channel results, or a :class:`SignalingError` subclass when pairing itself fails.
+Steps on each side: ask the server for its STUN endpoint, learn the
+server-reflexive address from the socket that will punch (keeping it alive), send
+it with local addresses and the NAT profile, get matched, derive the same plan as
+the peer (:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import __version__
+from ..errors import ConfigError, NoInitiatorWaiting, PunchError, SignalingError
+from ..signaling import SignalingClient
+from .auth import authenticate_stream
+from .candidates import address_of, build_targets, peer_addresses
+from .decision import Plan, decide, profile_from_details
+
+Address = tuple[str, int]
+PROTOCOLS = ("udp", "tcp")
+
+
+@dataclass
+class PunchOptions:
+    """Knobs of one punch (all times in seconds)."""
+
+    protocol: str = "udp"
+    #: initiator: how long to wait for the receiver (None = the server's wait timeout)
+    pair_timeout: float | None = None
+    #: from the match to an authenticated channel
+    punch_timeout: float = 10.0
+    stun_timeout: float = 3.0
+    #: receiver: keep checking in this long (0 = once)
+    wait: float = 0.0
+    wait_interval: float = 1.0
+    #: TTL of the priming packets (expire past our NAT, before the peer's); None disables
+    prime_ttl: int | None = 2
+    #: allow the bounded many-ports attempt (both sides must allow it)
+    birthday: bool = False
+    #: our NAT profile (the probe's --json report or its "udp"/"tcp" sections)
+    nat_profile: dict | None = None
+    local_ip: str = "0.0.0.0"
+    local_port: int = 0
+    #: UDP channel: keepalive period and silence after which the peer counts as lost
+    keepalive_interval: float = 1.0
+    peer_timeout: float = 8.0
+    progress: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be udp or tcp, got {self.protocol!r}")
+        for name in ("punch_timeout", "stun_timeout", "wait_interval", "peer_timeout",
+                     "keepalive_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.wait < 0:
+            raise ConfigError(f"wait must be >= 0 seconds, got {self.wait!r}")
+        if self.prime_ttl is not None and not 1 <= self.prime_ttl <= 255:
+            raise ConfigError(f"prime_ttl must be 1..255, got {self.prime_ttl!r}")
+
+
+@dataclass
+class PunchResult:
+    """A punched, authenticated connection and how it came about."""
+
+    connection: object            # UdpChannel (udp) or socket.socket (tcp)
+    protocol: str
+    role: str
+    match_id: str
+    local: Address                # our socket's address
+    mapped: Address | None        # our server-reflexive address
+    peer: Address                 # where the peer's authenticated packets come from
+    strategy: str
+    connect_ms: float             # from the match to the authenticated channel
+    explanation: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        def addr(a):
+            return {"ip": a[0], "port": a[1]} if a else None
+        return {"ok": True, "protocol": self.protocol, "role": self.role,
+                "match_id": self.match_id, "local": addr(self.local),
+                "mapped": addr(self.mapped), "peer": addr(self.peer),
+                "strategy": self.strategy, "connect_ms": round(self.connect_ms, 1),
+                "explanation": self.explanation}
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def initiate(server_url: str, key: str, target_ip: str, *, protocol: str = "udp",
+             options: PunchOptions | None = None, **overrides) -> PunchResult:
+    """Initiator: long-poll until the receiver at ``target_ip`` checks in, then punch."""
+    opts = _options(options, protocol, overrides)
+    return _Side(server_url, key, opts, "initiator", target_ip=target_ip).run()
+
+
+def receive(server_url: str, key: str, *, protocol: str | None = None,
+            options: PunchOptions | None = None, **overrides) -> PunchResult:
+    """Receiver: check in (repeatedly for ``wait`` seconds), then punch.
+
+    The protocol is the initiator's choice: without ``protocol`` both a UDP and (if
+    available) a TCP socket learn their mappings before the check-in.
+    """
+    opts = _options(options, protocol or "udp", overrides)
+    protocols = [protocol] if protocol else ["udp", "tcp"]
+    return _Side(server_url, key, opts, "receiver", protocols=protocols).run()
+
+
+def _options(options: PunchOptions | None, protocol: str, overrides: dict) -> PunchOptions:
+    base = options or PunchOptions(protocol=protocol)
+    if overrides or (options and protocol != options.protocol):
+        values = {**base.__dict__, "protocol": protocol, **overrides}
+        return PunchOptions(**values)
+    return base
+
+
+def _compact_profile(profile: dict | None) -> dict:
+    """The parts of a probe report that punching needs (keeps details.nat small)."""
+    out: dict = {}
+    if not isinstance(profile, dict):
+        return out
+    for proto in PROTOCOLS:
+        section = profile.get(proto) if isinstance(profile.get(proto), dict) else None
+        if section is None and "mapping" in profile and proto == "udp":
+            section = profile
+        if section:
+            out[proto] = {k: section.get(k) for k in ("mapping", "filtering", "port_allocation")
+                          if isinstance(section.get(k), str)}
+    return out
+
+
+class _Side:
+    """One side's run: rendezvous, pairing, decision, punch, authentication."""
+
+    def __init__(self, server_url: str, key: str, opts: PunchOptions, role: str, *,
+                 target_ip: str | None = None, protocols: list[str] | None = None) -> None:
+        if not isinstance(key, str) or not 8 <= len(key) <= 256:
+            raise ConfigError("the access key must be 8 to 256 printable characters",
+                              hint="pass --key or set STUNTURN_KEY")
+        self.client = SignalingClient(server_url)
+        self.key = key
+        self.opts = opts
+        self.role = role
+        self.target_ip = target_ip
+        self.protocols = protocols or [opts.protocol]
+        self.flows_after_stun = 0
+        self.prepared: dict = {}
+        self._info: dict | None = None
+
+    def _say(self, text: str) -> None:
+        if self.opts.progress:
+            self.opts.progress(text)
+
+    def _details(self) -> dict:
+        """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
+        nat = _compact_profile(self.opts.nat_profile)
+        punch: dict = {"birthday": bool(self.opts.birthday),
+                       "flows_after_stun": self.flows_after_stun}
+        nat["punch"] = punch
+        first = True
+        out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
+        for proto, (_rv, mapped, local) in self.prepared.items():
+            entry = {"srflx": {"ip": mapped[0], "port": mapped[1]},
+                     "local": [{"ip": ip, "port": port} for ip, port in local[:8]]}
+            if first:
+                out.update(entry)
+                first = False
+            else:
+                punch.setdefault("alt", {})[proto] = entry
+        return out
+
+    def _stun_endpoint(self, protocol: str) -> Address:
+        info = self._info if self._info is not None else self.client.info()
+        self._info = info
+        stun = info.get("stun") if isinstance(info.get("stun"), dict) else {}
+        primary = address_of(stun.get("primary"))
+        transports = stun.get("transports") or ["udp", "tcp"]
+        if primary is None or protocol not in transports:
+            raise PunchError(f"the signaling server offers no STUN endpoint over {protocol}", hint="start the server with its STUN "
+                             "responder enabled", reason="no-stun")
+        if primary[0] in ("0.0.0.0", "::"):
+            host = self.client.base_url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+            primary = (host, primary[1])
+        return primary
+
+    def _rendezvous(self, protocol: str):
+        if protocol == "udp":
+            from .udp import UdpRendezvous
+            return UdpRendezvous(self.opts.local_ip, self.opts.local_port)
+        try:
+            from .tcp import TcpRendezvous
+        except ImportError:
+            raise PunchError("TCP punching is not available in this installation",
+                             hint="use --protocol udp", reason="tcp-unavailable") from None
+        return TcpRendezvous(self.opts.local_ip, self.opts.local_port)
+
+    def _prepare(self, protocols: list[str]) -> None:
+        """Learn the mapping for each protocol (the first one is required)."""
+        for i, proto in enumerate(protocols):
+            try:
+                stun_server = self._stun_endpoint(proto)
+                rv = self._rendezvous(proto)
+            except PunchError:
+                if i == 0:
+                    raise
+                continue
+            try:
+                mapped = rv.learn_mapping(stun_server, self.opts.stun_timeout)
+                local = rv.local_candidates()
+            except PunchError as exc:
+                rv.close()
+                if i == 0:
+                    raise
+                self._say(f"{proto} not prepared ({exc.message}); only "
+                          f"{', '.join(self.prepared)} can be punched")
+                continue
+            if hasattr(rv, "start_keepalive"):
+                rv.start_keepalive()
+            self.prepared[proto] = (rv, mapped, local)
+
+    def _pair(self) -> dict:
+        if self.role == "initiator":
+            self._say(f"waiting for the receiver at {self.target_ip} to check in ...")
+            self.flows_after_stun += 1
+            return self.client.initiate(self.key, self.target_ip, self.opts.protocol,
+                                        details=self._details(),
+                                        timeout=self.opts.pair_timeout)
+        end = time.monotonic() + self.opts.wait
+        attempt = 0
+        while True:
+            attempt += 1
+            self.flows_after_stun += 1
+            try:
+                return self.client.checkin(self.key, details=self._details())
+            except NoInitiatorWaiting:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise
+                if attempt == 1:
+                    self._say(f"no initiator waiting yet; checking in again every "
+                              f"{self.opts.wait_interval:g}s for up to {self.opts.wait:g}s ...")
+                time.sleep(min(self.opts.wait_interval, left))
+
+    def run(self) -> PunchResult:
+        try:
+            self._prepare(self.protocols)
+            match = self._pair()
+            t_match = time.monotonic()
+            protocol = match.get("protocol", self.protocols[0])
+            if protocol not in self.prepared:
+                raise PunchError(f"the initiator asked for {protocol} but this side prepared "
+                                 f"{', '.join(self.prepared)}", hint=f"run the receiver with "
+                                 f"--protocol {protocol}", reason="protocol-mismatch")
+            for proto, (rv, _m, _l) in list(self.prepared.items()):
+                if proto != protocol:
+                    rv.close()
+                    del self.prepared[proto]
+            rv, mapped, _local = self.prepared[protocol]
+            return self._punch(rv, match, protocol, mapped, t_match)
+        finally:
+            for rv, _m, _l in self.prepared.values():
+                rv.close()
+
+    def _punch(self, rv, match: dict, protocol: str, mapped: Address,
+               t_match: float) -> PunchResult:
+        match_id = str(match.get("match_id", ""))
+        peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
+        details = peer.get("details") if isinstance(peer.get("details"), dict) else {}
+        mine = self._details()
+        sides = {self.role: mine, ("receiver" if self.role == "initiator" else "initiator"): details}
+        init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
+        recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)
+        peer_srflx, peer_local, _shift = peer_addresses(details, protocol)
+        same_ip = peer_srflx is not None and peer_srflx[0] == mapped[0] and bool(peer_local)
+        plan = decide(init_p, recv_p, same_public_ip=same_ip, protocol=protocol)
+        self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
+        deadline = t_match + self.opts.punch_timeout
+        try:
+            targets = build_targets(plan, self.role, details, protocol=protocol)
+            if protocol == "udp":
+                conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
+                                prime_ttl=None if plan.strategy == "lan" else self.opts.prime_ttl,
+                                strategy=plan.strategy, key=self.key, match_id=match_id,
+                                prime_targets=targets.prime, spray=targets.spray,
+                                extra_sockets=targets.extra_sockets,
+                                keepalive_interval=self.opts.keepalive_interval,
+                                peer_timeout=self.opts.peer_timeout)
+                local_addr, peer_addr = conn.local_address, conn.peer_address
+            else:
+                conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
+                                prime_ttl=None if plan.strategy == "lan" else self.opts.prime_ttl,
+                                strategy=plan.strategy)
+                try:
+                    authenticate_stream(conn, self.key, match_id, self.role, deadline)
+                except BaseException:
+                    conn.close()
+                    raise
+                local_addr, peer_addr = conn.getsockname()[:2], conn.getpeername()[:2]
+        except PunchError as exc:
+            if not plan.feasible and exc.reason in ("timeout", "one-way", "packet-budget"):
+                exc.attempts = exc.attempts + [{"cause": exc.reason, "message": exc.message}]
+                exc.reason = "relay-needed"
+                exc.message = f"{protocol.upper()} punch failed: {plan.explanation}"
+            exc.context = {"protocol": protocol, "role": self.role, "match_id": match_id,
+                           "strategy": plan.strategy, "explanation": plan.explanation}
+            raise
+        connect_ms = (time.monotonic() - t_match) * 1000.0
+        return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
+                           plan.strategy, connect_ms, plan.explanation, plan.notes)
+
+
+__all__ = ["initiate", "receive", "PunchOptions", "PunchResult", "PunchError", "SignalingError",
+           "Plan"]

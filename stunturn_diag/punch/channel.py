@@ -1,0 +1,171 @@
+"""The authenticated UDP endpoint handed to the user after a successful punch.
+
+Every datagram is a MAC'ed frame (:class:`stunturn_diag.punch.auth.Session`);
+forged, replayed or foreign datagrams are dropped and counted, never delivered.
+A service thread reads the socket, answers late handshake retransmissions, sends
+keepalives (holding the NAT mappings open, RFC 4787 section 4.3) and declares the
+peer lost when nothing authentic arrived for ``peer_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import threading
+import time
+
+from ..errors import PunchError
+from .auth import Handshake, Kind, Session, is_handshake
+
+Address = tuple[str, int]
+#: largest payload per datagram (keeps frames under a 1280-byte IPv6 minimum MTU path)
+MAX_PAYLOAD = 1200
+_EOF = object()
+
+
+class UdpChannel:
+    """A datagram endpoint bound to the punched peer.
+
+    ``send(data)`` sends one authenticated datagram; ``recv(timeout)`` returns the
+    next payload, ``b""`` once the peer signalled end of data (FIN) or closed, and
+    raises :class:`PunchError` (reason ``peer-lost``) when the peer went silent.
+    """
+
+    def __init__(self, sock: socket.socket, peer: Address, handshake: Handshake, *,
+                 keepalive_interval: float = 1.0, peer_timeout: float = 8.0,
+                 clock=time.monotonic, extra_sockets: list[socket.socket] | None = None) -> None:
+        self.sock = sock
+        self.peer_address = peer
+        self.local_address: Address = sock.getsockname()[:2]
+        self.handshake = handshake
+        self.session: Session = handshake.session()
+        self.keepalive_interval = keepalive_interval
+        self.peer_timeout = peer_timeout
+        self._clock = clock
+        self._extra = extra_sockets or []
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self.last_rx = clock()
+        self._last_tx = clock()
+        self.peer_eof = False
+        self.lost = False
+        self.closed = False
+        self.foreign = 0
+        self._thread = threading.Thread(target=self._service, name="stunturn-udp-channel",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- user API -------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if len(data) > MAX_PAYLOAD:
+            raise ValueError(f"datagram payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
+        if self.lost:
+            raise PunchError("the peer is gone (no keepalive answered)", reason="peer-lost")
+        self._send(Kind.DATA, data)
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("no datagram from the peer within the timeout") from None
+        if item is _EOF:
+            self._inbox.put(_EOF)  # stay at EOF for later calls
+            if self.lost:
+                raise PunchError(f"the peer went silent for {self.peer_timeout:g}s "
+                                 "(keepalives unanswered): the path or the peer is gone",
+                                 hint="the NAT mapping may have expired or the peer quit",
+                                 reason="peer-lost")
+            return b""
+        return item
+
+    def shutdown_write(self) -> None:
+        """Tell the peer no more data follows (repeated: datagrams may be lost)."""
+        for _ in range(3):
+            self._send(Kind.FIN)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.lost:
+            for _ in range(2):
+                try:
+                    self._send(Kind.BYE)
+                except OSError:
+                    break
+        self._stop.set()
+        self._thread.join(2.0)
+        for s in [self.sock, *self._extra]:
+            s.close()
+
+    def stats(self) -> dict:
+        c = self.session.counters.as_dict()
+        c["foreign"] = self.foreign
+        return c
+
+    def __enter__(self) -> "UdpChannel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _send(self, kind: Kind, payload: bytes = b"") -> None:
+        with self._lock:
+            frame = self.session.seal(kind, payload)
+            self._last_tx = self._clock()
+            try:
+                self.sock.sendto(frame, self.peer_address)
+            except OSError:
+                pass  # ICMP errors surface later as silence -> peer-lost
+
+    def _service(self) -> None:
+        """Reader + keepalive loop; ends on close() or when the peer is lost."""
+        self.sock.setblocking(False)
+        while not self._stop.is_set():
+            now = self._clock()
+            if now - self.last_rx > self.peer_timeout:
+                self.lost = True
+                self._inbox.put(_EOF)
+                return
+            if now - self._last_tx >= self.keepalive_interval:
+                self._send(Kind.KEEPALIVE)
+            try:
+                ready, _, _ = select.select([self.sock], [], [], min(0.1, self.keepalive_interval))
+            except (OSError, ValueError):
+                return
+            if ready:
+                self._drain()
+
+    def _drain(self) -> None:
+        for _ in range(256):
+            try:
+                data, src = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # ICMP error queued on the socket
+            src = src[:2]
+            if src != self.peer_address or not is_handshake(data):
+                self.foreign += 1
+                continue
+            if data[5] in (Kind.HELLO, Kind.PROOF):
+                out = self.handshake.handle(data)   # the peer still finishing its handshake
+                if out.accepted and out.reply is not None:
+                    try:
+                        self.sock.sendto(out.reply, src)
+                    except OSError:
+                        pass
+                continue
+            frame = self.session.open(data)
+            if frame is None:
+                continue
+            kind, payload = frame
+            self.last_rx = self._clock()
+            if kind is Kind.DATA:
+                self._inbox.put(payload)
+            elif kind in (Kind.FIN, Kind.BYE) and not self.peer_eof:
+                self.peer_eof = True
+                self._inbox.put(_EOF)

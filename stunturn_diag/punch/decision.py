@@ -1,0 +1,178 @@
+"""Pure punching strategy choice: both peers compute the same plan from the same facts.
+
+Inputs are the two NAT profiles exchanged in ``details.nat`` (the probe's JSON
+vocabulary, :mod:`stunturn_diag.behaviour`), whether both peers share a public IP,
+and whether both allow the "birthday" attempt. The function is keyed by *role*,
+never by "mine"/"theirs", so initiator and receiver derive the identical plan.
+
+Reasoning (RFC 4787 sections 4.1, 4.2.1 and 5; RFC 5128 section 3):
+
+* A side whose mapping is endpoint-independent (or no NAT) faces the peer from its
+  server-reflexive port, so the peer can aim at it exactly.
+* A side with an address-and-port-dependent mapping and *sequential* (or preserving)
+  allocation gets the next port(s) for the peer: the other side aims at a predicted
+  window. When both are such, both prime/punch their windows in the same order so the
+  n-th mapping of one meets the n-th mapping of the other.
+* A dependent side with *random* allocation can only be reached if the other side's
+  filter admits any port of its address (endpoint-independent or address-dependent
+  filtering); facing a port-dependent filter it needs the bounded many-ports attempt
+  ("birthday", opt-in on both sides), otherwise a relay (TURN, RFC 8656).
+* Two random dependent mappings cannot be punched at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..behaviour import Filtering, Mapping, PortAllocation
+
+#: predicted-port window aimed at a sequentially allocating NAT
+PREDICT_WINDOW = 8
+#: hard caps of the birthday attempt (ports sprayed / extra sockets opened)
+BIRTHDAY_PORTS = 256
+BIRTHDAY_SOCKETS = 64
+
+DEPENDENT = (Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT)
+OPEN_FILTERS = (Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT)
+
+
+@dataclass(frozen=True)
+class NatProfile:
+    """What punching needs to know about one side's NAT for one transport."""
+
+    mapping: Mapping | None = None
+    filtering: Filtering | None = None
+    allocation: PortAllocation | None = None
+    birthday_ok: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.mapping is not None
+
+    @property
+    def dependent(self) -> bool:
+        return self.mapping in DEPENDENT
+
+    @property
+    def random(self) -> bool:
+        return self.dependent and self.allocation is PortAllocation.RANDOM
+
+    @property
+    def predictable(self) -> bool:
+        return self.dependent and not self.random
+
+    @property
+    def open_filter(self) -> bool:
+        """Admits any port of an address it sent to (or anything at all)."""
+        return self.mapping is Mapping.NO_NAT or self.filtering in OPEN_FILTERS
+
+    def describe(self) -> str:
+        if not self.known:
+            return "unknown NAT"
+        if self.mapping is Mapping.NO_NAT:
+            return "no NAT"
+        alloc = f", {self.allocation.value} ports" if self.allocation else ""
+        filt = self.filtering.value if self.filtering else "unknown"
+        return f"{self.mapping.value} mapping{alloc}, {filt} filtering"
+
+
+def _enum(kind, value):
+    try:
+        return kind(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def profile_from_details(nat: object, protocol: str) -> NatProfile:
+    """Read ``details.nat`` leniently; anything unreadable is an unknown profile.
+
+    Accepts the probe's report shape ``{"udp": {...}, "tcp": {...}}`` (or a flat
+    ``{"mapping", "filtering", "port_allocation"}``) plus ``{"punch": {"birthday": true}}``.
+    """
+    if not isinstance(nat, dict):
+        return NatProfile()
+    punch = nat.get("punch") if isinstance(nat.get("punch"), dict) else {}
+    section = nat.get(protocol) if isinstance(nat.get(protocol), dict) else nat
+    return NatProfile(
+        mapping=_enum(Mapping, section.get("mapping")),
+        filtering=_enum(Filtering, section.get("filtering")),
+        allocation=_enum(PortAllocation, section.get("port_allocation")),
+        birthday_ok=punch.get("birthday") is True,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The strategy both sides follow.
+
+    ``predict_*``: how many ports after the side's server-reflexive port the *other*
+    side aims at (0 = the reflexive port only). ``birthday_side``: the role whose NAT
+    allocates randomly (it opens many sockets; the other sprays random ports).
+    """
+
+    strategy: str                 # "lan" | "simultaneous" | "predict" | "birthday" | "relay-needed"
+    feasible: bool
+    explanation: str
+    predict_initiator: int = 0
+    predict_receiver: int = 0
+    birthday_side: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def predict_for(self, role: str) -> int:
+        return self.predict_initiator if role == "initiator" else self.predict_receiver
+
+
+def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool = False,
+           protocol: str = "udp") -> Plan:
+    """Choose the punching strategy; deterministic in (initiator, receiver) order."""
+    if same_public_ip:
+        return Plan("lan", True, "both peers share a public address: connect over the LAN "
+                                 "(and the NAT's hairpin, if any)")
+    sides = {"initiator": initiator, "receiver": receiver}
+    notes = [f"{role}: {p.describe()}" for role, p in sides.items()]
+    if not initiator.known or not receiver.known:
+        return Plan("simultaneous", True, "a NAT profile is unknown: punch the reflexive "
+                                          "addresses (run a probe on both sides to know more)",
+                    notes=notes)
+    if initiator.random and receiver.random:
+        return Plan("relay-needed", False,
+                    "relay-needed: both NATs allocate a random port per destination "
+                    "(address-and-port-dependent mapping); no punching strategy can find "
+                    "the ports, use a relay (TURN)", notes=notes)
+    for role, me in sides.items():
+        other_role = "receiver" if role == "initiator" else "initiator"
+        other = sides[other_role]
+        if not me.random:
+            continue
+        if other.open_filter and not other.dependent:
+            return Plan("simultaneous", True, f"the {role}'s random port is admitted by the "
+                        f"{other_role}'s {other.filtering.value if other.filtering else 'open'} "
+                        "filtering; replies go to the port packets arrive from", notes=notes)
+        if not other.dependent and initiator.birthday_ok and receiver.birthday_ok:
+            return Plan("birthday", True, f"the {role}'s NAT picks random ports and the "
+                        f"{other_role}'s NAT filters by port: bounded many-ports attempt",
+                        birthday_side=role, notes=notes)
+        cause = ("the other NAT also maps per destination" if other.dependent
+                 else "the other NAT filters by address and port")
+        hint = "" if other.dependent else " (or allow the bounded --birthday attempt on both sides)"
+        return Plan("relay-needed", False,
+                    f"relay-needed: the {role}'s NAT allocates a random port per destination "
+                    f"(address-and-port-dependent mapping) and {cause}; use a relay (TURN){hint}",
+                    notes=notes)
+    # no random side left: predictable dependents get a window aimed at them
+    pi = PREDICT_WINDOW if initiator.predictable else 0
+    pr = PREDICT_WINDOW if receiver.predictable else 0
+    if pi and pr:
+        return Plan("predict", True, "both NATs map per destination with sequential ports: "
+                    "both aim at predicted windows in the same order", pi, pr, notes=notes)
+    if pi or pr:
+        dep_role, other = ("initiator", receiver) if pi else ("receiver", initiator)
+        if other.open_filter:
+            return Plan("simultaneous", True, f"the {dep_role}'s new port is admitted by the "
+                        "other NAT's filtering; replies go to the port packets arrive from",
+                        notes=notes)
+        return Plan("predict", True, f"the {dep_role}'s NAT allocates sequential ports per "
+                    "destination: the other side aims at the predicted window", pi, pr,
+                    notes=notes)
+    return Plan("simultaneous", True, "both mappings are endpoint-independent: punch the "
+                                      "reflexive addresses", notes=notes)

@@ -1,0 +1,284 @@
+"""UDP rendezvous runner: learn the mapping, keep it alive, punch, authenticate.
+
+The socket that asks STUN for its server-reflexive address (RFC 8489 section 6)
+is the very socket that punches, so the learned mapping is the one the peer aims
+at. All decisions live in the pure :mod:`.engine` and :mod:`.auth`; this module
+only moves datagrams and reads the clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import random
+import select
+import socket
+import struct
+import threading
+import time
+
+from .. import stun
+from ..errors import AuthenticationError, PunchError
+from .auth import Handshake, Role
+from .channel import UdpChannel
+from .engine import Send, UdpPunchEngine
+
+Address = tuple[str, int]
+MAX_LOCAL_CANDIDATES = 8
+SIOCGIFADDR = 0x8915
+#: after our side completed, wait this long for the peer's "verified" before handing over
+CONFIRM_LINGER = 1.0
+
+
+def interface_ipv4_addresses() -> list[str]:
+    """Primary IPv4 address of each interface (SIOCGIFADDR); loopback excluded."""
+    out: list[str] = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                res = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, req)
+            except OSError:
+                continue
+            ip = socket.inet_ntoa(res[20:24])
+            addr = ipaddress.ip_address(ip)
+            if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
+                out.append(ip)
+    finally:
+        probe.close()
+    return out
+
+
+def route_source_ip(remote: Address, family: int = socket.AF_INET) -> str | None:
+    """The local IP the kernel would use toward ``remote`` (no packet is sent)."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.connect(remote)
+        return s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+class UdpRendezvous:
+    """One UDP socket from learning the mapping to the punched channel."""
+
+    def __init__(self, local_ip: str = "0.0.0.0", local_port: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
+        self.family = family
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((local_ip, local_port))
+        except OSError as exc:
+            self.sock.close()
+            raise PunchError(f"cannot bind UDP {local_ip}:{local_port}: {exc.strerror}",
+                             hint="pick another local port or address", reason="bind-failed") from None
+        self.mapped: Address | None = None
+        self.stun_server: Address | None = None
+        self._keepalive: threading.Thread | None = None
+        self._keepalive_stop = threading.Event()
+        self._extra: list[socket.socket] = []
+        self._handed_over = False
+
+    @property
+    def local_address(self) -> Address:
+        return self.sock.getsockname()[:2]
+
+    # -- mapping ----------------------------------------------------------------
+    def learn_mapping(self, stun_server: Address, timeout: float = 3.0) -> Address:
+        """Server-reflexive address via a STUN Binding (retransmitted, RFC 8489 section 6.2.1)."""
+        self.stun_server = (stun_server[0], int(stun_server[1]))
+        deadline = time.monotonic() + timeout
+        req = stun.binding_request(software="stunturn-diag punch")
+        wire = stun.encode(req)
+        rto = 0.1
+        next_send = time.monotonic()
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if now >= deadline or sent > 12:
+                raise PunchError(f"no STUN answer from {self.stun_server[0]}:{self.stun_server[1]} "
+                                 f"within {timeout:g}s", hint="is the server's STUN responder "
+                                 "reachable over UDP from here?", reason="stun-failed")
+            if now >= next_send:
+                try:
+                    self.sock.sendto(wire, self.stun_server)
+                except OSError as exc:
+                    raise PunchError(f"cannot send to the STUN server: {exc.strerror}",
+                                     reason="stun-failed") from None
+                sent += 1
+                next_send = now + rto
+                rto = min(rto * 2, 1.0)
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, min(next_send, deadline) - now))
+            if not ready:
+                continue
+            try:
+                data, _src = self.sock.recvfrom(2048)
+            except OSError:
+                continue
+            if not stun.looks_like_stun(data):
+                continue
+            try:
+                msg = stun.decode(data)
+            except Exception:
+                continue
+            if msg.transaction_id == req.transaction_id and msg.mapped_address:
+                self.mapped = (msg.mapped_address[0], int(msg.mapped_address[1]))
+                return self.mapped
+
+    def start_keepalive(self, interval: float = 5.0, max_duration: float = 900.0) -> None:
+        """Refresh the mapping with STUN Bindings until :meth:`punch` (bounded by time)."""
+        if self.stun_server is None or self._keepalive is not None:
+            return
+        server, stop = self.stun_server, self._keepalive_stop
+
+        def run() -> None:
+            end = time.monotonic() + max_duration
+            while not stop.wait(interval) and time.monotonic() < end:
+                try:
+                    self.sock.sendto(stun.encode(stun.binding_request()), server)
+                except OSError:
+                    pass
+
+        self._keepalive = threading.Thread(target=run, name="stunturn-udp-keepalive", daemon=True)
+        self._keepalive.start()
+
+    def _stop_keepalive(self) -> None:
+        self._keepalive_stop.set()
+        if self._keepalive is not None:
+            self._keepalive.join(2.0)
+
+    def local_candidates(self) -> list[Address]:
+        """Host candidates (local IPs with our port) for peers on the same LAN."""
+        ip, port = self.local_address
+        ips: list[str] = []
+        if ip not in ("0.0.0.0", "::"):
+            ips.append(ip)
+        else:
+            src = route_source_ip(self.stun_server) if self.stun_server else None
+            if src and ipaddress.ip_address(src).is_loopback:
+                return [(src, port)]          # a loopback server: stay on loopback
+            if src:
+                ips.append(src)
+            ips += interface_ipv4_addresses()
+        seen: list[Address] = []
+        for i in ips:
+            if (i, port) not in seen:
+                seen.append((i, port))
+        return seen[:MAX_LOCAL_CANDIDATES]
+
+    # -- punching -----------------------------------------------------------------
+    def _sock_for(self, index: int) -> socket.socket:
+        return self.sock if index == 0 else self._extra[index - 1]
+
+    def _send(self, item: Send, errors: dict) -> None:
+        sock = self._sock_for(item.sock)
+        try:
+            if item.ttl:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, item.ttl)
+            sock.sendto(item.data, item.dst)
+        except OSError as exc:
+            key = f"{item.dst[0]}:{item.dst[1]}"
+            errors[key] = errno.errorcode.get(exc.errno or 0, str(exc))
+        finally:
+            if item.ttl:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+
+    def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
+              prime_ttl: int | None = 2, strategy: str = "simultaneous", key: str | bytes = "",
+              match_id: str = "", prime_targets: list[Address] | None = None,
+              spray: list[Address] | None = None, extra_sockets: int = 0,
+              keepalive_interval: float = 1.0, peer_timeout: float = 8.0) -> UdpChannel:
+        """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
+
+        Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
+        Raises :class:`PunchError` with ``reason`` and per-target ``attempts``.
+        """
+        self._stop_keepalive()
+        for _ in range(extra_sockets):
+            s = socket.socket(self.family, socket.SOCK_DGRAM)
+            s.bind((self.local_address[0], 0))
+            self._extra.append(s)
+        hs = Handshake(key, match_id, Role(role))
+        engine = UdpPunchEngine(hs, list(peer_candidates), start=time.monotonic(), deadline=deadline,
+                                prime_ttl=prime_ttl, prime_targets=list(peer_candidates
+                                                                    if prime_targets is None
+                                                                    else prime_targets),
+                                spray=list(spray or []), extra_sockets=extra_sockets)
+        socks = [self.sock, *self._extra]
+        for s in socks:
+            s.setblocking(False)
+        errors: dict = {}
+        confirm_until: float | None = None
+        while True:
+            now = time.monotonic()
+            for item in engine.poll(now):
+                self._send(item, errors)
+            if engine.complete:
+                if confirm_until is None:
+                    confirm_until = min(now + CONFIRM_LINGER, deadline)
+                if engine.confirmed or now >= confirm_until:
+                    break
+            elif engine.expired(now):
+                reason, message, attempts = engine.failure()
+                for a in attempts:
+                    if a["target"] in errors:
+                        a["send_error"] = errors[a["target"]]
+                cls = AuthenticationError if reason == "auth-failed" else PunchError
+                raise cls(f"UDP punch failed ({strategy}): {message}",
+                          hint="see the per-target attempts; a relay (TURN) may be needed",
+                          reason=reason, attempts=attempts)
+            wake = engine.next_wakeup()
+            if confirm_until is not None:
+                wake = min(wake, confirm_until)
+            ready, _, _ = select.select(socks, [], [], max(0.0, min(wake, deadline) - now))
+            for s in ready:
+                idx = socks.index(s)
+                for _ in range(64):
+                    try:
+                        data, src = s.recvfrom(2048)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        continue
+                    for item in engine.receive(data, src[:2], time.monotonic(), sock=idx):
+                        self._send(item, errors)
+        chosen = self._sock_for(engine.peer_sock)
+        extras = [s for s in socks if s is not chosen]
+        for s in extras:
+            s.close()
+        if chosen is not self.sock:
+            self.sock.close()
+        self._extra = []
+        self._handed_over = True
+        channel = UdpChannel(chosen, engine.peer, hs, keepalive_interval=keepalive_interval,
+                             peer_timeout=peer_timeout)
+        if channel.local_address[0] in ("0.0.0.0", "::"):
+            src = route_source_ip(engine.peer, self.family)
+            if src:
+                channel.local_address = (src, channel.local_address[1])
+        return channel
+
+    def close(self) -> None:
+        self._stop_keepalive()
+        for s in self._extra:
+            s.close()
+        self._extra = []
+        if not self._handed_over:
+            self.sock.close()
+
+    def __enter__(self) -> "UdpRendezvous":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def random_ports(count: int, rng: random.Random | None = None, low: int = 1024,
+                 high: int = 65535) -> list[int]:
+    """``count`` distinct random ports for the birthday spray."""
+    rng = rng or random.Random()
+    return rng.sample(range(low, high + 1), min(count, high - low + 1))
