@@ -140,8 +140,17 @@ def test_single_endpoint_classic_zero_change_request_is_answered():
     _, response = only_reply(one().handle(raw(request), CLIENT, "primary"))
     assert response.msg_class == MessageClass.SUCCESS
     assert response.get(AttrType.CHANGED_ADDRESS) is None
-    request.attributes = [(AttrType.CHANGE_REQUEST, ChangeRequest(True, True))]
-    _, response = only_reply(one().handle(raw(request), CLIENT, "primary"))
+
+
+@pytest.mark.parametrize("flags", [(True, False), (False, True), (True, True)])
+def test_single_endpoint_classic_change_gets_no_answer(flags):
+    """RFC 3489 has no error for this; silence reads as "filtered" (section 10.1)."""
+    responder = one()
+    request = StunMessage(Method.BINDING, MessageClass.REQUEST, CLASSIC_TID,
+                          [(AttrType.CHANGE_REQUEST, ChangeRequest(*flags))])
+    assert responder.handle(raw(request), CLIENT, "primary").replies == ()
+    assert responder.stats["dropped_change_unavailable"] == 1
+    _, response = only_reply(responder.handle(raw(request), CLIENT, "primary", "tcp"))
     assert response.error.code == 420
 
 

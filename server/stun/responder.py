@@ -15,9 +15,11 @@ Behaviour (each rule cites the RFC text it follows):
 - CHANGE-REQUEST picks the source of the response from the four endpoints
   A1:P1, A1:P2, A2:P1, A2:P2 as in RFC 5780 section 6.1, Table 1.
 - Without an alternate address, a request with CHANGE-REQUEST gets 420 (Unknown
-  Attribute) listing it (RFC 5780 section 6 and 6.1). Classic RFC 3489 requests
-  whose CHANGE-REQUEST asks for no change are answered (RFC 3489 servers always
-  understood the attribute).
+  Attribute) listing it (RFC 5780 section 6 and 6.1). RFC 3489 has no such
+  error: a classic request whose CHANGE-REQUEST asks for no change is answered,
+  one asking for a change we cannot make gets no answer (counted as
+  ``dropped_change_unavailable``), which classic clients read as "filtered"
+  (RFC 3489 section 10.1) - some (pystun3) resend forever on an error response.
 - Over TCP a response can only go back on the same connection (RFC 5780
   section 3: a server never opens a connection to the client), so a
   CHANGE-REQUEST asking for a change, or RESPONSE-PORT, cannot be honoured and
@@ -97,7 +99,7 @@ UNDERSTOOD_REQUEST_ATTRIBUTES = frozenset({
 #: Counter names (the keys of :attr:`StunResponder.stats`).
 COUNTERS = ("requests", "classic_requests", "responses", "errors_sent",
             "dropped_non_stun", "dropped_malformed", "dropped_not_request",
-            "dropped_oversize", "dropped_bad_source")
+            "dropped_oversize", "dropped_bad_source", "dropped_change_unavailable")
 
 _REASONS = {400: "Bad Request", 420: "Unknown Attribute"}
 
@@ -208,9 +210,12 @@ class StunResponder:
         has_change = request.get(AttrType.CHANGE_REQUEST) is not None
         change = request.change_request
         wants_change = change.change_ip or change.change_port
-        if has_change and not self.can_change and (wants_change or not request.classic):
-            return refuse(420, "CHANGE-REQUEST without an alternate address",
-                          [AttrType.CHANGE_REQUEST])
+        if has_change and not self.can_change:
+            if request.classic and wants_change and transport == "udp":
+                return Outcome("dropped_change_unavailable", detail="no alternate address")
+            if wants_change or not request.classic:
+                return refuse(420, "CHANGE-REQUEST without an alternate address",
+                              [AttrType.CHANGE_REQUEST])
         if wants_change and transport == "tcp":
             return refuse(420, "CHANGE-REQUEST cannot be honoured over TCP",
                           [AttrType.CHANGE_REQUEST])
