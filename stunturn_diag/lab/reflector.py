@@ -1,0 +1,141 @@
+"""A tiny "echo my source address" server for the lab's server host (stdlib only).
+
+``python3 -m stunturn_diag.lab.reflector --udp IP:PORT ... --tcp IP:PORT ... [--lifetime S]``
+
+UDP: a datagram carrying JSON ``{"id": x, "via": k}`` is answered from bound socket
+number ``k`` (default: the receiving one) with ``{"id", "mapped": [ip, port], "by":
+[ip, port]}`` -- like a STUN Binding with CHANGE-REQUEST (RFC 5780 section 4.4), so a
+client learns its mapped address and which sources its NAT lets in. Malformed
+datagrams are dropped and counted.
+
+TCP: on a connection, reads one JSON line ``{"connect_back": {"from": ip, "port"?: n}}``
+(optional), writes ``{"mapped": [ip, port]}`` and, when asked, opens a new TCP
+connection from ``from`` to the mapped address and reports ``{"connect_back":
+"connected" | "refused" | "timeout" | "error"}`` (RFC 5382 section 7.1 unsolicited SYN).
+
+Prints ``{"ready": true}`` once bound; exits by itself after ``--lifetime`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import socket
+import sys
+import threading
+import time
+
+CONNECT_BACK_TIMEOUT = 1.5
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def connect_result(source_ip: str, target: tuple[str, int], source_port: int = 0,
+                   timeout: float = CONNECT_BACK_TIMEOUT) -> str:
+    """Try one TCP connection; name its outcome."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.settimeout(timeout)
+    try:
+        sock.bind((source_ip, source_port))
+        sock.connect(target)
+        return "connected"
+    except ConnectionRefusedError:
+        return "refused"
+    except (socket.timeout, TimeoutError):
+        return "timeout"
+    except OSError:
+        return "error"
+    finally:
+        sock.close()
+
+
+def _serve_tcp(conn: socket.socket, peer: tuple[str, int]) -> None:
+    try:
+        conn.settimeout(3)
+        data = b""
+        while b"\n" not in data and len(data) < 4096:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            request = json.loads(data.split(b"\n", 1)[0] or b"{}")
+        except ValueError:
+            request = {}
+        conn.sendall(json.dumps({"mapped": list(peer)}).encode() + b"\n")
+        back = request.get("connect_back") if isinstance(request, dict) else None
+        if isinstance(back, dict) and isinstance(back.get("from"), str):
+            result = connect_result(back["from"], peer, int(back.get("port", 0)))
+            conn.sendall(json.dumps({"connect_back": result}).encode() + b"\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def serve(udp: list[tuple[str, int]], tcp: list[tuple[str, int]], lifetime: float) -> dict:
+    """Run until ``lifetime`` seconds pass; returns counters."""
+    sel = selectors.DefaultSelector()
+    udp_socks = []
+    for ep in udp:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(ep)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, "udp")
+        udp_socks.append(s)
+    for ep in tcp:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(ep)
+        s.listen(64)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, "tcp")
+    print(json.dumps({"ready": True}), flush=True)
+    stats = {"udp": 0, "tcp": 0, "dropped": 0}
+    deadline = time.monotonic() + lifetime
+    while (left := deadline - time.monotonic()) > 0:
+        for key, _ in sel.select(timeout=min(left, 0.5)):
+            sock = key.fileobj
+            if key.data == "tcp":
+                try:
+                    conn, peer = sock.accept()
+                except OSError:
+                    continue
+                stats["tcp"] += 1
+                threading.Thread(target=_serve_tcp, args=(conn, peer), daemon=True).start()
+                continue
+            try:
+                data, peer = sock.recvfrom(2048)
+            except OSError:
+                continue
+            try:
+                request = json.loads(data)
+                via = request.get("via")
+                out = udp_socks[udp_socks.index(sock) if via is None else int(via)]
+                reply = {"id": request.get("id"), "mapped": list(peer),
+                         "by": list(out.getsockname())}
+                out.sendto(json.dumps(reply).encode(), peer)
+                stats["udp"] += 1
+            except (ValueError, TypeError, AttributeError, IndexError, OSError):
+                stats["dropped"] += 1
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m stunturn_diag.lab.reflector")
+    parser.add_argument("--udp", action="append", default=[], type=_endpoint)
+    parser.add_argument("--tcp", action="append", default=[], type=_endpoint)
+    parser.add_argument("--lifetime", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    stats = serve(args.udp, args.tcp, min(args.lifetime, 3600.0))
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

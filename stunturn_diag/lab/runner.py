@@ -1,0 +1,298 @@
+"""Runs a :class:`LabPlan`: builds the namespaces, runs commands in them, tears down.
+
+``Lab`` is a context manager that always tears down (also when the build fails half
+way). Namespaces are named ``stl-<6 hex>-<node>``; :func:`down_all` removes every
+namespace of the ``stl-`` family, e.g. after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from typing import Sequence
+
+from ..errors import LabError, PrivilegeError
+from . import state
+from .compiler import LabPlan, Step, compile_lab
+from .spec import LabSpec
+from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
+
+PREFIX_FAMILY = state.PREFIX_FAMILY
+
+
+def check_prerequisites() -> None:
+    """Raise PrivilegeError without root, LabError when ``ip``/``nft`` are missing."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("the NAT lab needs root (it creates network namespaces and "
+                             "nftables rules)", hint="run it with sudo")
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps")):
+        if shutil.which(tool) is None:
+            raise LabError(f"the NAT lab needs the '{tool}' command",
+                           hint=f"apt-get install {package}")
+
+
+def new_prefix() -> str:
+    """A fresh namespace prefix of the ``stl-`` family, e.g. ``stl-3fa2c1``."""
+    return PREFIX_FAMILY + secrets.token_hex(3)
+
+
+def _run(step: Step, timeout: float = 30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(step.argv, input=step.stdin, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"lab command failed: {' '.join(step.argv[:6])}...: {exc}") from None
+
+
+def list_namespaces() -> list[str]:
+    """Names from ``ip netns list`` (first word of each line)."""
+    out = _run(Step(["ip", "netns", "list"]))
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+def _kill_namespace_processes(netns: str) -> None:
+    """End processes still running inside one of our namespaces (by PID)."""
+    out = _run(Step(["ip", "netns", "pids", netns]))
+    pids = [int(p) for p in out.stdout.split() if p.isdigit()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and any(_alive(p) for p in alive):
+            time.sleep(0.05)
+        pids = [p for p in alive if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def delete_namespaces(prefix: str) -> list[str]:
+    """Delete every namespace named ``{prefix}-...`` (or exactly ``prefix``); returns them."""
+    gone = []
+    for netns in list_namespaces():
+        if netns == prefix or netns.startswith(prefix + "-"):
+            _kill_namespace_processes(netns)
+            _run(Step(["ip", "netns", "delete", netns]))
+            gone.append(netns)
+    return gone
+
+
+def down(name: str) -> list[str]:
+    """Tear down the lab ``name`` (its namespaces and state file)."""
+    check_prerequisites()
+    if not name.startswith(PREFIX_FAMILY):
+        raise LabError(f"{name!r} is not a lab name", hint=f"lab names start with {PREFIX_FAMILY!r}")
+    gone = delete_namespaces(name)
+    state.forget(name)
+    return gone
+
+
+def down_all() -> list[str]:
+    """Remove every namespace of the ``stl-`` family and all lab state (crash cleanup)."""
+    check_prerequisites()
+    gone = []
+    for netns in list_namespaces():
+        if netns.startswith(PREFIX_FAMILY):
+            _kill_namespace_processes(netns)
+            _run(Step(["ip", "netns", "delete", netns]))
+            gone.append(netns)
+    for name in state.known():
+        state.forget(name)
+    return gone
+
+
+class Lab:
+    """A built NAT lab. ``with Lab(spec) as lab: ...`` builds it and always tears it down."""
+
+    def __init__(self, spec: LabSpec, *, prefix: str | None = None) -> None:
+        self.spec = spec
+        self.name = prefix or new_prefix()
+        if not self.name.startswith(PREFIX_FAMILY):
+            raise LabError(f"lab prefix must start with {PREFIX_FAMILY!r}")
+        self.plan: LabPlan = compile_lab(spec, self.name)
+        self.topology: Topology = self.plan.topology
+        self._procs: list[subprocess.Popen] = []
+        self._up = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        self.up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> "Lab":
+        """Build every namespace, link, address, route and ruleset (tears down on failure)."""
+        check_prerequisites()
+        self._up = True
+        try:
+            for step in self.plan.setup:
+                result = _run(step)
+                if result.returncode != 0 and not step.optional:
+                    raise LabError(f"building lab {self.name} failed at `{' '.join(step.argv)}`: "
+                                   f"{result.stderr.strip() or result.stdout.strip()}")
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """End processes started with :meth:`popen`, then delete the lab's namespaces."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=3)
+        self._procs.clear()
+        if self._up:
+            delete_namespaces(self.name)
+            self._up = False
+
+    def save_state(self) -> None:
+        """Remember this lab for later CLI calls (``lab exec``/``lab down``)."""
+        state.save(self.name, {"name": self.name, "spec": self.spec.to_dict()})
+
+    @classmethod
+    def attach(cls, name: str) -> "Lab":
+        """The lab ``name`` that ``lab up`` built earlier (no building, no teardown)."""
+        data = state.load(name)
+        lab = cls(LabSpec.from_dict(data["spec"]), prefix=data["name"])
+        return lab
+
+    # -- addresses ---------------------------------------------------------------------
+    @property
+    def server_ip(self) -> str:
+        return SERVER_IP
+
+    @property
+    def server_alt_ip(self) -> str:
+        return SERVER_ALT_IP
+
+    @property
+    def server(self) -> str:
+        """The server host's node name (``"srv"``)."""
+        return SERVER
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.topology.nodes)
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """LAN host node -> its LAN address, e.g. ``{"a1": "192.168.1.10"}``."""
+        return self.topology.hosts
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.topology.sites)
+
+    def host_ip(self, host: str) -> str:
+        return self._host(host)
+
+    def site_of(self, host: str) -> str:
+        self._host(host)
+        return self.topology.site_of(host)
+
+    def site_public_ip(self, site: str) -> str:
+        """The address the internet sees for ``site`` (its outermost NAT's WAN)."""
+        return self._site(site).public_ip
+
+    def site_hosts(self, site: str) -> list[str]:
+        return list(self._site(site).hosts)
+
+    def nat_node(self, site: str) -> str:
+        return self._site(site).nat_node
+
+    def expected(self, site: str) -> dict:
+        """Ground truth of ``site``'s NAT (``NatSpec.expected``; for a CGNAT site, of the
+        inner NAT only: the combination is not modelled)."""
+        return self.spec.sites[self._site(site).name].nat.expected
+
+    def netns(self, node: str) -> str:
+        if node not in self.topology.nodes:
+            raise LabError(f"lab {self.name} has no node {node!r}",
+                           hint=f"nodes: {', '.join(self.topology.nodes)}")
+        return self.topology.netns(node)
+
+    def describe(self) -> dict:
+        """JSON-able summary: name, nodes with namespaces, addresses, sites."""
+        return {
+            "name": self.name,
+            "nodes": {n: self.topology.netns(n) for n in self.topology.nodes},
+            "server": {"node": SERVER, "ip": SERVER_IP, "alt_ip": SERVER_ALT_IP},
+            "sites": {s.name: {"nat": self.spec.sites[s.name].nat.name,
+                               "cgnat": (self.spec.sites[s.name].cgnat.name
+                                         if self.spec.sites[s.name].cgnat else None),
+                               "nat_node": s.nat_node, "cgnat_node": s.cgnat_node,
+                               "public_ip": s.public_ip, "hosts": s.hosts}
+                      for s in self.topology.sites.values()},
+        }
+
+    # -- running things ----------------------------------------------------------------
+    def command(self, node: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` inside ``node``'s namespace."""
+        return ["ip", "netns", "exec", self.netns(node), *argv]
+
+    def exec(self, node: str, argv: Sequence[str], *, timeout: float = 60,
+             input: str | None = None, check: bool = False,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``node`` and wait (text output captured)."""
+        try:
+            result = subprocess.run(self.command(node, argv), input=input, capture_output=True,
+                                    text=True, timeout=timeout, env=env, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"`{' '.join(argv)}` in {node} ran over {timeout:g}s") from exc
+        except OSError as exc:
+            raise LabError(f"cannot run `{' '.join(argv)}` in {node}: {exc}") from None
+        if check and result.returncode != 0:
+            raise LabError(f"`{' '.join(argv)}` in {node} exited {result.returncode}: "
+                           f"{result.stderr.strip()[-500:]}")
+        return result
+
+    def popen(self, node: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """Start ``argv`` in ``node``; it is ended (by PID) when the lab goes down."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen(self.command(node, argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def _site(self, site: str):
+        try:
+            return self.topology.sites[site]
+        except KeyError:
+            raise LabError(f"lab {self.name} has no site {site!r}",
+                           hint=f"sites: {', '.join(self.topology.sites)}") from None
+
+    def _host(self, host: str) -> str:
+        try:
+            return self.topology.hosts[host]
+        except KeyError:
+            raise LabError(f"lab {self.name} has no host {host!r}",
+                           hint=f"hosts: {', '.join(self.topology.hosts)}") from None
