@@ -74,6 +74,7 @@ def full_message(tid: bytes = TID) -> StunMessage:
     msg.add(AttrType.SOFTWARE, "stunturn-diag \u2603")
     msg.add(AttrType.PRIORITY, 0x6E0001FF)
     msg.add(AttrType.USE_CANDIDATE, b"")
+    msg.add(AttrType.PASSWORD, b"classic")
     msg.add(AttrType.ICE_CONTROLLED, 2**64 - 1)
     msg.add(AttrType.ICE_CONTROLLING, 7)
     msg.add(0x7F00, b"raw-required")

@@ -271,6 +271,7 @@ CODECS: dict[int, tuple[Decoder, Encoder]] = {
     AttrType.CHANGE_REQUEST: (decode_change_request, encode_change_request),
     AttrType.RESPONSE_PORT: (decode_response_port, encode_response_port),
     AttrType.PADDING: (decode_raw, encode_raw),
+    AttrType.PASSWORD: (decode_raw, encode_raw),
     AttrType.ERROR_CODE: (decode_error_code, encode_error_code),
     AttrType.UNKNOWN_ATTRIBUTES: (decode_unknown_attributes, encode_unknown_attributes),
     AttrType.USERNAME: text_codec(AttrType.USERNAME),
