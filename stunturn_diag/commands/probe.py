@@ -1,11 +1,43 @@
-"""`stunturn-diag probe` (not built yet)."""
+"""`stunturn-diag probe`: diagnose this host's NAT (RFC 4787 / RFC 5382 / RFC 5780).
+
+Exit status: 0 diagnosed, 3 partially diagnosed (some verdicts undetermined),
+4 could not reach the server; 1 for usage/library errors.
+"""
+
+from __future__ import annotations
+
+import sys
 
 import click
 
-from ._common import not_built
+from ._common import emit_json, progress
 
 
-@click.command("probe", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not built yet."""
-    not_built("probe")
+@click.command("probe")
+@click.argument("server", required=False)
+@click.option("--stun", "stun", metavar="HOST:PORT",
+              help="Use any RFC 5780 STUN server (e.g. coturn) instead of our server; UDP tests only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document.")
+@click.option("--no-tcp", is_flag=True, help="Skip the TCP tests.")
+@click.option("--lifetime", type=click.FloatRange(1, 1200), default=None, metavar="SECONDS",
+              help="Also measure the UDP binding lifetime, probing up to SECONDS in parallel.")
+@click.option("--pcap", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the probe's packets to this pcap file (root).")
+def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, lifetime: float | None,
+            pcap: str | None) -> None:
+    """Diagnose NAT behaviour against SERVER (http://HOST:PORT of `stunturn-diag serve`)
+    or --stun HOST:PORT."""
+    from ..probe import run_probe
+    from ..probe.report import render
+
+    if (server is None) == (stun is None):
+        raise click.UsageError("give a SERVER URL or --stun HOST:PORT (exactly one)")
+    if lifetime:
+        progress(f"measuring binding lifetime: this takes up to {lifetime:g} s")
+    result = run_probe(server, stun=stun, tcp=not no_tcp, lifetime=lifetime, pcap=pcap,
+                       progress=None if as_json else progress)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(render(result))
+    sys.exit(result.exit_code)

@@ -1,0 +1,119 @@
+"""More than one NAT layer (e.g. carrier-grade NAT, RFC 6598 100.64.0.0/10) from a TTL walk.
+
+The runner sends one STUN Binding request per TTL 1..``max_hops`` from its own UDP
+socket with ``IP_RECVERR`` set, so the kernel queues each ICMP time-exceeded with
+its sender (``SO_EE_OFFENDER``): no raw socket, no root. ``analyse_hops`` is pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import selectors
+import socket
+import struct
+import time
+
+from ..stun import binding_request, decode, encode
+from .endpoints import Address
+
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_REALMS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                             "100.64.0.0/10")]
+
+
+def realm(ip: str | None) -> str | None:
+    """The private/shared block an address belongs to (None for public or unknown)."""
+    if ip is None:
+        return None
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    for net in _REALMS:
+        if a.version == net.version and a in net:
+            return str(net)
+    return None
+
+
+def analyse_hops(hops: list[dict], server_hop: int | None, nat: bool | None, public_ip: str | None,
+                 local_ip: str | None) -> dict:
+    """Pure: hops [{ttl, from}] -> {"count", "cgnat", "reason"}.
+
+    Each change of private/shared address block along the path before the server marks
+    another translation realm; a shared-space (100.64/10) hop or public address means
+    carrier-grade NAT. Only a lower bound: NATs that do not answer ICMP stay invisible.
+    """
+    if not nat:
+        return {"count": 0 if nat is False else None, "cgnat": False if nat is False else None,
+                "hops": hops, "server_hop": server_hop, "reason": "no NAT" if nat is False else "unknown"}
+    realms = [realm(local_ip)]
+    for h in sorted(hops, key=lambda h: h["ttl"]):
+        r = realm(h.get("from"))
+        if r is not None and r != realms[-1]:
+            realms.append(r)
+    count = max(1, len([r for r in realms if r is not None]))
+    cgnat = any(r == str(_SHARED) for r in realms) or realm(public_ip) == str(_SHARED)
+    why = (f"private address blocks along the path: {[r for r in realms if r]}"
+           + ("; shared address space (RFC 6598) seen" if cgnat else ""))
+    return {"count": count, "cgnat": cgnat, "hops": hops, "server_hop": server_hop, "reason": why}
+
+
+def walk(dest: Address, local_ip: str, public: Address | None, engine=None, *, max_hops: int = 8,
+         budget: float | None = None) -> dict:
+    """TTL walk toward ``dest`` (bounded: ``max_hops`` sockets x 2 sends, ``budget`` seconds)."""
+    rto = engine.rto if engine is not None else 0.2
+    budget = budget if budget is not None else min(1.0, max(0.15, 6 * rto))
+    if ":" in dest[0]:
+        return analyse_hops([], None, None, None, None) | {"reason": "TTL walk is IPv4 only"}
+    sel = selectors.DefaultSelector()
+    socks = []
+    reqs = {}
+    try:
+        for ttl in range(1, max_hops + 1):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.bind((local_ip, 0))
+            socks.append(s)
+            sel.register(s, selectors.EVENT_READ, ttl)
+            reqs[ttl] = encode(binding_request(software="stunturn-diag probe"))
+        hops: dict[int, str | None] = {}
+        server_hop: int | None = None
+        start = time.monotonic()
+        for s, ttl in zip(socks, range(1, max_hops + 1)):
+            s.sendto(reqs[ttl], dest)
+        resent = False
+        while time.monotonic() - start < budget:
+            if not resent and time.monotonic() - start > budget / 2:
+                for s, ttl in zip(socks, range(1, max_hops + 1)):
+                    if ttl not in hops and (server_hop is None or ttl < server_hop):
+                        s.sendto(reqs[ttl], dest)
+                resent = True
+            if server_hop is not None and all(t in hops for t in range(1, server_hop)):
+                break
+            for key, _ in sel.select(0.01):  # EPOLLERR (error queue) also wakes us
+                s, ttl = key.fileobj, key.data
+                try:
+                    _, anc, _, _ = s.recvmsg(1, 512, MSG_ERRQUEUE)
+                    for _lvl, _typ, data in anc:
+                        if len(data) >= 24 and struct.unpack_from("=B", data, 4)[0] == 2:
+                            hops[ttl] = socket.inet_ntoa(data[20:24])
+                except (BlockingIOError, OSError):
+                    pass
+                try:
+                    data, _src = s.recvfrom(2048)
+                    decode(data)
+                    server_hop = ttl if server_hop is None else min(server_hop, ttl)
+                except (BlockingIOError, OSError, ValueError):
+                    pass
+        limit = server_hop or max_hops + 1
+        hop_list = [{"ttl": t, "from": hops.get(t)} for t in range(1, limit)]
+        return analyse_hops(hop_list, server_hop, public is not None and public[0] != local_ip,
+                            public[0] if public else None, local_ip)
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()

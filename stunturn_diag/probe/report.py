@@ -1,0 +1,111 @@
+"""Human report of a :class:`ProbeResult`: RFC names, classic label, evidence, and what it means."""
+
+from __future__ import annotations
+
+from ..behaviour import Filtering, Mapping
+from .result import ProbeResult
+
+_RFC = {
+    "mapping": "Mapping behaviour (RFC 4787 4.1, RFC 5780 4.3)",
+    "filtering": "Filtering behaviour (RFC 4787 5, RFC 5780 4.4)",
+    "port_preservation": "Port preservation (RFC 4787 4.2.1)",
+    "port_allocation": "Port allocation across new mappings (RFC 4787 4.2.1)",
+    "hairpin": "Hairpinning (RFC 4787 6, RFC 5780 4.5)",
+    "mapping_moves_on_unsolicited": "Mapping moves after an unsolicited inbound packet",
+    "binding_lifetime": "Binding lifetime (RFC 4787 4.3, RFC 5780 4.6)",
+    "unsolicited_syn": "Unsolicited inbound SYN (RFC 5382 7.1)",
+    "simultaneous_open": "TCP simultaneous open (RFC 5382 7.2)",
+}
+
+
+def _val(v) -> str:
+    if v is None:
+        return "undetermined"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    return getattr(v, "value", str(v))
+
+
+def meaning(r: ProbeResult) -> list[str]:
+    """Plain-language consequences for direct connectivity."""
+    m, f = r.value("udp", "mapping"), r.value("udp", "filtering")
+    lines = []
+    if not r.udp_reachable:
+        return ["UDP to the STUN server does not get through: direct UDP is unlikely; use a relay (TURN) "
+                "or TCP."]
+    if m is Mapping.NO_NAT:
+        lines.append("You have a public address: " + ("anyone can reach you over UDP." if f in
+                     (None, Filtering.ENDPOINT_INDEPENDENT) else
+                     "a firewall only lets in peers you have sent to first; hole punching works."))
+    elif m is Mapping.ENDPOINT_INDEPENDENT:
+        if f is Filtering.ENDPOINT_INDEPENDENT:
+            lines.append("UDP: any peer that learns your public address can reach you directly.")
+        else:
+            lines.append("UDP: peers can reach you directly after you send to them first (hole punching "
+                         "works with any peer whose NAT keeps one mapping too).")
+        if r.value("udp", "mapping_moves_on_unsolicited"):
+            lines.append("Careful: a packet from the peer arriving before yours makes this NAT pick a new "
+                         "port - send first, or retry punching from a fresh port.")
+    elif m in (Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT):
+        alloc = r.value("udp", "port_allocation")
+        lines.append("UDP: your NAT uses a new public port per destination (symmetric). Punching works "
+                     "only against peers with open (endpoint-independent) filtering"
+                     + (", or by predicting the next port (sequential allocation)" if alloc is not None
+                        and getattr(alloc, "value", alloc) == "sequential" else "")
+                     + "; against another symmetric NAT you need a relay (TURN).")
+    if r.value("udp", "hairpin") is False:
+        lines.append("Two hosts behind this same NAT cannot reach each other via the public address "
+                     "(no hairpinning): use local addresses.")
+    if r.tcp_ran:
+        tf, so = r.value("tcp", "filtering"), r.value("tcp", "simultaneous_open")
+        if tf is Filtering.ENDPOINT_INDEPENDENT:
+            lines.append("TCP: inbound connections to your mapped port get through.")
+        elif tf is not None:
+            lines.append("TCP: unsolicited inbound connections are blocked"
+                         + ("; simultaneous open works, so TCP hole punching is possible." if so else
+                            "; TCP hole punching needs simultaneous open" +
+                            (", which failed here: use UDP or a relay." if so is False else ".")))
+    return lines
+
+
+def render(r: ProbeResult) -> str:
+    """The report as text."""
+    out = []
+    if not r.udp_reachable:
+        out.append("Could not reach the STUN server over UDP.")
+        out += [f"  {n}" for n in r.notes]
+    else:
+        out.append(f"NAT: {'yes' if r.nat else 'no'}   public IP: {r.public_ip}   local IP: {r.local_ip}   "
+                   f"({r.classic_label})   in {r.elapsed_ms:.0f} ms")
+        out.append("")
+        out.append("UDP")
+        for name, v in r.udp.items():
+            out.append(f"  {_RFC.get(name, name)}: {_val(v.value)}")
+            out.append(f"      {v.reason}")
+        if r.udp_extra.get("predicted_next_port"):
+            out.append(f"      next port predicted: {r.udp_extra['predicted_next_port']}")
+    if r.tcp_ran and r.tcp:
+        out.append("")
+        out.append("TCP")
+        for name, v in r.tcp.items():
+            out.append(f"  {_RFC.get(name, name.replace('_', ' ').capitalize() + ' (RFC 5382)')}: "
+                       f"{_val(v.value)}")
+            out.append(f"      {v.reason}")
+    if r.layers and r.layers.get("count"):
+        out.append("")
+        out.append(f"NAT layers seen: {r.layers['count']}" + (" (carrier-grade NAT)" if r.layers.get("cgnat")
+                                                            else "") + f" - {r.layers.get('reason')}")
+    if r.udp_reachable:
+        out.append("")
+        out.append("What this means")
+        out += [f"  - {line}" for line in meaning(r)]
+    for s in r.skipped:
+        out.append(f"skipped {s['test']}: {s['reason']}")
+    for u in r.undetermined:
+        out.append(f"undetermined {u['field']}: {u['reason']}")
+    for n in r.notes if r.udp_reachable else []:
+        out.append(f"note: {n}")
+    out.append(f"status: {r.status}")
+    return "\n".join(out)

@@ -1,0 +1,133 @@
+"""``ProbeResult``: every verdict, its evidence and timings; ``to_json()`` is the stable schema.
+
+Schema ``stunturn-diag/probe`` version 1 (documented in README "NAT probe"). Values use
+the :mod:`stunturn_diag.behaviour` vocabulary; ``null`` means undetermined, and the
+reason is in the matching ``evidence`` entry and in ``undetermined``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..behaviour import classic_label
+from .classify import Verdict
+
+SCHEMA = "stunturn-diag/probe"
+SCHEMA_VERSION = 1
+
+#: exit statuses of ``stunturn-diag probe``
+EXIT_DIAGNOSED = 0
+EXIT_PARTIAL = 3
+EXIT_UNREACHABLE = 4
+
+#: the fields whose null makes a diagnosis "partial"
+CORE_UDP = ("mapping", "filtering", "port_allocation", "hairpin")
+CORE_TCP = ("mapping", "filtering", "unsolicited_syn")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+@dataclass
+class ProbeResult:
+    """The diagnosis. ``udp``/``tcp`` map field names to :class:`Verdict`s."""
+
+    server: dict
+    local_ip: str | None
+    public_ip: str | None
+    nat: bool | None
+    elapsed_ms: float
+    udp_reachable: bool
+    udp: dict[str, Verdict] = field(default_factory=dict)
+    udp_extra: dict = field(default_factory=dict)
+    tcp: dict[str, Verdict] = field(default_factory=dict)
+    tcp_extra: dict = field(default_factory=dict)
+    tcp_ran: bool = True
+    layers: dict | None = None
+    probes: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def value(self, proto: str, name: str) -> Any:
+        v = (self.udp if proto == "udp" else self.tcp).get(name)
+        return None if v is None else v.value
+
+    @property
+    def undetermined(self) -> list[dict]:
+        out = []
+        for proto, fields, verdicts in (("udp", CORE_UDP, self.udp), ("tcp", CORE_TCP, self.tcp)):
+            if proto == "tcp" and not self.tcp_ran:
+                continue
+            for name in fields:
+                v = verdicts.get(name)
+                if v is None or v.value is None:
+                    out.append({"field": f"{proto}.{name}", "reason": v.reason if v else "not tested"})
+        return out
+
+    @property
+    def status(self) -> str:
+        """``diagnosed`` | ``partial`` | ``unreachable``."""
+        if not self.udp_reachable:
+            return "unreachable"
+        return "partial" if self.undetermined else "diagnosed"
+
+    @property
+    def exit_code(self) -> int:
+        return {"diagnosed": EXIT_DIAGNOSED, "partial": EXIT_PARTIAL,
+                "unreachable": EXIT_UNREACHABLE}[self.status]
+
+    @property
+    def classic_label(self) -> str:
+        return classic_label(self.value("udp", "mapping"), self.value("udp", "filtering"))
+
+    def to_json(self) -> dict:
+        """The versioned ``--json`` document."""
+        def block(verdicts: dict[str, Verdict], extra: dict) -> dict:
+            d: dict = {k: _plain(v.value) for k, v in verdicts.items()}
+            d.update(_plain(extra))
+            d["evidence"] = {k: _plain(v.evidence()) for k, v in verdicts.items()}
+            return d
+        udp = {"reachable": self.udp_reachable}
+        udp.update(block(self.udp, self.udp_extra))
+        udp["classic_label"] = self.classic_label
+        tcp = block(self.tcp, self.tcp_extra) if self.tcp_ran else {
+            k: None for k in ("mapping", "port_preservation", "filtering", "unsolicited_syn",
+                              "simultaneous_open")}
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "nat": self.nat,
+            "public_ip": self.public_ip,
+            "local_ip": self.local_ip,
+            "elapsed_ms": self.elapsed_ms,
+            "server": self.server,
+            "udp": udp,
+            "tcp": tcp,
+            "nat_layers": self.layers,
+            "undetermined": self.undetermined,
+            "skipped": self.skipped,
+            "notes": self.notes,
+            "timings": self.timings,
+            "probes": self.probes,
+        }
+
+    def profile(self) -> dict:
+        """A compact summary for a punching peer (fits the signaling ``nat`` detail)."""
+        keys = ("mapping", "filtering", "port_allocation", "port_allocation_delta", "predicted_next_port",
+                "hairpin", "mapping_moves_on_unsolicited")
+        j = self.to_json()
+        return {"nat": self.nat, "public_ip": self.public_ip,
+                "udp": {k: j["udp"].get(k) for k in keys},
+                "tcp": {k: j["tcp"].get(k) for k in ("mapping", "filtering", "simultaneous_open")}}
