@@ -1,11 +1,123 @@
-"""`stunturn-diag punch` (not built yet)."""
+"""`stunturn-diag punch`: pair through the server, punch, authenticate, then relay.
+
+Initiator: ``punch URL --key KEY --target-ip RECEIVER_IP [--protocol udp|tcp]``.
+Receiver:  ``punch URL --key KEY [--wait SECONDS]``.
+A thin layer over :mod:`stunturn_diag.punch.api` and :mod:`stunturn_diag.punch.relay`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
 
 import click
 
-from ._common import not_built
+from ..errors import ConfigError, PunchError, StunturnError
+from ._common import emit_json, progress
 
 
-@click.command("punch", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not built yet."""
-    not_built("punch")
+def _load_profile(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the NAT profile {path}: {exc}",
+                          hint="pass the output of `stunturn-diag probe --json`") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the NAT profile {path} is not a JSON object")
+    return data
+
+
+def _failure(exc: StunturnError) -> dict:
+    out = {"ok": False, "reason": getattr(exc, "reason", None) or exc.code,
+           "error": exc.code, "message": str(exc)}
+    if isinstance(exc, PunchError):
+        out["attempts"] = exc.attempts
+        out.update(getattr(exc, "context", {}) or {})
+    return out
+
+
+@click.command("punch")
+@click.argument("server_url")
+@click.option("--key", envvar="STUNTURN_KEY", required=True, show_envvar=True,
+              help="Shared access key (8-256 chars); prefer the env var, it stays out of ps.")
+@click.option("--target-ip", help="Initiator: the receiver's public IP (omit to be the receiver).")
+@click.option("--protocol", type=click.Choice(["udp", "tcp"]), default=None,
+              help="Initiator: what to punch (default udp). Receiver: prepare only this one.")
+@click.option("--wait", "wait", type=float, default=0.0, show_default=True,
+              help="Receiver: keep checking in this many seconds until an initiator waits.")
+@click.option("--wait-interval", type=float, default=1.0, show_default=True,
+              help="Receiver: seconds between check-ins while waiting.")
+@click.option("--timeout", "pair_timeout", type=float, default=None,
+              help="Initiator: seconds to wait for the receiver (default: the server's limit).")
+@click.option("--punch-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds from the match to an authenticated connection.")
+@click.option("--stun-timeout", type=float, default=3.0, show_default=True,
+              help="Seconds to learn the server-reflexive address.")
+@click.option("--forward", "forward_to", metavar="HOST:PORT",
+              help="Connect the punched channel to this local service.")
+@click.option("--listen", "listen_on", metavar="HOST:PORT",
+              help="Accept a local client here and carry it through the punched channel.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON result line and exit after the authenticated handshake.")
+@click.option("--nat-profile", type=click.Path(dir_okay=False),
+              help="Our NAT profile (`probe --json` output) to share with the peer.")
+@click.option("--birthday", is_flag=True,
+              help="Allow the bounded many-ports attempt (both sides must allow it).")
+@click.option("--prime-ttl", type=click.IntRange(0, 255), default=2, show_default=True,
+              help="TTL of the priming packets (0 disables priming).")
+@click.option("--bind", "bind", metavar="IP[:PORT]", default="0.0.0.0",
+              help="Local address/port to punch from.")
+@click.option("--peer-timeout", type=float, default=8.0, show_default=True,
+              help="UDP: seconds of silence after which the peer counts as lost.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_timeout,
+            punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, birthday,
+            prime_ttl, bind, peer_timeout, quiet) -> None:
+    """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
+    from ..punch import api, relay
+
+    if sum(bool(x) for x in (forward_to, listen_on, as_json)) > 1:
+        raise click.UsageError("--forward, --listen and --json exclude each other")
+    if wait and target_ip:
+        raise click.UsageError("--wait is for the receiver (no --target-ip)")
+    forward_addr = relay.parse_hostport(forward_to, "--forward") if forward_to else None
+    listen_addr = relay.parse_hostport(listen_on, "--listen") if listen_on else None
+    local_ip, _, local_port = bind.rpartition(":") if bind.count(":") == 1 else (bind, "", "0")
+    say = (lambda m: None) if quiet else progress
+    try:
+        opts = api.PunchOptions(
+            protocol=protocol or "udp", pair_timeout=pair_timeout, punch_timeout=punch_timeout,
+            stun_timeout=stun_timeout, wait=wait, wait_interval=wait_interval,
+            prime_ttl=prime_ttl or None, birthday=birthday, nat_profile=_load_profile(nat_profile),
+            local_ip=local_ip or "0.0.0.0", local_port=int(local_port or 0),
+            peer_timeout=peer_timeout, progress=say)
+        if target_ip:
+            result = api.initiate(server_url, key, target_ip, protocol=opts.protocol, options=opts)
+        else:
+            result = api.receive(server_url, key, protocol=protocol, options=opts)
+    except StunturnError as exc:
+        if as_json:
+            emit_json(_failure(exc))
+            sys.exit(1)
+        raise
+    if as_json:
+        emit_json(result.as_dict())
+        result.close()
+        return
+    peer = f"{result.peer[0]}:{result.peer[1]}"
+    say(f"connected to {peer} over {result.protocol} ({result.strategy}, "
+        f"{result.connect_ms:.0f} ms after the match); authenticated")
+    try:
+        if forward_addr:
+            say(f"forwarding to {forward_addr[0]}:{forward_addr[1]}")
+            relay.forward(result.connection, forward_addr)
+        elif listen_addr:
+            relay.listen(result.connection, listen_addr,
+                         ready=lambda a: say(f"listening on {a[0]}:{a[1]}"))
+        else:
+            relay.relay_stdio(result.connection)
+    finally:
+        result.close()

@@ -301,7 +301,7 @@ class _Side:
                                 prime_ttl=None if plan.strategy == "lan" else self.opts.prime_ttl,
                                 strategy=plan.strategy, key=self.key, match_id=match_id,
                                 prime_targets=targets.prime, spray=targets.spray,
-                                extra_sockets=targets.extra_sockets,
+                                extra_sockets=targets.extra_sockets, hold=targets.hold,
                                 keepalive_interval=self.opts.keepalive_interval,
                                 peer_timeout=self.opts.peer_timeout)
                 local_addr, peer_addr = conn.local_address, conn.peer_address

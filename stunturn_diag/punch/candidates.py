@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import PunchError
-from .decision import BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
+from .decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
 Address = tuple[str, int]
 
@@ -26,6 +26,7 @@ class Targets:
     prime: list[Address] = field(default_factory=list)
     spray: list[Address] = field(default_factory=list)
     extra_sockets: int = 0
+    hold: float = 0.0
 
 
 def address_of(obj: object) -> Address | None:
@@ -87,5 +88,5 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
             ports = [p for p in rng.sample(range(1024, 65536), BIRTHDAY_PORTS + 1) if p != port]
             spray = [(ip, p) for p in ports[:BIRTHDAY_PORTS]]
             return Targets([srflx], prime=[srflx], spray=spray)
-        return Targets([srflx], prime=[srflx], extra_sockets=BIRTHDAY_SOCKETS)
+        return Targets([srflx], prime=[srflx], extra_sockets=BIRTHDAY_SOCKETS, hold=BIRTHDAY_HOLD)
     return Targets([srflx], prime=[srflx])

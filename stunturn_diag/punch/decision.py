@@ -30,7 +30,9 @@ from ..behaviour import Filtering, Mapping, PortAllocation
 PREDICT_WINDOW = 8
 #: hard caps of the birthday attempt (ports sprayed / extra sockets opened)
 BIRTHDAY_PORTS = 256
-BIRTHDAY_SOCKETS = 64
+BIRTHDAY_SOCKETS = 256
+#: the random side waits this long after priming, so the spray lands first
+BIRTHDAY_HOLD = 0.4
 
 DEPENDENT = (Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT)
 OPEN_FILTERS = (Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT)

@@ -31,6 +31,7 @@ SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
 PRIME_GAP = 0.030
 MAX_PACKETS = 5000
 SPRAY_PER_ROUND = 16
+EXTRA_SOCKET_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class UdpPunchEngine:
     spray: list[Address] = field(default_factory=list)
     extra_sockets: int = 0
     gap: float = PRIME_GAP
+    #: birthday: keep the extra sockets quiet (after priming) until the peer's spray is done
+    hold: float = 0.0
     max_packets: int = MAX_PACKETS
 
     peer: Address | None = None
@@ -134,10 +137,12 @@ class UdpPunchEngine:
                     for s in range(self.extra_sockets + 1):
                         self._emit(out, Send(hello, t, ttl=self.prime_ttl, sock=s))
             if out:
-                self._next = now + self.gap
+                self._next = now + max(self.gap, self.hold)
                 return out
         for t in self.targets:
-            for s in range(self.extra_sockets + 1):
+            # extra (birthday) sockets: a few rounds only, each is one more mapping
+            socks = self.extra_sockets + 1 if self._round < EXTRA_SOCKET_ROUNDS else 1
+            for s in range(socks):
                 self._emit(out, Send(hello, t, sock=s))
         if self.spray:
             for _ in range(min(SPRAY_PER_ROUND, len(self.spray))):

@@ -190,7 +190,7 @@ class UdpRendezvous:
     def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
               prime_ttl: int | None = 2, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
-              spray: list[Address] | None = None, extra_sockets: int = 0,
+              spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
               keepalive_interval: float = 1.0, peer_timeout: float = 8.0) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
@@ -207,7 +207,7 @@ class UdpRendezvous:
                                 prime_ttl=prime_ttl, prime_targets=list(peer_candidates
                                                                     if prime_targets is None
                                                                     else prime_targets),
-                                spray=list(spray or []), extra_sockets=extra_sockets)
+                                spray=list(spray or []), extra_sockets=extra_sockets, hold=hold)
         socks = [self.sock, *self._extra]
         for s in socks:
             s.setblocking(False)
