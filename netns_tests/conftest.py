@@ -55,7 +55,7 @@ class LabKit:
     """A built lab plus the reflector on its server host and the nettool clients.
 
     Reflector UDP sockets by number: 0 = primary:7000, 1 = primary:7001,
-    2 = alt:7000, 3 = alt:7001. TCP listens on primary:7000 and alt:7000.
+    2 = alt:7000, 3 = alt:7001. TCP listens on primary:7000, primary:7001, alt:7000.
     """
 
     def __init__(self, lab) -> None:
@@ -65,8 +65,8 @@ class LabKit:
         argv = [sys.executable, "-m", "stunturn_diag.lab.reflector", "--lifetime", "300"]
         for ep in eps:
             argv += ["--udp", ep]
-        for ip in (self.S, self.A):
-            argv += ["--tcp", f"{ip}:{REFLECTOR_PORTS[0]}"]
+        for ep in eps[:3]:
+            argv += ["--tcp", ep]
         self.reflector = lab.popen("srv", argv)
         line = self.reflector.stdout.readline()
         assert json.loads(line) == {"ready": True}, line + self.reflector.stderr.read()

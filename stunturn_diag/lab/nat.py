@@ -99,9 +99,11 @@ class NatSpec:
         ``tcp.unsolicited_syn`` is what happens to a SYN from an endpoint the host never
         contacted, sent to the host's TCP mapping: ``pass`` when the filter admits it
         (endpoint-independent filtering, or no NAT), else ``drop``/``rst``.
-        ``udp.mapping_moves_on_unsolicited``: a packet from a remote endpoint reaching
-        the NAT *before* the host's first packet to that endpoint makes the host's
-        mapping use another port (RFC 4787 section 4.1 notes this hurts punching).
+        ``udp.mapping_moves_on_unsolicited`` (endpoint-independent mappings only, else
+        None): a packet from a new remote endpoint to the host's existing mapping,
+        arriving *before* the host's first packet to that endpoint, makes the host's
+        packets to that endpoint leave from another port (Linux conntrack keeps the
+        unsolicited packet's entry and the masquerade port collides) -- a punching hazard.
         """
         if not self.nat:
             udp = {"reachable": not self.udp_blocked, "mapping": Mapping.NO_NAT.value,
@@ -113,8 +115,10 @@ class NatSpec:
             if self.udp_blocked:
                 udp.update(mapping=None, filtering=None)
             return {"nat": False, "udp": udp, "tcp": tcp}
-        moves = (not self.input_firewall
-                 and self.port_allocation is PortAllocation.PRESERVING)
+        moves = None
+        if self.mapping is Mapping.ENDPOINT_INDEPENDENT:
+            moves = (not self.input_firewall
+                     and self.port_allocation is PortAllocation.PRESERVING)
         udp = {"reachable": True, "mapping": self.mapping.value,
                "filtering": self.filtering.value,
                "port_allocation": self.port_allocation.value,

@@ -3,7 +3,7 @@
 ``python3 -m stunturn_diag.lab.nettool udp [--local-port P] --ask IP:PORT[/K] ...``
     one socket; each ``--ask`` asks the reflector at IP:PORT to answer from its socket
     number K (default: the socket asked) and reports the mapped address or null.
-``... alloc --server IP:PORT --n N``  N fresh sockets one after another: local port and
+``... alloc --server IP:PORT --n N [--base P]``  N fresh sockets one after another: local port and
     mapped port of each (RFC 4787 section 4.2.1 port allocation).
 ``... hairpin --server IP:PORT``  RFC 4787 section 6: socket 2 sends to socket 1's mapping.
 ``... count --server IP:PORT --count N``  N requests, how many answers come back.
@@ -78,7 +78,7 @@ def cmd_udp(args) -> dict:
 def cmd_alloc(args) -> dict:
     pairs = []
     for n in range(args.n):
-        sock = _udp_socket()
+        sock = _udp_socket(args.base + n if args.base else 0)
         answer = _ask(sock, args.server, None, f"a{n}")
         pairs.append([sock.getsockname()[1], answer["mapped"][1] if answer else None])
         sock.close()
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("alloc")
     p.add_argument("--server", type=_endpoint, required=True)
     p.add_argument("--n", type=int, default=5)
+    p.add_argument("--base", type=int, default=0, help="local ports base, base+1, ...")
     p = sub.add_parser("hairpin")
     p.add_argument("--server", type=_endpoint, required=True)
     p = sub.add_parser("count")
