@@ -443,6 +443,9 @@ def test_looks_like_stun_and_message_length() -> None:
 @pytest.mark.parametrize("msg", [
     StunMessage(Method.BINDING, MessageClass.REQUEST, b"short"),
     StunMessage(0x1000, MessageClass.REQUEST, TID),
+    StunMessage("binding", MessageClass.REQUEST, TID),  # type: ignore[arg-type]
+    StunMessage(Method.BINDING, 4, TID),  # type: ignore[arg-type]
+    StunMessage(Method.BINDING, MessageClass.REQUEST, TID, [("SOFTWARE", "x")]),  # type: ignore[list-item]
     StunMessage(Method.BINDING, MessageClass.REQUEST, TID, [(AttrType.MAPPED_ADDRESS, ("nope", 1))]),
     StunMessage(Method.BINDING, MessageClass.REQUEST, TID, [(AttrType.MAPPED_ADDRESS, ("1.2.3.4", 70000))]),
     StunMessage(Method.BINDING, MessageClass.REQUEST, TID, [(AttrType.MAPPED_ADDRESS, "1.2.3.4")]),

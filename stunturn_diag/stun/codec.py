@@ -195,10 +195,14 @@ def encode(msg: StunMessage, *, integrity_key: Key | None = None, fingerprint: b
         prefix = tid
     else:
         raise StunEncodeError(f"transaction id has {len(tid)} bytes, expected 12 (or 16 for RFC 3489)")
-    if not 0 <= int(msg.method) <= 0xFFF:
-        raise StunEncodeError(f"method 0x{int(msg.method):x} does not fit 12 bits")
-    if not 0 <= int(msg.msg_class) <= 3:
-        raise StunEncodeError(f"message class {msg.msg_class!r} is not 0..3")
+    try:
+        method, msg_class = int(msg.method), int(msg.msg_class)
+    except (TypeError, ValueError) as exc:
+        raise StunEncodeError(f"method/class must be ints: {msg.method!r}, {msg.msg_class!r}") from exc
+    if not 0 <= method <= 0xFFF:
+        raise StunEncodeError(f"method 0x{method:x} does not fit 12 bits")
+    if not 0 <= msg_class <= 3:
+        raise StunEncodeError(f"message class {msg_class} is not 0..3")
     if integrity_algorithm not in _ALGORITHMS:
         raise StunEncodeError(f"integrity_algorithm must be one of {_ALGORITHMS}")
     if not 0 <= pad_byte <= 0xFF:
@@ -206,6 +210,8 @@ def encode(msg: StunMessage, *, integrity_key: Key | None = None, fingerprint: b
 
     body = bytearray()
     for attr_type, value in msg.attributes:
+        if isinstance(attr_type, bool) or not isinstance(attr_type, int):
+            raise StunEncodeError(f"attribute type must be an int, got {attr_type!r}")
         attr_type = int(attr_type)
         if not 0 <= attr_type <= 0xFFFF:
             raise StunEncodeError(f"attribute type {attr_type} out of range 0..0xFFFF")
@@ -213,7 +219,7 @@ def encode(msg: StunMessage, *, integrity_key: Key | None = None, fingerprint: b
             continue
         body += _attribute(attr_type, encode_value(attr_type, value, prefix), pad_byte)
 
-    type_bytes = join_type(int(msg.method), int(msg.msg_class)).to_bytes(2, "big")
+    type_bytes = join_type(method, msg_class).to_bytes(2, "big")
 
     def framed(extra: int) -> bytes:
         return type_bytes + (len(body) + extra).to_bytes(2, "big") + prefix + bytes(body)
