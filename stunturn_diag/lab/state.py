@@ -12,7 +12,10 @@ PREFIX_FAMILY = "stl-"
 
 
 def state_dir() -> Path:
-    """``/run/stunturn-diag/labs`` (root) or ``$XDG_RUNTIME_DIR/stunturn-diag/labs``."""
+    """``$STUNTURN_LAB_STATE_DIR``, else ``/run/stunturn-diag/labs`` (root) or
+    ``$XDG_RUNTIME_DIR/stunturn-diag/labs``."""
+    if os.environ.get("STUNTURN_LAB_STATE_DIR"):
+        return Path(os.environ["STUNTURN_LAB_STATE_DIR"])
     base = Path("/run") if os.geteuid() == 0 else Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
     return base / "stunturn-diag" / "labs"
 
