@@ -1,0 +1,99 @@
+"""Interop: ``stunturn-diag serve`` (a real subprocess) answers coturn's RFC 5780 clients.
+
+The server is started on loopback with its own free ports (port 0: the ``--json`` line says
+which), queried with turnutils_stunclient and turnutils_natdiscovery, then stopped by PID
+with SIGTERM and must exit cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.interop
+A1, A2 = "127.0.0.1", "127.0.0.2"
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            break
+        if selector.select(remaining):
+            chunk = os.read(proc.stdout.fileno(), 1)
+            if not chunk:
+                break
+            line += chunk
+    selector.close()
+    return line.decode()
+
+
+@pytest.fixture
+def served(tmp_path):
+    stderr = open(tmp_path / "serve.err", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stunturn_diag", "serve", f"{A1}:0", "--alt-ip", A2,
+         "--stun-port", "0", "--alt-port", "0", "--json"],
+        stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        line = _first_line(proc, 60)
+        if not line:
+            stderr.seek(0)
+            pytest.fail(f"stunturn-diag serve printed nothing; stderr:\n{stderr.read()}")
+        info = json.loads(line)
+        yield {ep["role"]: (ep["ip"], ep["port"]) for ep in info["stun_endpoints"]}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        stderr.close()
+
+
+def _run(argv):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return output
+
+
+def test_serve_answers_turnutils_stunclient(served):
+    tool = require("turnutils_stunclient")
+    assert set(served) == {"primary", "alt-port", "alt-ip", "alt-both"}
+    output = _run([tool, "-L", A1, "-p", str(served["primary"][1]), A1])
+    reflexive = re.findall(r"UDP reflexive addr: ([0-9.]+):(\d+)", output)
+    assert reflexive and reflexive[0][0] == A1, output
+    assert "Other addr: : %s:%d" % served["alt-both"] in output, output
+    assert "Response origin: : %s:%d" % served["alt-both"] in output, output
+
+
+def test_serve_answers_turnutils_natdiscovery(served):
+    tool = require("turnutils_natdiscovery")
+    output = _run([tool, "-m", "-f", "-L", A1, "-p", str(served["primary"][1]), A1])
+    assert "NAT with Endpoint Independent Mapping!" in output, output
+    assert "NAT with Endpoint Independent Filtering!" in output, output
