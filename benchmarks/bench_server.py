@@ -4,13 +4,15 @@
 Starts ``stunturn-diag serve --no-stun`` on 127.0.0.1 in a subprocess (or targets
 ``--url``; memory is then read from ``--pid`` if given), opens N initiator
 long-polls (raw HTTP over gevent sockets, each from its own connection), then
-checks in receivers for ``--pairs`` of them and measures, per pair, the time from
-sending the receiver's check-in to the initiator's answer arriving.
+checks in receivers: first ``--latency-pairs`` one at a time (pairing latency: from
+sending the receiver's check-in to the initiator's answer arriving), then
+``--pairs`` from ``--concurrency`` parallel connections (check-in rate). Client and
+server share this machine's cores, so the figures are lower bounds.
 
 Bounded: every phase stops at ``--max-seconds`` overall; the server subprocess is
 always stopped. Loopback only. Prints one figure per line (``--json`` for one object).
 
-    python3 benchmarks/bench_server.py --waiters 10000 --pairs 2000
+    python3 benchmarks/bench_server.py --waiters 10000 --latency-pairs 500 --pairs 2000
 """
 
 from __future__ import annotations
@@ -162,10 +164,8 @@ def run(args) -> dict:
         hold_seconds = time.monotonic() - started
         rss_held = rss_kib(pid)
 
-        pairs = min(args.pairs, held)
         sent: dict[int, float] = {}
         receiver_status: dict[int, int] = {}
-        per_receiver = [list(range(r, pairs, args.concurrency)) for r in range(args.concurrency)]
 
         def receiver(indices: list[int]) -> None:
             if not indices:
@@ -179,18 +179,35 @@ def run(args) -> dict:
                     sent[i] = time.perf_counter()
                     sock.sendall(http_request("POST", "/v1/checkin", {"access_key": key_for(i)}))
                     receiver_status[i] = reader.response()[0]
+                    if len(indices) > 1 and concurrency_one:
+                        # unloaded latency: let the initiator's answer be read before the next pair
+                        while i not in answers and time.monotonic() < deadline:
+                            gevent.sleep(0.0005)
             finally:
                 sock.close()
 
+        def settle(indices) -> None:
+            limit = min(time.monotonic() + 10, deadline + 10)
+            want = sum(1 for i in indices if receiver_status.get(i) == 200)
+            while time.monotonic() < limit and sum(1 for i in indices if i in answers) < want:
+                gevent.sleep(0.01)
+
+        # phase 1: latency, one receiver at a time (server otherwise idle, all waiters held)
+        latency_keys = list(range(min(args.latency_pairs, held)))
+        concurrency_one = True
+        receiver(latency_keys)
+        settle(latency_keys)
+        latencies = sorted((answers[i] - sent[i]) * 1000 for i in latency_keys if i in answers)
+        # phase 2: throughput, --concurrency receiver connections in parallel
+        concurrency_one = False
+        rest = list(range(len(latency_keys), min(len(latency_keys) + args.pairs, held)))
+        per_receiver = [rest[r::args.concurrency] for r in range(args.concurrency)]
         checkin_start = time.perf_counter()
         gevent.joinall([gevent.spawn(receiver, idx) for idx in per_receiver],
                        timeout=max(1.0, deadline - time.monotonic()))
         checkin_seconds = time.perf_counter() - checkin_start
-        wait_until = time.monotonic() + 10
-        while time.monotonic() < min(wait_until, deadline + 10) and \
-                sum(1 for i in sent if i in answers) < sum(1 for s in receiver_status.values() if s == 200):
-            gevent.sleep(0.01)
-        latencies = sorted((answers[i] - sent[i]) * 1000 for i in sent if i in answers)
+        settle(rest)
+        loaded = sorted((answers[i] - sent[i]) * 1000 for i in rest if i in answers)
         matched = sum(1 for s in receiver_status.values() if s == 200)
     finally:
         for sock in sockets:
@@ -203,10 +220,10 @@ def run(args) -> dict:
                 proc.kill()
                 proc.wait()
 
-    def pct(p: float) -> float | None:
-        if not latencies:
+    def pct(values: list[float], p: float) -> float | None:
+        if not values:
             return None
-        return round(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 2)
+        return round(values[min(len(values) - 1, int(p / 100 * len(values)))], 2)
 
     per_1000 = None
     if rss_before is not None and rss_held is not None and held:
@@ -220,12 +237,15 @@ def run(args) -> dict:
         "server_rss_mib_per_1000_waiters": per_1000,
         "pairs_checked_in": len(receiver_status),
         "pairs_matched": matched,
-        "pairing_latency_ms_p50": pct(50),
-        "pairing_latency_ms_p99": pct(99),
+        "pairing_latency_ms_p50": pct(latencies, 50),
+        "pairing_latency_ms_p99": pct(latencies, 99),
         "pairing_latency_ms_mean": round(statistics.fmean(latencies), 2) if latencies else None,
-        "receiver_checkins_per_second": round(len(receiver_status) / checkin_seconds, 1)
-        if checkin_seconds > 0 else None,
+        "latency_sample": len(latencies),
+        "receiver_checkins_per_second": round(len(rest) / checkin_seconds, 1)
+        if checkin_seconds > 0 and rest else None,
         "receiver_connections": args.concurrency,
+        "pairing_latency_ms_p50_under_load": pct(loaded, 50),
+        "pairing_latency_ms_p99_under_load": pct(loaded, 99),
         "client_errors": failures,
     }
 
@@ -233,7 +253,10 @@ def run(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiters", "-n", type=int, default=10000, help="initiator long-polls to hold")
-    parser.add_argument("--pairs", type=int, default=1000, help="receivers to check in (latency sample)")
+    parser.add_argument("--latency-pairs", type=int, default=500,
+                        help="pairs measured one at a time (pairing latency)")
+    parser.add_argument("--pairs", type=int, default=2000,
+                        help="pairs checked in by parallel receivers (check-in rate)")
     parser.add_argument("--concurrency", type=int, default=20, help="receiver connections in parallel")
     parser.add_argument("--wait-timeout", type=float, default=120.0, help="server long-poll timeout")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="overall bound")
@@ -241,8 +264,8 @@ def main() -> None:
     parser.add_argument("--pid", type=int, help="with --url: server PID to read memory from")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    if args.waiters < 1 or args.pairs < 0 or args.concurrency < 1:
-        parser.error("--waiters and --concurrency must be >= 1, --pairs >= 0")
+    if args.waiters < 1 or args.pairs < 0 or args.latency_pairs < 0 or args.concurrency < 1:
+        parser.error("--waiters and --concurrency must be >= 1, --pairs/--latency-pairs >= 0")
     result = run(args)
     if args.json:
         print(json.dumps(result))
