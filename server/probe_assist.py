@@ -4,7 +4,9 @@ RFC 5780 section 3 has a server never open connections to a client, so TCP
 filtering (RFC 5382 section 4.3) and what a NAT does with an unsolicited SYN
 (section 7.1: drop / RST / ICMP) cannot be learned with STUN alone. This module
 adds ``POST /v1/probe/tcp-connect``: the server connects from another source to the
-caller's mapped port and reports what happened.
+caller's mapped port and reports what happened; and ``POST /v1/probe/tcp-simopen``:
+the server connects, after a short delay, from a port it names at once (for the
+caller's simultaneous-open test).
 
 Safety (it makes the server send SYNs on request):
 
@@ -273,7 +275,73 @@ def tcp_connect():
     return jsonify({"target": {"ip": ip, "port": port}, "results": results})
 
 
+def parse_simopen(body: dict) -> tuple[int, int, int, bytes]:
+    """Validate ``{"port", "delay_ms"?, "timeout_ms"?, "token"?}`` (ValueError if bad)."""
+    unknown = set(body) - {"port", "delay_ms", "timeout_ms", "token"}
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    port, _, _, timeout_ms, token = parse_request({k: v for k, v in body.items() if k != "delay_ms"})
+    delay = body.get("delay_ms", 100)
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 1000:
+        raise ValueError("delay_ms must be a number 0..1000")
+    return port, int(delay), timeout_ms, token
+
+
+def tcp_simopen():
+    """``POST /v1/probe/tcp-simopen``: reserve a source port on the alternate IP, answer with
+    it at once, and ``delay_ms`` later connect from it to the caller's port. The caller
+    meanwhile sends a SYN to that source that dies after its NAT (low TTL): the server's
+    SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 7.2)."""
+    from .api import ApiError, _json_body, _observed, _state
+
+    st = _assist_state()
+    st.stats["requests"] += 1
+    try:
+        port, delay_ms, timeout_ms, token = parse_simopen(_json_body())
+    except ValueError as exc:
+        raise ApiError(400, "bad-request", str(exc)) from None
+    ip, _ = _observed()
+    if not st.bucket.take(ip):
+        st.stats["limited"] += 1
+        raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
+                                            "wait a few seconds and retry")
+    cfg = _state().config
+    src_ip = cfg.alt_ip or cfg.stun_ip
+    if ipaddress.ip_address(src_ip).version != ipaddress.ip_address(ip).version:
+        raise ApiError(409, "unavailable", "no source address of your address family")
+    if not st.slots.acquire(blocking=False):
+        st.stats["busy"] += 1
+        raise ApiError(503, "busy", "the server is running too many probe connections; retry shortly")
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.bind((src_ip, 0))
+        source = s.getsockname()[:2]
+    except OSError as exc:
+        s.close()
+        st.slots.release()
+        raise ApiError(503, "busy", f"cannot reserve a source port: {exc.strerror or exc}") from None
+
+    def later() -> None:  # an OS thread: blocking calls here never stall the gevent hub
+        try:
+            time.sleep(delay_ms / 1000)
+            s.settimeout(timeout_ms / 1000)
+            s.connect((ip, port))
+            if token:
+                s.sendall(token)
+        except OSError:
+            pass
+        finally:
+            s.close()
+            st.slots.release()
+    st.stats["connects"] += 1
+    threading.Thread(target=later, name="probe-simopen", daemon=True).start()
+    return jsonify({"target": {"ip": ip, "port": port}, "source": {"ip": source[0], "port": source[1]},
+                    "delay_ms": delay_ms})
+
+
 def register(bp) -> bool:
     """Add the probe-assist routes to ``bp``; returns True (reported by ``/v1/info``)."""
     bp.add_url_rule("/v1/probe/tcp-connect", "probe_tcp_connect", tcp_connect, methods=["POST"])
+    bp.add_url_rule("/v1/probe/tcp-simopen", "probe_tcp_simopen", tcp_simopen, methods=["POST"])
     return True

@@ -18,8 +18,10 @@ from . import classify as C
 from .endpoints import Endpoints, from_info, parse_hostport
 from .plan import ALLOC_SOCKETS, lifetime_schedule
 from .result import ProbeResult
-from .tcp import TcpRun, run_tcp
-from .tcp_classify import classify_tcp_filtering, classify_tcp_mapping
+from .engine import Engine
+from .tcp import TcpRun, alloc_test, run_tcp_rest
+from .layers import analyse_hops
+from .tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from .udp_runner import UdpRun, resolve, route_source_ip, run_udp
 
 
@@ -89,40 +91,70 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         if why:
             skipped.append({"test": "pcap", "reason": why})
 
-    # TCP in the background (our server only: RFC 5780 TCP behaviour needs its TCP endpoints)
-    tcp_run: TcpRun | None = None
-    tcp_thread = None
     tcp_ran = tcp and server is not None
     if tcp and server is None:
         skipped.append({"test": "tcp", "reason": "--stun servers are used for the UDP tests only; "
-                                                 "TCP needs our server's probe assist"})
-    if tcp_ran:
-        assist = None
-        if info.get("probe_assist"):
-            assist = lambda body: client._request("POST", "/v1/probe/tcp-connect", body)  # noqa: E731
-        holder: dict = {}
+                                                 "TCP needs our server's TCP endpoints and probe assist"})
+    tcp_run = TcpRun() if tcp_ran else None
+    engine_kw = {}
+    if tcp_run is not None:
+        # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike
+        say("probing TCP port allocation ...")
+        alloc_test(tcp_run, ep, local_ip, timeout=3.0)
+        if tcp_run.rtt is not None:
+            engine_kw["rto_initial"] = min(0.2, max(0.05, 4 * tcp_run.rtt))
 
-        def tcp_job():
+    walk_done = threading.Event()
+    walk_box: dict = {}
+    background: list[threading.Thread] = []
+
+    def start_concurrent() -> None:
+        """Called by the UDP runner once its serial allocation phase is over."""
+        def walk_job():
             try:
-                holder["run"] = run_tcp(ep_tcp, local_ip, assist=assist)
-            except Exception as exc:  # a thread must not die silently; becomes evidence
-                holder["error"] = f"{type(exc).__name__}: {exc}"
-        ep_tcp = ep
-        tcp_thread = threading.Thread(target=tcp_job, name="probe-tcp", daemon=True)
-        tcp_thread.start()
+                if ttl_walk:
+                    from .layers import walk
+                    walk_box["layers"] = walk(ep.primary, local_ip, None, None)
+            except OSError as exc:
+                walk_box["error"] = str(exc)
+            finally:
+                walk_done.set()
+        background.append(threading.Thread(target=walk_job, name="probe-ttl", daemon=True))
+        if tcp_run is not None:
+            def ttl_for_simopen():
+                walk_done.wait(5.0)
+                layers = walk_box.get("layers") or {}
+                hop = layers.get("server_hop")
+                return hop - 1 if hop and hop >= 3 else None
+
+            def tcp_job():
+                try:
+                    has = bool(info.get("probe_assist"))
+                    run_tcp_rest(tcp_run, ep_now(), local_ip,
+                                 assist=(lambda b: client._request("POST", "/v1/probe/tcp-connect", b))
+                                 if has else None,
+                                 simopen=(lambda b: client._request("POST", "/v1/probe/tcp-simopen", b))
+                                 if has else None,
+                                 ttl_for_simopen=ttl_for_simopen)
+                except Exception as exc:  # a thread must not die silently; becomes evidence
+                    walk_box["tcp_error"] = f"{type(exc).__name__}: {exc}"
+            background.append(threading.Thread(target=tcp_job, name="probe-tcp", daemon=True))
+        for t in background:
+            t.start()
+
+    holder = {"ep": ep}
+
+    def ep_now() -> Endpoints:
+        return holder["ep"]
 
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
-    udp = run_udp(ep, lifetime_max=lifetime)
-    ep = udp.plan.endpoints
-    layers = None
-    if ttl_walk and udp.plan.outcomes.get("map.primary") and udp.plan.outcomes["map.primary"].answered:
-        from .layers import walk
-        layers = walk(ep.primary, local_ip, C.mapped(udp.plan.outcomes["map.primary"]), udp.engine)
-    if tcp_thread is not None:
-        tcp_thread.join(30.0)
-        tcp_run = holder.get("run")
-        if tcp_run is None:
-            notes.append(f"TCP tests failed to run: {holder.get('error', 'timed out')}")
+    udp = run_udp(ep, lifetime_max=lifetime, engine=Engine(**engine_kw), on_concurrent=start_concurrent)
+    holder["ep"] = ep = udp.plan.endpoints
+    for t in background:
+        t.join(30.0)
+    if "tcp_error" in walk_box:
+        notes.append(f"TCP tests failed: {walk_box['tcp_error']}")
+    layers = walk_box.get("layers")
     if sniffer is not None:
         from .pcap import stop_capture
         why = stop_capture(sniffer, pcap)
@@ -143,43 +175,68 @@ def _unreachable(why: str, server_desc: dict, t0: float) -> ProbeResult:
     return r
 
 
+def _na(why: str) -> C.Verdict:
+    return C.Verdict(None, f"not applicable: {why}", applicable=False)
+
+
 def _build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None, server_desc: dict,
            ep: Endpoints, t0: float, layers: dict | None) -> ProbeResult:
     o = {x.name: x for x in udp.engine.outcomes}
     x1 = C.mapped(o.get("map.primary"))
     reachable = x1 is not None
     mapping = C.classify_mapping(o, udp.locals["map"])
-    nat = None if x1 is None else mapping.value is not C.Mapping.NO_NAT
-    filtering = C.classify_filtering(o, ep)
+    tcp_x1 = tcp.mapped.get("primary") if tcp else None
+    if x1 is not None:
+        nat = mapping.value is not C.Mapping.NO_NAT
+        public_ip = x1[0]
+    elif tcp_x1 is not None and tcp.local_map is not None:
+        nat, public_ip = tcp_x1 != tcp.local_map, tcp_x1[0]
+    else:
+        nat, public_ip = None, None
     pairs = [(udp.locals["map"], x1)] if x1 else []
     for i in range(1, ALLOC_SOCKETS + 1):
         m = C.mapped(o.get(f"alloc.{i}"))
         if m is not None:
             pairs.append((udp.locals[f"alloc{i}"], m))
-    alloc = C.classify_allocation(pairs) if reachable else C.Verdict(None, "UDP unreachable")
-    preserved = None if x1 is None else x1[1] == udp.locals["map"][1]
-    verdicts = {
-        "mapping": mapping,
-        "filtering": filtering,
-        "port_preservation": C.Verdict(preserved, "the primary mapping kept the local port"
-                                       if preserved else "the primary mapping changed the local port",
-                                       ["map.primary"]),
-        "port_allocation": alloc,
-        "hairpin": C.classify_hairpin(o) if reachable else C.Verdict(None, "UDP unreachable"),
-        "mapping_moves_on_unsolicited": C.classify_unsolicited(o, mapping.value),
-    }
+    unreachable = C.Verdict(None, "UDP to the STUN server gets no answer")
+    if not reachable:
+        verdicts = {k: unreachable for k in ("mapping", "filtering", "port_preservation", "port_allocation",
+                                             "hairpin", "mapping_moves_on_unsolicited")}
+        alloc = unreachable
+    else:
+        alloc = C.classify_allocation(pairs)
+        preserved = x1[1] == udp.locals["map"][1]
+        verdicts = {
+            "mapping": mapping,
+            "filtering": C.classify_filtering(o, ep),
+            "port_preservation": C.Verdict(preserved, "the primary mapping kept the local port"
+                                           if preserved else "the primary mapping changed the local port",
+                                           ["map.primary"]),
+            "port_allocation": alloc,
+            "hairpin": C.classify_hairpin(o),
+            "mapping_moves_on_unsolicited": C.classify_unsolicited(o, mapping.value),
+        }
+        if nat is False:
+            verdicts["port_allocation"] = alloc = _na("no NAT allocates ports")
+            verdicts["hairpin"] = _na("no NAT to hairpin through")
+            verdicts["mapping_moves_on_unsolicited"] = _na("no NAT mapping")
+        elif mapping.value is not None and mapping.value is not C.Mapping.ENDPOINT_INDEPENDENT:
+            v = verdicts["mapping_moves_on_unsolicited"]
+            verdicts["mapping_moves_on_unsolicited"] = C.Verdict(None, v.reason, v.probes, applicable=False)
     extra = {"mapped_address": _a(x1), "local_address": _a(udp.locals["map"]),
              "port_allocation_delta": alloc.extra.get("delta"),
              "predicted_next_port": alloc.extra.get("predicted_next_port"),
              "port_allocation_confidence": alloc.extra.get("confidence")}
     if lifetime:
-        lt = C.classify_lifetime(o, lifetime_schedule(lifetime))
-        verdicts["binding_lifetime"] = lt
+        verdicts["binding_lifetime"] = C.classify_lifetime(o, lifetime_schedule(lifetime))
+    if layers is not None:
+        layers = analyse_hops(layers.get("hops", []), layers.get("server_hop"), nat, public_ip, udp.local_ip)
     elapsed = round((time.monotonic() - t0) * 1000, 3)
     eng = udp.engine
     result = ProbeResult(
         server=server_desc | {"endpoints": ep.as_dict()}, local_ip=udp.local_ip,
-        public_ip=x1[0] if x1 else None, nat=nat, elapsed_ms=elapsed, udp_reachable=reachable,
+        public_ip=public_ip, nat=nat, elapsed_ms=elapsed, udp_reachable=reachable,
+        tcp_reachable=bool(tcp and tcp.reachable),
         udp=verdicts, udp_extra=extra, tcp_ran=tcp_ran, layers=layers,
         probes=[x.as_dict() for x in udp.engine.outcomes],
         timings={"udp_ms": round((udp.finished - udp.started) * 1000, 3),
@@ -193,27 +250,34 @@ def _build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | Non
 
 
 def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
-    if tcp is None:
-        why = "the TCP tests did not complete"
-        for name in ("mapping", "filtering", "unsolicited_syn", "simultaneous_open", "port_preservation"):
+    if tcp is None or not tcp.reachable:
+        why = "no STUN answer over TCP from the server"
+        for name in ("mapping", "port_preservation", "port_allocation", "filtering", "unsolicited_syn",
+                     "simultaneous_open"):
             result.tcp[name] = C.Verdict(None, why)
         return
     local = tcp.local_map
-    mapping = classify_tcp_mapping(local, tcp.mapped) if local else C.Verdict(None, "not run")
+    mapping = classify_tcp_mapping(local, tcp.mapped)
     if tcp.assist is None and tcp.assist_error:
         filt = syn = C.Verdict(None, tcp.assist_error)
     else:
         filt, syn = classify_tcp_filtering(tcp.assist)
     x1 = tcp.mapped.get("primary")
     preserved = None if x1 is None or local is None else x1[1] == local[1]
+    pairs = [(lo, m) for lo, m in tcp.alloc if m is not None]
+    alloc = C.classify_allocation(pairs)
+    if mapping.value is C.Mapping.NO_NAT:
+        alloc = _na("no NAT allocates ports")
     result.tcp = {
         "mapping": mapping,
         "port_preservation": C.Verdict(preserved, "STUN over TCP from the mapping test's local port",
                                        ["tcp.map.primary"]),
+        "port_allocation": alloc,
         "filtering": filt,
         "unsolicited_syn": syn,
-        "simultaneous_open": tcp.simopen_verdict if getattr(tcp, "simopen_verdict", None)
-        else C.Verdict(None, "not tested"),
+        "simultaneous_open": classify_simopen(tcp.simopen),
     }
     result.tcp_extra = {"mapped_address": _a(x1), "local_address": _a(local),
+                        "port_allocation_delta": alloc.extra.get("delta"),
+                        "predicted_next_port": alloc.extra.get("predicted_next_port"),
                         "errors": tcp.errors, "accepted": tcp.accepted}

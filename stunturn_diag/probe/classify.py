@@ -24,9 +24,13 @@ class Verdict:
     reason: str
     probes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    #: False when the question does not arise (e.g. hairpinning without a NAT)
+    applicable: bool = True
 
     def evidence(self) -> dict:
         d = {"reason": self.reason, "probes": list(self.probes)}
+        if not self.applicable:
+            d["applicable"] = False
         d.update(self.extra)
         return d
 

@@ -61,6 +61,8 @@ class UdpPlan:
     _passive: list[tuple[str, str, bytes]] = field(default_factory=list)
     _srtt: float | None = None
     _hair_started: bool = False
+    #: True once the serial allocation phase is over (other mappings may now interleave)
+    concurrent: bool = False
 
     # -- helpers -----------------------------------------------------------------
     def _probe(self, name: str, sock: str, dest: Address, *, not_before: float = 0.0,
@@ -116,6 +118,7 @@ class UdpPlan:
 
     def _concurrent_phase(self, now: float) -> list[Probe]:
         ep = self.endpoints
+        self.concurrent = True
         probes = [self._probe("hair.a", "hair-a", ep.primary),
                   self._probe("hair.b", "hair-b", ep.primary)]
         for attr, name in (("alt_ip", "map.alt_ip"), ("alt_both", "map.alt_both"),

@@ -24,7 +24,7 @@ EXIT_UNREACHABLE = 4
 
 #: the fields whose null makes a diagnosis "partial"
 CORE_UDP = ("mapping", "filtering", "port_allocation", "hairpin")
-CORE_TCP = ("mapping", "filtering", "unsolicited_syn")
+CORE_TCP = ("mapping", "filtering", "unsolicited_syn", "port_allocation")
 
 
 def _plain(v: Any) -> Any:
@@ -47,6 +47,7 @@ class ProbeResult:
     nat: bool | None
     elapsed_ms: float
     udp_reachable: bool
+    tcp_reachable: bool = False
     udp: dict[str, Verdict] = field(default_factory=dict)
     udp_extra: dict = field(default_factory=dict)
     tcp: dict[str, Verdict] = field(default_factory=dict)
@@ -70,6 +71,8 @@ class ProbeResult:
                 continue
             for name in fields:
                 v = verdicts.get(name)
+                if v is not None and not v.applicable:
+                    continue
                 if v is None or v.value is None:
                     out.append({"field": f"{proto}.{name}", "reason": v.reason if v else "not tested"})
         return out
@@ -77,7 +80,7 @@ class ProbeResult:
     @property
     def status(self) -> str:
         """``diagnosed`` | ``partial`` | ``unreachable``."""
-        if not self.udp_reachable:
+        if not self.udp_reachable and not self.tcp_reachable:
             return "unreachable"
         return "partial" if self.undetermined else "diagnosed"
 
@@ -100,9 +103,10 @@ class ProbeResult:
         udp = {"reachable": self.udp_reachable}
         udp.update(block(self.udp, self.udp_extra))
         udp["classic_label"] = self.classic_label
-        tcp = block(self.tcp, self.tcp_extra) if self.tcp_ran else {
-            k: None for k in ("mapping", "port_preservation", "filtering", "unsolicited_syn",
-                              "simultaneous_open")}
+        tcp = {"reachable": self.tcp_reachable if self.tcp_ran else None}
+        tcp.update(block(self.tcp, self.tcp_extra) if self.tcp_ran else {
+            k: None for k in ("mapping", "port_preservation", "port_allocation", "filtering",
+                              "unsolicited_syn", "simultaneous_open")})
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import select
+import struct
 import socket
 import threading
 import time
@@ -45,6 +46,17 @@ class TcpRun:
     simopen: dict | None = None
     skipped: list[dict] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    alloc: list[tuple[Address, Address | None]] = field(default_factory=list)
+    rtts: list[float] = field(default_factory=list)
+    _keep: socket.socket | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return any(m is not None for _, m in self.alloc)
+
+    @property
+    def rtt(self) -> float | None:
+        return min(self.rtts) / 2 if self.rtts else None  # connect + one STUN exchange ~ 2 RTT
 
 
 def _reuse_socket(local: Address) -> socket.socket:
@@ -94,12 +106,36 @@ def _free_port(local_ip: str) -> Address:
     return addr
 
 
-def _mapping_test(run: TcpRun, ep: Endpoints, local_ip: str, timeout: float) -> None:
-    roles = {"primary": ep.primary, "alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
+def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float, count: int = 5) -> None:
+    """Fresh mappings one after another (RFC 4787 section 4.2.1 applied to TCP): STUN over TCP
+    from ``count`` fresh local ports to the primary. The first socket's port is reused by
+    the mapping test, and its connection is kept open until then."""
+    for i in range(count):
+        s = _reuse_socket((local_ip, 0))
+        local = s.getsockname()[:2]
+        t = time.monotonic()
+        try:
+            mapped = stun_tcp(s, ep.primary, timeout)
+            run.rtts.append(time.monotonic() - t)
+        except (OSError, StunDecodeError) as exc:
+            mapped = None
+            run.errors[f"alloc.{i}"] = str(exc) or type(exc).__name__
+        run.alloc.append((local, mapped))
+        if i == 0:
+            run.local_map, run.mapped["primary"] = local, mapped
+            run._keep = s
+        else:
+            s.close()
+
+
+def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
+    """RFC 5382 section 4.1: from the first allocation socket's local port (SO_REUSEPORT) to the
+    alternate endpoints, concurrently, after the primary mapping exists."""
+    roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
-    local = _free_port(local_ip)
-    run.local_map = local
-    socks = {r: _reuse_socket(local) for r in roles}
+    if run.local_map is None or run.mapped.get("primary") is None or not roles:
+        return
+    socks = {r: _reuse_socket(run.local_map) for r in roles}
 
     def one(role: str) -> None:
         try:
@@ -113,6 +149,9 @@ def _mapping_test(run: TcpRun, ep: Endpoints, local_ip: str, timeout: float) -> 
     finally:
         for s in socks.values():
             s.close()
+        if run._keep is not None:
+            run._keep.close()
+            run._keep = None
 
 
 def _accept_loop(listener: socket.socket, stop: threading.Event, accepted: list[dict], token: bytes) -> None:
@@ -177,23 +216,111 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
         conn.close()
 
 
-def run_tcp(ep: Endpoints, local_ip: str, *, assist=None, timeout: float = 3.0,
-            connect_timeout_ms: int = 400) -> TcpRun:
-    """Run the TCP tests concurrently. ``assist(body) -> dict`` posts to the probe-assist route
-    (None when the server has none: filtering and the SYN test are skipped, with the reason)."""
+def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
+                 ttl_for_simopen=None, timeout: float = 3.0) -> None:
+    """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently.
+
+    ``assist(body)`` / ``simopen(body)`` post to the probe-assist routes (None when the
+    server has none); ``ttl_for_simopen()`` returns the TTL that passes our NAT but not
+    the next router (None when unknown) and may block until the TTL walk is done."""
     started = time.monotonic()
-    run = TcpRun()
-    jobs = [lambda: _mapping_test(run, ep, local_ip, timeout)]
+    rtt = run.rtt or 0.05
+    connect_ms = int(min(2000, max(250, 8 * rtt * 1000)))
+    jobs = [lambda: mapping_test(run, ep, timeout)]
     if assist is not None:
-        jobs.append(lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_timeout_ms))
+        jobs.append(lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms))
     else:
         run.skipped.append({"test": "tcp.filtering", "reason": "the server offers no probe assist "
                                                               "(only our own server does)"})
+    if simopen is None:
+        run.skipped.append({"test": "tcp.simultaneous_open", "reason": "the server offers no probe assist"})
+    elif not has_root():
+        run.skipped.append({"test": "tcp.simultaneous_open",
+                            "reason": "needs root: the low-TTL SYN is sent from a raw socket (the kernel "
+                                      "aborts a connect when the ICMP time-exceeded comes back)"})
+    else:
+        jobs.append(lambda: _simopen_test(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt))
     with ThreadPoolExecutor(len(jobs)) as pool:
         for f in [pool.submit(j) for j in jobs]:
             f.result()
-    run.elapsed_ms = round((time.monotonic() - started) * 1000, 3)
-    return run
+    run.elapsed_ms += round((time.monotonic() - started) * 1000, 3)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def raw_syn(src: Address, dst: Address, ttl: int, copies: int = 2) -> None:
+    """Send a bare TCP SYN (RFC 9293 header, no options) with a chosen TTL from a raw socket."""
+    seq = secrets.randbits(32)
+    hdr = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!BBH", 0, 6, len(hdr))
+    hdr = hdr[:16] + struct.pack("!H", _checksum(pseudo + hdr)) + hdr[18:]
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        s.bind((src[0], 0))
+        for _ in range(copies):
+            s.sendto(hdr, (dst[0], 0))
+    finally:
+        s.close()
+
+
+def _simopen_test(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
+                  rtt: float) -> None:
+    """Outbound SYN that dies past our NAT (low TTL), then the server's SYN in: does the NAT
+    let the crossing SYN through to our listener (RFC 5382 section 7.2)?"""
+    info: dict = {}
+    run.simopen = info
+    ttl = ttl_for_simopen() if ttl_for_simopen else None
+    if ttl is None:
+        info["skipped"] = "the TTL walk did not find a router between our NAT and the server"
+        return
+    if ":" in local_ip:
+        info["skipped"] = "IPv4 only"
+        return
+    local = _free_port(local_ip)
+    listener = _reuse_socket(local)
+    listener.listen(4)
+    conn = _reuse_socket(local)
+    token = secrets.token_bytes(8)
+    stop = threading.Event()
+    accepted: list[dict] = []
+    t = threading.Thread(target=_accept_loop, args=(listener, stop, accepted, token), daemon=True)
+    t.start()
+    try:
+        try:
+            mapped = stun_tcp(conn, ep.primary, timeout)
+        except (OSError, StunDecodeError) as exc:
+            info["error"] = f"no STUN answer over TCP: {exc}"
+            return
+        wait_ms = int(min(3000, max(300, 10 * rtt * 1000)))
+        delay_ms = int(min(1000, max(30, 4 * rtt * 1000)))
+        try:
+            answer = simopen({"port": mapped[1], "delay_ms": delay_ms, "timeout_ms": wait_ms,
+                              "token": token.hex()})
+        except SignalingError as exc:
+            info["error"] = str(exc)
+            return
+        src = answer["source"]
+        raw_syn(local, (src["ip"], int(src["port"])), ttl)
+        info.update(ttl=ttl, local={"ip": local[0], "port": local[1]},
+                    mapped={"ip": mapped[0], "port": mapped[1]}, server_source=src)
+        end = time.monotonic() + (delay_ms + wait_ms) / 1000 + 0.1
+        while time.monotonic() < end and not accepted:
+            time.sleep(0.005)
+        info["connected"] = bool(accepted)
+        info["token_ok"] = any(a["token_ok"] for a in accepted)
+    finally:
+        stop.set()
+        t.join(1.0)
+        listener.close()
+        conn.close()
 
 
 def has_root() -> bool:

@@ -68,3 +68,18 @@ def classify_tcp_filtering(results: dict[str, dict] | None) -> tuple[Verdict, Ve
                        f"filtered", ["tcp.assist.alt-ip", "tcp.assist.alt-port"]), syn
     return Verdict(None, f"the same-IP other-port connect failed to run ({out_port})",
                    ["tcp.assist.alt-port"]), syn
+
+
+def classify_simopen(info: dict | None) -> Verdict:
+    """RFC 5382 section 7.2: our SYN left through the NAT (dying one hop later), then the
+    server's SYN from that endpoint reached our listener through the NAT."""
+    if info is None:
+        return Verdict(None, "not tested (see skipped)")
+    if "skipped" in info or "error" in info:
+        return Verdict(None, info.get("skipped") or info.get("error"), ["tcp.simopen"])
+    if info.get("connected"):
+        return Verdict(True, f"after our SYN (TTL {info['ttl']}) toward {_fmt((info['server_source']['ip'], info['server_source']['port']))} "
+                             "the server's crossing SYN reached us", ["tcp.simopen"], extra={"detail": info})
+    return Verdict(False, f"after our SYN (TTL {info['ttl']}) the server's crossing SYN to "
+                          f"{_fmt((info['mapped']['ip'], info['mapped']['port']))} never arrived",
+                   ["tcp.simopen"], extra={"detail": info})

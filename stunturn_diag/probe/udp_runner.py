@@ -67,8 +67,13 @@ def resolve(host: str, port: int) -> Address:
 
 def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
             clock: Callable[[], float] = time.monotonic, hard_limit: float = 20.0,
-            engine: Engine | None = None, on_mapped: Callable[[Address], None] | None = None) -> UdpRun:
-    """Run the UDP plan to the end (bounded by ``hard_limit`` + lifetime) and return the evidence."""
+            engine: Engine | None = None, on_concurrent: Callable[[], None] | None = None) -> UdpRun:
+    """Run the UDP plan to the end (bounded by ``hard_limit`` + lifetime) and return the evidence.
+
+    ``on_concurrent`` is called once when the serial port-allocation phase is over (or
+    UDP turned out unreachable): other tests that create mappings may start then
+    without disturbing the allocation pattern.
+    """
     local_ip = route_source_ip(endpoints.primary)
     sel = selectors.DefaultSelector()
     socks: dict[str, socket.socket] = {}
@@ -100,7 +105,10 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
                         errors.append(f"send from {snd.sock} to {snd.dest[0]}:{snd.dest[1]}: "
                                       f"{exc.strerror or exc}")
             for out in concluded:
-                _feed(plan, engine, out, now, on_mapped)
+                _feed(plan, engine, out, now)
+            if on_concurrent is not None and (plan.concurrent or engine.idle):
+                on_concurrent()
+                on_concurrent = None
             if engine.idle or now >= deadline:
                 break
             wake = engine.next_wakeup()
@@ -129,7 +137,9 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
                     got = engine.on_packet(msg.transaction_id, clock(), message=msg,
                                            source=src[:2], sock=key.data)
                     if got is not None and not got.passive:
-                        _feed(plan, engine, got, clock(), on_mapped)
+                        _feed(plan, engine, got, clock())
+        if on_concurrent is not None:
+            on_concurrent()
         return UdpRun(plan, engine, locals_, local_ip, started, clock(), errors)
     finally:
         sel.close()
@@ -137,10 +147,8 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
             s.close()
 
 
-def _feed(plan: UdpPlan, engine: Engine, out: Outcome, now: float, on_mapped) -> None:
+def _feed(plan: UdpPlan, engine: Engine, out: Outcome, now: float) -> None:
     plan.set_srtt(engine.srtt)
-    if out.name == "map.primary" and out.answered and on_mapped is not None:
-        on_mapped(out.message.mapped_address)
     for p in plan.on_outcome(out, now):
         engine.add(p)
     for name, sock, tid in plan.take_passive():
