@@ -1,0 +1,246 @@
+"""TCP hole punching: simultaneous open from the mapped port (RFC 9293 section 3.5, RFC 5382).
+
+Usage (the punch API does this)::
+
+    rv = TcpRendezvous()                          # binds one local port
+    srflx = rv.learn_mapping(stun_server, 3.0)    # STUN Binding over TCP, kept open
+    lan = rv.local_candidates()
+    ...exchange srflx + lan with the peer through the signaling server...
+    sock = rv.punch(peer_candidates, role="initiator", deadline=time.monotonic() + 10)
+    rv.close()
+
+Every socket binds the same local port (SO_REUSEADDR + SO_REUSEPORT): the STUN
+connection, a listener and one connecting socket per peer candidate. An
+endpoint-independent NAT (RFC 5382 REQ-1) therefore gives the peer-facing
+connections the mapping STUN reported.
+
+The sequence, per candidate, on both peers (found on Linux 6.x conntrack NAT in
+the lab; see netns_tests/test_punch_tcp_matrix.py)
+
+1. *Prime*: a socket with ``IP_TTL = prime_ttl`` connects (non-blocking). Its SYN
+   opens our NAT's mapping and conntrack entry and expires in the core network
+   before the peer's NAT, so that NAT cannot answer it with a RST (RFC 5382
+   section 7.1 allows RST for unsolicited SYNs; Linux NATs do so from their own
+   stack) or drop-and-forget it. The router's ICMP Time Exceeded comes back
+   through our NAT (RELATED) and, in SYN-SENT, is a hard error for Linux TCP
+   (``EHOSTUNREACH``): the priming socket dies. That is expected. If no ICMP comes
+   back the same socket simply continues at full TTL after :data:`SETTLE`.
+2. *Connect*: after :data:`SETTLE` seconds (which covers the start skew of the
+   two peers) a new socket connects at full TTL. Linux draws the ISN from a clock
+   (RFC 6528), so the new SYN's sequence number is *after* the priming one and
+   conntrack re-initialises the entry to it (nf_conntrack_proto_tcp: a SYN in
+   SYN_SENT with a later end re-inits the sender). A priming SYN followed by a
+   SYN-ACK or a SYN with an *earlier* ISN leaves conntrack tracking the old
+   number; the peer's answer is then INVALID and not translated: the punch fails.
+   Hence the rule: the socket that completes the handshake must be one whose own
+   SYN went out through our NAT last.
+3. When the peer's SYN reaches our NAT it matches the outbound entry (RFC 5382
+   section 4.3: filtering admits the endpoint we sent to) and lands in our
+   SYN-SENT socket: simultaneous open (RFC 9293 section 3.5, figure 8): both
+   sides send SYN-ACK, both reach ESTABLISHED. The kernel's own SYN
+   retransmissions (1 s, 3 s, ...) repeat our full-TTL SYN.
+4. A SYN from a candidate that finds none of our connecting sockets (say the
+   peer's SYN arrives before ours left) hits the listener. Answering would hurt:
+   a SYN-ACK from the listener carries a new ISN (INVALID at our NAT, see 2) and a
+   RST would kill the peer's attempt. So the listener carries a socket filter
+   (classic BPF) that silently drops segments from the candidates; the peer's
+   kernel retransmits, and by then our connecting socket is there. SYNs from
+   any *other* address are accepted normally: that is how a peer behind a
+   symmetric NAT (a different port than its STUN mapping) reaches us when our
+   NAT filters endpoint- or address-independently.
+5. A full-TTL SYN answered by RST (the peer's NAT had no entry yet: the peer
+   started later than :data:`SETTLE` allows, or its mapping is port-dependent)
+   or by ICMP unreachable: re-prime at once (the RST put our conntrack entry in
+   CLOSE) and connect again :data:`RETRY_INTERVAL` later; at most
+   :data:`MAX_CONNECTS` times per candidate and never past the deadline.
+6. Candidates (LAN addresses for peers behind the same NAT, the server-reflexive
+   address, predicted ports) are all punched in parallel. The initiator sends
+   8 nomination bytes on every connection that comes up; the receiver answers on
+   the first one that delivers them, and both return exactly that connection
+   (the controlling side picks, as in ICE, RFC 8445 section 8). All others are
+   closed. The nomination also proves the connection works both ways.
+
+``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
+host -> site NAT -> core router -> peer NAT (the lab) that is 2; add one per
+extra NAT level (carrier-grade NAT, RFC 6888) or router before the core. ``None``
+or 0 disables priming (peers on one LAN: the SYN must reach the peer).
+
+``strategy="listen-connect"`` (fallback where one side needs no priming: no NAT
+or endpoint-independent filtering): the *receiver* only listens and accepts, the
+*initiator* connects at full TTL, retrying refused SYNs. Any other strategy name
+of :mod:`stunturn_diag.punch.decision` ("simultaneous", "lan", "predict", ...)
+runs the simultaneous open above over the given candidates.
+
+IPv4 only. Failures raise :class:`~stunturn_diag.errors.PunchError` whose
+``reason`` names the cause: ``refused`` (RSTs: the peer's NAT had no mapping
+toward us), ``unreachable`` (ICMP unreachable), ``timeout`` (SYNs silently
+dropped: mappings never met), ``nomination-failed``, ``no-candidates``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+
+from ..errors import ConfigError, PunchError
+from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
+                         STRATEGY_SIMULTANEOUS, PunchLoop)
+from .tcp_sockets import host_ipv4_addresses, shared_port_socket
+from .tcp_stun import tcp_binding
+
+Address = tuple[str, int]
+
+#: TTL of the priming SYN: dies at the first router after our NAT (see module doc)
+DEFAULT_PRIME_TTL = 2
+#: most local candidates offered (the signaling API takes up to 8)
+MAX_LOCAL_CANDIDATES = 8
+
+__all__ = ["TcpRendezvous", "DEFAULT_PRIME_TTL", "SETTLE", "RETRY_INTERVAL", "MAX_CONNECTS",
+           "STRATEGY_SIMULTANEOUS", "STRATEGY_LISTEN"]
+
+
+def _ipv4(ip: str, what: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        raise ConfigError(f"{what} must be an IP address, got {ip!r}") from None
+    if addr.version != 4:
+        raise ConfigError(f"{what} {ip} is IPv6; TCP punching supports IPv4 only",
+                          hint="use an IPv4 address")
+    return str(addr)
+
+
+class TcpRendezvous:
+    """One local TCP port: learn its mapping, then punch a connection to the peer."""
+
+    def __init__(self, local_ip: str = "0.0.0.0", local_port: int = 0) -> None:
+        local_ip = _ipv4(local_ip, "local_ip")
+        if not isinstance(local_port, int) or not 0 <= local_port <= 65535:
+            raise ConfigError(f"local_port must be 0..65535, got {local_port!r}")
+        try:
+            self._listener = shared_port_socket(local_ip, local_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot bind TCP {local_ip}:{local_port}: {exc.strerror}",
+                              hint="pick another --local-port or leave it 0") from None
+        self.local_ip = local_ip
+        self.local_port: int = self._listener.getsockname()[1]
+        self.mapped: Address | None = None
+        self._stun: socket.socket | None = None
+        self._punched = False
+
+    # -- before signaling ----------------------------------------------------
+
+    def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
+        """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
+        self._check_open()
+        host = _ipv4(stun_server[0], "STUN server")
+        if self._stun is not None:
+            self._stun.close()
+            self._stun = None
+        sock = shared_port_socket(self.local_ip, self.local_port)
+        try:
+            self.mapped = tcp_binding(sock, (host, int(stun_server[1])), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self._stun = sock
+        return self.mapped
+
+    def local_candidates(self) -> list[tuple[str, int]]:
+        """Host addresses with our port (for a peer on the same LAN), best first."""
+        self._check_open()
+        if self.local_ip != "0.0.0.0":
+            return [(self.local_ip, self.local_port)]
+        ips: list[str] = []
+        if self._stun is not None:
+            try:
+                ips.append(self._stun.getsockname()[0])  # the interface toward the server
+            except OSError:
+                pass
+        for ip in host_ipv4_addresses():
+            if ip not in ips and not ipaddress.ip_address(ip).is_loopback:
+                ips.append(ip)
+        return [(ip, self.local_port) for ip in ips[:MAX_LOCAL_CANDIDATES]]
+
+    # -- after signaling -----------------------------------------------------
+
+    def punch(self, peer_candidates: list[tuple[str, int]], *, role: str, deadline: float,
+              prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS
+              ) -> socket.socket:
+        """Connected TCP socket to the peer (not yet authenticated), or PunchError.
+
+        ``deadline`` is a ``time.monotonic()`` value. ``prime_ttl=None`` means
+        :data:`DEFAULT_PRIME_TTL`; pass 0 to send no priming SYN. One punch per
+        rendezvous; the listener is closed when it returns.
+        """
+        self._check_open()
+        if role not in ("initiator", "receiver"):
+            raise ConfigError(f"role must be 'initiator' or 'receiver', got {role!r}")
+        if prime_ttl is None:
+            prime_ttl = DEFAULT_PRIME_TTL
+        if not isinstance(prime_ttl, int) or not 0 <= prime_ttl <= 255:
+            raise ConfigError(f"prime_ttl must be 0..255, got {prime_ttl!r}")
+        if self._punched:
+            raise ConfigError("this TcpRendezvous already punched; create a new one")
+        candidates, skipped = self._usable(peer_candidates)
+        if not candidates and strategy != STRATEGY_LISTEN:
+            raise PunchError("no usable peer address to punch toward", reason="no-candidates",
+                             hint="the peer must send IPv4 srflx/local addresses",
+                             attempts=skipped)
+        self._punched = True
+        loop = PunchLoop((self.local_ip, self.local_port), self._listener, candidates,
+                         role=role, deadline=deadline, prime_ttl=prime_ttl or None,
+                         strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
+                         else STRATEGY_SIMULTANEOUS)
+        try:
+            return loop.run()
+        except PunchError as exc:
+            exc.attempts = exc.attempts + skipped
+            raise
+        finally:
+            self._listener.close()
+
+    def _usable(self, peer_candidates: list[tuple[str, int]]) -> tuple[list[Address], list[dict]]:
+        own_ips = set(host_ipv4_addresses()) | {self.local_ip}
+        usable: list[Address] = []
+        skipped: list[dict] = []
+        for cand in peer_candidates:
+            try:
+                ip, port = str(ipaddress.ip_address(cand[0])), int(cand[1])
+            except (ValueError, TypeError, IndexError):
+                skipped.append({"candidate": repr(cand), "strategy": "-",
+                                "error": "not an (ip, port) pair"})
+                continue
+            text = f"{ip}:{port}"
+            if ipaddress.ip_address(ip).version != 4 or not 0 < port < 65536:
+                skipped.append({"candidate": text, "strategy": "-",
+                                "error": "not an IPv4 address with a port 1..65535"})
+            elif port == self.local_port and (ip in own_ips or ip == "0.0.0.0"
+                                              or ipaddress.ip_address(ip).is_loopback):
+                skipped.append({"candidate": text, "strategy": "-",
+                                "error": "our own address (TCP would connect to itself)"})
+            elif (ip, port) not in usable:
+                usable.append((ip, port))
+        return usable, skipped
+
+    # -- lifetime ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._listener is None:
+            raise ConfigError("this TcpRendezvous is closed")
+
+    def close(self) -> None:
+        """Close the STUN connection and the listener (an returned punched socket stays open)."""
+        if self._stun is not None:
+            self._stun.close()
+            self._stun = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "TcpRendezvous":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

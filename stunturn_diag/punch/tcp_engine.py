@@ -1,0 +1,325 @@
+"""The TCP punch loop: per-candidate prime/connect attempts, listener, nomination.
+
+One ``select`` loop drives every socket; the sequence and its reasons are in the
+docstring of :mod:`stunturn_diag.punch.tcp`. Every retry is bounded by
+:data:`MAX_CONNECTS` per candidate and by the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..errors import PunchError
+from .tcp_sockets import attach_blackhole, can_pin_isn, get_ttl, set_ttl, shared_port_socket
+
+Address = tuple[str, int]
+
+#: seconds between the priming SYN and the first full-TTL SYN (covers the skew
+#: between the two peers' starts; both learn of each other in the same instant)
+SETTLE = 0.25
+#: seconds between a refused/unreachable full-TTL SYN and the next one
+RETRY_INTERVAL = 0.25
+#: full-TTL connect attempts per candidate (each after a fresh priming SYN)
+MAX_CONNECTS = 40
+#: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
+#: side picks), the receiver confirms; both return exactly that connection
+NOMINATE = b"STDTCPN1"
+NOMINATE_ACK = b"STDTCPA1"
+#: the longest single select() wait (the loop also wakes on every event)
+_TICK = 0.05
+
+STRATEGY_SIMULTANEOUS = "simultaneous-open"
+STRATEGY_LISTEN = "listen-connect"
+
+_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
+
+
+@dataclass
+class _Candidate:
+    """Punching state toward one peer address."""
+
+    address: Address
+    sock: socket.socket | None = None
+    priming: bool = False          # ``sock`` sent the low-TTL SYN
+    isn: int | None = None         # pinned ISN of this round (prime and connect share it)
+    settle_at: float = 0.0         # when the full-TTL SYN follows the prime
+    next_connect: float = 0.0      # when to open the next full-TTL socket
+    connects: int = 0
+    passive: bool = False          # listen-connect receiver: never connects
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def note(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+@dataclass
+class _Conn:
+    """An established connection waiting for the nomination exchange."""
+
+    sock: socket.socket
+    peer: Address
+    via: str                        # "connect" | "accept"
+    buf: bytes = b""
+
+
+def _err_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+class PunchLoop:
+    """One punch run; ``run()`` returns the nominated socket or raises PunchError."""
+
+    def __init__(self, local: Address, listener: socket.socket, candidates: list[Address], *,
+                 role: str, deadline: float, prime_ttl: int | None, strategy: str) -> None:
+        self.local = local
+        self.listener = listener
+        self.candidates = [_Candidate(c) for c in candidates]
+        self.role = role
+        self.deadline = deadline
+        self.prime_ttl = prime_ttl
+        self.strategy = strategy
+        self.conns: list[_Conn] = []
+        self.conn_errors: list[str] = []
+        self.accepted = 0
+        self.full_ttl = 64
+        #: pin ISNs with TCP_REPAIR (needs CAP_NET_ADMIN); else kernel ISNs
+        self.pin = bool(prime_ttl) and strategy == STRATEGY_SIMULTANEOUS and can_pin_isn()
+
+    # -- socket actions ------------------------------------------------------
+
+    def _open(self, cand: _Candidate, ttl: int | None) -> None:
+        try:
+            sock = shared_port_socket(*self.local, isn=cand.isn)
+        except OSError as exc:
+            cand.note(f"socket {_err_name(exc.errno or 0)}")
+            cand.next_connect = time.monotonic() + RETRY_INTERVAL
+            return
+        self.full_ttl = get_ttl(sock)
+        if ttl is not None:
+            set_ttl(sock, ttl)
+        rc = sock.connect_ex(cand.address)
+        if rc not in (0, errno.EINPROGRESS):
+            sock.close()
+            cand.note(f"connect {_err_name(rc)}")
+            cand.next_connect = time.monotonic() + RETRY_INTERVAL
+            return
+        cand.sock, cand.priming = sock, ttl is not None
+
+    def _prime(self, cand: _Candidate, now: float, settle: float) -> None:
+        """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there)."""
+        cand.isn = secrets.randbits(32) | 1 if self.pin else None
+        cand.settle_at = cand.next_connect = now + settle
+        self._open(cand, self.prime_ttl)
+
+    def _connect(self, cand: _Candidate) -> None:
+        cand.connects += 1
+        self._open(cand, None)
+
+    def _start(self, now: float) -> None:
+        self.listener.listen(16)
+        if self.strategy == STRATEGY_LISTEN:
+            for cand in self.candidates:
+                cand.next_connect = now
+                cand.passive = self.role == "receiver"  # the receiver only listens
+            return
+        # a SYN from a candidate that finds none of our connecting sockets is dropped
+        # silently instead of answered (see attach_blackhole)
+        attach_blackhole(self.listener, [c.address for c in self.candidates])
+        for cand in self.candidates:
+            if self.prime_ttl:
+                self._prime(cand, now, SETTLE)
+            else:
+                cand.next_connect = now
+
+    def _settle(self, cand: _Candidate) -> None:
+        """The prime's socket is still alive at settle time (no ICMP came back)."""
+        assert cand.sock is not None
+        if self.pin:
+            # a fresh socket with the same ISN sends the full-TTL SYN at once
+            cand.sock.close()
+            cand.sock = None
+            self._connect(cand)
+        else:
+            # the same socket goes on at full TTL; the kernel retransmits its SYN
+            set_ttl(cand.sock, self.full_ttl)
+            cand.priming = False
+
+    def _on_connect_result(self, cand: _Candidate, now: float) -> None:
+        sock = cand.sock
+        assert sock is not None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            if cand.priming:
+                set_ttl(sock, self.full_ttl)
+            cand.sock = None
+            self._established(sock, cand.address, "connect")
+            return
+        sock.close()
+        cand.sock = None
+        if cand.priming:
+            # expected: ICMP Time Exceeded for the low TTL (EHOSTUNREACH) kills it
+            cand.note(f"prime {_err_name(err)}")
+            if not self.pin:
+                # kernel ISNs: the next one must follow at once to stay in the
+                # window conntrack recorded for the prime (see module docstring)
+                cand.next_connect = now
+            return
+        cand.note(_err_name(err))
+        if self.prime_ttl and self.strategy == STRATEGY_SIMULTANEOUS:
+            # our NAT saw the RST/ICMP: re-open the mapping at once, full SYN later
+            self._prime(cand, now, RETRY_INTERVAL)
+        else:
+            cand.next_connect = now + RETRY_INTERVAL
+
+    def _established(self, sock: socket.socket, peer: Address, via: str) -> None:
+        conn = _Conn(sock, peer, via)
+        if self.role == "initiator":
+            try:
+                sock.send(NOMINATE)
+            except OSError as exc:
+                self.conn_errors.append(f"{peer[0]}:{peer[1]} lost: {exc.strerror}")
+                sock.close()
+                return
+        self.conns.append(conn)
+
+    def _on_readable(self, conn: _Conn) -> socket.socket | None:
+        expect = NOMINATE_ACK if self.role == "initiator" else NOMINATE
+        try:
+            data = conn.sock.recv(len(expect) - len(conn.buf))
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            data, why = b"", exc.strerror or str(exc)
+        else:
+            why = "closed by the peer"
+        if not data:
+            self._drop(conn, why)
+            return None
+        conn.buf += data
+        if not expect.startswith(conn.buf):
+            self._drop(conn, "unexpected bytes (not a stunturn-diag peer)")
+            return None
+        if conn.buf != expect:
+            return None
+        if self.role == "receiver":
+            try:
+                conn.sock.send(NOMINATE_ACK)
+            except OSError as exc:
+                self._drop(conn, exc.strerror or str(exc))
+                return None
+        return conn.sock
+
+    def _drop(self, conn: _Conn, why: str) -> None:
+        self.conn_errors.append(f"{conn.peer[0]}:{conn.peer[1]} ({conn.via}) {why}")
+        conn.sock.close()
+        self.conns.remove(conn)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> socket.socket:
+        winner: socket.socket | None = None
+        try:
+            self._start(time.monotonic())
+            while winner is None:
+                now = time.monotonic()
+                if now >= self.deadline:
+                    raise self._failure()
+                wake = self.deadline
+                for cand in self.candidates:
+                    if cand.sock is None and not cand.passive and cand.connects < MAX_CONNECTS:
+                        if cand.next_connect <= now:
+                            self._connect(cand)
+                        else:
+                            wake = min(wake, cand.next_connect)
+                    elif cand.sock is not None and cand.priming:
+                        if cand.settle_at <= now:
+                            self._settle(cand)
+                        else:
+                            wake = min(wake, cand.settle_at)
+                writers = [c.sock for c in self.candidates if c.sock is not None]
+                readers = [self.listener] + [c.sock for c in self.conns]
+                timeout = max(0.0, min(wake - now, _TICK))
+                readable, writable, _ = select.select(readers, writers, [], timeout)
+                now = time.monotonic()
+                for cand in self.candidates:
+                    if cand.sock is not None and cand.sock in writable:
+                        self._on_connect_result(cand, now)
+                if self.listener in readable:
+                    self._accept()
+                for conn in list(self.conns):
+                    if conn.sock in readable:
+                        winner = self._on_readable(conn)
+                        if winner is not None:
+                            break
+        finally:
+            self._cleanup(keep=winner)
+        winner.setblocking(True)
+        return winner
+
+    def _accept(self) -> None:
+        for _ in range(16):  # bounded drain of the accept queue
+            try:
+                sock, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.conn_errors.append(f"accept failed: {exc.strerror}")
+                return
+            sock.setblocking(False)
+            self.accepted += 1
+            self._established(sock, (peer[0], peer[1]), "accept")
+
+    def _cleanup(self, keep: socket.socket | None) -> None:
+        for cand in self.candidates:
+            if cand.sock is not None:
+                cand.sock.close()
+                cand.sock = None
+        for conn in self.conns:
+            if conn.sock is not keep:
+                conn.sock.close()
+        self.conns = []
+
+    # -- failure report ------------------------------------------------------
+
+    def attempts(self) -> list[dict]:
+        out = []
+        for cand in self.candidates:
+            errs = ", ".join(f"{k} x{v}" for k, v in sorted(cand.errors.items())) or "no answer"
+            out.append({"candidate": f"{cand.address[0]}:{cand.address[1]}",
+                        "strategy": self.strategy, "error": errs, "connects": cand.connects})
+        for text in self.conn_errors:
+            out.append({"candidate": text.split(" ", 1)[0], "strategy": self.strategy,
+                        "error": text})
+        return out
+
+    def _failure(self) -> PunchError:
+        seen = {k.split(" ")[-1] for c in self.candidates for k in c.errors if
+                not k.startswith("prime")}
+        targets = ", ".join(f"{c.address[0]}:{c.address[1]}" for c in self.candidates)
+        if self.conn_errors:
+            reason = "nomination-failed"
+            cause = ("a connection came up but the nomination exchange did not complete "
+                     "(" + "; ".join(self.conn_errors[:3]) + ")")
+        elif seen & {_err_name(e) for e in _REFUSED}:
+            reason = "refused"
+            cause = ("every full-TTL SYN was answered by RST: the peer's NAT had no mapping "
+                     "toward our address (port-dependent mapping or filtering, or the peer "
+                     "did not punch in time)")
+        elif seen & {_err_name(e) for e in _UNREACHABLE}:
+            reason = "unreachable"
+            cause = "the peer's address is unreachable (ICMP unreachable)"
+        else:
+            reason = "timeout"
+            cause = ("no SYN or SYN-ACK got through before the deadline: the NATs drop "
+                     "unsolicited SYNs and the mappings never met (symmetric NAT, or the "
+                     "peer did not punch)")
+        return PunchError(f"TCP punch to {targets} failed: {cause}",
+                          hint="check both NATs with `stunturn-diag probe`; a relay (TURN) "
+                          "is needed when a side has a port-dependent mapping",
+                          reason=reason, attempts=self.attempts())

@@ -1,0 +1,129 @@
+"""Lab driver for the TCP punch: learn mapping, swap candidates through files, punch, echo.
+
+Run one per peer (the netns tests start it in each LAN host)::
+
+    python3 -m stunturn_diag.punch.tcp_selftest --role initiator --name a --peer b \\
+        --dir /tmp/x --stun 203.0.113.10:3478 --timeout 8
+
+Each side writes ``<dir>/<name>.json`` ({"srflx": [ip, port], "local": [[ip, port]...]}),
+waits for ``<dir>/<peer>.json``, punches toward the peer's candidates and checks
+bytes both ways. It prints one JSON line (``ok``, ``connect_s``, ``reason``...)
+and exits 0 on success, 1 on a punch failure, 2 on a setup failure. Everything
+is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from ..errors import PunchError, StunturnError
+from .tcp import TcpRendezvous
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _write(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def _wait_for(path: str, until: float) -> dict | None:
+    while time.monotonic() < until:
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.01)
+    return None
+
+
+def _echo(sock, role: str, name: str, until: float) -> tuple[bytes, bytes]:
+    """Initiator sends first, receiver answers: proves both directions."""
+    sock.settimeout(max(0.1, until - time.monotonic()))
+    mine = f"hello from {name}\n".encode()
+    if role == "initiator":
+        sock.sendall(mine)
+        got = sock.makefile("rb").readline()
+    else:
+        got = sock.makefile("rb").readline()
+        sock.sendall(mine)
+    return mine, got
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--role", choices=("initiator", "receiver"), required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--peer", required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--stun", type=_addr, help="STUN server ip:port (TCP)")
+    ap.add_argument("--srflx", type=_addr, help="skip STUN and announce this address")
+    ap.add_argument("--timeout", type=float, default=8.0, help="punch deadline (s)")
+    ap.add_argument("--wait", type=float, default=20.0, help="candidate exchange wait (s)")
+    ap.add_argument("--prime-ttl", type=int, default=None)
+    ap.add_argument("--local-port", type=int, default=0)
+    ap.add_argument("--use", default="srflx,local", help="candidate kinds to punch toward")
+    ap.add_argument("--strategy", default="simultaneous-open")
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="sleep this long before punching (simulates start skew)")
+    args = ap.parse_args(argv)
+    out: dict = {"name": args.name, "role": args.role}
+    t0 = time.monotonic()
+    try:
+        rv = TcpRendezvous(local_port=args.local_port)
+        mapped = args.srflx or rv.learn_mapping(args.stun, 3.0)
+        out.update(mapped=list(mapped), local_port=rv.local_port)
+        _write(os.path.join(args.dir, f"{args.name}.json"),
+               {"srflx": list(mapped), "local": [list(a) for a in rv.local_candidates()]})
+        peer = _wait_for(os.path.join(args.dir, f"{args.peer}.json"),
+                         time.monotonic() + args.wait)
+        if peer is None:
+            raise StunturnError(f"the peer {args.peer} wrote no candidates")
+    except StunturnError as exc:
+        out.update(ok=False, stage="setup", reason=getattr(exc, "reason", exc.code),
+                   message=str(exc))
+        print(json.dumps(out), flush=True)
+        return 2
+    kinds = args.use.split(",")
+    cands = ([tuple(a) for a in peer["local"]] if "local" in kinds else []) + \
+        ([tuple(peer["srflx"])] if "srflx" in kinds else [])
+    out["candidates"] = [list(c) for c in cands]
+    time.sleep(max(0.0, args.delay))
+    t1 = time.monotonic()
+    deadline = t1 + args.timeout
+    try:
+        sock = rv.punch(cands, role=args.role, deadline=deadline, prime_ttl=args.prime_ttl,
+                        strategy=args.strategy)
+    except PunchError as exc:
+        out.update(ok=False, stage="punch", reason=exc.reason, message=exc.message,
+                   attempts=exc.attempts, punch_s=round(time.monotonic() - t1, 3))
+        print(json.dumps(out), flush=True)
+        rv.close()
+        return 1
+    out.update(connect_s=round(time.monotonic() - t1, 3),
+               peer_addr=list(sock.getpeername()), local_addr=list(sock.getsockname()))
+    try:
+        sent, got = _echo(sock, args.role, args.name, time.monotonic() + 5)
+        out.update(ok=got == f"hello from {args.peer}\n".encode(), sent=sent.decode().strip(),
+                   got=got.decode(errors="replace").strip(), stage="echo")
+    except OSError as exc:
+        out.update(ok=False, stage="echo", reason="echo-failed", message=str(exc))
+    finally:
+        sock.close()
+        rv.close()
+    out["total_s"] = round(time.monotonic() - t0, 3)
+    print(json.dumps(out), flush=True)
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

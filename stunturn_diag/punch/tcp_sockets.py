@@ -1,0 +1,157 @@
+"""Socket plumbing for TCP hole punching: shared-port sockets, TTL, listener filter, host IPs.
+
+Every socket of one rendezvous binds the same local port with SO_REUSEADDR and
+SO_REUSEPORT, so the listener, the STUN connection and the connecting sockets share
+it (one NAT mapping, RFC 5382 section 4.1). IPv4 only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import ipaddress
+import socket
+import struct
+
+Address = tuple[str, int]
+
+#: Linux SO_ATTACH_FILTER (classic BPF on a socket, see socket(7))
+SO_ATTACH_FILTER = 26
+#: classic BPF: negative load offsets relative to the network header (linux/filter.h)
+_SKF_NET_OFF = -0x100000
+_LD_W_ABS, _LD_H_ABS, _JEQ_K, _RET_K = 0x20, 0x28, 0x15, 0x06
+#: SIOCGIFADDR ioctl (netdevice(7))
+_SIOCGIFADDR = 0x8915
+#: most candidates one listener filter holds (jump offsets are 8 bits)
+MAX_FILTERED = 60
+
+
+#: TCP_REPAIR options (linux/tcp.h); setting them needs CAP_NET_ADMIN
+_TCP_REPAIR, _TCP_REPAIR_QUEUE, _TCP_QUEUE_SEQ, _TCP_SEND_QUEUE = 19, 20, 21, 2
+
+
+def shared_port_socket(local_ip: str, local_port: int, isn: int | None = None) -> socket.socket:
+    """A non-blocking TCP socket bound to ``(local_ip, local_port)`` that shares the port.
+
+    ``isn``: the initial send sequence number its SYN will carry (see :func:`pin_isn`).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if isn is not None:
+            pin_isn(sock, isn)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((local_ip, local_port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def pin_isn(sock: socket.socket, isn: int) -> None:
+    """Make the next connect() send its SYN with sequence number ``isn`` (Linux, root).
+
+    In TCP_REPAIR mode a closed socket's send sequence can be set; leaving repair
+    mode before connect() keeps it, and tcp_v4_connect only draws a fresh ISN
+    (RFC 6528) when none is set. Raises PermissionError without CAP_NET_ADMIN.
+    Leaving repair mode resets SO_REUSEADDR, so call this before setting options.
+    """
+    sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR_QUEUE, _TCP_SEND_QUEUE)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUEUE_SEQ, struct.pack("I", isn & 0xFFFFFFFF))
+    finally:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 0)
+
+
+def can_pin_isn() -> bool:
+    """True when this process may use TCP_REPAIR (CAP_NET_ADMIN in its network namespace)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        pin_isn(sock, 1)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def get_ttl(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+
+
+def set_ttl(sock: socket.socket, ttl: int) -> None:
+    """IP_TTL for the segments this socket sends from now on (ip(7))."""
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+
+
+def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+
+def blackhole_program(sources: list[Address]) -> list[bytes]:
+    """Classic BPF: drop segments from any of ``sources`` (ip, port), accept the rest."""
+    n = len(sources)
+    out: list[bytes] = []
+    for i, (ip, port) in enumerate(sources):
+        out += [
+            _insn(_LD_W_ABS, 0, 0, _SKF_NET_OFF + 12),                   # A = IPv4 source
+            _insn(_JEQ_K, 0, 2, int.from_bytes(socket.inet_aton(ip), "big")),
+            _insn(_LD_H_ABS, 0, 0, 0),                                    # A = TCP source port
+            _insn(_JEQ_K, 4 * (n - i) - 3, 0, port),                     # -> drop
+        ]
+    out += [_insn(_RET_K, 0, 0, 0xFFFFFFFF), _insn(_RET_K, 0, 0, 0)]     # accept | drop
+    return out
+
+
+def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
+    """Make ``listener`` silently drop segments from ``sources``; False if not possible.
+
+    tcp_v4_rcv runs the socket filter before a listener answers, so a SYN from a
+    candidate we punch toward (one that found no connecting socket of ours) is
+    neither answered by a SYN-ACK from a new ISN (which our NAT's conntrack would
+    mark INVALID) nor by a RST (which would kill the peer's attempt): the peer's
+    kernel simply retransmits it later.
+    """
+    sources = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
+    if not sources:
+        return True
+    code = b"".join(blackhole_program(sources))
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
+
+
+def _is_ipv4(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).version == 4
+    except ValueError:
+        return False
+
+
+def host_ipv4_addresses() -> list[str]:
+    """IPv4 addresses of this host's interfaces that are up (loopback last)."""
+    found: list[str] = []
+    try:
+        names = [name for _idx, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for name in names:
+            try:
+                raw = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR,
+                                  struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address on this interface
+            ip = socket.inet_ntoa(raw[20:24])
+            if ip not in found:
+                found.append(ip)
+    finally:
+        probe.close()
+    return sorted(found, key=lambda ip: ipaddress.ip_address(ip).is_loopback)

@@ -1,0 +1,77 @@
+"""STUN Binding over TCP from the punching port (RFC 8489 sections 6.2.2 and 7.3).
+
+The connection stays open afterwards: its conntrack entry holds the NAT mapping
+(RFC 5382 section 5: an established TCP mapping lives at least 2 h 4 min) while
+the signaling wait goes on, and an endpoint-independent NAT reuses that mapping
+for the punch.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..errors import PunchError, StunDecodeError
+from ..stun import HEADER_LENGTH, MessageClass, Method, binding_request, decode, encode, \
+    message_length
+
+Address = tuple[str, int]
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("STUN response incomplete")
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the STUN server closed the connection")
+        data += chunk
+    return data
+
+
+def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address:
+    """Connect ``sock`` to ``server``, run one Binding transaction, return XOR-MAPPED-ADDRESS.
+
+    Over TCP there are no retransmissions (RFC 8489 section 6.2.2): one request,
+    one response, within ``timeout`` seconds. Leaves ``sock`` connected and
+    non-blocking. Raises :class:`PunchError` (reason ``stun-failed``).
+    """
+    deadline = time.monotonic() + timeout
+    where = f"{server[0]}:{server[1]}"
+    request = binding_request(software="stunturn-diag")
+    try:
+        sock.settimeout(timeout)
+        sock.connect(server)
+        sock.sendall(encode(request, fingerprint=True))
+        header = _recv_exact(sock, HEADER_LENGTH, deadline)
+        body = _recv_exact(sock, message_length(header) - HEADER_LENGTH, deadline)
+        response = decode(header + body)
+    except (socket.timeout, TimeoutError):
+        raise PunchError(f"no STUN Binding response over TCP from {where} within {timeout:g}s",
+                         hint="check that the server's STUN responder listens on TCP",
+                         reason="stun-failed") from None
+    except StunDecodeError as exc:
+        raise PunchError(f"the STUN server {where} sent a malformed response over TCP: {exc}",
+                         reason="stun-failed") from None
+    except OSError as exc:
+        raise PunchError(f"STUN over TCP to {where} failed: {exc.strerror or exc}",
+                         hint="check the server address and that TCP reaches it",
+                         reason="stun-failed") from None
+    finally:
+        sock.setblocking(False)
+    if response.transaction_id != request.transaction_id or response.method != Method.BINDING:
+        raise PunchError(f"the STUN server {where} answered another transaction over TCP",
+                         reason="stun-failed")
+    if response.msg_class != MessageClass.SUCCESS:
+        err = response.error
+        what = f"{err.code} {err.reason}" if err else "an error"
+        raise PunchError(f"the STUN server {where} answered the Binding request with {what}",
+                         reason="stun-failed")
+    mapped = response.mapped_address
+    if mapped is None:
+        raise PunchError(f"the STUN server {where} sent no XOR-MAPPED-ADDRESS",
+                         reason="stun-failed")
+    return (str(mapped[0]), int(mapped[1]))
