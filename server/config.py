@@ -36,6 +36,9 @@ class ServerConfig:
     wait_timeout: float = 30.0
     #: largest accepted HTTP request body (bytes)
     max_body: int = 16 * 1024
+    #: seconds an HTTP client may stay silent mid-request or idle between requests
+    #: (does not limit the long-poll wait itself)
+    http_io_timeout: float = 60.0
     #: run the STUN responder beside HTTP
     stun_enabled: bool = True
     log_level: str = "INFO"
@@ -60,6 +63,10 @@ class ServerConfig:
                               hint="RFC 5780 needs two distinct ports")
         if not (0 < self.wait_timeout <= 3600):
             raise ConfigError(f"wait_timeout must be in (0, 3600] seconds, got {self.wait_timeout}")
+        if not (0 < self.http_io_timeout <= 3600):
+            raise ConfigError(f"http_io_timeout must be in (0, 3600] seconds, got {self.http_io_timeout}")
+        if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
+            raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
 
     @property
     def stun_ip(self) -> str:

@@ -76,14 +76,15 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _handler_class():
+def _handler_class(io_timeout: float):
     from gevent.pywsgi import WSGIHandler
 
     class _SocketHandler(WSGIHandler):
         """Puts the client socket into the environ so a long-poll can watch for a hang-up.
 
-        Also sets TCP_NODELAY: pywsgi sends headers and body in two writes, which
-        Nagle + delayed ACK would otherwise stall by ~40 ms per response.
+        Also sets TCP_NODELAY (pywsgi sends headers and body in two writes, which
+        Nagle + delayed ACK would otherwise stall by ~40 ms per response) and an I/O
+        timeout for reading requests and writing answers (not for the long-poll wait).
         """
 
         def __init__(self, sock, address, server, *args, **kwargs):
@@ -91,6 +92,7 @@ def _handler_class():
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # not TCP (e.g. a Unix socket): nothing to tune
                 pass
+            sock.settimeout(io_timeout)  # silent or idle clients are dropped, not held forever
             super().__init__(sock, address, server, *args, **kwargs)
 
         def get_environ(self):
@@ -176,13 +178,19 @@ class ServerHandle:
         import gevent.pool
         from gevent.pywsgi import WSGIServer
 
+        from gevent import monkey
+
+        # a host that monkey-patched threading runs this "thread" as a greenlet in its own
+        # hub: then the hub is the host's and must survive stop()
+        own_hub = not monkey.is_module_patched("threading")
         hub = gevent.get_hub()
         stop_event = gevent.event.Event()
         try:
             self._wake = hub.loop.async_()
             self._wake.start(stop_event.set)
             # an explicit pool: stop() kills the connections still open (waiting long-polls)
-            server = WSGIServer(self._listener, self.app, handler_class=_handler_class(),
+            handler = _handler_class(self.config.http_io_timeout)
+            server = WSGIServer(self._listener, self.app, handler_class=handler,
                                 spawn=gevent.pool.Pool(), log=None,
                                 error_log=logging.getLogger("stunturn_server.wsgi"))
             server.start()
@@ -199,7 +207,8 @@ class ServerHandle:
             self._wake.close()
             self._listener.close()
             try:
-                hub.destroy(destroy_loop=True)
+                if own_hub:
+                    hub.destroy(destroy_loop=True)
             finally:
                 self._stopped.set()
 

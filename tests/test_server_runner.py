@@ -197,3 +197,48 @@ def test_serve_runs_and_stops_cleanly_on_signal(stop_signal):
             proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopped" in err
+
+
+def test_idle_connection_is_dropped_after_the_io_timeout():
+    with start_server(ServerConfig(http_port=0, stun_enabled=False, http_io_timeout=0.3)) as handle:
+        raw = socket.create_connection(handle.http_address, timeout=10)
+        try:
+            raw.sendall(b"POST /v1/checkin HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n{")
+            data = raw.recv(4096)  # the server gives up on the unfinished body and closes
+            while data:
+                data = raw.recv(4096)
+        finally:
+            raw.close()
+        assert get_json(handle.http_url + "/healthz")["ok"] is True
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        handle = start_server(ServerConfig(http_host="::1", http_port=0, stun_enabled=False))
+    except ConfigError as exc:
+        pytest.skip(f"::1 unavailable: {exc}")
+    with handle:
+        assert handle.http_url.startswith("http://[::1]:")
+        from stunturn_diag.errors import NoInitiatorWaiting
+        from stunturn_diag.signaling import SignalingClient
+        with pytest.raises(NoInitiatorWaiting, match="::1"):
+            SignalingClient(handle.http_url).checkin("ipv6-test-key")
+
+
+def test_embedding_in_a_monkey_patched_host():
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import json, urllib.request\n"
+        "from stunturn_server.config import ServerConfig\n"
+        "from stunturn_server.runner import start_server\n"
+        "h = start_server(ServerConfig(http_port=0, stun_enabled=False))\n"
+        "o = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+        "print(json.load(o.open(h.http_url + '/healthz', timeout=10))['ok'])\n"
+        "h.stop(); h.stop()\n"
+        "import gevent; gevent.sleep(0); print('alive')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "alive"]
