@@ -274,6 +274,15 @@ def test_ipv6_loopback_single_endpoint():
     assert response.response_origin == ("::1", P1)
 
 
+def test_given_local_endpoint_sets_response_origin():
+    """A service bound to 0.0.0.0 passes the real destination address of each request."""
+    responder = StunResponder([StunEndpoint("0.0.0.0", P1, "primary")])
+    reply, response = only_reply(responder.handle(raw(binding_request()), CLIENT,
+                                                  StunEndpoint("203.0.113.5", P1, "primary")))
+    assert response.response_origin == ("203.0.113.5", P1)
+    assert reply.local == StunEndpoint("203.0.113.5", P1, "primary")
+
+
 def test_ipv4_mapped_source_is_reported_as_ipv4():
     _, response = only_reply(four().handle(raw(binding_request()), ("::ffff:198.51.100.7", 40000),
                                            "primary"))

@@ -303,3 +303,28 @@ def test_bad_tcp_limit_in_config_extra():
     with pytest.raises(ConfigError, match="stun_tcp_idle_timeout"):
         start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0,
                                         extra={"stun_tcp_idle_timeout": -1}))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_wildcard_bind_answers_from_the_address_the_client_used(host):
+    """Bound to 0.0.0.0 / ::, RESPONSE-ORIGIN and the reply's source are the request's
+    destination address (IP_PKTINFO / IPV6_PKTINFO for UDP, getsockname for TCP)."""
+    try:
+        svc = start_stun_service(ServerConfig(http_host=host, stun_port=0, alt_port=0))
+    except ConfigError as exc:
+        pytest.skip(f"cannot bind {host}: {exc}")
+    with svc:
+        port = svc.endpoints[0].port
+        for destination in (A1, A2, "127.3.4.5"):
+            client = udp_client()
+            client.sendto(encode(binding_request()), (destination, port))
+            data, source = client.recvfrom(4096)
+            response = decode(data)
+            assert source == (destination, port)
+            assert response.response_origin == (destination, port)
+            assert response.mapped_address == client.getsockname()  # IPv4, also via ::
+            client.close()
+            with socket.create_connection((destination, port), timeout=5) as sock:
+                sock.sendall(encode(binding_request()))
+                assert read_message(sock).response_origin == (destination, port)
+        assert svc.stats["internal_errors"] == svc.stats["send_errors"] == 0

@@ -164,10 +164,12 @@ class StunResponder:
     # -- processing -----------------------------------------------------------
 
     def _local(self, local: StunEndpoint | str) -> StunEndpoint:
+        """The receiving endpoint; a given StunEndpoint wins (its IP is the real destination
+        address when the socket is bound to a wildcard address)."""
         role = local if isinstance(local, str) else local.role
         if role not in self._by_role:
             raise ValueError(f"no local endpoint with role {role!r}")
-        return self._by_role[role]
+        return local if isinstance(local, StunEndpoint) else self._by_role[role]
 
     def _handle(self, data: bytes, source: Address, local: StunEndpoint,
                 transport: str) -> Outcome:
@@ -233,6 +235,8 @@ class StunResponder:
         ip_bit, port_bit = _ROLE_BITS[local.role]
         sender = self._by_role[_BITS_ROLE[(ip_bit ^ change.change_ip,
                                             port_bit ^ change.change_port)]]
+        if sender.role == local.role:
+            sender = local
         other = (self._by_role[_BITS_ROLE[(not ip_bit, not port_bit)]]
                  if self.can_change else None)
         destination = (source[0], response_port) if response_port else source

@@ -13,7 +13,10 @@ open at once (more are accepted and closed at once, and counted).
 
 ``start_stun_service(config)`` binds everything before it returns (a clear
 :class:`ConfigError` names the address:port it could not bind); port 0 picks
-free ports, keeping RFC 5780's layout (the same two ports on both IPs).
+free ports, keeping RFC 5780's layout (the same two ports on both IPs). Bound to
+a wildcard address (0.0.0.0 / ::, only without an alternate IP), each request's
+destination address is learnt (IP_PKTINFO / IPV6_PKTINFO, getsockname for TCP)
+so RESPONSE-ORIGIN is right and the reply leaves from that same address.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ipaddress
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,6 +79,7 @@ class _Conn:
     sock: socket.socket
     peer: tuple[str, int]
     role: str
+    local: StunEndpoint | str
     opened: float
     last: float
     inbuf: bytearray = field(default_factory=bytearray)
@@ -96,6 +101,10 @@ class StunService:
         self.limits = limits
         self._responder = responder or StunResponder(endpoints)
         self._udp, self._tcp = udp, tcp
+        #: role -> port of endpoints bound to 0.0.0.0 / :: (see _enable_pktinfo)
+        self._wildcard = {ep.role: ep.port for ep in endpoints if _unspecified(ep.ip)}
+        for role in self._wildcard:
+            _enable_pktinfo(udp[role])
         self._conns: dict[int, _Conn] = {}
         self._counters = dict.fromkeys(SERVICE_COUNTERS, 0)
         self._sel = selectors.DefaultSelector()
@@ -179,18 +188,27 @@ class StunService:
     def _on_udp(self, sock: socket.socket, role: str) -> None:
         for _ in range(_UDP_BURST):
             try:
-                data, source = sock.recvfrom(65535)
+                data, ancillary, _flags, source = sock.recvmsg(65535, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP errors reported on the socket
-                log.debug("STUN UDP %s: recvfrom: %s", role, exc)
+                log.debug("STUN UDP %s: recvmsg: %s", role, exc)
                 continue
             self._counters["udp_datagrams"] += 1
-            outcome = self._responder.handle(data, (source[0], source[1]), role, "udp")
+            local: StunEndpoint | str = role
+            if role in self._wildcard:  # which of our addresses it was sent to
+                destination = _pktinfo_destination(ancillary)
+                if destination:
+                    local = StunEndpoint(destination, self._wildcard[role], role)
+            outcome = self._responder.handle(data, (source[0], source[1]), local, "udp")
             for reply in outcome.replies:
                 out = self._udp[reply.local.role]
                 try:
-                    out.sendto(reply.data, _sockaddr(out, reply.destination))
+                    if reply.local.role in self._wildcard and not _unspecified(reply.local.ip):
+                        out.sendmsg([reply.data], [_pktinfo_source(out, reply.local.ip)], 0,
+                                    _sockaddr(out, reply.destination))
+                    else:
+                        out.sendto(reply.data, _sockaddr(out, reply.destination))
                 except OSError as exc:
                     self._counters["send_errors"] += 1
                     log.debug("STUN UDP send to %s failed: %s", reply.destination, exc)
@@ -212,7 +230,10 @@ class StunService:
                 continue
             sock.setblocking(False)
             now = time.monotonic()
-            conn = _Conn(sock, (peer[0], peer[1]), role, now, now)
+            local: StunEndpoint | str = role
+            if role in self._wildcard:
+                local = StunEndpoint(_plain(sock.getsockname()[0]), self._wildcard[role], role)
+            conn = _Conn(sock, (peer[0], peer[1]), role, local, now, now)
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
             self._counters["tcp_connections"] += 1
@@ -263,7 +284,7 @@ class StunService:
                 return
             message = bytes(conn.inbuf[:total])
             del conn.inbuf[:total]
-            outcome = self._responder.handle(message, conn.peer, conn.role, "tcp")
+            outcome = self._responder.handle(message, conn.peer, conn.local, "tcp")
             for reply in outcome.replies:  # over TCP always on this connection
                 conn.outbuf += reply.data
             if outcome.event in ("dropped_malformed", "dropped_non_stun"):
@@ -320,6 +341,52 @@ class StunService:
                 pass
             sock.close()
         self._sel.close()
+
+
+# -- wildcard binds: learn and set the local address per datagram (IP_PKTINFO, RFC 3542) ---
+
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
+_CMSG_SPACE = socket.CMSG_SPACE(32)
+
+
+def _unspecified(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+def _plain(ip: str) -> str:
+    """IPv4-mapped IPv6 text -> IPv4 text (what a dual-stack socket reports for IPv4 peers)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return ip
+
+
+def _enable_pktinfo(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+
+
+def _pktinfo_destination(ancillary) -> str | None:
+    """Destination address of a received datagram from its IP(V6)_PKTINFO control message."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntop(socket.AF_INET, data[8:12])  # in_pktinfo.ipi_addr
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16]))  # in6_pktinfo.ipi6_addr
+    return None
+
+
+def _pktinfo_source(sock: socket.socket, ip: str) -> tuple[int, int, bytes]:
+    """Control message making the kernel send from ``ip`` (in(6)_pktinfo source field)."""
+    if sock.family == socket.AF_INET6:
+        if ":" not in ip:
+            ip = f"::ffff:{ip}"
+        return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, ip), 0))
+    return (socket.IPPROTO_IP, _IP_PKTINFO,
+            struct.pack("@i4s4s", 0, socket.inet_pton(socket.AF_INET, ip), bytes(4)))
 
 
 def _sockaddr(sock: socket.socket, destination: tuple[str, int]) -> tuple[str, int]:
