@@ -278,7 +278,10 @@ class StunResponder:
         response = StunMessage(request.method, MessageClass.ERROR, request.transaction_id)
         response.add(AttrType.ERROR_CODE, ErrorCode(code, _REASONS[code]))
         if unknown:
-            response.add(AttrType.UNKNOWN_ATTRIBUTES, tuple(unknown[:MAX_UNKNOWN_LISTED]))
+            listed = list(unknown[:MAX_UNKNOWN_LISTED])
+            if request.classic and len(listed) % 2:  # RFC 3489 section 11.2.10: repeat one
+                listed.append(listed[-1])
+            response.add(AttrType.UNKNOWN_ATTRIBUTES, tuple(listed))
         if self.software and not request.classic:
             response.add(AttrType.SOFTWARE, self.software)
         return encode(response, fingerprint=_wants_fingerprint(request))
