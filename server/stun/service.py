@@ -501,7 +501,12 @@ def start_stun_service(config: ServerConfig, *, limits: TcpLimits | None = None)
         raise ConfigError(f"could not find free ports for the STUN responder on {config.stun_ip}"
                           f"{' and ' + config.alt_ip if config.alt_ip else ''} after "
                           f"{_PORT_ATTEMPTS} attempts", hint="give explicit --stun-port/--alt-port")
-    service = StunService(endpoints, udp, tcp, limits)
+    try:
+        service = StunService(endpoints, udp, tcp, limits)
+    except BaseException:
+        for sock in [*udp.values(), *tcp.values()]:
+            sock.close()
+        raise
     log.info("STUN responder on %s (UDP and TCP)",
              ", ".join(f"{ep.role} {ep.ip}:{ep.port}" for ep in endpoints))
     return service
