@@ -294,12 +294,13 @@ class _Side:
         plan = decide(init_p, recv_p, same_public_ip=same_ip, protocol=protocol)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
+        # 0 = no priming: on a shared LAN nothing needs it
+        prime_ttl = 0 if plan.strategy == "lan" else (self.opts.prime_ttl or 0)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol)
             if protocol == "udp":
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
-                                prime_ttl=None if plan.strategy == "lan" else self.opts.prime_ttl,
-                                strategy=plan.strategy, key=self.key, match_id=match_id,
+                                prime_ttl=prime_ttl, strategy=plan.strategy, key=self.key, match_id=match_id,
                                 prime_targets=targets.prime, spray=targets.spray,
                                 extra_sockets=targets.extra_sockets, hold=targets.hold,
                                 keepalive_interval=self.opts.keepalive_interval,
@@ -307,8 +308,7 @@ class _Side:
                 local_addr, peer_addr = conn.local_address, conn.peer_address
             else:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
-                                prime_ttl=None if plan.strategy == "lan" else self.opts.prime_ttl,
-                                strategy=plan.strategy)
+                                prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
                     authenticate_stream(conn, self.key, match_id, self.role, deadline)
                 except BaseException:

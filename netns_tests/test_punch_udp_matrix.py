@@ -1,0 +1,72 @@
+"""UDP punch matrix over the lab catalogue: real kernel NATs, real server, real peers.
+
+Every unordered pair of NAT types is punched with both sides' NAT profile known
+(as after a probe). Pairs that can be punched in theory must connect,
+authenticate and exchange data both ways; the others must fail within the punch
+timeout with a reason naming the cause. The theory below is written from the
+NAT specs (RFC 4787), independently of :mod:`stunturn_diag.punch.decision`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
+from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
+from stunturn_diag.punch.labkit import run_pair
+
+pytestmark = pytest.mark.netns
+
+NAMES = sorted(CATALOGUE)
+PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
+FAIL_FAST = 1.5   # punch timeout where failure is expected
+
+
+def theory(a: str, b: str) -> str | None:
+    """None if the pair can be punched, else the failure reason we expect."""
+    na, nb = CATALOGUE[a], CATALOGUE[b]
+    if na.udp_blocked or nb.udp_blocked:
+        return "stun-failed"
+
+    def random(n):
+        return n.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT and \
+            n.port_allocation is PortAllocation.RANDOM
+
+    def dependent(n):
+        return n.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT
+
+    def admits_any_port(n):
+        return n.mapping is Mapping.NO_NAT or n.filtering in (Filtering.ENDPOINT_INDEPENDENT,
+                                                              Filtering.ADDRESS_DEPENDENT)
+    for x, y in ((na, nb), (nb, na)):
+        if random(x) and (dependent(y) or not admits_any_port(y)):
+            return "relay-needed"
+    return None
+
+
+@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}--{b}" for a, b in PAIRS])
+def test_udp_punch_pair(a, b):
+    expect = theory(a, b)
+    with Lab(LabSpec.simple(a, b)) as lab:
+        res = run_pair(lab, "a1", "b1", punch_timeout=FAIL_FAST if expect else 6.0,
+                       pair_wait=4.0 if expect == "stun-failed" else 15.0)
+    ini, rec = res.initiator, res.receiver
+    if expect is None:
+        assert res.ok, (ini, rec)
+        assert ini["strategy"] == rec["strategy"]
+        assert res.data_both_ways, (ini, rec)
+        assert ini["peer"]["ip"] == lab.site_public_ip("b") or ini["strategy"] == "lan"
+        return
+    assert not ini["ok"] and not rec["ok"]
+    if expect == "stun-failed":
+        # the blocked side cannot even learn its mapping; its peer is never matched
+        reasons = {ini["reason"], rec["reason"]}
+        assert "stun-failed" in reasons, (ini, rec)
+        assert reasons <= {"stun-failed", "timeout"}, (ini, rec)
+    else:
+        for side in (ini, rec):
+            assert side["reason"] == "relay-needed", side
+            assert "random port" in side["message"] and "relay" in side["message"]
+            assert side["attempts"], side

@@ -1,0 +1,131 @@
+"""Run both peers of a punch inside a NAT lab (netns tests, benchmark, demos).
+
+:func:`run_pair` starts the signaling server + STUN responder on the lab's server
+host, the initiator and the receiver (each in its own namespace, through the
+library API), lets them exchange datagrams both ways and returns both JSON
+results. Every process it starts ends with the lab (``Lab.popen``) or by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+HTTP_PORT = 8080
+
+#: runs in a lab host: punch through the API, then exchange data both ways (bounded)
+PEER = r"""
+import json, sys, time
+from stunturn_diag.errors import StunturnError
+from stunturn_diag.punch import api
+role, url, key, target, profile, punch_timeout, prime_ttl, birthday, wait = sys.argv[1:10]
+opts = dict(punch_timeout=float(punch_timeout), prime_ttl=int(prime_ttl) or None,
+            birthday=birthday == "1", peer_timeout=5.0,
+            nat_profile=json.loads(profile) if profile != "-" else None)
+t0 = time.monotonic()
+try:
+    if role == "initiator":
+        r = api.initiate(url, key, target, protocol="udp", pair_timeout=float(wait), **opts)
+    else:
+        r = api.receive(url, key, protocol="udp", wait=float(wait), wait_interval=0.05, **opts)
+except StunturnError as e:
+    out = {"ok": False, "reason": getattr(e, "reason", None) or e.code, "message": str(e),
+           "attempts": getattr(e, "attempts", []), "elapsed": time.monotonic() - t0}
+    out.update(getattr(e, "context", {}) or {})
+    print(json.dumps(out)); sys.exit(1)
+out = r.as_dict(); ch = r.connection
+got = acked = False; tail = 0
+for i in range(400):
+    ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
+    if got and acked:
+        tail += 1
+        if tail > 5:
+            break
+    end = time.monotonic() + 0.03
+    while time.monotonic() < end:
+        try:
+            m = ch.recv(timeout=max(0.0, end - time.monotonic())).decode()
+        except TimeoutError:
+            break
+        except StunturnError as e:
+            out["data_error"] = str(e); break
+        if m.startswith("data:") and m.split(":")[1] != role:
+            got = True
+            acked = acked or m.endswith(":ack")
+out.update(got=got, acked=acked, stats=ch.stats(), elapsed=time.monotonic() - t0)
+time.sleep(0.1)
+ch.close()
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class PairResult:
+    initiator: dict
+    receiver: dict
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.initiator.get("ok") and self.receiver.get("ok"))
+
+    @property
+    def data_both_ways(self) -> bool:
+        return all(r.get("got") and r.get("acked") for r in (self.initiator, self.receiver))
+
+
+def start_server(lab, *, wait_timeout: float = 20.0) -> subprocess.Popen:
+    """``stunturn-diag serve`` on the lab's server host; returns once it listens."""
+    proc = lab.popen(lab.server, [sys.executable, "-m", "stunturn_diag", "serve",
+                                  f"{lab.server_ip}:{HTTP_PORT}", "--alt-ip", lab.server_alt_ip,
+                                  "--wait-timeout", str(wait_timeout), "--json",
+                                  "--log-level", "WARNING"])
+    line = proc.stdout.readline()
+    if not line.startswith("{"):
+        raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()[-500:]}")
+    return proc
+
+
+def _parse(text: str, err: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
+
+
+def run_pair(lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
+             profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
+             birthday: bool = False, server: bool = True, pair_wait: float = 15.0) -> PairResult:
+    """Punch from ``initiator_host`` to ``receiver_host`` (the server must run, or ``server``)."""
+    if server:
+        start_server(lab)
+    url = f"http://{lab.server_ip}:{HTTP_PORT}"
+    target = lab.site_public_ip(lab.site_of(receiver_host))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def peer(host: str, role: str) -> subprocess.Popen:
+        profile = json.dumps(lab.expected(lab.site_of(host))) if profiles else "-"
+        return lab.popen(host, [sys.executable, "-c", PEER, role, url, key, target, profile,
+                                str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
+                                str(pair_wait)],
+                         env=env)
+
+    ini = peer(initiator_host, "initiator")
+    rec = peer(receiver_host, "receiver")
+    limit = punch_timeout + pair_wait + 30
+    ro, re_ = rec.communicate(timeout=limit)
+    io, ie = ini.communicate(timeout=limit)
+    return PairResult(_parse(io, ie), _parse(ro, re_))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
