@@ -104,17 +104,23 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         if tcp_run.rtt is not None:
             engine_kw["rto_initial"] = min(0.2, max(0.05, 4 * tcp_run.rtt))
 
+    engine = Engine(**engine_kw)
     walk_done = threading.Event()
     walk_box: dict = {}
     background: list[threading.Thread] = []
 
     def start_concurrent() -> None:
         """Called by the UDP runner once its serial allocation phase is over."""
+        def found(ttl: int) -> None:
+            walk_box["server_hop"] = ttl
+            walk_done.set()
+
         def walk_job():
             try:
                 if ttl_walk:
                     from .layers import walk
-                    walk_box["layers"] = walk(ep.primary, local_ip, None, None)
+                    walk_box["layers"] = walk(ep.primary, local_ip, None, on_server_hop=found,
+                                              rtt=engine.srtt or (tcp_run.rtt if tcp_run else None))
             except OSError as exc:
                 walk_box["error"] = str(exc)
             finally:
@@ -123,8 +129,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         if tcp_run is not None:
             def ttl_for_simopen():
                 walk_done.wait(5.0)
-                layers = walk_box.get("layers") or {}
-                hop = layers.get("server_hop")
+                hop = walk_box.get("server_hop")
                 return hop - 1 if hop and hop >= 3 else None
 
             def tcp_job():
@@ -148,7 +153,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         return holder["ep"]
 
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
-    udp = run_udp(ep, lifetime_max=lifetime, engine=Engine(**engine_kw), on_concurrent=start_concurrent)
+    udp = run_udp(ep, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
     holder["ep"] = ep = udp.plan.endpoints
     for t in background:
         t.join(30.0)
@@ -241,6 +246,7 @@ def _build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | Non
         probes=[x.as_dict() for x in udp.engine.outcomes],
         timings={"udp_ms": round((udp.finished - udp.started) * 1000, 3),
                  "tcp_ms": tcp.elapsed_ms if tcp else None,
+                 "tcp_phases_ms": tcp.phase_ms if tcp else None,
                  "srtt_ms": None if eng.srtt is None else round(eng.srtt * 1000, 3),
                  "rto_ms": round(eng.rto * 1000, 3), "loss_estimate": round(eng.loss_estimate, 3),
                  "attempts_for_no_reply": eng.attempts_needed(), "packets": dict(eng.stats)})

@@ -60,11 +60,15 @@ def analyse_hops(hops: list[dict], server_hop: int | None, nat: bool | None, pub
     return {"count": count, "cgnat": cgnat, "hops": hops, "server_hop": server_hop, "reason": why}
 
 
-def walk(dest: Address, local_ip: str, public: Address | None, engine=None, *, max_hops: int = 8,
-         budget: float | None = None) -> dict:
-    """TTL walk toward ``dest`` (bounded: ``max_hops`` sockets x 2 sends, ``budget`` seconds)."""
-    rto = engine.rto if engine is not None else 0.2
-    budget = budget if budget is not None else min(1.0, max(0.15, 6 * rto))
+def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | None = None,
+         max_hops: int = 8, on_server_hop=None) -> dict:
+    """TTL walk toward ``dest`` (bounded: ``max_hops`` sockets x 2 sends, <= 1 s).
+
+    ``on_server_hop(ttl)`` is called as soon as the server answers (before the
+    remaining ICMP errors, which routers rate-limit, have come in)."""
+    rtt = rtt if rtt is not None else 0.05
+    budget = min(1.0, max(0.1, 10 * rtt))
+    resend_at = min(budget / 2, max(0.03, 4 * rtt))
     if ":" in dest[0]:
         return analyse_hops([], None, None, None, None) | {"reason": "TTL walk is IPv4 only"}
     sel = selectors.DefaultSelector()
@@ -87,7 +91,7 @@ def walk(dest: Address, local_ip: str, public: Address | None, engine=None, *, m
             s.sendto(reqs[ttl], dest)
         resent = False
         while time.monotonic() - start < budget:
-            if not resent and time.monotonic() - start > budget / 2:
+            if not resent and time.monotonic() - start > resend_at:
                 for s, ttl in zip(socks, range(1, max_hops + 1)):
                     if ttl not in hops and (server_hop is None or ttl < server_hop):
                         s.sendto(reqs[ttl], dest)
@@ -106,6 +110,8 @@ def walk(dest: Address, local_ip: str, public: Address | None, engine=None, *, m
                 try:
                     data, _src = s.recvfrom(2048)
                     decode(data)
+                    if server_hop is None and on_server_hop is not None:
+                        on_server_hop(ttl)
                     server_hop = ttl if server_hop is None else min(server_hop, ttl)
                 except (BlockingIOError, OSError, ValueError):
                     pass

@@ -79,7 +79,7 @@ def classify_simopen(info: dict | None) -> Verdict:
         return Verdict(None, info.get("skipped") or info.get("error"), ["tcp.simopen"])
     if info.get("connected"):
         return Verdict(True, f"after our SYN (TTL {info['ttl']}) toward {_fmt((info['server_source']['ip'], info['server_source']['port']))} "
-                             "the server's crossing SYN reached us", ["tcp.simopen"], extra={"detail": info})
+                             "the server's SYN from there crossed our NAT and reached us", ["tcp.simopen"], extra={"detail": info})
     return Verdict(False, f"after our SYN (TTL {info['ttl']}) the server's crossing SYN to "
                           f"{_fmt((info['mapped']['ip'], info['mapped']['port']))} never arrived",
                    ["tcp.simopen"], extra={"detail": info})
