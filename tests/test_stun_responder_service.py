@@ -328,3 +328,34 @@ def test_wildcard_bind_answers_from_the_address_the_client_used(host):
                 sock.sendall(encode(binding_request()))
                 assert read_message(sock).response_origin == (destination, port)
         assert svc.stats["internal_errors"] == svc.stats["send_errors"] == 0
+
+
+def test_random_datagrams_never_break_the_loop(service):
+    import random
+
+    rng = random.Random(8489)
+    client = udp_client()
+    primary = (endpoint(service, "primary").ip, endpoint(service, "primary").port)
+    valid = encode(binding_request())
+    for batch in range(1, 11):  # 300 datagrams, in batches small enough for the socket buffer
+        for _ in range(30):
+            data = bytearray(valid + bytes(rng.randrange(256) for _ in range(rng.randrange(40))))
+            for _ in range(rng.randint(1, 3)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            client.sendto(bytes(data), primary)
+        wait_for(lambda: service.stats["udp_datagrams"] >= 30 * batch, what="batch processed")
+    client.settimeout(0.05)
+    try:  # drain whatever was answered
+        while client.recvfrom(4096):
+            pass
+    except OSError:
+        pass
+    client.settimeout(5)
+    client.sendto(valid, primary)
+    assert decode(client.recvfrom(4096)[0]).msg_class == MessageClass.SUCCESS
+    stats = service.stats
+    assert stats["internal_errors"] == 0
+    handled = sum(v for k, v in stats.items()
+                  if k in ("responses", "errors_sent") or k.startswith("dropped_"))
+    assert handled == stats["udp_datagrams"] == 301
+    client.close()
