@@ -260,7 +260,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20, help="receiver connections in parallel")
     parser.add_argument("--wait-timeout", type=float, default=120.0, help="server long-poll timeout")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="overall bound")
-    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--url", help="benchmark a running server on loopback instead of starting one "
+                        "(receivers check in from 127.0.0.1, so it must see them as such)")
     parser.add_argument("--pid", type=int, help="with --url: server PID to read memory from")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()

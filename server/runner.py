@@ -289,11 +289,13 @@ def start_server(config: ServerConfig) -> ServerHandle:
     except BaseException:
         listener.close()
         raise
-    handle = ServerHandle(config, listener, stun)
     try:
+        handle = ServerHandle(config, listener, stun)
         handle._start()
     except BaseException:
         listener.close()
+        if stun is not None:
+            stun.stop()
         raise
     log.info("signaling server listening on %s", handle.http_url)
     return handle

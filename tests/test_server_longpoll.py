@@ -207,3 +207,24 @@ def test_stop_drops_waiting_long_polls(server):
     assert "error" in result  # the connection was closed without an answer
     with pytest.raises(OSError):
         socket.create_connection(server.http_address, timeout=2).close()
+
+
+def test_no_500_for_bad_input_on_the_real_server(server):
+    """The bad-input table of test_server_api, sent over real sockets: all 4xx JSON, server unharmed."""
+    from test_server_api import BAD_CHECKIN, BAD_INITIATE, BAD_RAW
+
+    statuses = set()
+    for path in ("/v1/initiate", "/v1/checkin"):
+        for body in BAD_INITIATE + BAD_CHECKIN:
+            statuses.add(request(server, "POST", path, body)[0])
+        for data in BAD_RAW:
+            conn = http.client.HTTPConnection(*server.http_address, timeout=10)
+            try:
+                conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                assert "error" in json.loads(response.read())
+                statuses.add(response.status)
+            finally:
+                conn.close()
+    assert statuses and all(400 <= status < 500 for status in statuses), statuses
+    assert waiting(server) == 0 and request(server, "GET", "/healthz")[0] == 200
