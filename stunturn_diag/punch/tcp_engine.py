@@ -298,27 +298,39 @@ class PunchLoop:
                         "error": text})
         return out
 
+    def _causes(self) -> set[str]:
+        """Per-candidate cause of failure: refused, timeout (no answer) or unreachable."""
+        causes = set()
+        for cand in self.candidates:
+            seen = {k.split(" ")[-1] for k in cand.errors if not k.startswith("prime")}
+            if seen & {_err_name(e) for e in _REFUSED}:
+                causes.add("refused")
+            elif cand.sock is not None or not seen & {_err_name(e) for e in _UNREACHABLE}:
+                causes.add("timeout")  # a SYN still waiting, or nothing came back
+            else:
+                causes.add("unreachable")
+        return causes
+
     def _failure(self) -> PunchError:
-        seen = {k.split(" ")[-1] for c in self.candidates for k in c.errors if
-                not k.startswith("prime")}
+        causes = self._causes()
         targets = ", ".join(f"{c.address[0]}:{c.address[1]}" for c in self.candidates)
         if self.conn_errors:
             reason = "nomination-failed"
             cause = ("a connection came up but the nomination exchange did not complete "
                      "(" + "; ".join(self.conn_errors[:3]) + ")")
-        elif seen & {_err_name(e) for e in _REFUSED}:
+        elif "refused" in causes:
             reason = "refused"
-            cause = ("every full-TTL SYN was answered by RST: the peer's NAT had no mapping "
-                     "toward our address (port-dependent mapping or filtering, or the peer "
-                     "did not punch in time)")
-        elif seen & {_err_name(e) for e in _UNREACHABLE}:
-            reason = "unreachable"
-            cause = "the peer's address is unreachable (ICMP unreachable)"
-        else:
+            cause = ("the full-TTL SYNs were answered by RST: the peer's NAT had no mapping "
+                     "toward our address (its mapping is port-dependent, its filter admits "
+                     "only the port it sent to, or the peer did not punch in time)")
+        elif "timeout" in causes or not causes:
             reason = "timeout"
-            cause = ("no SYN or SYN-ACK got through before the deadline: the NATs drop "
-                     "unsolicited SYNs and the mappings never met (symmetric NAT, or the "
+            cause = ("no SYN or SYN-ACK got through before the deadline: unsolicited SYNs "
+                     "are dropped and the two mappings never met (a symmetric NAT, or the "
                      "peer did not punch)")
+        else:
+            reason = "unreachable"
+            cause = "every peer address is unreachable (ICMP network/host unreachable)"
         return PunchError(f"TCP punch to {targets} failed: {cause}",
                           hint="check both NATs with `stunturn-diag probe`; a relay (TURN) "
                           "is needed when a side has a port-dependent mapping",

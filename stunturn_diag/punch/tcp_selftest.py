@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--local-port", type=int, default=0)
     ap.add_argument("--use", default="srflx,local", help="candidate kinds to punch toward")
     ap.add_argument("--strategy", default="simultaneous-open")
+    ap.add_argument("--predict", type=int, default=0,
+                    help="aim at the N ports after the peer's srflx port (sequential NAT)")
     ap.add_argument("--delay", type=float, default=0.0,
                     help="sleep this long before punching (simulates start skew)")
     args = ap.parse_args(argv)
@@ -94,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out), flush=True)
         return 2
     kinds = args.use.split(",")
+    ip, port = peer["srflx"]
+    srflx = [(ip, port + i) for i in range(1, args.predict + 1) if port + i < 65536] \
+        if args.predict else [(ip, port)]
     cands = ([tuple(a) for a in peer["local"]] if "local" in kinds else []) + \
-        ([tuple(peer["srflx"])] if "srflx" in kinds else [])
+        (srflx if "srflx" in kinds else [])
     out["candidates"] = [list(c) for c in cands]
     time.sleep(max(0.0, args.delay))
     t1 = time.monotonic()
