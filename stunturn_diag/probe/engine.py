@@ -43,6 +43,9 @@ class Probe:
     #: "response": a STUN response is expected; "request": this very request is
     #: expected to arrive at another of our sockets (hairpinning, RFC 5780 section 4.5)
     expect: str = "response"
+    #: silence here is a failure, not a verdict (e.g. a plain Binding request once the
+    #: server is known to answer): allow ``patience`` more sends than a verdict needs
+    patience: int = 0
 
 
 @dataclass
@@ -140,10 +143,11 @@ class Engine:
 
     @property
     def loss_estimate(self) -> float:
-        """Round-trip loss seen on answered transactions (retransmissions before the reply)."""
-        if not self._sent_for_answered:
-            return 0.0
-        return 1.0 - self._answered / self._sent_for_answered
+        """Round-trip loss seen on answered transactions (retransmissions before the reply),
+        shrunk toward ``loss_floor`` by a prior worth five sends, so a few lucky samples
+        do not read as a loss-free path."""
+        lost = self._sent_for_answered - self._answered
+        return (lost + 5 * self.loss_floor) / (self._sent_for_answered + 5)
 
     def attempts_needed(self) -> int:
         """Sends after which silence is conclusive: loss**n <= target_miss."""
@@ -225,7 +229,7 @@ class Engine:
             if now < tx.next_at:
                 continue
             out = tx.outcome
-            if out.attempts >= needed:
+            if out.attempts >= needed + tx.probe.patience:
                 out.status, out.concluded_at = "no-reply", now
                 del self._pending[tid]
                 concluded.append(out)
@@ -243,7 +247,8 @@ class Engine:
                 interval = self.rto
             interval = min(interval, self.rto_max)
             # after the last needed copy, wait 2 RTO for a reply before concluding
-            tx.next_at = now + (2 * interval if out.attempts >= needed else interval)
+            last = out.attempts >= needed + tx.probe.patience
+            tx.next_at = now + (2 * interval if last else interval)
         self.stats["sent"] += len(sends)
         return sends, concluded
 

@@ -30,6 +30,8 @@ ALLOC_SOCKETS = 4
 BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + tuple(
     f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
 SOFTWARE = "stunturn-diag probe"
+#: extra sends for transactions whose silence would only mean loss
+PATIENCE = 3
 
 
 def lifetime_schedule(max_seconds: float) -> list[float]:
@@ -67,11 +69,16 @@ class UdpPlan:
     # -- helpers -----------------------------------------------------------------
     def _probe(self, name: str, sock: str, dest: Address, *, not_before: float = 0.0,
                change_ip: bool = False, change_port: bool = False,
-               response_port: int | None = None, prelude=()) -> Probe:
+               response_port: int | None = None, prelude=(), patience: int | None = None) -> Probe:
+        """A Binding request transaction. Plain requests after the server has answered once
+        are expected to be answered: they get extra patience (silence is loss, not a verdict)."""
         tid = new_transaction_id()
         msg = binding_request(tid, change_ip=change_ip, change_port=change_port,
                               response_port=response_port, software=SOFTWARE)
-        return Probe(name, sock, dest, encode(msg), tid, not_before=not_before, prelude=prelude)
+        if patience is None:
+            patience = 0 if (change_ip or change_port or name == "map.primary") else PATIENCE
+        return Probe(name, sock, dest, encode(msg), tid, not_before=not_before, prelude=prelude,
+                     patience=patience)
 
     def take_passive(self) -> list[tuple[str, str, bytes]]:
         """Transaction IDs sent as preludes that the engine must also watch for."""
@@ -83,7 +90,10 @@ class UdpPlan:
 
     # -- phases ------------------------------------------------------------------
     def start(self, now: float) -> list[Probe]:
-        return [self._probe("map.primary", "map", self.endpoints.primary)]
+        """The gate of everything: sent twice per attempt, so that before any RTT is known
+        a lossy path does not read as "UDP blocked" (duplicates are harmless)."""
+        p = self._probe("map.primary", "map", self.endpoints.primary)
+        return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, prelude=((p.dest, p.payload),))]
 
     def on_outcome(self, out: Outcome, now: float) -> list[Probe]:
         """React to one concluded transaction (answered or no reply)."""
@@ -113,7 +123,7 @@ class UdpPlan:
             t = lifetime_schedule(self.lifetime_max or 0)[i]
             mapped = out.message.mapped_address
             return [self._probe(f"life.y{i}", f"life-y{i}", self.endpoints.primary,
-                                not_before=out.replied_at + t, response_port=mapped[1])]
+                                not_before=out.replied_at + t, response_port=mapped[1], patience=0)]
         return []
 
     def _concurrent_phase(self, now: float) -> list[Probe]:
@@ -127,9 +137,12 @@ class UdpPlan:
             if dest is not None:
                 probes.append(self._probe(name, "map", dest))
         if ep.behaviour_tests:
-            probes.append(self._probe("filt.change_both", "filt-both", ep.primary,
-                                      change_ip=True, change_port=True))
-            probes.append(self._probe("filt.change_port", "filt-port", ep.primary, change_port=True))
+            # each attempt sends two copies: each copy is answered on its own, so an attempt
+            # fails only if both round trips are lost (a filtering verdict rests on silence)
+            for p in (self._probe("filt.change_both", "filt-both", ep.primary, change_ip=True,
+                                  change_port=True),
+                      self._probe("filt.change_port", "filt-port", ep.primary, change_port=True)):
+                probes.append(Probe(p.name, p.sock, p.dest, p.payload, p.tid, prelude=((p.dest, p.payload),)))
             probes.append(self._probe("unsol.bind", "unsol", ep.primary))
         else:
             self.notes.append("the server has no alternate address (no OTHER-ADDRESS): filtering "
@@ -141,13 +154,13 @@ class UdpPlan:
 
     def _unsolicited_step(self, now: float) -> Probe:
         """Make the server send to ``unsol``'s mapping from alt IP+port (CHANGE-REQUEST),
-        confirmed by a plain request sent right after it on every attempt."""
+        confirmed by a plain request sent right after it on every attempt. Four copies:
+        with 10 % loss per direction all of them are lost with probability ~0.1 %."""
         ep = self.endpoints
         tid = new_transaction_id()
         change = encode(binding_request(tid, change_ip=True, change_port=True, software=SOFTWARE))
         self._passive.append(("unsol.inbound", "unsol", tid))
-        return self._probe("unsol.confirm", "unsol", ep.primary,
-                           prelude=((ep.primary, change), (ep.primary, change)))
+        return self._probe("unsol.confirm", "unsol", ep.primary, prelude=((ep.primary, change),) * 4)
 
     def _hairpin_step(self) -> list[Probe]:
         a, b = self.outcomes.get("hair.a"), self.outcomes.get("hair.b")
@@ -157,6 +170,6 @@ class UdpPlan:
         self._hair_started = True
         # each socket sends to the other's mapped address, so an address(-and-port)-
         # dependent filter is opened from both sides (RFC 5780 section 4.5)
-        pa = self._probe("hair.b_to_a", "hair-b", xa)
-        pb = self._probe("hair.a_to_b", "hair-a", xb)
+        pa = self._probe("hair.b_to_a", "hair-b", xa, patience=0)
+        pb = self._probe("hair.a_to_b", "hair-a", xb, patience=0)
         return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, expect="request") for p in (pa, pb)]
