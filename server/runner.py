@@ -31,6 +31,8 @@ log = logging.getLogger("stunturn_server.runner")
 #: WSGI environ key holding the client's gevent socket (set by :class:`_SocketHandler`)
 SOCKET_ENVIRON_KEY = "stunturn.client_socket"
 _LISTEN_BACKLOG = 4096
+#: per-connection request read buffer (bytes); requests are small (<= max_body)
+_READ_BUFFER = 2048
 #: seconds in-flight requests get to finish on stop() before connections are dropped
 _STOP_GRACE = 0.5
 
@@ -94,6 +96,9 @@ def _handler_class(io_timeout: float):
                 pass
             sock.settimeout(io_timeout)  # silent or idle clients are dropped, not held forever
             super().__init__(sock, address, server, *args, **kwargs)
+            # a smaller read buffer than pywsgi's 8 KiB: every waiting long-poll keeps one
+            default, self.rfile = self.rfile, sock.makefile("rb", _READ_BUFFER)
+            default.close()
 
         def get_environ(self):
             environ = super().get_environ()
