@@ -101,8 +101,10 @@ class UdpChannel:
             s.close()
 
     def stats(self) -> dict:
+        """Dropped-and-counted input: frames by cause, foreign sources, handshake drops."""
         c = self.session.counters.as_dict()
         c["foreign"] = self.foreign
+        c["handshake"] = self.handshake.counters.as_dict()
         return c
 
     def __enter__(self) -> "UdpChannel":

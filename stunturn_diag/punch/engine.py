@@ -186,10 +186,11 @@ class UdpPunchEngine:
                      "result": ("peer's packets arrived here but ours never reached it"
                                 if st.hellos else "no authentic packet from this address")}
                     for (ip, port), st in self.stats.items() if st.sent or st.hellos or st.proofs]
-        if c.bad_tag or c.bad_proof:
+        forged = c.bad_tag + c.bad_proof + c.wrong_role
+        if forged:
             return ("auth-failed", f"packets arrived that did not prove the access key "
-                    f"({c.bad_tag + c.bad_proof} dropped): the peer uses another key, or a third "
-                    "party is interfering", attempts)
+                    f"({forged} dropped): the peer uses another key, or a third party is "
+                    "interfering", attempts)
         if heard_hello:
             return ("one-way", "the peer's packets reached us but ours never reached the peer "
                     "(its NAT filtered them)", attempts)

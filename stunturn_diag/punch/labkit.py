@@ -22,7 +22,7 @@ PEER = r"""
 import json, sys, time
 from stunturn_diag.errors import StunturnError
 from stunturn_diag.punch import api
-role, url, key, target, profile, punch_timeout, prime_ttl, birthday, wait = sys.argv[1:10]
+role, url, key, target, profile, punch_timeout, prime_ttl, birthday, wait, linger = sys.argv[1:11]
 opts = dict(punch_timeout=float(punch_timeout), prime_ttl=int(prime_ttl) or None,
             birthday=birthday == "1", peer_timeout=5.0,
             nat_profile=json.loads(profile) if profile != "-" else None)
@@ -38,12 +38,12 @@ except StunturnError as e:
     out.update(getattr(e, "context", {}) or {})
     print(json.dumps(out)); sys.exit(1)
 out = r.as_dict(); ch = r.connection
-got = acked = False; tail = 0
+got = acked = False; tail = 0; unexpected = []
 for i in range(400):
     ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
     if got and acked:
         tail += 1
-        if tail > 5:
+        if tail > 5 and time.monotonic() - t0 > float(linger):
             break
     end = time.monotonic() + 0.03
     while time.monotonic() < end:
@@ -56,7 +56,10 @@ for i in range(400):
         if m.startswith("data:") and m.split(":")[1] != role:
             got = True
             acked = acked or m.endswith(":ack")
-out.update(got=got, acked=acked, stats=ch.stats(), elapsed=time.monotonic() - t0)
+        elif m:
+            unexpected.append(m[:40])
+out.update(got=got, acked=acked, unexpected=unexpected, stats=ch.stats(),
+           elapsed=time.monotonic() - t0)
 time.sleep(0.1)
 ch.close()
 print(json.dumps(out))
@@ -96,10 +99,12 @@ def _parse(text: str, err: str) -> dict:
     return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
 
 
-def run_pair(lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
+def run_pair(  # noqa: PLR0913 - test/bench driver
+lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
-             birthday: bool = False, server: bool = True, pair_wait: float = 15.0) -> PairResult:
-    """Punch from ``initiator_host`` to ``receiver_host`` (the server must run, or ``server``)."""
+             birthday: bool = False, server: bool = True, pair_wait: float = 15.0,
+             linger: float = 0.0) -> PairResult:
+    """``linger``: keep exchanging data at least this many seconds after the start."""
     if server:
         start_server(lab)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
@@ -110,7 +115,7 @@ def run_pair(lab, initiator_host: str, receiver_host: str, *, key: str = "lab-ke
         profile = json.dumps(lab.expected(lab.site_of(host))) if profiles else "-"
         return lab.popen(host, [sys.executable, "-c", PEER, role, url, key, target, profile,
                                 str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
-                                str(pair_wait)],
+                                str(pair_wait), str(linger)],
                          env=env)
 
     ini = peer(initiator_host, "initiator")

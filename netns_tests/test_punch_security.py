@@ -1,0 +1,121 @@
+"""A third party on the path cannot take over a punched hole or inject data.
+
+The attacker sits on the lab's core router (``inet``): it sees every packet between
+the sites and spoofs packets with the genuine peers' addresses using Scapy. It
+knows all addresses but not the access key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.punch.labkit import run_pair, start_server
+
+pytestmark = pytest.mark.netns
+
+#: sniff our datagrams on every interface of the router; answer each with forgeries
+ATTACKER = r"""
+import os, sys, time
+from scapy.all import IP, UDP, Raw, conf, get_if_list, sniff
+conf.verb = 0
+MAGIC = b"\x8fSTP"
+duration, limit = float(sys.argv[1]), int(sys.argv[2])
+count = {"seen": 0, "sent": 0, "hello": 0, "proof": 0, "frame": 0}
+mine = set()
+out = conf.L3socket()
+
+def forge(pkt):
+    if count["sent"] >= limit or IP not in pkt or UDP not in pkt:
+        return
+    data = bytes(pkt[UDP].payload)
+    if not data.startswith(MAGIC) or data in mine:
+        return
+    count["seen"] += 1
+    kind = data[5]
+    if kind == 1:          # HELLO: a fresh nonce with a made-up tag
+        forged = [data[:8] + os.urandom(32)]
+        count["hello"] += 1
+    elif kind == 2:        # PROOF: tampered MAC; proof bound to another nonce
+        forged = [data[:-1] + bytes([data[-1] ^ 1]), data[:8] + os.urandom(16) + data[24:]]
+        count["proof"] += 1
+    else:                  # frame: replay, flipped payload byte, made-up tag
+        flipped = bytearray(data)
+        flipped[min(16, len(data) - 17)] ^= 0x20
+        forged = [data, bytes(flipped), data[:-16] + os.urandom(16)]
+        count["frame"] += 1
+    ip, udp = pkt[IP], pkt[UDP]
+    for f in forged:
+        mine.add(f)
+        # as the sender toward the receiver, and as the receiver back to the sender
+        # (back to the sender, the role byte claims the other role)
+        back = f[:6] + bytes([f[6] ^ 1]) + f[7:]
+        for src, sport, dst, dport, payload in ((ip.src, udp.sport, ip.dst, udp.dport, f),
+                                                (ip.dst, udp.dport, ip.src, udp.sport, back)):
+            mine.add(payload)
+            out.send(IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(payload))
+            count["sent"] += 1
+
+ifaces = [i for i in get_if_list() if i != "lo"]
+print("ready", flush=True)
+sniff(iface=ifaces, prn=forge, timeout=duration, store=False)
+print(count, flush=True)
+"""
+
+#: one side punching alone toward an address the attacker impersonates
+LONE = r"""
+import json, sys, time
+from stunturn_diag.errors import PunchError
+from stunturn_diag.punch.udp import UdpRendezvous
+stun_ip, peer_ip, peer_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rv = UdpRendezvous()
+mapped = rv.learn_mapping((stun_ip, 3478), 3.0)
+print(json.dumps({"mapped": mapped}), flush=True)
+time.sleep(0.5)
+try:
+    ch = rv.punch([(peer_ip, peer_port)], role="receiver", deadline=time.monotonic() + 3.0,
+                  key="the-real-key-123", match_id="m-1")
+    print(json.dumps({"ok": True, "peer": ch.peer_address}))
+except PunchError as e:
+    print(json.dumps({"ok": False, "reason": e.reason, "message": str(e)}))
+"""
+
+
+def _attacker(lab, duration: float, limit: int = 800):
+    proc = lab.popen("inet", [sys.executable, "-c", ATTACKER, str(duration), str(limit)])
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-500:]
+    return proc
+
+
+def test_forged_replayed_and_tampered_packets_neither_break_nor_enter_the_channel():
+    # full cone on both sides: every spoofed packet reaches the hosts (worst case for us)
+    with Lab(LabSpec.simple("full-cone", "full-cone")) as lab:
+        attacker = _attacker(lab, duration=6)
+        res = run_pair(lab, "a1", "b1", punch_timeout=6, linger=2.0)
+        out = attacker.communicate(timeout=20)[0]
+    ini, rec = res.initiator, res.receiver
+    assert res.ok and res.data_both_ways, (ini, rec, out)
+    for side in (ini, rec):
+        assert side["unexpected"] == [], side            # nothing forged was delivered
+    stats = [ini["stats"], rec["stats"]]
+    assert sum(s["replayed"] for s in stats) >= 1, (stats, out)
+    assert sum(s["bad_tag"] for s in stats) >= 1, (stats, out)
+
+
+def test_a_third_party_knowing_the_addresses_cannot_complete_the_handshake():
+    with Lab(LabSpec.simple("full-cone", "full-cone")) as lab:
+        start_server(lab)
+        attacker = _attacker(lab, duration=5)
+        # the "peer" address is site a's public IP; nobody there holds the key
+        lone = lab.popen("b1", [sys.executable, "-c", LONE, lab.server_ip,
+                                lab.site_public_ip("a"), "40000"])
+        lines = lone.communicate(timeout=30)[0].strip().splitlines()
+        out = attacker.communicate(timeout=20)[0]
+    result = json.loads(lines[-1])
+    assert result["ok"] is False, (result, out)
+    assert result["reason"] == "auth-failed", (result, out)
+    assert "did not prove the access key" in result["message"]
+    assert "'hello': 0" not in out          # the attacker did answer with forgeries
