@@ -1,0 +1,275 @@
+"""TCP punching on loopback: simultaneous open, nomination, STUN over TCP, failures.
+
+No NAT here (netns_tests/test_punch_tcp_matrix.py has the real kernel NATs); these
+check the engine's socket mechanics, its bounded failure and its contract.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from server.config import ServerConfig
+from stunturn_diag.errors import ConfigError, PunchError
+from stunturn_diag.punch import tcp_engine
+from stunturn_diag.punch.tcp import DEFAULT_PRIME_TTL, TcpRendezvous
+from stunturn_diag.punch.tcp_sockets import (attach_blackhole, blackhole_program, can_pin_isn,
+                                             shared_port_socket)
+
+LO = "127.0.0.1"
+
+
+def punch_both(a: TcpRendezvous, b: TcpRendezvous, cands_a, cands_b, timeout=5.0, **kw):
+    """Punch a (initiator) and b (receiver) concurrently; return (result_a, result_b)."""
+    out: dict = {}
+
+    def run(name, rv, cands, role):
+        try:
+            out[name] = rv.punch(cands, role=role, deadline=time.monotonic() + timeout, **kw)
+        except Exception as exc:  # reported to the test thread
+            out[name] = exc
+
+    threads = [threading.Thread(target=run, args=("a", a, cands_a, "initiator")),
+               threading.Thread(target=run, args=("b", b, cands_b, "receiver"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    return out["a"], out["b"]
+
+
+def exchange(sa: socket.socket, sb: socket.socket) -> None:
+    sa.settimeout(3)
+    sb.settimeout(3)
+    sa.sendall(b"ping")
+    assert sb.recv(4) == b"ping"
+    sb.sendall(b"pong")
+    assert sa.recv(4) == b"pong"
+
+
+@pytest.fixture
+def pair():
+    a, b = TcpRendezvous(LO), TcpRendezvous(LO)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_simultaneous_open_on_loopback_exchanges_bytes(pair):
+    a, b = pair
+    sa, sb = punch_both(a, b, [(LO, b.local_port)], [(LO, a.local_port)])
+    assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+    with sa, sb:
+        assert sa.getsockname() == (LO, a.local_port)
+        assert sa.getpeername() == (LO, b.local_port)
+        assert sb.getpeername() == sa.getsockname()
+        assert sa.gettimeout() is None  # returned in blocking mode
+        exchange(sa, sb)
+
+
+def test_kernel_isn_fallback_without_tcp_repair(pair, monkeypatch):
+    """Without CAP_NET_ADMIN the engine keeps kernel ISNs (priming socket goes on)."""
+    monkeypatch.setattr(tcp_engine, "can_pin_isn", lambda: False)
+    a, b = pair
+    sa, sb = punch_both(a, b, [(LO, b.local_port)], [(LO, a.local_port)])
+    assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+    with sa, sb:
+        exchange(sa, sb)
+
+
+def test_no_priming_when_prime_ttl_is_zero(pair):
+    a, b = pair
+    sa, sb = punch_both(a, b, [(LO, b.local_port)], [(LO, a.local_port)], prime_ttl=0)
+    assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+    with sa, sb:
+        exchange(sa, sb)
+
+
+def test_two_candidates_both_connect_but_one_connection_is_nominated():
+    """Peer bound to 0.0.0.0 is reachable on 127.0.0.1 and 127.0.0.2: the initiator
+    nominates one connection and both sides return exactly that one."""
+    a, b = TcpRendezvous(LO), TcpRendezvous("0.0.0.0")
+    try:
+        b_cands = [(LO, a.local_port)]
+        a_cands = [("127.0.0.2", b.local_port), (LO, b.local_port)]
+        sa, sb = punch_both(a, b, a_cands, b_cands)
+        assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+        with sa, sb:
+            assert sa.getsockname() == sb.getpeername()
+            assert sa.getpeername() == sb.getsockname()
+            exchange(sa, sb)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_listen_connect_strategy(pair):
+    a, b = pair
+    sa, sb = punch_both(a, b, [(LO, b.local_port)], [(LO, a.local_port)],
+                        strategy="listen-connect")
+    assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+    with sa, sb:
+        exchange(sa, sb)
+
+
+def test_peer_that_never_punches_fails_within_deadline_naming_rst(pair):
+    a, b = pair
+    closed = socket.socket()
+    closed.bind((LO, 0))            # a port nobody listens on: the kernel answers RST
+    port = closed.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(PunchError) as info:
+        a.punch([(LO, port)], role="initiator", deadline=start + 1.0)
+    closed.close()
+    assert time.monotonic() - start < 3.0
+    err = info.value
+    assert err.reason == "refused"
+    assert "RST" in err.message
+    (attempt,) = err.attempts
+    assert attempt["candidate"] == f"{LO}:{port}"
+    assert "ECONNREFUSED" in attempt["error"]
+    assert 1 < attempt["connects"] <= tcp_engine.MAX_CONNECTS
+
+
+def test_silent_peer_times_out(pair):
+    """A peer whose listener black-holes us (it never connects back): reason timeout."""
+    a, b = pair
+    silent = shared_port_socket(LO, 0)
+    silent.listen(1)
+    assert attach_blackhole(silent, [(LO, a.local_port)])
+    with pytest.raises(PunchError) as info:
+        a.punch([silent.getsockname()], role="initiator", deadline=time.monotonic() + 0.8)
+    silent.close()
+    assert info.value.reason == "timeout"
+
+
+def test_blackhole_listener_drops_only_the_listed_source():
+    listener = shared_port_socket(LO, 0)
+    listener.listen(4)
+    dropped, passed = shared_port_socket(LO, 0), shared_port_socket(LO, 0)
+    try:
+        assert attach_blackhole(listener, [dropped.getsockname()])
+        for s in (dropped, passed):
+            s.connect_ex(listener.getsockname())
+        listener.setblocking(True)
+        listener.settimeout(2)
+        conn, peer = listener.accept()
+        conn.close()
+        assert peer == passed.getsockname()
+        listener.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        for s in (listener, dropped, passed):
+            s.close()
+
+
+def test_blackhole_program_shape():
+    prog = blackhole_program([("10.0.0.1", 1000), ("10.0.0.2", 2000)])
+    assert len(prog) == 4 * 2 + 2
+    assert all(len(insn) == 8 for insn in prog)
+
+
+def test_own_address_is_skipped_and_empty_list_is_an_error(pair):
+    a, _b = pair
+    with pytest.raises(PunchError) as info:
+        a.punch([(LO, a.local_port), ("::1", 5), ("bogus", 1)], role="initiator",
+                deadline=time.monotonic() + 1)
+    assert info.value.reason == "no-candidates"
+    errors = " ".join(x["error"] for x in info.value.attempts)
+    assert "own address" in errors and "IPv4" in errors and "(ip, port)" in errors
+
+
+def test_bad_arguments_are_config_errors(pair):
+    a, _b = pair
+    with pytest.raises(ConfigError):
+        a.punch([(LO, 9)], role="boss", deadline=time.monotonic() + 1)
+    with pytest.raises(ConfigError):
+        a.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 1, prime_ttl=300)
+    with pytest.raises(ConfigError):
+        TcpRendezvous("::1")
+    with pytest.raises(ConfigError):
+        TcpRendezvous(LO, 70000)
+
+
+def test_one_punch_per_rendezvous(pair):
+    a, _b = pair
+    with pytest.raises(PunchError):
+        a.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 0.3)
+    with pytest.raises(ConfigError):
+        a.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 0.3)
+
+
+def test_local_candidates():
+    with TcpRendezvous(LO) as rv:
+        assert rv.local_candidates() == [(LO, rv.local_port)]
+    with TcpRendezvous() as rv:
+        cands = rv.local_candidates()
+        assert all(port == rv.local_port for _ip, port in cands)
+        assert all(not ip.startswith("127.") for ip, _port in cands)
+        assert len(cands) <= 8
+
+
+def test_default_prime_ttl_and_pin_probe():
+    assert DEFAULT_PRIME_TTL == 2
+    assert can_pin_isn() in (True, False)
+
+
+# -- STUN Binding over TCP ------------------------------------------------------------
+
+@pytest.fixture
+def stun_service():
+    from server.stun.service import start_stun_service
+    service = start_stun_service(ServerConfig(http_host=LO, stun_port=0, alt_port=0))
+    yield service
+    service.stop()
+
+
+def test_learn_mapping_over_tcp_and_keep_the_connection(stun_service):
+    primary = stun_service.endpoints[0]
+    with TcpRendezvous(LO) as rv:
+        mapped = rv.learn_mapping((primary.ip, primary.port), 3.0)
+        assert mapped == (LO, rv.local_port)      # no NAT on loopback
+        assert rv._stun is not None and rv._stun.getpeername() == (primary.ip, primary.port)
+        assert rv._stun.getsockname() == (LO, rv.local_port)
+
+
+def test_learn_mapping_then_punch_from_the_same_port(stun_service):
+    primary = stun_service.endpoints[0]
+    a, b = TcpRendezvous(LO), TcpRendezvous(LO)
+    try:
+        ma = a.learn_mapping((primary.ip, primary.port), 3.0)
+        mb = b.learn_mapping((primary.ip, primary.port), 3.0)
+        sa, sb = punch_both(a, b, [mb], [ma])
+        assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+        with sa, sb:
+            assert sa.getsockname()[1] == ma[1]
+            exchange(sa, sb)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_learn_mapping_failure_is_a_punch_error():
+    closed = socket.socket()
+    closed.bind((LO, 0))
+    port = closed.getsockname()[1]
+    with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
+        rv.learn_mapping((LO, port), 1.0)
+    closed.close()
+    assert info.value.reason == "stun-failed"
+    assert f"{LO}:{port}" in info.value.message
+
+
+def test_learn_mapping_from_a_silent_server_times_out():
+    silent = socket.socket()
+    silent.bind((LO, 0))
+    silent.listen(1)                # accepts (kernel) but never answers
+    with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
+        rv.learn_mapping(silent.getsockname(), 0.5)
+    silent.close()
+    assert info.value.reason == "stun-failed"
+    assert "no STUN Binding response" in info.value.message
