@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 
-WAIT = 0.4      # seconds per try
+WAIT = 0.5      # seconds per try
 TRIES = 3
 CONNECT_BACK_WAIT = 5.0   # the reflector's connect-back gives up after 1.5 s
 
@@ -111,9 +111,14 @@ def cmd_count(args) -> dict:
     for i in range(args.count):
         sock.sendto(json.dumps({"id": i}).encode(), args.server)
         _drain(sock, got)
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and len(got) < args.count:
+    # stragglers: stop 1 s after the last answer, 5 s at most
+    hard_stop = time.monotonic() + 5.0
+    quiet_until = time.monotonic() + 1.0
+    while len(got) < args.count and time.monotonic() < min(quiet_until, hard_stop):
+        before = len(got)
         _drain(sock, got)
+        if len(got) > before:
+            quiet_until = time.monotonic() + 1.0
     return {"sent": args.count, "received": len(got)}
 
 
