@@ -140,7 +140,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
                                  if has else None,
                                  simopen=(lambda b: client._request("POST", "/v1/probe/tcp-simopen", b))
                                  if has else None,
-                                 ttl_for_simopen=ttl_for_simopen)
+                                 ttl_for_simopen=ttl_for_simopen, loss_seen=lambda: engine.loss_seen)
                 except Exception as exc:  # a thread must not die silently; becomes evidence
                     walk_box["tcp_error"] = f"{type(exc).__name__}: {exc}"
             background.append(threading.Thread(target=tcp_job, name="probe-tcp", daemon=True))

@@ -149,6 +149,11 @@ class Engine:
         lost = self._sent_for_answered - self._answered
         return (lost + 5 * self.loss_floor) / (self._sent_for_answered + 5)
 
+    @property
+    def loss_seen(self) -> bool:
+        """Some answered transaction needed more than one send."""
+        return self._sent_for_answered > self._answered
+
     def attempts_needed(self) -> int:
         """Sends after which silence is conclusive: loss**n <= target_miss."""
         loss = max(self.loss_estimate, self.loss_floor)

@@ -57,6 +57,11 @@ class TcpRun:
         return any(m is not None for _, m in self.alloc)
 
     @property
+    def loss_seen(self) -> bool:
+        """A TCP allocation exchange took a retransmission (>= 200 ms TCP RTO over the fastest)."""
+        return bool(self.rtts) and max(self.rtts) > min(self.rtts) + 0.15
+
+    @property
     def rtt(self) -> float | None:
         return min(self.rtts) / 2 if self.rtts else None  # connect + one STUN exchange ~ 2 RTT
 
@@ -185,8 +190,11 @@ def _accept_loop(listener: socket.socket, stop: threading.Event, accepted: list[
         c.close()
 
 
+_OUTCOME_RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
+
+
 def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: float,
-                    connect_timeout_ms: int) -> None:
+                    connect_timeout_ms: int, loss_seen=None) -> None:
     local = _free_port(local_ip)
     run.filt_local = local
     listener = _reuse_socket(local)
@@ -202,12 +210,26 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
         except (OSError, StunDecodeError) as exc:
             run.assist_error = f"no STUN answer over TCP: {exc}"
             return
-        try:
-            answer = assist({"port": run.filt_mapped[1], "from": ["alt-ip", "alt-port"], "attempts": 2,
-                             "timeout_ms": connect_timeout_ms, "token": token.hex()})
-            run.assist = {r["from"]: r for r in answer.get("results", [])}
-        except SignalingError as exc:
-            run.assist_error = str(exc)
+        roles = ["alt-ip", "alt-port"]
+        results: dict[str, dict] = {}
+        for round_ in range(2):
+            try:
+                answer = assist({"port": run.filt_mapped[1], "from": roles, "attempts": 3,
+                                 "timeout_ms": connect_timeout_ms * (round_ + 1), "token": token.hex()})
+            except SignalingError as exc:
+                run.assist_error = str(exc)
+                break
+            for r in answer.get("results", []):
+                prev = results.get(r["from"])
+                if prev is not None:  # merge rounds: the best outcome wins, all attempts kept
+                    r = dict(r, attempts=prev.get("attempts", []) + r.get("attempts", []),
+                             outcome=min((prev["outcome"], r["outcome"]), key=_OUTCOME_RANK.get))
+                results[r["from"]] = r
+            # silence (timeout) is only a verdict when the path is loss-free; otherwise ask again
+            roles = [n for n, r in results.items() if r.get("outcome") == "timeout"]
+            if not roles or not (loss_seen and loss_seen()):
+                break
+        run.assist = results or None
         # give accepted connections a moment to deliver their token (bounded)
         end = time.monotonic() + 0.2
         while time.monotonic() < end and len(run.accepted) < sum(
@@ -222,7 +244,7 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
 
 
 def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
-                 ttl_for_simopen=None, timeout: float = 3.0) -> None:
+                 ttl_for_simopen=None, timeout: float = 3.0, loss_seen=None) -> None:
     """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently.
 
     ``assist(body)`` / ``simopen(body)`` post to the probe-assist routes (None when the
@@ -230,10 +252,11 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
     the next router (None when unknown) and may block until the TTL walk is done."""
     started = time.monotonic()
     rtt = run.rtt or 0.05
-    connect_ms = int(min(2000, max(250, 8 * rtt * 1000)))
+    connect_ms = int(min(2000, max(150, 8 * rtt * 1000)))
     jobs = [("mapping", lambda: mapping_test(run, ep, timeout))]
     if assist is not None:
-        jobs.append(("filtering", lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms)))
+        jobs.append(("filtering", lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms,
+                                                                lambda: run.loss_seen or bool(loss_seen and loss_seen()))))
     else:
         run.skipped.append({"test": "tcp.filtering", "reason": "the server offers no probe assist "
                                                               "(only our own server does)"})
@@ -245,7 +268,8 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
                                       "aborts a connect when the ICMP time-exceeded comes back)"})
     else:
         jobs.append(("simultaneous_open",
-                     lambda: _simopen_test(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt)))
+                     lambda: _simopen_test(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt,
+                                           lambda: run.loss_seen or bool(loss_seen and loss_seen()))))
     def timed(name, job):
         def go():
             t = time.monotonic()
@@ -310,6 +334,16 @@ def _watch_syn(raw: socket.socket, src: Address, dport: int, deadline: float) ->
 
 
 def _simopen_test(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
+                  rtt: float, loss_seen=None) -> None:
+    """Run :func:`_simopen_once`; once more when it failed on a path known to lose packets."""
+    _simopen_once(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt)
+    first = run.simopen or {}
+    if first.get("connected") is False and loss_seen is not None and loss_seen():
+        _simopen_once(run, ep, local_ip, simopen, lambda: first.get("ttl"), timeout, rtt)
+        run.simopen["rounds"] = 2
+
+
+def _simopen_once(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
                   rtt: float) -> None:
     """RFC 5382 section 7.2: a SYN out that dies just past our NAT (low TTL, from a raw socket:
     the kernel would abort its own connect on the ICMP time-exceeded), then the server's SYN
@@ -342,7 +376,7 @@ def _simopen_test(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_si
             info["error"] = str(exc)
             return
         src = (answer["source"]["ip"], int(answer["source"]["port"]))
-        raw_syn(local, src, ttl)
+        raw_syn(local, src, ttl, copies=3)
         info.update(ttl=ttl, local={"ip": local[0], "port": local[1]},
                     mapped={"ip": mapped[0], "port": mapped[1]},
                     server_source={"ip": src[0], "port": src[1]}, delay_ms=delay_ms)
