@@ -181,7 +181,7 @@ class ServerHandle:
         import gevent
         import gevent.event
         import gevent.pool
-        from gevent.pywsgi import WSGIServer
+        from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
         from gevent import monkey
 
@@ -197,7 +197,9 @@ class ServerHandle:
             handler = _handler_class(self.config.http_io_timeout)
             server = WSGIServer(self._listener, self.app, handler_class=handler,
                                 spawn=gevent.pool.Pool(), log=None,
-                                error_log=logging.getLogger("stunturn_server.wsgi"))
+                                # malformed HTTP from clients is their problem: INFO, not ERROR
+                                error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
+                                                            logging.INFO))
             server.start()
         except BaseException as exc:  # pragma: no cover - start-up failure is reported by start()
             self._error = exc
