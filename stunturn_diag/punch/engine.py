@@ -13,7 +13,7 @@ in and sends the returned :class:`Send` items. Phases:
    at first, then slower; a bounded, rate-limited spray for the birthday attempt.
 3. **confirm**: a valid PROOF carrying our nonce completes the handshake; its source
    address (wherever it actually came from) becomes the peer. Until the peer says
-   it verified us too, our PROOF is repeated to it.
+   it verified us too, our HELLO is repeated to it (it answers with its PROOF).
 
 Every loop is bounded: by ``deadline`` and by ``max_packets``.
 """
@@ -124,8 +124,9 @@ class UdpPunchEngine:
             return out
         if self.complete:
             if not self.confirmed and self.peer is not None:
-                self._emit(out, Send(self.handshake.proof(self.handshake.peer_nonce),
-                                     self.peer, sock=self.peer_sock))
+                # a HELLO asks the (complete) peer for its verified PROOF; PROOFs are only
+                # ever answers, so this cannot ping-pong
+                self._emit(out, Send(self.handshake.hello(), self.peer, sock=self.peer_sock))
             self._round += 1
             self._next = now + self._interval()
             return out
