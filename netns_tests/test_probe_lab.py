@@ -1,0 +1,133 @@
+"""`stunturn-diag probe` against real kernel NATs: every catalogue type, twice, UDP and TCP.
+
+Each test builds its own lab (unique namespace prefix, always torn down), runs our
+server (or coturn) in the lab's server namespace with its two IPs, and runs the probe
+CLI on the LAN host. The verdicts must equal ``NatSpec.expected`` on both runs: order
+and leftover NAT state (conntrack entries of the first run) must not change them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
+
+pytestmark = pytest.mark.netns
+
+PORT = 8080
+HOST = "a1"
+
+
+def serve(lab: Lab) -> str:
+    """Start our server in the lab's server namespace; returns its URL once it listens."""
+    proc = lab.popen("srv", ["python3", "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
+                             "--alt-ip", lab.server_alt_ip, "--json", "--log-level", "WARNING"])
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    assert ready, "the server did not start within 20 s"
+    line = proc.stdout.readline()
+    assert json.loads(line)["http_url"].endswith(f":{PORT}"), line
+    return f"http://{lab.server_ip}:{PORT}"
+
+
+def probe(lab: Lab, *args: str, host: str = HOST) -> tuple[int, dict]:
+    r = lab.exec(host, ["python3", "-m", "stunturn_diag", "probe", *args, "--json"], timeout=90)
+    assert r.stdout.strip(), f"no JSON output (exit {r.returncode}): {r.stderr[-2000:]}"
+    return r.returncode, json.loads(r.stdout)
+
+
+def mismatches(expected: dict, got: dict, protocols=("udp", "tcp")) -> dict:
+    """Every ground-truth field whose probe value differs: {field: (expected, got)}."""
+    bad = {}
+    if expected["nat"] != got["nat"]:
+        bad["nat"] = (expected["nat"], got["nat"])
+    for proto in protocols:
+        for key, value in expected[proto].items():
+            if got[proto].get(key) != value:
+                bad[f"{proto}.{key}"] = (value, got[proto].get(key))
+    return bad
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_verdicts_equal_ground_truth_on_repeated_runs(name):
+    nat = CATALOGUE[name]
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=nat)})) as lab:
+        url = serve(lab)
+        for run in range(2):
+            rc, got = probe(lab, url)
+            assert mismatches(lab.expected("a"), got) == {}, f"run {run}: {got['undetermined']}"
+            assert got["schema"] == "stunturn-diag/probe" and got["schema_version"] == 1
+            if nat.udp_blocked:
+                assert rc == 3 and got["status"] == "partial"
+            else:
+                assert rc == 0 and got["status"] == "diagnosed", got["undetermined"]
+                assert got["public_ip"] == lab.site_public_ip("a")
+            if nat.nat and not nat.udp_blocked:
+                assert got["nat_layers"]["count"] == 1 and got["nat_layers"]["cgnat"] is False
+            if nat.nat and nat.mapping.value == "endpoint-independent" and not nat.udp_blocked:
+                assert got["tcp"]["simultaneous_open"] is True  # (its TTL comes from a UDP walk)
+
+
+def test_carrier_grade_nat_is_seen_as_a_second_layer():
+    spec = LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["full-cone"], cgnat=CATALOGUE["port-restricted"])})
+    with Lab(spec) as lab:
+        rc, got = probe(lab, serve(lab))
+        assert got["nat"] is True and got["public_ip"] == lab.site_public_ip("a")
+        assert got["nat_layers"]["count"] == 2 and got["nat_layers"]["cgnat"] is True
+
+
+def test_binding_lifetime_is_bracketed():
+    nat = CATALOGUE["port-restricted"].but(udp_timeout=3)
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=nat)})) as lab:
+        rc, got = probe(lab, serve(lab), "--lifetime", "8", "--no-tcp")
+        life = got["udp"]["binding_lifetime"]
+        assert life["min_s"] <= 3 <= life["max_s"], got["udp"]["evidence"]["binding_lifetime"]
+        assert rc == 0
+
+
+def test_server_unreachable_exit_code():
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["port-restricted"])})) as lab:
+        rc, got = probe(lab, f"http://{lab.server_ip}:{PORT}")  # nothing listens
+        assert rc == 4 and got["status"] == "unreachable"
+
+
+def _coturn(lab: Lab, workdir: str) -> None:
+    """coturn as an RFC 5780 STUN server on the server's two IPs (ports 3478/3479)."""
+    log = open(os.path.join(workdir, "turnserver.log"), "wb")
+    lab.popen("srv", ["turnserver", "-n", "--listening-ip", lab.server_ip, "--listening-ip",
+                      lab.server_alt_ip, "--relay-ip", lab.server_ip, "-p", "3478",
+                      "--alt-listening-port", "3479", "--no-cli", "--no-tls", "--no-dtls", "--stun-only",
+                      "--log-file", "stdout", "--simple-log",
+                      "--pidfile", os.path.join(workdir, "turnserver.pid"),
+                      "--userdb", os.path.join(workdir, "turndb")], stdout=log, stderr=subprocess.STDOUT)
+    check = ("import socket,sys;from stunturn_diag.stun import binding_request,encode;"
+             "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
+             f"s.sendto(encode(binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
+    for _ in range(50):
+        if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
+            return
+        time.sleep(0.1)
+    pytest.fail("coturn did not answer: " + open(os.path.join(workdir, "turnserver.log")).read()[-2000:])
+
+
+@pytest.mark.skipif(shutil.which("turnserver") is None and not os.environ.get("CI"),
+                    reason="coturn (turnserver) is not installed")
+@pytest.mark.parametrize("name", [n for n in CATALOGUE if n != "udp-blocked"])
+def test_coturn_as_server_gives_the_same_udp_verdicts(name):
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab, \
+            tempfile.TemporaryDirectory() as workdir:
+        os.chmod(workdir, 0o777)
+        _coturn(lab, workdir)
+        for run in range(2):
+            rc, got = probe(lab, "--stun", f"{lab.server_ip}:3478")
+            assert mismatches(lab.expected("a"), got, ("udp",)) == {}, f"run {run}: {got['undetermined']}"
+            assert got["server"]["endpoints"]["source"] == "other-address"
+            assert {s["test"] for s in got["skipped"]} >= {"tcp"}
+            assert rc == 0
