@@ -82,7 +82,7 @@ def render(r: ProbeResult) -> str:
         out.append("")
         out.append("UDP")
         for name, v in r.udp.items():
-            out.append(f"  {_RFC.get(name, name)}: {_val(v.value)}")
+            out.append(f"  {_RFC.get(name, name)}: {_val(v.value) if v.applicable else 'not applicable'}")
             out.append(f"      {v.reason}")
         if r.udp_extra.get("predicted_next_port"):
             out.append(f"      next port predicted: {r.udp_extra['predicted_next_port']}")
@@ -91,7 +91,7 @@ def render(r: ProbeResult) -> str:
         out.append("TCP")
         for name, v in r.tcp.items():
             out.append(f"  {_RFC.get(name, name.replace('_', ' ').capitalize() + ' (RFC 5382)')}: "
-                       f"{_val(v.value)}")
+                       f"{_val(v.value) if v.applicable else 'not applicable'}")
             out.append(f"      {v.reason}")
     if r.layers and r.layers.get("count"):
         out.append("")

@@ -1,0 +1,152 @@
+"""Server probe-assist routes: caller-only target, validation, rate limit, bounded work."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from stunturn_server import probe_assist
+from stunturn_server.app import create_app
+from stunturn_server.config import ServerConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def client(clock):
+    app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
+                                  extra={"probe_assist_burst": 3, "probe_assist_rate": 1.0}), clock=clock)
+    return app.test_client()
+
+
+@pytest.fixture
+def listener():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield s
+    s.close()
+
+
+def test_info_advertises_probe_assist(client):
+    assert client.get("/v1/info").json["probe_assist"] is True
+
+
+def test_connects_back_to_the_caller_from_both_sources(client, listener):
+    port = listener.getsockname()[1]
+    r = client.post("/v1/probe/tcp-connect", json={"port": port, "attempts": 1, "token": "c0ffee"})
+    assert r.status_code == 200
+    body = r.json
+    assert body["target"] == {"ip": "127.0.0.1", "port": port}  # REMOTE_ADDR, never caller-chosen
+    by = {x["from"]: x for x in body["results"]}
+    assert by["alt-ip"]["outcome"] == "connected" and by["alt-port"]["outcome"] == "connected"
+    assert by["alt-ip"]["attempts"][0]["source"]["ip"] == "127.0.0.2"
+    conn, peer = listener.accept()
+    conn.settimeout(2)
+    assert conn.recv(16) == bytes.fromhex("c0ffee")
+    conn.close()
+
+
+def test_closed_port_reads_as_rst(client):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = client.post("/v1/probe/tcp-connect", json={"port": port, "from": ["alt-port"], "attempts": 1})
+    assert r.json["results"][0]["outcome"] == "rst"
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"port": 0}, {"port": 70000}, {"port": "80"}, {"port": True},
+    {"port": 80, "from": ["elsewhere"]}, {"port": 80, "from": []}, {"port": 80, "from": ["alt-ip", "alt-ip"]},
+    {"port": 80, "attempts": 4}, {"port": 80, "attempts": 0}, {"port": 80, "timeout_ms": 10},
+    {"port": 80, "timeout_ms": 60000}, {"port": 80, "token": "XYZ"}, {"port": 80, "token": "a" * 40},
+    {"port": 80, "target": "192.0.2.1"},
+])
+def test_bad_requests_are_400_and_send_nothing(client, body):
+    r = client.post("/v1/probe/tcp-connect", json=body)
+    assert r.status_code == 400 and r.json["error"] == "bad-request"
+
+
+def test_not_json_is_415(client):
+    r = client.post("/v1/probe/tcp-connect", data="port=1", content_type="text/plain")
+    assert r.status_code == 415
+
+
+def test_rate_limited_per_source_with_injected_clock(client, clock, listener):
+    port = listener.getsockname()[1]
+    body = {"port": port, "from": ["alt-port"], "attempts": 1}
+    assert [client.post("/v1/probe/tcp-connect", json=body).status_code for _ in range(4)] == \
+        [200, 200, 200, 429]
+    clock.t += 1.0  # one token back per second
+    assert client.post("/v1/probe/tcp-connect", json=body).status_code == 200
+    assert client.post("/v1/probe/tcp-connect", json=body).status_code == 429
+
+
+def test_token_bucket_is_per_key():
+    c = Clock()
+    b = probe_assist.TokenBucket(2, 0.5, c)
+    assert [b.take("a"), b.take("a"), b.take("a"), b.take("b")] == [True, True, False, True]
+    c.t += 2.0
+    assert b.take("a") and not b.take("a")
+
+
+def test_concurrency_cap_gives_503(clock, listener):
+    app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
+                                  extra={"probe_assist_concurrency": 1}), clock=clock)
+    r = app.test_client().post("/v1/probe/tcp-connect", json={"port": listener.getsockname()[1]})
+    assert r.status_code == 503 and r.json["error"] == "busy"
+
+
+def test_without_alt_ip_alt_ip_source_is_unavailable(clock, listener):
+    app = create_app(ServerConfig(http_port=0), clock=clock)
+    r = app.test_client().post("/v1/probe/tcp-connect", json={"port": listener.getsockname()[1]})
+    by = {x["from"]: x for x in r.json["results"]}
+    assert by["alt-ip"]["outcome"] == "unavailable" and by["alt-port"]["outcome"] == "connected"
+
+
+def test_simopen_reserves_a_source_and_connects_later(client, listener):
+    port = listener.getsockname()[1]
+    r = client.post("/v1/probe/tcp-simopen", json={"port": port, "delay_ms": 0, "timeout_ms": 500,
+                                                   "token": "ab"})
+    assert r.status_code == 200
+    src = r.json["source"]
+    assert src["ip"] == "127.0.0.2" and src["port"] > 0
+    listener.settimeout(3)
+    conn, peer = listener.accept()
+    assert peer == (src["ip"], src["port"])
+    conn.close()
+
+
+@pytest.mark.parametrize("body", [{"port": 80, "delay_ms": -1}, {"port": 80, "delay_ms": 5000},
+                                  {"port": 80, "attempts": 1}, {"delay_ms": 1}])
+def test_simopen_bad_requests(client, body):
+    assert client.post("/v1/probe/tcp-simopen", json=body).status_code == 400
+
+
+def test_icmp_error_is_read_from_the_error_queue():
+    """A UDP socket with IP_RECVERR gets the ICMP port unreachable of a closed loopback port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, probe_assist._IP_RECVERR, 1)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    s.sendto(b"x", ("127.0.0.1", port))
+    select.select([s], [], [], 2.0)  # a queued error makes the socket readable (POLLERR)
+    err = probe_assist._icmp_error(s)
+    s.close()
+    assert err is not None and err["type"] == 3 and err["code"] == 3

@@ -1,0 +1,116 @@
+"""`probe` end to end on loopback against the real server (127.0.0.1 + alternate 127.0.0.2):
+no NAT, so every verdict is known; JSON schema, human report, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from stunturn_diag.cli import main
+from stunturn_diag.probe import EXIT_DIAGNOSED, EXIT_UNREACHABLE, run_probe
+from stunturn_diag.probe.report import render
+from stunturn_server.config import ServerConfig
+from stunturn_server.runner import start_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0, alt_ip="127.0.0.2"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def result(server):
+    return run_probe(server.http_url)
+
+
+def test_no_nat_verdicts(result):
+    j = result.to_json()
+    assert j["nat"] is False and j["public_ip"] == "127.0.0.1" and j["status"] == "diagnosed"
+    assert j["udp"]["reachable"] is True
+    assert j["udp"]["mapping"] == "no-nat" and j["udp"]["filtering"] == "endpoint-independent"
+    assert j["udp"]["port_preservation"] is True
+    # questions that do not arise without a NAT are null and marked not applicable
+    for key in ("port_allocation", "hairpin", "mapping_moves_on_unsolicited"):
+        assert j["udp"][key] is None and j["udp"]["evidence"][key]["applicable"] is False
+    assert j["tcp"]["reachable"] is True and j["tcp"]["mapping"] == "no-nat"
+    assert j["tcp"]["filtering"] == "endpoint-independent" and j["tcp"]["unsolicited_syn"] == "pass"
+    assert j["undetermined"] == [] and result.exit_code == EXIT_DIAGNOSED
+
+
+def test_json_schema_is_stable(result):
+    j = json.loads(json.dumps(result.to_json()))
+    assert j["schema"] == "stunturn-diag/probe" and j["schema_version"] == 1
+    for key in ("status", "exit_code", "nat", "public_ip", "local_ip", "elapsed_ms", "server", "udp", "tcp",
+                "nat_layers", "undetermined", "skipped", "notes", "timings", "probes"):
+        assert key in j
+    for key in ("reachable", "mapping", "filtering", "port_preservation", "port_allocation",
+                "port_allocation_delta", "predicted_next_port", "hairpin", "mapping_moves_on_unsolicited",
+                "mapped_address", "classic_label", "evidence"):
+        assert key in j["udp"]
+    for key in ("reachable", "mapping", "port_preservation", "port_allocation", "filtering",
+                "unsolicited_syn", "simultaneous_open", "evidence"):
+        assert key in j["tcp"]
+    names = {p["probe"] for p in j["probes"]}
+    assert {"map.primary", "map.alt_ip", "map.alt_both", "filt.change_both", "filt.change_port",
+            "hair.a_to_b", "unsol.after"} <= names
+    assert j["timings"]["udp_ms"] > 0 and j["elapsed_ms"] >= j["timings"]["udp_ms"]
+
+
+def test_profile_is_compact(result):
+    prof = result.profile()
+    assert prof["udp"]["mapping"] == "no-nat" and len(json.dumps(prof)) < 2048
+
+
+def test_report_names_rfc_terms_and_meaning(result):
+    text = render(result)
+    assert "Mapping behaviour (RFC 4787 4.1, RFC 5780 4.3): no-nat" in text
+    assert "What this means" in text and "status: diagnosed" in text
+
+
+def test_stun_mode_uses_other_address(server):
+    primary = next(e for e in server.stun_endpoints if e["role"] == "primary")
+    r = run_probe(stun=f"{primary['ip']}:{primary['port']}", tcp=True)
+    j = r.to_json()
+    assert j["server"]["endpoints"]["source"] == "other-address"
+    assert j["udp"]["filtering"] == "endpoint-independent" and j["udp"]["mapping"] == "no-nat"
+    assert j["tcp"]["reachable"] is None and any(s["test"] == "tcp" for s in j["skipped"])
+    assert r.exit_code == EXIT_DIAGNOSED
+
+
+def test_lifetime_probes_run_in_parallel(server):
+    r = run_probe(server.http_url, tcp=False, lifetime=2)
+    life = r.to_json()["udp"]["binding_lifetime"]
+    assert life == {"min_s": 2.0, "max_s": None}  # no NAT: nothing ever expires
+
+
+def test_cli_json_and_exit_code(server):
+    out = CliRunner().invoke(main, ["probe", server.http_url, "--json", "--no-tcp"])
+    assert out.exit_code == 0, out.output
+    j = json.loads(out.stdout)
+    assert j["udp"]["mapping"] == "no-nat" and j["tcp"]["mapping"] is None
+
+
+def _closed_port(kind=socket.SOCK_STREAM) -> int:
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_cli_server_unreachable_exit_code():
+    out = CliRunner().invoke(main, ["probe", f"http://127.0.0.1:{_closed_port()}", "--json"])
+    assert out.exit_code == EXIT_UNREACHABLE
+    j = json.loads(out.stdout)
+    assert j["status"] == "unreachable" and j["notes"]
+
+
+def test_cli_usage_errors():
+    assert CliRunner().invoke(main, ["probe"]).exit_code == 2
+    out = CliRunner().invoke(main, ["probe", "--stun", "host:notaport"])
+    assert out.exit_code == 1 and "bad --stun address" in out.output
