@@ -1,0 +1,99 @@
+"""Library API (punch.api) through a real signaling server + STUN responder on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from stunturn_diag.errors import ConfigError, NoInitiatorWaiting, PunchError
+from stunturn_diag.punch import PunchResult, initiate, receive
+from stunturn_diag.punch.api import PunchOptions
+from stunturn_server.config import ServerConfig
+from stunturn_server.runner import start_server
+
+KEY = "api-test-key"
+
+
+@pytest.fixture
+def server():
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, wait_timeout=10))
+    yield handle.http_url
+    handle.stop()
+
+
+def background(fn, *args, **kw):
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kw)
+        except Exception as exc:          # noqa: BLE001 - handed to the test
+            box["value"] = exc
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
+def test_initiator_and_receiver_get_connected_authenticated_channels(server):
+    t, box = background(initiate, server, KEY, "127.0.0.1", protocol="udp")
+    rec = receive(server, KEY, protocol="udp", wait=5, wait_interval=0.05)
+    t.join(10)
+    ini = box["value"]
+    assert isinstance(ini, PunchResult) and isinstance(rec, PunchResult)
+    try:
+        assert ini.match_id == rec.match_id and ini.strategy == rec.strategy == "lan"
+        assert ini.peer == rec.local and rec.peer == ini.local
+        d = ini.as_dict()
+        assert d["ok"] is True and d["protocol"] == "udp" and d["role"] == "initiator"
+        assert d["connect_ms"] >= 0 and set(d["peer"]) == {"ip", "port"}
+        ini.connection.send(b"to receiver")
+        assert rec.connection.recv(2) == b"to receiver"
+        rec.connection.send(b"to initiator")
+        assert ini.connection.recv(2) == b"to initiator"
+    finally:
+        ini.close()
+        rec.close()
+
+
+def test_receiver_without_initiator_returns_at_once(server):
+    start = time.monotonic()
+    with pytest.raises(NoInitiatorWaiting):
+        receive(server, KEY)
+    assert time.monotonic() - start < 5
+
+
+def test_receiver_wait_keeps_checking_in_until_the_initiator_comes(server):
+    said = []
+    t, box = background(receive, server, KEY, protocol="udp", wait=5, wait_interval=0.05,
+                        progress=said.append)
+    time.sleep(0.3)
+    ini = initiate(server, KEY, "127.0.0.1")
+    t.join(10)
+    rec = box["value"]
+    assert isinstance(rec, PunchResult), rec
+    assert any("checking in again" in s for s in said)
+    ini.close()
+    rec.close()
+
+
+def test_protocol_mismatch_is_reported(server):
+    t, box = background(initiate, server, KEY, "127.0.0.1", protocol="tcp", punch_timeout=0.5)
+    with pytest.raises(PunchError) as err:
+        receive(server, KEY, protocol="udp", wait=5, wait_interval=0.05)
+    t.join(15)
+    assert err.value.reason == "protocol-mismatch" and "--protocol tcp" in str(err.value)
+    assert isinstance(box["value"], PunchError)
+
+
+@pytest.mark.parametrize("kw", [{"protocol": "sctp"}, {"punch_timeout": 0},
+                                {"wait": -1}, {"prime_ttl": 300}])
+def test_bad_options_are_config_errors(kw):
+    with pytest.raises(ConfigError):
+        PunchOptions(**kw)
+
+
+def test_short_key_is_refused_before_any_network_io():
+    with pytest.raises(ConfigError):
+        initiate("http://127.0.0.1:9", "short", "127.0.0.1")
