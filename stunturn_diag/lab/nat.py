@@ -76,6 +76,11 @@ class NatSpec:
         if self.mapping is Mapping.ADDRESS_DEPENDENT:
             raise ConfigError(f"{where}: address-dependent mapping is not in the lab's repertoire",
                               hint="use endpoint-independent or address-and-port-dependent")
+        if not self.nat and (self.filtering is not Filtering.ENDPOINT_INDEPENDENT
+                             or self.hairpin):
+            raise ConfigError(f"{where}: without NAT (mapping 'no-nat') the router filters "
+                              "nothing and has no hairpin",
+                              hint="filtering='endpoint-independent', hairpin=false")
         if self.tcp_unsolicited not in (UnsolicitedSyn.DROP, UnsolicitedSyn.RST):
             raise ConfigError(f"{where}: tcp_unsolicited must be 'drop' or 'rst'")
         if not self.input_firewall and self.tcp_unsolicited is not UnsolicitedSyn.RST:
