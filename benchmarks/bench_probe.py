@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Benchmark `stunturn-diag probe`: time of a full diagnosis per NAT type of the lab.
+
+For every catalogue NAT (or ``--nat NAME``, repeatable) a lab is built (root), our
+server runs in its server namespace with both IPs, and the probe CLI runs ``--runs``
+times on the LAN host. Printed per type: the probe's own ``elapsed_ms`` (median and
+max: UDP + TCP + TTL walk, after endpoint discovery), the CLI wall time (adds Python
+start-up and imports), and whether the verdicts equal the ground truth.
+
+For comparison (``--compare``): coturn's ``turnutils_natdiscovery -m -f`` against
+coturn in the same lab, and ``pystun3`` (RFC 3489) against our server. Figures
+usually quoted for those tools: natdiscovery ~12 s, pystun3 8-16 s.
+
+Bounded: every command has a timeout; labs are always torn down.
+
+    sudo python3 benchmarks/bench_probe.py --runs 3 --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
+
+PORT = 8080
+
+
+def _serve(lab: Lab) -> str:
+    proc = lab.popen("srv", ["python3", "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
+                             "--alt-ip", lab.server_alt_ip, "--json", "--log-level", "WARNING"])
+    if not select.select([proc.stdout], [], [], 20)[0]:
+        raise SystemExit("server did not start")
+    proc.stdout.readline()
+    return f"http://{lab.server_ip}:{PORT}"
+
+
+def _correct(expected: dict, got: dict) -> bool:
+    if expected["nat"] != got["nat"]:
+        return False
+    return all(got[p].get(k) == v for p in ("udp", "tcp") for k, v in expected[p].items())
+
+
+def _timed(lab: Lab, argv: list[str], timeout: float = 120) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.monotonic()
+    r = lab.exec("a1", argv, timeout=timeout)
+    return time.monotonic() - t, r
+
+
+def bench_nat(name: str, runs: int, compare: bool) -> dict:
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab:
+        url = _serve(lab)
+        elapsed, wall, ok = [], [], True
+        for _ in range(runs):
+            w, r = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", url, "--json"])
+            got = json.loads(r.stdout)
+            elapsed.append(got["elapsed_ms"])
+            wall.append(w * 1000)
+            ok = ok and _correct(lab.expected("a"), got)
+        row = {"nat": name, "probe_ms_median": round(statistics.median(elapsed)),
+               "probe_ms_max": round(max(elapsed)), "cli_wall_ms_median": round(statistics.median(wall)),
+               "correct": ok}
+        if compare:
+            w, r = _timed(lab, ["pystun3", "-H", lab.server_ip, "-P", "3478"], timeout=60)
+            row["pystun3_s"] = round(w, 1)
+            row["pystun3_says"] = " ".join(r.stdout.split())[:80]
+    if compare:
+        row.update(_natdiscovery(name))
+    return row
+
+
+def _natdiscovery(name: str) -> dict:
+    """coturn's natdiscovery (-m -f) against coturn in a fresh lab of the same type."""
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab, \
+            tempfile.TemporaryDirectory() as workdir:
+        os.chmod(workdir, 0o777)
+        lab.popen("srv", ["turnserver", "-n", "--listening-ip", lab.server_ip, "--listening-ip",
+                          lab.server_alt_ip, "--relay-ip", lab.server_ip, "-p", "3478",
+                          "--alt-listening-port", "3479", "--no-cli", "--no-tls", "--no-dtls", "--stun-only",
+                          "--pidfile", f"{workdir}/t.pid", "--userdb", f"{workdir}/db"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        check = ("import socket;from stunturn_diag.stun import binding_request,encode;"
+                 "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
+                 f"s.sendto(encode(binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
+        for _ in range(50):  # poll until coturn answers (bounded)
+            if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
+                break
+        w, r = _timed(lab, ["turnutils_natdiscovery", "-m", "-f", lab.server_ip], timeout=120)
+        w2, r2 = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", "--stun", f"{lab.server_ip}:3478",
+                              "--json"])
+        got = json.loads(r2.stdout)
+        said = [line for line in r.stdout.splitlines() if "NAT with" in line]
+        return {"natdiscovery_s": round(w, 1), "natdiscovery_says": said,
+                "probe_vs_coturn_ms": round(got["elapsed_ms"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nat", action="append", choices=list(CATALOGUE), help="NAT type (repeatable)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compare", action="store_true", help="also time natdiscovery and pystun3")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    rows = [bench_nat(n, max(1, min(args.runs, 20)), args.compare) for n in (args.nat or list(CATALOGUE))]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print("probe: full diagnosis per NAT type (UDP+TCP; median/max of the probe's elapsed_ms; CLI wall incl."
+          " Python start-up)")
+    for row in rows:
+        extra = ""
+        if "natdiscovery_s" in row:
+            extra = (f"\n{'':24s} probe vs coturn {row['probe_vs_coturn_ms']} ms; coturn natdiscovery "
+                     f"{row['natdiscovery_s']} s {row['natdiscovery_says']}; pystun3 {row['pystun3_s']} s "
+                     f"({row['pystun3_says']})")
+        print(f"{row['nat']:24s} {row['probe_ms_median']:6d} ms (max {row['probe_ms_max']:5d})  "
+              f"CLI {row['cli_wall_ms_median']:6d} ms  correct={row['correct']}{extra}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
