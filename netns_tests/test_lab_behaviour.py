@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import replace
 
@@ -81,3 +82,22 @@ def test_cgnat_adds_a_second_translation(make_lab):
     assert first[0] != first[1]                # the CGNAT is symmetric
     table = kit.lab.exec("nat-a", ["cat", "/proc/net/nf_conntrack"], check=True).stdout
     assert "dst=100.64.1.2" in table           # inner NAT translated to 100.64/10 space
+
+
+@pytest.mark.parametrize("inner,outer", [("full-cone", "port-restricted"),
+                                         ("port-restricted", "full-cone"),
+                                         ("full-cone", "symmetric-random"),
+                                         ("eim-no-preservation", "restricted-cone-rst")])
+def test_cgnat_stacked_ground_truth(make_lab, inner, outer):
+    """``Lab.expected`` of a CGNAT site (stacked_expected) holds wherever it decides."""
+    from test_lab_catalogue import observe_tcp, observe_udp
+
+    kit = make_lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[inner],
+                                                cgnat=CATALOGUE[outer])}))
+    base = random.randrange(10000, 19000, 100)
+    observed = {"nat": True, "udp": observe_udp(kit, 3, base), "tcp": observe_tcp(kit, base)}
+    expected = kit.lab.expected("a")
+    for proto in ("udp", "tcp"):
+        for key, want in expected[proto].items():
+            if want is not None:
+                assert observed[proto][key] == want, (proto, key, observed)

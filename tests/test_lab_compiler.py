@@ -149,3 +149,22 @@ def test_conntrack_timeouts_are_per_namespace_sysctls():
     assert any("nf_conntrack_udp_timeout=3" in j and "stl-000002-nat-a" in j for j in joined)
     assert any("nf_conntrack_tcp_timeout_established=20" in j for j in joined)
     assert "timeout 3s" in plan.rulesets["nat-a"]
+
+
+def test_stacked_ground_truth_behind_a_cgnat():
+    from stunturn_diag.lab.nat import stacked_expected
+
+    exp = stacked_expected(CATALOGUE["full-cone"], CATALOGUE["symmetric-random"])
+    assert exp["udp"]["mapping"] == "address-and-port-dependent"
+    assert exp["udp"]["port_allocation"] == "random"
+    assert exp["udp"]["filtering"] == "address-and-port-dependent"
+    assert exp["tcp"]["unsolicited_syn"] == "drop"
+    assert exp["udp"]["hairpin"] is None
+    exp = stacked_expected(CATALOGUE["eim-no-preservation"], CATALOGUE["full-cone"])
+    assert exp["udp"]["mapping"] == "endpoint-independent"
+    assert exp["udp"]["port_allocation"] == "sequential"     # outer preserves inner's ports
+    assert exp["tcp"]["unsolicited_syn"] == "drop"           # outer admits, inner drops
+    assert stacked_expected(CATALOGUE["udp-blocked"],
+                            CATALOGUE["full-cone"])["udp"]["reachable"] is False
+    assert stacked_expected(CATALOGUE["public"], CATALOGUE["full-cone"]) == \
+        CATALOGUE["full-cone"].expected

@@ -137,12 +137,16 @@ def catalogue_cmd(as_json) -> None:
 @click.option("--site-a", default="port-restricted", show_default=True, metavar="NAT")
 @click.option("--site-b", default="full-cone", show_default=True, metavar="NAT")
 @click.option("--protocol", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
+@click.option("--cgnat", multiple=True, metavar="SITE",
+              help="Put a carrier-grade NAT in front of this site.")
+@click.option("--same-nat", is_flag=True, help="Both peers (a1, a2) behind site a's NAT.")
 @click.option("--json", "as_json", is_flag=True)
-def demo_cmd(site_a, site_b, protocol, as_json) -> None:
+def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, as_json) -> None:
     """Server + probe from each site + a punch from site a to site b, in a fresh lab."""
     from ..lab.demo import render, run_demo
 
-    report = run_demo(site_a, site_b, protocol=protocol, progress=progress)
+    report = run_demo(site_a, site_b, protocol=protocol, cgnat=tuple(cgnat),
+                      same_nat=same_nat, progress=progress)
     if as_json:
         emit_json(report)
     else:

@@ -18,9 +18,8 @@ import sys
 import time
 from typing import Callable
 
-from .catalogue import lookup
 from .runner import Lab
-from .spec import LabSpec, SiteSpec
+from .spec import LabSpec
 
 HTTP_PORT = 8080
 SERVE_READY_TIMEOUT = 20.0
@@ -103,19 +102,34 @@ def _run(proc: subprocess.Popen, timeout: float) -> tuple[str, str, int | None]:
 
 
 def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
-             protocol: str = "udp",
+             protocol: str = "udp", cgnat: tuple[str, ...] = (), same_nat: bool = False,
              progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Run the demo; returns a JSON-able report (``"ok"``: every step succeeded)."""
-    spec = LabSpec(sites={"a": SiteSpec(nat=lookup(site_a)), "b": SiteSpec(nat=lookup(site_b))})
+    """Run the demo; returns a JSON-able report (``"ok"``: every step succeeded).
+
+    ``same_nat``: both peers (a1, a2) behind site a's NAT; ``cgnat``: sites that get a
+    carrier-grade NAT in front.
+    """
+    spec = LabSpec.simple(site_a, site_b, cgnat=cgnat, same_nat=same_nat)
     report: dict = {"sites": {}, "steps": []}
-    progress(f"building the lab: site a = {site_a}, site b = {site_b}")
+    progress("building the lab: " + ", ".join(
+        f"site {name} = {site.nat.name}" + (f" behind CGNAT {site.cgnat.name}" if site.cgnat
+                                            else "") + (f" ({site.hosts} hosts)"
+                                                        if site.hosts > 1 else "")
+        for name, site in spec.sites.items()))
     with Lab(spec) as lab:
         report["lab"] = lab.name
-        for site in ("a", "b"):
+        for site in lab.sites:
             report["sites"][site] = {"nat": spec.sites[site].nat.name,
+                                     "cgnat": (spec.sites[site].cgnat.name
+                                               if spec.sites[site].cgnat else None),
                                      "public_ip": lab.site_public_ip(site),
                                      "host": lab.site_hosts(site)[0],
                                      "expected": lab.expected(site)}
+        receiver = lab.site_hosts("b")[0] if "b" in lab.sites else lab.site_hosts("a")[1]
+        report["peers"] = {
+            "initiator": {"host": lab.site_hosts("a")[0], "site": "a"},
+            "receiver": {"host": receiver, "site": lab.site_of(receiver),
+                         "public_ip": lab.site_public_ip(lab.site_of(receiver))}}
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
         progress(f"starting the server on {lab.server} ({url}, alternate IP {lab.server_alt_ip})")
         serve = lab.popen(lab.server, _cli("serve", f"{lab.server_ip}:{HTTP_PORT}",
@@ -134,7 +148,7 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
             report["ok"] = False
             return report
         report["steps"].append({"step": "serve", "status": "ok", "listening": info})
-        for site in ("a", "b"):
+        for site in lab.sites:
             host = report["sites"][site]["host"]
             progress(f"probing the NAT of site {site} from {host}")
             proc = lab.popen(host, _cli("probe", url, "--json"))
@@ -156,12 +170,13 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
 
 def _punch(lab: Lab, url: str, protocol: str, report: dict, progress) -> dict:
     key = secrets.token_hex(12)
-    initiator_host, receiver_host = report["sites"]["a"]["host"], report["sites"]["b"]["host"]
+    peers = report["peers"]
+    initiator_host, receiver_host = peers["initiator"]["host"], peers["receiver"]["host"]
     progress(f"punching {protocol}: {initiator_host} (initiator, site a) -> "
-             f"{receiver_host} (receiver, site b)")
+             f"{receiver_host} (receiver, site {peers['receiver']['site']})")
     full_env = dict(os.environ, STUNTURN_KEY=key)     # the key stays out of ps
     initiator = lab.popen(initiator_host, _cli("punch", url, "--target-ip",
-                                                report["sites"]["b"]["public_ip"],
+                                                peers["receiver"]["public_ip"],
                                                 "--protocol", protocol, "--json"), env=full_env)
     receiver = lab.popen(receiver_host, _cli("punch", url, "--wait", "30", "--protocol",
                                               protocol, "--json"), env=full_env)
@@ -186,7 +201,8 @@ def render(report: dict) -> str:
     """A readable summary of :func:`run_demo`'s report."""
     lines = [f"NAT lab demo ({report.get('lab', '?')})"]
     for site, info in report["sites"].items():
-        lines.append(f"  site {site}: {info['nat']:<20} public {info['public_ip']}, "
+        behind = f" behind CGNAT {info['cgnat']}" if info.get("cgnat") else ""
+        lines.append(f"  site {site}: {info['nat']}{behind}, public {info['public_ip']}, "
                      f"host {info['host']}")
     for step in report["steps"]:
         name, status = step["step"], step["status"]

@@ -161,3 +161,40 @@ class NatSpec:
     def but(self, **changes) -> "NatSpec":
         """A copy with some fields changed (``dataclasses.replace``)."""
         return replace(self, **changes)
+
+
+_STRICTNESS = [Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT,
+               Filtering.ADDRESS_AND_PORT_DEPENDENT]
+
+
+def stacked_expected(inner: NatSpec, outer: NatSpec) -> dict:
+    """Ground truth seen from a host behind ``inner`` behind ``outer`` (a CGNAT).
+
+    Mapping is endpoint-independent only if both layers are; filtering is the stricter
+    of the two; the port comes from the outer layer unless it preserves ports (then the
+    inner layer's allocation shows); an unsolicited SYN meets the outer filter first.
+    Hairpinning and "mapping moves on unsolicited" depend on both layers' details and
+    are not modelled (None).
+    """
+    if not inner.nat:
+        return outer.expected
+    both_eim = (inner.mapping is Mapping.ENDPOINT_INDEPENDENT
+                and outer.mapping is Mapping.ENDPOINT_INDEPENDENT)
+    mapping = (Mapping.ENDPOINT_INDEPENDENT if both_eim
+               else Mapping.ADDRESS_AND_PORT_DEPENDENT).value
+    filtering = max(inner.filtering, outer.filtering, key=_STRICTNESS.index).value
+    ports = (inner.port_allocation if outer.port_allocation is PortAllocation.PRESERVING
+             else outer.port_allocation).value
+    if outer.filtering is not Filtering.ENDPOINT_INDEPENDENT:
+        syn = outer.tcp_unsolicited.value
+    elif inner.filtering is not Filtering.ENDPOINT_INDEPENDENT:
+        syn = inner.tcp_unsolicited.value
+    else:
+        syn = UnsolicitedSyn.PASS.value
+    udp = {"reachable": True, "mapping": mapping, "filtering": filtering,
+           "port_allocation": ports, "hairpin": None, "mapping_moves_on_unsolicited": None}
+    if inner.udp_blocked or outer.udp_blocked:
+        udp = {key: None for key in udp} | {"reachable": False}
+    tcp = {"reachable": True, "mapping": mapping, "filtering": filtering,
+           "unsolicited_syn": syn, "port_allocation": ports}
+    return {"nat": True, "udp": udp, "tcp": tcp}

@@ -18,6 +18,7 @@ from typing import Sequence
 from ..errors import LabError, PrivilegeError
 from . import state
 from .compiler import LabPlan, Step, compile_lab
+from .nat import stacked_expected
 from .spec import LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 
@@ -229,9 +230,12 @@ class Lab:
         return self._site(site).nat_node
 
     def expected(self, site: str) -> dict:
-        """Ground truth of ``site``'s NAT (``NatSpec.expected``; for a CGNAT site, of the
-        inner NAT only: the combination is not modelled)."""
-        return self.spec.sites[self._site(site).name].nat.expected
+        """Ground truth seen from a host of ``site``: its NAT's ``NatSpec.expected``, or
+        for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
+        spec = self.spec.sites[self._site(site).name]
+        if spec.cgnat is not None:
+            return stacked_expected(spec.nat, spec.cgnat)
+        return spec.nat.expected
 
     def netns(self, node: str) -> str:
         if node not in self.topology.nodes:
