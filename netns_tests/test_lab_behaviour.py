@@ -101,3 +101,21 @@ def test_cgnat_stacked_ground_truth(make_lab, inner, outer):
         for key, want in expected[proto].items():
             if want is not None:
                 assert observed[proto][key] == want, (proto, key, observed)
+
+
+def test_sequential_allocation_steps_by_one(make_lab):
+    kit = make_lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["symmetric-sequential"])}))
+    ports = [m for _, m in kit.tool("a1", "alloc", "--server", f"{kit.S}:7000",
+                                    "--n", "20")["ports"]]
+    assert [b - a for a, b in zip(ports, ports[1:])] == [1] * 19
+    assert 20000 <= ports[0] < 20000 + 1024
+
+
+def test_random_allocation_spreads(make_lab):
+    kit = make_lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["symmetric-random"])}))
+    pairs = kit.tool("a1", "alloc", "--server", f"{kit.S}:7000", "--n", "20")["ports"]
+    ports = [m for _, m in pairs]
+    assert len(set(ports)) == 20
+    assert all(local != mapped for local, mapped in pairs)
+    assert max(ports) - min(ports) > 2000          # 20 draws from ~64k ports
+    assert sum(1 for a, b in zip(ports, ports[1:]) if abs(b - a) == 1) < 3

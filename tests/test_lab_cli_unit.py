@@ -73,3 +73,21 @@ def test_render_reports_failures_honestly():
     assert "- probe a: not-built" in text and "not built yet" in text
     assert "- punch udp: failed" in text and "initiator stderr: timeout" in text
     assert "some steps failed" in text
+
+
+def test_down_all_removes_only_our_prefix_family(monkeypatch, tmp_path):
+    from stunturn_diag.lab import runner
+
+    monkeypatch.setenv("STUNTURN_LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(runner, "check_prerequisites", lambda: None)
+    monkeypatch.setattr(runner, "list_namespaces",
+                        lambda: ["stl-abc123-a1", "docker-ns", "stl-ffffff-srv", "xstl-1"])
+    monkeypatch.setattr(runner, "_kill_namespace_processes", lambda ns: None)
+    deleted = []
+    monkeypatch.setattr(runner, "_run", lambda step, timeout=30: deleted.append(step.argv))
+    (tmp_path / "stl-abc123.json").write_text("{}")
+    assert runner.down_all() == ["stl-abc123-a1", "stl-ffffff-srv"]
+    assert deleted == [["ip", "netns", "delete", "stl-abc123-a1"],
+                       ["ip", "netns", "delete", "stl-ffffff-srv"]]
+    assert not (tmp_path / "stl-abc123.json").exists()
