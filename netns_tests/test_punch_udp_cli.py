@@ -79,3 +79,19 @@ def test_failure_json_names_the_cause_and_exits_nonzero(tmp_path):
         assert out["ok"] is False and out["reason"] == "relay-needed"
         assert "random port" in out["message"]
         assert out["strategy"] == "relay-needed" and out["attempts"]
+
+
+def test_quick_probe_gives_both_sides_the_profiles_to_predict_ports():
+    """Sequential symmetric NATs: only known profiles make the `predict` plan possible."""
+    with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
+        start_server(lab)
+        ini = _cli(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--json", "--probe",
+                   "--timeout", "60")
+        rec = _cli(lab, "b1", "--wait", "60", "--wait-interval", "0.1", "--json", "--probe",
+                   "--protocol", "udp")
+        r_out, r_err = rec.communicate(timeout=120)
+        i_out, i_err = ini.communicate(timeout=120)
+    assert (ini.returncode, rec.returncode) == (0, 0), (i_out, i_err, r_out, r_err)
+    i, r = json.loads(i_out), json.loads(r_out)
+    assert i["strategy"] == r["strategy"] == "predict"
+    assert "probing this NAT" in i_err and "address-and-port-dependent" in i_err

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import __version__
-from ..errors import ConfigError, NoInitiatorWaiting, PunchError, SignalingError
+from ..errors import ConfigError, NoInitiatorWaiting, PunchError, SignalingError, StunturnError
 from ..signaling import SignalingClient
 from .auth import authenticate_stream
 from .candidates import address_of, build_targets, peer_addresses
@@ -57,6 +57,8 @@ class PunchOptions:
     birthday: bool = False
     #: our NAT profile (the probe's --json report or its "udp"/"tcp" sections)
     nat_profile: dict | None = None
+    #: without a nat_profile: run a quick probe first and share its result
+    probe: bool = False
     local_ip: str = "0.0.0.0"
     local_port: int = 0
     #: UDP channel: keepalive period and silence after which the peer counts as lost
@@ -164,6 +166,7 @@ class _Side:
         self.protocols = protocols or [opts.protocol]
         self.flows_after_stun = 0
         self.prepared: dict = {}
+        self.profile = opts.nat_profile
         self._info: dict | None = None
 
     def _say(self, text: str) -> None:
@@ -172,7 +175,7 @@ class _Side:
 
     def _details(self) -> dict:
         """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
-        nat = _compact_profile(self.opts.nat_profile)
+        nat = _compact_profile(self.profile)
         punch: dict = {"birthday": bool(self.opts.birthday),
                        "flows_after_stun": self.flows_after_stun}
         nat["punch"] = punch
@@ -260,8 +263,33 @@ class _Side:
                               f"{self.opts.wait_interval:g}s for up to {self.opts.wait:g}s ...")
                 time.sleep(min(self.opts.wait_interval, left))
 
+    def _quick_probe(self) -> None:
+        """Diagnose our NAT (stunturn_diag.probe) so the peer can plan with it."""
+        from ..probe import run_probe
+
+        self._say("probing this NAT first (--probe) ...")
+        try:
+            result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
+                               ttl_walk=False)
+        except StunturnError as exc:
+            self._say(f"probe failed ({exc}); punching without a NAT profile")
+            return
+        profile: dict = {}
+        for proto in PROTOCOLS:
+            section = {}
+            for name in ("mapping", "filtering", "port_allocation"):
+                value = getattr(result.value(proto, name), "value", result.value(proto, name))
+                if isinstance(value, str):
+                    section[name] = value
+            if section:
+                profile[proto] = section
+        self.profile = profile
+        self._say(f"NAT profile: {profile}")
+
     def run(self) -> PunchResult:
         try:
+            if self.opts.probe and not self.profile:
+                self._quick_probe()
             self._prepare(self.protocols)
             match = self._pair()
             t_match = time.monotonic()
