@@ -42,10 +42,11 @@ def _serve(lab: Lab) -> str:
     return f"http://{lab.server_ip}:{PORT}"
 
 
-def _correct(expected: dict, got: dict) -> bool:
-    if expected["nat"] != got["nat"]:
-        return False
-    return all(got[p].get(k) == v for p in ("udp", "tcp") for k, v in expected[p].items())
+def _wrong(expected: dict, got: dict) -> list[str]:
+    """Ground-truth fields the probe got wrong."""
+    bad = ["nat"] if expected["nat"] != got["nat"] else []
+    return bad + [f"{p}.{k}={got[p].get(k)}" for p in ("udp", "tcp") for k, v in expected[p].items()
+                  if got[p].get(k) != v]
 
 
 def _timed(lab: Lab, argv: list[str], timeout: float = 120) -> tuple[float, subprocess.CompletedProcess]:
@@ -57,16 +58,16 @@ def _timed(lab: Lab, argv: list[str], timeout: float = 120) -> tuple[float, subp
 def bench_nat(name: str, runs: int, compare: bool) -> dict:
     with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab:
         url = _serve(lab)
-        elapsed, wall, ok = [], [], True
+        elapsed, wall, wrong = [], [], []
         for _ in range(runs):
             w, r = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", url, "--json"])
             got = json.loads(r.stdout)
             elapsed.append(got["elapsed_ms"])
             wall.append(w * 1000)
-            ok = ok and _correct(lab.expected("a"), got)
+            wrong += _wrong(lab.expected("a"), got)
         row = {"nat": name, "probe_ms_median": round(statistics.median(elapsed)),
                "probe_ms_max": round(max(elapsed)), "cli_wall_ms_median": round(statistics.median(wall)),
-               "correct": ok}
+               "correct": not wrong, "wrong": wrong}
         if compare:
             w, r = _timed(lab, ["pystun3", "-H", lab.server_ip, "-P", "3478"], timeout=60)
             row["pystun3_s"] = round(w, 1)
@@ -123,7 +124,8 @@ def main() -> None:
                      f"{row['natdiscovery_s']} s {row['natdiscovery_says']}; pystun3 {row['pystun3_s']} s "
                      f"({row['pystun3_says']})")
         print(f"{row['nat']:24s} {row['probe_ms_median']:6d} ms (max {row['probe_ms_max']:5d})  "
-              f"CLI {row['cli_wall_ms_median']:6d} ms  correct={row['correct']}{extra}")
+              f"CLI {row['cli_wall_ms_median']:6d} ms  correct={row['correct']}"
+              f"{' ' + str(row['wrong']) if row['wrong'] else ''}{extra}")
     sys.stdout.flush()
 
 

@@ -75,12 +75,25 @@ def test_verdicts_equal_ground_truth_on_repeated_runs(name):
                 assert got["tcp"]["simultaneous_open"] is True  # (its TTL comes from a UDP walk)
 
 
-def test_carrier_grade_nat_is_seen_as_a_second_layer():
-    spec = LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["full-cone"], cgnat=CATALOGUE["port-restricted"])})
+@pytest.mark.parametrize("inner,outer", [("full-cone", "port-restricted"),
+                                         ("port-restricted", "symmetric-random")])
+def test_behind_carrier_grade_nat(inner, outer):
+    """Verdicts equal the stacked ground truth (fields it models); the CGNAT (100.64/10) is
+    seen as a second layer. Routers rate-limit ICMP per destination (Linux: burst 6, then
+    1/s) and a non-hairpinning NAT answers the hairpin probes with ICMP, so the layer count
+    is only asserted on the first run: it is a lower bound."""
+    spec = LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[inner], cgnat=CATALOGUE[outer])})
     with Lab(spec) as lab:
-        rc, got = probe(lab, serve(lab))
-        assert got["nat"] is True and got["public_ip"] == lab.site_public_ip("a")
-        assert got["nat_layers"]["count"] == 2 and got["nat_layers"]["cgnat"] is True
+        url = serve(lab)
+        expected = lab.expected("a")
+        for key in ("udp", "tcp"):
+            expected[key] = {k: v for k, v in expected[key].items() if v is not None}
+        for run in range(2):
+            rc, got = probe(lab, url)
+            assert mismatches(expected, got) == {}, f"run {run}"
+            assert got["public_ip"] == lab.site_public_ip("a")
+            if run == 0:
+                assert got["nat_layers"]["count"] == 2 and got["nat_layers"]["cgnat"] is True
 
 
 def test_binding_lifetime_is_bracketed():
