@@ -183,3 +183,16 @@ def test_authenticate_stream_times_out_on_silent_peer():
         authenticate_stream(a, KEY, MATCH, "initiator", deadline=0.2, clock=clock)
     assert err.value.reason == "auth-timeout"
     a.close(), b.close()
+
+
+def test_base_key_is_stretched_and_bound_to_key_and_match():
+    import hashlib
+    import hmac as _hmac
+
+    base = auth.derive_base_key(KEY, MATCH)
+    assert base == auth.derive_base_key(KEY.encode(), MATCH)
+    assert base != auth.derive_base_key(KEY, MATCH + "0") != auth.derive_base_key(KEY + "!", MATCH)
+    naive = _hmac.new(KEY.encode(), b"stunturn-punch/v1\x00" + MATCH.encode(), hashlib.sha256)
+    assert base != naive.digest()            # the raw key is never used directly
+    assert auth.stretch_key(KEY) == hashlib.pbkdf2_hmac(
+        "sha256", KEY.encode(), b"stunturn-punch/v1 access key", auth.KDF_ITERATIONS)

@@ -30,7 +30,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import ConfigError, NoInitiatorWaiting, PunchError, SignalingError, StunturnError
 from ..signaling import SignalingClient
-from .auth import authenticate_stream
+from .auth import authenticate_stream, stretch_key
 from .candidates import address_of, build_targets, peer_addresses
 from .decision import Plan, decide, profile_from_details
 
@@ -290,6 +290,7 @@ class _Side:
         try:
             if self.opts.probe and not self.profile:
                 self._quick_probe()
+            stretch_key(self.key)          # the slow KDF runs now, not after the match
             self._prepare(self.protocols)
             match = self._pair()
             t_match = time.monotonic()

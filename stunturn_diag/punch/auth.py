@@ -3,8 +3,9 @@
 Both peers know the access key ``K``; the signaling server gave both the same
 ``match_id``. The handshake proves key knowledge without sending ``K``:
 
-* every key is derived per match: ``base = HMAC-SHA256(K, "stunturn-punch/v1" | match_id)``
-  (HMAC per RFC 2104; a key captured from one match is useless for another);
+* every key is derived per match: ``base = HMAC-SHA256(PBKDF2(K), "stunturn-punch/v1" |
+  match_id)`` (HMAC per RFC 2104, PBKDF2 per RFC 8018 against offline guessing of a
+  weak ``K`` from a recorded handshake; one match's keys are useless for another);
 * each side sends ``HELLO(role, nonce, tag)``; ``tag`` is an HMAC over role and
   nonce, so packets from anyone without the key are dropped and counted;
 * on a peer HELLO a side answers ``PROOF(role, own nonce, peer nonce, mac)`` where
@@ -27,6 +28,7 @@ the same handshake over a connected TCP stream (used by the TCP punch engine).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import os
@@ -51,6 +53,8 @@ FRAME_OVERHEAD = HEADER.size + SEQ.size + TAG_LEN
 #: flag bit in a PROOF: the sender has verified our PROOF already
 FLAG_VERIFIED = 0x01
 REPLAY_WINDOW = 64
+#: PBKDF2 iterations of the access-key stretching (about 50 ms once per key)
+KDF_ITERATIONS = 200_000
 
 
 class Role(str, enum.Enum):
@@ -86,10 +90,24 @@ def _mac(key: bytes, *parts: bytes) -> bytes:
     return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=32)
+def _stretch(raw: bytes) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", raw, b"stunturn-punch/v1 access key", KDF_ITERATIONS)
+
+
+def stretch_key(key: str | bytes) -> bytes:
+    """Match-independent key stretching (PBKDF2-HMAC-SHA256, RFC 8018 section 5.2).
+
+    Someone who recorded a handshake can test guesses of the access key offline;
+    stretching makes each guess cost ``KDF_ITERATIONS`` HMACs. Cached, so callers
+    warm it up before the match (the punch API does) and the punch stays fast.
+    """
+    return _stretch(key.encode("utf-8") if isinstance(key, str) else bytes(key))
+
+
 def derive_base_key(key: str | bytes, match_id: str) -> bytes:
-    """Per-match base key: HMAC-SHA256(access key, label | match_id)."""
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    return _mac(raw, b"stunturn-punch/v1\x00", match_id.encode("utf-8"))
+    """Per-match base key: HMAC-SHA256(stretched access key, label | match_id)."""
+    return _mac(stretch_key(key), b"stunturn-punch/v1\x00", match_id.encode("utf-8"))
 
 
 def is_handshake(data: bytes) -> bool:
