@@ -27,6 +27,7 @@ import threading
 import time
 
 CONNECT_BACK_TIMEOUT = 1.5
+MAX_TCP_THREADS = 64
 
 
 def _endpoint(text: str) -> tuple[str, int]:
@@ -107,6 +108,10 @@ def serve(udp: list[tuple[str, int]], tcp: list[tuple[str, int]], lifetime: floa
                 except OSError:
                     continue
                 stats["tcp"] += 1
+                if threading.active_count() > MAX_TCP_THREADS:
+                    conn.close()
+                    stats["dropped"] += 1
+                    continue
                 threading.Thread(target=_serve_tcp, args=(conn, peer), daemon=True).start()
                 continue
             try:

@@ -87,15 +87,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _delete(names: list[str]) -> list[str]:
+    """Delete these namespaces (ending their processes first); LabError if any stays."""
+    gone, failed = [], []
+    for netns in names:
+        _kill_namespace_processes(netns)
+        result = _run(Step(["ip", "netns", "delete", netns]))
+        if result is not None and result.returncode != 0:
+            failed.append(f"{netns}: {result.stderr.strip()}")
+        else:
+            gone.append(netns)
+    if failed:
+        raise LabError("could not delete lab namespace(s): " + "; ".join(failed),
+                       hint="retry `stunturn-diag lab down --all`")
+    return gone
+
+
 def delete_namespaces(prefix: str) -> list[str]:
     """Delete every namespace named ``{prefix}-...`` (or exactly ``prefix``); returns them."""
-    gone = []
-    for netns in list_namespaces():
-        if netns == prefix or netns.startswith(prefix + "-"):
-            _kill_namespace_processes(netns)
-            _run(Step(["ip", "netns", "delete", netns]))
-            gone.append(netns)
-    return gone
+    return _delete([n for n in list_namespaces()
+                    if n == prefix or n.startswith(prefix + "-")])
 
 
 def down(name: str) -> list[str]:
@@ -111,12 +122,7 @@ def down(name: str) -> list[str]:
 def down_all() -> list[str]:
     """Remove every namespace of the ``stl-`` family and all lab state (crash cleanup)."""
     check_prerequisites()
-    gone = []
-    for netns in list_namespaces():
-        if netns.startswith(PREFIX_FAMILY):
-            _kill_namespace_processes(netns)
-            _run(Step(["ip", "netns", "delete", netns]))
-            gone.append(netns)
+    gone = _delete([n for n in list_namespaces() if n.startswith(PREFIX_FAMILY)])
     for name in state.known():
         state.forget(name)
     return gone
@@ -146,6 +152,8 @@ class Lab:
     def up(self) -> "Lab":
         """Build every namespace, link, address, route and ruleset (tears down on failure)."""
         check_prerequisites()
+        if self._up:
+            raise LabError(f"lab {self.name} is already up")
         self._up = True
         try:
             for step in self.plan.setup:
