@@ -100,7 +100,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     if tcp_run is not None:
         # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike
         say("probing TCP port allocation ...")
-        alloc_test(tcp_run, ep, local_ip, timeout=3.0)
+        alloc_test(tcp_run, ep, local_ip)
         if tcp_run.rtt is not None:
             engine_kw["rto_initial"] = min(0.2, max(0.05, 4 * tcp_run.rtt))
 

@@ -113,7 +113,15 @@ def _free_port(local_ip: str) -> Address:
     return addr
 
 
-def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float, count: int = 5) -> None:
+#: seconds for one STUN-over-TCP exchange: covers SYN retransmissions at 1, 3 and 7 s
+#: (all of 4 SYN round trips lost: ~0.1 % at 10 % loss each way)
+TCP_TIMEOUT = 7.5
+#: the first exchange decides whether TCP reaches the server at all: two retransmissions
+FIRST_TIMEOUT = 3.5
+
+
+def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float = TCP_TIMEOUT,
+               count: int = 5) -> None:
     """Fresh mappings one after another (RFC 4787 section 4.2.1 applied to TCP): STUN over TCP
     from ``count`` fresh local ports to the primary. The first socket's port is reused by
     the mapping test, and its connection is kept open until then."""
@@ -123,7 +131,7 @@ def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float, coun
         local = s.getsockname()[:2]
         t = time.monotonic()
         try:
-            mapped = stun_tcp(s, ep.primary, timeout)
+            mapped = stun_tcp(s, ep.primary, min(timeout, FIRST_TIMEOUT) if i == 0 else timeout)
             run.rtts.append(time.monotonic() - t)
         except (OSError, StunDecodeError) as exc:
             mapped = None
@@ -132,6 +140,8 @@ def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float, coun
         if i == 0:
             run.local_map, run.mapped["primary"] = local, mapped
             run._keep = s
+            if mapped is None:  # TCP does not reach the server: do not wait five times
+                break
         else:
             s.close()
     run.phase_ms["allocation"] = round((time.monotonic() - started) * 1000, 3)
@@ -144,6 +154,9 @@ def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
     roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
     if run.local_map is None or run.mapped.get("primary") is None or not roles:
+        if run._keep is not None:
+            run._keep.close()
+            run._keep = None
         return
     socks = {r: _reuse_socket(run.local_map) for r in roles}
 
@@ -244,7 +257,7 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
 
 
 def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
-                 ttl_for_simopen=None, timeout: float = 3.0, loss_seen=None) -> None:
+                 ttl_for_simopen=None, timeout: float = TCP_TIMEOUT, loss_seen=None) -> None:
     """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently.
 
     ``assist(body)`` / ``simopen(body)`` post to the probe-assist routes (None when the
