@@ -4,6 +4,7 @@ no NAT, so every verdict is known; JSON schema, human report, CLI exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -114,3 +115,27 @@ def test_cli_usage_errors():
     assert CliRunner().invoke(main, ["probe"]).exit_code == 2
     out = CliRunner().invoke(main, ["probe", "--stun", "host:notaport"])
     assert out.exit_code == 1 and "bad --stun address" in out.output
+
+
+def test_without_root_tcp_simopen_and_pcap_are_skipped_with_reasons(server, monkeypatch, tmp_path):
+    from stunturn_diag.probe import pcap, tcp
+    monkeypatch.setattr(tcp, "has_root", lambda: False)
+    monkeypatch.setattr(pcap.os, "geteuid", lambda: 1000)
+    r = run_probe(server.http_url, pcap=str(tmp_path / "x.pcap"))
+    skipped = {s["test"]: s["reason"] for s in r.to_json()["skipped"]}
+    assert "root" in skipped["pcap"] and "root" in skipped["tcp.simultaneous_open"]
+    assert r.to_json()["udp"]["mapping"] == "no-nat"  # every UDP test still ran
+    assert not (tmp_path / "x.pcap").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
+def test_pcap_holds_the_probe_packets(server, tmp_path):
+    import scapy.layers.inet  # noqa: F401
+    from scapy.utils import rdpcap
+    path = tmp_path / "probe.pcap"
+    r = run_probe(server.http_url, tcp=False, pcap=str(path))
+    assert not [s for s in r.to_json()["skipped"] if s["test"] == "pcap"]
+    packets = rdpcap(str(path))
+    ports = {p.sport for p in packets if p.haslayer("UDP")} | {p.dport for p in packets if p.haslayer("UDP")}
+    primary = next(e for e in server.stun_endpoints if e["role"] == "primary")["port"]
+    assert primary in ports and len(packets) >= 10
