@@ -70,3 +70,21 @@ def test_udp_punch_pair(a, b):
             assert side["reason"] == "relay-needed", side
             assert "random port" in side["message"] and "relay" in side["message"]
             assert side["attempts"], side
+
+
+@pytest.mark.parametrize("a,b", [("symmetric-random", "port-restricted"),
+                                 ("port-restricted-drop", "symmetric-random")])
+def test_birthday_attempt_reaches_a_random_nat_behind_a_port_filter(a, b):
+    """Opt-in on both sides: extra sockets on the random side, a bounded spray on the other.
+
+    Probabilistic by nature (about 98 % per attempt with 256 sockets x 1024 ports over
+    the 64 K port range): up to three attempts, each in a fresh lab.
+    """
+    for _ in range(3):
+        with Lab(LabSpec.simple(a, b)) as lab:
+            res = run_pair(lab, "a1", "b1", punch_timeout=6.0, birthday=True)
+        if res.ok:
+            break
+    assert res.ok, (res.initiator, res.receiver)
+    assert res.initiator["strategy"] == res.receiver["strategy"] == "birthday"
+    assert res.data_both_ways

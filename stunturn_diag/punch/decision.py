@@ -29,7 +29,7 @@ from ..behaviour import Filtering, Mapping, PortAllocation
 #: predicted-port window aimed at a sequentially allocating NAT
 PREDICT_WINDOW = 8
 #: hard caps of the birthday attempt (ports sprayed / extra sockets opened)
-BIRTHDAY_PORTS = 256
+BIRTHDAY_PORTS = 1024
 BIRTHDAY_SOCKETS = 256
 #: the random side waits this long after priming, so the spray lands first
 BIRTHDAY_HOLD = 0.4
