@@ -87,8 +87,8 @@ def test_quick_probe_gives_both_sides_the_profiles_to_predict_ports():
         start_server(lab)
         ini = _cli(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--json", "--probe",
                    "--timeout", "60")
-        rec = _cli(lab, "b1", "--wait", "60", "--wait-interval", "0.1", "--json", "--probe",
-                   "--protocol", "udp")
+        # no --protocol: the receiver also prepares TCP (one more flow through its NAT)
+        rec = _cli(lab, "b1", "--wait", "60", "--wait-interval", "0.1", "--json", "--probe")
         r_out, r_err = rec.communicate(timeout=120)
         i_out, i_err = ini.communicate(timeout=120)
     assert (ini.returncode, rec.returncode) == (0, 0), (i_out, i_err, r_out, r_err)

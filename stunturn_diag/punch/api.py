@@ -198,8 +198,9 @@ class _Side:
         primary = address_of(stun.get("primary"))
         transports = stun.get("transports") or ["udp", "tcp"]
         if primary is None or protocol not in transports:
-            raise PunchError(f"the signaling server offers no STUN endpoint over {protocol}", hint="start the server with its STUN "
-                             "responder enabled", reason="no-stun")
+            raise PunchError(f"the signaling server offers no STUN endpoint over {protocol}",
+                             hint="start the server with its STUN responder enabled",
+                             reason="no-stun")
         if primary[0] in ("0.0.0.0", "::"):
             host = self.client.base_url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
             primary = (host, primary[1])
@@ -222,14 +223,18 @@ class _Side:
             try:
                 stun_server = self._stun_endpoint(proto)
                 rv = self._rendezvous(proto)
-            except PunchError:
+            except StunturnError:
                 if i == 0:
                     raise
                 continue
+            if i > 0:
+                # another flow through our NAT after the first protocol's STUN binding:
+                # a sequentially allocating NAT hands it the next port (see candidates)
+                self.flows_after_stun += 1
             try:
                 mapped = rv.learn_mapping(stun_server, self.opts.stun_timeout)
                 local = rv.local_candidates()
-            except PunchError as exc:
+            except StunturnError as exc:
                 rv.close()
                 if i == 0:
                     raise
