@@ -194,8 +194,8 @@ def _run_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
     """Run the connect attempts concurrently: greenlets under gevent, threads otherwise."""
     try:
         import gevent
-        from gevent import socket as gsocket
-        from gevent.hub import get_hub  # noqa: F401  (a hub exists in every thread on demand)
+        from gevent import socket as gsocket  # cooperative under the gevent server, a
+        # plain (hub-per-thread) socket elsewhere
     except ImportError:  # pragma: no cover - gevent is a dependency
         gevent = None
     if gevent is not None:

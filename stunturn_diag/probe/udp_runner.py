@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import ProbeError
+from ..errors import ProbeError, StunDecodeError
 from ..stun import decode, looks_like_stun
-from ..errors import StunDecodeError
 from .endpoints import Address, Endpoints
 from .engine import Engine, Outcome
 from .plan import UdpPlan, sockets_for
