@@ -97,3 +97,32 @@ def test_bad_options_are_config_errors(kw):
 def test_short_key_is_refused_before_any_network_io():
     with pytest.raises(ConfigError):
         initiate("http://127.0.0.1:9", "short", "127.0.0.1")
+
+
+def test_initiator_reissues_the_long_poll_beyond_the_servers_cap():
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, wait_timeout=0.5))
+    try:
+        said = []
+        t, box = background(initiate, handle.http_url, KEY, "127.0.0.1", pair_timeout=5,
+                            progress=said.append)
+        time.sleep(1.2)                     # longer than the server holds one long-poll
+        rec = receive(handle.http_url, KEY, protocol="udp", wait=3, wait_interval=0.05)
+        t.join(10)
+        ini = box["value"]
+        assert isinstance(ini, PunchResult), ini
+        assert any("still waiting" in s for s in said)
+        ini.close()
+        rec.close()
+    finally:
+        handle.stop()
+
+
+def test_initiator_gives_up_after_its_own_timeout():
+    from stunturn_diag.errors import PairingTimeout
+
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, wait_timeout=0.3))
+    try:
+        with pytest.raises(PairingTimeout):
+            initiate(handle.http_url, KEY, "127.0.0.1", pair_timeout=0.8)
+    finally:
+        handle.stop()

@@ -51,7 +51,8 @@ def _failure(exc: StunturnError) -> dict:
 @click.option("--wait-interval", type=float, default=1.0, show_default=True,
               help="Receiver: seconds between check-ins while waiting.")
 @click.option("--timeout", "pair_timeout", type=float, default=None,
-              help="Initiator: seconds to wait for the receiver (default: the server's limit).")
+              help="Initiator: seconds to wait for the receiver (default: the server's limit; "
+                   "longer re-issues the long-poll).")
 @click.option("--punch-timeout", type=float, default=10.0, show_default=True,
               help="Seconds from the match to an authenticated connection.")
 @click.option("--stun-timeout", type=float, default=3.0, show_default=True,
@@ -72,7 +73,7 @@ def _failure(exc: StunturnError) -> dict:
               help="TTL of the priming packets (0 disables priming).")
 @click.option("--bind", "bind", metavar="IP[:PORT]", default="0.0.0.0",
               help="Local address/port to punch from.")
-@click.option("--peer-timeout", type=float, default=8.0, show_default=True,
+@click.option("--peer-timeout", type=float, default=10.0, show_default=True,
               help="UDP: seconds of silence after which the peer counts as lost.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_timeout,

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import __version__
-from ..errors import ConfigError, NoInitiatorWaiting, PunchError, SignalingError, StunturnError
+from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
+                      StunturnError)
 from ..signaling import SignalingClient
 from .auth import authenticate_stream, stretch_key
 from .candidates import address_of, build_targets, peer_addresses
@@ -62,8 +63,8 @@ class PunchOptions:
     local_ip: str = "0.0.0.0"
     local_port: int = 0
     #: UDP channel: keepalive period and silence after which the peer counts as lost
-    keepalive_interval: float = 1.0
-    peer_timeout: float = 8.0
+    keepalive_interval: float = 2.0
+    peer_timeout: float = 10.0
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -247,11 +248,7 @@ class _Side:
 
     def _pair(self) -> dict:
         if self.role == "initiator":
-            self._say(f"waiting for the receiver at {self.target_ip} to check in ...")
-            self.flows_after_stun += 1
-            return self.client.initiate(self.key, self.target_ip, self.opts.protocol,
-                                        details=self._details(),
-                                        timeout=self.opts.pair_timeout)
+            return self._long_poll()
         end = time.monotonic() + self.opts.wait
         attempt = 0
         while True:
@@ -267,6 +264,25 @@ class _Side:
                     self._say(f"no initiator waiting yet; checking in again every "
                               f"{self.opts.wait_interval:g}s for up to {self.opts.wait:g}s ...")
                 time.sleep(min(self.opts.wait_interval, left))
+
+    def _long_poll(self) -> dict:
+        """Initiator: long-poll; re-issue it while ``pair_timeout`` exceeds the server's cap."""
+        self._say(f"waiting for the receiver at {self.target_ip} to check in ...")
+        cap = self._info.get("wait_timeout") if isinstance(self._info, dict) else None
+        total = self.opts.pair_timeout
+        end = time.monotonic() + total if total else None
+        while True:
+            left = None if end is None else max(0.1, end - time.monotonic())
+            wait = min(left, float(cap)) if left is not None and isinstance(cap, (int, float)) \
+                else left
+            self.flows_after_stun += 1
+            try:
+                return self.client.initiate(self.key, self.target_ip, self.opts.protocol,
+                                            details=self._details(), timeout=wait)
+            except PairingTimeout:
+                if end is None or end - time.monotonic() <= 0.1:
+                    raise
+                self._say(f"still waiting for the receiver ({end - time.monotonic():.0f}s left)")
 
     def _quick_probe(self) -> None:
         """Diagnose our NAT (stunturn_diag.probe) so the peer can plan with it."""

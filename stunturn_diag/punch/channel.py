@@ -33,7 +33,7 @@ class UdpChannel:
     """
 
     def __init__(self, sock: socket.socket, peer: Address, handshake: Handshake, *,
-                 keepalive_interval: float = 1.0, peer_timeout: float = 8.0,
+                 keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
                  clock=time.monotonic, extra_sockets: list[socket.socket] | None = None) -> None:
         self.sock = sock
         self.peer_address = peer

@@ -29,6 +29,13 @@ MAX_LOCAL_CANDIDATES = 8
 SIOCGIFADDR = 0x8915
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0
+_HINTS = {
+    "auth-failed": "both sides must use the same access key",
+    "one-way": "the peer's NAT filters our packets; a NAT profile (--probe) may allow "
+               "port prediction, else a relay (TURN) is needed",
+    "timeout": "see the per-target attempts; with NAT profiles on both sides (--probe) the "
+               "strategy can adapt, else a relay (TURN) is needed",
+}
 
 
 def interface_ipv4_addresses() -> list[str]:
@@ -191,7 +198,7 @@ class UdpRendezvous:
               prime_ttl: int | None = 2, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
-              keepalive_interval: float = 1.0, peer_timeout: float = 8.0) -> UdpChannel:
+              keepalive_interval: float = 2.0, peer_timeout: float = 10.0) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
@@ -228,8 +235,7 @@ class UdpRendezvous:
                     if a["target"] in errors:
                         a["send_error"] = errors[a["target"]]
                 cls = AuthenticationError if reason == "auth-failed" else PunchError
-                raise cls(f"UDP punch failed ({strategy}): {message}",
-                          hint="see the per-target attempts; a relay (TURN) may be needed",
+                raise cls(f"UDP punch failed ({strategy}): {message}", hint=_HINTS.get(reason),
                           reason=reason, attempts=attempts)
             wake = engine.next_wakeup()
             if confirm_until is not None:
