@@ -54,11 +54,19 @@ the lab; see netns_tests/test_punch_tcp_matrix.py)
    CLOSE) and connect again :data:`RETRY_INTERVAL` later; at most
    :data:`MAX_CONNECTS` times per candidate and never past the deadline.
 6. Candidates (LAN addresses for peers behind the same NAT, the server-reflexive
-   address, predicted ports) are all punched in parallel. The initiator sends
-   8 nomination bytes on every connection that comes up; the receiver answers on
-   the first one that delivers them, and both return exactly that connection
-   (the controlling side picks, as in ICE, RFC 8445 section 8). All others are
-   closed. The nomination also proves the connection works both ways.
+   address, predicted ports) are all punched in parallel, public ones first in the
+   caller's order, then private ones: each prime takes a port of a sequential NAT,
+   and two such NATs' predicted windows only meet when both sides prime them in
+   the same order with nothing in between.
+7. Nomination: the initiator sends 8 bytes NOMINATE on every connection that
+   comes up, the receiver 8 bytes READY; the receiver answers NOMINATE_ACK on the
+   first connection that delivers NOMINATE, and both return exactly that one (the
+   controlling side picks, as in ICE, RFC 8445 section 8); all others are closed.
+   This also proves the connection works both ways. READY matters: when the last
+   ACK of a simultaneous open is lost *after* the peer's NAT tracked it, that
+   conntrack entry is ESTABLISHED and marks the peer's retransmitted SYN-ACK
+   INVALID (sent on untranslated); only a data segment then completes the
+   peer's SYN-RECEIVED socket.
 
 ``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
 host -> site NAT -> core router -> peer NAT (the lab) that is 2; add one per
@@ -95,6 +103,12 @@ Address = tuple[str, int]
 DEFAULT_PRIME_TTL = 2
 #: most local candidates offered (the signaling API takes up to 8)
 MAX_LOCAL_CANDIDATES = 8
+#: private / shared / link-local space (RFC 1918, RFC 6598, RFC 3927): such candidates
+#: are primed after the public ones, so a sequential NAT hands the public (predicted)
+#: candidates its next ports in the caller's order
+_PRIVATE = [ipaddress.ip_network(n) for n in
+            ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+             "169.254.0.0/16")]
 
 __all__ = ["TcpRendezvous", "DEFAULT_PRIME_TTL", "SETTLE", "RETRY_INTERVAL", "MAX_CONNECTS",
            "STRATEGY_SIMULTANEOUS", "STRATEGY_LISTEN"]
@@ -222,6 +236,7 @@ class TcpRendezvous:
                                 "error": "our own address (TCP would connect to itself)"})
             elif (ip, port) not in usable:
                 usable.append((ip, port))
+        usable.sort(key=lambda a: any(ipaddress.ip_address(a[0]) in n for n in _PRIVATE))
         return usable, skipped
 
     # -- lifetime ------------------------------------------------------------

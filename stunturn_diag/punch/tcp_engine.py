@@ -27,8 +27,13 @@ RETRY_INTERVAL = 0.25
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
 MAX_CONNECTS = 40
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
-#: side picks), the receiver confirms; both return exactly that connection
+#: side picks), the receiver confirms; both return exactly that connection. The
+#: receiver also sends READY as soon as a connection is up: after a simultaneous
+#: open whose final ACK was lost past the peer's NAT, that NAT's conntrack is
+#: ESTABLISHED and marks the peer's retransmitted SYN-ACK INVALID (untranslated);
+#: a data segment is what moves the stuck SYN-RECEIVED end to ESTABLISHED.
 NOMINATE = b"STDTCPN1"
+READY = b"STDTCPR1"
 NOMINATE_ACK = b"STDTCPA1"
 #: the longest single select() wait (the loop also wakes on every event)
 _TICK = 0.05
@@ -52,6 +57,7 @@ class _Candidate:
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
     passive: bool = False          # listen-connect receiver: never connects
+    up: bool = False               # its connection is established (4-tuple in use)
     errors: dict[str, int] = field(default_factory=dict)
 
     def note(self, what: str) -> None:
@@ -65,6 +71,7 @@ class _Conn:
     sock: socket.socket
     peer: Address
     via: str                        # "connect" | "accept"
+    cand: _Candidate | None = None  # the candidate it was connected to
     buf: bytes = b""
 
 
@@ -122,15 +129,16 @@ class PunchLoop:
         self._open(cand, None)
 
     def _start(self, now: float) -> None:
-        self.listener.listen(16)
         if self.strategy == STRATEGY_LISTEN:
+            self.listener.listen(16)
             for cand in self.candidates:
                 cand.next_connect = now
                 cand.passive = self.role == "receiver"  # the receiver only listens
             return
         # a SYN from a candidate that finds none of our connecting sockets is dropped
-        # silently instead of answered (see attach_blackhole)
+        # silently instead of answered (see attach_blackhole); filter before listen()
         attach_blackhole(self.listener, [c.address for c in self.candidates])
+        self.listener.listen(16)
         for cand in self.candidates:
             if self.prime_ttl:
                 self._prime(cand, now, SETTLE)
@@ -158,7 +166,7 @@ class PunchLoop:
             if cand.priming:
                 set_ttl(sock, self.full_ttl)
             cand.sock = None
-            self._established(sock, cand.address, "connect")
+            self._established(sock, cand.address, "connect", cand)
             return
         sock.close()
         cand.sock = None
@@ -177,19 +185,20 @@ class PunchLoop:
         else:
             cand.next_connect = now + RETRY_INTERVAL
 
-    def _established(self, sock: socket.socket, peer: Address, via: str) -> None:
-        conn = _Conn(sock, peer, via)
-        if self.role == "initiator":
-            try:
-                sock.send(NOMINATE)
-            except OSError as exc:
-                self.conn_errors.append(f"{peer[0]}:{peer[1]} lost: {exc.strerror}")
-                sock.close()
-                return
+    def _established(self, sock: socket.socket, peer: Address, via: str,
+                     cand: _Candidate | None = None) -> None:
+        conn = _Conn(sock, peer, via, cand)
+        if cand is not None:
+            cand.up = True
+        try:
+            sock.send(NOMINATE if self.role == "initiator" else READY)
+        except OSError as exc:
+            self._drop(conn, exc.strerror or str(exc), listed=False)
+            return
         self.conns.append(conn)
 
     def _on_readable(self, conn: _Conn) -> socket.socket | None:
-        expect = NOMINATE_ACK if self.role == "initiator" else NOMINATE
+        expect = READY + NOMINATE_ACK if self.role == "initiator" else NOMINATE
         try:
             data = conn.sock.recv(len(expect) - len(conn.buf))
         except BlockingIOError:
@@ -215,10 +224,15 @@ class PunchLoop:
                 return None
         return conn.sock
 
-    def _drop(self, conn: _Conn, why: str) -> None:
+    def _drop(self, conn: _Conn, why: str, listed: bool = True) -> None:
         self.conn_errors.append(f"{conn.peer[0]}:{conn.peer[1]} ({conn.via}) {why}")
         conn.sock.close()
-        self.conns.remove(conn)
+        if listed:
+            self.conns.remove(conn)
+        if conn.cand is not None:
+            # that 4-tuple is free again: punch it anew
+            conn.cand.up = False
+            conn.cand.next_connect = time.monotonic() + RETRY_INTERVAL
 
     # -- the loop ------------------------------------------------------------
 
@@ -232,7 +246,8 @@ class PunchLoop:
                     raise self._failure()
                 wake = self.deadline
                 for cand in self.candidates:
-                    if cand.sock is None and not cand.passive and cand.connects < MAX_CONNECTS:
+                    if cand.sock is None and not cand.passive and not cand.up and \
+                            cand.connects < MAX_CONNECTS:
                         if cand.next_connect <= now:
                             self._connect(cand)
                         else:

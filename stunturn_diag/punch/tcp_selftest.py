@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stun", type=_addr, help="STUN server ip:port (TCP)")
     ap.add_argument("--srflx", type=_addr, help="skip STUN and announce this address")
     ap.add_argument("--timeout", type=float, default=8.0, help="punch deadline (s)")
+    ap.add_argument("--stun-timeout", type=float, default=8.0, help="STUN over TCP (s)")
     ap.add_argument("--wait", type=float, default=20.0, help="candidate exchange wait (s)")
     ap.add_argument("--prime-ttl", type=int, default=None)
     ap.add_argument("--local-port", type=int, default=0)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         rv = TcpRendezvous(local_port=args.local_port)
-        mapped = args.srflx or rv.learn_mapping(args.stun, 3.0)
+        mapped = args.srflx or rv.learn_mapping(args.stun, args.stun_timeout)
         out.update(mapped=list(mapped), local_port=rv.local_port)
         _write(os.path.join(args.dir, f"{args.name}.json"),
                {"srflx": list(mapped), "local": [list(a) for a in rv.local_candidates()]})

@@ -1,0 +1,153 @@
+"""TCP punch matrix over the lab catalogue: real kernel NATs, real STUN over TCP.
+
+Each pair of NAT types gets a lab; in each LAN host ``python3 -m
+stunturn_diag.punch.tcp_selftest`` learns its mapping from the server host's STUN
+responder over TCP, swaps candidates with its peer through a file, punches
+(simultaneous open, :mod:`stunturn_diag.punch.tcp`) and checks bytes both ways.
+Pairs that can be punched in theory must connect; the others must fail by the
+deadline with a reason naming the cause. The theory is written from the NAT specs
+(RFC 5382 / RFC 4787 terms), independently of :mod:`stunturn_diag.punch.decision`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import tempfile
+
+import pytest
+
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
+from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
+from stunturn_diag.punch.labkit import start_server
+
+pytestmark = pytest.mark.netns
+
+NAMES = sorted(CATALOGUE)
+PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
+OK_TIMEOUT = 8.0      # punch deadline where success is expected
+FAIL_FAST = 1.5       # punch deadline where failure is expected
+PREDICT = 8           # ports aimed at above a sequential symmetric NAT's srflx port
+STUN_PORT = 3478
+
+
+def _dependent(n) -> bool:
+    return n.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT
+
+
+def _sequential(n) -> bool:
+    return _dependent(n) and n.port_allocation is PortAllocation.SEQUENTIAL
+
+
+def _admits_any_port(n) -> bool:
+    return n.mapping is Mapping.NO_NAT or n.filtering in (Filtering.ENDPOINT_INDEPENDENT,
+                                                          Filtering.ADDRESS_DEPENDENT)
+
+
+def theory(a: str, b: str) -> bool:
+    """Can a TCP simultaneous open (with port prediction) join hosts behind a and b?
+
+    An endpoint-independent mapping faces the peer from its STUN-learnt port; a
+    dependent one from a new port, which the peer can only aim at when allocation
+    is sequential (prediction) or receive when its filter admits any port of the
+    address (its listener accepts the SYN).
+    """
+    na, nb = CATALOGUE[a], CATALOGUE[b]
+    if _dependent(na) and _dependent(nb):
+        return _sequential(na) and _sequential(nb)
+    for x, y in ((na, nb), (nb, na)):
+        if _dependent(x):
+            return _sequential(x) or _admits_any_port(y)
+    return True
+
+
+def run_tcp_pair(lab, host_a: str, host_b: str, *, timeout: float,
+                 extra_a: list[str] = (), extra_b: list[str] = ()) -> tuple[dict, dict]:
+    """Run the selftest driver in both hosts (a = initiator); both JSON results."""
+    start_server(lab)
+    with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
+        base = [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
+                "--stun", f"{lab.server_ip}:{STUN_PORT}", "--timeout", str(timeout)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        pa = lab.popen(host_a, base + ["--role", "initiator", "--name", "a", "--peer", "b",
+                                       *extra_a], env=env)
+        pb = lab.popen(host_b, base + ["--role", "receiver", "--name", "b", "--peer", "a",
+                                       *extra_b], env=env)
+        limit = timeout + 40
+        out_a, err_a = pa.communicate(timeout=limit)
+        out_b, err_b = pb.communicate(timeout=limit)
+    return _parse(out_a, err_a), _parse(out_b, err_b)
+
+
+def _parse(out: str, err: str) -> dict:
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
+
+
+def _predict_args(peer_nat: str) -> list[str]:
+    return ["--predict", str(PREDICT)] if _sequential(CATALOGUE[peer_nat]) else []
+
+
+def assert_connected(ra: dict, rb: dict) -> None:
+    assert ra["ok"] and rb["ok"], (ra, rb)
+    assert ra["got"] == "hello from b" and rb["got"] == "hello from a", (ra, rb)
+    # both ends describe the same connection
+    assert ra["local_addr"][1] == ra["local_port"] and rb["local_addr"][1] == rb["local_port"]
+
+
+@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}--{b}" for a, b in PAIRS])
+def test_tcp_punch_pair(a, b):
+    expect = theory(a, b)
+    with Lab(LabSpec.simple(a, b)) as lab:
+        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT if expect else FAIL_FAST,
+                              extra_a=_predict_args(b), extra_b=_predict_args(a))
+        if expect:
+            assert_connected(ra, rb)
+            assert ra["peer_addr"][0] == lab.site_public_ip("b"), ra
+            assert rb["peer_addr"][0] == lab.site_public_ip("a"), rb
+            return
+    for side in (ra, rb):
+        assert side["ok"] is False and side["stage"] == "punch", side
+        assert side["reason"] in ("refused", "timeout"), side
+        assert ("RST" if side["reason"] == "refused" else "dropped") in side["message"], side
+        assert side["attempts"], side
+
+
+@pytest.mark.parametrize("nat", ["port-restricted", "symmetric-random", "full-cone-no-hairpin",
+                                 "port-restricted-hairpin"])
+def test_tcp_punch_behind_the_same_nat(nat):
+    """Two hosts behind one NAT reach each other through their LAN candidates."""
+    with Lab(LabSpec.simple(nat, same_nat=True)) as lab:
+        ra, rb = run_tcp_pair(lab, "a1", "a2", timeout=OK_TIMEOUT)
+        assert_connected(ra, rb)
+        lan = {lab.host_ip("a1"), lab.host_ip("a2")}
+        public = lab.site_public_ip("a")
+        assert ra["peer_addr"][0] in lan | {public}, ra
+        if not CATALOGUE[nat].hairpin:
+            assert ra["peer_addr"][0] == lab.host_ip("a2"), ra
+            assert rb["peer_addr"][0] == lab.host_ip("a1"), rb
+
+
+@pytest.mark.parametrize("nat", ["port-restricted", "port-restricted-drop",
+                                 "restricted-cone-rst"])
+def test_tcp_punch_survives_start_skew(nat):
+    """The receiver starts 1 s late (beyond SETTLE): the initiator's first SYNs meet a
+    NAT without a mapping (RST or silence); re-primed rounds still connect."""
+    with Lab(LabSpec.simple(nat, nat)) as lab:
+        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
+                              extra_b=["--delay", "1.0"])
+        assert_connected(ra, rb)
+
+
+def test_tcp_punch_through_carrier_grade_nat_needs_one_more_ttl():
+    """Site a sits behind its NAT and a CGNAT: its priming SYN needs TTL 3."""
+    spec = LabSpec.simple("port-restricted", "port-restricted", cgnat=("a",))
+    with Lab(spec) as lab:
+        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
+                              extra_a=["--prime-ttl", "3"])
+        assert_connected(ra, rb)
+        assert rb["peer_addr"][0] == lab.site_public_ip("a"), rb
