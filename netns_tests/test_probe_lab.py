@@ -144,3 +144,18 @@ def test_coturn_as_server_gives_the_same_udp_verdicts(name):
             assert got["server"]["endpoints"]["source"] == "other-address"
             assert {s["test"] for s in got["skipped"]} >= {"tcp"}
             assert rc == 0
+
+
+@pytest.mark.parametrize("icmp_type", ["port-unreachable", "admin-prohibited"])
+def test_nat_answering_syns_with_icmp_is_told_apart_from_rst(icmp_type):
+    """The kernel reports an ICMP port unreachable to connect() exactly like a RST
+    (ECONNREFUSED); the server's IP_RECVERR error queue tells them apart."""
+    nat = CATALOGUE["port-restricted-drop"]
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=nat)})) as lab:
+        lab.exec(lab.nat_node("a"), ["nft", "insert", "rule", "ip", "stunturn_lab", "input", "iifname", "wan0",
+                                     "meta", "l4proto", "tcp", "ct", "state", "new", "reject", "with", "icmp",
+                                     "type", icmp_type], check=True)
+        rc, got = probe(lab, serve(lab))
+        assert got["tcp"]["unsolicited_syn"] == "icmp"
+        assert got["tcp"]["filtering"] == "address-and-port-dependent"
+        assert got["udp"]["filtering"] == "address-and-port-dependent" and rc == 0

@@ -139,3 +139,17 @@ def test_pcap_holds_the_probe_packets(server, tmp_path):
     ports = {p.sport for p in packets if p.haslayer("UDP")} | {p.dport for p in packets if p.haslayer("UDP")}
     primary = next(e for e in server.stun_endpoints if e["role"] == "primary")["port"]
     assert primary in ports and len(packets) >= 10
+
+
+def test_without_alternate_address_it_says_what_it_could_not_decide():
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0))
+    try:
+        r = run_probe(handle.http_url)
+    finally:
+        handle.stop()
+    j = r.to_json()
+    assert j["udp"]["mapping"] == "no-nat"  # decided from the primary alone
+    assert j["udp"]["filtering"] is None and "alternate" in j["udp"]["evidence"]["filtering"]["reason"]
+    assert {u["field"] for u in j["undetermined"]} >= {"udp.filtering"}
+    assert j["status"] == "partial" and r.exit_code == 3
+    assert any("alternate" in n for n in j["notes"])
