@@ -62,9 +62,8 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         verdicts = {
             "mapping": mapping,
             "filtering": C.classify_filtering(o, ep),
-            "port_preservation": C.Verdict(preserved, "the primary mapping kept the local port"
-                                           if preserved else "the primary mapping changed the local port",
-                                           ["map.primary"]),
+            "port_preservation": C.Verdict(preserved, f"local port {udp.locals['map'][1]} was mapped to port "
+                                                      f"{x1[1]}", ["map.primary"]),
             "port_allocation": alloc,
             "hairpin": C.classify_hairpin(o),
             "mapping_moves_on_unsolicited": C.classify_unsolicited(o, mapping.value),
@@ -124,8 +123,8 @@ def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
         alloc = _na("no NAT allocates ports")
     result.tcp = {
         "mapping": mapping,
-        "port_preservation": C.Verdict(preserved, "STUN over TCP from the mapping test's local port",
-                                       ["tcp.map.primary"]),
+        "port_preservation": C.Verdict(preserved, f"local port {local[1]} was mapped to port "
+                                                  f"{x1[1] if x1 else '?'} (STUN over TCP)", ["tcp.map.primary"]),
         "port_allocation": alloc,
         "filtering": filt,
         "unsolicited_syn": syn,

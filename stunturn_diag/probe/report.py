@@ -16,6 +16,12 @@ _RFC = {
     "unsolicited_syn": "Unsolicited inbound SYN (RFC 5382 7.1)",
     "simultaneous_open": "TCP simultaneous open (RFC 5382 7.2)",
 }
+_RFC_TCP = {
+    "mapping": "Mapping behaviour (RFC 5382 4.1)",
+    "filtering": "Filtering behaviour (RFC 5382 4.3)",
+    "port_preservation": "Port preservation (RFC 5382 4.1)",
+    "port_allocation": "Port allocation across new mappings (RFC 5382 4.1)",
+}
 
 
 def _val(v) -> str:
@@ -84,13 +90,13 @@ def render(r: ProbeResult) -> str:
         for name, v in r.udp.items():
             out.append(f"  {_RFC.get(name, name)}: {_val(v.value) if v.applicable else 'not applicable'}")
             out.append(f"      {v.reason}")
-        if r.udp_extra.get("predicted_next_port"):
-            out.append(f"      next port predicted: {r.udp_extra['predicted_next_port']}")
+            if name == "port_allocation" and r.udp_extra.get("predicted_next_port"):
+                out.append(f"      next port predicted: {r.udp_extra['predicted_next_port']}")
     if r.tcp_ran and r.tcp:
         out.append("")
         out.append("TCP")
         for name, v in r.tcp.items():
-            out.append(f"  {_RFC.get(name, name.replace('_', ' ').capitalize() + ' (RFC 5382)')}: "
+            out.append(f"  {_RFC_TCP.get(name) or _RFC.get(name, name)}: "
                        f"{_val(v.value) if v.applicable else 'not applicable'}")
             out.append(f"      {v.reason}")
     if r.layers and r.layers.get("count"):
