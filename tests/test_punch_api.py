@@ -59,9 +59,11 @@ def test_initiator_and_receiver_get_connected_authenticated_channels(server):
 
 def test_receiver_without_initiator_returns_at_once(server):
     start = time.monotonic()
-    with pytest.raises(NoInitiatorWaiting):
+    with pytest.raises(PunchError) as err:
         receive(server, KEY)
     assert time.monotonic() - start < 5
+    assert err.value.reason == "no-initiator"
+    assert isinstance(err.value.__cause__, NoInitiatorWaiting)
 
 
 def test_receiver_wait_keeps_checking_in_until_the_initiator_comes(server):
@@ -122,7 +124,9 @@ def test_initiator_gives_up_after_its_own_timeout():
 
     handle = start_server(ServerConfig(http_port=0, stun_port=0, wait_timeout=0.3))
     try:
-        with pytest.raises(PairingTimeout):
+        with pytest.raises(PunchError) as err:
             initiate(handle.http_url, KEY, "127.0.0.1", pair_timeout=0.8)
+        assert err.value.reason == "pairing-timeout"
+        assert isinstance(err.value.__cause__, PairingTimeout)
     finally:
         handle.stop()

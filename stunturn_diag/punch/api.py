@@ -13,7 +13,9 @@ The counterpart of the original Go library's ``GetTCPPeer``/``GetClientPeer`` +
     conn = result.connection   # UdpChannel (send/recv datagrams) or socket.socket (TCP stream)
 
 Both raise :class:`PunchError` (``.reason``, ``.attempts``) when no authenticated
-channel results, or a :class:`SignalingError` subclass when pairing itself fails.
+channel results, pairing included (``reason`` ``no-initiator``, ``pairing-timeout``,
+``pairing-conflict``, ``server-unreachable``...; the :class:`SignalingError` is the
+``__cause__``). Only invalid arguments raise :class:`ConfigError`, before any I/O.
 Steps on each side: ask the server for its STUN endpoint, learn the
 server-reflexive address from the socket that will punch (keeping it alive), send
 it with local addresses and the NAT profile, get matched, derive the same plan as
@@ -37,6 +39,8 @@ from .decision import Plan, decide, profile_from_details
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
+#: PunchError.reason for pairing failures (signaling error code -> reason)
+_PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 
 
 @dataclass
@@ -308,6 +312,14 @@ class _Side:
         self._say(f"NAT profile: {profile}")
 
     def run(self) -> PunchResult:
+        try:
+            return self._run()
+        except SignalingError as exc:
+            # one exception type for library users; the signaling error stays the cause
+            raise PunchError(exc.message, hint=exc.hint,
+                             reason=_PAIRING_REASONS.get(exc.code, exc.code)) from exc
+
+    def _run(self) -> PunchResult:
         try:
             if self.opts.probe and not self.profile:
                 self._quick_probe()
