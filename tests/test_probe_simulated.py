@@ -111,6 +111,8 @@ def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=Non
             eng.add(p)
         for name, sock, tid in plan.take_passive():
             eng.expect(name, sock, tid)
+        for tid in plan.take_cancelled():
+            eng.cancel(tid)
 
     now = 0.0
     for p in plan.start(now):

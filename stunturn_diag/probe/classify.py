@@ -205,7 +205,7 @@ def classify_lifetime(o: dict[str, Outcome], schedule: list[float]) -> Verdict:
     alive, dead = [], []
     for i, t in enumerate(schedule):
         y = o.get(f"life.y{i}")
-        if y is None:
+        if y is None or y.status not in ("answered", "no-reply"):
             continue
         (alive if y.answered else dead).append(t)
     if not alive and not dead:

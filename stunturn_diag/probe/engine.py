@@ -65,7 +65,7 @@ class Outcome:
     sock: str
     dest: Address | None
     tid: bytes
-    status: str = "pending"  # pending | answered | no-reply
+    status: str = "pending"  # pending | answered | no-reply | cancelled
     attempts: int = 0
     first_sent: float | None = None
     sent_at: list[float] = field(default_factory=list)
@@ -187,6 +187,14 @@ class Engine:
         out = Outcome(name, sock, None, tid, passive=True)
         self._outcomes[tid] = out
         return out
+
+    def cancel(self, tid: bytes) -> bool:
+        """Stop a pending transaction (its outcome reads "cancelled"); False if not pending."""
+        tx = self._pending.pop(tid, None)
+        if tx is None:
+            return False
+        tx.outcome.status = "cancelled"
+        return True
 
     def on_packet(self, tid: bytes, now: float, *, message: Any = None,
                   source: Address | None = None, sock: str | None = None) -> Outcome | None:

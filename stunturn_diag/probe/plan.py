@@ -61,6 +61,8 @@ class UdpPlan:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _passive: list[tuple[str, str, bytes]] = field(default_factory=list)
+    _cancel: list[bytes] = field(default_factory=list)
+    _life_y: dict[int, bytes] = field(default_factory=dict)
     _srtt: float | None = None
     _hair_started: bool = False
     #: True once the serial allocation phase is over (other mappings may now interleave)
@@ -83,6 +85,11 @@ class UdpPlan:
     def take_passive(self) -> list[tuple[str, str, bytes]]:
         """Transaction IDs sent as preludes that the engine must also watch for."""
         out, self._passive = self._passive, []
+        return out
+
+    def take_cancelled(self) -> list[bytes]:
+        """Transaction IDs that are no longer worth sending (the engine drops them)."""
+        out, self._cancel = self._cancel, []
         return out
 
     def set_srtt(self, srtt: float | None) -> None:
@@ -122,8 +129,14 @@ class UdpPlan:
             i = int(name[6:])
             t = lifetime_schedule(self.lifetime_max or 0)[i]
             mapped = out.message.mapped_address
-            return [self._probe(f"life.y{i}", f"life-y{i}", self.endpoints.primary,
-                                not_before=out.replied_at + t, response_port=mapped[1], patience=0)]
+            p = self._probe(f"life.y{i}", f"life-y{i}", self.endpoints.primary,
+                            not_before=out.replied_at + t, response_port=mapped[1], patience=0)
+            self._life_y[i] = p.tid
+            return [p]
+        if name.startswith("life.y") and out.status == "no-reply":
+            # expired by t_i: every later probe would only confirm it (RFC 5780 4.6 bracket)
+            i = int(name[6:])
+            self._cancel += [tid for j, tid in self._life_y.items() if j > i]
         return []
 
     def _concurrent_phase(self, now: float) -> list[Probe]:

@@ -152,3 +152,5 @@ def _feed(plan: UdpPlan, engine: Engine, out: Outcome, now: float) -> None:
         engine.add(p)
     for name, sock, tid in plan.take_passive():
         engine.expect(name, sock, tid)
+    for tid in plan.take_cancelled():
+        engine.cancel(tid)
