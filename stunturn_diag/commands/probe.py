@@ -13,7 +13,8 @@ import click
 from ._common import emit_json, progress
 
 
-@click.command("probe")
+@click.command("probe", epilog="Exit status: 0 diagnosed, 3 partially diagnosed (see 'undetermined'), "
+                                "4 could not reach the server, 1 error, 2 usage error.")
 @click.argument("server", required=False)
 @click.option("--stun", "stun", metavar="HOST:PORT",
               help="Use any RFC 5780 STUN server (e.g. coturn) instead of our server; UDP tests only.")
