@@ -14,17 +14,25 @@ import pytest
 from click.testing import CliRunner
 
 from stunturn_diag.cli import main
-from stunturn_server.config import ServerConfig
-from stunturn_server.runner import start_server
 
 KEY = "cli-test-key-1"
 
 
 @pytest.fixture
 def server():
-    handle = start_server(ServerConfig(http_port=0, stun_port=0, wait_timeout=10))
-    yield handle.http_url
-    handle.stop()
+    """The server in its own process: an in-process gevent hub may reap our CLI
+    children first, and Popen then reports exit status 0 for them."""
+    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0",
+                             "--stun-port", "0", "--wait-timeout", "10", "--json",
+                             "--log-level", "WARNING"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("{"), proc.stderr.read()
+        yield json.loads(line)["http_url"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def cli(url, *args, stdin=subprocess.DEVNULL, key=KEY):
