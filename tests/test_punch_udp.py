@@ -34,6 +34,8 @@ def punch_pair(key_a="shared-key-1", key_b="shared-key-1", **kw):
                                  deadline=time.monotonic() + kw.get("timeout", 3.0),
                                  keepalive_interval=kw.get("keepalive", 1.0),
                                  peer_timeout=kw.get("peer_timeout", 8.0))
+            if kw.get("send_at_once"):
+                res[name].send(f"first from {role}".encode())
         except PunchError as exc:
             res[name] = exc
 
@@ -69,6 +71,18 @@ def test_punched_channels_carry_authenticated_datagrams_both_ways():
         assert b.recv(2) == b"ping"
         b.send(b"pong")
         assert a.recv(2) == b"pong"
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_data_sent_the_moment_a_side_is_ready_is_not_lost(round_):
+    # one side may still be confirming the handshake when the other's data arrives
+    a, b = punch_pair(send_at_once=True)
+    try:
+        assert a.recv(2) == b"first from receiver"
+        assert b.recv(2) == b"first from initiator"
     finally:
         a.close()
         b.close()

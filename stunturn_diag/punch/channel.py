@@ -34,7 +34,8 @@ class UdpChannel:
 
     def __init__(self, sock: socket.socket, peer: Address, handshake: Handshake, *,
                  keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
-                 clock=time.monotonic, extra_sockets: list[socket.socket] | None = None) -> None:
+                 clock=time.monotonic, extra_sockets: list[socket.socket] | None = None,
+                 pending: list[tuple[bytes, Address]] | None = None) -> None:
         self.sock = sock
         self.peer_address = peer
         self.local_address: Address = sock.getsockname()[:2]
@@ -53,6 +54,9 @@ class UdpChannel:
         self.lost = False
         self.closed = False
         self.foreign = 0
+        # frames that arrived while the punch loop was still confirming
+        for data, src in pending or []:
+            self._handle(data, src)
         self._thread = threading.Thread(target=self._service, name="stunturn-udp-channel",
                                         daemon=True)
         self._thread.start()
@@ -149,25 +153,27 @@ class UdpChannel:
                 return
             except OSError:
                 continue  # ICMP error queued on the socket
-            src = src[:2]
-            if src != self.peer_address or not is_handshake(data):
-                self.foreign += 1
-                continue
-            if data[5] in (Kind.HELLO, Kind.PROOF):
-                out = self.handshake.handle(data)   # the peer still finishing its handshake
-                if out.accepted and out.reply is not None:
-                    try:
-                        self.sock.sendto(out.reply, src)
-                    except OSError:
-                        pass
-                continue
-            frame = self.session.open(data)
-            if frame is None:
-                continue
-            kind, payload = frame
-            self.last_rx = self._clock()
-            if kind is Kind.DATA:
-                self._inbox.put(payload)
-            elif kind in (Kind.FIN, Kind.BYE) and not self.peer_eof:
-                self.peer_eof = True
-                self._inbox.put(_EOF)
+            self._handle(data, src[:2])
+
+    def _handle(self, data: bytes, src: Address) -> None:
+        if src != self.peer_address or not is_handshake(data):
+            self.foreign += 1
+            return
+        if data[5] in (Kind.HELLO, Kind.PROOF):
+            out = self.handshake.handle(data)   # the peer still finishing its handshake
+            if out.accepted and out.reply is not None:
+                try:
+                    self.sock.sendto(out.reply, src)
+                except OSError:
+                    pass
+            return
+        frame = self.session.open(data)
+        if frame is None:
+            return
+        kind, payload = frame
+        self.last_rx = self._clock()
+        if kind is Kind.DATA:
+            self._inbox.put(payload)
+        elif kind in (Kind.FIN, Kind.BYE) and not self.peer_eof:
+            self.peer_eof = True
+            self._inbox.put(_EOF)

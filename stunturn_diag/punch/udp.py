@@ -20,7 +20,7 @@ import time
 
 from .. import stun
 from ..errors import AuthenticationError, PunchError
-from .auth import Handshake, Role
+from .auth import FRAME_KINDS, Handshake, Role, kind_of
 from .channel import UdpChannel
 from .engine import Send, UdpPunchEngine
 
@@ -219,6 +219,7 @@ class UdpRendezvous:
         for s in socks:
             s.setblocking(False)
         errors: dict = {}
+        pending: list = []
         confirm_until: float | None = None
         while True:
             now = time.monotonic()
@@ -250,6 +251,9 @@ class UdpRendezvous:
                         break
                     except OSError:
                         continue
+                    if engine.complete and kind_of(data) in FRAME_KINDS:
+                        pending.append((data, src[:2]))   # the peer already sends data
+                        continue
                     for item in engine.receive(data, src[:2], time.monotonic(), sock=idx):
                         self._send(item, errors)
         chosen = self._sock_for(engine.peer_sock)
@@ -261,7 +265,7 @@ class UdpRendezvous:
         self._extra = []
         self._handed_over = True
         channel = UdpChannel(chosen, engine.peer, hs, keepalive_interval=keepalive_interval,
-                             peer_timeout=peer_timeout)
+                             peer_timeout=peer_timeout, pending=pending)
         if channel.local_address[0] in ("0.0.0.0", "::"):
             src = route_source_ip(engine.peer, self.family)
             if src:
