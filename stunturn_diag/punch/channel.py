@@ -63,6 +63,9 @@ class UdpChannel:
 
     # -- user API -------------------------------------------------------------------
     def send(self, data: bytes) -> None:
+        """Send one datagram (empty ones are skipped: ``recv`` uses ``b""`` for end of data)."""
+        if not data:
+            return
         if len(data) > MAX_PAYLOAD:
             raise ValueError(f"datagram payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
         if self.lost:

@@ -183,16 +183,18 @@ class UdpRendezvous:
 
     def _send(self, item: Send, errors: dict) -> None:
         sock = self._sock_for(item.sock)
+        level, option = ((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS)
+                         if self.family == socket.AF_INET6 else (socket.IPPROTO_IP, socket.IP_TTL))
         try:
             if item.ttl:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, item.ttl)
+                sock.setsockopt(level, option, item.ttl)
             sock.sendto(item.data, item.dst)
         except OSError as exc:
             key = f"{item.dst[0]}:{item.dst[1]}"
             errors[key] = errno.errorcode.get(exc.errno or 0, str(exc))
         finally:
             if item.ttl:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+                sock.setsockopt(level, option, -1 if level == socket.IPPROTO_IPV6 else 64)
 
     def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
               prime_ttl: int | None = 2, strategy: str = "simultaneous", key: str | bytes = "",
