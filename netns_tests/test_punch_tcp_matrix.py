@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -64,11 +65,16 @@ def theory(a: str, b: str) -> bool:
 
 
 def run_tcp_pair(lab, host_a: str, host_b: str, *, timeout: float,
-                 extra_a: list[str] = (), extra_b: list[str] = ()) -> tuple[dict, dict]:
-    """Run the selftest driver in both hosts (a = initiator); both JSON results."""
+                 extra_a: list[str] = (), extra_b: list[str] = (),
+                 unprivileged: bool = False) -> tuple[dict, dict]:
+    """Run the selftest driver in both hosts (a = initiator); both JSON results.
+
+    ``unprivileged``: drop CAP_NET_ADMIN (no TCP_REPAIR: kernel-chosen ISNs).
+    """
     start_server(lab)
     with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
-        base = [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
+        drop = ["setpriv", "--bounding-set", "-net_admin"] if unprivileged else []
+        base = drop + [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
                 "--stun", f"{lab.server_ip}:{STUN_PORT}", "--timeout", str(timeout)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         pa = lab.popen(host_a, base + ["--role", "initiator", "--name", "a", "--peer", "b",
@@ -93,8 +99,8 @@ def _predict_args(peer_nat: str) -> list[str]:
 
 
 def assert_connected(ra: dict, rb: dict) -> None:
-    assert ra["ok"] and rb["ok"], (ra, rb)
-    assert ra["got"] == "hello from b" and rb["got"] == "hello from a", (ra, rb)
+    assert ra["ok"] and rb["ok"], json.dumps([ra, rb])
+    assert ra["got"] == "hello from b" and rb["got"] == "hello from a", json.dumps([ra, rb])
     # both ends describe the same connection
     assert ra["local_addr"][1] == ra["local_port"] and rb["local_addr"][1] == rb["local_port"]
 
@@ -151,3 +157,17 @@ def test_tcp_punch_through_carrier_grade_nat_needs_one_more_ttl():
                               extra_a=["--prime-ttl", "3"])
         assert_connected(ra, rb)
         assert rb["peer_addr"][0] == lab.site_public_ip("a"), rb
+
+
+@pytest.mark.parametrize("a,b", [("port-restricted", "port-restricted"),
+                                 ("full-cone", "restricted-cone-rst"),
+                                 ("port-restricted-drop", "eim-no-preservation"),
+                                 ("symmetric-random", "full-cone")])
+def test_tcp_punch_without_cap_net_admin(a, b):
+    """Without TCP_REPAIR the ISNs are the kernel's: the full-TTL SYN follows the
+    prime's ICMP at once (within conntrack's window) and refused rounds repeat."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
+    with Lab(LabSpec.simple(a, b)) as lab:
+        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT, unprivileged=True)
+        assert_connected(ra, rb)

@@ -118,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     out.update(connect_s=round(time.monotonic() - t1, 3),
                peer_addr=list(sock.getpeername()), local_addr=list(sock.getsockname()))
     try:
-        sent, got = _echo(sock, args.role, args.name, time.monotonic() + 5)
+        sent, got = _echo(sock, args.role, args.name, time.monotonic() + 10)
         out.update(ok=got == f"hello from {args.peer}\n".encode(), sent=sent.decode().strip(),
-                   got=got.decode(errors="replace").strip(), stage="echo")
+                   got=got.decode(errors="replace").strip(), stage="echo",
+                   echo_s=round(time.monotonic() - t1 - out["connect_s"], 3))
     except OSError as exc:
-        out.update(ok=False, stage="echo", reason="echo-failed", message=str(exc))
+        out.update(ok=False, stage="echo", reason="echo-failed",
+                   message=f"{type(exc).__name__}: {exc}")
     finally:
         sock.close()
         rv.close()
