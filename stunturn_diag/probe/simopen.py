@@ -18,7 +18,7 @@ import time
 
 from ..errors import SignalingError, StunDecodeError
 from .endpoints import Address, Endpoints
-from .tcp import TcpRun, _free_port, _reuse_socket, stun_tcp
+from .tcp import TcpRun, free_port, reuse_socket, stun_tcp
 
 
 def _checksum(data: bytes) -> int:
@@ -95,8 +95,8 @@ def _simopen_once(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_si
     if ":" in local_ip:
         info["skipped"] = "IPv4 only"
         return
-    local = _free_port(local_ip)
-    conn = _reuse_socket(local)
+    local = free_port(local_ip)
+    conn = reuse_socket(local)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     try:
         raw.bind((local_ip, 0))

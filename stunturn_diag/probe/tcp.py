@@ -63,7 +63,7 @@ class TcpRun:
         return min(self.rtts) / 2 if self.rtts else None  # connect + one STUN exchange ~ 2 RTT
 
 
-def _reuse_socket(local: Address) -> socket.socket:
+def reuse_socket(local: Address) -> socket.socket:
     fam = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,8 +103,8 @@ def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
     return msg.mapped_address
 
 
-def _free_port(local_ip: str) -> Address:
-    s = _reuse_socket((local_ip, 0))
+def free_port(local_ip: str) -> Address:
+    s = reuse_socket((local_ip, 0))
     addr = s.getsockname()[:2]
     s.close()
     return addr
@@ -124,7 +124,7 @@ def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float = TCP
     the mapping test, and its connection is kept open until then."""
     started = time.monotonic()
     for i in range(count):
-        s = _reuse_socket((local_ip, 0))
+        s = reuse_socket((local_ip, 0))
         local = s.getsockname()[:2]
         t = time.monotonic()
         try:
@@ -155,7 +155,7 @@ def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
             run._keep.close()
             run._keep = None
         return
-    socks = {r: _reuse_socket(run.local_map) for r in roles}
+    socks = {r: reuse_socket(run.local_map) for r in roles}
 
     def one(role: str) -> None:
         try:
@@ -205,11 +205,11 @@ _OUTCOME_RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, 
 
 def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: float,
                     connect_timeout_ms: int, loss_seen=None) -> None:
-    local = _free_port(local_ip)
+    local = free_port(local_ip)
     run.filt_local = local
-    listener = _reuse_socket(local)
+    listener = reuse_socket(local)
     listener.listen(8)
-    conn = _reuse_socket(local)
+    conn = reuse_socket(local)
     stop = threading.Event()
     token = secrets.token_bytes(8)
     t = threading.Thread(target=_accept_loop, args=(listener, stop, run.accepted, token), daemon=True)
