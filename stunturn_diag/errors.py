@@ -95,15 +95,20 @@ class ProbeError(StunturnError):
 
 
 class PunchError(StunturnError):
-    """Hole punching failed; ``reason`` names the cause, ``attempts`` each attempt's failure."""
+    """Hole punching failed.
+
+    ``reason`` names the cause, ``attempts`` each attempt's failure, and
+    ``context`` what was known when it failed (protocol, role, match id, strategy).
+    """
 
     code = "punch-failed"
 
     def __init__(self, message: str, *, hint: str | None = None, reason: str = "failed",
-                 attempts: list[dict] | None = None) -> None:
+                 attempts: list[dict] | None = None, context: dict | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
         self.attempts = attempts or []
+        self.context = context or {}
 
 
 class AuthenticationError(PunchError):
