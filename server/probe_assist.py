@@ -116,9 +116,10 @@ def parse_request(body: dict) -> tuple[int, list[str], int, int, bytes]:
             or not MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS):
         raise ValueError(f"timeout_ms must be a number {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
     token = body.get("token", "")
-    if not isinstance(token, str) or len(token) > 32 or any(c not in "0123456789abcdef" for c in token):
-        raise ValueError("token must be at most 32 lowercase hex characters")
-    return port, sources, attempts, int(timeout_ms), bytes.fromhex(token) if len(token) % 2 == 0 else b""
+    if (not isinstance(token, str) or len(token) > 32 or len(token) % 2
+            or any(c not in "0123456789abcdef" for c in token)):
+        raise ValueError("token must be an even number (at most 32) of lowercase hex characters")
+    return port, sources, attempts, int(timeout_ms), bytes.fromhex(token)
 
 
 def _icmp_error(sock) -> dict | None:

@@ -73,7 +73,7 @@ def test_closed_port_reads_as_rst(client):
     {}, {"port": 0}, {"port": 70000}, {"port": "80"}, {"port": True},
     {"port": 80, "from": ["elsewhere"]}, {"port": 80, "from": []}, {"port": 80, "from": ["alt-ip", "alt-ip"]},
     {"port": 80, "attempts": 4}, {"port": 80, "attempts": 0}, {"port": 80, "timeout_ms": 10},
-    {"port": 80, "timeout_ms": 60000}, {"port": 80, "token": "XYZ"}, {"port": 80, "token": "a" * 40},
+    {"port": 80, "timeout_ms": 60000}, {"port": 80, "token": "XYZ"}, {"port": 80, "token": "a" * 40}, {"port": 80, "token": "abc"},
     {"port": 80, "target": "192.0.2.1"},
 ])
 def test_bad_requests_are_400_and_send_nothing(client, body):
