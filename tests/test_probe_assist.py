@@ -150,3 +150,19 @@ def test_icmp_error_is_read_from_the_error_queue():
     err = probe_assist._icmp_error(s)
     s.close()
     assert err is not None and err["type"] == 3 and err["code"] == 3
+
+
+def test_random_bodies_never_500(clock):
+    import random
+    app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
+                                  extra={"probe_assist_burst": 1000}), clock=clock)
+    c = app.test_client()
+    rng = random.Random(7)
+    values = [None, True, -1, 0, 1, 65536, 3.5, "x", "", [], ["alt-ip"], {}, "ab" * 20, 10 ** 30]
+    keys = ["port", "from", "attempts", "timeout_ms", "token", "delay_ms", "junk"]
+    for _ in range(300):
+        body = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 4))}
+        for path in ("/v1/probe/tcp-connect", "/v1/probe/tcp-simopen"):
+            r = c.post(path, json=body)
+            assert r.status_code in (200, 400, 429, 503), (path, body, r.json)
+            assert "error" in r.json or "target" in r.json
