@@ -273,3 +273,42 @@ def test_learn_mapping_from_a_silent_server_times_out():
     silent.close()
     assert info.value.reason == "stun-failed"
     assert "no STUN Binding response" in info.value.message
+
+
+def _poll(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_keepalive_refreshes_the_binding_until_punch(stun_service):
+    primary = stun_service.endpoints[0]
+    rv = TcpRendezvous(LO)
+    try:
+        rv.learn_mapping((primary.ip, primary.port), 3.0)
+        before = stun_service.stats["requests"]
+        rv.start_keepalive(interval=0.05)
+        assert _poll(lambda: stun_service.stats["requests"] >= before + 3, 5.0)
+        assert rv.keepalive_error is None
+        thread = rv._keepalive
+        with pytest.raises(PunchError):
+            rv.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 0.2)
+        assert _poll(lambda: not thread.is_alive(), 5.0)  # punch stopped it
+    finally:
+        rv.close()
+
+
+def test_keepalive_stops_quietly_when_the_server_goes(stun_service):
+    primary = stun_service.endpoints[0]
+    rv = TcpRendezvous(LO)
+    try:
+        rv.learn_mapping((primary.ip, primary.port), 3.0)
+        rv.start_keepalive(interval=0.05)
+        stun_service.stop()
+        assert _poll(lambda: rv.keepalive_error is not None, 5.0)
+        assert "STUN" in rv.keepalive_error
+    finally:
+        rv.close()

@@ -89,18 +89,22 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
+import threading
 
 from ..errors import ConfigError, PunchError
 from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
                          STRATEGY_SIMULTANEOUS, PunchLoop)
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
-from .tcp_stun import tcp_binding
+from .tcp_stun import tcp_binding, tcp_refresh
 
 Address = tuple[str, int]
 
 #: TTL of the priming SYN: dies at the first router after our NAT (see module doc)
 DEFAULT_PRIME_TTL = 2
+#: seconds between Binding refreshes on the kept STUN connection (the server closes
+#: TCP clients idle for 30 s) and the most refreshes one rendezvous sends
+KEEPALIVE_INTERVAL = 10.0
+KEEPALIVE_MAX = 60
 #: most local candidates offered (the signaling API takes up to 8)
 MAX_LOCAL_CANDIDATES = 8
 #: private / shared / link-local space (RFC 1918, RFC 6598, RFC 3927): such candidates
@@ -141,7 +145,12 @@ class TcpRendezvous:
         self.local_port: int = self._listener.getsockname()[1]
         self.mapped: Address | None = None
         self._stun: socket.socket | None = None
+        self._stun_server: Address | None = None
         self._punched = False
+        self._keepalive: threading.Thread | None = None
+        self._stop = threading.Event()
+        #: why the keepalive stopped early (None while fine)
+        self.keepalive_error: str | None = None
 
     # -- before signaling ----------------------------------------------------
 
@@ -149,17 +158,61 @@ class TcpRendezvous:
         """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
         self._check_open()
         host = _ipv4(stun_server[0], "STUN server")
+        self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
             self._stun = None
         sock = shared_port_socket(self.local_ip, self.local_port)
+        server = (host, int(stun_server[1]))
         try:
-            self.mapped = tcp_binding(sock, (host, int(stun_server[1])), timeout)
+            self.mapped = tcp_binding(sock, server, timeout)
         except BaseException:
             sock.close()
             raise
-        self._stun = sock
+        self._stun, self._stun_server = sock, server
         return self.mapped
+
+    def start_keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> None:
+        """Refresh the Binding on the kept STUN connection every ``interval`` seconds.
+
+        Keeps the connection (and so the NAT mapping) busy while the signaling wait
+        goes on; at most :data:`KEEPALIVE_MAX` refreshes, stopped by :meth:`punch`
+        and :meth:`close`. A failure ends it quietly (``keepalive_error``).
+        """
+        if self._stun is None or self._keepalive is not None:
+            return
+        self._stop.clear()
+        self._keepalive = threading.Thread(target=self._refresh_loop, args=(interval,),
+                                           name="tcp-stun-keepalive", daemon=True)
+        self._keepalive.start()
+
+    def _refresh_loop(self, interval: float) -> None:
+        sock, server = self._stun, self._stun_server
+        for _ in range(KEEPALIVE_MAX):
+            if self._stop.wait(interval) or sock is None or server is None:
+                return
+            try:
+                mapped = tcp_refresh(sock, server, min(interval, 5.0))
+            except PunchError as exc:
+                self.keepalive_error = exc.message
+                return
+            if mapped != self.mapped:
+                self.keepalive_error = (f"the mapping changed from {self.mapped} to {mapped}")
+                return
+
+    def _stop_keepalive(self, wait: bool = True) -> None:
+        """Stop refreshing; ``wait`` also wakes an in-flight refresh and joins the thread."""
+        thread, self._keepalive = self._keepalive, None
+        if thread is None:
+            return
+        self._stop.set()
+        if wait:
+            if self._stun is not None:
+                try:
+                    self._stun.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv
+                except OSError:
+                    pass
+            thread.join(timeout=2.0)
 
     def local_candidates(self) -> list[tuple[str, int]]:
         """Host addresses with our port (for a peer on the same LAN), best first."""
@@ -203,10 +256,11 @@ class TcpRendezvous:
                              hint="the peer must send IPv4 srflx/local addresses",
                              attempts=skipped)
         self._punched = True
+        self._stop_keepalive(wait=False)  # the punch does not touch the STUN socket
         loop = PunchLoop((self.local_ip, self.local_port), self._listener, candidates,
                          role=role, deadline=deadline, prime_ttl=prime_ttl or None,
                          strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
-                         else STRATEGY_SIMULTANEOUS)
+                         else STRATEGY_SIMULTANEOUS, label=str(strategy))
         try:
             return loop.run()
         except PunchError as exc:
@@ -246,7 +300,8 @@ class TcpRendezvous:
             raise ConfigError("this TcpRendezvous is closed")
 
     def close(self) -> None:
-        """Close the STUN connection and the listener (an returned punched socket stays open)."""
+        """Close the STUN connection and the listener (a returned punched socket stays open)."""
+        self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
             self._stun = None

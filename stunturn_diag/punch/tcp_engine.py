@@ -83,7 +83,8 @@ class PunchLoop:
     """One punch run; ``run()`` returns the nominated socket or raises PunchError."""
 
     def __init__(self, local: Address, listener: socket.socket, candidates: list[Address], *,
-                 role: str, deadline: float, prime_ttl: int | None, strategy: str) -> None:
+                 role: str, deadline: float, prime_ttl: int | None, strategy: str,
+                 label: str | None = None) -> None:
         self.local = local
         self.listener = listener
         self.candidates = [_Candidate(c) for c in candidates]
@@ -91,6 +92,8 @@ class PunchLoop:
         self.deadline = deadline
         self.prime_ttl = prime_ttl
         self.strategy = strategy
+        #: the caller's strategy name, reported in ``attempts``
+        self.label = label or strategy
         self.conns: list[_Conn] = []
         self.conn_errors: list[str] = []
         self.accepted = 0
@@ -307,9 +310,9 @@ class PunchLoop:
         for cand in self.candidates:
             errs = ", ".join(f"{k} x{v}" for k, v in sorted(cand.errors.items())) or "no answer"
             out.append({"candidate": f"{cand.address[0]}:{cand.address[1]}",
-                        "strategy": self.strategy, "error": errs, "connects": cand.connects})
+                        "strategy": self.label, "error": errs, "connects": cand.connects})
         for text in self.conn_errors:
-            out.append({"candidate": text.split(" ", 1)[0], "strategy": self.strategy,
+            out.append({"candidate": text.split(" ", 1)[0], "strategy": self.label,
                         "error": text})
         return out
 

@@ -39,12 +39,23 @@ def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address
     one response, within ``timeout`` seconds. Leaves ``sock`` connected and
     non-blocking. Raises :class:`PunchError` (reason ``stun-failed``).
     """
+    return _transaction(sock, server, timeout, connect=True)
+
+
+def tcp_refresh(sock: socket.socket, server: Address, timeout: float) -> Address:
+    """One more Binding transaction on the already connected ``sock`` (keeps it busy)."""
+    return _transaction(sock, server, timeout, connect=False)
+
+
+def _transaction(sock: socket.socket, server: Address, timeout: float, *,
+                 connect: bool) -> Address:
     deadline = time.monotonic() + timeout
     where = f"{server[0]}:{server[1]}"
     request = binding_request(software="stunturn-diag")
     try:
         sock.settimeout(timeout)
-        sock.connect(server)
+        if connect:
+            sock.connect(server)
         sock.sendall(encode(request, fingerprint=True))
         header = _recv_exact(sock, HEADER_LENGTH, deadline)
         body = _recv_exact(sock, message_length(header) - HEADER_LENGTH, deadline)
