@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from server.config import ServerConfig
+from stunturn_server.config import ServerConfig
 from stunturn_diag.errors import ConfigError, PunchError
 from stunturn_diag.punch import tcp_engine
 from stunturn_diag.punch.tcp import DEFAULT_PRIME_TTL, TcpRendezvous
@@ -222,7 +222,7 @@ def test_default_prime_ttl_and_pin_probe():
 
 @pytest.fixture
 def stun_service():
-    from server.stun.service import start_stun_service
+    from stunturn_server.stun.service import start_stun_service
     service = start_stun_service(ServerConfig(http_host=LO, stun_port=0, alt_port=0))
     yield service
     service.stop()

@@ -35,6 +35,9 @@ MAX_CONNECTS = 40
 NOMINATE = b"STDTCPN1"
 READY = b"STDTCPR1"
 NOMINATE_ACK = b"STDTCPA1"
+#: most connections waiting for the nomination exchange (accepted strangers beyond
+#: this are closed at once)
+MAX_PENDING = 32
 #: the longest single select() wait (the loop also wakes on every event)
 _TICK = 0.05
 
@@ -176,9 +179,10 @@ class PunchLoop:
         if cand.priming:
             # expected: ICMP Time Exceeded for the low TTL (EHOSTUNREACH) kills it
             cand.note(f"prime {_err_name(err)}")
-            if not self.pin:
+            if not self.pin and err not in _REFUSED:
                 # kernel ISNs: the next one must follow at once to stay in the
-                # window conntrack recorded for the prime (see module docstring)
+                # window conntrack recorded for the prime (see module docstring);
+                # a refused prime (RST) waits for the round's settle time instead
                 cand.next_connect = now
             return
         cand.note(_err_name(err))
@@ -289,8 +293,11 @@ class PunchLoop:
             except OSError as exc:
                 self.conn_errors.append(f"accept failed: {exc.strerror}")
                 return
-            sock.setblocking(False)
             self.accepted += 1
+            if len(self.conns) >= MAX_PENDING:
+                sock.close()
+                continue
+            sock.setblocking(False)
             self._established(sock, (peer[0], peer[1]), "accept")
 
     def _cleanup(self, keep: socket.socket | None) -> None:
