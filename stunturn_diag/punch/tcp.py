@@ -12,77 +12,85 @@ Usage (the punch API does this)::
 Every socket binds the same local port (SO_REUSEADDR + SO_REUSEPORT): the STUN
 connection, a listener and one connecting socket per peer candidate. An
 endpoint-independent NAT (RFC 5382 REQ-1) therefore gives the peer-facing
-connections the mapping STUN reported.
+connections the mapping STUN reported. ``start_keepalive()`` refreshes the Binding
+on the kept STUN connection while the signaling wait goes on.
 
-The sequence, per candidate, on both peers (found on Linux 6.x conntrack NAT in
-the lab; see netns_tests/test_punch_tcp_matrix.py)
+What Linux (6.x) conntrack NAT does, found with tcpdump in the lab
+(netns_tests/test_punch_tcp_matrix.py):
+
+a. An ICMP Time Exceeded for a SYN is a hard error in SYN-SENT (``EHOSTUNREACH``):
+   a low-TTL SYN's socket dies about one router RTT later; its TTL cannot just be
+   raised afterwards (unless no ICMP comes back).
+b. A NAT without an inbound firewall (plain masquerade) answers an unsolicited SYN
+   with a RST from its own stack (RFC 5382 section 7.1 allows RST or drop). The
+   RST kills the sender's socket and puts its NAT's entry in CLOSE.
+c. After our SYN opened our entry, a SYN-ACK with a *different* ISN (a listener
+   answering the peer) is INVALID at our NAT: it leaves untranslated, with the
+   private source. So is a SYN from a new socket with a different ISN once the
+   peer's SYN has passed our NAT (state SYN_SENT2) - unless the new ISN is within
+   the window the first SYN opened (64240 ISN ticks of 64 ns, about 4 ms). While
+   the entry is still SYN_SENT a *later* ISN re-initialises it.
+d. If the final ACK of a simultaneous open is lost after the peer's NAT tracked
+   it, that entry is ESTABLISHED and the peer's retransmitted SYN-ACK is INVALID
+   (untranslated): only a data segment completes the peer's SYN-RECEIVED socket.
+
+Hence the sequence, per candidate, on both peers:
 
 1. *Prime*: a socket with ``IP_TTL = prime_ttl`` connects (non-blocking). Its SYN
-   opens our NAT's mapping and conntrack entry and expires in the core network
-   before the peer's NAT, so that NAT cannot answer it with a RST (RFC 5382
-   section 7.1 allows RST for unsolicited SYNs; Linux NATs do so from their own
-   stack) or drop-and-forget it. The router's ICMP Time Exceeded comes back
-   through our NAT (RELATED) and, in SYN-SENT, is a hard error for Linux TCP
-   (``EHOSTUNREACH``): the priming socket dies. That is expected. If no ICMP comes
-   back the same socket simply continues at full TTL after :data:`SETTLE`.
-2. *Connect*: after :data:`SETTLE` seconds (which covers the start skew of the
-   two peers) a new socket connects at full TTL. Linux draws the ISN from a clock
-   (RFC 6528), so the new SYN's sequence number is *after* the priming one and
-   conntrack re-initialises the entry to it (nf_conntrack_proto_tcp: a SYN in
-   SYN_SENT with a later end re-inits the sender). A priming SYN followed by a
-   SYN-ACK or a SYN with an *earlier* ISN leaves conntrack tracking the old
-   number; the peer's answer is then INVALID and not translated: the punch fails.
-   Hence the rule: the socket that completes the handshake must be one whose own
-   SYN went out through our NAT last.
-3. When the peer's SYN reaches our NAT it matches the outbound entry (RFC 5382
-   section 4.3: filtering admits the endpoint we sent to) and lands in our
-   SYN-SENT socket: simultaneous open (RFC 9293 section 3.5, figure 8): both
-   sides send SYN-ACK, both reach ESTABLISHED. The kernel's own SYN
-   retransmissions (1 s, 3 s, ...) repeat our full-TTL SYN.
-4. A SYN from a candidate that finds none of our connecting sockets (say the
-   peer's SYN arrives before ours left) hits the listener. Answering would hurt:
-   a SYN-ACK from the listener carries a new ISN (INVALID at our NAT, see 2) and a
-   RST would kill the peer's attempt. So the listener carries a socket filter
-   (classic BPF) that silently drops segments from the candidates; the peer's
-   kernel retransmits, and by then our connecting socket is there. SYNs from
-   any *other* address are accepted normally: that is how a peer behind a
-   symmetric NAT (a different port than its STUN mapping) reaches us when our
-   NAT filters endpoint- or address-independently.
-5. A full-TTL SYN answered by RST (the peer's NAT had no entry yet: the peer
-   started later than :data:`SETTLE` allows, or its mapping is port-dependent)
-   or by ICMP unreachable: re-prime at once (the RST put our conntrack entry in
-   CLOSE) and connect again :data:`RETRY_INTERVAL` later; at most
-   :data:`MAX_CONNECTS` times per candidate and never past the deadline.
-6. Candidates (LAN addresses for peers behind the same NAT, the server-reflexive
-   address, predicted ports) are all punched in parallel, public ones first in the
-   caller's order, then private ones: each prime takes a port of a sequential NAT,
-   and two such NATs' predicted windows only meet when both sides prime them in
-   the same order with nothing in between.
-7. Nomination: the initiator sends 8 bytes NOMINATE on every connection that
-   comes up, the receiver 8 bytes READY; the receiver answers NOMINATE_ACK on the
-   first connection that delivers NOMINATE, and both return exactly that one (the
-   controlling side picks, as in ICE, RFC 8445 section 8); all others are closed.
-   This also proves the connection works both ways. READY matters: when the last
-   ACK of a simultaneous open is lost *after* the peer's NAT tracked it, that
-   conntrack entry is ESTABLISHED and marks the peer's retransmitted SYN-ACK
-   INVALID (sent on untranslated); only a data segment then completes the
-   peer's SYN-RECEIVED socket.
+   opens our mapping and conntrack entry and expires in the core network before
+   the peer's NAT, so that NAT neither RSTs it (b) nor sees it. ICMP then kills
+   the socket (a), as expected.
+2. *Pinned ISN*: with CAP_NET_ADMIN the prime and every later connect of the
+   round carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ before connect();
+   ``tcp_v4_connect`` keeps a preset send sequence), so whatever conntrack
+   recorded, our later SYN and SYN-ACK are retransmissions to it (c).
+3. *Connect*: :data:`SETTLE` seconds after the prime (covering the two peers'
+   start skew) a socket with the same ISN connects at full TTL. The peer's SYN
+   passes our NAT (RFC 5382 section 4.3: it admits the endpoint we sent to) and
+   lands in that SYN-SENT socket: simultaneous open (RFC 9293 section 3.5,
+   figure 8). The kernel retransmits our SYN (1 s, 3 s, ...) meanwhile.
+   Without CAP_NET_ADMIN (kernel ISNs, RFC 6528) the full-TTL socket instead
+   follows the prime's ICMP at once, to stay within conntrack's window (c); if
+   no ICMP comes back, the priming socket itself goes on at full TTL.
+4. *Black-hole listener*: a SYN from a candidate that finds none of our
+   connecting sockets (the peer's SYN came first) must be neither answered (c)
+   nor RST (b): a classic-BPF socket filter on the listener drops segments from
+   the candidates silently, and the peer's kernel retransmits into our socket
+   later. SYNs from any *other* address are accepted: that is how a peer behind a
+   symmetric NAT (a port other than its STUN mapping) reaches us through an
+   endpoint- or address-dependent filter.
+5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
+   ICMP unreachable starts a new round: prime again at once, connect
+   :data:`RETRY_INTERVAL` later; at most :data:`MAX_CONNECTS` per candidate and
+   never past the deadline.
+6. *Candidates* (LAN addresses for peers behind the same NAT, the server-reflexive
+   address, predicted ports) are punched in parallel, public ones first in the
+   caller's order, private ones last: every prime takes a port of a sequential
+   NAT, and two such NATs' predicted windows meet only when both sides prime them
+   in the same order with nothing in between.
+7. *Nomination*: the initiator sends 8 bytes NOMINATE on every connection that
+   comes up, the receiver 8 bytes READY (which also unsticks d); the receiver
+   answers NOMINATE_ACK on the first connection that delivers NOMINATE, and both
+   return exactly that one (the controlling side picks, as in ICE, RFC 8445
+   section 8); all others are closed. This proves the connection both ways.
 
 ``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
-host -> site NAT -> core router -> peer NAT (the lab) that is 2; add one per
-extra NAT level (carrier-grade NAT, RFC 6888) or router before the core. ``None``
-or 0 disables priming (peers on one LAN: the SYN must reach the peer).
+host -> site NAT -> core router -> peer NAT (the lab) that is 2
+(:data:`DEFAULT_PRIME_TTL`, also what ``None`` means); add one per extra NAT
+level (carrier-grade NAT, RFC 6888) or router before the core; 0 sends no prime.
+On one LAN a TTL-2 prime reaches the peer directly, which is harmless.
 
-``strategy="listen-connect"`` (fallback where one side needs no priming: no NAT
-or endpoint-independent filtering): the *receiver* only listens and accepts, the
+``strategy="listen-connect"`` (for a receiver that needs no priming: no NAT or
+endpoint-independent filtering): the *receiver* only listens and accepts, the
 *initiator* connects at full TTL, retrying refused SYNs. Any other strategy name
 of :mod:`stunturn_diag.punch.decision` ("simultaneous", "lan", "predict", ...)
 runs the simultaneous open above over the given candidates.
 
 IPv4 only. Failures raise :class:`~stunturn_diag.errors.PunchError` whose
 ``reason`` names the cause: ``refused`` (RSTs: the peer's NAT had no mapping
-toward us), ``unreachable`` (ICMP unreachable), ``timeout`` (SYNs silently
-dropped: mappings never met), ``nomination-failed``, ``no-candidates``.
+toward us), ``timeout`` (SYNs silently dropped: the mappings never met),
+``unreachable`` (ICMP unreachable only), ``nomination-failed``,
+``no-candidates``; ``attempts`` has one entry per candidate.
 """
 
 from __future__ import annotations
