@@ -316,3 +316,15 @@ def test_keepalive_stops_quietly_when_the_server_goes(stun_service):
         assert "STUN" in rv.keepalive_error
     finally:
         rv.close()
+
+
+def test_learn_mapping_accepts_a_host_name(stun_service):
+    primary = stun_service.endpoints[0]
+    with TcpRendezvous(LO) as rv:
+        assert rv.learn_mapping(("localhost", primary.port), 3.0) == (LO, rv.local_port)
+
+
+def test_learn_mapping_rejects_ipv6_server():
+    with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
+        rv.learn_mapping(("::1", 3478), 1.0)
+    assert info.value.reason == "stun-failed" and "IPv6" in info.value.message

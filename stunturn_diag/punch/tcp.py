@@ -137,6 +137,23 @@ def _ipv4(ip: str, what: str) -> str:
     return str(addr)
 
 
+def _resolve_ipv4(host: str) -> str:
+    """An IPv4 address for ``host`` (a literal or a name); PunchError if there is none."""
+    try:
+        if ipaddress.ip_address(host).version == 4:
+            return host
+        raise PunchError(f"the STUN server {host} is IPv6; TCP punching supports IPv4 only",
+                         reason="stun-failed")
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PunchError(f"cannot resolve the STUN server name {host!r} to IPv4: {exc}",
+                         reason="stun-failed") from None
+    return infos[0][4][0]
+
+
 class TcpRendezvous:
     """One local TCP port: learn its mapping, then punch a connection to the peer."""
 
@@ -165,7 +182,7 @@ class TcpRendezvous:
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
         """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
         self._check_open()
-        host = _ipv4(stun_server[0], "STUN server")
+        host = _resolve_ipv4(str(stun_server[0]))
         self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
