@@ -7,7 +7,7 @@ times on the LAN host. Printed per type: the probe's own ``elapsed_ms`` (median 
 max: UDP + TCP + TTL walk, after endpoint discovery), the CLI wall time (adds Python
 start-up and imports), and whether the verdicts equal the ground truth.
 
-For comparison (``--compare``): coturn's ``turnutils_natdiscovery -m -f`` against
+For comparison (``--compare``): coturn's ``turnutils_natdiscovery -m -f -H`` against
 coturn in the same lab, and ``pystun3`` (RFC 3489) against our server. Figures
 usually quoted for those tools: natdiscovery ~12 s, pystun3 8-16 s.
 
@@ -78,7 +78,7 @@ def bench_nat(name: str, runs: int, compare: bool) -> dict:
 
 
 def _natdiscovery(name: str) -> dict:
-    """coturn's natdiscovery (-m -f) against coturn in a fresh lab of the same type."""
+    """coturn's natdiscovery (-m -f -H) against coturn in a fresh lab of the same type."""
     with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab, \
             tempfile.TemporaryDirectory() as workdir:
         os.chmod(workdir, 0o777)
@@ -93,7 +93,8 @@ def _natdiscovery(name: str) -> dict:
         for _ in range(50):  # poll until coturn answers (bounded)
             if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
                 break
-        w, r = _timed(lab, ["turnutils_natdiscovery", "-m", "-f", lab.server_ip], timeout=120)
+        # -m -f -H: mapping, filtering and hairpinning, like the probe's UDP part
+        w, r = _timed(lab, ["turnutils_natdiscovery", "-m", "-f", "-H", lab.server_ip], timeout=120)
         w2, r2 = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", "--stun", f"{lab.server_ip}:3478",
                               "--json"])
         got = json.loads(r2.stdout)
