@@ -99,6 +99,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
 
     engine = Engine(**engine_kw)
     walk_done = threading.Event()
+    walk_stop = threading.Event()
     walk_box: dict = {}
     background: list[threading.Thread] = []
 
@@ -112,13 +113,13 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
             try:
                 if ttl_walk:
                     from .layers import walk
-                    walk_box["layers"] = walk(ep.primary, local_ip, None, on_server_hop=found,
+                    walk_box["layers"] = walk(ep.primary, local_ip, None, on_server_hop=found, stop=walk_stop,
                                               rtt=engine.srtt or (tcp_run.rtt if tcp_run else None))
             except OSError as exc:
                 walk_box["error"] = str(exc)
             finally:
                 walk_done.set()
-        background.append(threading.Thread(target=walk_job, name="probe-ttl", daemon=True))
+        walker = threading.Thread(target=walk_job, name="probe-ttl", daemon=True)
         if tcp_run is not None:
             def ttl_for_simopen():
                 walk_done.wait(5.0)
@@ -137,6 +138,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
                 except Exception as exc:  # a thread must not die silently; becomes evidence
                     walk_box["tcp_error"] = f"{type(exc).__name__}: {exc}"
             background.append(threading.Thread(target=tcp_job, name="probe-tcp", daemon=True))
+        background.append(walker)  # last: joined after the others, then told to stop waiting
         for t in background:
             t.start()
 
@@ -148,8 +150,11 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
     udp = run_udp(ep, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
     holder["ep"] = ep = udp.plan.endpoints
-    for t in background:
+    for t in background[:-1]:
         t.join(30.0)
+    walk_stop.set()
+    for t in background[-1:]:
+        t.join(5.0)
     if "tcp_error" in walk_box:
         notes.append(f"TCP tests failed: {walk_box['tcp_error']}")
     layers = walk_box.get("layers")

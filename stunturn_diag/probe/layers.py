@@ -61,11 +61,12 @@ def analyse_hops(hops: list[dict], server_hop: int | None, nat: bool | None, pub
 
 
 def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | None = None,
-         max_hops: int = 8, on_server_hop=None) -> dict:
+         max_hops: int = 8, on_server_hop=None, stop=None) -> dict:
     """TTL walk toward ``dest`` (bounded: ``max_hops`` sockets x 2 sends, <= 1 s).
 
     ``on_server_hop(ttl)`` is called as soon as the server answers (before the
-    remaining ICMP errors, which routers rate-limit, have come in)."""
+    remaining ICMP errors, which routers rate-limit, have come in); setting the
+    ``stop`` event ends the wait for missing hops (the rest of the probe is done)."""
     rtt = rtt if rtt is not None else 0.05
     budget = min(1.0, max(0.1, 10 * rtt))
     resend_at = min(budget / 2, max(0.03, 4 * rtt))
@@ -90,7 +91,8 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
         for s, ttl in zip(socks, range(1, max_hops + 1)):
             s.sendto(reqs[ttl], dest)
         resent = False
-        while time.monotonic() - start < budget:
+        while time.monotonic() - start < budget and not (stop is not None and stop.is_set()
+                                                         and server_hop is not None):
             if not resent and time.monotonic() - start > resend_at:
                 for s, ttl in zip(socks, range(1, max_hops + 1)):
                     if ttl not in hops and (server_hop is None or ttl < server_hop):
