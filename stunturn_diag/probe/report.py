@@ -42,12 +42,16 @@ def meaning(r: ProbeResult) -> list[str]:
         return ["UDP to the STUN server does not get through: direct UDP is unlikely; use a relay (TURN) "
                 "or TCP."]
     if m is Mapping.NO_NAT:
-        lines.append("You have a public address: " + ("anyone can reach you over UDP." if f in
-                     (None, Filtering.ENDPOINT_INDEPENDENT) else
-                     "a firewall only lets in peers you have sent to first; hole punching works."))
+        lines.append("You have a public address: " + (
+            "anyone can reach you over UDP." if f is Filtering.ENDPOINT_INDEPENDENT else
+            "whether unsolicited UDP gets in is unknown (see filtering)." if f is None else
+            "a firewall only lets in peers you have sent to first; hole punching works."))
     elif m is Mapping.ENDPOINT_INDEPENDENT:
         if f is Filtering.ENDPOINT_INDEPENDENT:
             lines.append("UDP: any peer that learns your public address can reach you directly.")
+        elif f is None:
+            lines.append("UDP: your NAT keeps one public port for all destinations (good for hole "
+                         "punching); its filtering is unknown.")
         else:
             lines.append("UDP: peers can reach you directly after you send to them first (hole punching "
                          "works with any peer whose NAT keeps one mapping too).")
