@@ -41,7 +41,7 @@ def test_answered_once_measures_rtt_and_rto():
 
 
 def test_silence_concluded_after_needed_attempts_plus_two_rto():
-    eng = Engine(rto_initial=0.1, rto_min=0.02, min_attempts=3)
+    eng = Engine(rto_initial=0.1, rto_min=0.02, min_attempts=3, final_wait_min=0.0)
     eng.add(probe("ok", b"o" * 12))
     eng.poll(0.0)
     eng.on_packet(b"o" * 12, 0.002)  # one clean sample: rto = rto_min
@@ -52,6 +52,16 @@ def test_silence_concluded_after_needed_attempts_plus_two_rto():
     assert times == pytest.approx([0.01, 0.03, 0.05])
     out = eng.outcome(b"f" * 12)
     assert out.status == "no-reply" and out.concluded_at == pytest.approx(0.09)
+
+
+def test_final_wait_has_a_floor_for_busy_hosts():
+    eng = Engine(rto_initial=0.02, rto_min=0.02, final_wait_min=0.1)
+    eng.add(probe("a", b"a" * 12))
+    eng.poll(0.0)
+    eng.on_packet(b"a" * 12, 0.001)
+    eng.add(probe("f", b"f" * 12, not_before=0.01))
+    run_until_idle(eng, 0.01)
+    assert eng.outcome(b"f" * 12).concluded_at == pytest.approx(0.05 + 0.1)
 
 
 def test_one_lost_packet_is_not_filtering():

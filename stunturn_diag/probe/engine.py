@@ -12,7 +12,7 @@ first sample (Karn's rule: only from transactions answered after one send) the
 interval is ``srtt + 4 * rttvar`` clamped to ``[rto_min, rto_max]``. A transaction
 is concluded "no reply" only once it has been sent enough times that, at the round
 trip loss measured so far, every copy being lost is improbable (``target_miss``),
-and the last copy has had ``2 * RTO`` to come back. So one lost packet never reads as
+and the last copy has had ``2 * RTO`` (at least ``final_wait_min``) to come back. So one lost packet never reads as
 filtering, and a loss-free path concludes a filtered probe within a few RTOs instead
 of RFC 8489's 39.5 s. Replies that arrive after the conclusion still count
 (``late``): the classifier only runs once the whole probe has finished.
@@ -117,14 +117,17 @@ class _Tx:
 class Engine:
     """Runs many concurrent STUN transactions; see the module docstring."""
 
-    def __init__(self, *, rto_initial: float = 0.2, rto_min: float = 0.02, rto_max: float = 1.0,
+    def __init__(self, *, rto_initial: float = 0.2, rto_min: float = 0.03, rto_max: float = 1.0,
                  min_attempts: int = 3, max_attempts: int = 10, target_miss: float = 1e-3,
-                 loss_floor: float = 0.1) -> None:
+                 loss_floor: float = 0.1, final_wait_min: float = 0.1) -> None:
         if not (0 < rto_min <= rto_initial <= rto_max):
             raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
         self.rto_initial, self.rto_min, self.rto_max = rto_initial, rto_min, rto_max
         self.min_attempts, self.max_attempts = min_attempts, max_attempts
         self.target_miss, self.loss_floor = target_miss, loss_floor
+        #: the last copy's reply may take this long at least (a busy host's scheduling delay
+        #: must not read as filtering)
+        self.final_wait_min = final_wait_min
         self.srtt: float | None = None
         self.rttvar: float = 0.0
         self._pending: dict[bytes, _Tx] = {}
@@ -261,7 +264,7 @@ class Engine:
             interval = min(interval, self.rto_max)
             # after the last needed copy, wait 2 RTO for a reply before concluding
             last = out.attempts >= needed + tx.probe.patience
-            tx.next_at = now + (2 * interval if last else interval)
+            tx.next_at = now + (max(2 * interval, self.final_wait_min) if last else interval)
         self.stats["sent"] += len(sends)
         return sends, concluded
 

@@ -105,7 +105,7 @@ def _simopen_once(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_si
         except (OSError, StunDecodeError) as exc:
             info["error"] = f"no STUN answer over TCP: {exc}"
             return
-        wait_ms = int(min(3000, max(150, 10 * rtt * 1000)))
+        wait_ms = int(min(3000, max(250, 10 * rtt * 1000)))
         delay_ms = int(min(1000, max(30, 4 * rtt * 1000)))
         try:
             answer = simopen({"port": mapped[1], "delay_ms": delay_ms, "timeout_ms": wait_ms})

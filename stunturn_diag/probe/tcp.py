@@ -262,7 +262,7 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
     the next router (None when unknown) and may block until the TTL walk is done."""
     started = time.monotonic()
     rtt = run.rtt or 0.05
-    connect_ms = int(min(2000, max(150, 8 * rtt * 1000)))
+    connect_ms = int(min(2000, max(250, 8 * rtt * 1000)))
     jobs = [("mapping", lambda: mapping_test(run, ep, timeout))]
     if assist is not None:
         jobs.append(("filtering", lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms,
