@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
-import sys
-import tempfile
 
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
-from stunturn_diag.punch.labkit import start_server
+from stunturn_diag.punch.tcp_selftest import run_lab_pair
 
 pytestmark = pytest.mark.netns
 
@@ -31,7 +28,6 @@ PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
 OK_TIMEOUT = 8.0      # punch deadline where success is expected
 FAIL_FAST = 1.5       # punch deadline where failure is expected
 PREDICT = 8           # ports aimed at above a sequential symmetric NAT's srflx port
-STUN_PORT = 3478
 
 
 def _dependent(n) -> bool:
@@ -64,36 +60,6 @@ def theory(a: str, b: str) -> bool:
     return True
 
 
-def run_tcp_pair(lab, host_a: str, host_b: str, *, timeout: float,
-                 extra_a: list[str] = (), extra_b: list[str] = (),
-                 unprivileged: bool = False) -> tuple[dict, dict]:
-    """Run the selftest driver in both hosts (a = initiator); both JSON results.
-
-    ``unprivileged``: drop CAP_NET_ADMIN (no TCP_REPAIR: kernel-chosen ISNs).
-    """
-    start_server(lab)
-    with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
-        drop = ["setpriv", "--bounding-set", "-net_admin"] if unprivileged else []
-        base = drop + [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
-                "--stun", f"{lab.server_ip}:{STUN_PORT}", "--timeout", str(timeout)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        pa = lab.popen(host_a, base + ["--role", "initiator", "--name", "a", "--peer", "b",
-                                       *extra_a], env=env)
-        pb = lab.popen(host_b, base + ["--role", "receiver", "--name", "b", "--peer", "a",
-                                       *extra_b], env=env)
-        limit = timeout + 40
-        out_a, err_a = pa.communicate(timeout=limit)
-        out_b, err_b = pb.communicate(timeout=limit)
-    return _parse(out_a, err_a), _parse(out_b, err_b)
-
-
-def _parse(out: str, err: str) -> dict:
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
-
-
 def _predict_args(peer_nat: str) -> list[str]:
     return ["--predict", str(PREDICT)] if _sequential(CATALOGUE[peer_nat]) else []
 
@@ -109,7 +75,7 @@ def assert_connected(ra: dict, rb: dict) -> None:
 def test_tcp_punch_pair(a, b):
     expect = theory(a, b)
     with Lab(LabSpec.simple(a, b)) as lab:
-        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT if expect else FAIL_FAST,
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT if expect else FAIL_FAST,
                               extra_a=_predict_args(b), extra_b=_predict_args(a))
         if expect:
             assert_connected(ra, rb)
@@ -128,7 +94,7 @@ def test_tcp_punch_pair(a, b):
 def test_tcp_punch_behind_the_same_nat(nat):
     """Two hosts behind one NAT reach each other through their LAN candidates."""
     with Lab(LabSpec.simple(nat, same_nat=True)) as lab:
-        ra, rb = run_tcp_pair(lab, "a1", "a2", timeout=OK_TIMEOUT)
+        ra, rb = run_lab_pair(lab, "a1", "a2", timeout=OK_TIMEOUT)
         assert_connected(ra, rb)
         lan = {lab.host_ip("a1"), lab.host_ip("a2")}
         public = lab.site_public_ip("a")
@@ -144,7 +110,7 @@ def test_tcp_punch_survives_start_skew(nat):
     """The receiver starts 1 s late (beyond SETTLE): the initiator's first SYNs meet a
     NAT without a mapping (RST or silence); re-primed rounds still connect."""
     with Lab(LabSpec.simple(nat, nat)) as lab:
-        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
                               extra_b=["--delay", "1.0"])
         assert_connected(ra, rb)
 
@@ -153,7 +119,7 @@ def test_tcp_punch_through_carrier_grade_nat_needs_one_more_ttl():
     """Site a sits behind its NAT and a CGNAT: its priming SYN needs TTL 3."""
     spec = LabSpec.simple("port-restricted", "port-restricted", cgnat=("a",))
     with Lab(spec) as lab:
-        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT,
                               extra_a=["--prime-ttl", "3"])
         assert_connected(ra, rb)
         assert rb["peer_addr"][0] == lab.site_public_ip("a"), rb
@@ -169,5 +135,5 @@ def test_tcp_punch_without_cap_net_admin(a, b):
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
     with Lab(LabSpec.simple(a, b)) as lab:
-        ra, rb = run_tcp_pair(lab, "a1", "b1", timeout=OK_TIMEOUT, unprivileged=True)
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT, unprivileged=True)
         assert_connected(ra, rb)

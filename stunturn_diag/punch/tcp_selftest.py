@@ -5,7 +5,8 @@ Run one per peer (the netns tests start it in each LAN host)::
     python3 -m stunturn_diag.punch.tcp_selftest --role initiator --name a --peer b \\
         --dir /tmp/x --stun 203.0.113.10:3478 --timeout 8
 
-Each side writes ``<dir>/<name>.json`` ({"srflx": [ip, port], "local": [[ip, port]...]}),
+:func:`run_lab_pair` runs both sides in a :class:`~stunturn_diag.lab.Lab` (netns
+tests, benchmarks). Each side writes ``<dir>/<name>.json`` ({"srflx": [ip, port], "local": [[ip, port]...]}),
 waits for ``<dir>/<peer>.json``, punches toward the peer's candidates and checks
 bytes both ways. It prints one JSON line (``ok``, ``connect_s``, ``reason``...)
 and exits 0 on success, 1 on a punch failure, 2 on a setup failure. Everything
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 from ..errors import PunchError, StunturnError
@@ -131,6 +133,38 @@ def main(argv: list[str] | None = None) -> int:
     out["total_s"] = round(time.monotonic() - t0, 3)
     print(json.dumps(out), flush=True)
     return 0 if out["ok"] else 1
+
+
+def _parse(out: str, err: str) -> dict:
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
+
+
+def run_lab_pair(lab, host_a: str, host_b: str, *, timeout: float,
+                 extra_a: list[str] = (), extra_b: list[str] = (),
+                 unprivileged: bool = False, stun_port: int = 3478) -> tuple[dict, dict]:
+    """Start the lab's server, run the driver in both hosts (a = initiator), return results.
+
+    ``unprivileged`` drops CAP_NET_ADMIN (``setpriv``): no TCP_REPAIR, kernel ISNs.
+    Both processes end by themselves (bounded by ``timeout``) or with the lab.
+    """
+    from .labkit import start_server
+    start_server(lab)
+    with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
+        drop = ["setpriv", "--bounding-set", "-net_admin"] if unprivileged else []
+        base = drop + [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
+                       "--stun", f"{lab.server_ip}:{stun_port}", "--timeout", str(timeout)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        pa = lab.popen(host_a, base + ["--role", "initiator", "--name", "a", "--peer", "b",
+                                       *extra_a], env=env)
+        pb = lab.popen(host_b, base + ["--role", "receiver", "--name", "b", "--peer", "a",
+                                       *extra_b], env=env)
+        limit = timeout + 40
+        out_a, err_a = pa.communicate(timeout=limit)
+        out_b, err_b = pb.communicate(timeout=limit)
+    return _parse(out_a, err_a), _parse(out_b, err_b)
 
 
 if __name__ == "__main__":
