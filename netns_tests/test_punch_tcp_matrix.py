@@ -137,3 +137,15 @@ def test_tcp_punch_without_cap_net_admin(a, b):
     with Lab(LabSpec.simple(a, b)) as lab:
         ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT, unprivileged=True)
         assert_connected(ra, rb)
+
+
+@pytest.mark.parametrize("ttl", ["0", "64"], ids=["no-prime", "prime-reaches-peer-nat"])
+def test_plain_masquerade_needs_the_low_ttl_prime(ttl):
+    """Control: between two plain masquerades (RST from the box, conntrack collision)
+    a first SYN that reaches the peer's NAT is refused on both sides, round after
+    round; the same pair connects with the default TTL-2 prime (matrix above)."""
+    with Lab(LabSpec.simple("port-restricted", "port-restricted")) as lab:
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=FAIL_FAST,
+                              extra_a=["--prime-ttl", ttl], extra_b=["--prime-ttl", ttl])
+    for side in (ra, rb):
+        assert side["ok"] is False and side["reason"] == "refused", side
