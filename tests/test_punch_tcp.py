@@ -22,6 +22,18 @@ from stunturn_diag.punch.tcp_sockets import (attach_blackhole, blackhole_program
 LO = "127.0.0.1"
 
 
+def _filter_allowed() -> bool:
+    probe = shared_port_socket(LO, 0)
+    try:
+        return attach_blackhole(probe, [(LO, 9)])
+    finally:
+        probe.close()
+
+
+needs_filter = pytest.mark.skipif(not _filter_allowed(), reason="this kernel refuses "
+                                  "SO_ATTACH_FILTER here (needs CAP_NET_ADMIN)")
+
+
 def punch_both(a: TcpRendezvous, b: TcpRendezvous, cands_a, cands_b, timeout=5.0, **kw):
     """Punch a (initiator) and b (receiver) concurrently; return (result_a, result_b)."""
     out: dict = {}
@@ -138,6 +150,7 @@ def test_peer_that_never_punches_fails_within_deadline_naming_rst(pair, pin, mon
     assert 1 < attempt["connects"] <= 1.0 / tcp_engine.RETRY_INTERVAL + 1
 
 
+@needs_filter
 def test_silent_peer_times_out(pair):
     """A peer whose listener black-holes us (it never connects back): reason timeout."""
     a, b = pair
@@ -150,6 +163,7 @@ def test_silent_peer_times_out(pair):
     assert info.value.reason == "timeout"
 
 
+@needs_filter
 def test_blackhole_listener_drops_only_the_listed_source():
     listener = shared_port_socket(LO, 0)
     listener.listen(4)

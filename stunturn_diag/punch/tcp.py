@@ -58,7 +58,10 @@ Hence the sequence, per candidate, on both peers:
    the candidates silently, and the peer's kernel retransmits into our socket
    later. SYNs from any *other* address are accepted: that is how a peer behind a
    symmetric NAT (a port other than its STUN mapping) reaches us through an
-   endpoint- or address-dependent filter.
+   endpoint- or address-dependent filter. Where the kernel refuses the filter
+   (unprivileged on hardened kernels) the listener stays unfiltered; with kernel
+   ISNs the prime-to-connect gap is so short that this rarely matters (the lab
+   matrix passes unprivileged too).
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
    ICMP unreachable starts a new round: prime again at once, connect
    :data:`RETRY_INTERVAL` later; at most :data:`MAX_CONNECTS` per candidate and

@@ -101,6 +101,7 @@ class PunchLoop:
         self.conn_errors: list[str] = []
         self.accepted = 0
         self.full_ttl = 64
+        self.filtered = False
         #: pin ISNs with TCP_REPAIR (needs CAP_NET_ADMIN); else kernel ISNs
         self.pin = bool(prime_ttl) and strategy == STRATEGY_SIMULTANEOUS and can_pin_isn()
 
@@ -143,7 +144,9 @@ class PunchLoop:
             return
         # a SYN from a candidate that finds none of our connecting sockets is dropped
         # silently instead of answered (see attach_blackhole); filter before listen()
-        attach_blackhole(self.listener, [c.address for c in self.candidates])
+        #: False where the kernel refuses socket filters (some need CAP_NET_ADMIN):
+        #: the listener then answers candidates too (see module docstring of tcp)
+        self.filtered = attach_blackhole(self.listener, [c.address for c in self.candidates])
         self.listener.listen(16)
         for cand in self.candidates:
             if self.prime_ttl:
