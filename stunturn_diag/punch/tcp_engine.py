@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import PunchError
-from .tcp_sockets import attach_blackhole, can_pin_isn, get_ttl, set_ttl, shared_port_socket
+from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, set_ttl,
+                          shared_port_socket, tcp_state)
 
 Address = tuple[str, int]
 
@@ -157,13 +158,16 @@ class PunchLoop:
     def _settle(self, cand: _Candidate) -> None:
         """The prime's socket is still alive at settle time (no ICMP came back)."""
         assert cand.sock is not None
-        if self.pin:
-            # a fresh socket with the same ISN sends the full-TTL SYN at once
+        if self.pin and tcp_state(cand.sock) == TCP_SYN_SENT:
+            # a fresh socket with the same ISN sends the full-TTL SYN at once (only
+            # from SYN-SENT: a socket the peer's SYN already reached is SYN-RECEIVED
+            # and closing it would send a FIN and hold the 4-tuple)
             cand.sock.close()
             cand.sock = None
             self._connect(cand)
         else:
             # the same socket goes on at full TTL; the kernel retransmits its SYN
+            # (or its SYN-ACK, after a simultaneous open already began)
             set_ttl(cand.sock, self.full_ttl)
             cand.priming = False
 

@@ -77,6 +77,19 @@ def can_pin_isn() -> bool:
     return True
 
 
+#: tcpi_state values (include/net/tcp_states.h) and the TCP_INFO option
+TCP_SYN_SENT = 2
+_TCP_INFO = 11
+
+
+def tcp_state(sock: socket.socket) -> int | None:
+    """The kernel's TCP state of ``sock`` (first byte of struct tcp_info), None if unknown."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0]
+    except OSError:
+        return None
+
+
 def get_ttl(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
 
