@@ -159,3 +159,16 @@ def test_nat_answering_syns_with_icmp_is_told_apart_from_rst(icmp_type):
         assert got["tcp"]["unsolicited_syn"] == "icmp"
         assert got["tcp"]["filtering"] == "address-and-port-dependent"
         assert got["udp"]["filtering"] == "address-and-port-dependent" and rc == 0
+
+
+def test_pcap_in_the_lab_holds_both_protocols(tmp_path):
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["port-restricted"])})) as lab:
+        path = tmp_path / "probe.pcap"
+        rc, got = probe(lab, serve(lab), "--pcap", str(path))
+        assert rc == 0 and not [s for s in got["skipped"] if s["test"] == "pcap"]
+        import scapy.layers.inet  # noqa: F401
+        from scapy.utils import rdpcap
+        packets = rdpcap(str(path))
+        assert any(p.haslayer("UDP") and p["UDP"].dport == 3478 for p in packets)
+        assert any(p.haslayer("TCP") and p["TCP"].dport == 3478 for p in packets)
+        assert any(p.haslayer("ICMP") and p["ICMP"].type == 11 for p in packets)  # TTL walk
