@@ -62,16 +62,16 @@ bp = Blueprint("signaling", __name__)
 PROBE_ASSIST = bool(probe_assist.register(bp))
 
 
-def _state() -> SignalingState:
+def signaling_state() -> SignalingState:
     return current_app.extensions["stunturn"]
 
 
-def _json_body() -> dict:
+def json_body() -> dict:
     """The request's JSON object; 415 for other media types, 413 before reading an oversized body."""
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported-media-type",
                        f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
-    limit = _state().config.max_body
+    limit = signaling_state().config.max_body
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, "payload-too-large", f"body of {length} bytes exceeds the {limit} byte limit")
@@ -91,7 +91,7 @@ def _validated(parse, obj: dict):
         raise ApiError(400, "bad-request", str(exc)) from None
 
 
-def _observed() -> tuple[str, int]:
+def observed_address() -> tuple[str, int]:
     """The client's address as this server sees it (no proxy headers trusted)."""
     environ = request.environ
     try:
@@ -112,7 +112,7 @@ def _fmt(address: tuple[str, int]) -> str:
 
 @bp.get("/healthz")
 def healthz():
-    return jsonify({"ok": True, "waiting": _state().matcher.store.waiting_count()})
+    return jsonify({"ok": True, "waiting": signaling_state().matcher.store.waiting_count()})
 
 
 def _stun_info(state: SignalingState) -> dict:
@@ -145,7 +145,7 @@ def _stun_info(state: SignalingState) -> dict:
 
 @bp.get("/v1/info")
 def info():
-    state = _state()
+    state = signaling_state()
     return jsonify({"version": __version__, "wait_timeout": state.config.wait_timeout,
                     "stun": _stun_info(state), "probe_assist": PROBE_ASSIST})
 
@@ -153,9 +153,9 @@ def info():
 @bp.post("/v1/initiate")
 def initiate():
     """Long-poll: wait until the receiver named by ``target_ip`` checks in, or time out (408)."""
-    state = _state()
-    req = _validated(validation.initiate_request, _json_body())
-    observed = _observed()
+    state = signaling_state()
+    req = _validated(validation.initiate_request, json_body())
+    observed = observed_address()
     timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
     started = state.clock()
     try:
@@ -203,9 +203,9 @@ def initiate():
 @bp.post("/v1/checkin")
 def checkin():
     """Immediate: match the initiator waiting for this key and the caller's observed IP, or 404."""
-    state = _state()
-    req = _validated(validation.checkin_request, _json_body())
-    observed = _observed()
+    state = signaling_state()
+    req = _validated(validation.checkin_request, json_body())
+    observed = observed_address()
     match = state.matcher.checkin(req.access_key, observed=observed, details=req.details,
                                   now=state.clock())
     if match is None:

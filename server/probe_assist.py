@@ -220,21 +220,21 @@ _RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavail
 
 def tcp_connect():
     """``POST /v1/probe/tcp-connect``: connect back to the caller's mapped port."""
-    from .api import ApiError, _json_body, _observed, _state  # late: api imports this module
+    from .api import ApiError, json_body, observed_address, signaling_state  # late: api imports this module
 
     st = _assist_state()
     st.stats["requests"] += 1
-    body = _json_body()
+    body = json_body()
     try:
         port, sources, attempts, timeout_ms, token = parse_request(body)
     except ValueError as exc:
         raise ApiError(400, "bad-request", str(exc)) from None
-    ip, _ = _observed()
+    ip, _ = observed_address()
     if not st.bucket.take(ip):
         st.stats["limited"] += 1
         raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
                                             "wait a few seconds and retry")
-    cfg = _state().config
+    cfg = signaling_state().config
     plan = []
     for role in sources:
         src = _source_ip(role, cfg)
@@ -293,20 +293,20 @@ def tcp_simopen():
     it at once, and ``delay_ms`` later connect from it to the caller's port. The caller
     meanwhile sends a SYN to that source that dies after its NAT (low TTL): the server's
     SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 7.2)."""
-    from .api import ApiError, _json_body, _observed, _state
+    from .api import ApiError, json_body, observed_address, signaling_state
 
     st = _assist_state()
     st.stats["requests"] += 1
     try:
-        port, delay_ms, timeout_ms, token = parse_simopen(_json_body())
+        port, delay_ms, timeout_ms, token = parse_simopen(json_body())
     except ValueError as exc:
         raise ApiError(400, "bad-request", str(exc)) from None
-    ip, _ = _observed()
+    ip, _ = observed_address()
     if not st.bucket.take(ip):
         st.stats["limited"] += 1
         raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
                                             "wait a few seconds and retry")
-    cfg = _state().config
+    cfg = signaling_state().config
     src_ip = cfg.alt_ip or cfg.stun_ip
     if ipaddress.ip_address(src_ip).version != ipaddress.ip_address(ip).version:
         raise ApiError(409, "unavailable", "no source address of your address family")

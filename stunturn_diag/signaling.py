@@ -116,6 +116,10 @@ class SignalingClient:
         return self._request("POST", "/v1/checkin", body)
 
     # -- plumbing ----------------------------------------------------------------------------
+    def post(self, path: str, body: dict) -> dict:
+        """POST a JSON body to another route of the server (e.g. the probe-assist routes)."""
+        return self._request("POST", path, body)
+
     def _request(self, method: str, path: str, body: dict | None = None, *,
                  read_timeout: float | None = None, waiting_for: float | None = None) -> dict:
         url = self.base_url + path

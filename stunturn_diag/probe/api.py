@@ -130,9 +130,9 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
                 try:
                     has = bool(info.get("probe_assist"))
                     run_tcp_rest(tcp_run, ep_now(), local_ip,
-                                 assist=(lambda b: client._request("POST", "/v1/probe/tcp-connect", b))
+                                 assist=(lambda b: client.post("/v1/probe/tcp-connect", b))
                                  if has else None,
-                                 simopen=(lambda b: client._request("POST", "/v1/probe/tcp-simopen", b))
+                                 simopen=(lambda b: client.post("/v1/probe/tcp-simopen", b))
                                  if has else None,
                                  ttl_for_simopen=ttl_for_simopen, loss_seen=lambda: engine.loss_seen)
                 except Exception as exc:  # a thread must not die silently; becomes evidence
