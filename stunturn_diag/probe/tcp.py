@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import SignalingError, StunDecodeError
-from ..stun import binding_request, decode, encode, message_length
+from ..stun import binding_request, encode
+from ..stun_tcp import stun_tcp_transaction
 from .endpoints import Address, Endpoints
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
@@ -72,32 +73,13 @@ def reuse_socket(local: Address) -> socket.socket:
     return s
 
 
-def _recv_exact(s: socket.socket, n: int, deadline: float) -> bytes:
-    data = b""
-    while len(data) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("STUN over TCP: no complete answer in time")
-        s.settimeout(left)
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("STUN over TCP: the server closed the connection")
-        data += chunk
-    return data
-
-
 def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
-    """Connect ``s`` to ``dest`` and return XOR-MAPPED-ADDRESS from one Binding transaction."""
+    """Connect ``s`` to ``dest`` and return XOR-MAPPED-ADDRESS from one Binding transaction
+    (framing and matching: :func:`stunturn_diag.stun_tcp.stun_tcp_transaction`)."""
     deadline = time.monotonic() + timeout
     s.settimeout(timeout)
     s.connect(dest)
-    req = binding_request(software="stunturn-diag probe")
-    s.sendall(encode(req))
-    head = _recv_exact(s, 20, deadline)
-    body = _recv_exact(s, message_length(head) - 20, deadline)
-    msg = decode(head + body)
-    if msg.transaction_id != req.transaction_id:
-        raise StunDecodeError("STUN over TCP: answer for another transaction")
+    msg = stun_tcp_transaction(s, encode(binding_request(software="stunturn-diag probe")), deadline)
     if msg.mapped_address is None:
         raise StunDecodeError(f"STUN over TCP: no mapped address (error {msg.error})")
     return msg.mapped_address
