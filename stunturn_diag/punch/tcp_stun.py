@@ -12,24 +12,10 @@ import socket
 import time
 
 from ..errors import PunchError, StunDecodeError
-from ..stun import HEADER_LENGTH, MessageClass, Method, binding_request, decode, encode, \
-    message_length
+from ..stun import MessageClass, Method, binding_request, encode
+from ..stun_tcp import stun_tcp_transaction
 
 Address = tuple[str, int]
-
-
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    data = b""
-    while len(data) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("STUN response incomplete")
-        sock.settimeout(left)
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the STUN server closed the connection")
-        data += chunk
-    return data
 
 
 def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address:
@@ -56,25 +42,22 @@ def _transaction(sock: socket.socket, server: Address, timeout: float, *,
         sock.settimeout(timeout)
         if connect:
             sock.connect(server)
-        sock.sendall(encode(request, fingerprint=True))
-        header = _recv_exact(sock, HEADER_LENGTH, deadline)
-        body = _recv_exact(sock, message_length(header) - HEADER_LENGTH, deadline)
-        response = decode(header + body)
+        response = stun_tcp_transaction(sock, encode(request, fingerprint=True), deadline)
     except (socket.timeout, TimeoutError):
         raise PunchError(f"no STUN Binding response over TCP from {where} within {timeout:g}s",
                          hint="check that the server's STUN responder listens on TCP",
                          reason="stun-failed") from None
     except StunDecodeError as exc:
-        raise PunchError(f"the STUN server {where} sent a malformed response over TCP: {exc}",
-                         reason="stun-failed") from None
+        raise PunchError(f"the STUN server {where} sent a malformed or unrelated response "
+                         f"over TCP: {exc}", reason="stun-failed") from None
     except OSError as exc:
         raise PunchError(f"STUN over TCP to {where} failed: {exc.strerror or exc}",
                          hint="check the server address and that TCP reaches it",
                          reason="stun-failed") from None
     finally:
         sock.setblocking(False)
-    if response.transaction_id != request.transaction_id or response.method != Method.BINDING:
-        raise PunchError(f"the STUN server {where} answered another transaction over TCP",
+    if response.method != Method.BINDING:   # the transaction ID was matched by stun_tcp
+        raise PunchError(f"the STUN server {where} answered with another method over TCP",
                          reason="stun-failed")
     if response.msg_class != MessageClass.SUCCESS:
         err = response.error
