@@ -87,3 +87,8 @@ def test_tcp_punch_through_the_api_fails_cleanly_when_infeasible():
         assert side["ok"] is False, side
         assert side["reason"] in ("relay-needed", "refused", "timeout"), side
         assert side["attempts"], side
+        # the plan says relay-needed (random mapping vs a port filter); the runner's
+        # cause (RSTs or silence) stays visible next to it
+        assert side["reason"] == "relay-needed", side
+        assert "random port" in side["message"] and "relay" in side["message"], side
+        assert side["attempts"][-1]["cause"] in ("refused", "timeout", "unreachable"), side

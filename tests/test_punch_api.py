@@ -130,3 +130,71 @@ def test_initiator_gives_up_after_its_own_timeout():
         assert isinstance(err.value.__cause__, PairingTimeout)
     finally:
         handle.stop()
+
+
+# -- the decision's verdict joined with the runner's failure (no network) -------------------
+
+class _StubRendezvous:
+    """Records what the API hands a runner's punch(); fails with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.calls: list[dict] = []
+
+    def punch(self, targets, **kw):
+        self.calls.append(kw)
+        raise PunchError(f"stub runner failed ({self.reason})", reason=self.reason,
+                         attempts=[{"target": f"{targets[0][0]}:{targets[0][1]}"}])
+
+
+def _stub_punch(protocol: str, reason: str, *, mine: str, peer: str, prime_ttl=2,
+                same_lan: bool = False):
+    """Run the API's punch step against a stub runner; returns (PunchError, stub)."""
+    from stunturn_diag.lab import CATALOGUE
+    from stunturn_diag.punch.api import _Side
+
+    opts = PunchOptions(protocol=protocol, nat_profile=CATALOGUE[mine].expected,
+                        prime_ttl=prime_ttl)
+    side = _Side("http://127.0.0.1:9", KEY, opts, "initiator", target_ip="198.51.100.7")
+    mapped = ("203.0.113.2", 40000)
+    srflx_ip = mapped[0] if same_lan else "198.51.100.7"
+    details = {"srflx": {"ip": srflx_ip, "port": 41000},
+               "local": [{"ip": "192.168.1.11", "port": 41000}],
+               "nat": {**CATALOGUE[peer].expected, "punch": {"birthday": False}}}
+    stub = _StubRendezvous(reason)
+    with pytest.raises(PunchError) as err:
+        side._punch(stub, {"match_id": "ab12", "protocol": protocol,
+                           "peer": {"details": details}}, protocol, mapped, time.monotonic())
+    return err.value, stub
+
+
+@pytest.mark.parametrize("protocol,cause", [("tcp", "refused"), ("tcp", "unreachable"),
+                                            ("tcp", "timeout"), ("udp", "timeout"),
+                                            ("udp", "one-way"), ("udp", "packet-budget")])
+def test_infeasible_plan_reports_relay_needed_with_the_runners_cause(protocol, cause):
+    exc, _stub = _stub_punch(protocol, cause, mine="port-restricted", peer="symmetric-random")
+    assert exc.reason == "relay-needed"
+    assert exc.attempts[-1]["cause"] == cause and "stub runner failed" in \
+        exc.attempts[-1]["message"]
+    assert exc.message.startswith(f"{protocol.upper()} punch failed (")
+    assert "random port" in exc.message and "relay" in exc.message
+    assert exc.context["strategy"] == "relay-needed" and exc.context["protocol"] == protocol
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_feasible_plan_keeps_the_runners_reason(protocol):
+    exc, _stub = _stub_punch(protocol, "timeout", mine="port-restricted", peer="full-cone")
+    assert exc.reason == "timeout" and exc.context["strategy"] == "simultaneous"
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+@pytest.mark.parametrize("option,same_lan,expected", [(2, False, 2), (3, False, 3),
+                                                      (None, False, 0), (2, True, 0)])
+def test_both_runners_get_an_explicit_prime_ttl(protocol, option, same_lan, expected):
+    """PunchOptions.prime_ttl=None and a "lan" plan both mean: no priming (0), never the
+    runners' own default for None."""
+    _exc, stub = _stub_punch(protocol, "timeout", mine="port-restricted", peer="full-cone",
+                             prime_ttl=option, same_lan=same_lan)
+    (call,) = stub.calls
+    assert call["prime_ttl"] == expected and isinstance(call["prime_ttl"], int)
+    assert (call["strategy"] == "lan") is same_lan

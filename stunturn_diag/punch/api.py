@@ -36,11 +36,18 @@ from ..signaling import SignalingClient
 from .auth import authenticate_stream, stretch_key
 from .candidates import address_of, build_targets, peer_addresses
 from .decision import Plan, decide, profile_from_details
+from .engine import DEFAULT_PRIME_TTL
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
+#: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
+#: (UDP engine: timeout, one-way, packet-budget; TCP engine: timeout, refused, unreachable)
+_RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one direction got through",
+                 "packet-budget": "the packet budget ran out",
+                 "refused": "the peer's NAT answered with RST",
+                 "unreachable": "ICMP unreachable"}
 
 
 @dataclass
@@ -57,7 +64,7 @@ class PunchOptions:
     wait: float = 0.0
     wait_interval: float = 1.0
     #: TTL of the priming packets (expire past our NAT, before the peer's); None disables
-    prime_ttl: int | None = 2
+    prime_ttl: int | None = DEFAULT_PRIME_TTL
     #: allow the bounded many-ports attempt (both sides must allow it)
     birthday: bool = False
     #: our NAT profile (the probe's --json report or its "udp"/"tcp" sections)
@@ -138,6 +145,18 @@ def _options(options: PunchOptions | None, protocol: str, overrides: dict) -> Pu
         values = {**base.__dict__, "protocol": protocol, **overrides}
         return PunchOptions(**values)
     return base
+
+
+def _runner_prime_ttl(plan: Plan, prime_ttl: int | None) -> int:
+    """The TTL handed to both runners: an int, 0 meaning no priming packets.
+
+    ``PunchOptions.prime_ttl=None`` disables priming, and so does a ``lan`` plan (on a
+    shared LAN nothing needs it). Always an explicit int, so the runners' own
+    defaults for ``None`` never apply.
+    """
+    if plan.strategy == "lan" or not prime_ttl:
+        return 0
+    return int(prime_ttl)
 
 
 def _compact_profile(profile: dict | None) -> dict:
@@ -356,8 +375,7 @@ class _Side:
         plan = decide(init_p, recv_p, same_public_ip=same_ip, protocol=protocol)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
-        # 0 = no priming: on a shared LAN nothing needs it
-        prime_ttl = 0 if plan.strategy == "lan" else (self.opts.prime_ttl or 0)
+        prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol)
             if protocol == "udp":
@@ -378,10 +396,12 @@ class _Side:
                     raise
                 local_addr, peer_addr = conn.getsockname()[:2], conn.getpeername()[:2]
         except PunchError as exc:
-            if not plan.feasible and exc.reason in ("timeout", "one-way", "packet-budget"):
-                exc.attempts = exc.attempts + [{"cause": exc.reason, "message": exc.message}]
+            if not plan.feasible and exc.reason in _RELAY_CAUSES:
+                cause = exc.reason
+                exc.attempts = exc.attempts + [{"cause": cause, "message": exc.message}]
                 exc.reason = "relay-needed"
-                exc.message = f"{protocol.upper()} punch failed: {plan.explanation}"
+                exc.message = (f"{protocol.upper()} punch failed ({_RELAY_CAUSES[cause]}): "
+                               f"{plan.explanation}")
             exc.context = {"protocol": protocol, "role": self.role, "match_id": match_id,
                            "strategy": plan.strategy, "explanation": plan.explanation}
             raise

@@ -29,6 +29,9 @@ Address = tuple[str, int]
 #: (rounds, interval seconds): 20 fast rounds, then a steady pace
 SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
 PRIME_GAP = 0.030
+#: TTL of priming packets (UDP and TCP): expires past our NAT, before the peer's
+#: (host -> own NAT -> core router -> peer NAT); one more per extra NAT level
+DEFAULT_PRIME_TTL = 2
 MAX_PACKETS = 5000
 SPRAY_PER_ROUND = 16
 EXTRA_SOCKET_ROUNDS = 3
@@ -59,7 +62,7 @@ class UdpPunchEngine:
     targets: list[Address]
     start: float
     deadline: float
-    prime_ttl: int | None = 2
+    prime_ttl: int | None = DEFAULT_PRIME_TTL   # 0/None: no priming
     prime_targets: list[Address] = field(default_factory=list)
     spray: list[Address] = field(default_factory=list)
     extra_sockets: int = 0

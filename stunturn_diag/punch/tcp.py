@@ -103,6 +103,7 @@ import socket
 import threading
 
 from ..errors import ConfigError, PunchError
+from .engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
 from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
                          STRATEGY_SIMULTANEOUS, PunchLoop)
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
@@ -110,8 +111,6 @@ from .tcp_stun import tcp_binding, tcp_refresh
 
 Address = tuple[str, int]
 
-#: TTL of the priming SYN: dies at the first router after our NAT (see module doc)
-DEFAULT_PRIME_TTL = 2
 #: seconds between Binding refreshes on the kept STUN connection (the server closes
 #: TCP clients idle for 30 s) and the most refreshes one rendezvous sends
 KEEPALIVE_INTERVAL = 10.0

@@ -22,7 +22,7 @@ from .. import stun
 from ..errors import AuthenticationError, PunchError
 from .auth import FRAME_KINDS, Handshake, Role, kind_of
 from .channel import UdpChannel
-from .engine import Send, UdpPunchEngine
+from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
 
 Address = tuple[str, int]
 MAX_LOCAL_CANDIDATES = 8
@@ -197,7 +197,7 @@ class UdpRendezvous:
                 sock.setsockopt(level, option, -1 if level == socket.IPPROTO_IPV6 else 64)
 
     def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
-              prime_ttl: int | None = 2, strategy: str = "simultaneous", key: str | bytes = "",
+              prime_ttl: int | None = None, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
               keepalive_interval: float = 2.0, peer_timeout: float = 10.0) -> UdpChannel:
@@ -205,7 +205,11 @@ class UdpRendezvous:
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
         Raises :class:`PunchError` with ``reason`` and per-target ``attempts``.
+        ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
+        :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
         """
+        if prime_ttl is None:
+            prime_ttl = DEFAULT_PRIME_TTL
         self._stop_keepalive()
         for _ in range(extra_sockets):
             s = socket.socket(self.family, socket.SOCK_DGRAM)
@@ -248,7 +252,7 @@ class UdpRendezvous:
                 idx = socks.index(s)
                 for _ in range(64):
                     try:
-                        data, src = s.recvfrom(2048)
+                        data, src = s.recvfrom(65535)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError:
