@@ -50,6 +50,14 @@ def test_birthday_needs_both_sides_to_allow_it():
     assert decide(prof(p, True), prof(r, True)).birthday_side == "receiver"
 
 
+def test_birthday_is_planned_for_udp_only():
+    r, p = prof("symmetric-random", True), prof("port-restricted", True)
+    plan = decide(r, p, protocol="tcp")
+    assert plan.strategy == "relay-needed" and not plan.feasible
+    assert "UDP only" in plan.explanation and "--birthday" not in plan.explanation
+    assert decide(r, p, protocol="udp").strategy == "birthday"
+
+
 def test_sequential_dependent_sides_get_predicted_windows():
     plan = decide(prof("symmetric-sequential"), prof("symmetric-sequential"))
     assert plan.strategy == "predict"

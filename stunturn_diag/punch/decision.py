@@ -126,7 +126,11 @@ class Plan:
 
 def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool = False,
            protocol: str = "udp") -> Plan:
-    """Choose the punching strategy; deterministic in (initiator, receiver) order."""
+    """Choose the punching strategy; deterministic in (initiator, receiver) order.
+
+    The birthday attempt is planned for UDP only (``protocol="udp"``); over TCP a
+    random mapping facing a port-dependent filter is ``relay-needed``.
+    """
     if same_public_ip:
         return Plan("lan", True, "both peers share a public address: connect over the LAN "
                                  "(and the NAT's hairpin, if any)")
@@ -150,13 +154,15 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
             return Plan("simultaneous", True, f"the {role}'s random port is admitted by the "
                         f"{other_role}'s {other.filtering.value if other.filtering else 'open'} "
                         "filtering; replies go to the port packets arrive from", notes=notes)
-        if not other.dependent and initiator.birthday_ok and receiver.birthday_ok:
+        if (not other.dependent and initiator.birthday_ok and receiver.birthday_ok
+                and protocol == "udp"):
             return Plan("birthday", True, f"the {role}'s NAT picks random ports and the "
                         f"{other_role}'s NAT filters by port: bounded many-ports attempt",
                         birthday_side=role, notes=notes)
         cause = ("the other NAT also maps per destination" if other.dependent
                  else "the other NAT filters by address and port")
-        hint = "" if other.dependent else " (or allow the bounded --birthday attempt on both sides)"
+        hint = ("" if other.dependent else " (or allow the bounded --birthday attempt on both "
+                "sides)" if protocol == "udp" else " (the bounded many-ports attempt is UDP only)")
         return Plan("relay-needed", False,
                     f"relay-needed: the {role}'s NAT allocates a random port per destination "
                     f"(address-and-port-dependent mapping) and {cause}; use a relay (TURN){hint}",
