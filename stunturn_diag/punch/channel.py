@@ -16,18 +16,23 @@ import threading
 import time
 
 from ..errors import PunchError
-from .auth import Handshake, Kind, Session, is_handshake
+from .auth import FRAME_OVERHEAD, Handshake, Kind, Session, is_handshake
 
 Address = tuple[str, int]
-#: largest payload per datagram (keeps frames under a 1280-byte IPv6 minimum MTU path)
-MAX_PAYLOAD = 1200
+#: largest payload of one datagram: a frame must fit one UDP datagram over IPv4
+#: (65507 bytes); frames above the path MTU travel as IP fragments
+MAX_PAYLOAD = 65507 - FRAME_OVERHEAD
+#: payload size that keeps frames under the 1280-byte IPv6 minimum MTU (RFC 8200
+#: section 5): the chunk size for byte streams (stdin, TCP) carried over UDP
+STREAM_CHUNK = 1200
 _EOF = object()
 
 
 class UdpChannel:
     """A datagram endpoint bound to the punched peer.
 
-    ``send(data)`` sends one authenticated datagram; ``recv(timeout)`` returns the
+    ``send(data)`` sends one authenticated datagram (up to :data:`MAX_PAYLOAD` bytes,
+    datagram boundaries are kept); ``recv(timeout)`` returns the
     next payload, ``b""`` once the peer signalled end of data (FIN) or closed, and
     raises :class:`PunchError` (reason ``peer-lost``) when the peer went silent.
     """

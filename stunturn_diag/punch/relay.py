@@ -21,7 +21,7 @@ import sys
 import threading
 
 from ..errors import ConfigError, PunchError
-from .channel import MAX_PAYLOAD, UdpChannel
+from .channel import MAX_PAYLOAD, STREAM_CHUNK, UdpChannel
 
 Address = tuple[str, int]
 
@@ -32,7 +32,9 @@ class _Peer:
     def __init__(self, conn) -> None:
         self.conn = conn
         self.datagram = isinstance(conn, UdpChannel)
-        self.chunk = MAX_PAYLOAD if self.datagram else 65536
+        self.chunk = STREAM_CHUNK if self.datagram else 65536
+        #: local datagrams too large for one frame (dropped)
+        self.oversized = 0
 
     def read(self) -> bytes:
         if self.datagram:
@@ -43,11 +45,19 @@ class _Peer:
             return b""
 
     def write(self, data: bytes) -> None:
+        """Bytes of a stream: over UDP in frames that need no IP fragmentation."""
         if self.datagram:
-            for i in range(0, len(data), MAX_PAYLOAD):
-                self.conn.send(data[i:i + MAX_PAYLOAD])
+            for i in range(0, len(data), STREAM_CHUNK):
+                self.conn.send(data[i:i + STREAM_CHUNK])
         else:
             self.conn.sendall(data)
+
+    def write_datagram(self, data: bytes) -> None:
+        """One local datagram as one frame (boundaries kept); too large: dropped, counted."""
+        if len(data) > MAX_PAYLOAD:
+            self.oversized += 1
+            return
+        self.conn.send(data)
 
     def close_write(self) -> None:
         try:
@@ -114,14 +124,21 @@ def _bridge(peer: _Peer, local: socket.socket, datagram_local: bool,
     errors: list = []
 
     def local_read() -> bytes:
-        try:
-            if reply_to is not None:
-                data, src = local.recvfrom(65535)
-                reply_to[:] = [src]
-                return data
-            return local.recv(65535)
-        except OSError:
-            return b""
+        while True:
+            try:
+                if reply_to is not None:
+                    data, src = local.recvfrom(65535)
+                    reply_to[:] = [src]
+                else:
+                    data = local.recv(65535)
+            except ConnectionRefusedError:
+                if datagram_local:
+                    continue   # ICMP port unreachable from a local UDP service: it may come back
+                return b""
+            except OSError:
+                return b""
+            if data or not datagram_local:
+                return data    # an empty datagram is not the end of the data
 
     def local_write(data: bytes) -> None:
         if reply_to is not None:
@@ -138,8 +155,9 @@ def _bridge(peer: _Peer, local: socket.socket, datagram_local: bool,
         except OSError:
             pass
 
+    to_peer = peer.write_datagram if datagram_local and peer.datagram else peer.write
     up = threading.Thread(target=_pump, daemon=True, name="stunturn-local-up",
-                          args=(local_read, peer.write, peer.close_write, errors))
+                          args=(local_read, to_peer, peer.close_write, errors))
     up.start()
     _pump(peer.read, local_write, local_close_write, errors)
     if not datagram_local:

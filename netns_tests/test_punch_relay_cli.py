@@ -1,0 +1,161 @@
+"""`punch --forward` / `--listen` in the lab, as the README runs them: a real local
+service behind the receiver's NAT, a real local client behind the initiator's NAT,
+bytes both ways over the punched TCP stream and the punched UDP channel; and a
+peer that vanishes is reported as lost.
+
+Lab: site a behind plain masquerade (port-restricted), site b behind a full cone.
+The receiver runs without ``--protocol`` (it prepares both; the initiator picks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+
+pytestmark = pytest.mark.netns
+
+KEY = "relay-lab-key-42"
+SERVICE_PORT = 9000
+LISTEN_PORT = 2222
+
+#: a local echo service (bounded lifetime): TCP echoes the stream until EOF, UDP
+#: answers each datagram with b"echo:" + datagram
+ECHO = r"""
+import socket, sys, time
+proto, port = sys.argv[1], int(sys.argv[2])
+end = time.monotonic() + 60
+if proto == "tcp":
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port)); srv.listen(1); print("ready", flush=True)
+    srv.settimeout(60); conn, _ = srv.accept(); conn.settimeout(30)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.close()
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", port))
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            data, src = s.recvfrom(65535)
+        except socket.timeout:
+            break
+        s.sendto(b"echo:" + data, src)
+"""
+
+#: the local client on the initiator's host; prints one JSON line
+CLIENT = r"""
+import hashlib, json, os, socket, sys, threading
+proto, port = sys.argv[1], int(sys.argv[2])
+out = {}
+if proto == "tcp":
+    blob = os.urandom(300_000)
+    c = socket.create_connection(("127.0.0.1", port), timeout=20)
+    def send():
+        c.sendall(blob); c.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send); t.start()
+    got = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    t.join(20)
+    out.update(sent=hashlib.sha256(blob).hexdigest(), got=hashlib.sha256(got).hexdigest(),
+               length=len(got))
+else:
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(0.3)
+    replies = {}
+    for size in (1, 700, 1400, 4000, 20000):
+        payload = bytes([size % 251]) * size
+        for _ in range(20):                 # datagrams: resend until answered (bounded)
+            c.sendto(payload, ("127.0.0.1", port))
+            try:
+                reply = c.recv(65535)
+            except socket.timeout:
+                continue
+            replies[str(size)] = reply == b"echo:" + payload
+            break
+    out["replies"] = replies
+print(json.dumps(out), flush=True)
+"""
+
+
+def _punch(lab, host: str, *args: str):
+    env = dict(os.environ, STUNTURN_KEY=KEY, PYTHONUNBUFFERED="1")
+    return lab.popen(host, [sys.executable, "-m", "stunturn_diag", "punch",
+                            f"http://{lab.server_ip}:{HTTP_PORT}", *args], env=env)
+
+
+def _wait_line(proc, needle: str, timeout: float = 40.0) -> list[str]:
+    """Read stderr lines until one contains ``needle`` (bounded by ``timeout``)."""
+    lines: list[str] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"never saw {needle!r}: {''.join(lines)}")
+
+
+def _start_pair(lab, protocol: str, *receiver_args: str):
+    start_server(lab)
+    service = lab.popen("b1", [sys.executable, "-c", ECHO, protocol, str(SERVICE_PORT)])
+    assert service.stdout.readline().strip() == "ready"
+    ini = _punch(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--protocol", protocol,
+                 "--listen", f"127.0.0.1:{LISTEN_PORT}")
+    rec = _punch(lab, "b1", "--wait", "20", "--wait-interval", "0.05",
+                 "--forward", f"127.0.0.1:{SERVICE_PORT}", *receiver_args)
+    _wait_line(ini, "listening on 127.0.0.1")
+    return ini, rec
+
+
+def _client(lab, protocol: str) -> dict:
+    result = lab.exec("a1", [sys.executable, "-c", CLIENT, protocol, str(LISTEN_PORT)],
+                      timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_tcp_forward_and_listen_carry_a_stream_both_ways_and_end_cleanly():
+    with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
+        ini, rec = _start_pair(lab, "tcp")
+        got = _client(lab, "tcp")
+        i_out, i_err = ini.communicate(timeout=30)
+        r_out, r_err = rec.communicate(timeout=30)
+    assert got["length"] == 300_000 and got["got"] == got["sent"], got
+    # the local client's half-close travels through; both relays end by themselves
+    assert (ini.returncode, rec.returncode) == (0, 0), (i_err, r_err)
+    assert "over tcp" in r_err and "forwarding to 127.0.0.1:9000" in r_err
+    assert "Traceback" not in i_err + r_err
+
+
+def test_udp_forward_and_listen_keep_datagrams_whole_and_a_lost_peer_is_reported():
+    """Datagrams up to 20000 bytes cross whole (one frame each, IP fragments on the
+    wire); then the initiator is killed without a goodbye and the receiver reports
+    the lost peer after --peer-timeout."""
+    with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
+        ini, rec = _start_pair(lab, "udp", "--peer-timeout", "2")
+        got = _client(lab, "udp")
+        ini.send_signal(signal.SIGKILL)     # no BYE: only keepalives stop
+        ini.communicate(timeout=30)
+        r_out, r_err = rec.communicate(timeout=30)
+    assert got["replies"] == {"1": True, "700": True, "1400": True, "4000": True,
+                              "20000": True}, got
+    assert rec.returncode == 1, r_err
+    assert "went silent for 2s" in r_err and "Traceback" not in r_err, r_err
