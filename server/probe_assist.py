@@ -2,7 +2,7 @@
 
 RFC 5780 section 3 has a server never open connections to a client, so TCP
 filtering (RFC 5382 section 4.3) and what a NAT does with an unsolicited SYN
-(section 7.1: drop / RST / ICMP) cannot be learned with STUN alone. This module
+(section 4.3: drop / RST / ICMP) cannot be learned with STUN alone. This module
 adds ``POST /v1/probe/tcp-connect``: the server connects from another source to the
 caller's mapped port and reports what happened; and ``POST /v1/probe/tcp-simopen``:
 the server connects, after a short delay, from a port it names at once (for the
@@ -292,7 +292,7 @@ def tcp_simopen():
     """``POST /v1/probe/tcp-simopen``: reserve a source port on the alternate IP, answer with
     it at once, and ``delay_ms`` later connect from it to the caller's port. The caller
     meanwhile sends a SYN to that source that dies after its NAT (low TTL): the server's
-    SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 7.2)."""
+    SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 4.2)."""
     from .api import ApiError, json_body, observed_address, signaling_state
 
     st = _assist_state()

@@ -18,7 +18,7 @@ from .assemble import build, unreachable
 from .endpoints import Endpoints, from_info, parse_hostport
 from .engine import Engine
 from .result import ProbeResult
-from .tcp import TcpRun, alloc_test, run_tcp_rest
+from .tcp import TcpRun, alloc_test, has_root, run_tcp_rest
 from .udp_runner import resolve, route_source_ip, run_udp
 
 
@@ -89,6 +89,9 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         skipped.append({"test": "tcp", "reason": "--stun servers are used for the UDP tests only; "
                                                  "TCP needs our server's TCP endpoints and probe assist"})
     tcp_run = TcpRun() if tcp_ran else None
+    if tcp_ran and info.get("probe_assist") and has_root():
+        from .simopen import preload
+        preload()  # Scapy's import (~0.2 s of CPU) overlaps the tests that run before simopen
     engine_kw = {}
     if tcp_run is not None:
         # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike

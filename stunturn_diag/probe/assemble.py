@@ -128,9 +128,20 @@ def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
         "port_allocation": alloc,
         "filtering": filt,
         "unsolicited_syn": syn,
-        "simultaneous_open": classify_simopen(tcp.simopen),
+        "simultaneous_open": _simopen_verdict(tcp.simopen, mapping.value),
     }
     result.tcp_extra = {"mapped_address": _a(x1), "local_address": _a(local),
                         "port_allocation_delta": alloc.extra.get("delta"),
                         "predicted_next_port": alloc.extra.get("predicted_next_port"),
                         "errors": tcp.errors, "accepted": tcp.accepted}
+
+
+def _simopen_verdict(info: dict | None, mapping) -> C.Verdict:
+    """The simultaneous-open verdict; when it failed behind a NAT that maps every destination
+    to a new port, say that this is why (our SYN opened another port than the one the server
+    aimed at), so "no" is not read as "this NAT rejects simultaneous open"."""
+    v = classify_simopen(info)
+    if v.value is False and mapping in (C.Mapping.ADDRESS_DEPENDENT, C.Mapping.ADDRESS_AND_PORT_DEPENDENT):
+        v.reason += (f" - expected: the TCP mapping is {mapping.value}, so our SYN toward the server's "
+                     "other endpoint got another public port than the one learned from the primary")
+    return v

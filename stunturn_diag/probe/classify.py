@@ -159,7 +159,7 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
 
 
 def classify_hairpin(o: dict[str, Outcome]) -> Verdict:
-    """RFC 5780 section 4.5: a packet to our own mapped address comes back to us."""
+    """RFC 5780 section 3.4 (RFC 4787 section 6): a packet to our own mapped address comes back to us."""
     a2b, b2a = o.get("hair.a_to_b"), o.get("hair.b_to_a")
     if a2b is None or b2a is None:
         return Verdict(None, "could not learn both mapped addresses", ["hair.a", "hair.b"])

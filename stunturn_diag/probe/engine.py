@@ -41,7 +41,7 @@ class Probe:
     #: extra datagrams sent from the same socket just before every attempt
     prelude: tuple[tuple[Address, bytes], ...] = ()
     #: "response": a STUN response is expected; "request": this very request is
-    #: expected to arrive at another of our sockets (hairpinning, RFC 5780 section 4.5)
+    #: expected to arrive at another of our sockets (hairpinning, RFC 5780 section 3.4)
     expect: str = "response"
     #: silence here is a failure, not a verdict (e.g. a plain Binding request once the
     #: server is known to answer): allow ``patience`` more sends than a verdict needs

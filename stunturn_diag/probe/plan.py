@@ -14,7 +14,7 @@ Phases:
 2. Port allocation (RFC 4787 section 4.2.1): fresh sockets ``alloc1..`` each send one
    Binding request, strictly one after another so the NAT sees them in order.
 3. Everything else at once: mapping tests II/III (+ alternate port), filtering
-   (section 4.4, one socket per CHANGE-REQUEST), hairpinning (section 4.5), the
+   (section 4.4, one socket per CHANGE-REQUEST), hairpinning (section 3.4), the
    unsolicited-inbound mapping move test, and binding lifetime (section 4.6) probes.
 """
 
@@ -182,7 +182,7 @@ class UdpPlan:
         xa, xb = a.message.mapped_address, b.message.mapped_address
         self._hair_started = True
         # each socket sends to the other's mapped address, so an address(-and-port)-
-        # dependent filter is opened from both sides (RFC 5780 section 4.5)
+        # dependent filter is opened from both sides (RFC 5780 section 3.4)
         pa = self._probe("hair.b_to_a", "hair-b", xa, patience=0)
         pb = self._probe("hair.a_to_b", "hair-a", xb, patience=0)
         return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, expect="request") for p in (pa, pb)]

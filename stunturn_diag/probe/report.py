@@ -10,17 +10,18 @@ _RFC = {
     "filtering": "Filtering behaviour (RFC 4787 5, RFC 5780 4.4)",
     "port_preservation": "Port preservation (RFC 4787 4.2.1)",
     "port_allocation": "Port allocation across new mappings (RFC 4787 4.2.1)",
-    "hairpin": "Hairpinning (RFC 4787 6, RFC 5780 4.5)",
-    "mapping_moves_on_unsolicited": "Mapping moves after an unsolicited inbound packet",
+    "hairpin": "Hairpinning (RFC 4787 6, RFC 5780 3.4)",
+    "mapping_moves_on_unsolicited": "Mapping moves after an unsolicited inbound packet (Linux conntrack "
+                                    "port collision)",
     "binding_lifetime": "Binding lifetime (RFC 4787 4.3, RFC 5780 4.6)",
-    "unsolicited_syn": "Unsolicited inbound SYN (RFC 5382 7.1)",
-    "simultaneous_open": "TCP simultaneous open (RFC 5382 7.2)",
+    "unsolicited_syn": "Unsolicited inbound SYN (RFC 5382 4.3)",
+    "simultaneous_open": "TCP simultaneous open (RFC 5382 4.2)",
 }
 _RFC_TCP = {
     "mapping": "Mapping behaviour (RFC 5382 4.1)",
     "filtering": "Filtering behaviour (RFC 5382 4.3)",
-    "port_preservation": "Port preservation (RFC 5382 4.1)",
-    "port_allocation": "Port allocation across new mappings (RFC 5382 4.1)",
+    "port_preservation": "Port preservation (RFC 4787 4.2.1 applied to TCP)",
+    "port_allocation": "Port allocation across new mappings (RFC 4787 4.2.1 applied to TCP)",
 }
 
 
@@ -52,16 +53,23 @@ def meaning(r: ProbeResult) -> list[str]:
         elif f is None:
             lines.append("UDP: your NAT keeps one public port for all destinations (good for hole "
                          "punching); its filtering is unknown.")
+        elif f is Filtering.ADDRESS_DEPENDENT:
+            lines.append("UDP: peers can reach you directly after you send to them first: hole punching "
+                         "works with any peer, even one behind a symmetric NAT (your NAT admits every "
+                         "port of an IP you have sent to).")
         else:
-            lines.append("UDP: peers can reach you directly after you send to them first (hole punching "
-                         "works with any peer whose NAT keeps one mapping too).")
+            lines.append("UDP: peers can reach you directly after you send to them first: hole punching "
+                         "works with peers whose NAT keeps one public port for all destinations; with a "
+                         "peer behind a symmetric NAT it needs that NAT's next port predicted, else a "
+                         "relay (TURN).")
         if r.value("udp", "mapping_moves_on_unsolicited"):
             lines.append("Careful: a packet from the peer arriving before yours makes this NAT pick a new "
                          "port - send first, or retry punching from a fresh port.")
     elif m in (Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT):
         alloc = r.value("udp", "port_allocation")
         lines.append("UDP: your NAT uses a new public port per destination (symmetric). Punching works "
-                     "only against peers with open (endpoint-independent) filtering"
+                     "only with peers whose NAT keeps one public port and does not filter by port "
+                     "(full or restricted cone)"
                      + (", or by predicting the next port (sequential allocation)" if alloc is not None
                         and getattr(alloc, "value", alloc) == "sequential" else "")
                      + "; against another symmetric NAT you need a relay (TURN).")
@@ -76,7 +84,8 @@ def meaning(r: ProbeResult) -> list[str]:
             lines.append("TCP: unsolicited inbound connections are blocked"
                          + ("; simultaneous open works, so TCP hole punching is possible." if so else
                             "; TCP hole punching needs simultaneous open" +
-                            (", which failed here: use UDP or a relay." if so is False else ".")))
+                            (", which failed here: use UDP or a relay." if so is False else
+                             ", which was not tested (see skipped).")))
     return lines
 
 

@@ -7,7 +7,7 @@
   SO_REUSEPORT trick) while holding a connection to the primary; the server's
   probe-assist route then connects to our mapped port from its other IP and from
   another port of its primary IP and reports connected / rst / icmp / timeout.
-- Simultaneous open: see :mod:`.simopen` (raw sockets, root).
+- Simultaneous open: see :mod:`.simopen` (SYNs crafted and watched with Scapy, root).
 """
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
         run.skipped.append({"test": "tcp.simultaneous_open", "reason": "the server offers no probe assist"})
     elif not has_root():
         run.skipped.append({"test": "tcp.simultaneous_open",
-                            "reason": "needs root: the low-TTL SYN is sent from a raw socket (the kernel "
-                                      "aborts a connect when the ICMP time-exceeded comes back)"})
+                            "reason": "needs root: Scapy crafts the low-TTL SYN on a raw socket (the kernel "
+                                      "aborts a connect when the ICMP time-exceeded comes back) and "
+                                      "sniffs for the server's SYN"})
     else:
         from .simopen import simopen_test
         jobs.append(("simultaneous_open",

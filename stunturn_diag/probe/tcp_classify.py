@@ -7,6 +7,9 @@ from ..behaviour import Filtering, Mapping, UnsolicitedSyn
 from .classify import Verdict, _fmt
 from .endpoints import Address
 
+#: what each connect outcome means for the SYN, in words
+_SAID = {"connected": "reached our listener (connected)", "rst": "was refused with a TCP RST",
+         "icmp": "was answered with an ICMP error", "timeout": "got no answer at all (silently dropped)"}
 _SYN = {"connected": UnsolicitedSyn.PASS, "rst": UnsolicitedSyn.RST, "icmp": UnsolicitedSyn.ICMP,
         "timeout": UnsolicitedSyn.DROP}
 
@@ -43,7 +46,7 @@ def classify_tcp_mapping(local: Address, seen: dict[str, Address | None]) -> Ver
 
 def classify_tcp_filtering(results: dict[str, dict] | None) -> tuple[Verdict, Verdict]:
     """From ``/v1/probe/tcp-connect`` results by source role: filtering (RFC 5382 section 4.3)
-    and what the NAT does with the filtered SYN (section 7.1)."""
+    and what the NAT does with the filtered SYN (section 4.3: drop, RST or ICMP)."""
     if not results:
         why = "the server offers no probe assist (needed to send SYNs from another address)"
         return Verdict(None, why), Verdict(None, why)
@@ -53,7 +56,7 @@ def classify_tcp_filtering(results: dict[str, dict] | None) -> tuple[Verdict, Ve
         return Verdict(None, why, ["tcp.assist"]), Verdict(None, why, ["tcp.assist"])
     out_ip = ip["outcome"]
     out_port = (port or {}).get("outcome")
-    syn = Verdict(_SYN.get(out_ip), f"a SYN from the server's other IP to our mapped port: {out_ip}",
+    syn = Verdict(_SYN.get(out_ip), f"a SYN from the server's other IP to our mapped port {_SAID.get(out_ip, out_ip)}",
                   ["tcp.assist.alt-ip"], extra={"attempts": ip.get("attempts", [])})
     if out_ip == "connected":
         return Verdict(Filtering.ENDPOINT_INDEPENDENT, "a connection from another IP reached us",
@@ -71,7 +74,7 @@ def classify_tcp_filtering(results: dict[str, dict] | None) -> tuple[Verdict, Ve
 
 
 def classify_simopen(info: dict | None) -> Verdict:
-    """RFC 5382 section 7.2: our SYN left through the NAT (dying one hop later), then the
+    """RFC 5382 section 4.2 (simultaneous open): our SYN left through the NAT (dying one hop later), then the
     server's SYN from that endpoint reached our listener through the NAT."""
     if info is None:
         return Verdict(None, "not tested (see skipped)")
