@@ -109,6 +109,13 @@ def test_server_unreachable_exit_code():
     with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE["port-restricted"])})) as lab:
         rc, got = probe(lab, f"http://{lab.server_ip}:{PORT}")  # nothing listens
         assert rc == 4 and got["status"] == "unreachable"
+        # no route at all to the STUN server: also "could not reach the server", not an error
+        lab.exec(HOST, ["ip", "route", "del", "default"], check=True)
+        r = lab.exec(HOST, ["python3", "-m", "stunturn_diag", "probe", "--stun", f"{lab.server_ip}:3478",
+                            "--json"], timeout=60)
+        assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+        got = json.loads(r.stdout)
+        assert got["status"] == "unreachable" and any("no route" in n for n in got["notes"])
 
 
 def _coturn(lab: Lab, workdir: str) -> None:

@@ -153,3 +153,26 @@ def test_without_alternate_address_it_says_what_it_could_not_decide():
     assert {u["field"] for u in j["undetermined"]} >= {"udp.filtering"}
     assert j["status"] == "partial" and r.exit_code == 3
     assert any("alternate" in n for n in j["notes"])
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "stunturn_diag", "probe", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_real_process_exit_codes_without_traceback(server):
+    """0 diagnosed, 3 partial, 4 unreachable (HTTP down, or no STUN answer at all): real CLI."""
+    r = _cli(server.http_url, "--json", "--no-tcp")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "diagnosed"
+    down = _cli(f"http://127.0.0.1:{_closed_port()}")
+    assert down.returncode == EXIT_UNREACHABLE and "Traceback" not in down.stderr
+    assert down.stdout.startswith("Could not reach the server") and "Connection refused" in down.stdout
+    silent = _cli("--stun", f"127.0.0.1:{_closed_port(socket.SOCK_DGRAM)}", "--json")
+    assert silent.returncode == EXIT_UNREACHABLE and "Traceback" not in silent.stderr
+    j = json.loads(silent.stdout)
+    assert j["status"] == "unreachable" and j["udp"]["reachable"] is False
+    assert "no answer" in j["udp"]["evidence"]["mapping"]["reason"]
+    # a port-unreachable from the server itself is not a router hop of the TTL walk
+    assert all(h["from"] is None for h in (j["nat_layers"] or {}).get("hops", []))

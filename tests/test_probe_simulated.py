@@ -17,7 +17,7 @@ from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.probe import classify as C
 from stunturn_diag.probe.endpoints import Endpoints
 from stunturn_diag.probe.engine import Engine
-from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, sockets_for
+from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, feed_outcome, sockets_for
 from stunturn_diag.stun import decode
 from stunturn_server.config import StunEndpoint
 from stunturn_server.stun.responder import StunResponder
@@ -106,13 +106,7 @@ def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=Non
             heapq.heappush(queue, (t + 0.005 + rng.random() * jitter, next(seq), what))
 
     def feed(out, now):
-        plan.set_srtt(eng.srtt)
-        for p in plan.on_outcome(out, now):
-            eng.add(p)
-        for name, sock, tid in plan.take_passive():
-            eng.expect(name, sock, tid)
-        for tid in plan.take_cancelled():
-            eng.cancel(tid)
+        feed_outcome(plan, eng, out, now)
 
     now = 0.0
     for p in plan.start(now):

@@ -75,7 +75,10 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
             raise ProbeError(f"bad --stun address: {exc}", hint="use HOST:PORT, e.g. 192.0.2.1:3478") from None
         ep = Endpoints(resolve(host, port))
         server_desc = {"stun": f"{host}:{port}", "kind": "rfc5780"}
-    local_ip = route_source_ip(ep.primary)
+    try:
+        local_ip = route_source_ip(ep.primary)
+    except ProbeError as exc:  # no route: the server cannot be reached from here
+        return unreachable(str(exc), server_desc, t0)
 
     sniffer = None
     if pcap:

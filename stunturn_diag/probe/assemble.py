@@ -51,7 +51,10 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         m = C.mapped(o.get(f"alloc.{i}"))
         if m is not None:
             pairs.append((udp.locals[f"alloc{i}"], m))
-    unreachable = C.Verdict(None, "UDP to the STUN server gets no answer")
+    first = o.get("map.primary")
+    unreachable = C.Verdict(None, f"UDP to the STUN server gets no answer (Binding requests to "
+                                  f"{C._fmt(ep.primary)}, {first.attempts if first else 0} tries)",
+                            ["map.primary"])
     if not reachable:
         verdicts = {k: unreachable for k in ("mapping", "filtering", "port_preservation", "port_allocation",
                                              "hairpin", "mapping_moves_on_unsolicited")}

@@ -105,7 +105,9 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
                 try:
                     _, anc, _, _ = s.recvmsg(1, 512, MSG_ERRQUEUE)
                     for _lvl, _typ, data in anc:
-                        if len(data) >= 24 and struct.unpack_from("=B", data, 4)[0] == 2:
+                        # struct sock_extended_err: ee_origin 2 = ICMP, ee_type 11 = time
+                        # exceeded (a port unreachable from the server itself is no hop)
+                        if len(data) >= 24 and data[4] == 2 and data[5] == 11:
                             hops[ttl] = socket.inet_ntoa(data[20:24])
                 except (BlockingIOError, OSError):
                     pass

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..stun import binding_request, encode, new_transaction_id
 from .endpoints import Address, Endpoints
-from .engine import Outcome, Probe
+from .engine import Engine, Outcome, Probe
 
 ALLOC_SOCKETS = 4
 BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + tuple(
@@ -186,3 +186,16 @@ class UdpPlan:
         pa = self._probe("hair.b_to_a", "hair-b", xa, patience=0)
         pb = self._probe("hair.a_to_b", "hair-a", xb, patience=0)
         return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, expect="request") for p in (pa, pb)]
+
+
+def feed_outcome(plan: UdpPlan, engine: Engine, out: Outcome, now: float) -> None:
+    """Hand one concluded transaction to the plan and its answer back to the engine: the
+    next probes, the preludes' transaction IDs to watch, and the ones to drop (pure glue,
+    shared by the runner and the simulated-NAT tests)."""
+    plan.set_srtt(engine.srtt)
+    for p in plan.on_outcome(out, now):
+        engine.add(p)
+    for name, sock, tid in plan.take_passive():
+        engine.expect(name, sock, tid)
+    for tid in plan.take_cancelled():
+        engine.cancel(tid)

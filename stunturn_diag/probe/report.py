@@ -92,8 +92,14 @@ def meaning(r: ProbeResult) -> list[str]:
 def render(r: ProbeResult) -> str:
     """The report as text."""
     out = []
+    if r.status == "unreachable":
+        out.append("Could not reach the server: nothing was diagnosed.")
+        why = r.notes or sorted({u["reason"] for u in r.undetermined})
+        out += [f"  {n}" for n in why]
+        out.append(f"status: {r.status}")
+        return "\n".join(out)
     if not r.udp_reachable:
-        out.append("Could not reach the STUN server over UDP.")
+        out.append("UDP does not reach the STUN server (no answer); the TCP results follow.")
         out += [f"  {n}" for n in r.notes]
     else:
         out.append(f"NAT: {'yes' if r.nat else 'no'}   public IP: {r.public_ip}   local IP: {r.local_ip}   "

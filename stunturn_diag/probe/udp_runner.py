@@ -18,7 +18,7 @@ from ..errors import ProbeError, StunDecodeError
 from ..stun import decode, looks_like_stun
 from .endpoints import Address, Endpoints
 from .engine import Engine, Outcome
-from .plan import UdpPlan, sockets_for
+from .plan import UdpPlan, feed_outcome, sockets_for
 
 
 @dataclass
@@ -104,7 +104,7 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
                         errors.append(f"send from {snd.sock} to {snd.dest[0]}:{snd.dest[1]}: "
                                       f"{exc.strerror or exc}")
             for out in concluded:
-                _feed(plan, engine, out, now)
+                feed_outcome(plan, engine, out, now)
             if on_concurrent is not None and (plan.concurrent or engine.idle):
                 on_concurrent()
                 on_concurrent = None
@@ -136,7 +136,7 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
                     got = engine.on_packet(msg.transaction_id, clock(), message=msg,
                                            source=src[:2], sock=key.data)
                     if got is not None and not got.passive:
-                        _feed(plan, engine, got, clock())
+                        feed_outcome(plan, engine, got, clock())
         if on_concurrent is not None:
             on_concurrent()
         return UdpRun(plan, engine, locals_, local_ip, started, clock(), errors)
@@ -145,12 +145,3 @@ def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
         for s in socks.values():
             s.close()
 
-
-def _feed(plan: UdpPlan, engine: Engine, out: Outcome, now: float) -> None:
-    plan.set_srtt(engine.srtt)
-    for p in plan.on_outcome(out, now):
-        engine.add(p)
-    for name, sock, tid in plan.take_passive():
-        engine.expect(name, sock, tid)
-    for tid in plan.take_cancelled():
-        engine.cancel(tid)
