@@ -176,3 +176,19 @@ def test_real_process_exit_codes_without_traceback(server):
     assert "no answer" in j["udp"]["evidence"]["mapping"]["reason"]
     # a port-unreachable from the server itself is not a router hop of the TTL walk
     assert all(h["from"] is None for h in (j["nat_layers"] or {}).get("hops", []))
+
+
+def test_json_keys_are_the_same_in_every_mode(server, result):
+    """The documented keys are always present (null when undetermined or not run): full run,
+    --stun (no TCP), and an unreachable server."""
+    from stunturn_diag.probe.result import TCP_EXTRA_KEYS, TCP_VERDICT_KEYS, UDP_KEYS
+    primary = next(e for e in server.stun_endpoints if e["role"] == "primary")
+    docs = [result.to_json(), run_probe(stun=f"{primary['ip']}:{primary['port']}").to_json(),
+            run_probe(f"http://127.0.0.1:{_closed_port()}").to_json()]
+    top = {"schema", "schema_version", "status", "exit_code", "nat", "public_ip", "local_ip", "elapsed_ms",
+           "server", "udp", "tcp", "nat_layers", "undetermined", "skipped", "notes", "timings", "probes"}
+    for j in docs:
+        assert set(j) == top
+        assert set(UDP_KEYS) <= set(j["udp"]), set(UDP_KEYS) - set(j["udp"])
+        assert {"reachable", "evidence", *TCP_VERDICT_KEYS, *TCP_EXTRA_KEYS} <= set(j["tcp"])
+    assert [j["status"] for j in docs] == ["diagnosed", "diagnosed", "unreachable"]

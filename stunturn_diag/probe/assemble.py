@@ -9,7 +9,7 @@ from . import classify as C
 from .endpoints import Endpoints
 from .layers import analyse_hops
 from .plan import ALLOC_SOCKETS, lifetime_schedule
-from .result import ProbeResult
+from .result import TCP_EXTRA_KEYS, ProbeResult
 from .tcp import TcpRun
 from .tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from .udp_runner import UdpRun
@@ -111,6 +111,7 @@ def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
         for name in ("mapping", "port_preservation", "port_allocation", "filtering", "unsolicited_syn",
                      "simultaneous_open"):
             result.tcp[name] = C.Verdict(None, why)
+        result.tcp_extra = dict.fromkeys(TCP_EXTRA_KEYS)
         return
     local = tcp.local_map
     mapping = classify_tcp_mapping(local, tcp.mapped)
@@ -136,6 +137,7 @@ def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
     result.tcp_extra = {"mapped_address": _a(x1), "local_address": _a(local),
                         "port_allocation_delta": alloc.extra.get("delta"),
                         "predicted_next_port": alloc.extra.get("predicted_next_port"),
+                        "port_allocation_confidence": alloc.extra.get("confidence"),
                         "errors": tcp.errors, "accepted": tcp.accepted}
 
 

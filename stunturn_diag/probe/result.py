@@ -25,6 +25,15 @@ EXIT_UNREACHABLE = 4
 #: the fields whose null makes a diagnosis "partial"
 CORE_UDP = ("mapping", "filtering", "port_allocation", "hairpin")
 CORE_TCP = ("mapping", "filtering", "unsolicited_syn", "port_allocation")
+#: every ``udp`` key (present, null when undetermined, in every document)
+UDP_KEYS = ("reachable", "mapping", "filtering", "port_preservation", "port_allocation",
+            "port_allocation_delta", "predicted_next_port", "port_allocation_confidence", "hairpin",
+            "mapping_moves_on_unsolicited", "mapped_address", "local_address", "classic_label", "evidence")
+#: every ``tcp`` verdict key, and the extra keys beside them (present, null, when TCP did not run)
+TCP_VERDICT_KEYS = ("mapping", "port_preservation", "port_allocation", "filtering", "unsolicited_syn",
+                    "simultaneous_open")
+TCP_EXTRA_KEYS = ("mapped_address", "local_address", "port_allocation_delta", "predicted_next_port",
+                  "port_allocation_confidence", "errors", "accepted")
 
 
 def _plain(v: Any) -> Any:
@@ -103,10 +112,13 @@ class ProbeResult:
         udp = {"reachable": self.udp_reachable}
         udp.update(block(self.udp, self.udp_extra))
         udp["classic_label"] = self.classic_label
+        for k in UDP_KEYS:
+            udp.setdefault(k, None)
         tcp = {"reachable": self.tcp_reachable if self.tcp_ran else None}
-        tcp.update(block(self.tcp, self.tcp_extra) if self.tcp_ran else {
-            k: None for k in ("mapping", "port_preservation", "port_allocation", "filtering",
-                              "unsolicited_syn", "simultaneous_open")})
+        tcp.update(block(self.tcp, self.tcp_extra) if self.tcp_ran else
+                   dict.fromkeys(TCP_VERDICT_KEYS + TCP_EXTRA_KEYS) | {"evidence": {}})
+        for k in TCP_VERDICT_KEYS + TCP_EXTRA_KEYS:
+            tcp.setdefault(k, None)
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
