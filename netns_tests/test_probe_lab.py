@@ -156,16 +156,24 @@ def test_coturn_as_server_gives_the_same_udp_verdicts(name):
 @pytest.mark.parametrize("icmp_type", ["port-unreachable", "admin-prohibited"])
 def test_nat_answering_syns_with_icmp_is_told_apart_from_rst(icmp_type):
     """The kernel reports an ICMP port unreachable to connect() exactly like a RST
-    (ECONNREFUSED); the server's IP_RECVERR error queue tells them apart."""
-    nat = CATALOGUE["port-restricted-drop"]
+    (ECONNREFUSED); the server's IP_RECVERR error queue tells them apart. The catalogue's
+    ICMP-answering NAT (port-restricted-icmp) when the lab has it; the admin-prohibited
+    code is one rule more, put in front of the catalogue's."""
+    icmp_nat = CATALOGUE.get("port-restricted-icmp")
+    nat = icmp_nat or CATALOGUE["port-restricted-drop"]
     with Lab(LabSpec(sites={"a": SiteSpec(nat=nat)})) as lab:
-        lab.exec(lab.nat_node("a"), ["nft", "insert", "rule", "ip", "stunturn_lab", "input", "iifname", "wan0",
-                                     "meta", "l4proto", "tcp", "ct", "state", "new", "reject", "with", "icmp",
-                                     "type", icmp_type], check=True)
+        if icmp_nat is None or icmp_type != "port-unreachable":
+            lab.exec(lab.nat_node("a"), ["nft", "insert", "rule", "ip", "stunturn_lab", "input", "iifname",
+                                         "wan0", "meta", "l4proto", "tcp", "ct", "state", "new", "reject",
+                                         "with", "icmp", "type", icmp_type], check=True)
         rc, got = probe(lab, serve(lab))
         assert got["tcp"]["unsolicited_syn"] == "icmp"
         assert got["tcp"]["filtering"] == "address-and-port-dependent"
         assert got["udp"]["filtering"] == "address-and-port-dependent" and rc == 0
+        if icmp_type == "admin-prohibited":  # the server saw that very ICMP code (13)
+            codes = {a.get("icmp", {}).get("code") for a in
+                     got["tcp"]["evidence"]["unsolicited_syn"]["attempts"]}
+            assert 13 in codes, got["tcp"]["evidence"]["unsolicited_syn"]
 
 
 def test_pcap_in_the_lab_holds_both_protocols(tmp_path):
