@@ -1,44 +1,58 @@
 """netns tests: real kernel NAT in network namespaces.
 
-They need root (CAP_NET_ADMIN), ``ip`` and ``nft``. Locally without those they
-skip with a one-line reason; under CI (``CI`` set) a missing prerequisite is a
-failure, never a skip.
+They need root (CAP_NET_ADMIN, CAP_SYS_ADMIN), ``ip``, ``nft`` and ``sysctl``. Locally
+without those they skip with a one-line reason; under CI (``CI`` set, e.g. ``CI=true``)
+a missing prerequisite is a failure, never a skip. Every lab a test process builds is
+recorded; its namespaces must all be gone when the session ends (else an error).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 
 import pytest
 
 
+@functools.lru_cache(maxsize=1)
 def _missing() -> str | None:
+    """Why the netns tests cannot run here (one line), or None."""
+    from stunturn_diag.errors import StunturnError
+    from stunturn_diag.lab import check_prerequisites
+
     if os.geteuid() != 0:
         return "netns tests need root (ip netns, nftables)"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"netns tests need the '{tool}' command (apt-get install iproute2 nftables)"
+    try:
+        check_prerequisites()
+    except StunturnError as exc:
+        return f"netns tests: {exc}"
     return None
+
+
+def in_ci() -> bool:
+    """``CI`` is set to anything but an empty/false value (CI services set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _is_netns(item) -> bool:
+    return "netns_tests" in str(item.fspath)
 
 
 def pytest_collection_modifyitems(config, items):
     reason = _missing()
-    if reason is None:
+    if reason is None or in_ci():
         return
-    in_ci = bool(os.environ.get("CI"))
     for item in items:
-        if "netns_tests" not in str(item.fspath):
-            continue
-        if in_ci:
-            item.add_marker(pytest.mark.usefixtures("_ci_requires_netns"))
-        else:
+        if _is_netns(item):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture
-def _ci_requires_netns():
-    pytest.fail(f"CI must run the netns tests: {_missing()}")
+def pytest_runtest_setup(item):
+    """Under CI a missing prerequisite fails every netns test before it runs."""
+    if _is_netns(item) and in_ci():
+        reason = _missing()
+        if reason is not None:
+            pytest.fail(f"CI must run the netns tests: {reason}", pytrace=False)
 
 
 # --- NAT lab fixtures -------------------------------------------------------------------
@@ -116,9 +130,27 @@ def make_lab():
     assert _own_namespaces() == []
 
 
+def record_lab(name: str) -> None:
+    """Include a lab built elsewhere (a subprocess) in the end-of-session check."""
+    _created_prefixes.append(name)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_lab_namespaces_left():
-    """Session finalizer: no namespace of a lab this process built may survive."""
-    yield
+    """Records every lab this process builds (``runner.new_prefix``); at the end of the
+    session none of their namespaces may survive (an error fails the run, also in CI)."""
+    from stunturn_diag.lab import runner
+
+    original = runner.new_prefix
+
+    def recording_prefix() -> str:
+        name = original()
+        record_lab(name)
+        return name
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "new_prefix", recording_prefix)
+        yield
     if _created_prefixes and _missing() is None:
-        assert _own_namespaces() == [], "lab namespaces left behind"
+        left = _own_namespaces()
+        assert left == [], f"lab namespaces left behind: {' '.join(left)}"

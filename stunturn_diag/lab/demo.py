@@ -3,22 +3,29 @@
 Builds a lab (site a and site b behind kernel NATs), starts ``stunturn-diag serve``
 on the server host, probes the NAT from a host in each site and compares the verdicts
 with the catalogue's ground truth, then punches from site a (initiator) to site b
-(receiver). Every step's outcome is recorded, including failures; the lab is always
-torn down.
+(receiver), each side sharing its probe report as NAT profile, and has each side send
+the other a message through the punched channel (:mod:`.demo_peer`, the punch library
+API). Every step's outcome is recorded, including failures; the lab is always torn
+down (also on Ctrl-C or SIGTERM; after ``kill -9``, ``stunturn-diag lab down --all``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import selectors
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
-from .runner import Lab
+from .runner import Lab, check_prerequisites
 from .spec import LabSpec
 
 HTTP_PORT = 8080
@@ -110,13 +117,39 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
     carrier-grade NAT in front.
     """
     spec = LabSpec.simple(site_a, site_b, cgnat=cgnat, same_nat=same_nat)
+    check_prerequisites()
+    with _sigterm_interrupts():
+        return _run_demo(spec, protocol, progress)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM/SIGHUP raise KeyboardInterrupt while the demo runs, so the lab's context
+    manager tears it down (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> dict:
     report: dict = {"sites": {}, "steps": []}
-    progress("building the lab: " + ", ".join(
+    lab = Lab(spec)
+    progress(f"building lab {lab.name}: " + ", ".join(
         f"site {name} = {site.nat.name}" + (f" behind CGNAT {site.cgnat.name}" if site.cgnat
                                             else "") + (f" ({site.hosts} hosts)"
                                                         if site.hosts > 1 else "")
         for name, site in spec.sites.items()))
-    with Lab(spec) as lab:
+    with lab:
         report["lab"] = lab.name
         for site in lab.sites:
             report["sites"][site] = {"nat": spec.sites[site].nat.name,
@@ -169,37 +202,124 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
 
 
 def _punch(lab: Lab, url: str, protocol: str, report: dict, progress) -> dict:
+    """Punch from the initiator to the receiver (each with its site's probe report as NAT
+    profile), then each sends the other a message through the punched channel."""
+    with tempfile.TemporaryDirectory(prefix="stunturn-demo-") as workdir:
+        return _punch_in(lab, url, protocol, report, progress, Path(workdir))
+
+
+def _punch_in(lab: Lab, url: str, protocol: str, report: dict, progress,
+              workdir: Path) -> dict:
     key = secrets.token_hex(12)
     peers = report["peers"]
-    initiator_host, receiver_host = peers["initiator"]["host"], peers["receiver"]["host"]
-    progress(f"punching {protocol}: {initiator_host} (initiator, site a) -> "
-             f"{receiver_host} (receiver, site {peers['receiver']['site']})")
+    profiles = {step["step"].split()[-1]: step.get("result") for step in report["steps"]
+                if step["step"].startswith("probe ")}
+    progress(f"punching {protocol}: {peers['initiator']['host']} (initiator, site a) -> "
+             f"{peers['receiver']['host']} (receiver, site {peers['receiver']['site']})")
     full_env = dict(os.environ, STUNTURN_KEY=key)     # the key stays out of ps
-    initiator = lab.popen(initiator_host, _cli("punch", url, "--target-ip",
-                                                peers["receiver"]["public_ip"],
-                                                "--protocol", protocol, "--json"), env=full_env)
-    receiver = lab.popen(receiver_host, _cli("punch", url, "--wait", "30", "--protocol",
-                                              protocol, "--json"), env=full_env)
-    r_out, r_err, r_code = _run(receiver, PUNCH_TIMEOUT)
-    i_out, i_err, i_code = _run(initiator, PUNCH_TIMEOUT)
+    procs = {}
+    for role in ("receiver", "initiator"):
+        host = peers[role]["host"]
+        argv = [sys.executable, "-m", "stunturn_diag.lab.demo_peer", url,
+                "--protocol", protocol, "--wait", "30",
+                "--message", f"hello from {host}"]
+        if role == "initiator":
+            argv += ["--target-ip", peers["receiver"]["public_ip"]]
+        profile = profiles.get(peers[role]["site"])
+        if profile:
+            path = workdir / f"{role}-profile.json"
+            path.write_text(json.dumps(profile))
+            argv += ["--nat-profile", str(path)]
+        procs[role] = lab.popen(host, argv, env=full_env, stdin=subprocess.DEVNULL)
     step: dict = {"step": f"punch {protocol}", "protocol": protocol}
-    sides = {}
-    for role, (out, err, code) in (("initiator", (i_out, i_err, i_code)),
-                                   ("receiver", (r_out, r_err, r_code))):
+    for role in ("initiator", "receiver"):
+        out, err, code = _run(procs[role], PUNCH_TIMEOUT)
         side = _step_result(role, out, err, code)
+        side["host"] = peers[role]["host"]
         side["result"] = _json_line(out)
-        sides[role] = side
-    step.update(sides)
-    statuses = {s["status"] for s in sides.values()}
-    step["status"] = ("ok" if statuses == {"ok"} else
-                      "not-built" if "not-built" in statuses else "failed")
-    progress(f"  punch: {step['status']}")
+        step[role] = side
+    ini, rec = step["initiator"]["result"] or {}, step["receiver"]["result"] or {}
+    step["exchange"] = {
+        f"{peers['initiator']['host']} -> {peers['receiver']['host']}":
+            ini.get("sent") is not None and rec.get("received") == ini.get("sent"),
+        f"{peers['receiver']['host']} -> {peers['initiator']['host']}":
+            rec.get("sent") is not None and ini.get("received") == rec.get("sent")}
+    punched = step["initiator"]["status"] == step["receiver"]["status"] == "ok"
+    step["status"] = "ok" if punched and all(step["exchange"].values()) else "failed"
+    if step["status"] == "ok":
+        progress(f"  punch: ok ({ini.get('strategy')}), a message went each way")
+    else:
+        progress(f"  punch: failed ({ini.get('reason') or rec.get('reason') or 'see the report'})")
     return step
+
+
+def _addr(value: dict | None) -> str:
+    return f"{value['ip']}:{value['port']}" if isinstance(value, dict) else "?"
+
+
+def _render_side(role: str, side: dict) -> list[str]:
+    """One line per punching side: where it punched from and to, or that it failed."""
+    res = side.get("result") or {}
+    who = f"{role} {side.get('host', '')}".rstrip()
+    if res.get("ok"):
+        mapped = f" (mapped {_addr(res['mapped'])})" if res.get("mapped") else ""
+        return [f"    {who}: {_addr(res.get('local'))}{mapped} -> peer "
+                f"{_addr(res.get('peer'))}, authenticated {res.get('connect_ms')} ms "
+                "after the match"]
+    if res:
+        return [f"    {who}: failed ({res.get('reason')})"]
+    return [f"    {who}: {side['status']}"]
+
+
+def _render_punch(step: dict) -> list[str]:
+    ini = (step.get("initiator") or {}).get("result") or {}
+    lines = []
+    if ini.get("strategy"):
+        why = ini.get("explanation") or ""
+        why = why[len(ini["strategy"]) + 1:].strip() if why.startswith(ini["strategy"] + ":") \
+            else why
+        lines.append(f"    strategy {ini['strategy']}" + (f": {why}" if why else ""))
+    for role in ("initiator", "receiver"):
+        if step.get(role):
+            lines += _render_side(role, step[role])
+    messages = []
+    for role in ("initiator", "receiver"):
+        res = (step.get(role) or {}).get("result") or {}
+        if res and not res.get("ok") and res.get("message") not in messages:
+            messages.append(res.get("message"))
+            lines.append(f"    {role}: {res.get('message')}")
+    for direction, arrived in (step.get("exchange") or {}).items():
+        src = direction.split(" -> ")[0]
+        sides = [step.get(r) or {} for r in ("initiator", "receiver")]
+        sent = next(((s.get("result") or {}).get("sent") for s in sides
+                     if s.get("host") == src), None)
+        if arrived:
+            lines.append(f"    {direction}: {json.dumps(sent)} arrived through the punched channel")
+        elif sent is not None:
+            lines.append(f"    {direction}: message did NOT arrive")
+    for role in ("initiator", "receiver"):
+        error = ((step.get(role) or {}).get("result") or {}).get("exchange_error")
+        if error:
+            lines.append(f"    {role}: {error}")
+    return lines
+
+
+def _reason(step: dict) -> str | None:
+    if step.get("comparison", {}).get("mismatches"):
+        return "differs from the ground truth"
+    for role in ("initiator", "receiver"):
+        res = (step.get(role) or {}).get("result") or {}
+        if res.get("reason"):
+            return res["reason"]
+        if res.get("exchange_error"):
+            return "no message through the channel"
+    return None
 
 
 def render(report: dict) -> str:
     """A readable summary of :func:`run_demo`'s report."""
-    lines = [f"NAT lab demo ({report.get('lab', '?')})"]
+    lines = [f"NAT lab demo ({report.get('lab', '?')}): real kernel NATs in network "
+             "namespaces, torn down afterwards"]
     for site, info in report["sites"].items():
         behind = f" behind CGNAT {info['cgnat']}" if info.get("cgnat") else ""
         lines.append(f"  site {site}: {info['nat']}{behind}, public {info['public_ip']}, "
@@ -208,7 +328,18 @@ def render(report: dict) -> str:
         name, status = step["step"], step["status"]
         lines.append(f"- {name}: {status}")
         if name == "serve" and status == "ok":
-            lines.append(f"    {step['listening'].get('http_url', '')}")
+            listening = step["listening"]
+            stun = ", ".join(_addr(e) for e in listening.get("stun_endpoints", []))
+            lines.append(f"    signaling {listening.get('http_url', '')}"
+                         + (f"; STUN {stun}" if stun else ""))
+        result = step.get("result")
+        if result and name.startswith("probe"):
+            udp = result.get("udp") or {}
+            tcp = result.get("tcp") or {}
+            lines.append(f"    {udp.get('classic_label', '?')}: UDP mapping {udp.get('mapping')}, "
+                         f"filtering {udp.get('filtering')}, ports "
+                         f"{udp.get('port_allocation')}; TCP unsolicited SYN "
+                         f"{tcp.get('unsolicited_syn')}")
         comparison = step.get("comparison")
         if comparison:
             lines.append(f"    verdicts matching the lab's ground truth: "
@@ -218,19 +349,8 @@ def render(report: dict) -> str:
             for miss in comparison["mismatches"]:
                 lines.append(f"    ! {miss['key']}: probe says {miss['observed']}, "
                              f"lab is {miss['expected']}")
-        result = step.get("result")
-        if result and name.startswith("probe"):
-            udp = result.get("udp") or {}
-            lines.append(f"    {result.get('udp', {}).get('classic_label', '')}: "
-                         f"mapping {udp.get('mapping')}, filtering {udp.get('filtering')}")
-        for role in ("initiator", "receiver"):
-            side = step.get(role)
-            if not side:
-                continue
-            res = side.get("result") or {}
-            summary = ", ".join(f"{k}={res[k]}" for k in ("ok", "strategy", "reason", "peer")
-                                if k in res)
-            lines.append(f"    {role}: {side['status']} {summary}")
+        if name.startswith("punch"):
+            lines += _render_punch(step)
         if status != "ok":
             for key in ("stderr", "stdout"):
                 if step.get(key):
@@ -238,6 +358,16 @@ def render(report: dict) -> str:
             for role in ("initiator", "receiver"):
                 if step.get(role, {}).get("stderr") and step[role]["status"] != "ok":
                     lines.append(f"    {role} stderr: {step[role]['stderr'].splitlines()[-1]}")
-    lines.append("result: " + ("every step succeeded" if report.get("ok") else
-                               "some steps failed or are not built yet (see above)"))
+    if report.get("ok"):
+        peers = report.get("peers", {})
+        ini, rec = (peers.get(r, {}).get("host", "?") for r in ("initiator", "receiver"))
+        proto = next((s.get("protocol") for s in report["steps"] if s.get("protocol")), "?")
+        lines.append(f"result: every step succeeded: the probes agree with the lab's ground "
+                     f"truth and {ini} and {rec} talked directly over {proto.upper()}")
+    else:
+        failed = [s["step"] + (f" ({_reason(s)})" if _reason(s) else "")
+                  for s in report["steps"] if s["status"] != "ok"
+                  or s.get("comparison", {}).get("mismatches")]
+        lines.append("result: some steps failed or are not built yet"
+                     + (f": {', '.join(failed)}" if failed else " (see above)"))
     return "\n".join(lines)

@@ -25,8 +25,13 @@ from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 PREFIX_FAMILY = state.PREFIX_FAMILY
 
 
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21          # `ip netns add` mounts the namespace under /run/netns
+
+
 def check_prerequisites() -> None:
-    """Raise PrivilegeError without root, LabError when ``ip``/``nft`` are missing."""
+    """Raise PrivilegeError without root (or root without CAP_NET_ADMIN/CAP_SYS_ADMIN,
+    as in an unprivileged container), LabError when ``ip``/``nft``/``sysctl`` are missing."""
     if os.geteuid() != 0:
         raise PrivilegeError("the NAT lab needs root (it creates network namespaces and "
                              "nftables rules)", hint="run it with sudo")
@@ -34,6 +39,26 @@ def check_prerequisites() -> None:
         if shutil.which(tool) is None:
             raise LabError(f"the NAT lab needs the '{tool}' command",
                            hint=f"apt-get install {package}")
+    caps = effective_capabilities()
+    missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+                                      (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
+               if caps is not None and not caps >> bit & 1]
+    if missing:
+        raise PrivilegeError(f"the NAT lab needs {' and '.join(missing)}, which this root "
+                             "process lacks", hint="run it on the host, or in a container "
+                             "started with --privileged")
+
+
+def effective_capabilities() -> int | None:
+    """This process's effective capability mask (``CapEff`` in /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def new_prefix() -> str:
