@@ -38,15 +38,7 @@ def _ask(sock: socket.socket, server, via, ident, tries=TRIES, wait=WAIT):
     msg = json.dumps({"id": ident, "via": via}).encode()
     for _ in range(tries):
         sock.sendto(msg, server)
-        deadline = time.monotonic() + wait
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                data, _ = sock.recvfrom(2048)
-            except (socket.timeout, TimeoutError):
-                break
-            except OSError:           # ICMP port unreachable from a previous send
-                continue
+        for data, _ in _datagrams(sock, time.monotonic() + wait):
             try:
                 reply = json.loads(data)
             except ValueError:
@@ -54,6 +46,22 @@ def _ask(sock: socket.socket, server, via, ident, tries=TRIES, wait=WAIT):
             if isinstance(reply, dict) and reply.get("id") == ident:
                 return {"mapped": reply.get("mapped"), "by": reply.get("by")}
     return None
+
+
+def _datagrams(sock: socket.socket, deadline: float):
+    """Yield ``(data, source)`` for datagrams arriving before ``deadline`` (monotonic);
+    ICMP errors queued by earlier sends are skipped. At most 256 datagrams."""
+    for _ in range(256):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        sock.settimeout(left)
+        try:
+            yield sock.recvfrom(2048)
+        except (socket.timeout, TimeoutError):
+            return
+        except OSError:           # ICMP port unreachable from a previous send
+            continue
 
 
 def _udp_socket(port: int = 0) -> socket.socket:
@@ -192,15 +200,7 @@ def cmd_poke(args) -> dict:
     sock = _udp_socket_bound(args.bind)
     sock.sendto(b"poke", args.to)
     print(json.dumps({"sent": True}), flush=True)
-    deadline = time.monotonic() + args.wait
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data, source = sock.recvfrom(2048)
-        except (socket.timeout, TimeoutError):
-            break
-        except OSError:
-            continue
+    for data, source in _datagrams(sock, time.monotonic() + args.wait):
         try:
             ident = json.loads(data).get("id")
         except (ValueError, AttributeError):

@@ -83,6 +83,9 @@ def ruleset(nat: NatSpec, wan_ip: str, lan_net: str) -> str:
             inp.append(f'iifname "{WAN}" icmp type echo-request accept')
             if nat.tcp_unsolicited is UnsolicitedSyn.RST:
                 inp.append(f'iifname "{WAN}" meta l4proto tcp reject with tcp reset')
+            elif nat.tcp_unsolicited is UnsolicitedSyn.ICMP:
+                inp.append(f'iifname "{WAN}" meta l4proto tcp '
+                           "reject with icmp type port-unreachable")
             inp.append(f'iifname "{WAN}" drop')
     if nat.udp_blocked:
         fwd.append(f'iifname "{WAN}" meta l4proto udp drop')
@@ -111,28 +114,26 @@ def ruleset(nat: NatSpec, wan_ip: str, lan_net: str) -> str:
 def _mapping_rules(nat: NatSpec, wan_ip: str, sets: list[str], learn: list[str]) -> list[str]:
     """Postrouting SNAT rules for the mapping behaviour (RFC 4787 section 4.1)."""
     l4 = "meta l4proto { tcp, udp }"
-    seq = f'oifname "{WAN}" {l4} snat ip to {wan_ip} : numgen inc mod {SEQ_SIZE} map {_seq_map()}'
-    other = f'oifname "{WAN}" masquerade'
+    masquerade = f'oifname "{WAN}" masquerade'
     if nat.port_allocation is PortAllocation.PRESERVING:
-        return [f'oifname "{WAN}" masquerade']
+        return [masquerade]
     if nat.port_allocation is PortAllocation.RANDOM:
-        if nat.mapping is Mapping.ENDPOINT_INDEPENDENT:
-            sets.append("map eim { type inet_proto . ipv4_addr . inet_service : inet_service; "
-                        f"flags dynamic,timeout; timeout {nat.udp_timeout}s; }}")
-            learn.append(f'oifname "{WAN}" ct direction original {l4} update @eim '
-                         "{ meta l4proto . ct original ip saddr . ct original proto-src : "
-                         "ct reply proto-dst }")
-            return [f'oifname "{WAN}" {l4} snat ip to {wan_ip} : '
-                    "meta l4proto . ip saddr . th sport map @eim",
-                    f'oifname "{WAN}" masquerade random']
-        return [f'oifname "{WAN}" masquerade random']
-    # SEQUENTIAL
+        allocate = [f'oifname "{WAN}" masquerade random']
+    else:   # SEQUENTIAL (TCP/UDP); masquerade takes the other protocols
+        allocate = [f'oifname "{WAN}" {l4} snat ip to {wan_ip} : numgen inc mod {SEQ_SIZE} '
+                    f"map {_seq_map()}", masquerade]
     if nat.mapping is Mapping.ENDPOINT_INDEPENDENT:
-        sets.append("map eim { type inet_proto . ipv4_addr . inet_service : inet_service; "
-                    f"flags dynamic,timeout; timeout {nat.udp_timeout}s; }}")
-        learn.append(f'oifname "{WAN}" ct direction original {l4} update @eim '
-                     "{ meta l4proto . ct original ip saddr . ct original proto-src : "
-                     "ct reply proto-dst }")
-        return [f'oifname "{WAN}" {l4} snat ip to {wan_ip} : '
-                "meta l4proto . ip saddr . th sport map @eim", seq, other]
-    return [seq, other]
+        return [_eim_lookup(nat, wan_ip, sets, learn), *allocate]
+    return allocate
+
+
+def _eim_lookup(nat: NatSpec, wan_ip: str, sets: list[str], learn: list[str]) -> str:
+    """EIM without port preservation: a dynamic map (proto, inner addr, inner port) ->
+    public port, learnt from the first allocation and looked up before allocating."""
+    l4 = "meta l4proto { tcp, udp }"
+    sets.append("map eim { type inet_proto . ipv4_addr . inet_service : inet_service; "
+                f"flags dynamic,timeout; timeout {nat.udp_timeout}s; }}")
+    learn.append(f'oifname "{WAN}" ct direction original {l4} update @eim '
+                 "{ meta l4proto . ct original ip saddr . ct original proto-src : "
+                 "ct reply proto-dst }")
+    return f'oifname "{WAN}" {l4} snat ip to {wan_ip} : meta l4proto . ip saddr . th sport map @eim'
