@@ -93,7 +93,8 @@ def observe_tcp(kit, base: int) -> dict:
          for ep in (f"{kit.S}:7000", f"{kit.S}:7001", f"{kit.A}:7000")]
     mapping = _classify_mapping(*m, nat)
     alt = kit.tool(HOST, "tcp", "--server", f"{kit.S}:7000", "--connect-back-from", kit.A)
-    syn = {"connected": "pass", "refused": "rst", "timeout": "drop"}[alt["connect_back"]]
+    syn = {"connected": "pass", "refused": "rst", "icmp": "icmp",
+           "timeout": "drop"}[alt["connect_back"]]
     if syn == "pass":
         assert alt["accepted"] is True
         filtering = "endpoint-independent"

@@ -49,6 +49,9 @@ def test_ground_truth_of_the_classics():
     assert CATALOGUE["public"].expected["nat"] is False
     assert CATALOGUE["udp-blocked"].expected["udp"]["reachable"] is False
     assert CATALOGUE["full-cone"].expected["tcp"]["unsolicited_syn"] == "pass"
+    assert CATALOGUE["port-restricted-icmp"].expected["tcp"]["unsolicited_syn"] == "icmp"
+    assert CATALOGUE["port-restricted-icmp"].expected["udp"] == \
+        CATALOGUE["port-restricted-drop"].expected["udp"]
 
 
 def test_bad_nat_specs_are_config_errors():
@@ -58,6 +61,10 @@ def test_bad_nat_specs_are_config_errors():
         NatSpec(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT)     # preserving + APDM
     with pytest.raises(ConfigError):
         NatSpec(tcp_unsolicited=UnsolicitedSyn.DROP)            # no firewall -> RST
+    with pytest.raises(ConfigError):
+        NatSpec(tcp_unsolicited=UnsolicitedSyn.ICMP)            # no firewall -> RST
+    with pytest.raises(ConfigError):
+        NatSpec(input_firewall=True, tcp_unsolicited=UnsolicitedSyn.PASS)
     with pytest.raises(ConfigError):
         replace(CATALOGUE["full-cone"], loss_percent=101)
     with pytest.raises(ConfigError):
@@ -140,6 +147,9 @@ def test_rulesets_per_behaviour():
                                               "192.168.1.0/24")
     rst = ruleset(CATALOGUE["restricted-cone-rst"], "203.0.113.2", "192.168.1.0/24")
     assert "reject with tcp reset" in rst
+    icmp = ruleset(CATALOGUE["port-restricted-icmp"], "203.0.113.2", "192.168.1.0/24")
+    assert "meta l4proto tcp reject with icmp type port-unreachable" in icmp
+    assert "tcp reset" not in icmp and icmp.index("reject") < icmp.index('"wan0" drop')
 
 
 def test_conntrack_timeouts_are_per_namespace_sysctls():

@@ -59,6 +59,9 @@ CATALOGUE: dict[str, NatSpec] = {n.name: n for n in (
     _variant(_PORT_RESTRICTED, "port-restricted-drop", "masquerade behind a firewall that "
              "silently drops unadmitted inbound (no conntrack collision)",
              input_firewall=True, tcp_unsolicited=UnsolicitedSyn.DROP),
+    _variant(_PORT_RESTRICTED, "port-restricted-icmp", "masquerade behind a firewall that "
+             "answers unadmitted SYNs with ICMP port unreachable and drops other unadmitted "
+             "inbound", input_firewall=True, tcp_unsolicited=UnsolicitedSyn.ICMP),
     _variant(_PORT_RESTRICTED, "udp-blocked", "masquerade that drops every UDP packet",
              udp_blocked=True),
     _variant(_FULL_CONE, "lossy", "full cone losing 10% of forwarded packets each way",

@@ -26,7 +26,8 @@ class NatSpec:
     - ``hairpin``: RFC 4787 section 6 (a host reaches another host's mapping, with its own
       mapped address as source).
     - ``tcp_unsolicited``: RFC 5382 section 7.1, what the NAT does with a SYN its filter
-      does not admit: ``DROP`` (silently) or ``RST``.
+      does not admit: ``DROP`` (silently), ``RST`` or ``ICMP`` (port unreachable).
+      DROP and ICMP need ``input_firewall`` (without it the box's own stack sends RST).
     - ``input_firewall``: False = no inbound filter on the NAT box (Linux default): the
       box's own stack answers unadmitted packets (TCP RST, UDP ICMP port unreachable)
       and the unsolicited packet's conntrack entry is kept, so a later outbound packet
@@ -81,8 +82,9 @@ class NatSpec:
             raise ConfigError(f"{where}: without NAT (mapping 'no-nat') the router filters "
                               "nothing and has no hairpin",
                               hint="filtering='endpoint-independent', hairpin=false")
-        if self.tcp_unsolicited not in (UnsolicitedSyn.DROP, UnsolicitedSyn.RST):
-            raise ConfigError(f"{where}: tcp_unsolicited must be 'drop' or 'rst'")
+        if self.tcp_unsolicited is UnsolicitedSyn.PASS:
+            raise ConfigError(f"{where}: tcp_unsolicited must be 'drop', 'rst' or 'icmp'",
+                              hint="a SYN passes exactly when the filtering admits it")
         if not self.input_firewall and self.tcp_unsolicited is not UnsolicitedSyn.RST:
             raise ConfigError(f"{where}: without input_firewall the NAT box answers SYNs "
                               "with RST", hint="set tcp_unsolicited='rst' or input_firewall=true")

@@ -11,7 +11,9 @@ datagrams are dropped and counted.
 TCP: on a connection, reads one JSON line ``{"connect_back": {"from": ip, "port"?: n}}``
 (optional), writes ``{"mapped": [ip, port]}`` and, when asked, opens a new TCP
 connection from ``from`` to the mapped address and reports ``{"connect_back":
-"connected" | "refused" | "timeout" | "error"}`` (RFC 5382 section 7.1 unsolicited SYN).
+"connected" | "refused" | "icmp" | "timeout" | "error"}`` (RFC 5382 section 7.1
+unsolicited SYN; "refused" = a TCP RST, "icmp" = an ICMP error, told apart through
+the socket's ``IP_RECVERR`` error queue since connect() fails alike for both).
 
 Prints ``{"ready": true}`` once bound; exits by itself after ``--lifetime`` seconds.
 """
@@ -27,6 +29,9 @@ import threading
 import time
 
 CONNECT_BACK_TIMEOUT = 1.5
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+SO_EE_ORIGIN_ICMP = 2
 MAX_TCP_THREADS = 64
 
 
@@ -40,19 +45,31 @@ def connect_result(source_ip: str, target: tuple[str, int], source_port: int = 0
     """Try one TCP connection; name its outcome."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     sock.settimeout(timeout)
     try:
         sock.bind((source_ip, source_port))
         sock.connect(target)
         return "connected"
     except ConnectionRefusedError:
-        return "refused"
+        return "icmp" if _icmp_queued(sock) else "refused"
     except (socket.timeout, TimeoutError):
         return "timeout"
     except OSError:
         return "error"
     finally:
         sock.close()
+
+
+def _icmp_queued(sock: socket.socket) -> bool:
+    """True when the socket's error queue holds an ICMP error (struct sock_extended_err
+    with ee_origin SO_EE_ORIGIN_ICMP); a TCP RST queues nothing."""
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    return any(len(data) >= 5 and data[4] == SO_EE_ORIGIN_ICMP
+               for _level, _type, data in ancillary)
 
 
 def _serve_tcp(conn: socket.socket, peer: tuple[str, int]) -> None:
