@@ -192,3 +192,22 @@ def test_key_is_required_and_options_exclude_each_other():
     res = runner.invoke(main, ["punch", "http://127.0.0.1:9", "--key", "k" * 10,
                                "--forward", "nonsense"])
     assert res.exit_code == 1 and "HOST:PORT" in res.output
+
+
+@pytest.mark.parametrize("text,expected", [("0.0.0.0", ("0.0.0.0", 0)),
+                                           ("127.0.0.1:4000", ("127.0.0.1", 4000)),
+                                           ("::1", ("::1", 0)), ("[::]:4000", ("::", 4000)),
+                                           ("[::1]", ("::1", 0))])
+def test_bind_accepts_ip_and_optional_port(text, expected):
+    from stunturn_diag.punch.relay import parse_bind
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:abc", "127.0.0.1:99999", "nonsense", "[::1]x",
+                                  "host.example:80", "1.2.3.4:"])
+def test_bad_bind_is_a_clean_usage_error(text):
+    runner = CliRunner()
+    res = runner.invoke(main, ["punch", "http://127.0.0.1:9", "--key", "k" * 10,
+                               "--target-ip", "127.0.0.1", "--bind", text])
+    assert res.exit_code == 1 and "--bind wants IP or IP:PORT" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -88,7 +88,7 @@ def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_time
         raise click.UsageError("--wait is for the receiver (no --target-ip)")
     forward_addr = relay.parse_hostport(forward_to, "--forward") if forward_to else None
     listen_addr = relay.parse_hostport(listen_on, "--listen") if listen_on else None
-    local_ip, _, local_port = bind.rpartition(":") if bind.count(":") == 1 else (bind, "", "0")
+    local_ip, local_port = relay.parse_bind(bind)
     say = (lambda m: None) if quiet else progress
     try:
         opts = api.PunchOptions(
@@ -96,7 +96,7 @@ def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_time
             stun_timeout=stun_timeout, wait=wait, wait_interval=wait_interval,
             prime_ttl=prime_ttl or None, birthday=birthday, nat_profile=_load_profile(nat_profile),
             probe=probe,
-            local_ip=local_ip or "0.0.0.0", local_port=int(local_port or 0),
+            local_ip=local_ip, local_port=local_port,
             peer_timeout=peer_timeout, progress=say)
         if target_ip:
             result = api.initiate(server_url, key, target_ip, protocol=opts.protocol, options=opts)

@@ -63,7 +63,7 @@ class PunchOptions:
     #: receiver: keep checking in this long (0 = once)
     wait: float = 0.0
     wait_interval: float = 1.0
-    #: TTL of the priming packets (expire past our NAT, before the peer's); None disables
+    #: TTL of the priming packets (expire past our NAT, before the peer's); 0 or None disables
     prime_ttl: int | None = DEFAULT_PRIME_TTL
     #: allow the bounded many-ports attempt (both sides must allow it)
     birthday: bool = False
@@ -87,8 +87,11 @@ class PunchOptions:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.wait < 0:
             raise ConfigError(f"wait must be >= 0 seconds, got {self.wait!r}")
-        if self.prime_ttl is not None and not 1 <= self.prime_ttl <= 255:
-            raise ConfigError(f"prime_ttl must be 1..255, got {self.prime_ttl!r}")
+        if not isinstance(self.local_port, int) or not 0 <= self.local_port <= 65535:
+            raise ConfigError(f"local_port must be 0..65535, got {self.local_port!r}")
+        if self.prime_ttl is not None and not 0 <= self.prime_ttl <= 255:
+            raise ConfigError(f"prime_ttl must be 0..255 (0 or None: no priming), "
+                              f"got {self.prime_ttl!r}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ closes, or when it is lost.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -77,6 +78,24 @@ def parse_hostport(text: str, option: str) -> Address:
         raise ConfigError(f"{option} wants HOST:PORT, got {text!r}",
                           hint=f"for example {option} 127.0.0.1:22")
     return host, int(port)
+
+
+def parse_bind(text: str) -> Address:
+    """``IP`` / ``IP:PORT`` / ``[v6]:PORT`` / bare IPv6 -> (ip, port); ConfigError otherwise."""
+    host, port = text, "0"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]")
+        port = port[1:] if port.startswith(":") else ("0" if not port else "x")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        ip = None
+    if ip is None or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--bind wants IP or IP:PORT, got {text!r}",
+                          hint="for example --bind 0.0.0.0:40000 or --bind [::]:40000")
+    return ip, int(port)
 
 
 def _pump(read, write, close_write, errors: list) -> None:

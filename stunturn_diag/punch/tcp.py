@@ -166,8 +166,9 @@ class TcpRendezvous:
         try:
             self._listener = shared_port_socket(local_ip, local_port)
         except OSError as exc:
-            raise ConfigError(f"cannot bind TCP {local_ip}:{local_port}: {exc.strerror}",
-                              hint="pick another --local-port or leave it 0") from None
+            raise PunchError(f"cannot bind TCP {local_ip}:{local_port}: {exc.strerror}",
+                             hint="pick another local port (--bind IP:PORT) or leave it 0",
+                             reason="bind-failed") from None
         self.local_ip = local_ip
         self.local_port: int = self._listener.getsockname()[1]
         self.mapped: Address | None = None

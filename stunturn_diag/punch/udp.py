@@ -82,7 +82,8 @@ class UdpRendezvous:
         except OSError as exc:
             self.sock.close()
             raise PunchError(f"cannot bind UDP {local_ip}:{local_port}: {exc.strerror}",
-                             hint="pick another local port or address", reason="bind-failed") from None
+                             hint="pick another local port (--bind IP:PORT) or leave it 0",
+                             reason="bind-failed") from None
         self.mapped: Address | None = None
         self.stun_server: Address | None = None
         self._keepalive: threading.Thread | None = None
