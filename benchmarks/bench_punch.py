@@ -10,13 +10,10 @@ pair (median over ``--repeat`` runs) and a JSON summary with ``--json``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
-import statistics
 import sys
-import time
+
+from _punch_bench import emit_json, measure, parse_args
 
 DEFAULT_PAIRS = [
     ("public", "full-cone"),
@@ -33,15 +30,10 @@ DEFAULT_PAIRS = [
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--pairs", choices=["default", "all"], default="default",
-                    help="all = every feasible pair of the catalogue without loss")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench_punch needs root (it builds network namespaces); run it with sudo",
-              file=sys.stderr)
+    args = parse_args(__doc__, "bench_punch", lambda ap: ap.add_argument(
+        "--pairs", choices=["default", "all"], default="default",
+        help="all = every feasible pair of the catalogue without loss"))
+    if args is None:
         return 2
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
     from stunturn_diag.punch.decision import decide, profile_from_details
@@ -54,32 +46,17 @@ def main() -> int:
                            profile_from_details(CATALOGUE[b].expected, "udp")).feasible]
     else:
         pairs = DEFAULT_PAIRS
-    rows = []
-    print(f"{'initiator NAT':24} {'receiver NAT':24} {'strategy':13} "
-          f"{'init ms':>8} {'recv ms':>8} {'ok':>5}")
-    for a, b in pairs:
-        ini_ms, rec_ms, oks, strategy = [], [], 0, "-"
-        for _ in range(args.repeat):
-            with Lab(LabSpec.simple(a, b)) as lab:
-                res = run_pair(lab, "a1", "b1", punch_timeout=5.0)
-            if res.ok:
-                oks += 1
-                ini_ms.append(res.initiator["connect_ms"])
-                rec_ms.append(res.receiver["connect_ms"])
-                strategy = res.initiator["strategy"]
-        row = {"initiator": a, "receiver": b, "strategy": strategy, "runs": args.repeat,
-               "ok": oks,
-               "initiator_ms": statistics.median(ini_ms) if ini_ms else None,
-               "receiver_ms": statistics.median(rec_ms) if rec_ms else None}
-        rows.append(row)
-        fmt = (lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8}")
-        print(f"{a:24} {b:24} {strategy:13} {fmt(row['initiator_ms'])} "
-              f"{fmt(row['receiver_ms'])} {oks:>2}/{args.repeat}", flush=True)
-    if args.json:
-        print(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "pairs": rows}))
-    return 0
 
+    def run_once(a: str, b: str):
+        with Lab(LabSpec.simple(a, b)) as lab:
+            res = run_pair(lab, "a1", "b1", punch_timeout=5.0)
+        return (res.ok, res.initiator.get("connect_ms"), res.receiver.get("connect_ms"),
+                res.initiator.get("strategy", "-"))
+
+    rows = measure(pairs, args.repeat, run_once, unit="ms")
+    if args.json:
+        emit_json(rows)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,11 +11,9 @@ connection (median over ``--repeat`` runs). ``--unprivileged`` drops CAP_NET_ADM
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
+
+from _punch_bench import emit_json, measure, parse_args
 
 PAIRS = [
     ("public", "port-restricted"),
@@ -32,17 +30,15 @@ PAIRS = [
 ]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+def _options(ap) -> None:
     ap.add_argument("--timeout", type=float, default=8.0)
     ap.add_argument("--unprivileged", action="store_true")
     ap.add_argument("--skew", type=float, default=0.0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench_punch_tcp needs root (it builds network namespaces); run it with sudo",
-              file=sys.stderr)
+
+
+def main() -> int:
+    args = parse_args(__doc__, "bench_punch_tcp", _options)
+    if args is None:
         return 2
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
     from stunturn_diag.behaviour import Mapping, PortAllocation
@@ -54,31 +50,19 @@ def main() -> int:
             n.port_allocation is PortAllocation.SEQUENTIAL
         return ["--predict", "8"] if seq else []
 
-    rows = []
-    print(f"{'initiator NAT':22} {'receiver NAT':22} {'init s':>7} {'recv s':>7} {'ok':>5}")
-    for a, b in PAIRS:
-        ti, tr, oks = [], [], 0
-        for _ in range(args.repeat):
-            with Lab(LabSpec.simple(a, b)) as lab:
-                skew = ["--delay", str(args.skew)] if args.skew else []
-                ra, rb = run_lab_pair(lab, "a1", "b1", timeout=args.timeout,
-                                      extra_a=predict(b), extra_b=predict(a) + skew,
-                                      unprivileged=args.unprivileged)
-            if ra.get("ok") and rb.get("ok"):
-                oks += 1
-                ti.append(ra["connect_s"])
-                tr.append(rb["connect_s"])
-        row = {"initiator": a, "receiver": b, "runs": args.repeat, "ok": oks,
-               "initiator_s": statistics.median(ti) if ti else None,
-               "receiver_s": statistics.median(tr) if tr else None}
-        rows.append(row)
-        fmt = (lambda v: f"{v:7.3f}" if v is not None else "      -")
-        print(f"{a:22} {b:22} {fmt(row['initiator_s'])} {fmt(row['receiver_s'])} "
-              f"{oks:>2}/{args.repeat}", flush=True)
-    if args.json:
-        print(json.dumps({"unprivileged": args.unprivileged, "skew": args.skew, "pairs": rows}))
-    return 0
+    def run_once(a: str, b: str):
+        with Lab(LabSpec.simple(a, b)) as lab:
+            skew = ["--delay", str(args.skew)] if args.skew else []
+            ra, rb = run_lab_pair(lab, "a1", "b1", timeout=args.timeout,
+                                  extra_a=predict(b), extra_b=predict(a) + skew,
+                                  unprivileged=args.unprivileged)
+        ok = bool(ra.get("ok") and rb.get("ok"))
+        return ok, ra.get("connect_s"), rb.get("connect_s"), "simultaneous-open" if ok else "-"
 
+    rows = measure(PAIRS, args.repeat, run_once, unit="s")
+    if args.json:
+        emit_json(rows, unprivileged=args.unprivileged, skew=args.skew)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

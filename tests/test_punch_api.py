@@ -36,6 +36,17 @@ def background(fn, *args, **kw):
     return t, box
 
 
+def finish_pair(t, box, other: PunchResult, said: list[str], progress: str) -> None:
+    """Join the side run in the background: it got a channel too, its progress said
+    ``progress``; close both."""
+    t.join(10)
+    result = box["value"]
+    assert isinstance(result, PunchResult), result
+    assert any(progress in s for s in said)
+    result.close()
+    other.close()
+
+
 def test_initiator_and_receiver_get_connected_authenticated_channels(server):
     t, box = background(initiate, server, KEY, "127.0.0.1", protocol="udp")
     rec = receive(server, KEY, protocol="udp", wait=5, wait_interval=0.05)
@@ -72,12 +83,7 @@ def test_receiver_wait_keeps_checking_in_until_the_initiator_comes(server):
                         progress=said.append)
     time.sleep(0.3)
     ini = initiate(server, KEY, "127.0.0.1")
-    t.join(10)
-    rec = box["value"]
-    assert isinstance(rec, PunchResult), rec
-    assert any("checking in again" in s for s in said)
-    ini.close()
-    rec.close()
+    finish_pair(t, box, ini, said, "checking in again")
 
 
 def test_protocol_mismatch_is_reported(server):
@@ -109,12 +115,7 @@ def test_initiator_reissues_the_long_poll_beyond_the_servers_cap():
                             progress=said.append)
         time.sleep(1.2)                     # longer than the server holds one long-poll
         rec = receive(handle.http_url, KEY, protocol="udp", wait=3, wait_interval=0.05)
-        t.join(10)
-        ini = box["value"]
-        assert isinstance(ini, PunchResult), ini
-        assert any("still waiting" in s for s in said)
-        ini.close()
-        rec.close()
+        finish_pair(t, box, rec, said, "still waiting")
     finally:
         handle.stop()
 

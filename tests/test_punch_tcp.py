@@ -15,6 +15,7 @@ import pytest
 from stunturn_server.config import ServerConfig
 from stunturn_diag.errors import ConfigError, PunchError
 from stunturn_diag.punch import tcp_engine
+from stunturn_diag.punch.labkit import wait_for
 from stunturn_diag.punch.tcp import DEFAULT_PRIME_TTL, TcpRendezvous
 from stunturn_diag.punch.tcp_sockets import (attach_blackhole, blackhole_program, can_pin_isn,
                                              shared_port_socket)
@@ -293,15 +294,6 @@ def test_learn_mapping_from_a_silent_server_times_out():
     assert "no STUN Binding response" in info.value.message
 
 
-def _poll(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_keepalive_refreshes_the_binding_until_punch(stun_service):
     primary = stun_service.endpoints[0]
     rv = TcpRendezvous(LO)
@@ -309,12 +301,12 @@ def test_keepalive_refreshes_the_binding_until_punch(stun_service):
         rv.learn_mapping((primary.ip, primary.port), 3.0)
         before = stun_service.stats["requests"]
         rv.start_keepalive(interval=0.05)
-        assert _poll(lambda: stun_service.stats["requests"] >= before + 3, 5.0)
+        assert wait_for(lambda: stun_service.stats["requests"] >= before + 3, 5.0)
         assert rv.keepalive_error is None
         thread = rv._keepalive
         with pytest.raises(PunchError):
             rv.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 0.2)
-        assert _poll(lambda: not thread.is_alive(), 5.0)  # punch stopped it
+        assert wait_for(lambda: not thread.is_alive(), 5.0)  # punch stopped it
     finally:
         rv.close()
 
@@ -326,7 +318,7 @@ def test_keepalive_stops_quietly_when_the_server_goes(stun_service):
         rv.learn_mapping((primary.ip, primary.port), 3.0)
         rv.start_keepalive(interval=0.05)
         stun_service.stop()
-        assert _poll(lambda: rv.keepalive_error is not None, 5.0)
+        assert wait_for(lambda: rv.keepalive_error is not None, 5.0)
         assert "STUN" in rv.keepalive_error
     finally:
         rv.close()

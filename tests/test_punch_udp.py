@@ -11,6 +11,7 @@ import pytest
 from stunturn_diag.errors import AuthenticationError, PunchError
 from stunturn_diag.punch.auth import Kind
 from stunturn_diag.punch.channel import MAX_PAYLOAD
+from stunturn_diag.punch.labkit import wait_for
 from stunturn_diag.punch.udp import UdpRendezvous
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
@@ -100,21 +101,12 @@ def test_foreign_and_forged_datagrams_are_dropped_and_counted():
         a.sock.sendto(bytes(frame), a.peer_address)
         a.send(b"good")
         assert b.recv(2) == b"good"
-        assert _poll(lambda: b.stats()["foreign"] == 1 and b.stats()["bad_tag"] == 1)
+        assert wait_for(lambda: b.stats()["foreign"] == 1 and b.stats()["bad_tag"] == 1, 3.0)
         with pytest.raises(TimeoutError):
             b.recv(0.2)
     finally:
         a.close()
         b.close()
-
-
-def _poll(pred, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def test_close_reaches_the_peer_as_end_of_data():
