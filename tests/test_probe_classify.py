@@ -103,6 +103,21 @@ def test_sequential_with_one_interleaved_mapping_still_sequential():
     assert v.value is PortAllocation.SEQUENTIAL and v.extra["confidence"] == 0.75
 
 
+def test_sequential_with_one_stale_mapping_of_a_reused_local_port():
+    """Seen in the lab (eim-no-preservation, runs back to back): the kernel reused a local port
+    whose endpoint-independent mapping still lived, so that socket got the old public port and
+    the NAT's counter did not move."""
+    ports = [20249, 20250, 20251, 20148, 20252]
+    v = C.classify_allocation([(("h", 40000 + i), ("x", p)) for i, p in enumerate(ports)])
+    assert v.value is PortAllocation.SEQUENTIAL and v.extra["delta"] == 1
+    assert v.extra["predicted_next_port"] == 20253 and v.extra["outlier"] == 20148
+    assert "20148" in v.reason and v.extra["confidence"] == 0.8
+    # two stale ones are too many to call it sequential
+    ports = [20249, 20150, 20251, 20148, 20252]
+    v = C.classify_allocation([(("h", 40000 + i), ("x", p)) for i, p in enumerate(ports)])
+    assert v.value is PortAllocation.RANDOM
+
+
 def test_hairpin_and_unsolicited():
     a2b, b2a = silent("hair.a_to_b"), ans("hair.b_to_a", None, source=pub(7))
     b2a.dest = pub(9)

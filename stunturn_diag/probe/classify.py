@@ -153,6 +153,20 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
                        f"mapped ports {ports} step by {delta} ({count} of {len(deltas)} steps)",
                        extra={"confidence": round(share, 2), "delta": delta,
                               "predicted_next_port": (ports[-1] + delta - 1) % 65535 + 1, "ports": ports})
+    if n >= 5:  # 3 equal steps must remain
+        # one mapping may not be fresh: an endpoint-independent NAT still holding a mapping
+        # of the same local port (the kernel reused an ephemeral port) hands that old
+        # public port back without advancing its counter. Without that one, a constant step?
+        for i in range(n):
+            rest = ports[:i] + ports[i + 1:]
+            steps = {b - a for a, b in zip(rest, rest[1:])}
+            if len(steps) == 1 and 0 < abs(d := steps.pop()) <= 1024:
+                return Verdict(PortAllocation.SEQUENTIAL,
+                               f"mapped ports {rest} step by {d}; port {ports[i]} (local port "
+                               f"{pairs[i][0][1]}) was an older mapping of a reused local port",
+                               extra={"confidence": round((n - 1) / n, 2), "delta": d,
+                                      "predicted_next_port": (rest[-1] + d - 1) % 65535 + 1,
+                                      "ports": ports, "outlier": ports[i]})
     distinct = len(set(deltas)) / len(deltas)
     return Verdict(PortAllocation.RANDOM, f"mapped ports {ports} follow no constant step",
                    extra={"confidence": round(distinct, 2), "ports": ports})
