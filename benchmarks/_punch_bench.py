@@ -42,7 +42,7 @@ def measure(pairs: list[tuple[str, str]], repeat: int, run_once: RunOnce, *,
     width = 8
     fmt = (lambda v: f"{v:{width}.{1 if unit == 'ms' else 3}f}" if v is not None
            else f"{'-':>{width}}")
-    print(f"{'initiator NAT':24} {'receiver NAT':24} {'strategy':13} "
+    print(f"{'initiator NAT':24} {'receiver NAT':24} {'strategy':17} "
           f"{'init ' + unit:>{width}} {'recv ' + unit:>{width}} {'ok':>5}")
     rows = []
     for a, b in pairs:
@@ -58,7 +58,7 @@ def measure(pairs: list[tuple[str, str]], repeat: int, run_once: RunOnce, *,
                f"initiator_{unit}": statistics.median(ini) if ini else None,
                f"receiver_{unit}": statistics.median(rec) if rec else None}
         rows.append(row)
-        print(f"{a:24} {b:24} {strategy:13} {fmt(row[f'initiator_{unit}'])} "
+        print(f"{a:24} {b:24} {strategy:17} {fmt(row[f'initiator_{unit}'])} "
               f"{fmt(row[f'receiver_{unit}'])} {oks:>2}/{repeat}", flush=True)
     return rows
 
