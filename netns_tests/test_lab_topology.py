@@ -82,6 +82,12 @@ def test_many_labs_in_parallel_do_not_clash():
 
 def test_host_namespace_untouched():
     before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    with Lab(LabSpec.simple("port-restricted", "symmetric-random")):
+    host = [["ip", "-o", "addr"], ["ip", "-o", "route"], ["ip", "-o", "-6", "route"],
+            ["nft", "list", "ruleset"], ["sysctl", "-n", "net.ipv4.ip_forward"]]
+    host_before = [subprocess.run(c, capture_output=True, text=True).stdout for c in host]
+    with Lab(LabSpec.simple("port-restricted", "symmetric-random", cgnat=("b",))) as lab:
         during = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        host_during = [subprocess.run(c, capture_output=True, text=True).stdout for c in host]
+        assert "stunturn_lab" in lab.exec("nat-a", ["nft", "list", "tables"]).stdout
     assert before.splitlines() == during.splitlines()
+    assert host_during == host_before       # addresses, routes, firewall, forwarding
