@@ -9,7 +9,9 @@ Every failure is an :class:`ApiError`, rendered by the app's one JSON error hand
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,6 +23,7 @@ from stunturn_diag import __version__
 from . import probe_assist, validation
 from .config import ServerConfig
 from .matching import Conflict, Matcher
+from .store import Mailbox
 
 log = logging.getLogger("stunturn_server.pairing")
 
@@ -56,6 +59,56 @@ class SignalingState:
     watch_hangup: HangupWatcher = no_hangup_watch
     stun_endpoints: list[dict] | None = None  # actual endpoints when the STUN service runs
     stun_unavailable: list[str] = field(default_factory=list)
+    #: waiting initiators per source (see :func:`source_of`), capped by ``config.max_waiters_per_ip``
+    waiting_by_source: dict[str, int] = field(default_factory=dict)
+    #: mailboxes of the initiators waiting now (woken by :meth:`shutdown`)
+    mailboxes: set[Mailbox] = field(default_factory=set)
+    closing: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(self, source: str) -> bool:
+        """Count one more waiting initiator from ``source``; ``False`` when it is at the cap."""
+        with self._lock:
+            count = self.waiting_by_source.get(source, 0)
+            if count >= self.config.max_waiters_per_ip:
+                return False
+            self.waiting_by_source[source] = count + 1
+            return True
+
+    def release(self, source: str) -> None:
+        """One waiting initiator from ``source`` is done."""
+        with self._lock:
+            count = self.waiting_by_source.get(source, 0) - 1
+            if count > 0:
+                self.waiting_by_source[source] = count
+            else:
+                self.waiting_by_source.pop(source, None)
+
+    def track(self, mailbox: Mailbox, waiting: bool) -> bool:
+        """Add (``waiting``) or remove a waiting initiator's mailbox; ``True`` while the server runs."""
+        with self._lock:
+            if waiting:
+                self.mailboxes.add(mailbox)
+            else:
+                self.mailboxes.discard(mailbox)
+            return not self.closing
+
+    def shutdown(self) -> None:
+        """The server is stopping: wake every waiting initiator (it answers 503) and refuse new ones."""
+        with self._lock:
+            self.closing = True
+            mailboxes = list(self.mailboxes)
+        for mailbox in mailboxes:
+            mailbox.interrupt()
+
+
+def source_of(ip: str) -> str:
+    """What the per-source waiter cap counts: an IPv4 address, or an IPv6 address's /64
+    (one host usually holds a whole /64, RFC 4291 section 2.5.1)."""
+    address = ipaddress.ip_address(ip)
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 bp = Blueprint("signaling", __name__)
@@ -156,6 +209,26 @@ def initiate():
     state = signaling_state()
     req = _validated(validation.initiate_request, json_body())
     observed = observed_address()
+    if state.closing:
+        raise _shutting_down()
+    source = source_of(observed[0])
+    if not state.admit(source):
+        limit = state.config.max_waiters_per_ip
+        log.info("pair refused from=%s: %d initiators from there already waiting", _fmt(observed), limit)
+        raise ApiError(429, "too-many-waiters", f"{limit} initiators from {source} are already "
+                       "waiting, the most this server allows; let some finish first", limit=limit)
+    try:
+        return _wait_for_receiver(state, req, observed)
+    finally:
+        state.release(source)
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "shutting-down", "the signaling server is stopping; try again once it is back")
+
+
+def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
+                       observed: tuple[str, int]):
     timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
     started = state.clock()
     try:
@@ -176,12 +249,14 @@ def initiate():
         reg.mailbox.interrupt()
 
     stop_watch = state.watch_hangup(request.environ, on_hangup)
+    running = state.track(reg.mailbox, True)
     try:
-        match = reg.mailbox.wait(timeout)
+        match = reg.mailbox.wait(timeout) if running else None
         if match is None and not state.matcher.leave(reg.waiter):
             # a receiver took the entry at the last moment: its match is being delivered
             match = reg.mailbox.wait(LATE_DELIVERY_GRACE)
     finally:
+        state.track(reg.mailbox, False)
         stop_watch()
         state.matcher.leave(reg.waiter)
         reg.mailbox.close()
@@ -193,6 +268,10 @@ def initiate():
                  _fmt(observed), waited)
         raise ApiError(408, "client-gone", "the client closed the connection while waiting",
                        waited=waited)
+    if state.closing:
+        log.info("pair stopped key=%s target=%s from=%s waited=%gs (server stopping)", slot.label,
+                 slot.target_ip, _fmt(observed), waited)
+        raise _shutting_down()
     log.info("pair timeout key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
              _fmt(observed), waited)
     raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "

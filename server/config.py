@@ -34,6 +34,9 @@ class ServerConfig:
     alt_port: int = 3479
     #: longest time an initiator's long-poll is held (seconds)
     wait_timeout: float = 30.0
+    #: most initiators one source may keep waiting at once (IPv4 address, IPv6 /64);
+    #: more get 429 so one host cannot exhaust the server's sockets
+    max_waiters_per_ip: int = 256
     #: largest accepted HTTP request body (bytes)
     max_body: int = 16 * 1024
     #: seconds an HTTP client may stay silent mid-request or idle between requests
@@ -61,12 +64,23 @@ class ServerConfig:
         if self.stun_port == self.alt_port and self.stun_port != 0:
             raise ConfigError("stun_port and alt_port must differ",
                               hint="RFC 5780 needs two distinct ports")
+        stun_ports = {self.stun_port} | ({self.alt_port} if self.alt_ip else set())
+        if self.stun_enabled and self.http_port and self.http_port in stun_ports and self._stun_shares_host():
+            raise ConfigError(f"the HTTP port {self.http_port} is also a STUN port (STUN listens on TCP too)",
+                              hint="choose another HTTP port or other --stun-port/--alt-port values")
         if not (0 < self.wait_timeout <= 3600):
             raise ConfigError(f"wait_timeout must be in (0, 3600] seconds, got {self.wait_timeout}")
         if not (0 < self.http_io_timeout <= 3600):
             raise ConfigError(f"http_io_timeout must be in (0, 3600] seconds, got {self.http_io_timeout}")
+        if (isinstance(self.max_waiters_per_ip, bool) or not isinstance(self.max_waiters_per_ip, int)
+                or not 1 <= self.max_waiters_per_ip <= 1_000_000):
+            raise ConfigError(f"max_waiters_per_ip must be 1 to 1000000, got {self.max_waiters_per_ip!r}")
         if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
             raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
+
+    def _stun_shares_host(self) -> bool:
+        http, stun = ipaddress.ip_address(self.http_host), ipaddress.ip_address(self.stun_ip)
+        return http == stun or http.is_unspecified or stun.is_unspecified
 
     @property
     def stun_ip(self) -> str:

@@ -209,6 +209,9 @@ class ServerHandle:
         self._ready.set()
         try:
             stop_event.wait()
+            # waiting long-polls answer 503 "shutting-down" within the grace time instead of
+            # being killed mid-request (which pywsgi reports as a bare 500)
+            self.app.extensions["stunturn"].shutdown()
             server.stop(timeout=_STOP_GRACE)
         finally:
             self._wake.close()

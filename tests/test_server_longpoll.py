@@ -109,11 +109,17 @@ def test_timeout_frees_the_key_at_once(server):
     assert status == 408 and body["error"] == "timeout"
 
 
-def test_disconnect_frees_the_key(server):
-    body = json.dumps({"access_key": KEY, "target_ip": RECEIVER, "protocol": "udp"}).encode()
-    raw = socket.create_connection(server.http_address, timeout=10)
+def raw_initiate(server, *, key=KEY, source="127.0.0.1") -> socket.socket:
+    """An initiator on a bare socket (so the test can hang up or reset it); the request is sent."""
+    body = json.dumps({"access_key": key, "target_ip": RECEIVER, "protocol": "udp"}).encode()
+    raw = socket.create_connection(server.http_address, timeout=10, source_address=(source, 0))
     raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return raw
+
+
+def test_disconnect_frees_the_key(server):
+    raw = raw_initiate(server)
     poll(lambda: waiting(server) == 1, "the raw initiator to wait")
     raw.close()
     poll(lambda: waiting(server) == 0, "the hung-up initiator's entry to be freed")
@@ -126,10 +132,7 @@ def test_disconnect_frees_the_key(server):
 
 
 def test_reset_connection_frees_the_key(server):
-    body = json.dumps({"access_key": KEY, "target_ip": RECEIVER, "protocol": "udp"}).encode()
-    raw = socket.create_connection(server.http_address, timeout=10)
-    raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    raw = raw_initiate(server)
     poll(lambda: waiting(server) == 1, "the raw initiator to wait")
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     raw.close()  # RST instead of FIN
@@ -197,14 +200,17 @@ def test_oversized_chunked_body_is_413(server):
     assert response.split()[1] == b"413"
 
 
-def test_stop_drops_waiting_long_polls(server):
+def test_stop_answers_waiting_long_polls_503(server):
+    """Stopping ends every waiting long-poll with a JSON 503 (was: killed mid-request, a bare 500)."""
     thread, result = in_background(initiate, server)
     poll(lambda: waiting(server) == 1, "the initiator")
     server.stop()
     server.stop()  # idempotent
     thread.join(20)
     assert not thread.is_alive()
-    assert "error" in result  # the connection was closed without an answer
+    assert "error" not in result, result
+    status, body = result["value"]
+    assert status == 503 and body["error"] == "shutting-down", result
     with pytest.raises(OSError):
         socket.create_connection(server.http_address, timeout=2).close()
 
@@ -228,3 +234,35 @@ def test_no_500_for_bad_input_on_the_real_server(server):
                 conn.close()
     assert statuses and all(400 <= status < 500 for status in statuses), statuses
     assert waiting(server) == 0 and request(server, "GET", "/healthz")[0] == 200
+
+
+def test_waiters_per_source_ip_are_capped_with_429():
+    """One host cannot hold more than max_waiters_per_ip long-polls (each costs a socket)."""
+    with start_server(ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=3)) as server:
+        held = [raw_initiate(server, key=f"capped-key-{i}") for i in range(3)]
+        try:
+            poll(lambda: waiting(server) == 3, "three initiators from 127.0.0.1")
+            status, body = initiate(server, key="capped-key-3")
+            assert status == 429 and body["error"] == "too-many-waiters" and body["limit"] == 3
+            assert "127.0.0.1" in body["message"] and waiting(server) == 3
+            # another source is not affected
+            thread, result = in_background(initiate, server, key="other-host-key", source="127.0.0.4")
+            poll(lambda: waiting(server) == 4, "the initiator from 127.0.0.4")
+            assert checkin(server, key="other-host-key")[0] == 200
+            thread.join(20)
+            assert result["value"][0] == 200
+            # a waiter that hangs up gives its place back at once
+            held.pop().close()
+            poll(lambda: waiting(server) == 2, "the hung-up initiator to be gone")
+            thread, result = in_background(initiate, server, key="capped-key-3")
+            poll(lambda: waiting(server) == 3, "the initiator admitted again")
+            assert initiate(server, key="capped-key-4")[0] == 429
+            assert checkin(server, key="capped-key-3")[0] == 200
+            thread.join(20)
+            assert result["value"][0] == 200
+        finally:
+            for raw in held:
+                raw.close()
+        poll(lambda: waiting(server) == 0, "every capped initiator to be gone")
+        status, _ = initiate(server, key="capped-key-5", timeout=0.05)
+        assert status == 408  # the count went back to zero: admitted (and timed out)

@@ -163,6 +163,8 @@ def test_parse_listen_rejects(text):
     (["127.0.0.1:0", "--alt-ip", "nope"], "alt_ip must be an IP address"),
     (["127.0.0.1:0", "--stun-port", "5000", "--alt-port", "5000"], "must differ"),
     (["127.0.0.1:0", "--wait-timeout", "0", "--no-stun"], "wait_timeout"),
+    (["127.0.0.1:0", "--no-stun", "--max-waiters-per-ip", "0"], "--max-waiters-per-ip"),
+    (["127.0.0.1:5000", "--stun-port", "5000", "--alt-port", "5001"], "also a STUN port"),
 ])
 def test_serve_bad_options_are_clear_errors(args, message):
     result = CliRunner().invoke(main, ["serve", *args])
@@ -242,3 +244,50 @@ def test_embedding_in_a_monkey_patched_host():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "alive"]
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_waiters_per_ip": 0}, {"max_waiters_per_ip": True}, {"max_waiters_per_ip": 2.5},
+    {"http_port": 3478}, {"http_port": 3479, "alt_ip": "127.0.0.2"},
+    {"http_host": "0.0.0.0", "stun_host": "127.0.0.1", "http_port": 3478},
+])
+def test_config_rejects_bad_waiter_caps_and_http_on_a_stun_port(fields):
+    with pytest.raises(ConfigError):
+        ServerConfig(**fields)
+
+
+def test_config_allows_the_same_port_on_other_hosts_or_without_stun():
+    assert ServerConfig(http_port=3478, stun_enabled=False).http_port == 3478
+    assert ServerConfig(http_host="127.0.0.1", stun_host="127.0.0.2", http_port=3478).stun_port == 3478
+    assert ServerConfig(http_port=3479).max_waiters_per_ip == 256  # alt port unused without --alt-ip
+
+
+@pytest.mark.parametrize("ip, source", [
+    ("192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+])
+def test_waiter_cap_counts_ipv4_addresses_and_ipv6_slash_64s(ip, source):
+    from stunturn_server.api import source_of
+    assert source_of(ip) == source
+
+
+def test_serve_prints_ipv6_endpoints_in_brackets():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "[::1]:0", "--stun-port", "0",
+                             "--alt-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if "Cannot assign" in err:
+        pytest.skip("::1 unavailable")
+    assert lines[0].startswith("signaling server: http://[::1]:"), (lines, err)
+    assert lines[1].split()[:3] == ["STUN", "primary", "udp+tcp"] and lines[1].split()[3].startswith("[::1]:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import click
@@ -31,6 +32,12 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ConfigError(f"invalid port in listen address {text!r}", hint="a port is 0-65535")
     if not host:
         raise ConfigError(f"listen address {text!r} has no host", hint="e.g. 127.0.0.1:8080")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"the listen host {host!r} must be an IP address",
+                          hint="give a numeric address: 127.0.0.1 (this machine only), 0.0.0.0 (all)"
+                          ) from None
     return host, int(port_text)
 
 
@@ -46,12 +53,15 @@ def _describe(handle) -> dict:
 @click.option("--alt-port", type=int, default=3479, show_default=True, help="STUN alternate port.")
 @click.option("--wait-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
               help="Longest time an initiator's long-poll is held.")
+@click.option("--max-waiters-per-ip", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
+              metavar="N", help="Most initiators one IPv4 address (IPv6 /64) may keep waiting; more get 429.")
 @click.option("--no-stun", is_flag=True, help="Run only the signaling server, no STUN responder.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True)
+              default="INFO", show_default=True,
+              help="Logging threshold; INFO logs one line per pairing event (never the key).")
 @click.option("--json", "as_json", is_flag=True, help="Print where it listens as one JSON line.")
 def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
-            no_stun: bool, log_level: str, as_json: bool) -> None:
+            max_waiters_per_ip: int, no_stun: bool, log_level: str, as_json: bool) -> None:
     """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
@@ -64,6 +74,7 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, stun_port=stun_port,
                           alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
+                          max_waiters_per_ip=max_waiters_per_ip,
                           log_level=log_level.upper())
 
     def ready(handle) -> None:
@@ -73,7 +84,8 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
         click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
         for ep in handle.stun_endpoints:
             transport = ep.get("transport", "udp+tcp")
-            click.echo(f"STUN {ep.get('role', '?'):9} {transport:8} {ep['ip']}:{ep['port']}")
+            where = f"[{ep['ip']}]:{ep['port']}" if ":" in ep["ip"] else f"{ep['ip']}:{ep['port']}"
+            click.echo(f"STUN {ep.get('role', '?'):9} {transport:8} {where}")
         if no_stun:
             click.echo("STUN responder: disabled (--no-stun)")
         elif not alt_ip:
