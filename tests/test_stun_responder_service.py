@@ -359,3 +359,56 @@ def test_random_datagrams_never_break_the_loop(service):
                   if k in ("responses", "errors_sent") or k.startswith("dropped_"))
     assert handled == stats["udp_datagrams"] == 301
     client.close()
+
+
+def test_udp_flood_is_bounded_by_the_kernel_queue_and_its_drops_are_counted(service, monkeypatch):
+    """While the loop is stuck, a flood only fills the kernel's receive queue (the service
+    keeps no queue of its own); the overflow is counted and the service answers afterwards."""
+    import threading
+
+    responder = service._responder
+    stuck, release = threading.Event(), threading.Event()
+    handle = responder.handle
+
+    def slow_handle(*args, **kwargs):
+        if not release.is_set():
+            stuck.set()
+            release.wait(30)
+        return handle(*args, **kwargs)
+
+    monkeypatch.setattr(responder, "handle", slow_handle)
+    primary = endpoint(service, "primary")
+    flood = udp_client()
+    sent = 0
+    try:
+        junk = b"\x01\x01" + bytes(18)  # a classic Binding *response*: dropped, never answered
+        flood.sendto(junk, (primary.ip, primary.port))
+        sent += 1
+        assert stuck.wait(10), "the service never read the first datagram"
+        for _ in range(5000):  # bounded: far more than the receive buffer holds
+            flood.sendto(junk, (primary.ip, primary.port))
+            sent += 1
+    finally:
+        release.set()
+        flood.close()
+    client = udp_client()
+    request, answer, copies = binding_request(), None, 0
+    try:
+        client.settimeout(0.2)
+        for copies in range(1, 51):  # the queue may still be full when the first copy arrives
+            client.sendto(encode(request), (primary.ip, primary.port))
+            try:
+                answer = decode(client.recv(2048))
+                break
+            except TimeoutError:
+                continue
+    finally:
+        client.close()
+    assert answer is not None and answer.transaction_id == request.transaction_id
+    stats = wait_for(lambda: (s := service.stats)["udp_datagrams"] >= 2 and s, what="counters")
+    assert stats["dropped_rx_overflow"] > 0, stats
+    assert stats["udp_datagrams"] < sent, stats  # the queue held only part of the flood
+    flood_seen = stats["dropped_non_stun"] + stats["dropped_malformed"] + stats["dropped_not_request"]
+    assert flood_seen <= sent and stats["requests"] <= copies, stats
+    assert stats["udp_datagrams"] + stats["dropped_rx_overflow"] <= sent + copies, stats
+    assert flood_seen == stats["udp_datagrams"] - stats["requests"], stats  # all dropped, all counted

@@ -4,6 +4,10 @@ The thread multiplexes everything with :mod:`selectors` (no gevent, so it works
 whatever hub the HTTP server runs) and hands each message to the pure
 :class:`~stunturn_server.stun.responder.StunResponder`.
 
+UDP is read and answered in place: no queue of its own, so a datagram flood costs
+at most the kernel's receive buffer; what overflows it is dropped by the kernel and
+counted (``dropped_rx_overflow``, SO_RXQ_OVFL, learnt with the next datagram read).
+
 TCP follows RFC 8489 section 6.2.2: messages are framed back to back on the
 stream by their own length field. A connection is closed when it sends bytes
 that are not a STUN header or a malformed message, stays idle longer than
@@ -47,7 +51,7 @@ _ACCEPT_BURST = 16
 _PORT_ATTEMPTS = 20
 SERVICE_COUNTERS = ("udp_datagrams", "send_errors", "internal_errors", "tcp_connections",
                     "tcp_open", "tcp_rejected", "tcp_closed_idle", "tcp_closed_garbage",
-                    "tcp_closed_limit", "tcp_closed_by_peer")
+                    "tcp_closed_limit", "tcp_closed_by_peer", "dropped_rx_overflow")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ class StunService:
         self._wildcard = {ep.role: ep.port for ep in endpoints if _unspecified(ep.ip)}
         for role in self._wildcard:
             _enable_pktinfo(udp[role])
+        #: per UDP socket: datagrams the kernel dropped because its receive queue was full
+        self._rx_overflow = dict.fromkeys(udp, 0)
+        for sock in udp.values():
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+            except OSError:  # not Linux: such drops stay uncounted
+                pass
         self._conns: dict[int, _Conn] = {}
         self._counters = dict.fromkeys(SERVICE_COUNTERS, 0)
         self._sel = selectors.DefaultSelector()
@@ -195,6 +206,10 @@ class StunService:
                 log.debug("STUN UDP %s: recvmsg: %s", role, exc)
                 continue
             self._counters["udp_datagrams"] += 1
+            dropped = _rx_overflow(ancillary)
+            if dropped is not None and dropped != self._rx_overflow[role]:
+                self._rx_overflow[role] = dropped
+                self._counters["dropped_rx_overflow"] = sum(self._rx_overflow.values())
             local: StunEndpoint | str = role
             if role in self._wildcard:  # which of our addresses it was sent to
                 destination = _pktinfo_destination(ancillary)
@@ -346,7 +361,17 @@ class StunService:
 # -- wildcard binds: learn and set the local address per datagram (IP_PKTINFO, RFC 3542) ---
 
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
-_CMSG_SPACE = socket.CMSG_SPACE(32)
+#: Linux socket(7): each datagram carries the socket's count of receive-queue drops so far
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_CMSG_SPACE = socket.CMSG_SPACE(32) + socket.CMSG_SPACE(4)
+
+
+def _rx_overflow(ancillary) -> int | None:
+    """The kernel's drop count (SO_RXQ_OVFL) carried by a received datagram, if any."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
+            return struct.unpack("@I", data[:4])[0]
+    return None
 
 
 def _unspecified(ip: str) -> bool:
