@@ -260,3 +260,29 @@ def test_demo_killed_hard_is_cleaned_up_by_down_all(tmp_path):
     assert facts["down_rc"] == "0", (tmp_path / "down").read_text()
     assert "removed 6 namespace(s)" in (tmp_path / "down").read_text()
     assert facts["after"] == "0" and facts["alive"] == "0"
+
+
+def test_demo_stopped_by_sigterm_tears_its_lab_down():
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag.cli", "lab", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("building lab stl-"), first
+        name = first.split()[2].rstrip(":")
+        record_lab(name)
+        for _ in range(200):                        # bounded: up to 200 progress lines
+            line = proc.stderr.readline()
+            if not line or line.startswith("probing the NAT of site a"):
+                break
+        assert _ours(name), "the lab should be up while the demo probes"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode != 0
+    assert "Traceback" not in err and "Aborted!" in err
+    assert _ours(name) == []

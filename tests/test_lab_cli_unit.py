@@ -13,7 +13,8 @@ from stunturn_diag.lab.demo import compare, render
 
 def test_lab_needs_root_and_says_so(monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 1000)
-    for args in (["lab", "up"], ["lab", "down", "--all"], ["lab", "status"]):
+    for args in (["lab", "up"], ["lab", "down", "--all"], ["lab", "status"], ["lab", "demo"],
+                 ["lab", "demo", "--json"], ["lab", "exec", "stl-abcdef", "a1", "--", "true"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1
         assert "needs root" in result.output
@@ -33,6 +34,12 @@ def test_bad_options_are_config_errors():
     assert result.exit_code == 1 and "unknown NAT type 'nonsense'" in result.output
     result = CliRunner().invoke(main, ["lab", "down"])
     assert result.exit_code == 2 and "exactly one" in result.output
+    result = CliRunner().invoke(main, ["lab", "up", "--same-nat", "--site-b", "public"])
+    assert result.exit_code == 2 and "drop --site-b" in result.output
+    result = CliRunner().invoke(main, ["lab", "demo", "--same-nat", "--site-b", "public"])
+    assert result.exit_code == 2 and "drop --site-b" in result.output
+    result = CliRunner().invoke(main, ["lab", "up", "--spec", "x.toml", "--cgnat", "a"])
+    assert result.exit_code == 2 and "--spec describes the whole lab" in result.output
 
 
 def test_catalogue_lists_every_entry_with_ground_truth():

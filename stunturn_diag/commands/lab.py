@@ -23,10 +23,17 @@ def command() -> None:
     """NAT lab: sites behind real kernel NATs (nftables) in network namespaces."""
 
 
+def _sites(site_a: str | None, site_b: str | None, same_nat: bool) -> tuple[str, str | None]:
+    """Catalogue names of sites a and b from the options (b is None with --same-nat)."""
+    if same_nat and site_b is not None:
+        raise click.UsageError("--same-nat puts both peers behind site a's NAT; drop --site-b")
+    return site_a or "port-restricted", None if same_nat else site_b or "full-cone"
+
+
 @command.command("up")
-@click.option("--site-a", default="port-restricted", show_default=True, metavar="NAT",
+@click.option("--site-a", default=None, show_default="port-restricted", metavar="NAT",
               help="NAT type of site a (see `lab catalogue`).")
-@click.option("--site-b", default="full-cone", show_default=True, metavar="NAT",
+@click.option("--site-b", default=None, show_default="full-cone", metavar="NAT",
               help="NAT type of site b.")
 @click.option("--cgnat", multiple=True, metavar="SITE",
               help="Put a carrier-grade NAT (100.64.0.0/10) in front of this site.")
@@ -38,6 +45,10 @@ def up_cmd(site_a, site_b, cgnat, same_nat, spec_file, as_json) -> None:
     """Build a lab that stays up until `lab down NAME`."""
     from ..lab import LabSpec, manage
 
+    if spec_file and (site_a or site_b or cgnat or same_nat):
+        raise click.UsageError("--spec describes the whole lab; drop --site-a/--site-b/"
+                               "--cgnat/--same-nat")
+    site_a, site_b = _sites(site_a, site_b, same_nat)
     spec = (LabSpec.from_file(spec_file) if spec_file else
             LabSpec.simple(site_a, site_b, cgnat=tuple(cgnat), same_nat=same_nat))
     lab = manage.up(spec)
@@ -134,17 +145,21 @@ def catalogue_cmd(as_json) -> None:
 
 
 @command.command("demo")
-@click.option("--site-a", default="port-restricted", show_default=True, metavar="NAT")
-@click.option("--site-b", default="full-cone", show_default=True, metavar="NAT")
+@click.option("--site-a", default=None, show_default="port-restricted", metavar="NAT",
+              help="NAT type of site a (see `lab catalogue`).")
+@click.option("--site-b", default=None, show_default="full-cone", metavar="NAT",
+              help="NAT type of site b.")
 @click.option("--protocol", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
 @click.option("--cgnat", multiple=True, metavar="SITE",
               help="Put a carrier-grade NAT in front of this site.")
 @click.option("--same-nat", is_flag=True, help="Both peers (a1, a2) behind site a's NAT.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, as_json) -> None:
-    """Server + probe from each site + a punch from site a to site b, in a fresh lab."""
+    """Server + probe from each site + a punch from site a to site b that carries a
+    message each way, in a fresh lab that is torn down afterwards (exit 0: all worked)."""
     from ..lab.demo import render, run_demo
 
+    site_a, site_b = _sites(site_a, site_b, same_nat)
     report = run_demo(site_a, site_b, protocol=protocol, cgnat=tuple(cgnat),
                       same_nat=same_nat, progress=progress)
     if as_json:
