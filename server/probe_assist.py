@@ -16,8 +16,10 @@ Safety (it makes the server send SYNs on request):
   requests; ``["probe_assist_rate"]`` refill per second, default 0.5) with the
   app's injected clock -> 429 when empty;
 - bounded work per request: at most 2 sources x 3 attempts, connect timeout
-  50..2000 ms; a global cap of concurrent connects (``["probe_assist_concurrency"]``,
-  default 32) -> 503 when busy;
+  50..2000 ms; a source's attempts start ``timeout/4`` apart and stop at the first
+  definitive answer (so an answering NAT costs one SYN, and one ICMP, per source);
+  a global cap of concurrent connects (``["probe_assist_concurrency"]``, default 32)
+  -> 503 when busy;
 - nothing is sent on a connection but the caller's own token (<= 32 hex chars).
 
 Outcome per attempt: ``connected``, ``rst`` (refused without an ICMP error),
@@ -191,8 +193,17 @@ def _source_ip(role: str, cfg) -> str | None:
     return cfg.stun_ip  # "alt-port": the primary IP from a port other than the STUN port
 
 
-def _run_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
-    """Run the connect attempts concurrently: greenlets under gevent, threads otherwise."""
+#: outcomes that settle a source: further attempts from it would only repeat the answer
+_DEFINITIVE = ("connected", "rst", "icmp")
+
+
+def _run_staggered(groups: list[list[Callable]], stagger: float) -> list[list[dict]]:
+    """Run each group's connect attempts one ``stagger`` apart, the groups concurrently;
+    a group stops starting attempts once one of them is definitive (connected / RST /
+    ICMP). So a lost SYN is covered by the next attempt, while a NAT that answers costs
+    one SYN per source: routers rate-limit ICMP errors per destination (Linux: a burst
+    of 6, then 1/s), and three answered SYNs per run would starve a quick re-run.
+    Greenlets under gevent; threads (all attempts at once) otherwise."""
     try:
         import gevent
         from gevent import socket as gsocket  # cooperative under the gevent server, a
@@ -200,14 +211,31 @@ def _run_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
     except ImportError:  # pragma: no cover - gevent is a dependency
         gevent = None
     if gevent is not None:
-        greenlets = [gevent.spawn(job, gsocket) for job in jobs]
-        gevent.joinall(greenlets)
-        return [g.value if g.successful() else {"outcome": "error", "error": "internal"} for g in greenlets]
-    results: list[dict] = [{} for _ in jobs]  # pragma: no cover
+        def settled(started) -> bool:
+            return any(g.ready() and g.successful() and (g.value or {}).get("outcome") in _DEFINITIVE
+                       for g in started)
 
-    def run(i):  # pragma: no cover
-        results[i] = jobs[i](socket)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]  # pragma: no cover
+        def run_group(jobs: list[Callable]) -> list:
+            started: list = []
+            for k, job in enumerate(jobs):
+                if k:
+                    end = time.monotonic() + stagger
+                    while time.monotonic() < end and not settled(started):  # bounded by stagger
+                        gevent.sleep(min(0.005, max(0.0, end - time.monotonic())))
+                    if settled(started):
+                        break
+                started.append(gevent.spawn(job, gsocket))
+            gevent.joinall(started)
+            return [g.value if g.successful() else {"outcome": "error", "error": "internal"} for g in started]
+        runners = [gevent.spawn(run_group, jobs) for jobs in groups]
+        gevent.joinall(runners)
+        return [r.value if r.successful() else [{"outcome": "error", "error": "internal"}] for r in runners]
+    flat = [(i, job) for i, jobs in enumerate(groups) for job in jobs]  # pragma: no cover
+    results: list[list[dict]] = [[] for _ in groups]  # pragma: no cover
+
+    def run(i, job):  # pragma: no cover
+        results[i].append(job(socket))
+    threads = [threading.Thread(target=run, args=x) for x in flat]  # pragma: no cover
     for t in threads:  # pragma: no cover
         t.start()
     for t in threads:  # pragma: no cover
@@ -218,15 +246,16 @@ def _run_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
 _RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
 
 
-def tcp_connect():
-    """``POST /v1/probe/tcp-connect``: connect back to the caller's mapped port."""
+def _admit(parse: Callable[[dict], tuple]):
+    """Common front of both routes: count, validate the body (400), take the caller's
+    observed IP - the only target ever used - and spend a token of its bucket (429).
+    Returns (state, parsed body, caller IP, server config)."""
     from .api import ApiError, json_body, observed_address, signaling_state  # late: api imports this module
 
     st = _assist_state()
     st.stats["requests"] += 1
-    body = json_body()
     try:
-        port, sources, attempts, timeout_ms, token = parse_request(body)
+        parsed = parse(json_body())
     except ValueError as exc:
         raise ApiError(400, "bad-request", str(exc)) from None
     ip, _ = observed_address()
@@ -234,7 +263,14 @@ def tcp_connect():
         st.stats["limited"] += 1
         raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
                                             "wait a few seconds and retry")
-    cfg = signaling_state().config
+    return st, parsed, ip, signaling_state().config
+
+
+def tcp_connect():
+    """``POST /v1/probe/tcp-connect``: connect back to the caller's mapped port."""
+    from .api import ApiError
+
+    st, (port, sources, attempts, timeout_ms, token), ip, cfg = _admit(parse_request)
     plan = []
     for role in sources:
         src = _source_ip(role, cfg)
@@ -251,15 +287,15 @@ def tcp_connect():
         if acquired < n:
             st.stats["busy"] += 1
             raise ApiError(503, "busy", "the server is running too many probe connections; retry shortly")
-        jobs, roles = [], []
+        groups, roles = [], []
         for role, src in plan:
             if src is None:
                 continue
-            for _ in range(attempts):
-                jobs.append(lambda sm, src=src: connect_once(src, (ip, port), timeout_ms / 1000, token, sm))
-                roles.append(role)
-        st.stats["connects"] += len(jobs)
-        raw = _run_parallel(jobs)
+            groups.append([lambda sm, src=src: connect_once(src, (ip, port), timeout_ms / 1000, token, sm)
+                           for _ in range(attempts)])
+            roles.append(role)
+        raw = dict(zip(roles, _run_staggered(groups, max(0.02, timeout_ms / 4000))))
+        st.stats["connects"] += sum(len(r) for r in raw.values())
     finally:
         for _ in range(acquired):
             st.slots.release()
@@ -270,7 +306,7 @@ def tcp_connect():
                             "reason": "the server has no alternate IP" if role == "alt-ip"
                             else "address family mismatch"})
             continue
-        tries = [r for r, rl in zip(raw, roles) if rl == role]
+        tries = raw[role]
         best = min(tries, key=lambda r: _RANK.get(r.get("outcome"), 9))
         results.append({"from": role, "outcome": best.get("outcome"), "attempts": tries})
     return jsonify({"target": {"ip": ip, "port": port}, "results": results})
@@ -293,20 +329,9 @@ def tcp_simopen():
     it at once, and ``delay_ms`` later connect from it to the caller's port. The caller
     meanwhile sends a SYN to that source that dies after its NAT (low TTL): the server's
     SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 4.2)."""
-    from .api import ApiError, json_body, observed_address, signaling_state
+    from .api import ApiError
 
-    st = _assist_state()
-    st.stats["requests"] += 1
-    try:
-        port, delay_ms, timeout_ms, token = parse_simopen(json_body())
-    except ValueError as exc:
-        raise ApiError(400, "bad-request", str(exc)) from None
-    ip, _ = observed_address()
-    if not st.bucket.take(ip):
-        st.stats["limited"] += 1
-        raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
-                                            "wait a few seconds and retry")
-    cfg = signaling_state().config
+    st, (port, delay_ms, timeout_ms, token), ip, cfg = _admit(parse_simopen)
     src_ip = cfg.alt_ip or cfg.stun_ip
     if ipaddress.ip_address(src_ip).version != ipaddress.ip_address(ip).version:
         raise ApiError(409, "unavailable", "no source address of your address family")

@@ -69,6 +69,20 @@ def test_closed_port_reads_as_rst(client):
     assert r.json["results"][0]["outcome"] == "rst"
 
 
+def test_an_answering_target_costs_one_attempt_per_source(client, listener):
+    """Attempts are staggered and stop at the first definitive answer: a NAT that answers
+    (RST here; ICMP alike, which routers rate-limit) sees one SYN per source, not three."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = s.getsockname()[1]
+    s.close()
+    r = client.post("/v1/probe/tcp-connect", json={"port": closed, "attempts": 3})
+    assert [(x["outcome"], len(x["attempts"])) for x in r.json["results"]] == [("rst", 1), ("rst", 1)]
+    port = listener.getsockname()[1]
+    r = client.post("/v1/probe/tcp-connect", json={"port": port, "from": ["alt-ip"], "attempts": 3})
+    assert [(x["outcome"], len(x["attempts"])) for x in r.json["results"]] == [("connected", 1)]
+
+
 @pytest.mark.parametrize("body", [
     {}, {"port": 0}, {"port": 70000}, {"port": "80"}, {"port": True},
     {"port": 80, "from": ["elsewhere"]}, {"port": 80, "from": []}, {"port": 80, "from": ["alt-ip", "alt-ip"]},

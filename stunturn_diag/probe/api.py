@@ -161,6 +161,8 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     walk_stop.set()
     for t in background[-1:]:
         t.join(5.0)
+    if "error" in walk_box:
+        notes.append(f"TTL walk failed: {walk_box['error']}")
     if "tcp_error" in walk_box:
         notes.append(f"TCP tests failed: {walk_box['tcp_error']}")
     layers = walk_box.get("layers")

@@ -60,6 +60,15 @@ def analyse_hops(hops: list[dict], server_hop: int | None, nat: bool | None, pub
     return {"count": count, "cgnat": cgnat, "hops": hops, "server_hop": server_hop, "reason": why}
 
 
+def _send(s: socket.socket, data: bytes, dest: Address) -> None:
+    """Send, ignoring a pending error: with IP_RECVERR an ICMP error not yet read from the
+    error queue (the time-exceeded we are waiting for) fails the next ``sendto``."""
+    try:
+        s.sendto(data, dest)
+    except OSError:
+        pass
+
+
 def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | None = None,
          max_hops: int = 8, on_server_hop=None, stop=None) -> dict:
     """TTL walk toward ``dest`` (bounded: ``max_hops`` sockets x 2 sends, <= 1 s).
@@ -89,14 +98,14 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
         server_hop: int | None = None
         start = time.monotonic()
         for s, ttl in zip(socks, range(1, max_hops + 1)):
-            s.sendto(reqs[ttl], dest)
+            _send(s, reqs[ttl], dest)
         resent = False
         while time.monotonic() - start < budget and not (stop is not None and stop.is_set()
                                                          and server_hop is not None):
             if not resent and time.monotonic() - start > resend_at:
                 for s, ttl in zip(socks, range(1, max_hops + 1)):
                     if ttl not in hops and (server_hop is None or ttl < server_hop):
-                        s.sendto(reqs[ttl], dest)
+                        _send(s, reqs[ttl], dest)
                 resent = True
             if server_hop is not None and all(t in hops for t in range(1, server_hop)):
                 break
