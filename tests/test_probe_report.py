@@ -60,3 +60,11 @@ def test_unreachable_only_when_neither_udp_nor_tcp_answered():
     r.tcp_reachable = False
     assert r.status == "unreachable" and r.exit_code == 4
     assert "relay" in meaning(r)[0]
+
+
+def test_binding_lifetime_reads_as_a_bracket():
+    r = result(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT)
+    r.udp["binding_lifetime"] = Verdict({"min_s": 15.0, "max_s": 30.0}, "alive after 15 s, expired by 30 s")
+    assert "Binding lifetime (RFC 4787 4.3, RFC 5780 4.6): more than 15 s, at most 30 s" in render(r)
+    r.udp["binding_lifetime"] = Verdict({"min_s": 2.0, "max_s": None}, "alive after 2 s")
+    assert "more than 2 s (never expired within the test)" in render(r)

@@ -30,6 +30,9 @@ def _val(v) -> str:
         return "undetermined"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, dict) and set(v) == {"min_s", "max_s"}:  # binding lifetime bracket
+        return (f"more than {v['min_s']:g} s" + (f", at most {v['max_s']:g} s" if v["max_s"] is not None
+                                                else " (never expired within the test)"))
     if isinstance(v, dict):
         return ", ".join(f"{k}={x}" for k, x in v.items())
     return getattr(v, "value", str(v))
