@@ -121,10 +121,22 @@ def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string"}
+
+
+def _of_kind(value, kind: type, name: str, max_len: int | None = None, what: str = ""):
+    """``value`` if it is a ``kind`` (object / list / string) of at most ``max_len`` items."""
+    if not isinstance(value, kind):
+        raise BadRequest(f"{name} must be {what or _KIND_NAMES[kind]}, got {_type_name(value)}")
+    if max_len is not None and len(value) > max_len:
+        unit = "characters" if kind is str else "items"
+        raise BadRequest(f"{name} may hold at most {max_len} {unit}, got {len(value)}")
+    return value
+
+
 def access_key(value) -> str:
     """8-256 printable ASCII characters (0x20-0x7e)."""
-    if not isinstance(value, str):
-        raise BadRequest(f"access_key must be a string, got {_type_name(value)}")
+    _of_kind(value, str, "access_key")
     if not ACCESS_KEY_MIN <= len(value) <= ACCESS_KEY_MAX:
         raise BadRequest(f"access_key must be {ACCESS_KEY_MIN}-{ACCESS_KEY_MAX} characters long, "
                          f"got {len(value)}")
@@ -173,8 +185,7 @@ def timeout_field(value) -> float | None:
 
 
 def endpoint(value, name: str) -> dict:
-    if not isinstance(value, dict):
-        raise BadRequest(f"{name} must be an object {{ip, port}}, got {_type_name(value)}")
+    _of_kind(value, dict, name, what="an object {ip, port}")
     _check_fields(value, {"ip", "port"}, set(), name)
     return {"ip": ip_field(value["ip"], f"{name}.ip"), "port": port_field(value["port"], f"{name}.port")}
 
@@ -183,34 +194,22 @@ def details_field(value) -> dict:
     """Validate the optional peer ``details`` (srflx, local, nat, software)."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"details must be an object, got {_type_name(value)}")
+    _of_kind(value, dict, "details")
     _check_fields(value, set(), {"srflx", "local", "nat", "software"}, "details")
     out: dict = {}
     if "srflx" in value:
         out["srflx"] = endpoint(value["srflx"], "details.srflx")
     if "local" in value:
-        local = value["local"]
-        if not isinstance(local, list):
-            raise BadRequest(f"details.local must be a list, got {_type_name(local)}")
-        if len(local) > LOCAL_MAX:
-            raise BadRequest(f"details.local may hold at most {LOCAL_MAX} addresses, got {len(local)}")
+        local = _of_kind(value["local"], list, "details.local", LOCAL_MAX)
         out["local"] = [endpoint(item, f"details.local[{i}]") for i, item in enumerate(local)]
     if "nat" in value:
-        nat = value["nat"]
-        if not isinstance(nat, dict):
-            raise BadRequest(f"details.nat must be an object, got {_type_name(nat)}")
+        nat = _of_kind(value["nat"], dict, "details.nat")
         size = len(json.dumps(nat, separators=(",", ":")).encode())
         if size > NAT_MAX_BYTES:
             raise BadRequest(f"details.nat must be at most {NAT_MAX_BYTES} bytes of JSON, got {size}")
         out["nat"] = nat
     if "software" in value:
-        software = value["software"]
-        if not isinstance(software, str):
-            raise BadRequest(f"details.software must be a string, got {_type_name(software)}")
-        if len(software) > SOFTWARE_MAX:
-            raise BadRequest(f"details.software must be at most {SOFTWARE_MAX} characters")
-        out["software"] = software
+        out["software"] = _of_kind(value["software"], str, "details.software", SOFTWARE_MAX)
     return out
 
 

@@ -7,24 +7,16 @@ with 127.0.0.1 primary and 127.0.0.2 alternate on a NAT-free loopback, conclude 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import start_stun_service
+from testlib import A1, A2, missing, require_tool, roles
 
 pytestmark = pytest.mark.interop
-A1, A2 = "127.0.0.1", "127.0.0.2"
-
-
-def missing(message: str):
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def pystun3():
@@ -35,21 +27,8 @@ def pystun3():
     return stun
 
 
-@pytest.fixture
-def service():
-    svc = start_stun_service(ServerConfig(stun_host=A1, alt_ip=A2, stun_port=0, alt_port=0))
-    yield svc
-    svc.stop()
-
-
-def roles(svc) -> dict[str, tuple[str, int]]:
-    return {ep.role: (ep.ip, ep.port) for ep in svc.endpoints}
-
-
 def test_debian_stun_client_reports_open(service):
-    tool = shutil.which("stun")
-    if tool is None:
-        missing("the 'stun' client is not installed (apt-get install stun-client)")
+    tool = require_tool("stun")
     eps = roles(service)
     proc = subprocess.run([tool, f"{A1}:{eps['primary'][1]}", "-v"], capture_output=True,
                           text=True, timeout=120)

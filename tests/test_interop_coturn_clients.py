@@ -8,9 +8,7 @@ wrong address would make the filtering test time out or report a dependent behav
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 
@@ -18,37 +16,9 @@ import pytest
 
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import start_stun_service
+from testlib import A1, require_tool, roles, run_tool
 
 pytestmark = pytest.mark.interop
-A1, A2 = "127.0.0.1", "127.0.0.2"
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed (apt-get install coturn)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture
-def service():
-    svc = start_stun_service(ServerConfig(stun_host=A1, alt_ip=A2, stun_port=0, alt_port=0))
-    yield svc
-    svc.stop()
-
-
-def roles(svc) -> dict[str, tuple[str, int]]:
-    return {ep.role: (ep.ip, ep.port) for ep in svc.endpoints}
-
-
-def run(argv: list[str]) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{argv[0]} exited {proc.returncode}:\n{output}"
-    return output
 
 
 def addresses(output: str, label: str) -> list[tuple[str, int]]:
@@ -59,9 +29,9 @@ def addresses(output: str, label: str) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("extra", [[], ["-f"]], ids=["plain", "rfc5780"])
 def test_turnutils_stunclient(service, extra):
-    tool = require("turnutils_stunclient")
+    tool = require_tool("turnutils_stunclient")
     eps = roles(service)
-    output = run([tool, *extra, "-L", A1, "-p", str(eps["primary"][1]), A1])
+    output = run_tool([tool, *extra, "-L", A1, "-p", str(eps["primary"][1]), A1])
     reflexive = addresses(output, "UDP reflexive addr")
     assert reflexive and all(ip == A1 and 0 < port < 65536 for ip, port in reflexive), output
     # first response from where it was sent, the change-request responses from A2:P2
@@ -76,9 +46,9 @@ def test_turnutils_stunclient(service, extra):
 
 @pytest.mark.parametrize("extra", [[], ["-P"]], ids=["plain", "padding"])
 def test_turnutils_natdiscovery_sees_no_nat(service, extra):
-    tool = require("turnutils_natdiscovery")
+    tool = require_tool("turnutils_natdiscovery")
     eps = roles(service)
-    output = run([tool, "-m", "-f", *extra, "-L", A1, "-p", str(eps["primary"][1]), A1])
+    output = run_tool([tool, "-m", "-f", *extra, "-L", A1, "-p", str(eps["primary"][1]), A1])
     assert "No NAT!" in output, output
     assert "NAT with Endpoint Independent Mapping!" in output, output
     assert "NAT with Endpoint Independent Filtering!" in output, output
@@ -89,16 +59,16 @@ def test_turnutils_natdiscovery_sees_no_nat(service, extra):
 
 
 def test_turnutils_natdiscovery_hairpinning(service):
-    tool = require("turnutils_natdiscovery")
+    tool = require_tool("turnutils_natdiscovery")
     eps = roles(service)
-    output = run([tool, "-H", "-L", A1, "-p", str(eps["primary"][1]), A1])
+    output = run_tool([tool, "-H", "-L", A1, "-p", str(eps["primary"][1]), A1])
     assert addresses(output, "UDP reflexive addr")[0][0] == A1, output
     assert "successful hairpinning" in output, output
 
 
 def test_turnutils_stunclient_without_alternate_ip():
     """One endpoint only: the client still gets its reflexive address; CHANGE-REQUEST gets 420."""
-    tool = require("turnutils_stunclient")
+    tool = require_tool("turnutils_stunclient")
     with start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0)) as svc:
         proc = subprocess.run([tool, "-L", A1, "-p", str(svc.endpoints[0].port), A1],
                               capture_output=True, text=True, timeout=120)
@@ -112,7 +82,7 @@ def test_turnutils_stunclient_without_alternate_ip():
 def test_turnutils_stunclient_forced_rfc5780_without_alternate_ip_gets_420():
     """``-f`` sends CHANGE-REQUEST although OTHER-ADDRESS was absent: we answer 420 (RFC 5780
     section 6.1). The tool then waits forever for a success response, so it is ended by PID."""
-    tool = require("turnutils_stunclient")
+    tool = require_tool("turnutils_stunclient")
     with start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0)) as svc:
         proc = subprocess.Popen([tool, "-f", "-L", A1, "-p", str(svc.endpoints[0].port), A1],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,11 +8,7 @@ FINGERPRINT, and RFC 8489 section 6.2.2 framing over TCP.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import time
 
 import pytest
 
@@ -26,35 +22,9 @@ from stunturn_diag.stun import (
     encode,
     message_length,
 )
+from testlib import A1, coturn_server
 
 pytestmark = pytest.mark.interop
-A1, A2 = "127.0.0.1", "127.0.0.2"
-
-
-def _free_port_pair() -> tuple[int, int]:
-    """Two ports free for UDP and TCP on both loopback addresses (checked, then released)."""
-    while True:
-        ports = []
-        for _ in range(2):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            probe.bind((A1, 0))
-            ports.append(probe.getsockname()[1])
-            probe.close()
-        try:
-            held = []
-            for ip in (A1, A2):
-                for port in ports:
-                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                        sock = socket.socket(socket.AF_INET, kind)
-                        held.append(sock)
-                        sock.bind((ip, port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        if ports[0] != ports[1]:
-            return ports[0], ports[1]
 
 
 def _ask(request: bytes, server: tuple[str, int], timeout: float = 0.2):
@@ -71,47 +41,9 @@ def _ask(request: bytes, server: tuple[str, int], timeout: float = 0.2):
 
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory):
-    tool = shutil.which("turnserver")
-    if tool is None:
-        message = "coturn's turnserver is not installed (apt-get install coturn)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    tmp = tmp_path_factory.mktemp("coturn")
-    for attempt in range(3):
-        p1, p2 = _free_port_pair()
-        log = open(tmp / f"stdout-{attempt}.log", "w")
-        proc = subprocess.Popen(
-            [tool, "-n", "--no-cli", "--no-auth", "--stun-only", "--no-tls", "--no-dtls",
-             "-L", A1, "-L", A2, "-p", str(p1), "--alt-listening-port", str(p2),
-             "--log-file", str(tmp / f"turn-{attempt}.log"), "--simple-log",
-             "--pidfile", str(tmp / f"turn-{attempt}.pid"), "--userdb", str(tmp / "turndb"),
-             "--no-auth-pings"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 20
-            ready = False
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    _ask(encode(binding_request()), (A1, p1))
-                    ready = True
-                    break
-                except OSError:  # timeout or ECONNREFUSED while it starts
-                    continue
-            if ready:
-                yield {"primary": (A1, p1), "alt-port": (A1, p2), "alt-ip": (A2, p1),
-                       "alt-both": (A2, p2)}
-                return
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            log.close()
-    pytest.fail(f"turnserver did not answer STUN on loopback; logs in {tmp}")
+    with coturn_server(tmp_path_factory.mktemp("coturn"),
+                       ["--no-auth", "--stun-only", "--no-auth-pings"]) as roles:
+        yield roles
 
 
 def test_binding_success_attributes(coturn):

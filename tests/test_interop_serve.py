@@ -11,7 +11,6 @@ import json
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,18 +18,9 @@ import time
 
 import pytest
 
+from testlib import A1, A2, require_tool, roles, run_tool
+
 pytestmark = pytest.mark.interop
-A1, A2 = "127.0.0.1", "127.0.0.2"
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _first_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -63,8 +53,7 @@ def served(tmp_path):
         if not line:
             stderr.seek(0)
             pytest.fail(f"stunturn-diag serve printed nothing; stderr:\n{stderr.read()}")
-        info = json.loads(line)
-        yield {ep["role"]: (ep["ip"], ep["port"]) for ep in info["stun_endpoints"]}
+        yield roles(json.loads(line)["stun_endpoints"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -75,17 +64,10 @@ def served(tmp_path):
         stderr.close()
 
 
-def _run(argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    return output
-
-
 def test_serve_answers_turnutils_stunclient(served):
-    tool = require("turnutils_stunclient")
+    tool = require_tool("turnutils_stunclient")
     assert set(served) == {"primary", "alt-port", "alt-ip", "alt-both"}
-    output = _run([tool, "-L", A1, "-p", str(served["primary"][1]), A1])
+    output = run_tool([tool, "-L", A1, "-p", str(served["primary"][1]), A1])
     reflexive = re.findall(r"UDP reflexive addr: ([0-9.]+):(\d+)", output)
     assert reflexive and reflexive[0][0] == A1, output
     assert "Other addr: : %s:%d" % served["alt-both"] in output, output
@@ -93,7 +75,7 @@ def test_serve_answers_turnutils_stunclient(served):
 
 
 def test_serve_answers_turnutils_natdiscovery(served):
-    tool = require("turnutils_natdiscovery")
-    output = _run([tool, "-m", "-f", "-L", A1, "-p", str(served["primary"][1]), A1])
+    tool = require_tool("turnutils_natdiscovery")
+    output = run_tool([tool, "-m", "-f", "-L", A1, "-p", str(served["primary"][1]), A1])
     assert "NAT with Endpoint Independent Mapping!" in output, output
     assert "NAT with Endpoint Independent Filtering!" in output, output

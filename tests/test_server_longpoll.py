@@ -10,12 +10,12 @@ import http.client
 import json
 import socket
 import threading
-import time
 
 import pytest
 
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
+from testlib import wait_for
 
 KEY = "long-poll-key-1"
 RECEIVER = "127.0.0.2"
@@ -61,14 +61,6 @@ def waiting(server) -> int:
     return request(server, "GET", "/healthz")[1]["waiting"]
 
 
-def poll(predicate, what, limit=10.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.005)
-
-
 def in_background(fn, *args, **kwargs):
     """Run ``fn`` in a thread; returns (thread, result dict)."""
     result: dict = {}
@@ -86,7 +78,7 @@ def in_background(fn, *args, **kwargs):
 
 def test_match_releases_both_with_each_others_details(server):
     thread, result = in_background(initiate, server, details={"software": "initiator"})
-    poll(lambda: waiting(server) == 1, "the initiator to wait")
+    wait_for(lambda: waiting(server) == 1, what="the initiator to wait")
     status, recv = checkin(server, details={"srflx": {"ip": RECEIVER, "port": 5555}})
     thread.join(20)
     assert not thread.is_alive(), "initiator long-poll still open after the match"
@@ -120,12 +112,12 @@ def raw_initiate(server, *, key=KEY, source="127.0.0.1") -> socket.socket:
 
 def test_disconnect_frees_the_key(server):
     raw = raw_initiate(server)
-    poll(lambda: waiting(server) == 1, "the raw initiator to wait")
+    wait_for(lambda: waiting(server) == 1, what="the raw initiator to wait")
     raw.close()
-    poll(lambda: waiting(server) == 0, "the hung-up initiator's entry to be freed")
+    wait_for(lambda: waiting(server) == 0, what="the hung-up initiator's entry to be freed")
     assert checkin(server)[0] == 404
     thread, result = in_background(initiate, server)
-    poll(lambda: waiting(server) == 1, "a new initiator with the same key")
+    wait_for(lambda: waiting(server) == 1, what="a new initiator with the same key")
     assert checkin(server)[0] == 200
     thread.join(20)
     assert result["value"][0] == 200
@@ -133,16 +125,16 @@ def test_disconnect_frees_the_key(server):
 
 def test_reset_connection_frees_the_key(server):
     raw = raw_initiate(server)
-    poll(lambda: waiting(server) == 1, "the raw initiator to wait")
+    wait_for(lambda: waiting(server) == 1, what="the raw initiator to wait")
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     raw.close()  # RST instead of FIN
-    poll(lambda: waiting(server) == 0, "the reset initiator's entry to be freed")
+    wait_for(lambda: waiting(server) == 0, what="the reset initiator's entry to be freed")
     assert checkin(server)[0] == 404
 
 
 def test_conflict_while_one_waits(server):
     thread, result = in_background(initiate, server)
-    poll(lambda: waiting(server) == 1, "the first initiator")
+    wait_for(lambda: waiting(server) == 1, what="the first initiator")
     status, body = initiate(server, source="127.0.0.4")
     assert status == 409 and body["error"] == "conflict"
     assert checkin(server)[0] == 200  # the first one is still there and matchable
@@ -152,7 +144,7 @@ def test_conflict_while_one_waits(server):
 
 def test_receiver_from_another_ip_is_not_matched(server):
     thread, result = in_background(initiate, server, target=OTHER)
-    poll(lambda: waiting(server) == 1, "the initiator")
+    wait_for(lambda: waiting(server) == 1, what="the initiator")
     status, body = checkin(server, source=RECEIVER)
     assert status == 404 and body["error"] == "no-initiator" and RECEIVER in body["message"]
     assert waiting(server) == 1
@@ -163,7 +155,7 @@ def test_receiver_from_another_ip_is_not_matched(server):
 
 def test_receiver_with_wrong_key_is_not_matched(server):
     thread, result = in_background(initiate, server)
-    poll(lambda: waiting(server) == 1, "the initiator")
+    wait_for(lambda: waiting(server) == 1, what="the initiator")
     assert checkin(server, key="wrong-key-123")[0] == 404
     assert waiting(server) == 1
     assert checkin(server)[0] == 200
@@ -179,7 +171,7 @@ def test_receiver_with_nobody_waiting_is_answered_at_once(server):
 def test_many_waiters_are_held_and_matched(server):
     count = 50
     threads = [in_background(initiate, server, key=f"many-keys-{i:03d}") for i in range(count)]
-    poll(lambda: waiting(server) == count, f"{count} initiators to wait")
+    wait_for(lambda: waiting(server) == count, what=f"{count} initiators to wait")
     for i in range(count):
         assert checkin(server, key=f"many-keys-{i:03d}")[0] == 200
     for thread, result in threads:
@@ -203,7 +195,7 @@ def test_oversized_chunked_body_is_413(server):
 def test_stop_answers_waiting_long_polls_503(server):
     """Stopping ends every waiting long-poll with a JSON 503 (was: killed mid-request, a bare 500)."""
     thread, result = in_background(initiate, server)
-    poll(lambda: waiting(server) == 1, "the initiator")
+    wait_for(lambda: waiting(server) == 1, what="the initiator")
     server.stop()
     server.stop()  # idempotent
     thread.join(20)
@@ -241,21 +233,21 @@ def test_waiters_per_source_ip_are_capped_with_429():
     with start_server(ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=3)) as server:
         held = [raw_initiate(server, key=f"capped-key-{i}") for i in range(3)]
         try:
-            poll(lambda: waiting(server) == 3, "three initiators from 127.0.0.1")
+            wait_for(lambda: waiting(server) == 3, what="three initiators from 127.0.0.1")
             status, body = initiate(server, key="capped-key-3")
             assert status == 429 and body["error"] == "too-many-waiters" and body["limit"] == 3
             assert "127.0.0.1" in body["message"] and waiting(server) == 3
             # another source is not affected
             thread, result = in_background(initiate, server, key="other-host-key", source="127.0.0.4")
-            poll(lambda: waiting(server) == 4, "the initiator from 127.0.0.4")
+            wait_for(lambda: waiting(server) == 4, what="the initiator from 127.0.0.4")
             assert checkin(server, key="other-host-key")[0] == 200
             thread.join(20)
             assert result["value"][0] == 200
             # a waiter that hangs up gives its place back at once
             held.pop().close()
-            poll(lambda: waiting(server) == 2, "the hung-up initiator to be gone")
+            wait_for(lambda: waiting(server) == 2, what="the hung-up initiator to be gone")
             thread, result = in_background(initiate, server, key="capped-key-3")
-            poll(lambda: waiting(server) == 3, "the initiator admitted again")
+            wait_for(lambda: waiting(server) == 3, what="the initiator admitted again")
             assert initiate(server, key="capped-key-4")[0] == 429
             assert checkin(server, key="capped-key-3")[0] == 200
             thread.join(20)
@@ -263,6 +255,6 @@ def test_waiters_per_source_ip_are_capped_with_429():
         finally:
             for raw in held:
                 raw.close()
-        poll(lambda: waiting(server) == 0, "every capped initiator to be gone")
+        wait_for(lambda: waiting(server) == 0, what="every capped initiator to be gone")
         status, _ = initiate(server, key="capped-key-5", timeout=0.05)
         assert status == 408  # the count went back to zero: admitted (and timed out)

@@ -21,6 +21,7 @@ import pytest
 
 from stunturn_diag.punch.labkit import unprivileged_argv
 from stunturn_diag.stun import binding_request, decode, encode
+from testlib import roles as stun_roles
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("unshare")),
@@ -79,7 +80,7 @@ def test_serve_runs_as_nobody_and_stops_cleanly(default_ports):
             out, err = finish(proc)
             pytest.fail(f"serve as nobody printed nothing (exit {proc.returncode}):\n{err}")
         info = json.loads(line)
-        roles = {ep["role"]: (ep["ip"], ep["port"]) for ep in info["stun_endpoints"]}
+        roles = stun_roles(info["stun_endpoints"])
         if default_ports:
             assert roles["primary"] == (ip, 3478) and roles["alt-both"] == (alt, 3479)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

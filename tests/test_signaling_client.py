@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from stunturn_diag.errors import (ConfigError, NoInitiatorWaiting, PairingConfli
 from stunturn_diag.signaling import SignalingClient, parse_server_url
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
+from testlib import wait_for
 
 KEY = "client-test-key"
 
@@ -28,13 +28,6 @@ def server():
 @pytest.fixture
 def client(server):
     return SignalingClient(server.http_url, timeout=10)
-
-
-def poll(predicate, limit=10.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, "gave up polling"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -73,7 +66,7 @@ def test_pairing(server, client):
 
     thread = threading.Thread(target=initiator)
     thread.start()
-    poll(lambda: client.health()["waiting"] == 1)
+    wait_for(lambda: client.health()["waiting"] == 1)
     receiver = client.checkin(KEY, details={"srflx": {"ip": "127.0.0.1", "port": 1234}})
     thread.join(20)
     assert receiver["role"] == "receiver" and receiver["peer"]["details"] == {"software": "init"}
@@ -85,7 +78,7 @@ def test_initiate_without_timeout_uses_server_default(server, client):
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("a", client.initiate(KEY, "127.0.0.1", "tcp")))
     thread.start()
-    poll(lambda: SignalingClient(server.http_url).health()["waiting"] == 1)
+    wait_for(lambda: SignalingClient(server.http_url).health()["waiting"] == 1)
     SignalingClient(server.http_url).checkin(KEY)
     thread.join(20)
     assert result["a"]["protocol"] == "tcp"
@@ -115,7 +108,7 @@ def test_conflict(server, client):
 
     thread = threading.Thread(target=first)
     thread.start()
-    poll(lambda: client.health()["waiting"] == 1)
+    wait_for(lambda: client.health()["waiting"] == 1)
     with pytest.raises(PairingConflict) as info:
         client.initiate(KEY, "127.0.0.8", "udp", timeout=1.0)
     assert info.value.status == 409

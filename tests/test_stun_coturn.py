@@ -8,14 +8,10 @@ MESSAGE-INTEGRITY verified with our long-term key).
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -32,13 +28,12 @@ from stunturn_diag.stun import (
     long_term_key,
     new_transaction_id,
 )
+from testlib import coturn_server
 
 pytestmark = pytest.mark.interop
 
-TURNSERVER = shutil.which("turnserver")
 USER, PASSWORD, REALM = "alice", "s3cret-pw", "stunturn.test"
 REQUESTED_TRANSPORT_UDP = (0x0019, b"\x11\x00\x00\x00")  # RFC 8656 section 18.7
-ALT_IP = "127.0.0.2"
 
 
 @dataclass
@@ -51,23 +46,6 @@ def _free_udp_port(ip: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((ip, 0))
         return sock.getsockname()[1]
-
-
-def _port_pair() -> tuple[int, int]:
-    """A port P free on 127.0.0.1 whose P+1 is free on 127.0.0.1 and 127.0.0.2."""
-    for _ in range(50):
-        port = _free_udp_port("127.0.0.1")
-        if port >= 65535:
-            continue
-        try:
-            for ip in ("127.0.0.1", ALT_IP):
-                for candidate in (port, port + 1):
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                        sock.bind((ip, candidate))
-        except OSError:
-            continue
-        return port, port + 1
-    raise RuntimeError("no free UDP port pair on loopback")
 
 
 def _transact(sock: socket.socket, request: bytes, server: tuple[str, int],
@@ -90,48 +68,11 @@ def _transact(sock: socket.socket, request: bytes, server: tuple[str, int],
 
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    if TURNSERVER is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("turnserver (coturn) is not installed")
-        pytest.skip("turnserver (coturn) is not installed")
-    workdir: Path = tmp_path_factory.mktemp("coturn")
-    port, alt_port = _port_pair()
-    relay_low = _free_udp_port("127.0.0.1")
-    args = [TURNSERVER, "-n", "--listening-ip", "127.0.0.1", "--listening-ip", ALT_IP,
-            "--relay-ip", "127.0.0.1", "-p", str(port), "--alt-listening-port", str(alt_port),
-            "--min-port", str(min(relay_low, 65000)), "--max-port", str(min(relay_low, 65000) + 20),
-            "--no-cli", "--no-tls", "--no-dtls", "-a", "-u", f"{USER}:{PASSWORD}", "-r", REALM,
-            "-f", "--log-file", "stdout", "--simple-log",
-            "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb")]
-    log = open(workdir / "turnserver.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    server = Coturn(("127.0.0.1", port), (ALT_IP, alt_port))
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            ready = False
-            for _ in range(100):  # up to ~10 s, bounded
-                if proc.poll() is not None:
-                    break
-                sock.sendto(encode(binding_request()), server.primary)
-                sock.settimeout(0.1)
-                try:
-                    sock.recvfrom(4096)
-                    ready = True
-                    break
-                except (socket.timeout, ConnectionRefusedError):
-                    continue
-        if not ready:
-            pytest.fail("coturn did not answer: " + (workdir / "turnserver.log").read_text()[-2000:])
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    relay_low = min(_free_udp_port("127.0.0.1"), 65000)
+    with coturn_server(tmp_path_factory.mktemp("coturn"), [
+            "--relay-ip", "127.0.0.1", "--min-port", str(relay_low), "--max-port", str(relay_low + 20),
+            "-a", "-u", f"{USER}:{PASSWORD}", "-r", REALM, "-f"]) as roles:
+        yield Coturn(roles["primary"], roles["alt-both"])
 
 
 @pytest.fixture

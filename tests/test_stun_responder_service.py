@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
@@ -12,26 +11,7 @@ from stunturn_diag.errors import ConfigError
 from stunturn_diag.stun import AttrType, MessageClass, binding_request, decode, encode
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import TcpLimits, start_stun_service
-
-A1, A2 = "127.0.0.1", "127.0.0.2"
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll until ``predicate()`` is truthy (no timed asserts: the timeout only bounds a hang)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def service():
-    svc = start_stun_service(ServerConfig(stun_host=A1, alt_ip=A2, stun_port=0, alt_port=0))
-    yield svc
-    svc.stop()
+from testlib import A1, A2, wait_for
 
 
 def udp_client(ip: str = A1) -> socket.socket:
