@@ -291,3 +291,19 @@ def test_serve_prints_ipv6_endpoints_in_brackets():
         pytest.skip("::1 unavailable")
     assert lines[0].startswith("signaling server: http://[::1]:"), (lines, err)
     assert lines[1].split()[:3] == ["STUN", "primary", "udp+tcp"] and lines[1].split()[3].startswith("[::1]:")
+
+
+def _all_commands(group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _all_commands(command, (*prefix, name))
+
+
+def test_every_command_is_built_and_its_help_is_clean():
+    """All four commands exist (none is a placeholder) and every --help exits 0."""
+    assert set(main.commands) == {"probe", "punch", "serve", "lab"}
+    for path in [(), *_all_commands(main)]:
+        result = CliRunner().invoke(main, [*path, "--help"], prog_name="stunturn-diag")
+        assert result.exit_code == 0, (path, result.output)
+        assert result.output.startswith("Usage: stunturn-diag") and "not built" not in result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -17,7 +16,3 @@ def progress(message: str) -> None:
     """Progress for long work goes to stderr so stdout stays clean for --json."""
     click.echo(message, err=True)
 
-
-def not_built(name: str) -> None:
-    click.echo(f"stunturn-diag {name}: not built yet in this version.", err=True)
-    sys.exit(2)
