@@ -258,3 +258,26 @@ def test_waiters_per_source_ip_are_capped_with_429():
         wait_for(lambda: waiting(server) == 0, what="every capped initiator to be gone")
         status, _ = initiate(server, key="capped-key-5", timeout=0.05)
         assert status == 408  # the count went back to zero: admitted (and timed out)
+
+
+def test_every_pairing_event_is_logged_once_and_never_with_the_key(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "never-log-this-key-4711"
+    with start_server(ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=1)) as server:
+        thread, result = in_background(initiate, server, key=secret)
+        wait_for(lambda: waiting(server) == 1, what="the initiator")
+        assert initiate(server, key=secret, source="127.0.0.4")[0] == 409           # conflict
+        assert initiate(server, key=secret + "-2")[0] == 429                         # refused
+        assert checkin(server, key=secret, source=OTHER)[0] == 404                   # no-initiator
+        assert checkin(server, key=secret)[0] == 200                                 # matched
+        thread.join(20)
+        assert initiate(server, key=secret, timeout=0.05)[0] == 408                  # timeout
+        raw_initiate(server, key=secret).close()                                     # hangup
+        wait_for(lambda: "pair hangup" in caplog.text, what="the hang-up log line")
+    text = caplog.text
+    for event in ("waiting", "conflict", "refused", "no-initiator", "matched", "timeout", "hangup"):
+        assert f"pair {event}" in text, (event, text)
+    assert text.count("pair matched") == 1
+    assert secret not in text and "4711" not in text
