@@ -304,9 +304,24 @@ def _render_punch(step: dict) -> list[str]:
     return lines
 
 
+def _probe_line(result: dict) -> str:
+    """The probe's main verdicts in one line (RFC 4787 / RFC 5382 terms)."""
+    udp, tcp = result.get("udp") or {}, result.get("tcp") or {}
+    if udp.get("reachable") is False:
+        head = "UDP blocked (no STUN answer over UDP)"
+    else:
+        head = (f"{udp.get('classic_label', '?')}: UDP mapping {udp.get('mapping')}, "
+                f"filtering {udp.get('filtering')}, ports {udp.get('port_allocation')}")
+    if tcp.get("reachable") is False:
+        return f"    {head}; TCP unreachable"
+    return f"    {head}; TCP unsolicited SYN {tcp.get('unsolicited_syn')}"
+
+
 def _reason(step: dict) -> str | None:
     if step.get("comparison", {}).get("mismatches"):
         return "differs from the ground truth"
+    if step["status"] == "partial":
+        return "partial"
     for role in ("initiator", "receiver"):
         res = (step.get(role) or {}).get("result") or {}
         if res.get("reason"):
@@ -334,12 +349,7 @@ def render(report: dict) -> str:
                          + (f"; STUN {stun}" if stun else ""))
         result = step.get("result")
         if result and name.startswith("probe"):
-            udp = result.get("udp") or {}
-            tcp = result.get("tcp") or {}
-            lines.append(f"    {udp.get('classic_label', '?')}: UDP mapping {udp.get('mapping')}, "
-                         f"filtering {udp.get('filtering')}, ports "
-                         f"{udp.get('port_allocation')}; TCP unsolicited SYN "
-                         f"{tcp.get('unsolicited_syn')}")
+            lines.append(_probe_line(result))
         comparison = step.get("comparison")
         if comparison:
             lines.append(f"    verdicts matching the lab's ground truth: "
