@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     need=()
-    for pkg_cmd in nftables:nft iproute2:ip coturn:turnutils_stunclient stun-client:stun; do
+    for pkg_cmd in nftables:nft iproute2:ip procps:sysctl util-linux:setpriv coturn:turnutils_stunclient stun-client:stun; do
         command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
     done
     if [ "${#need[@]}" -gt 0 ]; then
@@ -15,7 +15,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
 else
-    echo "setup: not root or no apt-get: install nftables iproute2 coturn stun-client yourself" >&2
+    echo "setup: not root or no apt-get: install nftables iproute2 procps util-linux coturn stun-client yourself" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING' -e 'Location' || true
 python3 -c 'import stunturn_diag, stunturn_server' 
