@@ -45,10 +45,11 @@ def _run_pair(protocol: str) -> tuple:
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
 def test_unprivileged_peers_punch_two_masquerades(protocol):
-    """UDP must connect at once. TCP with kernel ISNs is probabilistic (in the lab
-    about one attempt in six or seven fails with RSTs or silence, where pinned ISNs
-    never do): up to three attempts, each in a fresh lab; every failure must be a
-    one-line error naming the cause, never a traceback."""
+    """UDP must connect at once. TCP with kernel ISNs is timing-sensitive (the
+    full-TTL SYN must follow the prime within ~4 ms; on a busy machine up to one
+    attempt in five failed with RSTs or silence, where pinned ISNs never did): up to
+    three attempts, each in a fresh lab; every failure must be a one-line error
+    naming the cause, never a traceback."""
     if not (shutil.which("setpriv") and shutil.which("unshare")):
         pytest.skip("needs setpriv and unshare (util-linux)")
     failures = []
