@@ -68,3 +68,16 @@ def test_binding_lifetime_reads_as_a_bracket():
     assert "Binding lifetime (RFC 4787 4.3, RFC 5780 4.6): more than 15 s, at most 30 s" in render(r)
     r.udp["binding_lifetime"] = Verdict({"min_s": 2.0, "max_s": None}, "alive after 2 s")
     assert "more than 2 s (never expired within the test)" in render(r)
+
+
+def test_udp_blocked_report_keeps_tcp_meaning_and_groups_undetermined():
+    r = result(Mapping.ENDPOINT_INDEPENDENT, None, udp_ok=False)
+    why = "UDP to the STUN server gets no answer"
+    for name in ("mapping", "filtering", "port_allocation", "hairpin"):
+        r.udp[name] = Verdict(None, why)
+    text = render(r)
+    assert text.startswith("NAT: yes   public IP: 203.0.113.2")
+    assert "UDP does not reach the STUN server" in text and "What this means" in text
+    assert "simultaneous open works" in text  # the TCP consequences are still told
+    assert f"undetermined udp.mapping, udp.filtering, udp.port_allocation, udp.hairpin: {why}" in text
+    assert text.count(why) == 1  # once, not once per field

@@ -102,6 +102,9 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
                  "attempts_for_no_reply": eng.attempts_needed(), "packets": dict(eng.stats)})
     if tcp_ran:
         _add_tcp(result, tcp)
+        so = result.tcp.get("simultaneous_open")
+        if not reachable and so is not None and so.value is None and "TTL walk" in so.reason:
+            so.reason += " (the walk uses UDP, which does not reach the server from here)"
     return result
 
 

@@ -43,9 +43,9 @@ def meaning(r: ProbeResult) -> list[str]:
     m, f = r.value("udp", "mapping"), r.value("udp", "filtering")
     lines = []
     if not r.udp_reachable:
-        return ["UDP to the STUN server does not get through: direct UDP is unlikely; use a relay (TURN) "
-                "or TCP."]
-    if m is Mapping.NO_NAT:
+        lines.append("UDP to the STUN server does not get through: direct UDP is unlikely; use a relay "
+                     "(TURN) or TCP.")
+    elif m is Mapping.NO_NAT:
         lines.append("You have a public address: " + (
             "anyone can reach you over UDP." if f is Filtering.ENDPOINT_INDEPENDENT else
             "whether unsolicited UDP gets in is unknown (see filtering)." if f is None else
@@ -88,7 +88,7 @@ def meaning(r: ProbeResult) -> list[str]:
                          + ("; simultaneous open works, so TCP hole punching is possible." if so else
                             "; TCP hole punching needs simultaneous open" +
                             (", which failed here: use UDP or a relay." if so is False else
-                             ", which was not tested (see skipped).")))
+                             ", which could not be tested here (see above).")))
     return lines
 
 
@@ -101,13 +101,14 @@ def render(r: ProbeResult) -> str:
         out += [f"  {n}" for n in why]
         out.append(f"status: {r.status}")
         return "\n".join(out)
+    nat = "unknown" if r.nat is None else "yes" if r.nat else "no"
+    out.append(f"NAT: {nat}   public IP: {r.public_ip}   local IP: {r.local_ip}   "
+               f"({r.classic_label})   in {r.elapsed_ms:.0f} ms")
+    out.append("")
     if not r.udp_reachable:
         out.append("UDP does not reach the STUN server (no answer); the TCP results follow.")
         out += [f"  {n}" for n in r.notes]
     else:
-        out.append(f"NAT: {'yes' if r.nat else 'no'}   public IP: {r.public_ip}   local IP: {r.local_ip}   "
-                   f"({r.classic_label})   in {r.elapsed_ms:.0f} ms")
-        out.append("")
         out.append("UDP")
         for name, v in r.udp.items():
             out.append(f"  {_RFC.get(name, name)}: {_val(v.value) if v.applicable else 'not applicable'}")
@@ -125,14 +126,16 @@ def render(r: ProbeResult) -> str:
         out.append("")
         out.append(f"NAT layers seen: {r.layers['count']}" + (" (carrier-grade NAT)" if r.layers.get("cgnat")
                                                             else "") + f" - {r.layers.get('reason')}")
-    if r.udp_reachable:
-        out.append("")
-        out.append("What this means")
-        out += [f"  - {line}" for line in meaning(r)]
+    out.append("")
+    out.append("What this means")
+    out += [f"  - {line}" for line in meaning(r)]
     for s in r.skipped:
         out.append(f"skipped {s['test']}: {s['reason']}")
+    same: dict[str, list[str]] = {}  # one line per reason
     for u in r.undetermined:
-        out.append(f"undetermined {u['field']}: {u['reason']}")
+        same.setdefault(u["reason"], []).append(u["field"])
+    for reason, fields in same.items():
+        out.append(f"undetermined {', '.join(fields)}: {reason}")
     for n in r.notes if r.udp_reachable else []:
         out.append(f"note: {n}")
     out.append(f"status: {r.status}")
