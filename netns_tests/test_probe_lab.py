@@ -187,3 +187,6 @@ def test_pcap_in_the_lab_holds_both_protocols(tmp_path):
         assert any(p.haslayer("UDP") and p["UDP"].dport == 3478 for p in packets)
         assert any(p.haslayer("TCP") and p["TCP"].dport == 3478 for p in packets)
         assert any(p.haslayer("ICMP") and p["ICMP"].type == 11 for p in packets)  # TTL walk
+        ttl = got["tcp"]["evidence"]["simultaneous_open"]["detail"]["ttl"]
+        assert any(p.haslayer("TCP") and str(p["TCP"].flags) == "S" and p["IP"].ttl == ttl
+                   for p in packets)  # the low-TTL SYN Scapy crafted for simultaneous open

@@ -1,7 +1,7 @@
 """`stunturn-diag probe`: diagnose this host's NAT (RFC 4787 / RFC 5382 / RFC 5780).
 
 Exit status: 0 diagnosed, 3 partially diagnosed (some verdicts undetermined),
-4 could not reach the server; 1 for usage/library errors.
+4 could not reach the server (HTTP down, no STUN answer, no route); 1 bad input, 2 usage error.
 """
 
 from __future__ import annotations
