@@ -37,6 +37,9 @@ class ServerConfig:
     #: most initiators one source may keep waiting at once (IPv4 address, IPv6 /64);
     #: more get 429 so one host cannot exhaust the server's sockets
     max_waiters_per_ip: int = 256
+    #: most HTTP connections one source may hold open at once (waiting or idle); more are
+    #: answered 429 and closed before anything is read
+    max_connections_per_ip: int = 512
     #: largest accepted HTTP request body (bytes)
     max_body: int = 16 * 1024
     #: seconds an HTTP client may stay silent mid-request or idle between requests
@@ -72,9 +75,14 @@ class ServerConfig:
             raise ConfigError(f"wait_timeout must be in (0, 3600] seconds, got {self.wait_timeout}")
         if not (0 < self.http_io_timeout <= 3600):
             raise ConfigError(f"http_io_timeout must be in (0, 3600] seconds, got {self.http_io_timeout}")
-        if (isinstance(self.max_waiters_per_ip, bool) or not isinstance(self.max_waiters_per_ip, int)
-                or not 1 <= self.max_waiters_per_ip <= 1_000_000):
-            raise ConfigError(f"max_waiters_per_ip must be 1 to 1000000, got {self.max_waiters_per_ip!r}")
+        for name in ("max_waiters_per_ip", "max_connections_per_ip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+                raise ConfigError(f"{name} must be 1 to 1000000, got {value!r}")
+        if self.max_connections_per_ip < self.max_waiters_per_ip:
+            raise ConfigError(f"max_connections_per_ip ({self.max_connections_per_ip}) must be at least "
+                              f"max_waiters_per_ip ({self.max_waiters_per_ip})",
+                              hint="every waiting initiator holds a connection")
         if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
             raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
 

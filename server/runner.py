@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import resource
 import signal
@@ -108,6 +109,79 @@ def _handler_class(io_timeout: float):
     return _SocketHandler
 
 
+def _server_class(limit: int):
+    """A WSGIServer that holds at most ``limit`` connections per source (IPv4 address / IPv6 /64).
+
+    Above it a connection gets a canned 429 JSON answer and is closed before anything is
+    read, so one host cannot take every file descriptor with idle or slow connections.
+    Counting needs no lock: every connection greenlet runs in this server's one hub.
+    """
+    from gevent.pywsgi import WSGIServer
+
+    from .api import source_of
+
+    body = json.dumps({"error": "too-many-connections", "limit": limit,
+                       "message": f"this address already holds {limit} connections to the server, "
+                                  "the most it allows; close some first"}).encode()
+    refusal = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+    class _LimitedServer(WSGIServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.connections: dict[str, int] = {}
+            self.refused = 0
+
+        def handle(self, sock, address):
+            try:
+                source = source_of(_plain_ip(address[0]))
+            except ValueError:  # not an IP socket (e.g. a Unix socket): not limited
+                return super().handle(sock, address)
+            count = self.connections.get(source, 0)
+            if count >= limit:
+                self.refused += 1
+                if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                    log.warning("refused %d connection(s) over the limit of %d per source (latest "
+                                "from %s)", self.refused, limit, source)
+                _refuse(sock, refusal)
+                return
+            self.connections[source] = count + 1
+            try:
+                return super().handle(sock, address)
+            finally:
+                left = self.connections[source] - 1
+                if left:
+                    self.connections[source] = left
+                else:
+                    del self.connections[source]
+
+    return _LimitedServer
+
+
+def _refuse(sock, answer: bytes) -> None:
+    """Send ``answer`` and close; a request already sent is read and discarded first (bounded)
+    so closing does not reset the connection before the client reads the answer."""
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(answer)
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(16):  # at most 64 KiB, each read waits at most 0.5 s
+            if not sock.recv(4096):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _plain_ip(ip: str) -> str:
+    """Client IP text without a zone; IPv4-mapped IPv6 folded to IPv4."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callable[[], None]:
     """Call ``on_hangup`` (in the hub) when the client's socket reaches EOF or resets.
 
@@ -181,7 +255,7 @@ class ServerHandle:
         import gevent
         import gevent.event
         import gevent.pool
-        from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+        from gevent.pywsgi import LoggingLogAdapter
 
         from gevent import monkey
 
@@ -195,7 +269,8 @@ class ServerHandle:
             self._wake.start(stop_event.set)
             # an explicit pool: stop() kills the connections still open (waiting long-polls)
             handler = _handler_class(self.config.http_io_timeout)
-            server = WSGIServer(self._listener, self.app, handler_class=handler,
+            server_class = _server_class(self.config.max_connections_per_ip)
+            server = server_class(self._listener, self.app, handler_class=handler,
                                 spawn=gevent.pool.Pool(), log=None,
                                 # malformed HTTP from clients is their problem: INFO, not ERROR
                                 error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),

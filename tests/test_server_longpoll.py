@@ -281,3 +281,30 @@ def test_every_pairing_event_is_logged_once_and_never_with_the_key(caplog):
         assert f"pair {event}" in text, (event, text)
     assert text.count("pair matched") == 1
     assert secret not in text and "4711" not in text
+
+
+def test_connections_per_source_ip_are_capped_with_429():
+    """Idle or slow connections count too: over the cap a connection gets 429 JSON and is closed."""
+    config = ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=2, max_connections_per_ip=3)
+    with start_server(config) as server:
+        idle = [socket.create_connection(server.http_address, timeout=10) for _ in range(3)]
+        try:
+            # the server counts a connection once its greenlet runs: the 4th is refused then
+            def refused() -> bytes | None:
+                extra = socket.create_connection(server.http_address, timeout=10)
+                try:
+                    extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    data = extra.makefile("rb").read()
+                finally:
+                    extra.close()
+                return data if b" 429 " in data.split(b"\r\n", 1)[0] else None
+            answer = wait_for(refused, what="a connection over the cap to be refused")
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert body["error"] == "too-many-connections" and body["limit"] == 3
+            status, health = request(server, "GET", "/healthz", source="127.0.0.5")  # others unaffected
+            assert status == 200 and health["ok"] is True
+            idle.pop().close()  # a slot comes free once the server sees the close
+            wait_for(lambda: refused() is None, what="the freed connection slot")
+        finally:
+            for sock in idle:
+                sock.close()

@@ -164,6 +164,8 @@ def test_parse_listen_rejects(text):
     (["127.0.0.1:0", "--stun-port", "5000", "--alt-port", "5000"], "must differ"),
     (["127.0.0.1:0", "--wait-timeout", "0", "--no-stun"], "wait_timeout"),
     (["127.0.0.1:0", "--no-stun", "--max-waiters-per-ip", "0"], "--max-waiters-per-ip"),
+    (["127.0.0.1:0", "--no-stun", "--max-waiters-per-ip", "600", "--max-connections-per-ip", "500"],
+     "must be at least"),
     (["127.0.0.1:5000", "--stun-port", "5000", "--alt-port", "5001"], "also a STUN port"),
 ])
 def test_serve_bad_options_are_clear_errors(args, message):
@@ -248,6 +250,7 @@ def test_embedding_in_a_monkey_patched_host():
 
 @pytest.mark.parametrize("fields", [
     {"max_waiters_per_ip": 0}, {"max_waiters_per_ip": True}, {"max_waiters_per_ip": 2.5},
+    {"max_connections_per_ip": 0}, {"max_waiters_per_ip": 20, "max_connections_per_ip": 10},
     {"http_port": 3478}, {"http_port": 3479, "alt_ip": "127.0.0.2"},
     {"http_host": "0.0.0.0", "stun_host": "127.0.0.1", "http_port": 3478},
 ])
@@ -307,3 +310,14 @@ def test_every_command_is_built_and_its_help_is_clean():
         result = CliRunner().invoke(main, [*path, "--help"], prog_name="stunturn-diag")
         assert result.exit_code == 0, (path, result.output)
         assert result.output.startswith("Usage: stunturn-diag") and "not built" not in result.output
+
+
+def test_serve_raises_the_connection_cap_with_the_waiter_cap(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("stunturn_server.runner.serve_forever", lambda config, on_ready: seen.update(
+        waiters=config.max_waiters_per_ip, connections=config.max_connections_per_ip))
+    assert CliRunner().invoke(main, ["serve", "127.0.0.1:0", "--no-stun", "--max-waiters-per-ip",
+                                     "1000"]).exit_code == 0
+    assert seen == {"waiters": 1000, "connections": 2000}
+    assert CliRunner().invoke(main, ["serve", "127.0.0.1:0", "--no-stun"]).exit_code == 0
+    assert seen == {"waiters": 256, "connections": 512}

@@ -55,13 +55,17 @@ def _describe(handle) -> dict:
               help="Longest time an initiator's long-poll is held.")
 @click.option("--max-waiters-per-ip", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
               metavar="N", help="Most initiators one IPv4 address (IPv6 /64) may keep waiting; more get 429.")
+@click.option("--max-connections-per-ip", type=click.IntRange(1, 1_000_000), default=None, metavar="N",
+              help="Most HTTP connections one IPv4 address (IPv6 /64) may hold open; more get 429 and "
+                   "are closed.  [default: twice --max-waiters-per-ip, at least 512]")
 @click.option("--no-stun", is_flag=True, help="Run only the signaling server, no STUN responder.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True,
               help="Logging threshold; INFO logs one line per pairing event (never the key).")
 @click.option("--json", "as_json", is_flag=True, help="Print where it listens as one JSON line.")
 def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
-            max_waiters_per_ip: int, no_stun: bool, log_level: str, as_json: bool) -> None:
+            max_waiters_per_ip: int, max_connections_per_ip: int | None, no_stun: bool, log_level: str,
+            as_json: bool) -> None:
     """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
@@ -75,6 +79,7 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
     config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, stun_port=stun_port,
                           alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
                           max_waiters_per_ip=max_waiters_per_ip,
+                          max_connections_per_ip=max_connections_per_ip or max(512, 2 * max_waiters_per_ip),
                           log_level=log_level.upper())
 
     def ready(handle) -> None:
