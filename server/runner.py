@@ -119,6 +119,7 @@ def _server_class(limit: int):
     from gevent.pywsgi import WSGIServer
 
     from .api import source_of
+    from .validation import canonical_ip
 
     body = json.dumps({"error": "too-many-connections", "limit": limit,
                        "message": f"this address already holds {limit} connections to the server, "
@@ -134,7 +135,7 @@ def _server_class(limit: int):
 
         def handle(self, sock, address):
             try:
-                source = source_of(_plain_ip(address[0]))
+                source = source_of(canonical_ip(address[0].split("%", 1)[0]))
             except ValueError:  # not an IP socket (e.g. a Unix socket): not limited
                 return super().handle(sock, address)
             count = self.connections.get(source, 0)
@@ -172,14 +173,6 @@ def _refuse(sock, answer: bytes) -> None:
         pass
     finally:
         sock.close()
-
-
-def _plain_ip(ip: str) -> str:
-    """Client IP text without a zone; IPv4-mapped IPv6 folded to IPv4."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callable[[], None]:
