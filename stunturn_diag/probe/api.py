@@ -92,7 +92,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         skipped.append({"test": "tcp", "reason": "--stun servers are used for the UDP tests only; "
                                                  "TCP needs our server's TCP endpoints and probe assist"})
     tcp_run = TcpRun() if tcp_ran else None
-    if tcp_ran and info.get("probe_assist") and has_root():
+    if tcp_ran and ttl_walk and info.get("probe_assist") and has_root():  # simopen needs the walk's TTL
         from .simopen import preload
         preload()  # Scapy's import (~0.2 s of CPU) overlaps the tests that run before simopen
     engine_kw = {}
