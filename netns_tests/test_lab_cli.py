@@ -217,7 +217,9 @@ def test_root_without_capabilities_gets_one_clear_line():
 
 KILL_SCRIPT = r"""
 set -u
-mount -t tmpfs stl-test /run/netns          # a private /run/netns: only our labs are seen
+mkdir -p /run/netns
+mount -t tmpfs stl-test /run/netns || exit 3   # a private /run/netns: only our labs are seen
+[ -z "$(ip netns list)" ] || exit 4          # never run `down --all` on shared namespaces
 export STUNTURN_LAB_STATE_DIR="$STATE"
 cli="$PY -m stunturn_diag.cli"
 $cli lab demo > "$STATE/out" 2> "$STATE/err" &
@@ -254,6 +256,7 @@ def test_demo_killed_hard_is_cleaned_up_by_down_all(tmp_path):
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
                            KILL_SCRIPT], capture_output=True, text=True, timeout=180,
                           env=dict(os.environ, STATE=str(tmp_path), PY=sys.executable))
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     facts = dict(line.split("=", 1) for line in proc.stdout.split())
     assert facts["up"] == "6", (proc.stdout, proc.stderr)
     assert facts["left"] == "6" and int(facts["pids"]) >= 1     # the crash left them
