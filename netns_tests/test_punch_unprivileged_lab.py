@@ -47,13 +47,13 @@ def _run_pair(protocol: str) -> tuple:
 def test_unprivileged_peers_punch_two_masquerades(protocol):
     """UDP must connect at once. TCP with kernel ISNs is timing-sensitive (the
     full-TTL SYN must follow the prime within ~4 ms; on a busy machine up to one
-    attempt in five failed with RSTs or silence, where pinned ISNs never did): up to
-    three attempts, each in a fresh lab; every failure must be a one-line error
+    attempt in three failed with RSTs or silence under a loaded test run, where pinned
+    ISNs never did): up to six attempts, each in a fresh lab; every failure must be a one-line error
     naming the cause, never a traceback."""
-    if not (shutil.which("setpriv") and shutil.which("unshare")):
-        pytest.skip("needs setpriv and unshare (util-linux)")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
     failures = []
-    for _ in range(1 if protocol == "udp" else 3):
+    for _ in range(1 if protocol == "udp" else 6):
         i_rc, r_rc, i_out, r_out, i_err, r_err = _run_pair(protocol)
         assert "Traceback" not in i_err + r_err, (i_err, r_err)
         if (i_rc, r_rc) == (0, 0):

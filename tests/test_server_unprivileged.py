@@ -24,8 +24,8 @@ from stunturn_diag.stun import binding_request, decode, encode
 from testlib import roles as stun_roles
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("unshare")),
-    reason="needs root (to drop to uid 65534) and setpriv/unshare (util-linux)")
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root (to drop to uid 65534) and setpriv (util-linux)")
 
 
 def serve_as_nobody(*args: str) -> subprocess.Popen:
@@ -58,13 +58,6 @@ def stun_ask(address: tuple[str, int]):
         answer = decode(sock.recv(2048))
         assert answer.transaction_id == request.transaction_id
         return answer.mapped_address, sock.getsockname()
-
-
-def test_the_wrapper_really_drops_to_an_ordinary_user():
-    out = subprocess.run(unprivileged_argv([sys.executable, "-c", "import os; print(os.getuid(), "
-                                            "open('/proc/self/status').read().split('CapEff:')[1].split()[0])"]),
-                         capture_output=True, text=True, timeout=30, cwd="/")
-    assert out.stdout.split() == ["65534", "0000000000000000"], out.stderr
 
 
 @pytest.mark.parametrize("default_ports", [False, True], ids=["port-0", "default-3478-3479"])
