@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from testlib import serve_subprocess
 from click.testing import CliRunner
 
 from stunturn_diag.cli import main
@@ -20,19 +21,8 @@ KEY = "cli-test-key-1"
 
 @pytest.fixture
 def server():
-    """The server in its own process: an in-process gevent hub may reap our CLI
-    children first, and Popen then reports exit status 0 for them."""
-    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0",
-                             "--stun-port", "0", "--wait-timeout", "10", "--json",
-                             "--log-level", "WARNING"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("{"), proc.stderr.read()
-        yield json.loads(line)["http_url"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_subprocess() as url:
+        yield url
 
 
 def cli(url, *args, stdin=subprocess.DEVNULL, key=KEY):

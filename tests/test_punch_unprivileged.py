@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from testlib import serve_subprocess
 
 from stunturn_diag.punch.labkit import unprivileged_argv
 
@@ -26,17 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server():
-    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0",
-                             "--stun-port", "0", "--wait-timeout", "10", "--json",
-                             "--log-level", "WARNING"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("{"), proc.stderr.read()
-        yield json.loads(line)["http_url"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_subprocess() as url:
+        yield url
 
 
 def punch(url: str, *args: str) -> subprocess.Popen:

@@ -157,3 +157,26 @@ def coturn_server(workdir: Path, extra_args: list[str]) -> Iterator[dict[str, tu
             stop_process(proc)
             log.close()
     pytest.fail(f"turnserver did not answer STUN on loopback; logs in {workdir}")
+
+
+@contextmanager
+def serve_subprocess(*extra_args: str) -> Iterator[str]:
+    """``stunturn-diag serve`` on free loopback ports in its own process; yields its URL.
+
+    Its own process, not an embedded server: CLI tests check their children's exit
+    statuses, and nothing of the server's event loop should share their process.
+    """
+    import json
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0",
+                             "--stun-port", "0", "--wait-timeout", "10", "--json",
+                             "--log-level", "WARNING", *extra_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("{"), proc.stderr.read()
+        yield json.loads(line)["http_url"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
