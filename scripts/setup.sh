@@ -17,6 +17,14 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
 else
     echo "setup: not root or no apt-get: install nftables iproute2 procps util-linux coturn stun-client yourself" >&2
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING' -e 'Location' || true
-python3 -c 'import stunturn_diag, stunturn_server' 
+log=$(mktemp)
+if ! python3 -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "setup: pip install failed (see above)" >&2
+    exit 1
+fi
+rm -f "$log"
+python3 -c 'import stunturn_diag, stunturn_server'
+command -v stunturn-diag >/dev/null || echo "setup: stunturn-diag is not on PATH; use: python3 -m stunturn_diag" >&2
 echo "setup: ok" >&2
