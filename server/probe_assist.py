@@ -58,21 +58,31 @@ class TokenBucket:
     burst: float
     rate: float
     clock: Callable[[], float]
+    #: number of keys at which refilled buckets are swept out (grows with the live keys)
+    sweep_at: int = 100_000
     _state: dict[str, tuple[float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _tokens(self, tokens: float, last: float, now: float) -> float:
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate)
 
     def take(self, key: str) -> bool:
         """Spend one token for ``key``; False when none is left."""
         now = self.clock()
         with self._lock:
-            tokens, last = self._state.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            tokens = self._tokens(*self._state.get(key, (self.burst, now)), now)
             ok = tokens >= 1.0
             self._state[key] = (tokens - 1.0 if ok else tokens, now)
-            if len(self._state) > 100_000:  # bounded memory: forget full buckets
-                for k in [k for k, (t, _) in self._state.items() if t >= self.burst - 1][:50_000]:
-                    del self._state[k]
+            if len(self._state) > self.sweep_at:
+                self._sweep(now)
             return ok
+
+    def _sweep(self, now: float) -> None:
+        """Bounded memory: forget the buckets that are full again by ``now`` (the same as
+        absent); the next sweep waits until the keys left have doubled (amortised cost)."""
+        for k in [k for k, (t, last) in self._state.items() if self._tokens(t, last, now) >= self.burst]:
+            del self._state[k]
+        self.sweep_at = max(self.sweep_at, 2 * len(self._state))
 
 
 @dataclass

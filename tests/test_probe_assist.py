@@ -180,3 +180,14 @@ def test_random_bodies_never_500(clock):
             r = c.post(path, json=body)
             assert r.status_code in (200, 400, 429, 503), (path, body, r.json)
             assert "error" in r.json or "target" in r.json
+
+
+def test_token_bucket_forgets_refilled_buckets_only():
+    c = Clock()
+    b = probe_assist.TokenBucket(2, 0.5, c, sweep_at=3)
+    for key in "abc":  # drained: never counted as full by their stored tokens
+        assert b.take(key) and b.take(key) and not b.take(key)
+    c.t += 10.0  # a, b, c are full again
+    assert b.take("d") and b.take("d") and not b.take("d")  # 4 keys > 3: sweep
+    assert set(b._state) == {"d"}
+    assert not b.take("d")  # a drained bucket is kept
