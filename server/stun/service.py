@@ -463,28 +463,22 @@ def _bind_layout(config: ServerConfig) -> tuple[list[StunEndpoint], dict, dict]:
     """Bind UDP + TCP on every endpoint; port 0 picks one port shared by both IPs and transports."""
     udp: dict[str, socket.socket] = {}
     tcp: dict[str, socket.socket] = {}
+    #: P1 / P2 of RFC 5780 section 6.1 -> its port (the one bound, once port 0 has picked one)
     ports = {"primary": config.stun_port, "alt": config.alt_port}
-    layout = [("primary", config.stun_ip, "primary")]
-    if config.alt_ip:
-        layout += [("alt-port", config.stun_ip, "alt"), ("alt-ip", config.alt_ip, "primary"),
-                   ("alt-both", config.alt_ip, "alt")]
     endpoints: list[StunEndpoint] = []
     try:
-        for role, ip, which in layout:
-            port = ports[which]
+        for planned in config.stun_endpoints():
+            which = "alt" if planned.role in ("alt-port", "alt-both") else "primary"
+            role, ip, port = planned.role, planned.ip, ports[which]
             for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                 try:
                     sock = _bind(kind, ip, port, role)
                 except ConfigError as exc:
-                    fresh = getattr(exc, "errno", None) == errno.EADDRINUSE and (
-                        (which == "primary" and config.stun_port == 0)
-                        or (which == "alt" and config.alt_port == 0))
-                    if fresh:
+                    if planned.port == 0 and getattr(exc, "errno", None) == errno.EADDRINUSE:
                         raise _PortTaken() from None
                     raise
                 (udp if kind == socket.SOCK_DGRAM else tcp)[role] = sock
-                port = sock.getsockname()[1]
-                ports[which] = port
+                port = ports[which] = sock.getsockname()[1]
             endpoints.append(StunEndpoint(ip, port, role))
     except BaseException:
         for sock in [*udp.values(), *tcp.values()]:
