@@ -133,6 +133,15 @@ def test_replay_window_accepts_reordering_within_window():
     assert w.check_and_set(13)
 
 
+def test_replay_window_survives_a_huge_sequence_jump():
+    w = ReplayWindow()
+    assert w.check_and_set(0)
+    assert w.check_and_set(2**63)                    # no 2**63-bit shift (MemoryError)
+    assert not w.check_and_set(2**63)
+    assert not w.check_and_set(0)
+    assert w.check_and_set(2**63 - 1)
+
+
 def test_session_before_completion_raises():
     with pytest.raises(AuthenticationError):
         Handshake(KEY, MATCH, Role.INITIATOR).session()

@@ -263,7 +263,9 @@ class ReplayWindow:
         """True if ``seq`` is new (and records it); False for a duplicate or too old."""
         if seq > self.top:
             shift = seq - self.top
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            # a jump past the window leaves only seq: never shift by a peer-chosen 2**63
+            kept = (self.bitmap << shift) & ((1 << self.size) - 1) if shift < self.size else 0
+            self.bitmap = kept | 1
             self.top = seq
             return True
         offset = self.top - seq
