@@ -301,14 +301,21 @@ def _wants_fingerprint(request: StunMessage) -> bool:
     return not request.classic and request.get(AttrType.FINGERPRINT) is not None
 
 
+def plain_ip(ip: str) -> str:
+    """IPv4-mapped IPv6 text -> IPv4 text (what a dual-stack socket reports for IPv4 peers);
+    any other IP unchanged. ``ValueError`` if ``ip`` is no IP address."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return ip
+
+
 def _normalise(source: Address) -> Address:
     """``(ip, port)`` with IPv4-mapped IPv6 turned into IPv4 (the client's real family)."""
     host, port = source[0], source[1]
-    ip = ipaddress.ip_address(host.split("%", 1)[0]) if isinstance(host, str) else None
-    if ip is None:
+    if not isinstance(host, str):
         raise ValueError(f"source address {source!r} is not (ip, port)")
+    ip = plain_ip(host)
     if not isinstance(port, int) or not 0 < port <= 0xFFFF:
         raise ValueError(f"source port {port!r} cannot be answered")
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return (str(ip.ipv4_mapped), port)
-    return (host, port)
+    return (ip, port)

@@ -39,7 +39,7 @@ from stunturn_diag.errors import ConfigError, StunDecodeError
 from stunturn_diag.stun import HEADER_LENGTH, looks_like_stun, message_length
 
 from ..config import ServerConfig, StunEndpoint
-from .responder import MAX_REQUEST_BYTES, StunResponder
+from .responder import MAX_REQUEST_BYTES, StunResponder, plain_ip
 
 log = logging.getLogger("stunturn_server.stun")
 
@@ -247,7 +247,7 @@ class StunService:
             now = time.monotonic()
             local: StunEndpoint | str = role
             if role in self._wildcard:
-                local = StunEndpoint(_plain(sock.getsockname()[0]), self._wildcard[role], role)
+                local = StunEndpoint(plain_ip(sock.getsockname()[0]), self._wildcard[role], role)
             conn = _Conn(sock, (peer[0], peer[1]), role, local, now, now)
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
@@ -378,14 +378,6 @@ def _unspecified(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_unspecified
 
 
-def _plain(ip: str) -> str:
-    """IPv4-mapped IPv6 text -> IPv4 text (what a dual-stack socket reports for IPv4 peers)."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return ip
-
-
 def _enable_pktinfo(sock: socket.socket) -> None:
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -399,7 +391,7 @@ def _pktinfo_destination(ancillary) -> str | None:
         if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
             return socket.inet_ntop(socket.AF_INET, data[8:12])  # in_pktinfo.ipi_addr
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16]))  # in6_pktinfo.ipi6_addr
+            return plain_ip(socket.inet_ntop(socket.AF_INET6, data[:16]))  # in6_pktinfo.ipi6_addr
     return None
 
 
