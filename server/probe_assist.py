@@ -213,44 +213,30 @@ def _run_staggered(groups: list[list[Callable]], stagger: float) -> list[list[di
     ICMP). So a lost SYN is covered by the next attempt, while a NAT that answers costs
     one SYN per source: routers rate-limit ICMP errors per destination (Linux: a burst
     of 6, then 1/s), and three answered SYNs per run would starve a quick re-run.
-    Greenlets under gevent; threads (all attempts at once) otherwise."""
-    try:
-        import gevent
-        from gevent import socket as gsocket  # cooperative under the gevent server, a
-        # plain (hub-per-thread) socket elsewhere
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        gevent = None
-    if gevent is not None:
-        def settled(started) -> bool:
-            return any(g.ready() and g.successful() and (g.value or {}).get("outcome") in _DEFINITIVE
-                       for g in started)
+    Greenlets, with gevent's sockets: cooperative under the gevent server, a plain
+    (hub-per-thread) socket elsewhere."""
+    import gevent
+    from gevent import socket as gsocket
 
-        def run_group(jobs: list[Callable]) -> list:
-            started: list = []
-            for k, job in enumerate(jobs):
-                if k:
-                    end = time.monotonic() + stagger
-                    while time.monotonic() < end and not settled(started):  # bounded by stagger
-                        gevent.sleep(min(0.005, max(0.0, end - time.monotonic())))
-                    if settled(started):
-                        break
-                started.append(gevent.spawn(job, gsocket))
-            gevent.joinall(started)
-            return [g.value if g.successful() else {"outcome": "error", "error": "internal"} for g in started]
-        runners = [gevent.spawn(run_group, jobs) for jobs in groups]
-        gevent.joinall(runners)
-        return [r.value if r.successful() else [{"outcome": "error", "error": "internal"}] for r in runners]
-    flat = [(i, job) for i, jobs in enumerate(groups) for job in jobs]  # pragma: no cover
-    results: list[list[dict]] = [[] for _ in groups]  # pragma: no cover
+    def settled(started) -> bool:
+        return any(g.ready() and g.successful() and (g.value or {}).get("outcome") in _DEFINITIVE
+                   for g in started)
 
-    def run(i, job):  # pragma: no cover
-        results[i].append(job(socket))
-    threads = [threading.Thread(target=run, args=x) for x in flat]  # pragma: no cover
-    for t in threads:  # pragma: no cover
-        t.start()
-    for t in threads:  # pragma: no cover
-        t.join()
-    return results  # pragma: no cover
+    def run_group(jobs: list[Callable]) -> list:
+        started: list = []
+        for k, job in enumerate(jobs):
+            if k:
+                end = time.monotonic() + stagger
+                while time.monotonic() < end and not settled(started):  # bounded by stagger
+                    gevent.sleep(min(0.005, max(0.0, end - time.monotonic())))
+                if settled(started):
+                    break
+            started.append(gevent.spawn(job, gsocket))
+        gevent.joinall(started)
+        return [g.value if g.successful() else {"outcome": "error", "error": "internal"} for g in started]
+    runners = [gevent.spawn(run_group, jobs) for jobs in groups]
+    gevent.joinall(runners)
+    return [r.value if r.successful() else [{"outcome": "error", "error": "internal"}] for r in runners]
 
 
 _RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
