@@ -9,12 +9,10 @@ only moves datagrams and reads the clock.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import random
 import select
 import socket
-import struct
 import threading
 import time
 
@@ -23,10 +21,10 @@ from ..errors import AuthenticationError, PunchError
 from .auth import FRAME_KINDS, Handshake, Role, kind_of
 from .channel import UdpChannel
 from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
+from .tcp_sockets import host_ipv4_addresses
 
 Address = tuple[str, int]
 MAX_LOCAL_CANDIDATES = 8
-SIOCGIFADDR = 0x8915
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0
 _HINTS = {
@@ -39,22 +37,13 @@ _HINTS = {
 
 
 def interface_ipv4_addresses() -> list[str]:
-    """Primary IPv4 address of each interface (SIOCGIFADDR); loopback excluded."""
+    """IPv4 address of each interface (:func:`.tcp_sockets.host_ipv4_addresses`),
+    loopback, link-local and unspecified excluded."""
     out: list[str] = []
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, name in socket.if_nameindex():
-            try:
-                req = struct.pack("256s", name.encode()[:15])
-                res = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, req)
-            except OSError:
-                continue
-            ip = socket.inet_ntoa(res[20:24])
-            addr = ipaddress.ip_address(ip)
-            if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
-                out.append(ip)
-    finally:
-        probe.close()
+    for ip in host_ipv4_addresses():
+        addr = ipaddress.ip_address(ip)
+        if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
+            out.append(ip)
     return out
 
 
