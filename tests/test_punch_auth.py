@@ -194,6 +194,15 @@ def test_authenticate_stream_times_out_on_silent_peer():
     a.close(), b.close()
 
 
+def test_authenticate_stream_to_a_closed_peer_is_a_punch_error():
+    a, b = socket.socketpair()
+    b.close()                                        # sendall of our HELLO fails (EPIPE)
+    with pytest.raises(PunchError) as err:
+        authenticate_stream(a, KEY, MATCH, "initiator", deadline=time.monotonic() + 5)
+    assert err.value.reason == "auth-connection-lost"
+    a.close()
+
+
 def test_base_key_is_stretched_and_bound_to_key_and_match():
     import hashlib
     import hmac as _hmac

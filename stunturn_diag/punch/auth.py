@@ -318,6 +318,11 @@ class Session:
 
 # -- thin stream driver (the only I/O in this module) -------------------------
 
+def _connection_lost(exc: OSError) -> PunchError:
+    return PunchError(f"connection failed during authentication: {exc}",
+                      reason="auth-connection-lost")
+
+
 def _recv_exact(sock: socket.socket, n: int, deadline: float, clock) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -332,14 +337,20 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float, clock) -> bytes:
         except socket.timeout:
             continue
         except OSError as exc:
-            raise PunchError(f"connection failed during authentication: {exc}",
-                             reason="auth-connection-lost") from None
+            raise _connection_lost(exc) from None
         if not chunk:
             raise PunchError("the peer closed the connection during authentication",
                              hint="the peer may use a different access key",
                              reason="auth-connection-lost")
         buf += chunk
     return buf
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise _connection_lost(exc) from None
 
 
 def authenticate_stream(sock: socket.socket, key: str | bytes, match_id: str,
@@ -356,14 +367,14 @@ def authenticate_stream(sock: socket.socket, key: str | bytes, match_id: str,
     hs = Handshake(key, match_id, role, nonce=nonce)
     old_timeout = sock.gettimeout()
     try:
-        sock.sendall(hs.hello())
+        _send_all(sock, hs.hello())
         hello = _recv_exact(sock, HELLO_LEN, deadline, clock)
         out = hs.handle(hello)
         if not out.accepted or out.reply is None:
             raise AuthenticationError(
                 f"the peer's hello did not verify ({out.why})",
                 hint="both sides must use the same access key", reason="auth-failed")
-        sock.sendall(out.reply)
+        _send_all(sock, out.reply)
         proof = _recv_exact(sock, PROOF_LEN, deadline, clock)
         out = hs.handle(proof)
         if not out.accepted or not hs.complete:
