@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from stunturn_diag import __version__
 
 from . import probe_assist, validation
-from .config import ServerConfig
+from .config import ServerConfig, format_address
 from .matching import Conflict, Matcher
 from .store import Mailbox
 
@@ -158,11 +158,6 @@ def observed_address() -> tuple[str, int]:
     return ip, port
 
 
-def _fmt(address: tuple[str, int]) -> str:
-    ip, port = address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 @bp.get("/healthz")
 def healthz():
     return jsonify({"ok": True, "waiting": signaling_state().matcher.store.waiting_count()})
@@ -214,7 +209,8 @@ def initiate():
     source = source_of(observed[0])
     if not state.admit(source):
         limit = state.config.max_waiters_per_ip
-        log.info("pair refused from=%s: %d initiators from there already waiting", _fmt(observed), limit)
+        log.info("pair refused from=%s: %d initiators from there already waiting",
+                 format_address(*observed), limit)
         raise ApiError(429, "too-many-waiters", f"{limit} initiators from {source} are already "
                        "waiting, the most this server allows; let some finish first", limit=limit)
     try:
@@ -235,12 +231,13 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         reg = state.matcher.register(req.access_key, req.target_ip, req.protocol, observed=observed,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
-        log.info("pair conflict key=%s target=%s from=%s", exc.slot.label, req.target_ip, _fmt(observed))
+        log.info("pair conflict key=%s target=%s from=%s", exc.slot.label, req.target_ip,
+                 format_address(*observed))
         raise ApiError(409, "conflict", "another initiator is already waiting for this access key and "
                        "target IP; wait for it to finish or use another key") from None
     slot = reg.waiter.slot
     log.info("pair waiting key=%s target=%s from=%s protocol=%s timeout=%gs",
-             slot.label, slot.target_ip, _fmt(observed), req.protocol, timeout)
+             slot.label, slot.target_ip, format_address(*observed), req.protocol, timeout)
     hung_up = False
 
     def on_hangup() -> None:
@@ -265,15 +262,15 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         return jsonify(match.initiator_answer())
     if hung_up:
         log.info("pair hangup key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
-                 _fmt(observed), waited)
+                 format_address(*observed), waited)
         raise ApiError(408, "client-gone", "the client closed the connection while waiting",
                        waited=waited)
     if state.closing:
         log.info("pair stopped key=%s target=%s from=%s waited=%gs (server stopping)", slot.label,
-                 slot.target_ip, _fmt(observed), waited)
+                 slot.target_ip, format_address(*observed), waited)
         raise _shutting_down()
     log.info("pair timeout key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
-             _fmt(observed), waited)
+             format_address(*observed), waited)
     raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "
                    f"within {timeout:g}s; start the receiver (checkin) while the initiator waits",
                    waited=waited)
@@ -289,11 +286,11 @@ def checkin():
                                   now=state.clock())
     if match is None:
         label = state.matcher.slot(req.access_key, observed[0]).label
-        log.info("pair no-initiator key=%s from=%s", label, _fmt(observed))
+        log.info("pair no-initiator key=%s from=%s", label, format_address(*observed))
         raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
                        f"{observed[0]}; start the initiator first (it must name {observed[0]} as "
                        f"target_ip) and check in while it waits")
     log.info("pair matched key=%s match=%s initiator=%s receiver=%s protocol=%s",
-             match.initiator.slot.label, match.match_id, _fmt(match.initiator.observed),
-             _fmt(observed), match.protocol)
+             match.initiator.slot.label, match.match_id, format_address(*match.initiator.observed),
+             format_address(*observed), match.protocol)
     return jsonify(match.receiver_answer())

@@ -8,6 +8,20 @@ from dataclasses import dataclass, field
 from stunturn_diag.errors import ConfigError
 
 
+def format_address(ip: str, port: int) -> str:
+    """``ip:port``, or ``[ip]:port`` for IPv6 (RFC 3986 section 3.2.2)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def bind_error(what: str, ip: str, port: int, exc: OSError, hints: dict[int, str]) -> ConfigError:
+    """The :class:`ConfigError` for a failed bind of ``what`` on ``ip:port``; ``hints`` maps
+    errno values to what to do. The error keeps ``exc.errno`` as ``.errno``."""
+    error = ConfigError(f"cannot bind the {what} on {format_address(ip, port)}: {exc.strerror or exc}",
+                        hint=hints.get(exc.errno))
+    error.errno = exc.errno  # type: ignore[attr-defined]
+    return error
+
+
 @dataclass(frozen=True)
 class StunEndpoint:
     """One address:port the STUN responder answers on (RFC 5780 section 7)."""

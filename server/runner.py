@@ -25,7 +25,7 @@ from typing import Callable
 from stunturn_diag.errors import ConfigError, StunturnError
 
 from .app import create_app
-from .config import ServerConfig
+from .config import ServerConfig, bind_error, format_address
 
 log = logging.getLogger("stunturn_server.runner")
 
@@ -51,17 +51,11 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def _bind_error(what: str, host: str, port: int, exc: OSError) -> ConfigError:
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        hint = "another program already uses this port; pick another port or stop that program"
-    elif exc.errno == errno.EADDRNOTAVAIL:
-        hint = "this machine has no such address; use one of its own addresses (e.g. 127.0.0.1)"
-    elif exc.errno == errno.EACCES:
-        hint = "ports below 1024 need root; pick a port >= 1024"
-    else:
-        hint = None
-    return ConfigError(f"cannot bind the {what} on {where}: {exc.strerror or exc}", hint=hint)
+_HTTP_BIND_HINTS = {
+    errno.EADDRINUSE: "another program already uses this port; pick another port or stop that program",
+    errno.EADDRNOTAVAIL: "this machine has no such address; use one of its own addresses (e.g. 127.0.0.1)",
+    errno.EACCES: "ports below 1024 need root; pick a port >= 1024",
+}
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -75,7 +69,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise _bind_error("HTTP server", host, port, exc) from None
+        raise bind_error("HTTP server", host, port, exc, _HTTP_BIND_HINTS) from None
     return sock
 
 
@@ -226,7 +220,7 @@ class ServerHandle:
         self.stun_service = stun_service
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)
-        self.http_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.http_url = f"http://{format_address(host, port)}"
         self.stun_endpoints: list[dict] = _normalise_endpoints(
             getattr(stun_service, "endpoints", None)) if stun_service else []
         self.app = create_app(
@@ -351,7 +345,8 @@ def _start_stun(config: ServerConfig):
     except StunturnError:
         raise
     except OSError as exc:
-        raise _bind_error("STUN responder", config.stun_ip, config.stun_port, exc) from None
+        raise bind_error("STUN responder", config.stun_ip, config.stun_port, exc,
+                         _HTTP_BIND_HINTS) from None
 
 
 def start_server(config: ServerConfig) -> ServerHandle:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from stunturn_diag.errors import ConfigError, StunDecodeError
 from stunturn_diag.stun import HEADER_LENGTH, looks_like_stun, message_length
 
-from ..config import ServerConfig, StunEndpoint
+from ..config import ServerConfig, StunEndpoint, bind_error
 from .responder import MAX_REQUEST_BYTES, StunResponder, plain_ip
 
 log = logging.getLogger("stunturn_server.stun")
@@ -432,23 +432,17 @@ def _bind(kind: int, ip: str, port: int, role: str) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise _bind_error(what, role, ip, port, exc) from None
+        raise bind_error(f"STUN responder ({what}, {role})", ip, port, exc, _STUN_BIND_HINTS) from None
     return sock
 
 
-def _bind_error(what: str, role: str, ip: str, port: int, exc: OSError) -> ConfigError:
-    where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    hints = {
-        errno.EADDRINUSE: "another program (or another STUN responder) uses this port; "
-                          "choose other --stun-port/--alt-port values or stop that program",
-        errno.EADDRNOTAVAIL: "this machine has no such address; use one of its own addresses "
-                             "(for --alt-ip: a second address on one of its interfaces)",
-        errno.EACCES: "ports below 1024 need root; choose a port >= 1024",
-    }
-    error = ConfigError(f"cannot bind the STUN responder ({what}, {role}) on {where}: "
-                        f"{exc.strerror or exc}", hint=hints.get(exc.errno))
-    error.errno = exc.errno  # type: ignore[attr-defined]
-    return error
+_STUN_BIND_HINTS = {
+    errno.EADDRINUSE: "another program (or another STUN responder) uses this port; "
+                      "choose other --stun-port/--alt-port values or stop that program",
+    errno.EADDRNOTAVAIL: "this machine has no such address; use one of its own addresses "
+                         "(for --alt-ip: a second address on one of its interfaces)",
+    errno.EACCES: "ports below 1024 need root; choose a port >= 1024",
+}
 
 
 def _bind_layout(config: ServerConfig) -> tuple[list[StunEndpoint], dict, dict]:
