@@ -184,6 +184,16 @@ def test_key_is_required_and_options_exclude_each_other():
     assert res.exit_code == 1 and "HOST:PORT" in res.output
 
 
+def test_forward_udp_to_an_unusable_address_is_a_clean_config_error():
+    from stunturn_diag.errors import ConfigError
+    from stunturn_diag.punch import relay
+    from stunturn_diag.punch.channel import UdpChannel
+
+    peer = object.__new__(UdpChannel)            # forward() fails before it touches the channel
+    with pytest.raises(ConfigError, match="cannot connect to the local service"):
+        relay.forward(peer, ("255.255.255.255", 9))   # UDP connect: EACCES, nothing is sent
+
+
 @pytest.mark.parametrize("text,expected", [("0.0.0.0", ("0.0.0.0", 0)),
                                            ("127.0.0.1:4000", ("127.0.0.1", 4000)),
                                            ("::1", ("::1", 0)), ("[::]:4000", ("::", 4000)),

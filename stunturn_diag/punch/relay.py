@@ -185,20 +185,28 @@ def _bridge(peer: _Peer, local: socket.socket, datagram_local: bool,
     _raise_lost(errors)
 
 
+def _unreachable_service(target: Address, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot connect to the local service {target[0]}:{target[1]}: "
+                       f"{exc.strerror or exc}", hint="is it running?")
+
+
 def forward(conn, target: Address) -> None:
     """Connect the punched channel to the local service at ``target``."""
     peer = _Peer(conn)
     if peer.datagram:
         local = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET,
                               socket.SOCK_DGRAM)
-        local.connect(target)
+        try:
+            local.connect(target)
+        except OSError as exc:       # an unresolvable name or an unusable address
+            local.close()
+            raise _unreachable_service(target, exc) from None
         _bridge(peer, local, True)
         return
     try:
         local = socket.create_connection(target, timeout=10)
     except OSError as exc:
-        raise ConfigError(f"cannot connect to the local service {target[0]}:{target[1]}: "
-                          f"{exc.strerror or exc}", hint="is it running?") from None
+        raise _unreachable_service(target, exc) from None
     local.settimeout(None)
     _bridge(peer, local, False)
 
