@@ -21,8 +21,8 @@ def bpf_filter(ep: Endpoints) -> str:
 
 def start_capture(ep: Endpoints, local_ip: str):
     """Start sniffing; returns (sniffer, None) or (None, the reason it cannot)."""
-    from .tcp import raw_sockets_allowed
-    if os.geteuid() != 0 or not raw_sockets_allowed():
+    from .tcp import has_root
+    if os.geteuid() != 0 or not has_root():
         return None, "capturing packets needs root (raw sockets, CAP_NET_RAW); run with sudo or drop --pcap"
     try:
         from scapy.config import conf

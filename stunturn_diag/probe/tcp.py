@@ -131,12 +131,7 @@ def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
     alternate endpoints, concurrently, after the primary mapping exists."""
     roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
-    if run.local_map is None or run.mapped.get("primary") is None or not roles:
-        if run._keep is not None:
-            run._keep.close()
-            run._keep = None
-        return
-    socks = {r: reuse_socket(run.local_map) for r in roles}
+    socks: dict[str, socket.socket] = {}
 
     def one(role: str) -> None:
         try:
@@ -145,12 +140,15 @@ def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
             run.mapped[role] = None
             run.errors[f"map.{role}"] = str(exc) or type(exc).__name__
     try:
+        if run.local_map is None or run.mapped.get("primary") is None or not roles:
+            return
+        socks.update((r, reuse_socket(run.local_map)) for r in roles)
         with ThreadPoolExecutor(len(roles)) as pool:
             list(pool.map(one, roles))
     finally:
         for s in socks.values():
             s.close()
-        if run._keep is not None:
+        if run._keep is not None:  # the primary connection held the mapping until now
             run._keep.close()
             run._keep = None
 
@@ -244,10 +242,14 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
     started = time.monotonic()
     rtt = run.rtt or 0.05
     connect_ms = int(min(2000, max(250, 8 * rtt * 1000)))
+
+    def any_loss() -> bool:  # TCP's own retransmissions, or the UDP engine's
+        return run.loss_seen or bool(loss_seen and loss_seen())
+
     jobs = [("mapping", lambda: mapping_test(run, ep, timeout))]
     if assist is not None:
         jobs.append(("filtering", lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms,
-                                                                lambda: run.loss_seen or bool(loss_seen and loss_seen()))))
+                                                          any_loss)))
     else:
         run.skipped.append({"test": "tcp.filtering", "reason": "the server offers no probe assist "
                                                               "(only our own server does)"})
@@ -262,7 +264,8 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
         from .simopen import simopen_test
         jobs.append(("simultaneous_open",
                      lambda: simopen_test(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt,
-                                           lambda: run.loss_seen or bool(loss_seen and loss_seen()))))
+                                           any_loss)))
+
     def timed(name, job):
         def go():
             t = time.monotonic()
@@ -280,12 +283,8 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
 def has_root() -> bool:
     """Raw sockets are allowed here (root, or CAP_NET_RAW): what Scapy's SYN crafting and
     sniffing need. Tried, not guessed from the uid: root in a container without
-    CAP_NET_RAW cannot open them either."""
-    return raw_sockets_allowed()
-
-
-def raw_sockets_allowed() -> bool:
-    """Open and close a raw IPv4 socket (no packet is sent)."""
+    CAP_NET_RAW cannot open them either. Opens and closes a raw IPv4 socket (no packet
+    is sent)."""
     try:
         socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
         return True
