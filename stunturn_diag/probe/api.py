@@ -135,7 +135,7 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
             def tcp_job():
                 try:
                     has = bool(info.get("probe_assist"))
-                    run_tcp_rest(tcp_run, ep_now(), local_ip,
+                    run_tcp_rest(tcp_run, ep, local_ip,
                                  assist=(lambda b: client.post("/v1/probe/tcp-connect", b))
                                  if has else None,
                                  simopen=(lambda b: client.post("/v1/probe/tcp-simopen", b))
@@ -148,14 +148,8 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         for t in background:
             t.start()
 
-    holder = {"ep": ep}
-
-    def ep_now() -> Endpoints:
-        return holder["ep"]
-
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
-    udp = run_udp(ep, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
-    holder["ep"] = ep = udp.plan.endpoints
+    udp = run_udp(ep, local_ip, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
     for t in background[:-1]:
         t.join(30.0)
     walk_stop.set()
@@ -171,7 +165,8 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
         why = stop_capture(sniffer, pcap)
         if why:
             skipped.append({"test": "pcap", "reason": why})
-    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, ep, t0, layers)
+    # the plan's endpoints: alternates learned from OTHER-ADDRESS during the UDP tests
+    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, t0, layers)
     result.notes[:0] = notes + udp.plan.notes + udp.errors
     result.skipped[:0] = skipped + (tcp_run.skipped if tcp_run else [])
     return result

@@ -64,16 +64,18 @@ def resolve(host: str, port: int) -> Address:
     return info[0][4][0], port
 
 
-def run_udp(endpoints: Endpoints, *, lifetime_max: float | None = None,
+def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
+            lifetime_max: float | None = None,
             clock: Callable[[], float] = time.monotonic, hard_limit: float = 20.0,
             engine: Engine | None = None, on_concurrent: Callable[[], None] | None = None) -> UdpRun:
     """Run the UDP plan to the end (bounded by ``hard_limit`` + lifetime) and return the evidence.
 
     ``on_concurrent`` is called once when the serial port-allocation phase is over (or
     UDP turned out unreachable): other tests that create mappings may start then
-    without disturbing the allocation pattern.
+    without disturbing the allocation pattern. ``local_ip``: the caller's
+    :func:`route_source_ip` toward the primary, when it already has it.
     """
-    local_ip = route_source_ip(endpoints.primary)
+    local_ip = local_ip or route_source_ip(endpoints.primary)
     sel = selectors.DefaultSelector()
     socks: dict[str, socket.socket] = {}
     locals_: dict[str, Address] = {}
