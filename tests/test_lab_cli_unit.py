@@ -98,3 +98,18 @@ def test_down_all_removes_only_our_prefix_family(monkeypatch, tmp_path):
     assert deleted == [["ip", "netns", "delete", "stl-abc123-a1"],
                        ["ip", "netns", "delete", "stl-ffffff-srv"]]
     assert not (tmp_path / "stl-abc123.json").exists()
+
+
+def test_state_file_that_is_no_lab_is_a_clear_lab_error(monkeypatch, tmp_path):
+    import pytest
+
+    from stunturn_diag.errors import LabError
+    from stunturn_diag.lab.runner import Lab
+
+    monkeypatch.setenv("STUNTURN_LAB_STATE_DIR", str(tmp_path))
+    (tmp_path / "stl-abc123.json").write_text('{"name": "stl-abc123"}')
+    (tmp_path / "stl-def456.json").write_text("[1]")
+    (tmp_path / "stl-0a0a0a.json").write_text('{"name": "stl-0a0a0a", "spec": {"sites": {"a": "nope"}}}')
+    for name in ("stl-abc123", "stl-def456", "stl-0a0a0a"):
+        with pytest.raises(LabError, match="does not describe a lab"):
+            Lab.attach(name)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import Sequence
 
-from ..errors import LabError, PrivilegeError
+from ..errors import ConfigError, LabError, PrivilegeError
 from . import state
 from .compiler import LabPlan, Step, compile_lab
 from .nat import stacked_expected
@@ -215,8 +215,11 @@ class Lab:
     def attach(cls, name: str) -> "Lab":
         """The lab ``name`` that ``lab up`` built earlier (no building, no teardown)."""
         data = state.load(name)
-        lab = cls(LabSpec.from_dict(data["spec"]), prefix=data["name"])
-        return lab
+        try:
+            return cls(LabSpec.from_dict(data["spec"]), prefix=data["name"])
+        except (KeyError, TypeError, ConfigError) as exc:  # valid JSON, but not a saved lab
+            raise LabError(f"lab state for {name!r} does not describe a lab ({type(exc).__name__}: {exc})",
+                           hint=f"`stunturn-diag lab down {name}` removes it") from None
 
     # -- addresses ---------------------------------------------------------------------
     @property
