@@ -119,8 +119,10 @@ def signaling_state() -> SignalingState:
     return current_app.extensions["stunturn"]
 
 
-def json_body() -> dict:
-    """The request's JSON object; 415 for other media types, 413 before reading an oversized body."""
+def json_body(parse: Callable[[dict], object] | None = None):
+    """The request's JSON object, or what ``parse`` makes of it; 415 for other media types,
+    413 before reading an oversized body, 400 when the body or ``parse`` raises
+    :class:`validation.BadRequest`."""
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported-media-type",
                        f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
@@ -132,14 +134,8 @@ def json_body() -> dict:
     if len(body) > limit:
         raise ApiError(413, "payload-too-large", f"body exceeds the {limit} byte limit")
     try:
-        return validation.parse_json_object(body)
-    except validation.BadRequest as exc:
-        raise ApiError(400, "bad-request", str(exc)) from None
-
-
-def _validated(parse, obj: dict):
-    try:
-        return parse(obj)
+        obj = validation.parse_json_object(body)
+        return parse(obj) if parse else obj
     except validation.BadRequest as exc:
         raise ApiError(400, "bad-request", str(exc)) from None
 
@@ -202,7 +198,7 @@ def info():
 def initiate():
     """Long-poll: wait until the receiver named by ``target_ip`` checks in, or time out (408)."""
     state = signaling_state()
-    req = _validated(validation.initiate_request, json_body())
+    req = json_body(validation.initiate_request)
     observed = observed_address()
     if state.closing:
         raise _shutting_down()
@@ -280,7 +276,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
 def checkin():
     """Immediate: match the initiator waiting for this key and the caller's observed IP, or 404."""
     state = signaling_state()
-    req = _validated(validation.checkin_request, json_body())
+    req = json_body(validation.checkin_request)
     observed = observed_address()
     match = state.matcher.checkin(req.access_key, observed=observed, details=req.details,
                                   now=state.clock())

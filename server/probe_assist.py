@@ -39,7 +39,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify
+
+from .validation import BadRequest
 
 MAX_ATTEMPTS = 3
 MAX_TIMEOUT_MS = 2000
@@ -108,29 +110,29 @@ def _assist_state() -> AssistState:
 
 
 def parse_request(body: dict) -> tuple[int, list[str], int, int, bytes]:
-    """Validate ``{"port", "from"?, "attempts"?, "timeout_ms"?, "token"?}`` (ValueError if bad)."""
+    """Validate ``{"port", "from"?, "attempts"?, "timeout_ms"?, "token"?}`` (:class:`BadRequest` if bad)."""
     allowed = {"port", "from", "attempts", "timeout_ms", "token"}
     unknown = set(body) - allowed
     if unknown:
-        raise ValueError(f"unknown fields: {sorted(unknown)}")
+        raise BadRequest(f"unknown fields: {sorted(unknown)}")
     port = body.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ValueError("port must be an integer 1..65535 (your mapped TCP port)")
+        raise BadRequest("port must be an integer 1..65535 (your mapped TCP port)")
     sources = body.get("from", list(SOURCES))
     if (not isinstance(sources, list) or not sources or len(sources) > len(SOURCES)
             or any(s not in SOURCES for s in sources) or len(set(sources)) != len(sources)):
-        raise ValueError(f"from must be a non-empty list of distinct values from {list(SOURCES)}")
+        raise BadRequest(f"from must be a non-empty list of distinct values from {list(SOURCES)}")
     attempts = body.get("attempts", 2)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= MAX_ATTEMPTS:
-        raise ValueError(f"attempts must be an integer 1..{MAX_ATTEMPTS}")
+        raise BadRequest(f"attempts must be an integer 1..{MAX_ATTEMPTS}")
     timeout_ms = body.get("timeout_ms", 500)
     if (not isinstance(timeout_ms, (int, float)) or isinstance(timeout_ms, bool)
             or not MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS):
-        raise ValueError(f"timeout_ms must be a number {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
+        raise BadRequest(f"timeout_ms must be a number {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
     token = body.get("token", "")
     if (not isinstance(token, str) or len(token) > 32 or len(token) % 2
             or any(c not in "0123456789abcdef" for c in token)):
-        raise ValueError("token must be an even number (at most 32) of lowercase hex characters")
+        raise BadRequest("token must be an even number (at most 32) of lowercase hex characters")
     return port, sources, attempts, int(timeout_ms), bytes.fromhex(token)
 
 
@@ -250,10 +252,7 @@ def _admit(parse: Callable[[dict], tuple]):
 
     st = _assist_state()
     st.stats["requests"] += 1
-    try:
-        parsed = parse(json_body())
-    except ValueError as exc:
-        raise ApiError(400, "bad-request", str(exc)) from None
+    parsed = json_body(parse)
     ip, _ = observed_address()
     if not st.bucket.take(ip):
         st.stats["limited"] += 1
@@ -309,14 +308,14 @@ def tcp_connect():
 
 
 def parse_simopen(body: dict) -> tuple[int, int, int, bytes]:
-    """Validate ``{"port", "delay_ms"?, "timeout_ms"?, "token"?}`` (ValueError if bad)."""
+    """Validate ``{"port", "delay_ms"?, "timeout_ms"?, "token"?}`` (:class:`BadRequest` if bad)."""
     unknown = set(body) - {"port", "delay_ms", "timeout_ms", "token"}
     if unknown:
-        raise ValueError(f"unknown fields: {sorted(unknown)}")
+        raise BadRequest(f"unknown fields: {sorted(unknown)}")
     port, _, _, timeout_ms, token = parse_request({k: v for k, v in body.items() if k != "delay_ms"})
     delay = body.get("delay_ms", 100)
     if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 1000:
-        raise ValueError("delay_ms must be a number 0..1000")
+        raise BadRequest("delay_ms must be a number 0..1000")
     return port, int(delay), timeout_ms, token
 
 
