@@ -203,14 +203,6 @@ def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callabl
     return stop
 
 
-def _normalise_endpoints(endpoints) -> list[dict]:
-    out = []
-    for ep in endpoints or []:
-        item = ep.as_dict() if hasattr(ep, "as_dict") else dict(ep)
-        out.append(item)
-    return out
-
-
 class ServerHandle:
     """A running server. ``stop()`` is clean and idempotent; also a context manager."""
 
@@ -221,8 +213,8 @@ class ServerHandle:
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)
         self.http_url = f"http://{format_address(host, port)}"
-        self.stun_endpoints: list[dict] = _normalise_endpoints(
-            getattr(stun_service, "endpoints", None)) if stun_service else []
+        self.stun_endpoints: list[dict] = [ep.as_dict() for ep in stun_service.endpoints
+                                           ] if stun_service else []
         self.app = create_app(
             config,
             signal_factory=_gevent_event,

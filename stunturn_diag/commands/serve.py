@@ -70,7 +70,7 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
     """
-    from stunturn_server.config import ServerConfig
+    from stunturn_server.config import ServerConfig, format_address
     from stunturn_server.runner import serve_forever
 
     host, port = parse_listen(listen)
@@ -87,10 +87,8 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
             emit_json(_describe(handle))
             return
         click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
-        for ep in handle.stun_endpoints:
-            transport = ep.get("transport", "udp+tcp")
-            where = f"[{ep['ip']}]:{ep['port']}" if ":" in ep["ip"] else f"{ep['ip']}:{ep['port']}"
-            click.echo(f"STUN {ep.get('role', '?'):9} {transport:8} {where}")
+        for ep in handle.stun_endpoints:  # each answers on UDP and TCP
+            click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_address(ep['ip'], ep['port'])}")
         if no_stun:
             click.echo("STUN responder: disabled (--no-stun)")
         elif not alt_ip:
