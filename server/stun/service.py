@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from stunturn_diag.errors import ConfigError, StunDecodeError
-from stunturn_diag.stun import HEADER_LENGTH, looks_like_stun, message_length
+from stunturn_diag.stun import HEADER_LENGTH, message_length
 
 from ..config import ServerConfig, StunEndpoint, bind_error
 from .responder import MAX_REQUEST_BYTES, StunResponder, plain_ip
@@ -282,11 +282,8 @@ class StunService:
             self._close(conn, "tcp_closed_garbage")
             return
         while len(conn.inbuf) >= HEADER_LENGTH:
-            header = bytes(conn.inbuf[:HEADER_LENGTH])
             try:
-                if not looks_like_stun(header):
-                    raise StunDecodeError("not a STUN header")
-                total = message_length(header)
+                total = message_length(conn.inbuf)  # checks the header as looks_like_stun does
             except StunDecodeError:
                 self._responder.stats["dropped_non_stun"] += 1
                 self._close(conn, "tcp_closed_garbage")
