@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
+from testlib import wait_for
 
 from stunturn_server.config import ServerConfig
 from stunturn_diag.errors import ConfigError, PunchError
 from stunturn_diag.punch import tcp_engine
-from stunturn_diag.punch.labkit import wait_for
 from stunturn_diag.punch.tcp import DEFAULT_PRIME_TTL, TcpRendezvous
 from stunturn_diag.punch.tcp_sockets import (attach_blackhole, blackhole_program, can_pin_isn,
                                              shared_port_socket)

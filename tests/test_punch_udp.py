@@ -7,11 +7,11 @@ import threading
 import time
 
 import pytest
+from testlib import wait_for
 
 from stunturn_diag.errors import AuthenticationError, PunchError
 from stunturn_diag.punch.auth import Kind
 from stunturn_diag.punch.channel import MAX_PAYLOAD
-from stunturn_diag.punch.labkit import wait_for
 from stunturn_diag.punch.udp import UdpRendezvous
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 HTTP_PORT = 8080
@@ -92,7 +91,8 @@ def start_server(lab, *, wait_timeout: float = 20.0) -> subprocess.Popen:
     return proc
 
 
-def _parse(text: str, err: str) -> dict:
+def parse_peer_output(text: str, err: str) -> dict:
+    """The last JSON line a lab peer printed, else a ``crashed`` result with its stderr."""
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -123,7 +123,7 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
     limit = punch_timeout + pair_wait + 30
     ro, re_ = rec.communicate(timeout=limit)
     io, ie = ini.communicate(timeout=limit)
-    return PairResult(_parse(io, ie), _parse(ro, re_))
+    return PairResult(parse_peer_output(io, ie), parse_peer_output(ro, re_))
 
 
 #: run argv as uid/gid 65534 with no capability but CAP_DAC_READ_SEARCH: that one only
@@ -139,12 +139,3 @@ def unprivileged_argv(argv: list[str]) -> list[str]:
     """``argv`` wrapped to run as an ordinary user (nobody, no network capability); needs root."""
     return [*UNPRIVILEGED_PREFIX, *argv]
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

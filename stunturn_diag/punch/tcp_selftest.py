@@ -135,13 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if out["ok"] else 1
 
 
-def _parse(out: str, err: str) -> dict:
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"ok": False, "reason": "crashed", "message": err.strip()[-800:]}
-
-
 def run_lab_pair(lab, host_a: str, host_b: str, *, timeout: float,
                  extra_a: list[str] = (), extra_b: list[str] = (),
                  unprivileged: bool = False, stun_port: int = 3478) -> tuple[dict, dict]:
@@ -150,7 +143,7 @@ def run_lab_pair(lab, host_a: str, host_b: str, *, timeout: float,
     ``unprivileged`` drops CAP_NET_ADMIN (``setpriv``): no TCP_REPAIR, kernel ISNs.
     Both processes end by themselves (bounded by ``timeout``) or with the lab.
     """
-    from .labkit import start_server
+    from .labkit import parse_peer_output, start_server
     start_server(lab)
     with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
         drop = ["setpriv", "--bounding-set", "-net_admin"] if unprivileged else []
@@ -164,7 +157,7 @@ def run_lab_pair(lab, host_a: str, host_b: str, *, timeout: float,
         limit = timeout + 40
         out_a, err_a = pa.communicate(timeout=limit)
         out_b, err_b = pb.communicate(timeout=limit)
-    return _parse(out_a, err_a), _parse(out_b, err_b)
+    return parse_peer_output(out_a, err_a), parse_peer_output(out_b, err_b)
 
 
 if __name__ == "__main__":
