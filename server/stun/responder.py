@@ -288,12 +288,8 @@ class StunResponder:
 
 
 def _types(message: StunMessage) -> list[int]:
-    """Attribute types in order, without repeats."""
-    seen: list[int] = []
-    for kind, _ in message.attributes:
-        if kind not in seen:
-            seen.append(int(kind))
-    return seen
+    """Attribute types in order, without repeats (linear: a 16 KiB request holds ~4000)."""
+    return list(dict.fromkeys(int(kind) for kind, _ in message.attributes))
 
 
 def _wants_fingerprint(request: StunMessage) -> bool:
