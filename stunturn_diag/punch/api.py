@@ -24,7 +24,6 @@ the peer (:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,7 +32,7 @@ from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
                       StunturnError)
 from ..signaling import SignalingClient
-from .auth import authenticate_stream, stretch_key
+from .auth import Role, authenticate_stream, stretch_key
 from .candidates import address_of, build_targets, peer_addresses
 from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
@@ -325,7 +324,8 @@ class _Side:
         for proto in PROTOCOLS:
             section = {}
             for name in ("mapping", "filtering", "port_allocation"):
-                value = getattr(result.value(proto, name), "value", result.value(proto, name))
+                value = result.value(proto, name)
+                value = getattr(value, "value", value)      # an enum member -> its text
                 if isinstance(value, str):
                     section[name] = value
             if section:
@@ -370,7 +370,7 @@ class _Side:
         peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
         details = peer.get("details") if isinstance(peer.get("details"), dict) else {}
         mine = self._details()
-        sides = {self.role: mine, ("receiver" if self.role == "initiator" else "initiator"): details}
+        sides = {self.role: mine, Role(self.role).other.value: details}
         init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
         recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)
         peer_srflx, peer_local, _shift = peer_addresses(details, protocol)

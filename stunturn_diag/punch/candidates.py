@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import PunchError
+from .auth import Role
 from .decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
 Address = tuple[str, int]
@@ -67,7 +68,7 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
                   rng: random.Random | None = None) -> Targets:
     """Targets (in send order), prime list, spray list and extra sockets for our side."""
     srflx, local, shift = peer_addresses(peer_details, protocol)
-    peer_role = "receiver" if my_role == "initiator" else "initiator"
+    peer_role = Role(my_role).other.value
     if plan.strategy == "lan":
         targets = list(dict.fromkeys(local + ([srflx] if srflx else [])))
         if not targets:

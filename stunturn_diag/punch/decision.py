@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..behaviour import Filtering, Mapping, PortAllocation
+from .auth import Role
 
 #: predicted-port window aimed at a sequentially allocating NAT
 PREDICT_WINDOW = 8
@@ -146,7 +147,7 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
                     "(address-and-port-dependent mapping); no punching strategy can find "
                     "the ports, use a relay (TURN)", notes=notes)
     for role, me in sides.items():
-        other_role = "receiver" if role == "initiator" else "initiator"
+        other_role = Role(role).other.value
         other = sides[other_role]
         if not me.random:
             continue
