@@ -6,17 +6,13 @@ from __future__ import annotations
 import time
 
 from . import classify as C
-from .endpoints import Endpoints
+from .endpoints import Address, Endpoints, addr_dict
 from .layers import analyse_hops
 from .plan import ALLOC_SOCKETS, lifetime_schedule
 from .result import TCP_EXTRA_KEYS, ProbeResult
 from .tcp import TcpRun
 from .tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from .udp_runner import UdpRun
-
-
-def _a(x):
-    return None if x is None else {"ip": x[0], "port": x[1]}
 
 
 def unreachable(why: str, server_desc: dict, t0: float) -> ProbeResult:
@@ -26,6 +22,14 @@ def unreachable(why: str, server_desc: dict, t0: float) -> ProbeResult:
         r.udp[name] = C.Verdict(None, why)
     r.tcp_ran = False
     return r
+
+
+def _extra(mapped: Address | None, local: Address | None, alloc: C.Verdict) -> dict:
+    """The addresses and port-allocation figures reported beside the UDP and the TCP verdicts."""
+    return {"mapped_address": addr_dict(mapped), "local_address": addr_dict(local),
+            "port_allocation_delta": alloc.extra.get("delta"),
+            "predicted_next_port": alloc.extra.get("predicted_next_port"),
+            "port_allocation_confidence": alloc.extra.get("confidence")}
 
 
 def _na(why: str) -> C.Verdict:
@@ -78,10 +82,7 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         elif mapping.value is not None and mapping.value is not C.Mapping.ENDPOINT_INDEPENDENT:
             v = verdicts["mapping_moves_on_unsolicited"]
             verdicts["mapping_moves_on_unsolicited"] = C.Verdict(None, v.reason, v.probes, applicable=False)
-    extra = {"mapped_address": _a(x1), "local_address": _a(udp.locals["map"]),
-             "port_allocation_delta": alloc.extra.get("delta"),
-             "predicted_next_port": alloc.extra.get("predicted_next_port"),
-             "port_allocation_confidence": alloc.extra.get("confidence")}
+    extra = _extra(x1, udp.locals["map"], alloc)
     if lifetime:
         verdicts["binding_lifetime"] = C.classify_lifetime(o, lifetime_schedule(lifetime))
     if layers is not None:
@@ -137,11 +138,7 @@ def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
         "unsolicited_syn": syn,
         "simultaneous_open": _simopen_verdict(tcp.simopen, mapping.value),
     }
-    result.tcp_extra = {"mapped_address": _a(x1), "local_address": _a(local),
-                        "port_allocation_delta": alloc.extra.get("delta"),
-                        "predicted_next_port": alloc.extra.get("predicted_next_port"),
-                        "port_allocation_confidence": alloc.extra.get("confidence"),
-                        "errors": tcp.errors, "accepted": tcp.accepted}
+    result.tcp_extra = _extra(x1, local, alloc) | {"errors": tcp.errors, "accepted": tcp.accepted}
 
 
 def _simopen_verdict(info: dict | None, mapping) -> C.Verdict:

@@ -7,6 +7,11 @@ from dataclasses import dataclass, replace
 Address = tuple[str, int]
 
 
+def addr_dict(a: Address | None) -> dict | None:
+    """``(ip, port)`` -> ``{"ip", "port"}`` for the JSON report (None stays None)."""
+    return None if a is None else {"ip": a[0], "port": a[1]}
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Primary address and the alternates of RFC 5780 section 4.1 (None when unknown)."""
@@ -36,10 +41,9 @@ class Endpoints:
                        alt_both=self.alt_both or (oip, oport), source=self.source or "other-address")
 
     def as_dict(self) -> dict:
-        def a(x):
-            return None if x is None else {"ip": x[0], "port": x[1]}
-        return {"primary": a(self.primary), "alt_port": a(self.alt_port), "alt_ip": a(self.alt_ip),
-                "alt_both": a(self.alt_both), "source": self.source}
+        return {"primary": addr_dict(self.primary), "alt_port": addr_dict(self.alt_port),
+                "alt_ip": addr_dict(self.alt_ip), "alt_both": addr_dict(self.alt_both),
+                "source": self.source}
 
 
 def _addr(obj) -> Address | None:

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-Address = tuple[str, int]
+from .endpoints import Address, addr_dict
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,10 @@ class Outcome:
         return {
             "probe": self.name,
             "socket": self.sock,
-            "to": _addr(self.dest),
+            "to": addr_dict(self.dest),
             "status": self.status,
             "attempts": self.attempts,
-            "reply_from": _addr(self.source),
+            "reply_from": addr_dict(self.source),
             "received_on": self.received_on,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "elapsed_ms": None if t0 is None or (self.replied_at or self.concluded_at) is None
@@ -100,10 +100,6 @@ class Outcome:
             "duplicates": self.duplicates,
             "late": self.late,
         }
-
-
-def _addr(a: Address | None) -> dict | None:
-    return None if a is None else {"ip": a[0], "port": a[1]}
 
 
 @dataclass
