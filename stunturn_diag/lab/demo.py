@@ -151,11 +151,9 @@ def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> 
         for name, site in spec.sites.items()))
     with lab:
         report["lab"] = lab.name
-        for site in lab.sites:
-            report["sites"][site] = {"nat": spec.sites[site].nat.name,
-                                     "cgnat": (spec.sites[site].cgnat.name
-                                               if spec.sites[site].cgnat else None),
-                                     "public_ip": lab.site_public_ip(site),
+        for site, described in lab.describe()["sites"].items():
+            report["sites"][site] = {"nat": described["nat"], "cgnat": described["cgnat"],
+                                     "public_ip": described["public_ip"],
                                      "host": lab.site_hosts(site)[0],
                                      "expected": lab.expected(site)}
         receiver = lab.site_hosts("b")[0] if "b" in lab.sites else lab.site_hosts("a")[1]
