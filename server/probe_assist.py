@@ -41,6 +41,8 @@ from typing import Callable
 
 from flask import current_app, jsonify
 
+from stunturn_diag.errors import ConfigError
+
 from .validation import BadRequest
 
 MAX_ATTEMPTS = 3
@@ -95,18 +97,28 @@ class AssistState:
     stats: dict = field(default_factory=lambda: {"requests": 0, "limited": 0, "busy": 0, "connects": 0})
 
 
+def _setting(extra: dict, name: str, default: float) -> float:
+    value = extra.get(f"probe_assist_{name}", default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"probe_assist_{name} must be a positive number, got {value!r}")
+    return value
+
+
+def init_app(app) -> None:
+    """Create the app's probe-assist state from ``config.extra`` (``probe_assist_burst``,
+    ``_rate``, ``_concurrency``); a bad value raises :class:`ConfigError` here, not per request."""
+    shared = app.extensions["stunturn"]
+    extra = shared.config.extra or {}
+    conc = int(_setting(extra, "concurrency", 32))
+    if conc < 1:
+        raise ConfigError(f"probe_assist_concurrency must be at least 1, got {conc}")
+    app.extensions["stunturn_probe_assist"] = AssistState(
+        TokenBucket(float(_setting(extra, "burst", 10)), float(_setting(extra, "rate", 0.5)), shared.clock),
+        threading.BoundedSemaphore(conc), conc)
+
+
 def _assist_state() -> AssistState:
-    ext = current_app.extensions
-    st = ext.get("stunturn_probe_assist")
-    if st is None:
-        shared = ext["stunturn"]
-        extra = shared.config.extra or {}
-        conc = int(extra.get("probe_assist_concurrency", 32))
-        st = AssistState(TokenBucket(float(extra.get("probe_assist_burst", 10)),
-                                     float(extra.get("probe_assist_rate", 0.5)), shared.clock),
-                         threading.BoundedSemaphore(conc), conc)
-        ext["stunturn_probe_assist"] = st
-    return st
+    return current_app.extensions["stunturn_probe_assist"]
 
 
 def parse_request(body: dict) -> tuple[int, list[str], int, int, bytes]:

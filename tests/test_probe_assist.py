@@ -191,3 +191,11 @@ def test_token_bucket_forgets_refilled_buckets_only():
     assert b.take("d") and b.take("d") and not b.take("d")  # 4 keys > 3: sweep
     assert set(b._state) == {"d"}
     assert not b.take("d")  # a drained bucket is kept
+
+
+@pytest.mark.parametrize("extra", [{"probe_assist_rate": "fast"}, {"probe_assist_burst": 0},
+                                   {"probe_assist_concurrency": 0.5}])
+def test_bad_probe_assist_setting_is_a_config_error_at_app_creation(extra):
+    from stunturn_diag.errors import ConfigError
+    with pytest.raises(ConfigError, match="probe_assist_"):
+        create_app(ServerConfig(http_port=0, extra=extra))
