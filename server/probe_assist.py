@@ -253,6 +253,7 @@ def _run_staggered(groups: list[list[Callable]], stagger: float) -> list[list[di
     return [r.value if r.successful() else [{"outcome": "error", "error": "internal"}] for r in runners]
 
 
+_BUSY = "the server is running too many probe connections; retry shortly"
 _RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
 
 
@@ -293,7 +294,7 @@ def tcp_connect():
     try:
         if acquired < n:
             st.stats["busy"] += 1
-            raise ApiError(503, "busy", "the server is running too many probe connections; retry shortly")
+            raise ApiError(503, "busy", _BUSY)
         groups, roles = [], []
         for role, src in plan:
             if src is None:
@@ -344,14 +345,16 @@ def tcp_simopen():
         raise ApiError(409, "unavailable", "no source address of your address family")
     if not st.slots.acquire(blocking=False):
         st.stats["busy"] += 1
-        raise ApiError(503, "busy", "the server is running too many probe connections; retry shortly")
+        raise ApiError(503, "busy", _BUSY)
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
+    s: socket.socket | None = None
     try:
+        s = socket.socket(fam, socket.SOCK_STREAM)  # EMFILE too: the slot is given back
         s.bind((src_ip, 0))
         source = s.getsockname()[:2]
     except OSError as exc:
-        s.close()
+        if s is not None:
+            s.close()
         st.slots.release()
         raise ApiError(503, "busy", f"cannot reserve a source port: {exc.strerror or exc}") from None
 
@@ -367,8 +370,13 @@ def tcp_simopen():
         finally:
             s.close()
             st.slots.release()
+    try:
+        threading.Thread(target=later, name="probe-simopen", daemon=True).start()
+    except RuntimeError:  # no thread to be had: nothing was sent, give socket and slot back
+        s.close()
+        st.slots.release()
+        raise ApiError(503, "busy", _BUSY) from None
     st.stats["connects"] += 1
-    threading.Thread(target=later, name="probe-simopen", daemon=True).start()
     return jsonify({"target": {"ip": ip, "port": port}, "source": {"ip": source[0], "port": source[1]},
                     "delay_ms": delay_ms})
 

@@ -199,3 +199,16 @@ def test_bad_probe_assist_setting_is_a_config_error_at_app_creation(extra):
     from stunturn_diag.errors import ConfigError
     with pytest.raises(ConfigError, match="probe_assist_"):
         create_app(ServerConfig(http_port=0, extra=extra))
+
+
+def test_simopen_without_a_thread_is_503_and_gives_the_slot_back(clock, listener, monkeypatch):
+    app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
+                                  extra={"probe_assist_concurrency": 1}), clock=clock)
+    body = {"port": listener.getsockname()[1], "delay_ms": 0}
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(probe_assist.threading.Thread, "start", no_thread)
+    r = app.test_client().post("/v1/probe/tcp-simopen", json=body)
+    assert r.status_code == 503 and r.json["error"] == "busy"
+    assert app.extensions["stunturn_probe_assist"].slots.acquire(blocking=False)
