@@ -165,6 +165,7 @@ class StunService:
 
     def _run(self) -> None:
         tick = min(1.0, self.limits.idle_timeout / 2)
+        next_expiry = 0.0
         try:
             while not self._stopping:
                 for key, mask in self._sel.select(timeout=tick):
@@ -183,7 +184,10 @@ class StunService:
                         log.exception("STUN service: unexpected error handling %s", kind)
                         if kind == "conn":
                             self._close(ref, None)
-                self._expire(time.monotonic())
+                now = time.monotonic()
+                if now >= next_expiry:  # once a tick, not after every burst of datagrams
+                    self._expire(now)
+                    next_expiry = now + tick
         finally:
             self._close_all()
 
