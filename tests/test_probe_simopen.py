@@ -54,3 +54,17 @@ def test_sniffer_sees_only_the_expected_syn():
         assert simopen.wait_syn(watch, time.monotonic() + 5) is True
     finally:
         l3.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets and sniffing need root")
+def test_an_answer_without_source_is_an_error_not_an_exception(service):
+    from stunturn_diag.probe.endpoints import Endpoints
+    from stunturn_diag.probe.tcp import TcpRun
+
+    roles = {e.role: (e.ip, e.port) for e in service.endpoints}
+    ep = Endpoints(roles["primary"], roles["alt-port"], roles["alt-ip"], roles["alt-both"])
+    run = TcpRun()
+    simopen.simopen_test(run, ep, "127.0.0.1", lambda body: {"unexpected": True}, lambda: 2,
+                         timeout=3.0, rtt=0.01)
+    assert "names no source address" in run.simopen["error"]
+    assert "connected" not in run.simopen

@@ -157,7 +157,11 @@ def _simopen_once(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_si
         except SignalingError as exc:
             info["error"] = str(exc)
             return
-        src = (answer["source"]["ip"], int(answer["source"]["port"]))
+        try:
+            src = (str(answer["source"]["ip"]), int(answer["source"]["port"]))
+        except (KeyError, TypeError, ValueError):
+            info["error"] = f"the server's simultaneous-open answer names no source address: {answer!r:.200}"
+            return
         expect["src"] = src
         syn = craft_syn(sc, local, src, ttl)
         for _ in range(3):
