@@ -193,19 +193,24 @@ class Lab:
 
     def down(self) -> None:
         """End processes started with :meth:`popen`, then delete the lab's namespaces."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3)
-        self._procs.clear()
-        if self._up:
-            delete_namespaces(self.name)
-            self._up = False
+        try:
+            for proc in self._procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in self._procs:
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    try:
+                        proc.wait(timeout=3)
+                    except subprocess.TimeoutExpired:
+                        pass  # unkillable (e.g. stuck in the kernel): the namespaces go anyway
+            self._procs.clear()
+        finally:
+            if self._up:
+                delete_namespaces(self.name)
+                self._up = False
 
     def save_state(self) -> None:
         """Remember this lab for later CLI calls (``lab exec``/``lab down``)."""
