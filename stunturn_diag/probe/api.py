@@ -149,7 +149,17 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
             t.start()
 
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
-    udp = run_udp(ep, local_ip, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
+    try:
+        udp = run_udp(ep, local_ip, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
+    except BaseException:  # e.g. out of descriptors: stop what runs beside the UDP tests
+        walk_stop.set()
+        if tcp_run is not None and tcp_run._keep is not None:
+            tcp_run._keep.close()
+            tcp_run._keep = None
+        if sniffer is not None:
+            from .pcap import stop_capture
+            stop_capture(sniffer, pcap)
+        raise
     for t in background[:-1]:
         t.join(30.0)
     walk_stop.set()
