@@ -32,31 +32,19 @@ import time
 from typing import Callable
 
 from .errors import StunDecodeError
+from .netio import recv_exact
 from .stun import HEADER_LENGTH, StunMessage, decode, message_length
 
 __all__ = ["stun_tcp_transaction", "recv_stun_message"]
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float, clock: Callable[[], float]) -> bytes:
-    data = b""
-    while len(data) < n:
-        left = deadline - clock()
-        if left <= 0:
-            raise TimeoutError("STUN over TCP: no complete answer in time")
-        sock.settimeout(left)
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("STUN over TCP: the server closed the connection")
-        data += chunk
-    return data
-
-
 def recv_stun_message(sock: socket.socket, deadline: float, *,
                       clock: Callable[[], float] = time.monotonic) -> bytes:
     """Read exactly one framed STUN message (header, then the length it announces)."""
-    header = _recv_exact(sock, HEADER_LENGTH, deadline, clock)
+    header = recv_exact(sock, HEADER_LENGTH, deadline, what="STUN over TCP", clock=clock)
     total = message_length(header)  # StunDecodeError when these bytes cannot start STUN
-    return header + _recv_exact(sock, total - HEADER_LENGTH, deadline, clock)
+    return header + recv_exact(sock, total - HEADER_LENGTH, deadline, what="STUN over TCP",
+                               clock=clock)
 
 
 def stun_tcp_transaction(sock: socket.socket, request_bytes: bytes, deadline: float, *,

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import AuthenticationError, PunchError
+from ..netio import PeerClosed, recv_exact
 
 MAGIC = b"\x8fSTP"
 VERSION = 1
@@ -324,26 +325,18 @@ def _connection_lost(exc: OSError) -> PunchError:
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float, clock) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        left = deadline - clock()
-        if left <= 0:
-            raise PunchError("authentication timed out: the peer did not answer the handshake",
-                             hint="check that both sides use the same access key and server",
-                             reason="auth-timeout")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(n - len(buf))
-        except socket.timeout:
-            continue
-        except OSError as exc:
-            raise _connection_lost(exc) from None
-        if not chunk:
-            raise PunchError("the peer closed the connection during authentication",
-                             hint="the peer may use a different access key",
-                             reason="auth-connection-lost")
-        buf += chunk
-    return buf
+    try:
+        return recv_exact(sock, n, deadline, what="authentication", clock=clock)
+    except TimeoutError:
+        raise PunchError("authentication timed out: the peer did not answer the handshake",
+                         hint="check that both sides use the same access key and server",
+                         reason="auth-timeout") from None
+    except PeerClosed:
+        raise PunchError("the peer closed the connection during authentication",
+                         hint="the peer may use a different access key",
+                         reason="auth-connection-lost") from None
+    except OSError as exc:
+        raise _connection_lost(exc) from None
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
