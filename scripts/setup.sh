@@ -1,30 +1,81 @@
 #!/usr/bin/env bash
-# Installs what stunturn-diag and its test suite need on a fresh Debian machine
-# (run as root): kernel NAT tooling, third-party STUN peers (coturn, stun-client) and the
-# Python package itself with its test extras.
+# Installs what stunturn-diag and its test suite need on a fresh Debian machine:
+# the system tools (as root, with apt-get), then the Python package with its test
+# extras into a virtualenv of its own (default: .venv in the project; STUNTURN_VENV
+# overrides). Nothing is taken from packages installed by hand: the virtualenv does
+# not see the system's site-packages, and pip picks the newest releases that
+# pyproject.toml allows.
+#
+#   bash scripts/setup.sh            # create or update .venv
+#   bash scripts/setup.sh --fresh    # delete .venv first (CI does this every run)
+#
+# Then run `.venv/bin/stunturn-diag ...` or `source .venv/bin/activate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fresh=0
+for arg in "$@"; do
+    case "$arg" in
+        --fresh) fresh=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "setup: unknown option $arg (known: --fresh)" >&2; exit 2 ;;
+    esac
+done
+
+# Debian package : a command it provides (the check that it is installed). One per line.
+# tests/test_system_deps.py checks that every tool the code runs is listed here.
+APT_PACKAGES=(
+    nftables:nft
+    iproute2:ip
+    procps:sysctl
+    util-linux:setpriv
+    coturn:turnutils_stunclient
+    stun-client:stun
+    python3-venv:
+)
+
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     need=()
-    for pkg_cmd in nftables:nft iproute2:ip procps:sysctl util-linux:setpriv coturn:turnutils_stunclient stun-client:stun; do
-        command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
+    for pkg_cmd in "${APT_PACKAGES[@]}"; do
+        pkg=${pkg_cmd%%:*} cmd=${pkg_cmd#*:}
+        if [ -n "$cmd" ]; then
+            command -v "$cmd" >/dev/null || need+=("$pkg")
+        elif [ "$pkg" = python3-venv ]; then
+            python3 -c 'import ensurepip, venv' 2>/dev/null || need+=("$pkg")
+        fi
     done
+    if [ "${#need[@]}" -gt 0 ] || [ "${STUNTURN_APT_UPDATE:-0}" = 1 ]; then
+        echo "setup: apt-get update" >&2
+        apt-get update -qq
+    fi
     if [ "${#need[@]}" -gt 0 ]; then
         echo "setup: apt-get install ${need[*]}" >&2
-        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
 else
-    echo "setup: not root or no apt-get: install nftables iproute2 procps util-linux coturn stun-client yourself" >&2
+    names=()
+    for pkg_cmd in "${APT_PACKAGES[@]}"; do names+=("${pkg_cmd%%:*}"); done
+    echo "setup: not root or no apt-get: install ${names[*]} yourself" >&2
+fi
+
+venv=${STUNTURN_VENV:-$PWD/.venv}
+if [ "$fresh" -eq 1 ] && [ -e "$venv" ]; then
+    echo "setup: removing $venv (--fresh)" >&2
+    rm -rf "$venv"
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating the virtualenv $venv" >&2
+    python3 -m venv "$venv"
 fi
 log=$(mktemp)
-if ! python3 -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+trap 'rm -f "$log"' EXIT
+echo "setup: pip install -e '.[test]' into $venv" >&2
+if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade -e '.[test]' >"$log" 2>&1; then
     cat "$log" >&2
-    rm -f "$log"
     echo "setup: pip install failed (see above)" >&2
     exit 1
 fi
-rm -f "$log"
-python3 -c 'import stunturn_diag, stunturn_server'
-command -v stunturn-diag >/dev/null || echo "setup: stunturn-diag is not on PATH; use: python3 -m stunturn_diag" >&2
-echo "setup: ok" >&2
+"$venv/bin/python" -c 'import stunturn_diag, stunturn_server'
+"$venv/bin/python" -m pip list --disable-pip-version-check --format=freeze 2>/dev/null \
+    | grep -iE '^(scapy|flask|click|gevent|pytest)==' | tr '\n' ' ' >&2 || true
+echo >&2
+echo "setup: ok; run $venv/bin/stunturn-diag (or: source $venv/bin/activate)" >&2
