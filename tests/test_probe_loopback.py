@@ -47,7 +47,7 @@ def test_json_schema_is_stable(result):
     j = json.loads(json.dumps(result.to_json()))
     assert j["schema"] == "stunturn-diag/probe" and j["schema_version"] == 1
     for key in ("status", "exit_code", "nat", "public_ip", "local_ip", "elapsed_ms", "server", "udp", "tcp",
-                "nat_layers", "undetermined", "skipped", "notes", "timings", "probes"):
+                "nat_layers", "undetermined", "skipped", "failed", "notes", "timings", "probes"):
         assert key in j
     for key in ("reachable", "mapping", "filtering", "port_preservation", "port_allocation",
                 "port_allocation_delta", "predicted_next_port", "hairpin", "mapping_moves_on_unsolicited",
@@ -141,6 +141,78 @@ def test_pcap_holds_the_probe_packets(server, tmp_path):
     assert primary in ports and len(packets) >= 10
 
 
+def _walk_finds_a_router(monkeypatch):
+    """Loopback has no router for the low-TTL SYN to die at: the TTL walk (UDP) is made to
+    report the server three hops away, so the simultaneous-open test really runs."""
+    from stunturn_diag.probe import layers
+
+    def walk(dest, local_ip, public, *, on_server_hop=None, **kw):
+        on_server_hop(3)
+        return {"hops": [], "server_hop": 3}
+    monkeypatch.setattr(layers, "walk", walk)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simultaneous-open test needs root")
+def test_broken_scapy_makes_the_result_partial_with_the_reason(server, monkeypatch):
+    """Scapy that cannot be imported: reported at once (no start timeout waited), as a failed
+    test, and the status is partial (exit 3) although every core verdict is decided."""
+    from stunturn_diag.probe import simopen
+    _walk_finds_a_router(monkeypatch)
+    monkeypatch.setattr(simopen, "_scapy", {"error": "Scapy is not usable here (ImportError: broken)"})
+    monkeypatch.setattr(simopen, "_loaded", __import__("threading").Event())
+    simopen._loaded.set()
+    j = run_probe(server.http_url).to_json()
+    print("simultaneous-open phase:", j["timings"]["tcp_phases_ms"]["simultaneous_open"], "ms")
+    assert j["status"] == "partial" and j["exit_code"] == 3
+    assert j["tcp"]["simultaneous_open"] is None
+    assert j["tcp"]["evidence"]["simultaneous_open"]["failed"] is True
+    failed = {f["test"]: f["reason"] for f in j["failed"]}
+    assert "ImportError" in failed["tcp.simultaneous_open"]
+    assert {u["field"] for u in j["undetermined"]} == {"tcp.simultaneous_open"}
+    assert "undetermined tcp.simultaneous_open: the test failed" in render(run_probe(server.http_url))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simultaneous-open test needs root")
+def test_refused_raw_socket_makes_the_result_partial(server, monkeypatch):
+    from stunturn_diag.probe import simopen
+    _walk_finds_a_router(monkeypatch)
+
+    def refuse(dport):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(simopen, "SynWatch", refuse)
+    j = run_probe(server.http_url).to_json()
+    assert j["status"] == "partial" and "raw sockets" in j["tcp"]["evidence"]["simultaneous_open"]["reason"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="simultaneous open and capture need root")
+def test_simultaneous_open_and_pcap_run_without_libpcap(server, monkeypatch, tmp_path):
+    """The SYN watch (BPF raw socket) decides the test on loopback (our SYN goes nowhere, the
+    server's SYN arrives); --pcap writes what the BPF capture saw."""
+    import scapy.layers.inet  # noqa: F401
+    from scapy.utils import rdpcap
+    _walk_finds_a_router(monkeypatch)
+    r = run_probe(server.http_url, pcap=str(tmp_path / "p.pcap"))
+    j = r.to_json()
+    assert j["tcp"]["simultaneous_open"] is True, j["tcp"]["evidence"]["simultaneous_open"]
+    assert j["status"] == "diagnosed" and j["failed"] == [] and r.exit_code == EXIT_DIAGNOSED
+    ttl = j["tcp"]["evidence"]["simultaneous_open"]["detail"]["ttl"]
+    packets = rdpcap(str(tmp_path / "p.pcap"))
+    assert any(p.haslayer("TCP") and str(p["TCP"].flags) == "S" and p["IP"].ttl == ttl for p in packets)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
+def test_a_capture_that_cannot_start_is_a_failure_not_a_skip(server, monkeypatch, tmp_path):
+    from stunturn_diag.probe import pcap
+
+    def refuse(*a, **kw):
+        raise OSError(19, "No such device")
+    monkeypatch.setattr(pcap, "PacketCapture", refuse)
+    j = run_probe(server.http_url, tcp=False, pcap=str(tmp_path / "p.pcap")).to_json()
+    assert j["status"] == "partial" and j["exit_code"] == 3
+    assert [f["test"] for f in j["failed"]] == ["pcap"] and "No such device" in j["failed"][0]["reason"]
+    assert not [s for s in j["skipped"] if s["test"] == "pcap"]
+
+
 def test_without_alternate_address_it_says_what_it_could_not_decide():
     handle = start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0))
     try:
@@ -186,7 +258,7 @@ def test_json_keys_are_the_same_in_every_mode(server, result):
     docs = [result.to_json(), run_probe(stun=f"{primary['ip']}:{primary['port']}").to_json(),
             run_probe(f"http://127.0.0.1:{_closed_port()}").to_json()]
     top = {"schema", "schema_version", "status", "exit_code", "nat", "public_ip", "local_ip", "elapsed_ms",
-           "server", "udp", "tcp", "nat_layers", "undetermined", "skipped", "notes", "timings", "probes"}
+           "server", "udp", "tcp", "nat_layers", "undetermined", "skipped", "failed", "notes", "timings", "probes"}
     for j in docs:
         assert set(j) == top
         assert set(UDP_KEYS) <= set(j["udp"]), set(UDP_KEYS) - set(j["udp"])

@@ -1,5 +1,6 @@
-"""The simultaneous-open test's Scapy parts: a crafted low-TTL SYN, and the sniffer that
-waits for the server's SYN on the exact 4-tuple (real packets on loopback, root)."""
+"""The simultaneous-open test's parts: a low-TTL SYN crafted with Scapy, and our BPF-filtered
+raw socket that waits for the server's SYN on the exact 4-tuple (real packets on loopback,
+root); a part that breaks is reported at once as the test's error."""
 
 from __future__ import annotations
 
@@ -34,37 +35,81 @@ def test_crafted_syn_has_the_ttl_and_only_the_syn_flag():
     assert bytes(again) == bytes(pkt)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets and sniffing need root")
-def test_sniffer_sees_only_the_expected_syn():
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
+def test_watch_sees_only_the_expected_syn():
+    from stunturn_diag.rawsock import SynWatch, ip_sender
     sc = simopen.scapy_parts()
     dport = _free_port()
-    expect = {"src": ("127.0.0.3", 5555)}
-    l3 = sc["L3RawSocket"]()
+    src = ("127.0.0.3", 5555)
+    sender = ip_sender()
     try:
-        # decoys: another source port, and a SYN-ACK from the right source
-        decoy = simopen.start_syn_watch(sc, "127.0.0.1", dport, expect)
-        l3.send(simopen.craft_syn(sc, ("127.0.0.3", 5556), ("127.0.0.1", dport), ttl=64))
-        synack = simopen.craft_syn(sc, ("127.0.0.3", 5555), ("127.0.0.1", dport), ttl=64)
+        # decoys: another source port, a SYN-ACK from the right source, a SYN to another port
+        decoy = SynWatch(dport)
+        simopen.send_packets(sender, simopen.craft_syn(sc, ("127.0.0.3", 5556), ("127.0.0.1", dport), 64),
+                             1, "127.0.0.1")
+        synack = simopen.craft_syn(sc, src, ("127.0.0.1", dport), ttl=64)
         synack[sc["TCP"]].flags = "SA"
-        l3.send(synack)
-        assert simopen.wait_syn(decoy, time.monotonic() + 0.3) is False
+        simopen.send_packets(sender, synack, 1, "127.0.0.1")
+        simopen.send_packets(sender, simopen.craft_syn(sc, src, ("127.0.0.1", dport + 1), 64), 1, "127.0.0.1")
+        assert decoy.wait(src, time.monotonic() + 0.3) is False
+        assert decoy.seen == [("127.0.0.3", 5556)]  # the kernel filter let only the other SYN to dport in
+        decoy.close()
         # the expected SYN
-        watch = simopen.start_syn_watch(sc, "127.0.0.1", dport, expect)
-        l3.send(simopen.craft_syn(sc, ("127.0.0.3", 5555), ("127.0.0.1", dport), ttl=64))
-        assert simopen.wait_syn(watch, time.monotonic() + 5) is True
+        watch = SynWatch(dport)
+        simopen.send_packets(sender, simopen.craft_syn(sc, src, ("127.0.0.1", dport), ttl=64), 1, "127.0.0.1")
+        assert watch.wait(src, time.monotonic() + 5) is True
+        watch.close()
     finally:
-        l3.close()
+        sender.close()
+
+
+def _ep(service):
+    from stunturn_diag.probe.endpoints import Endpoints
+    roles = {e.role: (e.ip, e.port) for e in service.endpoints}
+    return Endpoints(roles["primary"], roles["alt-port"], roles["alt-ip"], roles["alt-both"])
+
+
+def _set_event():
+    import threading
+    e = threading.Event()
+    e.set()
+    return e
+
+
+def test_broken_scapy_is_an_error_at_once(monkeypatch, service):
+    """Scapy that cannot be imported: the test records the error without waiting; the probe
+    turns it into a failed (partial) verdict."""
+    from stunturn_diag.probe.tcp import TcpRun
+    from stunturn_diag.probe.tcp_classify import classify_simopen
+    monkeypatch.setattr(simopen, "_scapy", {"error": "Scapy is not usable here (ImportError: no scapy)"})
+    monkeypatch.setattr(simopen, "_loaded", _set_event())
+    run = TcpRun()
+    simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: pytest.fail("asked the server"),
+                         lambda: 2, timeout=3.0, rtt=0.01)
+    assert "ImportError" in run.simopen["error"] and "connected" not in run.simopen
+    v = classify_simopen(run.simopen)
+    assert v.value is None and v.failed and "ImportError" in v.reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
+def test_refused_raw_socket_is_an_error(monkeypatch, service):
+    from stunturn_diag.probe.tcp import TcpRun
+
+    def refuse(dport):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(simopen, "SynWatch", refuse)
+    run = TcpRun()
+    simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: pytest.fail("asked the server"),
+                         lambda: 2, timeout=3.0, rtt=0.01)
+    assert "raw sockets" in run.simopen["error"] and "Operation not permitted" in run.simopen["error"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets and sniffing need root")
 def test_an_answer_without_source_is_an_error_not_an_exception(service):
-    from stunturn_diag.probe.endpoints import Endpoints
     from stunturn_diag.probe.tcp import TcpRun
 
-    roles = {e.role: (e.ip, e.port) for e in service.endpoints}
-    ep = Endpoints(roles["primary"], roles["alt-port"], roles["alt-ip"], roles["alt-both"])
     run = TcpRun()
-    simopen.simopen_test(run, ep, "127.0.0.1", lambda body: {"unexpected": True}, lambda: 2,
+    simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: {"unexpected": True}, lambda: 2,
                          timeout=3.0, rtt=0.01)
     assert "names no source address" in run.simopen["error"]
     assert "connected" not in run.simopen

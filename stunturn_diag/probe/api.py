@@ -47,14 +47,15 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     (``HOST[:PORT]`` of any RFC 5780 STUN server; UDP tests only).
 
     ``lifetime``: also measure the UDP binding lifetime, probing up to that many seconds.
-    ``pcap``: write the probe's packets there (needs root for Scapy's sniffer).
+    ``pcap``: write the probe's packets there (needs root: a BPF-filtered packet socket).
     Never raises for a missing answer: an unreachable server gives ``status ==
     "unreachable"``. Raises :class:`ProbeError` / ``ConfigError`` for unusable input.
     """
     say = progress or (lambda m: None)
     t0 = time.monotonic()
     notes: list[str] = []
-    skipped: list[dict] = []
+    skipped: list[dict] = []  # documented, expected skips: the status stays "diagnosed"
+    failures: list[dict] = []  # tests that should have run but broke: "partial"
     info: dict = {}
     client = None
     if (server is None) == (stun is None):
@@ -83,9 +84,9 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     sniffer = None
     if pcap:
         from .pcap import start_capture
-        sniffer, why = start_capture(ep, local_ip)
+        sniffer, why, broke = start_capture(ep, local_ip)
         if why:
-            skipped.append({"test": "pcap", "reason": why})
+            (failures if broke else skipped).append({"test": "pcap", "reason": why})
 
     tcp_ran = tcp and server is not None
     if tcp and server is None:
@@ -166,17 +167,18 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     for t in background[-1:]:
         t.join(5.0)
     if "error" in walk_box:
-        notes.append(f"TTL walk failed: {walk_box['error']}")
+        failures.append({"test": "nat_layers", "reason": f"the TTL walk failed: {walk_box['error']}"})
     if "tcp_error" in walk_box:
-        notes.append(f"TCP tests failed: {walk_box['tcp_error']}")
+        failures.append({"test": "tcp", "reason": f"the TCP tests stopped with an error: {walk_box['tcp_error']}"})
     layers = walk_box.get("layers")
     if sniffer is not None:
         from .pcap import stop_capture
         why = stop_capture(sniffer, pcap)
         if why:
-            skipped.append({"test": "pcap", "reason": why})
+            failures.append({"test": "pcap", "reason": why})
     # the plan's endpoints: alternates learned from OTHER-ADDRESS during the UDP tests
     result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, t0, layers)
     result.notes[:0] = notes + udp.plan.notes + udp.errors
     result.skipped[:0] = skipped + (tcp_run.skipped if tcp_run else [])
+    result.failures[:0] = failures
     return result

@@ -26,11 +26,15 @@ class Verdict:
     extra: dict = field(default_factory=dict)
     #: False when the question does not arise (e.g. hairpinning without a NAT)
     applicable: bool = True
+    #: True when the test should have run but broke (a helper failed): null, and "partial"
+    failed: bool = False
 
     def evidence(self) -> dict:
         d = {"reason": self.reason, "probes": list(self.probes)}
         if not self.applicable:
             d["applicable"] = False
+        if self.failed:
+            d["failed"] = True
         d.update(self.extra)
         return d
 

@@ -131,6 +131,8 @@ def render(r: ProbeResult) -> str:
     out += [f"  - {line}" for line in meaning(r)]
     for s in r.skipped:
         out.append(f"skipped {s['test']}: {s['reason']}")
+    for f in r.failures:  # a verdict whose test broke is told in its "undetermined" line
+        out.append(f"failed {f['test']}: {f['reason']}")
     same: dict[str, list[str]] = {}  # one line per reason
     for u in r.undetermined:
         same.setdefault(u["reason"], []).append(u["field"])

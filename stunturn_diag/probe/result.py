@@ -3,6 +3,12 @@
 Schema ``stunturn-diag/probe`` version 1 (documented in README "NAT probe"). Values use
 the :mod:`stunturn_diag.behaviour` vocabulary; ``null`` means undetermined, and the
 reason is in the matching ``evidence`` entry and in ``undetermined``.
+
+Not run is not the same as broken: ``skipped`` lists tests left out for a documented,
+expected reason (no raw sockets without root, ``--no-tcp``, a ``--stun`` server without
+probe assist): the status stays ``diagnosed``. ``failed`` lists tests that should have
+run but broke (a helper failed: Scapy, a raw socket, the capture, the TTL walk, a crashed
+runner thread): the status is ``partial`` (exit 3), whatever else was decided.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class ProbeResult:
     probes: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    #: tests that broke outside any verdict (``{"test", "reason"}``): pcap, nat_layers, tcp
+    failures: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def value(self, proto: str, name: str) -> Any:
@@ -84,6 +92,18 @@ class ProbeResult:
                     continue
                 if v is None or v.value is None:
                     out.append({"field": f"{proto}.{name}", "reason": v.reason if v else "not tested"})
+        for proto, verdicts in (("udp", self.udp), ("tcp", self.tcp if self.tcp_ran else {})):
+            for name, v in verdicts.items():  # any verdict whose test broke, core or not
+                if v.failed and f"{proto}.{name}" not in {u["field"] for u in out}:
+                    out.append({"field": f"{proto}.{name}", "reason": v.reason})
+        return out
+
+    @property
+    def failed(self) -> list[dict]:
+        """Every test that should have run but broke (``{"test", "reason"}``)."""
+        out = list(self.failures)
+        for proto, verdicts in (("udp", self.udp), ("tcp", self.tcp if self.tcp_ran else {})):
+            out += [{"test": f"{proto}.{name}", "reason": v.reason} for name, v in verdicts.items() if v.failed]
         return out
 
     @property
@@ -91,7 +111,7 @@ class ProbeResult:
         """``diagnosed`` | ``partial`` | ``unreachable``."""
         if not self.udp_reachable and not self.tcp_reachable:
             return "unreachable"
-        return "partial" if self.undetermined else "diagnosed"
+        return "partial" if self.undetermined or self.failed else "diagnosed"
 
     @property
     def exit_code(self) -> int:
@@ -134,6 +154,7 @@ class ProbeResult:
             "nat_layers": self.layers,
             "undetermined": self.undetermined,
             "skipped": self.skipped,
+            "failed": self.failed,
             "notes": self.notes,
             "timings": self.timings,
             "probes": self.probes,

@@ -78,8 +78,10 @@ def classify_simopen(info: dict | None) -> Verdict:
     server's SYN from that endpoint reached our listener through the NAT."""
     if info is None:
         return Verdict(None, "not tested (see skipped)")
-    if "skipped" in info or "error" in info:
-        return Verdict(None, info.get("skipped") or info.get("error"), ["tcp.simopen"])
+    if "error" in info:  # the test should have run but a part of it broke
+        return Verdict(None, f"the test failed: {info['error']}", ["tcp.simopen"], failed=True)
+    if "skipped" in info:
+        return Verdict(None, info["skipped"], ["tcp.simopen"])
     if info.get("connected"):
         return Verdict(True, f"after our SYN (TTL {info['ttl']}) toward {_fmt((info['server_source']['ip'], info['server_source']['port']))} "
                              "the server's SYN from there crossed our NAT and reached us", ["tcp.simopen"], extra={"detail": info})

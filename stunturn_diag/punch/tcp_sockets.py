@@ -7,21 +7,15 @@ it (one NAT mapping, RFC 5382 section 4.1). IPv4 only.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import ipaddress
 import socket
 import struct
 
+from .. import bpf
+from ..rawsock import attach_filter, ipv4_interfaces
+
 Address = tuple[str, int]
 
-#: Linux SO_ATTACH_FILTER (classic BPF on a socket, see socket(7))
-SO_ATTACH_FILTER = 26
-#: classic BPF: negative load offsets relative to the network header (linux/filter.h)
-_SKF_NET_OFF = -0x100000
-_LD_W_ABS, _LD_H_ABS, _JEQ_K, _RET_K = 0x20, 0x28, 0x15, 0x06
-#: SIOCGIFADDR ioctl (netdevice(7))
-_SIOCGIFADDR = 0x8915
 #: most candidates one listener filter holds (jump offsets are 8 bits)
 MAX_FILTERED = 60
 
@@ -99,23 +93,10 @@ def set_ttl(sock: socket.socket, ttl: int) -> None:
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
 
 
-def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
-    return struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
-
-
 def blackhole_program(sources: list[Address]) -> list[bytes]:
-    """Classic BPF: drop segments from any of ``sources`` (ip, port), accept the rest."""
-    n = len(sources)
-    out: list[bytes] = []
-    for i, (ip, port) in enumerate(sources):
-        out += [
-            _insn(_LD_W_ABS, 0, 0, _SKF_NET_OFF + 12),                   # A = IPv4 source
-            _insn(_JEQ_K, 0, 2, int.from_bytes(socket.inet_aton(ip), "big")),
-            _insn(_LD_H_ABS, 0, 0, 0),                                    # A = TCP source port
-            _insn(_JEQ_K, 4 * (n - i) - 3, 0, port),                     # -> drop
-        ]
-    out += [_insn(_RET_K, 0, 0, 0xFFFFFFFF), _insn(_RET_K, 0, 0, 0)]     # accept | drop
-    return out
+    """Classic BPF: drop segments from any of ``sources`` (ip, port), accept the rest
+    (the shared builder :func:`stunturn_diag.bpf.blackhole_program`, packed)."""
+    return [insn.pack() for insn in bpf.blackhole_program(sources)]
 
 
 def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
@@ -130,11 +111,8 @@ def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
     sources = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
     if not sources:
         return True
-    code = b"".join(blackhole_program(sources))
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))
     try:
-        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        attach_filter(listener, bpf.blackhole_program(sources))
     except OSError:
         return False
     return True
@@ -150,21 +128,7 @@ def _is_ipv4(ip: str) -> bool:
 def host_ipv4_addresses() -> list[str]:
     """IPv4 addresses of this host's interfaces that are up (loopback last)."""
     found: list[str] = []
-    try:
-        names = [name for _idx, name in socket.if_nameindex()]
-    except OSError:
-        names = []
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for name in names:
-            try:
-                raw = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR,
-                                  struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue  # no IPv4 address on this interface
-            ip = socket.inet_ntoa(raw[20:24])
-            if ip not in found:
-                found.append(ip)
-    finally:
-        probe.close()
+    for _name, ip in ipv4_interfaces():
+        if ip not in found:
+            found.append(ip)
     return sorted(found, key=lambda ip: ipaddress.ip_address(ip).is_loopback)

@@ -1,0 +1,168 @@
+"""Raw sockets with our own classic-BPF filters (Linux; root or CAP_NET_RAW): no libpcap.
+
+- :func:`attach_filter`: SO_ATTACH_FILTER (socket(7)) with a :mod:`stunturn_diag.bpf` program.
+- :class:`SynWatch`: an ``AF_INET`` raw TCP socket that the kernel hands only SYNs to one
+  local port (:func:`bpf.tcp_syn_program`); :meth:`SynWatch.wait` then checks the source.
+- :func:`ip_sender`: an ``IPPROTO_RAW`` socket that sends whole IPv4 packets (raw(7)).
+- :class:`PacketCapture`: an ``AF_PACKET`` cooked socket (packet(7)) on one interface with a
+  filter, read by a bounded thread; both directions, kernel timestamps (SO_TIMESTAMP).
+- :func:`ipv4_interfaces`: (interface, IPv4 address) pairs of this host (SIOCGIFADDR).
+
+Every failure is an ``OSError`` raised at once (no thread waits on a callback).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import select
+import socket
+import struct
+import threading
+import time
+
+from . import bpf
+
+#: Linux SO_ATTACH_FILTER / SO_TIMESTAMP (asm-generic/socket.h)
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMP = 29
+#: SIOCGIFADDR ioctl (netdevice(7))
+_SIOCGIFADDR = 0x8915
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+ARPHRD_LOOPBACK = 772
+
+
+def attach_filter(sock: socket.socket, program: list[bpf.Insn]) -> None:
+    """Attach ``program`` to ``sock`` (replaces any earlier filter); OSError if refused."""
+    code = bpf.pack(program)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def ipv4_interfaces() -> list[tuple[str, str]]:
+    """(interface name, IPv4 address) of every interface that has one."""
+    try:
+        names = [name for _idx, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    out: list[tuple[str, str]] = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for name in names:
+            try:
+                raw = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address on this interface
+            out.append((name, socket.inet_ntoa(raw[20:24])))
+    finally:
+        probe.close()
+    return out
+
+
+def interface_of(ip: str) -> str | None:
+    """The interface that holds ``ip`` (None: not found, or not IPv4)."""
+    return next((name for name, addr in ipv4_interfaces() if addr == ip), None)
+
+
+def ip_sender() -> socket.socket:
+    """A raw socket that sends complete IPv4 packets (IPPROTO_RAW implies IP_HDRINCL)."""
+    return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+
+class SynWatch:
+    """Catches the first TCP SYN (no ACK) to local port ``dport`` from an expected source.
+
+    The socket exists (and queues matching SYNs) from construction on, so a watch opened
+    before the source is known misses nothing. The kernel filter passes only SYNs to
+    ``dport``; the source is checked here, once known."""
+
+    def __init__(self, dport: int) -> None:
+        self.dport = dport
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        try:
+            attach_filter(self.sock, bpf.tcp_syn_program(dport))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.seen: list[tuple[str, int]] = []  # sources of the SYNs read (evidence)
+
+    def wait(self, src: tuple[str, int], deadline: float, clock=time.monotonic) -> bool:
+        """True once a SYN from ``src`` to our port arrives before ``deadline`` (``clock``'s time)."""
+        while True:
+            for packet in self._drain():
+                f = bpf.tcp_fields(packet)
+                if f is None or f[3] != self.dport:
+                    continue
+                self.seen.append((f[0], f[1]))
+                if (f[0], f[1]) == tuple(src) and f[4] & bpf.TCP_SYN and not f[4] & bpf.TCP_ACK:
+                    return True
+            left = deadline - clock()
+            if left <= 0:
+                return False
+            select.select([self.sock], [], [], left)
+
+    def _drain(self, most: int = 256) -> list[bytes]:
+        out = []
+        for _ in range(most):  # bounded: the filter admits only SYNs to one port
+            try:
+                out.append(self.sock.recv(65535))
+            except (BlockingIOError, InterruptedError):
+                break
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PacketCapture:
+    """Captures what ``program`` accepts on interface ``ifname`` (None: every interface)
+    until :meth:`stop`; at most ``max_packets`` packets of at most ``snaplen`` bytes.
+
+    Cooked ``AF_PACKET`` (``SOCK_DGRAM``): packets start at the network header (pcap
+    LINKTYPE_RAW). On loopback every packet passes twice (out and in): the outgoing copy
+    is left out."""
+
+    def __init__(self, program: list[bpf.Insn], ifname: str | None = None, *, max_packets: int = 100_000,
+                 snaplen: int = 65535) -> None:
+        self.snaplen, self.max_packets = snaplen, max_packets
+        self.records: list[tuple[float, bytes]] = []
+        self.error: str | None = None
+        # protocol 0: nothing is queued before the filter is attached and bind() names ETH_P_ALL
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        try:
+            attach_filter(self.sock, program)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+            self.sock.bind((ifname or "", ETH_P_ALL))
+        except BaseException:
+            self.sock.close()
+            raise
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe-capture", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and len(self.records) < self.max_packets:
+                if not select.select([self.sock], [], [], 0.05)[0]:
+                    continue
+                data, anc, _flags, addr = self.sock.recvmsg(self.snaplen, socket.CMSG_SPACE(16))
+                if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
+                    continue
+                ts = time.time()
+                for level, kind, value in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= 16:
+                        sec, usec = struct.unpack("qq", value[:16])
+                        ts = sec + usec / 1e6
+                self.records.append((ts, data))
+        except OSError as exc:  # reported by stop(); what was captured is kept
+            self.error = f"the capture stopped early: {exc}"
+
+    def stop(self, timeout: float = 2.0) -> list[tuple[float, bytes]]:
+        """Stop reading (bounded wait) and return (timestamp, packet) records."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self.sock.close()
+        return list(self.records)
