@@ -75,6 +75,25 @@ def test_verdicts_equal_ground_truth_on_repeated_runs(name):
                 assert got["tcp"]["simultaneous_open"] is True  # (its TTL comes from a UDP walk)
 
 
+EIM = [n for n, nat in CATALOGUE.items() if nat.nat and nat.mapping.value == "endpoint-independent"]
+
+
+@pytest.mark.parametrize("name", EIM)
+def test_simultaneous_open_is_decided_behind_every_eim_nat(name):
+    """Root, no libpcap needed: the SYN watch is our own BPF-filtered raw socket, so the
+    verdict is decided (not null) behind every endpoint-independent NAT of the catalogue,
+    also where UDP is blocked (the low TTL then comes from a TCP walk), and no test failed."""
+    nat = CATALOGUE[name]
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=nat)})) as lab:
+        rc, got = probe(lab, serve(lab))
+        so = got["tcp"]["evidence"]["simultaneous_open"]
+        assert got["tcp"]["simultaneous_open"] is not None, so
+        if not nat.loss_percent:  # on the lossy link a lost SYN may make it "no"; it is still decided
+            assert got["tcp"]["simultaneous_open"] is True, so
+        assert got["failed"] == [] and not so.get("failed"), got["failed"]
+        assert rc == (3 if nat.udp_blocked else 0), got["undetermined"]
+
+
 @pytest.mark.parametrize("inner,outer", [("full-cone", "port-restricted"),
                                          ("port-restricted", "symmetric-random")])
 def test_behind_carrier_grade_nat(inner, outer):

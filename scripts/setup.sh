@@ -21,14 +21,20 @@ for arg in "$@"; do
     esac
 done
 
-# Debian package : a command it provides (the check that it is installed). One per line.
-# tests/test_system_deps.py checks that every tool the code runs is listed here.
+# Debian package : a command it provides (the check that it is installed). One per line:
+# every program the code and the tests run, as listed in stunturn_diag/sysdeps.py
+# (tests/test_system_deps.py checks that both lists match and scans the code for programs
+# it runs). An empty command: a package setup.sh itself needs (sysdeps.SETUP_PACKAGES).
+# libpcap is NOT needed: the probe filters packets with its own classic-BPF programs.
 APT_PACKAGES=(
     nftables:nft
     iproute2:ip
     procps:sysctl
     util-linux:setpriv
+    util-linux:unshare
+    coturn:turnserver
     coturn:turnutils_stunclient
+    coturn:turnutils_natdiscovery
     stun-client:stun
     python3-venv:
 )
@@ -37,7 +43,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     need=()
     for pkg_cmd in "${APT_PACKAGES[@]}"; do
         pkg=${pkg_cmd%%:*} cmd=${pkg_cmd#*:}
-        if [ -n "$cmd" ]; then
+        if [[ " ${need[*]-} " == *" $pkg "* ]]; then
+            continue  # already wanted for another of its commands
+        elif [ -n "$cmd" ]; then
             command -v "$cmd" >/dev/null || need+=("$pkg")
         elif [ "$pkg" = python3-venv ]; then
             python3 -c 'import ensurepip, venv' 2>/dev/null || need+=("$pkg")
@@ -53,7 +61,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     fi
 else
     names=()
-    for pkg_cmd in "${APT_PACKAGES[@]}"; do names+=("${pkg_cmd%%:*}"); done
+    for pkg_cmd in "${APT_PACKAGES[@]}"; do
+        [[ " ${names[*]-} " == *" ${pkg_cmd%%:*} "* ]] || names+=("${pkg_cmd%%:*}")
+    done
     echo "setup: not root or no apt-get: install ${names[*]} yourself" >&2
 fi
 

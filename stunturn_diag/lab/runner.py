@@ -15,6 +15,7 @@ import subprocess
 import time
 from typing import Sequence
 
+from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
 from . import state
 from .compiler import LabPlan, Step, compile_lab
@@ -25,6 +26,8 @@ from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 PREFIX_FAMILY = state.PREFIX_FAMILY
 
 
+#: the programs the lab runs (their packages: stunturn_diag/sysdeps.py)
+LAB_TOOLS = ("ip", "nft", "sysctl")
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21          # `ip netns add` mounts the namespace under /run/netns
 
@@ -35,10 +38,10 @@ def check_prerequisites() -> None:
     if os.geteuid() != 0:
         raise PrivilegeError("the NAT lab needs root (it creates network namespaces and "
                              "nftables rules)", hint="run it with sudo")
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps")):
+    for tool in LAB_TOOLS:
         if shutil.which(tool) is None:
             raise LabError(f"the NAT lab needs the '{tool}' command",
-                           hint=f"apt-get install {package}")
+                           hint=f"apt-get install {sysdeps.tool(tool).package}")
     caps = effective_capabilities()
     missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"),
                                       (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))

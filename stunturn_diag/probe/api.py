@@ -131,6 +131,9 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
             def ttl_for_simopen():
                 walk_done.wait(5.0)
                 hop = walk_box.get("server_hop")
+                if hop is None and ttl_walk and "error" not in walk_box:  # UDP does not get through
+                    from .layers import tcp_server_hop
+                    hop = walk_box["tcp_server_hop"] = tcp_server_hop(ep.primary, local_ip, rtt=tcp_run.rtt)
                 return hop - 1 if hop and hop >= 3 else None
 
             def tcp_job():

@@ -105,7 +105,8 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         _add_tcp(result, tcp)
         so = result.tcp.get("simultaneous_open")
         if not reachable and so is not None and so.value is None and "TTL walk" in so.reason:
-            so.reason += " (the walk uses UDP, which does not reach the server from here)"
+            so.reason += (" (UDP does not reach the server from here; the walk over TCP found no router "
+                          "between our NAT and the server either)")
     return result
 
 

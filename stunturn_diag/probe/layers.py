@@ -8,6 +8,7 @@ its sender (``SO_EE_OFFENDER``): no raw socket, no root. ``analyse_hops`` is pur
 from __future__ import annotations
 
 import ipaddress
+import select
 import selectors
 import socket
 import struct
@@ -134,5 +135,43 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
                             public[0] if public else None, local_ip)
     finally:
         sel.close()
+        for s in socks:
+            s.close()
+
+
+def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, max_hops: int = 8) -> int | None:
+    """How many hops away the server's TCP endpoint ``dest`` is, without UDP (bounded: one
+    SYN per TTL 1..``max_hops``, all at once, <= 1 s; kernel sockets, no root).
+
+    A connect whose SYN dies on the way is aborted by the ICMP time-exceeded (RFC 5927:
+    an ICMP error kills a connection in SYN-SENT), so the smallest TTL that connects is
+    the server's hop count. Used for the simultaneous-open TTL where UDP does not get
+    through (the UDP walk then finds nothing); None when no connect got through."""
+    rtt = rtt if rtt is not None else 0.05
+    budget = min(1.0, max(0.1, 10 * rtt))
+    if ":" in dest[0]:
+        return None
+    socks: dict[socket.socket, int] = {}
+    try:
+        for ttl in range(1, max_hops + 1):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks[s] = ttl
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.bind((local_ip, 0))
+            s.connect_ex(dest)
+        pending, connected = dict(socks), []
+        end = time.monotonic() + budget
+        while pending and time.monotonic() < end:
+            best = min(connected, default=None)
+            if best is not None and all(t > best for t in pending.values()):
+                break  # every lower TTL has failed: nothing can beat it
+            _, writable, _ = select.select([], list(pending), [], max(0.0, min(0.05, end - time.monotonic())))
+            for s in writable:
+                ttl = pending.pop(s)
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    connected.append(ttl)
+        return min(connected, default=None)
+    finally:
         for s in socks:
             s.close()
