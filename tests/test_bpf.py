@@ -11,6 +11,7 @@ import struct
 import time
 
 import pytest
+from testlib import free_port
 
 from stunturn_diag import bpf, pcapfile
 
@@ -96,14 +97,6 @@ def test_pcap_file_reads_back_with_scapy(tmp_path):
 
 # --- the kernel runs them (root, loopback) ----------------------------------------------
 
-def _udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @root
 def test_kernel_syn_filter_passes_only_syns_to_the_port():
     """The same program on a raw TCP socket (packet starts at the IP header) and on a packet
@@ -111,7 +104,7 @@ def test_kernel_syn_filter_passes_only_syns_to_the_port():
     header, so both see exactly the SYN to our port."""
     from scapy.layers.inet import IP, TCP
     from stunturn_diag.rawsock import SynWatch, attach_filter, ip_sender
-    dport = _udp_port()
+    dport = free_port(socket.SOCK_DGRAM)
     watch = SynWatch(dport)
     link = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     sender = ip_sender()
@@ -138,7 +131,7 @@ def test_kernel_syn_filter_passes_only_syns_to_the_port():
 def test_kernel_flows_filter_captures_only_the_listed_hosts(tmp_path):
     from scapy.utils import rdpcap
     from stunturn_diag.rawsock import PacketCapture
-    port = _udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     cap = PacketCapture(bpf.flows_program(["127.0.0.77"], icmp=False), "lo")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -162,7 +155,7 @@ def test_kernel_flows_filter_captures_only_the_listed_hosts(tmp_path):
 @root
 def test_kernel_flows_filter_takes_icmp_and_ipv6_hosts():
     from stunturn_diag.rawsock import PacketCapture
-    port = _udp_port()  # nothing listens: the kernel answers with ICMP port unreachable
+    port = free_port(socket.SOCK_DGRAM)  # nothing listens: the kernel answers with ICMP port unreachable
     cap = PacketCapture(bpf.flows_program(["::1"], icmp=True), "lo")
     try:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -5,20 +5,12 @@ root); a part that breaks is reported at once as the test's error."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
+from testlib import free_port
 
 from stunturn_diag.probe import simopen
-
-
-def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_crafted_syn_has_the_ttl_and_only_the_syn_flag():
@@ -39,7 +31,7 @@ def test_crafted_syn_has_the_ttl_and_only_the_syn_flag():
 def test_watch_sees_only_the_expected_syn():
     from stunturn_diag.rawsock import SynWatch, ip_sender
     sc = simopen.scapy_parts()
-    dport = _free_port()
+    dport = free_port()
     src = ("127.0.0.3", 5555)
     sender = ip_sender()
     try:

@@ -85,6 +85,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait(timeout=timeout)
 
 
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 for ``kind`` (checked, then released)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # --- coturn's turnserver on loopback ---------------------------------------------------------
 
 def free_port_pair() -> tuple[int, int]:
