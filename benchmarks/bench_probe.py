@@ -5,7 +5,11 @@ For every catalogue NAT (or ``--nat NAME``, repeatable) a lab is built (root), o
 server runs in its server namespace with both IPs, and the probe CLI runs ``--runs``
 times on the LAN host. Printed per type: the probe's own ``elapsed_ms`` (median and
 max: UDP + TCP + TTL walk, after endpoint discovery), the CLI wall time (adds Python
-start-up and imports), and whether the verdicts equal the ground truth.
+start-up and imports), and whether the verdicts equal the ground truth; next to it the
+Vovida ``stun`` client's wall time (Debian stun-client, RFC 3489 tests I-III, UDP only)
+run in the same lab against the same server (our STUN responder on the primary and
+alternate addresses: ``stun SERVER_IP -v``), its verdict line, and the ratio
+ours / theirs (target <= 0.5, ours doing UDP and TCP).
 
 For comparison (``--compare``): coturn's ``turnutils_natdiscovery -m -f -H`` against
 coturn in the same lab, and ``pystun3`` (RFC 3489) against our server. Figures
@@ -68,6 +72,10 @@ def bench_nat(name: str, runs: int, compare: bool) -> dict:
         row = {"nat": name, "probe_ms_median": round(statistics.median(elapsed)),
                "probe_ms_max": round(max(elapsed)), "cli_wall_ms_median": round(statistics.median(wall)),
                "correct": not wrong, "wrong": wrong}
+        row.update(_vovida(lab, runs))
+        if row["vovida_ms_median"]:
+            row["ratio"] = round(row["probe_ms_median"] / row["vovida_ms_median"], 2)
+            row["cli_ratio"] = round(row["cli_wall_ms_median"] / row["vovida_ms_median"], 2)
         if compare:
             w, r = _timed(lab, ["pystun3", "-H", lab.server_ip, "-P", "3478"], timeout=60)
             row["pystun3_s"] = round(w, 1)
@@ -75,6 +83,17 @@ def bench_nat(name: str, runs: int, compare: bool) -> dict:
     if compare:
         row.update(_natdiscovery(name))
     return row
+
+
+def _vovida(lab: Lab, runs: int) -> dict:
+    """The Vovida STUN client (``stun``, Debian stun-client) from the same host against the same
+    server: wall time (median of ``runs``) and its verdict line ("Primary: ...")."""
+    times, said = [], ""
+    for _ in range(runs):
+        w, r = _timed(lab, ["stun", lab.server_ip, "-v"], timeout=60)
+        times.append(w * 1000)
+        said = next((line.strip() for line in r.stdout.splitlines() if line.startswith("Primary:")), said)
+    return {"vovida_ms_median": round(statistics.median(times)), "vovida_says": said}
 
 
 def _natdiscovery(name: str) -> dict:
@@ -117,7 +136,7 @@ def main() -> None:
         print(json.dumps(rows))
         return
     print("probe: full diagnosis per NAT type (UDP+TCP; median/max of the probe's elapsed_ms; CLI wall incl."
-          " Python start-up)")
+          " Python start-up) vs the Vovida stun client (UDP only, wall time; ratio = ours / theirs)")
     for row in rows:
         extra = ""
         if "natdiscovery_s" in row:
@@ -126,7 +145,8 @@ def main() -> None:
                      f"({row['pystun3_says']})")
         print(f"{row['nat']:24s} {row['probe_ms_median']:6d} ms (max {row['probe_ms_max']:5d})  "
               f"CLI {row['cli_wall_ms_median']:6d} ms  correct={row['correct']}"
-              f"{' ' + str(row['wrong']) if row['wrong'] else ''}{extra}")
+              f"{' ' + str(row['wrong']) if row['wrong'] else ''}  | stun {row['vovida_ms_median']:6d} ms  "
+              f"ratio {row.get('ratio')} (CLI {row.get('cli_ratio')})  [{row['vovida_says']}]{extra}")
     sys.stdout.flush()
 
 
