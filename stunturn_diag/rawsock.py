@@ -24,8 +24,8 @@ import time
 from . import bpf
 
 #: Linux SO_ATTACH_FILTER / SO_TIMESTAMP (asm-generic/socket.h)
-SO_ATTACH_FILTER = 26
-SO_TIMESTAMP = 29
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)
 #: SIOCGIFADDR ioctl (netdevice(7))
 _SIOCGIFADDR = 0x8915
 ETH_P_ALL = 0x0003
@@ -130,12 +130,22 @@ class PacketCapture:
         self.snaplen, self.max_packets = snaplen, max_packets
         self.records: list[tuple[float, bytes]] = []
         self.error: str | None = None
-        # protocol 0: nothing is queued before the filter is attached and bind() names ETH_P_ALL
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        # one interface: protocol 0 queues nothing until bind() names ETH_P_ALL, after the filter.
+        # Every interface (no bind): what queued before the filter was attached is discarded.
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0 if ifname else socket.htons(ETH_P_ALL))
         try:
             attach_filter(self.sock, program)
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
-            self.sock.bind((ifname or "", ETH_P_ALL))
+            if ifname:
+                self.sock.bind((ifname, ETH_P_ALL))
+            else:
+                self.sock.setblocking(False)
+                for _ in range(10_000):  # bounded: the queue holds what arrived in microseconds
+                    try:
+                        self.sock.recv(1)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                self.sock.setblocking(True)
         except BaseException:
             self.sock.close()
             raise

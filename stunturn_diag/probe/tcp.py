@@ -7,7 +7,8 @@
   SO_REUSEPORT trick) while holding a connection to the primary; the server's
   probe-assist route then connects to our mapped port from its other IP and from
   another port of its primary IP and reports connected / rst / icmp / timeout.
-- Simultaneous open: see :mod:`.simopen` (SYNs crafted and watched with Scapy, root).
+- Simultaneous open: see :mod:`.simopen` (our SYN crafted with Scapy, the server's watched by
+  a BPF-filtered raw socket; root).
 """
 
 from __future__ import annotations
@@ -257,9 +258,9 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
         run.skipped.append({"test": "tcp.simultaneous_open", "reason": "the server offers no probe assist"})
     elif not has_root():
         run.skipped.append({"test": "tcp.simultaneous_open",
-                            "reason": "needs root (raw sockets, CAP_NET_RAW): Scapy crafts the low-TTL SYN on a raw socket (the kernel "
-                                      "aborts a connect when the ICMP time-exceeded comes back) and "
-                                      "sniffs for the server's SYN"})
+                            "reason": "needs root (raw sockets, CAP_NET_RAW): the low-TTL SYN is sent on a raw socket (the "
+                                      "kernel aborts a connect when the ICMP time-exceeded comes back) and "
+                                      "a raw socket watches for the server's SYN"})
     else:
         from .simopen import simopen_test
         jobs.append(("simultaneous_open",
@@ -281,8 +282,8 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
 
 
 def has_root() -> bool:
-    """Raw sockets are allowed here (root, or CAP_NET_RAW): what Scapy's SYN crafting and
-    sniffing need. Tried, not guessed from the uid: root in a container without
+    """Raw sockets are allowed here (root, or CAP_NET_RAW): what sending the crafted SYN,
+    the SYN watch and --pcap need. Tried, not guessed from the uid: root in a container without
     CAP_NET_RAW cannot open them either. Opens and closes a raw IPv4 socket (no packet
     is sent)."""
     try:
