@@ -65,8 +65,12 @@ def _failure(exc: StunturnError) -> dict:
               help="Print one JSON result line and exit after the authenticated handshake.")
 @click.option("--nat-profile", type=click.Path(dir_okay=False),
               help="Our NAT profile (`probe --json` output) to share with the peer.")
-@click.option("--probe", "probe", is_flag=True,
-              help="Without --nat-profile: diagnose our NAT first and share the result.")
+@click.option("--probe/--no-probe", "probe", default=True, show_default=True,
+              help="Without --nat-profile: know our NAT (a recent cached probe, else the quick "
+                   "probe, ~0.2-0.5 s) and share it; --no-probe punches without a profile.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Probe again instead of reusing this network's profile from the last 10 "
+                   "minutes, and do not store it.")
 @click.option("--birthday", is_flag=True,
               help="Allow the bounded many-ports attempt (both sides must allow it).")
 @click.option("--prime-ttl", type=click.IntRange(0, 255), default=2, show_default=True,
@@ -77,8 +81,8 @@ def _failure(exc: StunturnError) -> dict:
               help="UDP: seconds of silence after which the peer counts as lost.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_timeout,
-            punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, birthday,
-            prime_ttl, bind, peer_timeout, quiet) -> None:
+            punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, no_cache,
+            birthday, prime_ttl, bind, peer_timeout, quiet) -> None:
     """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
     from ..punch import api, relay
 
@@ -95,7 +99,7 @@ def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_time
             protocol=protocol or "udp", pair_timeout=pair_timeout, punch_timeout=punch_timeout,
             stun_timeout=stun_timeout, wait=wait, wait_interval=wait_interval,
             prime_ttl=prime_ttl or None, birthday=birthday, nat_profile=_load_profile(nat_profile),
-            probe=probe,
+            probe=probe, cache=not no_cache,
             local_ip=local_ip, local_port=local_port,
             peer_timeout=peer_timeout, progress=say)
         if target_ip:

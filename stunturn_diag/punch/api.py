@@ -14,16 +14,30 @@ The counterpart of the original Go library's ``GetTCPPeer``/``GetClientPeer`` +
 
 Both raise :class:`PunchError` (``.reason``, ``.attempts``) when no authenticated
 channel results, pairing included (``reason`` ``no-initiator``, ``pairing-timeout``,
-``pairing-conflict``, ``server-unreachable``...; the :class:`SignalingError` is the
-``__cause__``). Only invalid arguments raise :class:`ConfigError`, before any I/O.
-Steps on each side: ask the server for its STUN endpoint, learn the
-server-reflexive address from the socket that will punch (keeping it alive), send
-it with local addresses and the NAT profile, get matched, derive the same plan as
-the peer (:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
+``pairing-conflict``, ``server-unreachable``, ``protocol-unavailable``...; the
+:class:`SignalingError` is the ``__cause__``). Only invalid arguments raise
+:class:`ConfigError`, before any I/O.
+
+Steps on each side: ask the server for its STUN endpoint; know this NAT (a cached
+profile, else the quick probe, while the slow key stretching runs beside it); learn the
+server-reflexive address from the socket that will punch (keeping it alive; a receiver
+learns its UDP and TCP mappings concurrently and keeps whichever it got); send it with
+local addresses, the transports it has and the NAT profile; get matched; both sides
+check that the initiator's protocol is one the receiver has (else both fail at once
+with ``protocol-unavailable``); derive the same plan as the peer
+(:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
+
+Port prediction and the probe: a sequentially allocating NAT hands every new flow the
+next port, so the flows opened after a STUN binding are counted (``flows_after_stun``,
+per transport). The probe's own flows all end before the punch sockets' STUN bindings
+(the probe runs first, its result is needed before pairing anyway), so they never
+enter that count; the UDP binding's first datagram leaves before the TCP SYN, so the
+two bindings' order is known too.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,9 +47,10 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
                       StunturnError)
 from ..signaling import SignalingClient
 from .auth import Role, authenticate_stream, stretch_key
-from .candidates import address_of, build_targets, peer_addresses
+from .candidates import address_of, build_targets, peer_addresses, peer_transports
 from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
+from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
@@ -47,6 +62,8 @@ _RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one directio
                  "packet-budget": "the packet budget ran out",
                  "refused": "the peer's NAT answered with RST",
                  "unreachable": "ICMP unreachable"}
+#: longest text of one transport's failure sent to the peer (details.nat is <= 2 KiB)
+_WHY_MAX = 160
 
 
 @dataclass
@@ -68,8 +85,14 @@ class PunchOptions:
     birthday: bool = False
     #: our NAT profile (the probe's --json report or its "udp"/"tcp" sections)
     nat_profile: dict | None = None
-    #: without a nat_profile: run a quick probe first and share its result
-    probe: bool = False
+    #: without a nat_profile: know this NAT (cached profile, else the quick probe) and share it
+    probe: bool = True
+    #: reuse a recent probe result of this network and server, and store new ones
+    cache: bool = True
+    #: how old a cached profile may be (seconds)
+    cache_max_age: float = DEFAULT_MAX_AGE
+    #: cache directory (None: $XDG_CACHE_HOME/stunturn-diag or ~/.cache/stunturn-diag)
+    cache_dir: str | None = None
     local_ip: str = "0.0.0.0"
     local_port: int = 0
     #: UDP channel: keepalive period and silence after which the peer counts as lost
@@ -81,7 +104,7 @@ class PunchOptions:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be udp or tcp, got {self.protocol!r}")
         for name in ("punch_timeout", "stun_timeout", "wait_interval", "peer_timeout",
-                     "keepalive_interval"):
+                     "keepalive_interval", "cache_max_age"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.wait < 0:
@@ -133,8 +156,10 @@ def receive(server_url: str, key: str, *, protocol: str | None = None,
             options: PunchOptions | None = None, **overrides) -> PunchResult:
     """Receiver: check in (repeatedly for ``wait`` seconds), then punch.
 
-    The protocol is the initiator's choice: without ``protocol`` both a UDP and (if
-    available) a TCP socket learn their mappings before the check-in.
+    The protocol is the initiator's choice: without ``protocol`` a UDP and a TCP socket
+    learn their mappings concurrently before the check-in, and the receiver checks in with
+    whichever it got; it fails (``protocol-unavailable``, the waiting initiator too) only
+    when the initiator asked for one it could not prepare.
     """
     opts = _options(options, protocol or "udp", overrides)
     protocols = [protocol] if protocol else ["udp", "tcp"]
@@ -176,8 +201,48 @@ def _compact_profile(profile: dict | None) -> dict:
     return out
 
 
+def _peer_details(match: dict) -> dict:
+    peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
+    return peer.get("details") if isinstance(peer.get("details"), dict) else {}
+
+
+def transport_problem(role: str, protocol: str, prepared: list[str], unavailable: dict[str, str],
+                      peer_details: object) -> PunchError | None:
+    """After the match: can ``protocol`` (the initiator's choice) be punched? Pure.
+
+    Both sides reach the same verdict from the receiver's ``transports``: the receiver from
+    what it prepared, the initiator from what the receiver's details say. ``reason`` is
+    ``protocol-unavailable`` when the receiver tried and failed (e.g. UDP blocked), and
+    ``protocol-mismatch`` when it was told to prepare only another one (``--protocol``).
+    """
+    if role == "receiver":
+        have, why = prepared, unavailable
+    else:
+        have, why = peer_transports(peer_details)
+        if have is None:           # an older receiver: it does not say, so try
+            return None
+    if protocol in have:
+        return None
+    others = [p for p in have if p != protocol]
+    use = (f"run the initiator with --protocol {others[0]}" if others else
+           "neither transport reaches the signaling server's STUN responder from the receiver's "
+           "network: check its firewall, or use a relay (TURN)")
+    if protocol in why:
+        who = "this side" if role == "receiver" else "the receiver"
+        return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
+                          f"prepare: {why[protocol]}", hint=use, reason="protocol-unavailable")
+    if role == "receiver":
+        return PunchError(f"the initiator asked for {protocol} but this side prepared "
+                          f"{', '.join(have) or 'nothing'}",
+                          hint=f"run the receiver with --protocol {protocol} or without --protocol",
+                          reason="protocol-mismatch")
+    return PunchError(f"the receiver prepared only {', '.join(have) or 'nothing'} (its --protocol), "
+                      f"not {protocol}", hint=f"{use}, or the receiver without --protocol",
+                      reason="protocol-mismatch")
+
+
 class _Side:
-    """One side's run: rendezvous, pairing, decision, punch, authentication."""
+    """One side's run: NAT profile, rendezvous, pairing, decision, punch, authentication."""
 
     def __init__(self, server_url: str, key: str, opts: PunchOptions, role: str, *,
                  target_ip: str | None = None, protocols: list[str] | None = None) -> None:
@@ -190,30 +255,50 @@ class _Side:
         self.role = role
         self.target_ip = target_ip
         self.protocols = protocols or [opts.protocol]
-        self.flows_after_stun = 0
+        #: flows (HTTP requests) opened after the last STUN binding, for port prediction
+        self.pair_flows = 0
+        #: protocol -> (rendezvous, mapped, local), in the order their bindings were made
         self.prepared: dict = {}
+        #: protocol -> why it could not be prepared (also told to the peer)
+        self.unavailable: dict[str, str] = {}
+        self._errors: dict[str, PunchError] = {}
         self.profile = opts.nat_profile
         self._info: dict | None = None
+        #: protocol -> why the probe found it unreachable (its STUN binding is then skipped)
+        self._unreachable: dict[str, str] = {}
+        self._cache: ProfileCache | None = None
+        self._cache_key: str | None = None
+        self._cached_public_ip: str | None = None
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
             self.opts.progress(text)
 
+    def flows_after_stun(self, protocol: str) -> int:
+        """Flows our NAT saw after ``protocol``'s STUN binding: the later bindings + pairing."""
+        order = list(self.prepared)
+        later = len(order) - 1 - order.index(protocol) if protocol in order else 0
+        return later + self.pair_flows
+
     def _details(self) -> dict:
         """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
         nat = _compact_profile(self.profile)
+        first_proto = next(iter(self.prepared), None)
         punch: dict = {"birthday": bool(self.opts.birthday),
-                       "flows_after_stun": self.flows_after_stun}
+                       "flows_after_stun": self.flows_after_stun(first_proto) if first_proto
+                       else self.pair_flows,
+                       "transports": list(self.prepared)}
+        if self.unavailable:
+            punch["unavailable"] = {p: why[:_WHY_MAX] for p, why in self.unavailable.items()}
         nat["punch"] = punch
-        first = True
         out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
         for proto, (_rv, mapped, local) in self.prepared.items():
             entry = {"srflx": {"ip": mapped[0], "port": mapped[1]},
                      "local": [{"ip": ip, "port": port} for ip, port in local[:8]]}
-            if first:
+            if proto == first_proto:
                 out.update(entry)
-                first = False
             else:
+                entry["flows_after_stun"] = self.flows_after_stun(proto)
                 punch.setdefault("alt", {})[proto] = entry
         return out
 
@@ -243,33 +328,178 @@ class _Side:
                              hint="use --protocol udp", reason="tcp-unavailable") from None
         return TcpRendezvous(self.opts.local_ip, self.opts.local_port)
 
-    def _prepare(self, protocols: list[str]) -> None:
-        """Learn the mapping for each protocol (the first one is required)."""
-        for i, proto in enumerate(protocols):
-            try:
-                stun_server = self._stun_endpoint(proto)
-                rv = self._rendezvous(proto)
-            except StunturnError:
-                if i == 0:
-                    raise
-                continue
-            if i > 0:
-                # another flow through our NAT after the first protocol's STUN binding:
-                # a sequentially allocating NAT hands it the next port (see candidates)
-                self.flows_after_stun += 1
-            try:
+    # -- the NAT profile -----------------------------------------------------------------
+
+    def _learn_profile(self) -> None:
+        """A profile for the peer's plan: given, cached for this network, or probed now."""
+        if self.profile or not self.opts.probe:
+            return
+        if self.opts.cache:
+            self._open_cache()
+        if self._cache is not None and self._cache_key is not None:
+            entry = self._cache.get(self._cache_key)
+            probed = entry.get("probed") if entry else None
+            if entry and isinstance(probed, list) and set(self.protocols) <= set(probed):
+                self.profile = entry["profile"]
+                self._cached_public_ip = entry.get("public_ip")
+                unreachable = entry.get("unreachable")
+                if isinstance(unreachable, dict):
+                    self._unreachable = {p: str(why) for p, why in unreachable.items()
+                                         if p in self.protocols}
+                self._say(f"NAT profile from the cache (probed {time.time() - entry['saved_at']:.0f}s "
+                          f"ago; --no-cache to probe again): {self.profile}")
+                return
+        self._quick_probe()
+
+    def _open_cache(self) -> None:
+        """The cache and this network's entry name (none when the network cannot be named)."""
+        from .udp import route_source_ip
+
+        try:
+            primary = self._stun_endpoint("udp")
+        except PunchError:
+            return
+        local_ip = route_source_ip(primary)
+        gateway_ip, gateway_mac = default_gateway()
+        network = Network(local_ip or "", gateway_ip, gateway_mac)
+        if not network.identified:
+            return
+        self._cache = ProfileCache(self.opts.cache_dir, max_age=self.opts.cache_max_age)
+        self._cache_key = cache_key(self.client.base_url, network)
+
+    def _quick_probe(self) -> None:
+        """Diagnose our NAT (stunturn_diag.probe) so the peer can plan with it.
+
+        Runs before the punch sockets' STUN bindings, so none of the probe's flows falls
+        between a binding and the punch (see the module docstring)."""
+        from ..probe import run_probe
+
+        self._say("probing this NAT (--no-probe skips it) ...")
+        started = time.monotonic()
+        try:
+            result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
+                               ttl_walk=False)
+        except StunturnError as exc:
+            self._say(f"probe failed ({exc}); punching without a NAT profile")
+            return
+        if result.status == "unreachable":
+            self._say(f"probe found no STUN answer ({'; '.join(result.notes[:1])}); "
+                      "punching without a NAT profile")
+            return
+        reachable = {"udp": result.udp_reachable,
+                     "tcp": result.tcp_reachable if result.tcp_ran else None}
+        for proto in self.protocols:
+            if reachable.get(proto) is False:
+                self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
+                                            f"from the server (is {proto.upper()} blocked here?)")
+        profile: dict = {}
+        for proto in PROTOCOLS:
+            section = {}
+            for name in ("mapping", "filtering", "port_allocation"):
+                value = result.value(proto, name)
+                value = getattr(value, "value", value)      # an enum member -> its text
+                if isinstance(value, str):
+                    section[name] = value
+            if section:
+                profile[proto] = section
+        self.profile = profile
+        self._say(f"NAT profile ({(time.monotonic() - started) * 1000:.0f} ms): {profile}")
+        if self._cache is not None and self._cache_key is not None and profile:
+            self._cache.put(self._cache_key, {
+                "profile": profile, "public_ip": result.public_ip,
+                "probed": [p for p in self.protocols if reachable.get(p) is not None],
+                "unreachable": dict(self._unreachable)})
+
+    def _check_cached_network(self) -> None:
+        """A cached profile whose public IP is not the one STUN just saw is from elsewhere:
+        drop it, probe now and learn the mappings again (so the probe's flows come first)."""
+        if self._cached_public_ip is None or not self.prepared:
+            return
+        seen = next(iter(self.prepared.values()))[1][0]
+        if seen == self._cached_public_ip:
+            return
+        self._say(f"the cached NAT profile was measured behind {self._cached_public_ip}, "
+                  f"now {seen}: probing again")
+        if self._cache is not None and self._cache_key is not None:
+            self._cache.drop(self._cache_key)
+        self._cached_public_ip = None
+        self._close_prepared()
+        self.profile = None
+        self._quick_probe()
+        self._prepare(self.protocols)
+
+    # -- the mappings --------------------------------------------------------------------
+
+    def _prepare_one(self, proto: str, udp_sent: threading.Event) -> tuple:
+        """Learn ``proto``'s mapping; raises PunchError. TCP waits until the UDP binding's
+        first datagram left, so a sequential NAT sees the two flows in a known order."""
+        if proto in self._unreachable:
+            raise PunchError(self._unreachable[proto], reason="stun-failed",
+                             hint="--no-probe tries the STUN binding anyway")
+        stun_server = self._stun_endpoint(proto)
+        rv = self._rendezvous(proto)
+        try:
+            if proto == "udp":
+                mapped = rv.learn_mapping(stun_server, self.opts.stun_timeout,
+                                          on_first_send=udp_sent.set)
+            else:
+                udp_sent.wait(self.opts.stun_timeout)
                 mapped = rv.learn_mapping(stun_server, self.opts.stun_timeout)
-                local = rv.local_candidates()
-            except StunturnError as exc:
-                rv.close()
-                if i == 0:
-                    raise
-                self._say(f"{proto} not prepared ({exc.message}); only "
+            return rv, mapped, rv.local_candidates()
+        except BaseException:
+            rv.close()
+            raise
+
+    def _prepare(self, protocols: list[str]) -> None:
+        """Learn the mapping of every protocol, concurrently; keep the ones that worked."""
+        udp_sent = threading.Event()
+        if "udp" not in protocols:
+            udp_sent.set()
+        outcome: dict[str, object] = {}
+
+        def job(proto: str) -> None:
+            try:
+                outcome[proto] = self._prepare_one(proto, udp_sent)
+            except BaseException as exc:    # handed to the caller's thread
+                outcome[proto] = exc
+            finally:
+                if proto == "udp":
+                    udp_sent.set()
+
+        threads = [threading.Thread(target=job, args=(p,), name=f"punch-stun-{p}", daemon=True)
+                   for p in protocols[1:]]
+        for t in threads:
+            t.start()
+        job(protocols[0])
+        for t in threads:
+            t.join()
+        self.prepared, self.unavailable, self._errors = {}, {}, {}
+        for proto in protocols:
+            got = outcome[proto]
+            if isinstance(got, tuple):
+                self.prepared[proto] = got
+            elif isinstance(got, StunturnError):
+                self.unavailable[proto] = got.message
+                self._errors[proto] = got if isinstance(got, PunchError) else PunchError(
+                    got.message, hint=got.hint, reason=getattr(got, "code", "failed"))
+        for proto, got in outcome.items():
+            if isinstance(got, BaseException) and not isinstance(got, StunturnError):
+                self._close_prepared()
+                raise got
+        for proto in self.unavailable:
+            if self.prepared:
+                self._say(f"{proto} not prepared ({self.unavailable[proto]}); only "
                           f"{', '.join(self.prepared)} can be punched")
-                continue
+        for rv, _m, _l in self.prepared.values():
             if hasattr(rv, "start_keepalive"):
                 rv.start_keepalive()
-            self.prepared[proto] = (rv, mapped, local)
+
+    def _close_prepared(self) -> None:
+        for rv, _m, _l in self.prepared.values():
+            rv.close()
+        self.prepared = {}
+
+    # -- pairing -------------------------------------------------------------------------
 
     def _pair(self) -> dict:
         if self.role == "initiator":
@@ -278,12 +508,14 @@ class _Side:
         attempt = 0
         while True:
             attempt += 1
-            self.flows_after_stun += 1
+            self.pair_flows += 1
             try:
                 return self.client.checkin(self.key, details=self._details())
             except NoInitiatorWaiting:
                 left = end - time.monotonic()
                 if left <= 0:
+                    if not self.prepared:      # nothing to punch with: say why, not "no initiator"
+                        raise next(iter(self._errors.values())) from None
                     raise
                 if attempt == 1:
                     self._say(f"no initiator waiting yet; checking in again every "
@@ -300,7 +532,7 @@ class _Side:
             left = None if end is None else max(0.1, end - time.monotonic())
             wait = min(left, float(cap)) if left is not None and isinstance(cap, (int, float)) \
                 else left
-            self.flows_after_stun += 1
+            self.pair_flows += 1
             try:
                 return self.client.initiate(self.key, self.target_ip, self.opts.protocol,
                                             details=self._details(), timeout=wait)
@@ -308,30 +540,6 @@ class _Side:
                 if end is None or end - time.monotonic() <= 0.1:
                     raise
                 self._say(f"still waiting for the receiver ({end - time.monotonic():.0f}s left)")
-
-    def _quick_probe(self) -> None:
-        """Diagnose our NAT (stunturn_diag.probe) so the peer can plan with it."""
-        from ..probe import run_probe
-
-        self._say("probing this NAT first (--probe) ...")
-        try:
-            result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
-                               ttl_walk=False)
-        except StunturnError as exc:
-            self._say(f"probe failed ({exc}); punching without a NAT profile")
-            return
-        profile: dict = {}
-        for proto in PROTOCOLS:
-            section = {}
-            for name in ("mapping", "filtering", "port_allocation"):
-                value = result.value(proto, name)
-                value = getattr(value, "value", value)      # an enum member -> its text
-                if isinstance(value, str):
-                    section[name] = value
-            if section:
-                profile[proto] = section
-        self.profile = profile
-        self._say(f"NAT profile: {profile}")
 
     def run(self) -> PunchResult:
         try:
@@ -343,33 +551,44 @@ class _Side:
 
     def _run(self) -> PunchResult:
         try:
-            if self.opts.probe and not self.profile:
-                self._quick_probe()
-            stretch_key(self.key)          # the slow KDF runs now, not after the match
-            self._prepare(self.protocols)
+            if self._info is None:
+                self._info = self.client.info()
+            # the slow KDF runs now, beside the probe, not after the match
+            kdf = threading.Thread(target=stretch_key, args=(self.key,), name="punch-kdf",
+                                   daemon=True)
+            kdf.start()
+            try:
+                self._learn_profile()
+                self._prepare(self.protocols)
+                self._check_cached_network()
+            finally:
+                kdf.join()
+            if self.role == "initiator" and self.opts.protocol not in self.prepared:
+                raise self._errors[self.opts.protocol]
             match = self._pair()
             t_match = time.monotonic()
             protocol = match.get("protocol", self.protocols[0])
-            if protocol not in self.prepared:
-                raise PunchError(f"the initiator asked for {protocol} but this side prepared "
-                                 f"{', '.join(self.prepared)}", hint=f"run the receiver with "
-                                 f"--protocol {protocol}", reason="protocol-mismatch")
+            problem = transport_problem(self.role, protocol, list(self.prepared),
+                                        self.unavailable, _peer_details(match))
+            if problem is not None:
+                problem.context = {"protocol": protocol, "role": self.role,
+                                   "match_id": str(match.get("match_id", ""))}
+                raise problem
             for proto, (rv, _m, _l) in list(self.prepared.items()):
                 if proto != protocol:
                     rv.close()
-                    del self.prepared[proto]
             rv, mapped, _local = self.prepared[protocol]
-            return self._punch(rv, match, protocol, mapped, t_match)
+            mine = self._details()            # as the peer got them (before dropping the others)
+            self.prepared = {protocol: self.prepared[protocol]}
+            return self._punch(rv, match, protocol, mapped, t_match, mine)
         finally:
-            for rv, _m, _l in self.prepared.values():
-                rv.close()
+            self._close_prepared()
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
-               t_match: float) -> PunchResult:
+               t_match: float, mine: dict | None = None) -> PunchResult:
         match_id = str(match.get("match_id", ""))
-        peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
-        details = peer.get("details") if isinstance(peer.get("details"), dict) else {}
-        mine = self._details()
+        details = _peer_details(match)
+        mine = mine if mine is not None else self._details()
         sides = {self.role: mine, Role(self.role).other.value: details}
         init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
         recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)

@@ -49,7 +49,8 @@ def peer_addresses(details: object, protocol: str = "udp"
     """(srflx, local candidates, flows_after_stun) for ``protocol`` from the peer's details.
 
     A receiver that prepared several protocols puts the others' addresses in
-    ``nat.punch.alt[protocol]``.
+    ``nat.punch.alt[protocol]``; such an entry may carry its own ``flows_after_stun``
+    (its STUN binding came later than the first protocol's), else ``nat.punch``'s counts.
     """
     if not isinstance(details, dict):
         return None, [], 0
@@ -59,9 +60,23 @@ def peer_addresses(details: object, protocol: str = "udp"
     source = alt.get(protocol) if isinstance(alt.get(protocol), dict) else details
     srflx = address_of(source.get("srflx"))
     local = _locals(source.get("local"))
-    shift = punch.get("flows_after_stun")
+    shift = source.get("flows_after_stun", punch.get("flows_after_stun"))
     shift = shift if isinstance(shift, int) and 0 <= shift <= 64 else 0
     return srflx, local, shift
+
+
+def peer_transports(details: object) -> tuple[list[str] | None, dict[str, str]]:
+    """(transports the peer prepared, why the others failed) from ``nat.punch``.
+
+    ``None`` for a peer that does not say (an older version): assume it has them all.
+    """
+    nat = details.get("nat") if isinstance(details, dict) else None
+    punch = nat.get("punch") if isinstance(nat, dict) else None
+    if not isinstance(punch, dict) or not isinstance(punch.get("transports"), list):
+        return None, {}
+    have = [p for p in punch["transports"] if isinstance(p, str)]
+    why = punch.get("unavailable") if isinstance(punch.get("unavailable"), dict) else {}
+    return have, {p: str(w) for p, w in why.items() if isinstance(p, str)}
 
 
 def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: str = "udp",

@@ -15,6 +15,7 @@ import select
 import socket
 import threading
 import time
+from typing import Callable
 
 from .. import stun
 from ..errors import AuthenticationError, PunchError
@@ -85,8 +86,12 @@ class UdpRendezvous:
         return self.sock.getsockname()[:2]
 
     # -- mapping ----------------------------------------------------------------
-    def learn_mapping(self, stun_server: Address, timeout: float = 3.0) -> Address:
-        """Server-reflexive address via a STUN Binding (retransmitted, RFC 8489 section 6.2.1)."""
+    def learn_mapping(self, stun_server: Address, timeout: float = 3.0, *,
+                      on_first_send: Callable[[], None] | None = None) -> Address:
+        """Server-reflexive address via a STUN Binding (retransmitted, RFC 8489 section 6.2.1).
+
+        ``on_first_send`` is called once the first request left (the NAT's mapping exists
+        from then on: the API orders the TCP binding after it)."""
         self.stun_server = (stun_server[0], int(stun_server[1]))
         deadline = time.monotonic() + timeout
         req = stun.binding_request(software="stunturn-diag punch")
@@ -107,6 +112,8 @@ class UdpRendezvous:
                     raise PunchError(f"cannot send to the STUN server: {exc.strerror}",
                                      reason="stun-failed") from None
                 sent += 1
+                if sent == 1 and on_first_send is not None:
+                    on_first_send()
                 next_send = now + rto
                 rto = min(rto * 2, 1.0)
             ready, _, _ = select.select([self.sock], [], [], max(0.0, min(next_send, deadline) - now))
