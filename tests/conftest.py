@@ -14,6 +14,13 @@ from stunturn_server.stun.service import start_stun_service
 from testlib import A1, A2
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path, monkeypatch):
+    """``punch`` caches NAT profiles under $XDG_CACHE_HOME: each test gets its own, empty
+    one (never the user's, never another test's)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def service():
     """Our STUN responder on loopback: 127.0.0.1 primary, 127.0.0.2 alternate, free ports."""
