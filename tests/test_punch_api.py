@@ -199,3 +199,137 @@ def test_both_runners_get_an_explicit_prime_ttl(protocol, option, same_lan, expe
     (call,) = stub.calls
     assert call["prime_ttl"] == expected and isinstance(call["prime_ttl"], int)
     assert (call["strategy"] == "lan") is same_lan
+
+
+# -- the receiver's transports and the default probe ------------------------------------------
+
+def _udp_taken_tcp_free_port():
+    """A UDP socket holding a port whose TCP twin is free (the receiver's UDP bind fails)."""
+    import socket
+
+    for _ in range(20):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        probe = socket.socket()
+        try:
+            probe.bind(("0.0.0.0", port))
+            probe.close()
+            return udp, port
+        except OSError:
+            probe.close()
+            udp.close()
+    pytest.skip("no port free for TCP while taken for UDP")
+
+
+def test_receiver_without_udp_tells_a_udp_initiator_at_once(server):
+    """Real sockets: the receiver's UDP port is taken, TCP works. It checks in with TCP
+    only; the initiator (asking UDP, willing to wait 30 s) fails right after the match with
+    the same reason, instead of waiting for a UDP punch that cannot come."""
+    holder, port = _udp_taken_tcp_free_port()
+    try:
+        t, box = background(initiate, server, KEY, "127.0.0.1", protocol="udp",
+                            pair_timeout=30, probe=False)
+        said = []
+        with pytest.raises(PunchError) as err:
+            receive(server, KEY, wait=5, wait_interval=0.05, local_port=port, probe=False,
+                    progress=said.append)
+        t.join(15)
+    finally:
+        holder.close()
+    rec, ini = err.value, box["value"]
+    assert any("udp not prepared" in s for s in said), said
+    assert isinstance(ini, PunchError), ini
+    for exc in (rec, ini):
+        assert exc.reason == "protocol-unavailable", exc
+        assert "could not prepare" in exc.message and "--protocol tcp" in str(exc)
+        assert exc.context["protocol"] == "udp"
+    assert rec.context["match_id"] == ini.context["match_id"]
+
+
+def test_receiver_without_udp_still_takes_a_tcp_punch(server):
+    holder, port = _udp_taken_tcp_free_port()
+    try:
+        t, box = background(initiate, server, KEY, "127.0.0.1", protocol="tcp", probe=False)
+        rec = receive(server, KEY, wait=5, wait_interval=0.05, local_port=port, probe=False)
+        t.join(15)
+    finally:
+        holder.close()
+    ini = box["value"]
+    assert isinstance(ini, PunchResult), ini
+    try:
+        assert rec.protocol == ini.protocol == "tcp" and rec.local[1] == port
+        ini.connection.sendall(b"over tcp")
+        assert rec.connection.recv(64) == b"over tcp"
+    finally:
+        ini.close()
+        rec.close()
+
+
+def test_punch_probes_by_default_and_not_with_probe_false(server):
+    said_default, said_off = [], []
+    t, box = background(initiate, server, KEY, "127.0.0.1", progress=said_default.append)
+    rec = receive(server, KEY, protocol="udp", wait=10, wait_interval=0.05, probe=False,
+                  progress=said_off.append)
+    t.join(15)
+    ini = box["value"]
+    assert isinstance(ini, PunchResult), ini
+    ini.close()
+    rec.close()
+    assert any("probing this NAT" in s for s in said_default), said_default
+    assert any("NAT profile" in s and "no-nat" in s for s in said_default), said_default
+    assert not any("probing" in s for s in said_off), said_off
+
+
+def test_details_carry_each_transports_own_flow_count():
+    """UDP's binding came first, then TCP's, then two check-ins: a sequential NAT moved
+    UDP's port counter by 3 and TCP's by 2 before the punch."""
+    from stunturn_diag.punch.api import _Side
+    from stunturn_diag.punch.candidates import peer_addresses, peer_transports
+
+    side = _Side("http://127.0.0.1:9", KEY, PunchOptions(), "receiver", protocols=["udp", "tcp"])
+    side.prepared = {"udp": (None, ("203.0.113.18", 20000), [("192.168.2.10", 5000)]),
+                     "tcp": (None, ("203.0.113.18", 20001), [("192.168.2.10", 5001)])}
+    side.pair_flows = 2
+    d = side._details()
+    assert peer_addresses(d, "udp") == (("203.0.113.18", 20000), [("192.168.2.10", 5000)], 3)
+    assert peer_addresses(d, "tcp") == (("203.0.113.18", 20001), [("192.168.2.10", 5001)], 2)
+    assert peer_transports(d) == (["udp", "tcp"], {})
+    side.prepared = {"tcp": side.prepared["tcp"]}
+    side.unavailable = {"udp": "no STUN answer " * 40}
+    d = side._details()
+    assert peer_addresses(d, "tcp")[2] == 2
+    have, why = peer_transports(d)
+    assert have == ["tcp"] and 0 < len(why["udp"]) <= 160
+
+
+@pytest.mark.parametrize("role,prepared,unavailable,peer,reason", [
+    # the receiver tried UDP and failed: both say protocol-unavailable
+    ("receiver", ["tcp"], {"udp": "blocked"}, {}, "protocol-unavailable"),
+    ("initiator", ["udp"], {}, {"nat": {"punch": {"transports": ["tcp"],
+                                                  "unavailable": {"udp": "blocked"}}}},
+     "protocol-unavailable"),
+    # the receiver was told --protocol tcp: both say protocol-mismatch
+    ("receiver", ["tcp"], {}, {}, "protocol-mismatch"),
+    ("initiator", ["udp"], {}, {"nat": {"punch": {"transports": ["tcp"]}}}, "protocol-mismatch"),
+    # it has UDP, or an older receiver does not say: nothing to object to
+    ("receiver", ["udp", "tcp"], {}, {}, None),
+    ("initiator", ["udp"], {}, {"nat": {"punch": {"transports": ["tcp", "udp"]}}}, None),
+    ("initiator", ["udp"], {}, {"nat": {"punch": {}}}, None),
+])
+def test_both_sides_judge_the_initiators_protocol_alike(role, prepared, unavailable, peer,
+                                                        reason):
+    from stunturn_diag.punch.api import transport_problem
+
+    problem = transport_problem(role, "udp", prepared, unavailable, peer)
+    assert (problem.reason if problem else None) == reason
+    if reason == "protocol-unavailable":
+        assert "blocked" in problem.message and "--protocol tcp" in str(problem)
+
+
+def test_a_receiver_with_no_transport_at_all_says_what_to_do():
+    from stunturn_diag.punch.api import transport_problem
+
+    peer = {"nat": {"punch": {"transports": [], "unavailable": {"udp": "x", "tcp": "y"}}}}
+    problem = transport_problem("initiator", "tcp", ["tcp"], {}, peer)
+    assert problem.reason == "protocol-unavailable" and "firewall" in str(problem)

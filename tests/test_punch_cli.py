@@ -211,3 +211,29 @@ def test_bad_bind_is_a_clean_usage_error(text):
                                "--target-ip", "127.0.0.1", "--bind", text])
     assert res.exit_code == 1 and "--bind wants IP or IP:PORT" in res.output, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize("flags,probes", [((), True), (("--probe",), True),
+                                          (("--no-probe",), False),
+                                          (("--no-cache",), True)])
+def test_the_probe_runs_by_default_and_no_probe_skips_it(server, flags, probes):
+    p = cli(server, "--json", *flags)
+    (out, err), = finish(p)
+    assert p.returncode == 1 and json.loads(out)["reason"] == "no-initiator", (out, err)
+    assert ("probing this NAT" in err) is probes, err
+
+
+def test_no_cache_probes_again_where_the_default_reuses(server, tmp_path):
+    """Loopback has a network to name only where the host has a default gateway."""
+    from stunturn_diag.punch.profile_cache import default_gateway
+
+    if None in default_gateway():
+        pytest.skip("no default gateway with a known MAC: nothing to key the cache on")
+    runs = []
+    for flags in ((), (), ("--no-cache",)):
+        p = cli(server, "--json", *flags)
+        (_out, err), = finish(p)
+        runs.append(err)
+    assert "probing this NAT" in runs[0]
+    assert "from the cache" in runs[1] and "probing this NAT" not in runs[1]
+    assert "probing this NAT" in runs[2]
