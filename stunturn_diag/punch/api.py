@@ -262,6 +262,8 @@ class _Side:
         #: protocol -> why it could not be prepared (also told to the peer)
         self.unavailable: dict[str, str] = {}
         self._errors: dict[str, PunchError] = {}
+        #: protocol -> its bound rendezvous (or why it could not bind), before any packet
+        self._bound: dict[str, object] = {}
         self.profile = opts.nat_profile
         self._info: dict | None = None
         #: protocol -> why the probe found it unreachable (its STUN binding is then skipped)
@@ -437,7 +439,9 @@ class _Side:
             raise PunchError(self._unreachable[proto], reason="stun-failed",
                              hint="--no-probe tries the STUN binding anyway")
         stun_server = self._stun_endpoint(proto)
-        rv = self._rendezvous(proto)
+        rv = self._bound.pop(proto, None) or self._rendezvous(proto)
+        if isinstance(rv, BaseException):
+            raise rv
         try:
             if proto == "udp":
                 mapped = rv.learn_mapping(stun_server, self.opts.stun_timeout,
@@ -494,10 +498,24 @@ class _Side:
             if hasattr(rv, "start_keepalive"):
                 rv.start_keepalive()
 
+    def _bind(self) -> None:
+        """Bind every protocol's socket first: a bad --bind fails before the probe runs."""
+        for proto in self.protocols:
+            try:
+                self._bound[proto] = self._rendezvous(proto)
+            except StunturnError as exc:
+                if self.role == "initiator":
+                    raise
+                self._bound[proto] = exc
+
     def _close_prepared(self) -> None:
         for rv, _m, _l in self.prepared.values():
             rv.close()
         self.prepared = {}
+        for rv in self._bound.values():
+            if not isinstance(rv, BaseException):
+                rv.close()
+        self._bound = {}
 
     # -- pairing -------------------------------------------------------------------------
 
@@ -558,7 +576,9 @@ class _Side:
                                    daemon=True)
             kdf.start()
             try:
-                self._learn_profile()
+                self._bind()
+                if any(not isinstance(rv, BaseException) for rv in self._bound.values()):
+                    self._learn_profile()
                 self._prepare(self.protocols)
                 self._check_cached_network()
             finally:
