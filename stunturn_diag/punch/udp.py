@@ -30,10 +30,10 @@ MAX_LOCAL_CANDIDATES = 8
 CONFIRM_LINGER = 1.0
 _HINTS = {
     "auth-failed": "both sides must use the same access key",
-    "one-way": "the peer's NAT filters our packets; a NAT profile (--probe) may allow "
-               "port prediction, else a relay (TURN) is needed",
-    "timeout": "see the per-target attempts; with NAT profiles on both sides (--probe) the "
-               "strategy can adapt, else a relay (TURN) is needed",
+    "one-way": "the peer's NAT filters our packets; NAT profiles (the default probe, not "
+               "--no-probe) may allow port prediction, else a relay (TURN) is needed",
+    "timeout": "see the per-target attempts; with NAT profiles on both sides (the default "
+               "probe, not --no-probe) the strategy can adapt, else a relay (TURN) is needed",
 }
 
 
