@@ -1,9 +1,10 @@
 """What the default NAT probe adds before pairing, per NAT type (needs root).
 
 For each NAT type of the *measured* side: one lab (that NAT on site b, a port-restricted
-site a), the real server, ``--repeat`` pairs per mode (over UDP; TCP when b blocks UDP). The receiver (b1, both transports
-prepared, as by default) is timed from its ``receive()`` call to the match (the check-in's
-answer); the initiator (a1) from its ``initiate()`` call to the start of its long-poll.
+site a), the real server, ``--repeat`` pairs per mode (over UDP; TCP when b blocks UDP).
+The receiver (b1, both transports prepared, as by default) is timed from its
+``receive()`` call to the match (the check-in's answer); the initiator (a1) from its
+``initiate()`` call to the start of its long-poll.
 Modes: ``no-probe`` (``--no-probe``), ``probe`` (fresh cache: the quick probe runs),
 ``cached`` (the profile from the previous run). Prints the median per mode and the
 difference to ``no-probe`` (what the default adds), and a JSON summary with ``--json``.

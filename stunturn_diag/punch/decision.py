@@ -139,8 +139,7 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
     notes = [f"{role}: {p.describe()}" for role, p in sides.items()]
     if not initiator.known or not receiver.known:
         return Plan("simultaneous", True, "a NAT profile is unknown: punch the reflexive "
-                                          "addresses (a side ran with --no-probe or its probe failed)",
-                    notes=notes)
+                    "addresses (a side ran with --no-probe or its probe failed)", notes=notes)
     if initiator.random and receiver.random:
         return Plan("relay-needed", False,
                     "relay-needed: both NATs allocate a random port per destination "
