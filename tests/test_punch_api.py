@@ -333,3 +333,32 @@ def test_a_receiver_with_no_transport_at_all_says_what_to_do():
     peer = {"nat": {"punch": {"transports": [], "unavailable": {"udp": "x", "tcp": "y"}}}}
     problem = transport_problem("initiator", "tcp", ["tcp"], {}, peer)
     assert problem.reason == "protocol-unavailable" and "firewall" in str(problem)
+
+
+def test_a_cached_profile_from_another_public_ip_is_dropped_and_probed_again(server):
+    """The cache entry for this network says "measured behind 203.0.113.99"; STUN now sees
+    127.0.0.1: the profile is not shared, the probe runs again and replaces the entry."""
+    from stunturn_diag.punch.profile_cache import (Network, ProfileCache, cache_key,
+                                                   default_gateway)
+    from stunturn_diag.punch.udp import route_source_ip
+    from stunturn_diag.signaling import SignalingClient
+
+    gateway = default_gateway()
+    if None in gateway:
+        pytest.skip("no default gateway with a known MAC: nothing to key the cache on")
+    client = SignalingClient(server)
+    primary = client.info()["stun"]["primary"]
+    key = cache_key(client.base_url, Network(route_source_ip((primary["ip"], primary["port"])),
+                                             *gateway))
+    cache = ProfileCache()
+    stale = {"udp": {"mapping": "address-and-port-dependent", "port_allocation": "random"}}
+    cache.put(key, {"profile": stale, "public_ip": "203.0.113.99", "probed": ["udp", "tcp"]})
+    said = []
+    with pytest.raises(PunchError) as err:
+        receive(server, KEY, progress=said.append)
+    assert err.value.reason == "no-initiator"
+    assert any("from the cache" in s for s in said), said
+    assert any("203.0.113.99" in s and "probing again" in s for s in said), said
+    assert any("NAT profile (" in s and "no-nat" in s for s in said), said
+    entry = cache.get(key)
+    assert entry["public_ip"] == "127.0.0.1" and entry["profile"]["udp"]["mapping"] == "no-nat"
