@@ -138,3 +138,17 @@ def test_a_second_run_reuses_the_cached_profile(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o600
         text = path.read_text()
         assert KEY not in text and "address-and-port-dependent" in text
+
+
+def test_sequential_symmetric_nats_connect_over_tcp_from_the_receivers_second_binding(tmp_path):
+    """TCP is the receiver's second binding (after UDP's first datagram): its own
+    ``flows_after_stun`` in ``nat.punch.alt.tcp`` makes the predicted window right."""
+    with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
+        start_server(lab)
+        ini = _initiator(lab, tmp_path / "a", "--protocol", "tcp")
+        rec = _receiver(lab, tmp_path / "b")
+        r_rc, r, r_err = _result(rec, 90)
+        i_rc, i, i_err = _result(ini, 90)
+    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+    assert i["protocol"] == r["protocol"] == "tcp"
+    assert i["strategy"] == r["strategy"] == "predict", (i, r)
