@@ -60,14 +60,20 @@ def _result(proc: subprocess.Popen, timeout: float) -> tuple[int, dict, str]:
     return proc.returncode, (json.loads(lines[-1]) if lines else {}), err
 
 
+def _connected_pair(lab, tmp_path, *initiator_args: str) -> tuple[dict, str, dict, str]:
+    """Initiator (a1) and receiver (b1, default flags); both must have connected."""
+    ini = _initiator(lab, tmp_path / "a", *initiator_args)
+    rec = _receiver(lab, tmp_path / "b")
+    r_rc, r, r_err = _result(rec, 90)
+    i_rc, i, i_err = _result(ini, 90)
+    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+    return i, i_err, r, r_err
+
+
 def test_receiver_behind_udp_blocked_takes_a_tcp_punch(tmp_path):
     with Lab(LabSpec.simple("port-restricted", "udp-blocked")) as lab:
         start_server(lab)
-        ini = _initiator(lab, tmp_path / "a", "--protocol", "tcp")
-        rec = _receiver(lab, tmp_path / "b")
-        r_rc, r, r_err = _result(rec, 90)
-        i_rc, i, i_err = _result(ini, 90)
-    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+        i, i_err, r, r_err = _connected_pair(lab, tmp_path, "--protocol", "tcp")
     assert i["protocol"] == r["protocol"] == "tcp" and i["match_id"] == r["match_id"]
     assert i["peer"]["ip"] == lab.site_public_ip("b") and r["peer"]["ip"] == lab.site_public_ip("a")
     # the probe found UDP blocked: the receiver did not wait for a UDP STUN answer
@@ -108,11 +114,7 @@ def test_sequential_symmetric_nats_connect_over_udp_with_default_flags(tmp_path,
     prepared) counts its TCP binding after the UDP one, so the predicted ports are right."""
     with Lab(LabSpec.simple(a, b)) as lab:
         start_server(lab)
-        ini = _initiator(lab, tmp_path / "a")
-        rec = _receiver(lab, tmp_path / "b")
-        r_rc, r, r_err = _result(rec, 90)
-        i_rc, i, i_err = _result(ini, 90)
-    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+        i, i_err, r, r_err = _connected_pair(lab, tmp_path)
     assert i["protocol"] == r["protocol"] == "udp"
     assert i["strategy"] == r["strategy"] == "predict", (i, r)
     assert "probing this NAT" in i_err and "probing this NAT" in r_err
@@ -125,11 +127,7 @@ def test_a_second_run_reuses_the_cached_profile(tmp_path):
     with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
         start_server(lab)
         for run in range(2):
-            ini = _initiator(lab, tmp_path / "a")
-            rec = _receiver(lab, tmp_path / "b")
-            r_rc, r, r_err = _result(rec, 90)
-            i_rc, i, i_err = _result(ini, 90)
-            assert (i_rc, r_rc) == (0, 0), (run, i, i_err, r, r_err)
+            i, i_err, r, r_err = _connected_pair(lab, tmp_path)
             assert i["strategy"] == r["strategy"] == "predict", (run, i, r)
     for err in (i_err, r_err):
         assert "from the cache" in err and "probing this NAT" not in err, err
@@ -145,10 +143,6 @@ def test_sequential_symmetric_nats_connect_over_tcp_from_the_receivers_second_bi
     ``flows_after_stun`` in ``nat.punch.alt.tcp`` makes the predicted window right."""
     with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
         start_server(lab)
-        ini = _initiator(lab, tmp_path / "a", "--protocol", "tcp")
-        rec = _receiver(lab, tmp_path / "b")
-        r_rc, r, r_err = _result(rec, 90)
-        i_rc, i, i_err = _result(ini, 90)
-    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+        i, i_err, r, r_err = _connected_pair(lab, tmp_path, "--protocol", "tcp")
     assert i["protocol"] == r["protocol"] == "tcp"
     assert i["strategy"] == r["strategy"] == "predict", (i, r)
