@@ -7,8 +7,10 @@ namespace of the ``stl-`` family, e.g. after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import threading
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,6 @@ from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
 from . import state
 from .compiler import LabPlan, Step, compile_lab
-from .nat import stacked_expected
 from .spec import LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 
@@ -156,6 +157,25 @@ def down_all() -> list[str]:
     return gone
 
 
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM/SIGHUP raise KeyboardInterrupt while the block runs, so labs' context
+    managers tear them down (only possible in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Lab:
     """A built NAT lab. ``with Lab(spec) as lab: ...`` builds it and always tears it down."""
 
@@ -276,10 +296,7 @@ class Lab:
     def expected(self, site: str) -> dict:
         """Ground truth seen from a host of ``site``: its NAT's ``NatSpec.expected``, or
         for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
-        spec = self.spec.sites[self._site(site).name]
-        if spec.cgnat is not None:
-            return stacked_expected(spec.nat, spec.cgnat)
-        return spec.nat.expected
+        return self.spec.sites[self._site(site).name].expected
 
     def netns(self, node: str) -> str:
         if node not in self.topology.nodes:
