@@ -93,10 +93,10 @@ def down_cmd(name, all_, mine, as_json) -> None:
     from ..lab import down, down_all
     from ..lab.ci.owner import down_mine
 
-    if bool(name) == all_:
-        raise click.UsageError("give a lab NAME or --all (exactly one)")
     if mine and not all_:
         raise click.UsageError("--mine goes with --all")
+    if bool(name) == all_:
+        raise click.UsageError("give a lab NAME or --all (exactly one)")
     gone = (down_mine() if mine else down_all()) if all_ else down(name)
     if as_json:
         emit_json({"removed": gone})
