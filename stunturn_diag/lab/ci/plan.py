@@ -246,7 +246,8 @@ def pair_of(spec: LabSpec, pid: str | None = None, expect: str = "theory") -> Pa
         raise ConfigError("a pair is two sites (a, b), or one site with hosts = 2")
     names = [spec.sites[n].nat.name for n in theory_sites]
     type_a, type_b = names[0], names[-1]
-    pid = pid or pair_id(type_a, type_b, same_nat=len(names) == 1)
+    cgnat = {n: spec.sites[n].cgnat.name for n in theory_sites if spec.sites[n].cgnat}
+    pid = pid or pair_id(type_a, type_b, cgnat=cgnat, same_nat=len(names) == 1)
     if not re.fullmatch(r"[A-Za-z0-9@+=._-]{1,120}", str(pid)):
         raise ConfigError(f"bad pair id {pid!r}", hint="letters, digits and @+=._- only")
     return Pair(str(pid), spec, type_a, type_b, _expect(expect))
