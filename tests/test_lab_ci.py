@@ -312,3 +312,23 @@ def test_bad_run_options_exit_2(tmp_path):
     assert result.exit_code == 2 and "PAIR=pass|fail|skip|theory" in result.output
     result = CliRunner().invoke(main, ["lab", "down", "--mine"])
     assert result.exit_code == 2 and "--mine goes with --all" in result.output
+
+
+def test_build_failures_in_a_restricted_container_say_what_to_do():
+    from stunturn_diag.lab.runner import build_hint
+
+    hint = build_hint(["ip", "netns", "add", "stl-1-inet"],
+                      'mount --make-shared /run/netns failed: Permission denied')
+    assert "/run/netns" in hint and "--privileged" in hint
+    hint = build_hint(["ip", "netns", "exec", "x", "sysctl", "-q", "-w", "a=1"],
+                      "sysctl: setting key \"a\": Read-only file system")
+    assert "/proc/sys is read-only" in hint and "systempaths=unconfined" in hint
+    assert build_hint(["ip", "-n", "x", "link", "add"], "RTNETLINK answers: File exists") is None
+
+
+def test_the_documented_plan_file_is_valid():
+    p = plan.load(Path(__file__).resolve().parent.parent / "docs" / "examples" / "nat-plan.toml",
+                  {})
+    assert p.jobs == 2 and p.commands.server_ready == "tcp:9000"
+    assert any(x.id == "both-behind-cgnat" for x in p.pairs)
+    assert {x.expect for x in p.pairs} >= {"theory", "fail"}

@@ -65,6 +65,22 @@ def effective_capabilities() -> int | None:
     return None
 
 
+CONTAINER_HINT = ("in a container: run it with --privileged (or at least --cap-add NET_ADMIN "
+                  "--cap-add SYS_ADMIN and mount rights for /run/netns), see docs/ci.md")
+
+
+def build_hint(argv: Sequence[str], said: str) -> str | None:
+    """What to do when a build step failed the way it does in a restricted container."""
+    text = said.lower()
+    if list(argv[:3]) == ["ip", "netns", "add"] and ("permission" in text or "mount" in text
+                                                    or "read-only" in text):
+        return "`ip netns add` must create and mount /run/netns/NAME; " + CONTAINER_HINT
+    if "sysctl" in argv and "read-only" in text:
+        return ("/proc/sys is read-only here; " + CONTAINER_HINT.replace(
+            "--privileged", "--privileged or --security-opt systempaths=unconfined", 1))
+    return None
+
+
 def new_prefix() -> str:
     """A fresh namespace prefix of the ``stl-`` family, e.g. ``stl-3fa2c1``."""
     return PREFIX_FAMILY + secrets.token_hex(3)
@@ -207,8 +223,9 @@ class Lab:
             for step in self.plan.setup:
                 result = _run(step)
                 if result.returncode != 0 and not step.optional:
+                    said = result.stderr.strip() or result.stdout.strip()
                     raise LabError(f"building lab {self.name} failed at `{' '.join(step.argv)}`: "
-                                   f"{result.stderr.strip() or result.stdout.strip()}")
+                                   f"{said}", hint=build_hint(step.argv, said))
         except BaseException:
             self.down()
             raise
