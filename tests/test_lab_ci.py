@@ -332,3 +332,13 @@ def test_the_documented_plan_file_is_valid():
     assert p.jobs == 2 and p.commands.server_ready == "tcp:9000"
     assert any(x.id == "both-behind-cgnat" for x in p.pairs)
     assert {x.expect for x in p.pairs} >= {"theory", "fail"}
+
+
+@pytest.mark.parametrize("data", [
+    {"types": "full-cone+name=../../etc"},
+    {"pairs": [{"id": "..", "sites": {"a": "full-cone", "b": "full-cone"}}]},
+    {"pairs": [{"id": "a/b", "sites": {"a": "full-cone", "b": "full-cone"}}]},
+])
+def test_pair_ids_cannot_leave_the_log_folder(data):
+    with pytest.raises(ConfigError, match="bad pair id"):
+        plan.plan_from({"a": "x", "b": "y"} | data)

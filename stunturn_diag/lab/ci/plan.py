@@ -46,6 +46,7 @@ READY_FORMS = "none, line, tcp:PORT or udp:PORT"
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 MAX_JOBS = 16
+PAIR_ID = re.compile(r"[A-Za-z0-9@+=._-]{1,120}")
 
 KNOWN_KEYS = {"types", "all", "ordered", "cgnat", "same_nat", "loss", "udp_timeout",
               "delay", "jitter", "protocol", "expect", "expectations", "pairs", "timeout",
@@ -93,6 +94,13 @@ class Pair:
     type_a: str
     type_b: str
     expect: str = "theory"
+
+    def __post_init__(self) -> None:
+        # the id names the pair's log folder: no path separators, no leading dot
+        if not PAIR_ID.fullmatch(self.id) or self.id.startswith("."):
+            raise ConfigError(f"bad pair id {self.id!r}",
+                              hint="1-120 letters, digits and @+=._- (not starting with '.'); "
+                                   "name the pair with id = ... or simplify its types")
 
     @property
     def theory(self) -> dict[str, dict]:
@@ -248,8 +256,6 @@ def pair_of(spec: LabSpec, pid: str | None = None, expect: str = "theory") -> Pa
     type_a, type_b = names[0], names[-1]
     cgnat = {n: spec.sites[n].cgnat.name for n in theory_sites if spec.sites[n].cgnat}
     pid = pid or pair_id(type_a, type_b, cgnat=cgnat, same_nat=len(names) == 1)
-    if not re.fullmatch(r"[A-Za-z0-9@+=._-]{1,120}", str(pid)):
-        raise ConfigError(f"bad pair id {pid!r}", hint="letters, digits and @+=._- only")
     return Pair(str(pid), spec, type_a, type_b, _expect(expect))
 
 
