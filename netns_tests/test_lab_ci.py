@@ -321,3 +321,25 @@ def test_kill_9_runner_then_down_mine_removes_only_its_own(tmp_path):
         (tmp_path / "next.err").read_text()
     assert (facts["live_final"], facts["other_final"], facts["plain_final"]) == ("0", "6", "6")
     assert facts["total_final"] == "0"
+
+
+@pytest.mark.parametrize("ready", ["udp:5000", "line"])
+def test_server_readiness_and_a_server_that_dies(tmp_path, ready):
+    server = (f"{PY} -c \"import socket, time; s = socket.socket(2, 2); "
+              "s.bind(('{server_ip}', 5000)); print('up', flush=True); time.sleep(60)\"")
+    proc = _cli(tmp_path, "run", "--server", server, "--server-ready", ready,
+                "--a", "true", "--b", "true", "--json", "--logdir", "logs")
+    res = json.loads(proc.stdout)
+    record_lab(res["lab"])
+    assert proc.returncode == 0 and res["status"] == "passed", proc.stderr
+    assert res["commands"]["server"]["stopped"] and res["commands"]["server"]["node"] == "srv"
+    assert Path(res["commands"]["server"]["stdout"]).read_text() == "up\n"
+    proc = _cli(tmp_path, "run", "--server", "echo dying >&2; exit 4", "--server-ready", ready,
+                "--a", "true", "--b", "true", "--json", "--logdir", "logs")
+    res = json.loads(proc.stdout)
+    record_lab(res["lab"])
+    assert _ours(res["lab"]) == []
+    assert proc.returncode == 1 and res["status"] == "error"
+    assert "the server command exited 4 before it was ready" in res["error"]
+    assert set(res["commands"]) == {"server"}
+    assert Path(res["commands"]["server"]["stderr"]).read_text() == "dying\n"
