@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from ... import sysdeps
 from ...errors import LabUnavailable
 from ..topology import INET, Topology
 
@@ -40,10 +41,10 @@ def netem_steps(topology: Topology, delay_ms: float,
 
 def check_netem() -> None:
     """Raise LabUnavailable unless a netem qdisc can be added here."""
-    for tool, package in (("tc", "iproute2"), ("unshare", "util-linux")):
+    for tool in ("tc", "unshare"):
         if shutil.which(tool) is None:
             raise LabUnavailable(f"--delay/--jitter need the '{tool}' command",
-                                 hint=f"apt-get install {package}")
+                                 hint=f"apt-get install {sysdeps.tool(tool).package}")
     try:
         proc = subprocess.run(["unshare", "--net", "tc", "qdisc", "add", "dev", "lo", "root",
                                *_netem_args(1, 0)], capture_output=True, text=True, timeout=20)
