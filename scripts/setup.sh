@@ -30,6 +30,8 @@ APT_PACKAGES=(
     nftables:nft
     iproute2:ip
     procps:sysctl
+    iproute2:ss
+    iproute2:tc
     util-linux:setpriv
     util-linux:unshare
     coturn:turnserver

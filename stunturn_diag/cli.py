@@ -20,7 +20,9 @@ class DomainErrorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except StunturnError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
 
 
 @click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,8 @@ class StunturnError(Exception):
 
     #: stable, machine-readable code (used in ``--json`` output)
     code = "error"
+    #: the CLI's exit status for this error
+    exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -46,6 +48,13 @@ class ConfigError(StunturnError):
     """A setting or option value is invalid."""
 
     code = "config"
+
+
+class PlanError(ConfigError):
+    """A ``lab run`` / ``lab matrix`` plan (options or plan file) is invalid: exit 2."""
+
+    code = "plan"
+    exit_code = 2
 
 
 class PrivilegeError(StunturnError):
@@ -121,3 +130,11 @@ class LabError(StunturnError):
     """Building, using or tearing down a NAT lab failed."""
 
     code = "lab"
+
+
+class LabUnavailable(LabError):
+    """``lab run`` / ``lab matrix`` cannot run here (no root, a missing tool or
+    capability, no ``sch_netem`` for --delay/--jitter): exit 2, before any lab is built."""
+
+    code = "lab-unavailable"
+    exit_code = 2

@@ -30,8 +30,11 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ip", "iproute2", "lab: namespaces, links, addresses, routes"),
     Tool("nft", "nftables", "lab: the NAT and filter rules"),
     Tool("sysctl", "procps", "lab: forwarding and conntrack settings"),
+    Tool("ss", "iproute2", "lab run/matrix: waiting until the server command listens"),
+    Tool("tc", "iproute2", "lab run/matrix: --delay/--jitter (netem qdiscs) and the netem check"),
     Tool("setpriv", "util-linux", "dropping privileges: punch's unprivileged self-test, unprivileged tests"),
-    Tool("unshare", "util-linux", "tests: a private mount namespace for `lab down --all`"),
+    Tool("unshare", "util-linux", "tests: a private mount namespace for `lab down --all`; "
+         "lab run/matrix: a throwaway network namespace for the netem check"),
     Tool("turnserver", "coturn", "interop tests and the benchmark: an RFC 5780 STUN server"),
     Tool("turnutils_stunclient", "coturn", "interop tests: coturn's STUN client"),
     Tool("turnutils_natdiscovery", "coturn", "interop tests and the benchmark: coturn's NAT discovery"),
@@ -42,6 +45,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("sleep", "coreutils", "lab tests: a long-running process in a namespace", essential=True),
     Tool("true", "coreutils", "lab tests: a process that exits at once", essential=True),
     Tool("bash", "bash", "scripts, and the private-mount-namespace lab test", essential=True),
+    Tool("sh", "dash", "lab run/matrix: runs each given command line", essential=True),
+    Tool("hostname", "hostname", "lab run tests: a host's addresses", essential=True),
 )
 
 #: Debian packages setup.sh itself needs that provide no program the code runs

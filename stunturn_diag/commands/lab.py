@@ -30,14 +30,26 @@ def _sites(site_a: str | None, site_b: str | None, same_nat: bool) -> tuple[str,
     return site_a or "port-restricted", None if same_nat else site_b or "full-cone"
 
 
+def _site_options(func):
+    """--site-a/--site-b/--cgnat/--same-nat of `lab up`, `lab demo` and `lab run`."""
+    options = [
+        click.option("--site-a", default=None, show_default="port-restricted", metavar="TYPE",
+                     help="NAT of site a: a catalogue name (see `lab catalogue`), optionally "
+                          "TYPE+flag+key=value (e.g. port-restricted+hairpin, full-cone+loss=5)."),
+        click.option("--site-b", default=None, show_default="full-cone", metavar="TYPE",
+                     help="NAT of site b."),
+        click.option("--cgnat", multiple=True, metavar="SITE",
+                     help="Put a carrier-grade NAT (100.64.0.0/10) in front of this site."),
+        click.option("--same-nat", is_flag=True,
+                     help="Two hosts (a1, a2) behind site a's NAT, no site b."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @command.command("up")
-@click.option("--site-a", default=None, show_default="port-restricted", metavar="NAT",
-              help="NAT type of site a (see `lab catalogue`).")
-@click.option("--site-b", default=None, show_default="full-cone", metavar="NAT",
-              help="NAT type of site b.")
-@click.option("--cgnat", multiple=True, metavar="SITE",
-              help="Put a carrier-grade NAT (100.64.0.0/10) in front of this site.")
-@click.option("--same-nat", is_flag=True, help="Two hosts (a1, a2) behind site a's NAT, no site b.")
+@_site_options
 @click.option("--spec", "spec_file", type=click.Path(dir_okay=False),
               help="Read the lab from a JSON or TOML spec instead.")
 @click.option("--json", "as_json", is_flag=True)
@@ -72,14 +84,20 @@ def up_cmd(site_a, site_b, cgnat, same_nat, spec_file, as_json) -> None:
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True,
               help="Remove every namespace whose name starts with 'stl-' (crash cleanup).")
+@click.option("--mine", is_flag=True,
+              help="With --all: only labs of your own `lab run`/`lab matrix` runs whose "
+                   "runner is gone (never a live run's, another user's or a `lab up` lab).")
 @click.option("--json", "as_json", is_flag=True)
-def down_cmd(name, all_, as_json) -> None:
+def down_cmd(name, all_, mine, as_json) -> None:
     """Tear down lab NAME, or every lab with --all."""
     from ..lab import down, down_all
+    from ..lab.ci.owner import down_mine
 
+    if mine and not all_:
+        raise click.UsageError("--mine goes with --all")
     if bool(name) == all_:
         raise click.UsageError("give a lab NAME or --all (exactly one)")
-    gone = down_all() if all_ else down(name)
+    gone = (down_mine() if mine else down_all()) if all_ else down(name)
     if as_json:
         emit_json({"removed": gone})
     else:
@@ -145,14 +163,8 @@ def catalogue_cmd(as_json) -> None:
 
 
 @command.command("demo")
-@click.option("--site-a", default=None, show_default="port-restricted", metavar="NAT",
-              help="NAT type of site a (see `lab catalogue`).")
-@click.option("--site-b", default=None, show_default="full-cone", metavar="NAT",
-              help="NAT type of site b.")
+@_site_options
 @click.option("--protocol", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
-@click.option("--cgnat", multiple=True, metavar="SITE",
-              help="Put a carrier-grade NAT in front of this site.")
-@click.option("--same-nat", is_flag=True, help="Both peers (a1, a2) behind site a's NAT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, as_json) -> None:
     """Server + probe from each site + a punch from site a to site b that carries a
@@ -167,3 +179,142 @@ def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, as_json) -> None:
     else:
         click.echo(render(report))
     sys.exit(0 if report["ok"] else 1)
+
+
+def _program_options(func):
+    """Options shared by `lab run` and `lab matrix`: the commands, limits, impairments."""
+    options = [
+        click.option("--server", "server", metavar="CMD",
+                     help="Shell command run on the server host first (placeholders: "
+                          "{server_ip} {alt_ip} {a_public_ip} {b_public_ip} {key} {type_a} "
+                          "{type_b} {logdir}).",),
+        click.option("--server-ready", metavar="FORM",
+                     help="Wait for the server before the peers: none, line (its first "
+                          "output line), tcp:PORT or udp:PORT (a socket listens).  [default: none]"),
+        click.option("--a", "a", metavar="CMD",
+                     help="Shell command of peer a (on a1); also {peer_public_ip}."),
+        click.option("--b", "b", metavar="CMD",
+                     help="Shell command of peer b (on b1, or a2 with --same-nat)."),
+        click.option("--timeout", type=float, metavar="S",
+                     help="Seconds for the server to be ready and both peers to exit.  [default: 60]"),
+        click.option("--proto", "protocol", type=click.Choice(["udp", "tcp"]),
+                     help="The program's transport: whose theory sets expectations.  [default: udp]"),
+        click.option("--loss", type=click.IntRange(0, 100), metavar="PCT",
+                     help="Drop this share of forwarded packets each way on every site NAT."),
+        click.option("--udp-timeout", type=click.IntRange(1, 86400), metavar="S",
+                     help="UDP mapping lifetime of every site NAT."),
+        click.option("--delay", type=click.FloatRange(0, 60000), metavar="MS",
+                     help="Added delay on each site's internet link, each way (needs sch_netem)."),
+        click.option("--jitter", type=click.FloatRange(0, 60000), metavar="MS",
+                     help="Jitter of that delay (needs sch_netem)."),
+        click.option("--logdir", default="stunturn-lab-logs", show_default=True,
+                     type=click.Path(file_okay=False),
+                     help="Folder for per-pair logs (PAIR/{server,a,b}.{out,err}, result.json) "
+                          "and results.md / results.jsonl."),
+        click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Also write JUnit XML (one test case per pair, logs attached)."),
+        click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _program(server, server_ready, a, b, timeout, protocol, loss, udp_timeout, delay,
+             jitter) -> dict:
+    return {"server": server, "server_ready": server_ready, "a": a, "b": b,
+            "timeout": timeout, "protocol": protocol, "loss": loss,
+            "udp_timeout": udp_timeout, "delay": delay, "jitter": jitter}
+
+
+@command.command("run")
+@_site_options
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False),
+              help="The lab from a JSON/TOML lab spec (two sites, or one with hosts = 2).")
+@click.option("--expect", type=click.Choice(["pass", "fail", "theory"]), default="pass",
+              show_default=True, help="pass: both peers must exit 0; fail: they must not.")
+@_program_options
+def run_cmd(site_a, site_b, cgnat, same_nat, spec_file, expect, as_json, logdir, junit,
+            **program) -> None:
+    """Run your server and two peers through one NAT pair (exit 0: as expected)."""
+    from ..lab.ci.runner import load_plan, run_matrix
+    from ..lab.ci.report import render_run
+    from ..lab.spec import read_file
+
+    if spec_file and (site_a or site_b or cgnat or same_nat):
+        raise click.UsageError("--spec describes the whole lab; drop --site-a/--site-b/"
+                               "--cgnat/--same-nat")
+    options = _program(**program) | {"expect": expect}
+    if spec_file:
+        options["pairs"] = [{"sites": read_file(spec_file, "lab spec").get("sites")}]
+    else:
+        site_a, site_b = _sites(site_a, site_b, same_nat)
+        options["pairs"] = [{"sites": _pair_sites(site_a, site_b, cgnat, same_nat)}]
+    outcome = run_matrix(load_plan(None, options), logdir=logdir, junit=junit,
+                         progress=progress)
+    res = outcome["results"][0]
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(render_run(res))
+    sys.exit(0 if outcome["summary"]["ok"] else 1)
+
+
+def _pair_sites(site_a: str, site_b: str | None, cgnat, same_nat: bool) -> dict:
+    sites = {"a": {"nat": site_a, "hosts": 2 if same_nat else 1}}
+    if site_b is not None:
+        sites["b"] = {"nat": site_b}
+    for name in cgnat:
+        if name not in sites:
+            raise click.UsageError(f"--cgnat {name}: no such site ({', '.join(sites)})")
+        sites[name]["cgnat"] = True
+    return sites
+
+
+@command.command("matrix")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
+              help="A committed test plan (TOML/JSON): types, pairs, expectations, commands; "
+                   "options given here win.")
+@click.option("--types", metavar="T1,T2,...",
+              help="NAT types to pair (TYPE+flag syntax as for `lab run --site-a`).")
+@click.option("--all", "all_", is_flag=True, default=None, help="Every catalogue type.")
+@click.option("--ordered", is_flag=True, default=None,
+              help="Every (A, B) order, not only A <= B.")
+@click.option("--cgnat", multiple=True, metavar="SITE",
+              help="A carrier-grade NAT in front of this site of every pair.")
+@click.option("--same-nat", is_flag=True, default=None,
+              help="Also run both peers behind one NAT of each type.")
+@click.option("--expect", type=click.Choice(["theory", "pass", "fail"]),
+              help="theory: pairs that can be punched must connect, the others are "
+                   "skipped test cases.  [default: theory]")
+@click.option("--expect-pair", multiple=True, metavar="PAIR=EXPECT",
+              help="Expectation of one pair (pass, fail, skip, theory), e.g. "
+                   "port-restricted--port-restricted=fail.")
+@click.option("--jobs", type=click.IntRange(1, 16), help="Pairs at a time.  [default: 1]")
+@_program_options
+def matrix_cmd(plan_file, types, all_, ordered, cgnat, same_nat, expect, expect_pair, jobs,
+               as_json, logdir, junit, **program) -> None:
+    """Run your server and two peers over every (A, B) pair of NAT types (exit 0: every
+    expected pair passed). Writes a Markdown table, JSON lines and optionally JUnit XML."""
+    from ..lab.ci.report import json_lines
+    from ..lab.ci.runner import load_plan, run_matrix
+
+    expectations = {}
+    for item in expect_pair:
+        pid, eq, value = item.partition("=")
+        if not eq:
+            raise click.UsageError(f"--expect-pair {item!r}: write PAIR=pass|fail|skip|theory")
+        expectations[pid] = value
+    options = _program(**program) | {
+        "types": types, "all": all_, "ordered": ordered, "cgnat": list(cgnat) or None,
+        "same_nat": same_nat, "expect": expect, "jobs": jobs,
+        "expectations": expectations or None}
+    outcome = run_matrix(load_plan(plan_file, options), logdir=logdir, junit=junit,
+                         progress=progress)
+    if as_json:
+        click.echo(json_lines(outcome["results"]), nl=False)
+    else:
+        click.echo(open(outcome["files"]["markdown"]).read(), nl=False)
+    for kind, path in outcome["files"].items():
+        progress(f"{kind}: {path}")
+    sys.exit(0 if outcome["summary"]["ok"] else 1)

@@ -11,21 +11,18 @@ down (also on Ctrl-C or SIGTERM; after ``kill -9``, ``stunturn-diag lab down --a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from .runner import Lab, check_prerequisites
+from .runner import Lab, check_prerequisites, sigterm_interrupts
 from .spec import LabSpec
 
 HTTP_PORT = 8080
@@ -118,27 +115,8 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
     """
     spec = LabSpec.simple(site_a, site_b, cgnat=cgnat, same_nat=same_nat)
     check_prerequisites()
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         return _run_demo(spec, protocol, progress)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM/SIGHUP raise KeyboardInterrupt while the demo runs, so the lab's context
-    manager tears it down (only possible in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> dict:

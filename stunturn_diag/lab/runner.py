@@ -7,8 +7,10 @@ namespace of the ``stl-`` family, e.g. after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import threading
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,6 @@ from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
 from . import state
 from .compiler import LabPlan, Step, compile_lab
-from .nat import stacked_expected
 from .spec import LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 
@@ -61,6 +62,22 @@ def effective_capabilities() -> int | None:
                     return int(line.split()[1], 16)
     except (OSError, ValueError, IndexError):
         return None
+    return None
+
+
+CONTAINER_HINT = ("in a container: run it with --privileged (or at least --cap-add NET_ADMIN "
+                  "--cap-add SYS_ADMIN and mount rights for /run/netns), see docs/ci.md")
+
+
+def build_hint(argv: Sequence[str], said: str) -> str | None:
+    """What to do when a build step failed the way it does in a restricted container."""
+    text = said.lower()
+    if list(argv[:3]) == ["ip", "netns", "add"] and ("permission" in text or "mount" in text
+                                                    or "read-only" in text):
+        return "`ip netns add` must create and mount /run/netns/NAME; " + CONTAINER_HINT
+    if "sysctl" in argv and "read-only" in text:
+        return ("/proc/sys is read-only here; " + CONTAINER_HINT.replace(
+            "--privileged", "--privileged or --security-opt systempaths=unconfined", 1))
     return None
 
 
@@ -156,6 +173,25 @@ def down_all() -> list[str]:
     return gone
 
 
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM/SIGHUP raise KeyboardInterrupt while the block runs, so labs' context
+    managers tear them down (only possible in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Lab:
     """A built NAT lab. ``with Lab(spec) as lab: ...`` builds it and always tears it down."""
 
@@ -187,8 +223,9 @@ class Lab:
             for step in self.plan.setup:
                 result = _run(step)
                 if result.returncode != 0 and not step.optional:
+                    said = result.stderr.strip() or result.stdout.strip()
                     raise LabError(f"building lab {self.name} failed at `{' '.join(step.argv)}`: "
-                                   f"{result.stderr.strip() or result.stdout.strip()}")
+                                   f"{said}", hint=build_hint(step.argv, said))
         except BaseException:
             self.down()
             raise
@@ -276,10 +313,7 @@ class Lab:
     def expected(self, site: str) -> dict:
         """Ground truth seen from a host of ``site``: its NAT's ``NatSpec.expected``, or
         for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
-        spec = self.spec.sites[self._site(site).name]
-        if spec.cgnat is not None:
-            return stacked_expected(spec.nat, spec.cgnat)
-        return spec.nat.expected
+        return self.spec.sites[self._site(site).name].expected
 
     def netns(self, node: str) -> str:
         if node not in self.topology.nodes:

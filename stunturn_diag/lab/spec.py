@@ -17,11 +17,19 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .catalogue import lookup
-from .nat import NatSpec
+from .nat import NatSpec, stacked_expected
 
 MAX_SITES = 8
 MAX_HOSTS = 8
 _SITE_NAME = re.compile(r"^[a-z][a-z0-9]{0,3}$")
+
+
+def check_keys(data: dict, known, what: str) -> None:
+    """ConfigError naming the keys of ``data`` that are not ``known`` (and the known ones)."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s): {', '.join(unknown)}",
+                          hint=f"known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,14 @@ class SiteSpec:
     nat: NatSpec
     hosts: int = 1
     cgnat: NatSpec | None = None
+
+    @property
+    def expected(self) -> dict:
+        """Ground truth seen from a host of this site: the NAT's ``NatSpec.expected``, or
+        behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
+        if self.cgnat is not None:
+            return stacked_expected(self.nat, self.cgnat)
+        return self.nat.expected
 
     def to_dict(self) -> dict:
         return {"nat": self.nat.to_dict(), "hosts": self.hosts,
@@ -43,10 +59,7 @@ class SiteSpec:
             return cls(nat=nat_from(data))
         if not isinstance(data, dict):
             raise ConfigError(f"a site must be a NAT name or a table, got {data!r}")
-        unknown = sorted(set(data) - {"nat", "hosts", "cgnat"})
-        if unknown:
-            raise ConfigError(f"unknown site setting(s): {', '.join(unknown)}",
-                              hint="known: nat, hosts, cgnat")
+        check_keys(data, ("nat", "hosts", "cgnat"), "site")
         cgnat = data.get("cgnat")
         return cls(nat=nat_from(data.get("nat", "port-restricted")),
                    hosts=data.get("hosts", 1),
@@ -54,11 +67,49 @@ class SiteSpec:
                        "port-restricted" if cgnat is True else cgnat))
 
 
+#: short names of NatSpec fields in the ``TYPE+flag+key=value`` syntax
+FLAG_ALIASES = {"loss": "loss_percent", "firewall": "input_firewall", "syn": "tcp_unsolicited"}
+
+
+def parse_nat_token(token: str) -> dict:
+    """``"port-restricted+hairpin+loss=5"`` -> ``{"base": "port-restricted", "hairpin": True,
+    "loss_percent": 5}`` (pure; the dict form :func:`nat_from` takes).
+
+    After the catalogue name, each ``+`` part sets a NatSpec field (``-`` or ``_`` in
+    names): ``+flag`` is True, ``+no-flag`` False, ``+key=value`` an integer, true/false
+    or text; ``loss``, ``firewall`` and ``syn`` are short for ``loss_percent``,
+    ``input_firewall`` and ``tcp_unsolicited``.
+    """
+    base, *parts = token.strip().split("+")
+    out: dict = {"base": base}
+    for part in parts:
+        key, eq, raw = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise ConfigError(f"NAT type {token!r}: empty flag after '+'",
+                              hint="write TYPE+flag or TYPE+key=value, e.g. full-cone+no-hairpin")
+        value: object
+        if eq:
+            raw = raw.strip()
+            value = (int(raw) if re.fullmatch(r"-?\d+", raw) else
+                     {"true": True, "false": False}.get(raw.lower(), raw))
+        elif key.startswith("no_"):
+            key, value = key[3:], False
+        else:
+            value = True
+        out[FLAG_ALIASES.get(key, key)] = value
+    return out
+
+
 def nat_from(value: str | dict | NatSpec) -> NatSpec:
-    """A NatSpec from a catalogue name, a dict (optionally ``{"base": name, ...}``) or itself."""
+    """A NatSpec from a catalogue name (optionally with ``+flag`` s, see
+    :func:`parse_nat_token`), a dict (optionally ``{"base": name, ...}``) or itself."""
     if isinstance(value, NatSpec):
         return value
     if isinstance(value, str):
+        if "+" in value:
+            data = parse_nat_token(value)
+            return nat_from(data | {"name": value.strip()})
         return lookup(value)
     if isinstance(value, dict):
         data = dict(value)
@@ -70,6 +121,20 @@ def nat_from(value: str | dict | NatSpec) -> NatSpec:
             merged["name"] = f"{base}*"
         return NatSpec.from_dict(merged)
     raise ConfigError(f"a NAT must be a catalogue name or a table, got {value!r}")
+
+
+def read_file(path: str | Path, what: str) -> dict:
+    """The table in a ``.toml`` file, else the JSON document (ConfigError naming ``what``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid "
+                          f"{'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -115,26 +180,16 @@ class LabSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> "LabSpec":
         """Read a ``.json`` or ``.toml`` spec file."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read lab spec {path}: {exc.strerror}") from None
-        try:
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"lab spec {path} is not valid "
-                              f"{'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_file(path, "lab spec"))
 
     @classmethod
     def simple(cls, site_a: str = "port-restricted", site_b: str | None = "full-cone", *,
                cgnat: tuple[str, ...] = (), same_nat: bool = False) -> "LabSpec":
         """The CLI's shape: sites a and b by catalogue name; ``same_nat`` puts two hosts
         behind site a's NAT instead of a site b."""
-        sites = {"a": SiteSpec(nat=lookup(site_a), hosts=2 if same_nat else 1)}
+        sites = {"a": SiteSpec(nat=nat_from(site_a), hosts=2 if same_nat else 1)}
         if site_b is not None and not same_nat:
-            sites["b"] = SiteSpec(nat=lookup(site_b))
+            sites["b"] = SiteSpec(nat=nat_from(site_b))
         for name in cgnat:
             if name not in sites:
                 raise ConfigError(f"--cgnat {name}: no such site", hint=f"sites: {', '.join(sites)}")
