@@ -138,3 +138,16 @@ class LabUnavailable(LabError):
 
     code = "lab-unavailable"
     exit_code = 2
+
+
+class PortMapDecodeError(StunturnError, ValueError):
+    """Bytes are not a well-formed PCP (RFC 6887) / NAT-PMP (RFC 6886) message, or an
+    UPnP IGD answer (SSDP, device description, SOAP) could not be understood."""
+
+    code = "portmap-decode"
+
+
+class PortMapEncodeError(StunturnError, ValueError):
+    """A PCP / NAT-PMP request cannot be encoded (a field out of range)."""
+
+    code = "portmap-encode"
