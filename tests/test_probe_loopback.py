@@ -258,7 +258,8 @@ def test_json_keys_are_the_same_in_every_mode(server, result):
     docs = [result.to_json(), run_probe(stun=f"{primary['ip']}:{primary['port']}").to_json(),
             run_probe(f"http://127.0.0.1:{_closed_port()}").to_json()]
     top = {"schema", "schema_version", "status", "exit_code", "nat", "public_ip", "local_ip", "elapsed_ms",
-           "server", "udp", "tcp", "nat_layers", "undetermined", "skipped", "failed", "notes", "timings", "probes"}
+           "server", "udp", "tcp", "nat_layers", "undetermined", "skipped", "failed", "notes", "timings", "probes",
+           "port_mapping"}
     for j in docs:
         assert set(j) == top
         assert set(UDP_KEYS) <= set(j["udp"]), set(UDP_KEYS) - set(j["udp"])

@@ -37,6 +37,9 @@ class NatSpec:
     - ``udp_timeout`` / ``tcp_timeout``: mapping lifetime in seconds (per-netns
       conntrack sysctls ``nf_conntrack_udp_timeout[_stream]`` and
       ``nf_conntrack_tcp_timeout_established``; ``tcp_timeout`` None keeps the kernel's).
+    - ``portmap``: the NAT box runs miniupnpd: ``"all"`` (PCP, NAT-PMP, UPnP IGD),
+      ``"pcp"`` (PCP and NAT-PMP) or ``"upnp"``; None = no mapping service
+      (:mod:`stunturn_diag.lab.portmap`).
     """
 
     name: str = "custom"
@@ -51,6 +54,7 @@ class NatSpec:
     loss_percent: int = 0
     udp_timeout: int = 30
     tcp_timeout: int | None = None
+    portmap: str | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("mapping", Mapping), ("filtering", Filtering),
@@ -98,6 +102,8 @@ class NatSpec:
             raise ConfigError(f"{where}: udp_timeout must be 1..86400 seconds")
         if self.tcp_timeout is not None and not 1 <= self.tcp_timeout <= 864000:
             raise ConfigError(f"{where}: tcp_timeout must be 1..864000 seconds")
+        from .portmap import check as check_portmap
+        check_portmap(self)
 
     @property
     def expected(self) -> dict:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
-from . import state
+from . import portmap_runner, state
 from .compiler import LabPlan, Step, compile_lab
 from .spec import LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
@@ -226,6 +226,7 @@ class Lab:
                     said = result.stderr.strip() or result.stdout.strip()
                     raise LabError(f"building lab {self.name} failed at `{' '.join(step.argv)}`: "
                                    f"{said}", hint=build_hint(step.argv, said))
+            portmap_runner.start(self)      # miniupnpd on +portmap sites (ended at down)
         except BaseException:
             self.down()
             raise
@@ -312,7 +313,8 @@ class Lab:
 
     def expected(self, site: str) -> dict:
         """Ground truth seen from a host of ``site``: its NAT's ``NatSpec.expected``, or
-        for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
+        for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`, plus
+        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`)."""
         return self.spec.sites[self._site(site).name].expected
 
     def netns(self, node: str) -> str:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .catalogue import lookup
 from .nat import NatSpec, stacked_expected
+from .portmap import lookup   # catalogue names, with an optional +portmap/+pcp/+upnp
 
 MAX_SITES = 8
 MAX_HOSTS = 8
@@ -43,10 +43,13 @@ class SiteSpec:
     @property
     def expected(self) -> dict:
         """Ground truth seen from a host of this site: the NAT's ``NatSpec.expected``, or
-        behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`."""
-        if self.cgnat is not None:
-            return stacked_expected(self.nat, self.cgnat)
-        return self.nat.expected
+        behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`, plus
+        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`)."""
+        from .portmap import expected as portmap_expected
+
+        truth = (stacked_expected(self.nat, self.cgnat) if self.cgnat is not None
+                 else self.nat.expected)
+        return truth | {"port_mapping": portmap_expected(self.nat, self.cgnat)}
 
     def to_dict(self) -> dict:
         return {"nat": self.nat.to_dict(), "hosts": self.hosts,

@@ -11,8 +11,9 @@ import ipaddress
 import threading
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
-from ..errors import ProbeError, SignalingError
+from ..errors import ProbeError, SignalingError, StunturnError
 from ..signaling import SignalingClient, parse_server_url
 from .assemble import build, unreachable
 from .endpoints import Endpoints, from_info, parse_hostport
@@ -42,9 +43,65 @@ def _endpoints_from_server(url: str, client: SignalingClient) -> tuple[Endpoints
 
 def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool = True,
               lifetime: float | None = None, pcap: str | None = None, ttl_walk: bool = True,
-              progress: Callable[[str], None] | None = None) -> ProbeResult:
+              progress: Callable[[str], None] | None = None,
+              port_mapping: bool = True) -> ProbeResult:
     """Diagnose this host's NAT. Give ``server`` (our signaling server URL) or ``stun``
     (``HOST[:PORT]`` of any RFC 5780 STUN server; UDP tests only).
+
+    ``port_mapping``: meanwhile ask the default gateway for PCP, NAT-PMP and UPnP IGD
+    (:func:`stunturn_diag.portmap.discover`, ~250 ms when nobody answers) and report
+    it as ``result.port_mapping``.
+    """
+    why_not = _no_gateway_on_path(server, stun) if port_mapping else None
+    asked = _PortMappingQuestion() if port_mapping and why_not is None else None
+    result = _run_probe(server, stun=stun, tcp=tcp, lifetime=lifetime, pcap=pcap,
+                        ttl_walk=ttl_walk, progress=progress)
+    if asked is not None:
+        result.port_mapping = asked.answer(result.public_ip)
+    elif why_not is not None:
+        result.skipped.append({"test": "port_mapping", "reason": why_not})
+    return result
+
+
+def _no_gateway_on_path(server: str | None, stun: str | None) -> str | None:
+    """Why asking the gateway makes no sense: a server on loopback is reached without
+    one (and a test run on this machine must not talk to its real gateway)."""
+    try:
+        host = (urlsplit(parse_server_url(server)).hostname if server is not None
+                else parse_hostport(stun or "")[0])
+    except (ValueError, StunturnError):     # bad input: _run_probe says so
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return "the server is on loopback: no gateway on the path" if loopback else None
+
+
+class _PortMappingQuestion:
+    """:func:`~stunturn_diag.portmap.discover` in a thread beside the probe."""
+
+    def __init__(self) -> None:
+        from ..portmap import discover
+
+        self._found: dict | None = None
+
+        def job() -> None:
+            self._found = discover()
+        self._thread = threading.Thread(target=job, name="probe-portmap", daemon=True)
+        self._thread.start()
+
+    def answer(self, mapped_ip: str | None) -> dict:
+        from ..portmap import assess
+
+        self._thread.join(5.0)
+        return assess(self._found, mapped_ip)
+
+
+def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: float | None,
+               pcap: str | None, ttl_walk: bool,
+               progress: Callable[[str], None] | None) -> ProbeResult:
+    """:func:`run_probe` without the port-mapping question.
 
     ``lifetime``: also measure the UDP binding lifetime, probing up to that many seconds.
     ``pcap``: write the probe's packets there (needs root: a BPF-filtered packet socket).

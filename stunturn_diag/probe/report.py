@@ -126,6 +126,17 @@ def render(r: ProbeResult) -> str:
         out.append("")
         out.append(f"NAT layers seen: {r.layers['count']}" + (" (carrier-grade NAT)" if r.layers.get("cgnat")
                                                             else "") + f" - {r.layers.get('reason')}")
+    pm = r.port_mapping
+    if pm is not None:
+        offered = [name for key, name in (("pcp", "PCP"), ("nat_pmp", "NAT-PMP"), ("upnp", "UPnP IGD"))
+                   if pm.get(key)]
+        out.append("")
+        out.append("Port mapping on the gateway (PCP RFC 6887, NAT-PMP RFC 6886, UPnP IGD): "
+                   + (", ".join(offered) if offered else "none answered")
+                   + (f"; external address {pm['external_ip']}" if pm.get("external_ip") else "")
+                   + ("; usable (it is the STUN-mapped address)" if pm.get("usable") else
+                      "; not usable" if offered else ""))
+        out += [f"      {n}" for n in pm.get("notes", [])]
     out.append("")
     out.append("What this means")
     out += [f"  - {line}" for line in meaning(r)]

@@ -75,6 +75,8 @@ class ProbeResult:
     #: tests that broke outside any verdict (``{"test", "reason"}``): pcap, nat_layers, tcp
     failures: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the gateway's port-mapping services (stunturn_diag.portmap.assess); None = not asked
+    port_mapping: dict | None = None
 
     def value(self, proto: str, name: str) -> Any:
         v = (self.udp if proto == "udp" else self.tcp).get(name)
@@ -158,6 +160,7 @@ class ProbeResult:
             "notes": self.notes,
             "timings": self.timings,
             "probes": self.probes,
+            "port_mapping": self.port_mapping,
         }
 
     def profile(self) -> dict:
