@@ -24,8 +24,10 @@ from ._common import emit_json, progress
               help="Also measure the UDP binding lifetime, probing up to SECONDS in parallel.")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the probe's packets to this pcap file (root).")
+@click.option("--no-port-mapping", is_flag=True,
+              help="Do not ask the gateway for PCP / NAT-PMP / UPnP IGD port mapping.")
 def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, lifetime: float | None,
-            pcap: str | None) -> None:
+            pcap: str | None, no_port_mapping: bool) -> None:
     """Diagnose NAT behaviour against SERVER (http://HOST:PORT of `stunturn-diag serve`)
     or --stun HOST:PORT."""
     from ..probe import run_probe
@@ -36,7 +38,7 @@ def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, l
     if lifetime:
         progress(f"measuring binding lifetime: this takes up to {lifetime:g} s")
     result = run_probe(server, stun=stun, tcp=not no_tcp, lifetime=lifetime, pcap=pcap,
-                       progress=None if as_json else progress)
+                       progress=None if as_json else progress, port_mapping=not no_port_mapping)
     if as_json:
         emit_json(result.to_json())
     else:
