@@ -26,6 +26,9 @@ done
 # (tests/test_system_deps.py checks that both lists match and scans the code for programs
 # it runs). An empty command: a package setup.sh itself needs (sysdeps.SETUP_PACKAGES).
 # libpcap is NOT needed: the probe filters packets with its own classic-BPF programs.
+# miniupnpd-nftables ships only the daemon (no service unit, no debconf question: it
+# "Breaks" the miniupnpd package that has them), so nothing starts on install; the lab
+# starts it per +portmap site inside a namespace (its binary is /usr/sbin/miniupnpd).
 APT_PACKAGES=(
     nftables:nft
     iproute2:ip
@@ -38,6 +41,7 @@ APT_PACKAGES=(
     coturn:turnutils_stunclient
     coturn:turnutils_natdiscovery
     stun-client:stun
+    miniupnpd-nftables:miniupnpd
     python3-venv:
 )
 

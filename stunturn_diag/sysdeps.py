@@ -39,6 +39,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("turnutils_stunclient", "coturn", "interop tests: coturn's STUN client"),
     Tool("turnutils_natdiscovery", "coturn", "interop tests and the benchmark: coturn's NAT discovery"),
     Tool("stun", "stun-client", "interop tests and the benchmark: the Vovida STUN client (RFC 3489)"),
+    Tool("miniupnpd", "miniupnpd-nftables", "lab: PCP, NAT-PMP and UPnP IGD on +portmap sites' NAT boxes"),
     Tool("pystun3", "pystun3", "the benchmark: an RFC 3489 client (pyproject.toml test extra)", source="pip"),
     Tool("python3", "python3", "lab tests and the benchmark: our CLI inside the namespaces", essential=True),
     Tool("cat", "coreutils", "lab tests: reading /proc/net/nf_conntrack in a namespace", essential=True),
