@@ -151,3 +151,11 @@ class PortMapEncodeError(StunturnError, ValueError):
     """A PCP / NAT-PMP request cannot be encoded (a field out of range)."""
 
     code = "portmap-encode"
+
+
+class TurnError(StunturnError):
+    """A TURN (RFC 8656) request cannot be made as asked (bad channel number, no
+    allocation yet), or ChannelData bytes are malformed. A TURN server's error
+    *response* is not raised: the client reports it as an event."""
+
+    code = "turn"
