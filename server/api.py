@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from stunturn_diag import __version__
 
-from . import probe_assist, validation
+from . import probe_assist, turn_offer, validation
 from .config import ServerConfig, format_address
 from .matching import Conflict, Matcher
 from .store import Mailbox
@@ -191,7 +191,8 @@ def _stun_info(state: SignalingState) -> dict:
 def info():
     state = signaling_state()
     return jsonify({"version": __version__, "wait_timeout": state.config.wait_timeout,
-                    "stun": _stun_info(state), "probe_assist": PROBE_ASSIST})
+                    "stun": _stun_info(state), "probe_assist": PROBE_ASSIST,
+                    "turn": turn_offer.info()})
 
 
 @bp.post("/v1/initiate")
@@ -255,7 +256,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         reg.mailbox.close()
     waited = round(state.clock() - started, 3)
     if match is not None:
-        return jsonify(match.initiator_answer())
+        return jsonify(turn_offer.with_credentials(match.initiator_answer()))
     if hung_up:
         log.info("pair hangup key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
                  format_address(*observed), waited)
@@ -289,4 +290,4 @@ def checkin():
     log.info("pair matched key=%s match=%s initiator=%s receiver=%s protocol=%s",
              match.initiator.slot.label, match.match_id, format_address(*match.initiator.observed),
              format_address(*observed), match.protocol)
-    return jsonify(match.receiver_answer())
+    return jsonify(turn_offer.with_credentials(match.receiver_answer()))

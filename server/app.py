@@ -15,7 +15,7 @@ from typing import Callable
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import probe_assist
+from . import probe_assist, turn_offer
 from .api import ApiError, HangupWatcher, SignalingState, bp, no_hangup_watch
 from .config import ServerConfig
 from .matching import KeyHasher, Matcher
@@ -79,5 +79,6 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
     )
     app.register_blueprint(bp)
     probe_assist.init_app(app)
+    turn_offer.init_app(app)
     app.register_error_handler(Exception, handle_error)
     return app

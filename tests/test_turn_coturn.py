@@ -119,3 +119,36 @@ def test_expired_or_forged_rest_credentials_are_refused(coturn):
         with TurnSession(coturn, cred["username"], cred["password"]) as s:
             result = s.allocate()
             assert isinstance(result, TurnFailure) and result.code == 401, result
+
+
+def test_the_credentials_serve_hands_out_relay_between_both_peers(coturn):
+    """Both peers of a match allocate on coturn with the credentials from their match
+    answers and talk relay to relay."""
+    from stunturn_server.app import create_app
+    from stunturn_server.config import ServerConfig
+    from test_server_turn_offer import pair
+
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra={
+        "turn_server": f"{coturn[0]}:{coturn[1]}", "turn_secret": SECRET, "turn_realm": REALM}))
+    init, recv = pair(app)
+    sessions = [TurnSession((a["turn"]["server"]["ip"], a["turn"]["server"]["port"]),
+                            a["turn"]["username"], a["turn"]["password"]) for a in (init, recv)]
+    try:
+        relays = []
+        for s in sessions:
+            allocated = s.allocate()
+            assert isinstance(allocated, Allocated), allocated
+            relays.append(allocated.relayed)
+        for s, other in zip(sessions, reversed(relays)):
+            assert isinstance(s.create_permission(other[0]), PermissionsCreated)
+        sessions[0].send(relays[1], b"initiator -> receiver")
+        got = sessions[1].recv(5.0)
+        assert got is not None and got.data == b"initiator -> receiver" and got.peer == relays[0]
+        sessions[1].send(relays[0], b"receiver -> initiator")
+        got = sessions[0].recv(5.0)
+        assert got is not None and got.data == b"receiver -> initiator" and got.peer == relays[1]
+        for s in sessions:
+            assert s.refresh(0) == Refreshed(0)
+    finally:
+        for s in sessions:
+            s.close()

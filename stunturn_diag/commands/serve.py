@@ -63,9 +63,16 @@ def _describe(handle) -> dict:
               default="INFO", show_default=True,
               help="Logging threshold; INFO logs one line per pairing event (never the key).")
 @click.option("--json", "as_json", is_flag=True, help="Print where it listens as one JSON line.")
+@click.option("--turn-server", metavar="IP:PORT", default=None,
+              help="A TURN relay (e.g. coturn with use-auth-secret) offered to matched peers.")
+@click.option("--turn-secret", metavar="SECRET", envvar="STUNTURN_TURN_SECRET", default=None,
+              help="The relay's static-auth-secret; prefer $STUNTURN_TURN_SECRET (an option "
+                   "shows in ps).")
+@click.option("--turn-realm", metavar="REALM", default=None, help="The relay's realm (told to peers).")
 def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
             max_waiters_per_ip: int, max_connections_per_ip: int | None, no_stun: bool, log_level: str,
-            as_json: bool) -> None:
+            as_json: bool, turn_server: str | None, turn_secret: str | None,
+            turn_realm: str | None) -> None:
     """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
@@ -80,7 +87,10 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
                           alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
                           max_waiters_per_ip=max_waiters_per_ip,
                           max_connections_per_ip=max_connections_per_ip or max(512, 2 * max_waiters_per_ip),
-                          log_level=log_level.upper())
+                          log_level=log_level.upper(),
+                          extra={k: v for k, v in (("turn_server", turn_server),
+                                                   ("turn_secret", turn_secret),
+                                                   ("turn_realm", turn_realm)) if v is not None})
 
     def ready(handle) -> None:
         if as_json:

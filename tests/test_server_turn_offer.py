@@ -1,0 +1,96 @@
+"""`serve --turn-server/--turn-secret`: both peers of a match, and nobody else, get
+short-lived TURN REST credentials; /v1/info only says a relay is offered."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import pytest
+
+from stunturn_diag.errors import ConfigError
+from stunturn_server.app import create_app
+from stunturn_server.config import ServerConfig
+
+KEY = "k3y-for-turn-tests"
+RECEIVER_IP, INITIATOR_IP = "203.0.113.7", "198.51.100.10"
+SECRET = "relay-secret"
+TURN = {"turn_server": "198.51.100.10:3478", "turn_secret": SECRET, "turn_realm": "stunturn.test"}
+
+
+def _post(client, path, body, remote):
+    return client.post(path, data=json.dumps(body), content_type="application/json",
+                       environ_overrides={"REMOTE_ADDR": remote, "REMOTE_PORT": "4242"})
+
+
+def pair(app, receiver_ip: str = RECEIVER_IP, initiator_ip: str = INITIATOR_IP) -> tuple[dict, dict]:
+    """Initiator (long-poll in a thread) and receiver through the test client:
+    (initiator answer, receiver answer)."""
+    box = {}
+    body = {"access_key": KEY, "target_ip": receiver_ip, "protocol": "udp", "timeout": 10}
+    thread = threading.Thread(target=lambda: box.setdefault(
+        "init", _post(app.test_client(), "/v1/initiate", body, initiator_ip)))
+    thread.start()
+    client = app.test_client()
+    deadline = time.monotonic() + 10
+    while client.get("/healthz").get_json()["waiting"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    recv = _post(client, "/v1/checkin", {"access_key": KEY}, receiver_ip)
+    thread.join(10)
+    assert recv.status_code == 200 and box["init"].status_code == 200
+    return box["init"].get_json(), recv.get_json()
+
+
+def test_info_says_whether_a_relay_is_offered():
+    plain = create_app(ServerConfig(stun_enabled=False)).test_client().get("/v1/info").get_json()
+    assert plain["turn"] == {"enabled": False, "transports": []}
+    offered = create_app(ServerConfig(stun_enabled=False, extra=TURN)).test_client()
+    info = offered.get("/v1/info").get_json()
+    assert info["turn"] == {"enabled": True, "transports": ["udp"]}
+    assert SECRET not in json.dumps(info) and "password" not in json.dumps(info)
+
+
+def test_both_peers_get_their_own_short_lived_credentials():
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra=TURN))
+    before = int(time.time())
+    init, recv = pair(app)
+    for answer in (init, recv):
+        turn = answer["turn"]
+        assert turn["server"] == {"ip": "198.51.100.10", "port": 3478}
+        assert turn["urls"] == ["turn:198.51.100.10:3478?transport=udp"]
+        assert turn["realm"] == "stunturn.test" and turn["ttl"] == 600
+        expiry, _, rid = turn["username"].partition(":")
+        assert before + 600 <= int(expiry) == turn["expires"] <= int(time.time()) + 600 and rid
+        want = base64.b64encode(hmac.new(SECRET.encode(), turn["username"].encode(),
+                                         hashlib.sha1).digest()).decode()
+        assert turn["password"] == want
+        assert SECRET not in json.dumps(answer)
+    assert init["turn"]["username"] != recv["turn"]["username"]
+
+
+def test_no_credentials_without_a_match_or_without_a_relay():
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=0.05, extra=TURN))
+    client = app.test_client()
+    miss = _post(client, "/v1/checkin", {"access_key": KEY}, RECEIVER_IP)
+    late = _post(client, "/v1/initiate", {"access_key": KEY, "target_ip": RECEIVER_IP,
+                                          "protocol": "udp", "timeout": 0.05}, INITIATOR_IP)
+    assert (miss.status_code, late.status_code) == (404, 408)
+    assert "turn" not in miss.get_json() and "turn" not in late.get_json()
+    init, recv = pair(create_app(ServerConfig(stun_enabled=False, wait_timeout=10)))
+    assert "turn" not in init and "turn" not in recv
+
+
+@pytest.mark.parametrize("extra,why", [
+    ({"turn_server": "198.51.100.10:3478"}, "both"),
+    ({"turn_secret": "x"}, "both"),
+    ({"turn_server": "relay.example:3478", "turn_secret": "x"}, "IP:PORT"),
+    ({"turn_server": "198.51.100.10:0", "turn_secret": "x"}, "1..65535"),
+    ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_ttl": 5}, "turn_ttl"),
+])
+def test_bad_relay_settings_fail_at_start(extra, why):
+    with pytest.raises(ConfigError, match=why):
+        create_app(ServerConfig(stun_enabled=False, extra=extra))
