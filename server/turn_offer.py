@@ -55,7 +55,7 @@ def parse_offer(extra: dict, wall_clock: Callable[[], float] = time.time) -> Tur
     if server is None and secret is None:
         return None
     if not server or not secret:
-        raise ConfigError("a TURN relay needs both --turn-server HOST:PORT and --turn-secret",
+        raise ConfigError("a TURN relay needs both --turn-server IP:PORT and --turn-secret",
                           hint="the secret is coturn's static-auth-secret")
     host, sep, port_text = str(server).rpartition(":")
     host = host.strip("[]")
@@ -64,7 +64,7 @@ def parse_offer(extra: dict, wall_clock: Callable[[], float] = time.time) -> Tur
         port = int(port_text)
     except ValueError:
         raise ConfigError(f"--turn-server must be IP:PORT, got {server!r}",
-                          hint="e.g. 198.51.100.10:3478 (a numeric address the peers can reach)") from None
+                          hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
     if not sep or not 1 <= port <= 65535:
         raise ConfigError(f"--turn-server port must be 1..65535, got {server!r}")
     ttl = extra.get("turn_ttl", DEFAULT_TTL)
