@@ -85,6 +85,17 @@ def test_probe_reports_port_mapping_on_a_symmetric_nat_and_none_without():
             os.kill(pid, 0)
 
 
+def test_behind_a_cgnat_the_gateway_answers_but_is_not_usable():
+    spec = LabSpec.simple("port-restricted+portmap", "full-cone", cgnat=("a",))
+    with Lab(spec) as lab:
+        got = _probe(lab, _serve(lab))
+        pm = got["port_mapping"]
+        assert _truth(pm) == lab.expected("a")["port_mapping"] == \
+            {"pcp": True, "nat_pmp": True, "upnp": True, "usable": False}, pm
+        assert pm["external_ip"] != got["public_ip"] == lab.site_public_ip("a")
+        assert pm["evidence"]["nat_pmp"]["result"] == "NETWORK_FAILURE"
+
+
 @pytest.mark.parametrize("method", ["pcp", "nat-pmp", "upnp"])
 def test_a_mapping_lets_unsolicited_udp_reach_the_host(method):
     spec = LabSpec.simple("symmetric-random+portmap", "full-cone")

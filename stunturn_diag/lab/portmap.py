@@ -86,19 +86,22 @@ def expected(nat, outer=None) -> dict:
     return {**offered, "usable": any(offered.values()) and outer is None}
 
 
-def config(mode: str, *, lan_if: str, lan_net: str, wan_if: str, stun_host: str,
+def config(mode: str, *, lan_if: str, lan_net: str, wan_if: str, stun_host: str | None,
            uuid: str | None = None) -> str:
-    """miniupnpd.conf text (options as in miniupnpd 2.3's sample configuration)."""
+    """miniupnpd.conf text (options as in miniupnpd 2.3's sample configuration).
+    ``stun_host`` None: no STUN check (a NAT box behind a CGNAT: miniupnpd then sees its
+    private WAN address, says port forwarding is impossible and reports that address,
+    as a real gateway behind a carrier-grade NAT does)."""
     on = protocols(mode)
+    stun = ([] if stun_host is None else
+            ["ext_perform_stun=yes", f"ext_stun_host={stun_host}", f"ext_stun_port={STUN_PORT}"])
     lines = [
         f"ext_ifname={wan_if}",
         f"listening_ip={lan_if}",
         f"http_port={HTTP_PORT}",
         f"enable_natpmp={'yes' if on['nat_pmp'] else 'no'}",
         f"enable_upnp={'yes' if on['upnp'] else 'no'}",
-        "ext_perform_stun=yes",
-        f"ext_stun_host={stun_host}",
-        f"ext_stun_port={STUN_PORT}",
+        *stun,
         "secure_mode=yes",
         "system_uptime=no",
         f"min_lifetime={MIN_LIFETIME}",
@@ -142,8 +145,8 @@ READY_LINES = {"nat_pmp": "Listening for NAT-PMP/PCP traffic on port",
                "stun": "STUN: ext interface"}      # the check's verdict, either way
 
 
-def ready(mode: str, log: str) -> bool:
+def ready(mode: str, log: str, *, stun: bool = True) -> bool:
     """Whether miniupnpd's log says every service of ``mode`` is up (pure)."""
     on = protocols(mode)
-    want = ["stun"] + [k for k in ("nat_pmp", "upnp") if on[k]]
+    want = ["stun"] * stun + [k for k in ("nat_pmp", "upnp") if on[k]]
     return all(READY_LINES[k] in log for k in want)

@@ -73,15 +73,16 @@ def _start_site(lab, name: str, work: Path) -> None:
     lan_net = str(ipaddress.ip_network(f"{site.lan_gateway}/{site.lan_prefixlen}", strict=False))
     lab.exec(node, ["nft", "-f", "-"], input=portmap.ruleset(WAN, site.nat_wan_ip), check=True)
     conf = work / f"{name}.conf"
+    behind_cgnat = site.cgnat_node is not None
     conf.write_text(portmap.config(nat.portmap, lan_if=LAN, wan_if=WAN, lan_net=lan_net,
-                                   stun_host=lab.server_ip))
+                                   stun_host=None if behind_cgnat else lab.server_ip))
     log = work / f"{name}.log"
     with open(log, "w") as out:
         proc = lab.popen(node, [MINIUPNPD, "-d", "-f", str(conf),
                                 "-P", str(work / f"{name}.pid")],
                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _wait_for(proc, log, lambda t: portmap.ready(nat.portmap, t), f"miniupnpd on {node}",
-              START_TIMEOUT)
+    _wait_for(proc, log, lambda t: portmap.ready(nat.portmap, t, stun=not behind_cgnat),
+              f"miniupnpd on {node}", START_TIMEOUT)
 
 
 def stun_answer(data: bytes, source: tuple[str, int]) -> bytes | None:

@@ -94,7 +94,9 @@ def _upnp_job(source_ip: str, deadline: float, clock: Callable[[], float], out: 
         out["result"] = "no answer to GetExternalIPAddress"
     elif got.ok:
         out["result"] = "SUCCESS"
-        out["external_ip"] = got.values.get("NewExternalIPAddress") or None
+        # miniupnpd answers "" when it has no usable external address (e.g. behind a CGNAT)
+        ext = got.values.get("NewExternalIPAddress") or ""
+        out["external_ip"] = None if ext in ("", "0.0.0.0") else ext
     else:
         out["result"] = f"UPnPError {got.error_code}: {got.error_description}"
 
