@@ -35,7 +35,8 @@ def _site_options(func):
     options = [
         click.option("--site-a", default=None, show_default="port-restricted", metavar="TYPE",
                      help="NAT of site a: a catalogue name (see `lab catalogue`), optionally "
-                          "TYPE+flag+key=value (e.g. port-restricted+hairpin, full-cone+loss=5)."),
+                          "TYPE+flag+key=value (e.g. port-restricted+hairpin, full-cone+loss=5; "
+                          "+portmap, +pcp or +upnp run miniupnpd on its NAT box)."),
         click.option("--site-b", default=None, show_default="full-cone", metavar="TYPE",
                      help="NAT of site b."),
         click.option("--cgnat", multiple=True, metavar="SITE",

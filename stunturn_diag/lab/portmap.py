@@ -3,8 +3,9 @@
 ``NatSpec.portmap`` switches it on: ``"all"`` (PCP + NAT-PMP + UPnP IGD), ``"pcp"``
 (PCP and NAT-PMP: miniupnpd serves both on UDP 5351 behind one switch,
 ``enable_natpmp``) or ``"upnp"`` (UPnP IGD only). On the command line a catalogue
-name takes a suffix: ``symmetric-random+portmap``, ``full-cone+pcp``,
-``port-restricted+upnp``.
+name takes a flag (the lab's ``TYPE+flag`` syntax, :func:`stunturn_diag.lab.spec.
+fold_portmap_flags`): ``symmetric-random+portmap``, ``full-cone+pcp``,
+``port-restricted+upnp`` (or ``+portmap=upnp``).
 
 This module is pure: the flag parsing, miniupnpd's configuration text, the nftables
 skeleton it fills (Debian's package ships ``nft_init.sh`` for that, without the helper
@@ -31,7 +32,7 @@ import uuid as _uuid
 from ..errors import ConfigError
 
 MODES = ("all", "pcp", "upnp")
-#: command-line suffix -> NatSpec.portmap
+#: command-line flag -> NatSpec.portmap
 SUFFIXES = {"portmap": "all", "pcp": "pcp", "upnp": "upnp"}
 TABLE = "miniupnpd"
 HTTP_PORT = 5000
@@ -39,26 +40,6 @@ HTTP_PORT = 5000
 STUN_PORT = 3490
 MIN_LIFETIME = 60
 MAX_LIFETIME = 86400
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-    """``"symmetric-random+portmap"`` -> ``("symmetric-random", "all")``."""
-    base, sep, suffix = name.partition("+")
-    if not sep:
-        return name, None
-    if suffix not in SUFFIXES:
-        raise ConfigError(f"unknown NAT suffix +{suffix} in {name!r}",
-                          hint="+portmap (PCP, NAT-PMP and UPnP), +pcp (PCP and NAT-PMP), +upnp")
-    return base, SUFFIXES[suffix]
-
-
-def lookup(name: str):
-    """A catalogue NatSpec by name, with an optional ``+portmap``/``+pcp``/``+upnp``."""
-    from .catalogue import lookup as catalogue_lookup
-
-    base, mode = split_name(name)
-    spec = catalogue_lookup(base)
-    return spec if mode is None else spec.but(portmap=mode, name=name)
 
 
 def check(nat) -> None:

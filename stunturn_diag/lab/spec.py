@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .nat import NatSpec, stacked_expected
-from .portmap import lookup   # catalogue names, with an optional +portmap/+pcp/+upnp
+from .catalogue import lookup
 
 MAX_SITES = 8
 MAX_HOSTS = 8
@@ -101,6 +101,19 @@ def parse_nat_token(token: str) -> dict:
         else:
             value = True
         out[FLAG_ALIASES.get(key, key)] = value
+    return fold_portmap_flags(out)
+
+
+def fold_portmap_flags(data: dict) -> dict:
+    """``+portmap`` / ``+pcp`` / ``+upnp`` -> ``portmap="all" | "pcp" | "upnp"``
+    (:mod:`stunturn_diag.lab.portmap`); ``+portmap=upnp`` is passed through."""
+    from .portmap import SUFFIXES
+
+    out = dict(data)
+    for flag, mode in SUFFIXES.items():
+        if out.get(flag) is True:
+            del out[flag]
+            out["portmap"] = mode
     return out
 
 
