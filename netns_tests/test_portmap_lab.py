@@ -49,8 +49,18 @@ def _truth(block: dict) -> dict:
 
 
 def _miniupnpd_pids(lab: Lab) -> list[int]:
-    out = lab.exec(lab.nat_node("a"), ["ps", "-eo", "pid=,comm="]).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "miniupnpd" in line]
+    """PIDs of the processes in nat-a's namespace whose name is miniupnpd."""
+    out = subprocess.run(["ip", "netns", "pids", lab.netns(lab.nat_node("a"))],
+                         capture_output=True, text=True, timeout=10).stdout
+    pids = []
+    for pid in map(int, out.split()):
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() == "miniupnpd":
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
 
 
 def test_probe_reports_port_mapping_on_a_symmetric_nat_and_none_without():
