@@ -244,3 +244,54 @@ def test_assess_usable_only_when_external_equals_stun_mapped():
     assert assess(found, None)["usable"] is None
     nothing = assess({"gateway": None}, "203.0.113.2")
     assert nothing["pcp"] is nothing["nat_pmp"] is nothing["upnp"] is nothing["usable"] is False
+
+
+def test_udp_exchange_stops_when_told_and_sends_once():
+    """A set ``stop`` ends the wait for a silent gateway (loopback only)."""
+    import socket
+    import threading
+    import time
+
+    from stunturn_diag.portmap.client_runner import udp_exchange
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+        silent.bind(("127.0.0.1", 0))
+        asker.bind(("127.0.0.1", 0))
+        stop = threading.Event()
+        stop.set()
+        got = udp_exchange(asker, silent.getsockname(), b"\x00\x00", natpmp.decode_response,
+                           lambda r: True, deadline=time.monotonic() + 120, stop=stop)
+        assert got is None
+        silent.setblocking(False)
+        assert silent.recv(16) == b"\x00\x00"
+        with pytest.raises(BlockingIOError):
+            silent.recv(16)
+
+
+def test_udp_exchange_takes_the_first_matching_answer_from_the_gateway_only():
+    import socket
+    import threading
+    import time
+
+    from stunturn_diag.portmap.client_runner import udp_exchange
+
+    answer = natpmp.encode_response(natpmp.ExternalAddressResponse(0, 5, "203.0.113.2"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gw, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+        for s in (gw, other, asker):
+            s.bind(("127.0.0.1", 0))
+
+        def gateway():
+            data, src = gw.recvfrom(64)
+            other.sendto(answer, src)                 # a stranger's answer: ignored
+            gw.sendto(b"\x00", src)                   # malformed: ignored
+            gw.sendto(answer, src)
+        thread = threading.Thread(target=gateway, daemon=True)
+        thread.start()
+        got = udp_exchange(asker, gw.getsockname(), natpmp.encode_request(
+            natpmp.ExternalAddressRequest()), natpmp.decode_response, lambda r: True,
+            deadline=time.monotonic() + 30)
+        thread.join(5)
+        assert got == natpmp.ExternalAddressResponse(0, 5, "203.0.113.2")

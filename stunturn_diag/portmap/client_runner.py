@@ -15,6 +15,7 @@ import http.client
 import os
 import select
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -30,6 +31,8 @@ Clock = Callable[[], float]
 
 INITIAL_TIMEOUT = 0.25
 DEFAULT_TRIES = 4
+#: how often a wait looks at its ``stop`` event
+STOP_POLL = 0.005
 
 
 def send_times(initial: float = INITIAL_TIMEOUT, tries: int = DEFAULT_TRIES) -> list[float]:
@@ -71,9 +74,11 @@ def default_gateway() -> str | None:
 def udp_exchange(sock: socket.socket, dest: tuple[str, int], payload: bytes,
                  decode: Callable[[bytes], T], accept: Callable[[T], bool], *,
                  deadline: float, clock: Clock = time.monotonic,
-                 initial: float = INITIAL_TIMEOUT, tries: int = DEFAULT_TRIES) -> T | None:
+                 initial: float = INITIAL_TIMEOUT, tries: int = DEFAULT_TRIES,
+                 stop: threading.Event | None = None) -> T | None:
     """Send ``payload`` to ``dest`` on the retransmission schedule until an answer from
-    ``dest`` decodes and is ``accept``-ed, or ``deadline`` (on ``clock``) passes."""
+    ``dest`` decodes and is ``accept``-ed, ``deadline`` (on ``clock``) passes or ``stop``
+    is set (looked at every :data:`STOP_POLL` seconds)."""
     start = clock()
     schedule = [start + t for t in send_times(initial, tries)]
     final = min(deadline, start + send_times(initial, tries + 1)[-1])
@@ -87,9 +92,9 @@ def udp_exchange(sock: socket.socket, dest: tuple[str, int], payload: bytes,
                 return None               # no route to the gateway: nobody can answer
             continue
         wake = min([final] + schedule[:1])
-        if now >= final:
+        if now >= final or _stopped(stop):
             return None
-        readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
+        readable, _, _ = select.select([sock], [], [], _wait(wake - now, stop))
         if not readable:
             continue
         try:
@@ -104,6 +109,14 @@ def udp_exchange(sock: socket.socket, dest: tuple[str, int], payload: bytes,
             continue
         if accept(answer):
             return answer
+
+
+def _stopped(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def _wait(seconds: float, stop: threading.Event | None) -> float:
+    return max(0.0, seconds if stop is None else min(seconds, STOP_POLL))
 
 
 def _udp_socket(gateway: str) -> tuple[socket.socket, str]:
@@ -121,7 +134,8 @@ def _udp_socket(gateway: str) -> tuple[socket.socket, str]:
 # -- NAT-PMP (RFC 6886) -------------------------------------------------------------
 
 def natpmp_request(gateway: str, req, *, deadline: float, clock: Clock = time.monotonic,
-                   tries: int = DEFAULT_TRIES) -> natpmp.Response | None:
+                   tries: int = DEFAULT_TRIES, stop: threading.Event | None = None
+                   ) -> natpmp.Response | None:
     """One NAT-PMP request/response exchange with the gateway."""
     try:
         sock, _ = _udp_socket(gateway)
@@ -130,7 +144,7 @@ def natpmp_request(gateway: str, req, *, deadline: float, clock: Clock = time.mo
     with sock:
         return udp_exchange(sock, (gateway, natpmp.SERVER_PORT), natpmp.encode_request(req),
                             natpmp.decode_response, lambda r: natpmp.matches(req, r),
-                            deadline=deadline, clock=clock, tries=tries)
+                            deadline=deadline, clock=clock, tries=tries, stop=stop)
 
 
 # -- PCP (RFC 6887) -----------------------------------------------------------------
@@ -138,7 +152,8 @@ def natpmp_request(gateway: str, req, *, deadline: float, clock: Clock = time.mo
 def pcp_map(gateway: str, protocol: int, internal_port: int, *, lifetime: int,
             deadline: float, nonce: bytes | None = None, suggested_port: int = 0,
             clock: Clock = time.monotonic, tries: int = DEFAULT_TRIES,
-            sock: socket.socket | None = None) -> tuple[pcp.Request, pcp.Response | None]:
+            sock: socket.socket | None = None, stop: threading.Event | None = None
+            ) -> tuple[pcp.Request, pcp.Response | None]:
     """A PCP MAP exchange (RFC 6887 section 11). ``nonce`` defaults to 12 fresh random
     bytes; keep the returned request's nonce to renew or delete the mapping."""
     own = sock is None
@@ -154,7 +169,7 @@ def pcp_map(gateway: str, protocol: int, internal_port: int, *, lifetime: int,
     try:
         answer = udp_exchange(sock, (gateway, pcp.SERVER_PORT), pcp.encode_request(req),
                               pcp.decode_response, lambda r: pcp.matches(req, r),
-                              deadline=deadline, clock=clock, tries=tries)
+                              deadline=deadline, clock=clock, tries=tries, stop=stop)
     finally:
         if own:
             sock.close()
@@ -172,7 +187,8 @@ class Igd:
 
 
 def ssdp_search(*, deadline: float, clock: Clock = time.monotonic,
-                source_ip: str = "", tries: int = DEFAULT_TRIES) -> upnp.SsdpAnswer | None:
+                source_ip: str = "", tries: int = DEFAULT_TRIES,
+                stop: threading.Event | None = None) -> upnp.SsdpAnswer | None:
     """M-SEARCH for an IGD (v1 target: IGD:2 devices answer it too) on the schedule;
     the first parseable answer wins."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -187,7 +203,7 @@ def ssdp_search(*, deadline: float, clock: Clock = time.monotonic,
         schedule = [start + t for t in send_times(INITIAL_TIMEOUT, tries)]
         while True:
             now = clock()
-            if now >= deadline:
+            if now >= deadline or _stopped(stop):
                 return None
             if schedule and schedule[0] <= now:
                 schedule.pop(0)
@@ -197,7 +213,7 @@ def ssdp_search(*, deadline: float, clock: Clock = time.monotonic,
                     return None
                 continue
             wake = min([deadline] + schedule[:1])
-            readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
+            readable, _, _ = select.select([sock], [], [], _wait(wake - now, stop))
             if not readable:
                 continue
             try:

@@ -39,7 +39,8 @@ UPNP_FOLLOW_UP = 1.0
 PCP_PROBE_LIFETIME = 120
 
 
-def _pcp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dict) -> None:
+def _pcp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dict,
+             stop: threading.Event | None) -> None:
     try:
         sock, _ = runner._udp_socket(gateway)
     except OSError as exc:
@@ -48,7 +49,7 @@ def _pcp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dic
     with sock:
         port = sock.getsockname()[1]
         req, resp = runner.pcp_map(gateway, pcp.PROTOCOL_UDP, port, lifetime=PCP_PROBE_LIFETIME,
-                                   deadline=deadline, clock=clock, sock=sock)
+                                   deadline=deadline, clock=clock, sock=sock, stop=stop)
         if resp is None:
             return
         out["answered"] = resp.version == pcp.VERSION
@@ -63,9 +64,10 @@ def _pcp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dic
                            deadline=clock() + DEFAULT_BUDGET, clock=clock, sock=sock, tries=1)
 
 
-def _natpmp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dict) -> None:
+def _natpmp_job(gateway: str, deadline: float, clock: Callable[[], float], out: dict,
+                stop: threading.Event | None) -> None:
     resp = runner.natpmp_request(gateway, natpmp.ExternalAddressRequest(), deadline=deadline,
-                                 clock=clock)
+                                 clock=clock, stop=stop)
     if resp is None:
         return
     out["answered"] = True
@@ -76,8 +78,9 @@ def _natpmp_job(gateway: str, deadline: float, clock: Callable[[], float], out: 
         out["external_ip"] = resp.external_ip
 
 
-def _upnp_job(source_ip: str, deadline: float, clock: Callable[[], float], out: dict) -> None:
-    answer = runner.ssdp_search(deadline=deadline, clock=clock, source_ip=source_ip)
+def _upnp_job(source_ip: str, deadline: float, clock: Callable[[], float], out: dict,
+              stop: threading.Event | None) -> None:
+    answer = runner.ssdp_search(deadline=deadline, clock=clock, source_ip=source_ip, stop=stop)
     if answer is None:
         return
     out["ssdp"] = {"location": answer.location, "st": answer.search_target,
@@ -102,10 +105,14 @@ def _upnp_job(source_ip: str, deadline: float, clock: Callable[[], float], out: 
 
 
 def discover(budget: float = DEFAULT_BUDGET, *, gateway: str | None = None,
-             clock: Callable[[], float] = time.monotonic) -> dict:
+             clock: Callable[[], float] = time.monotonic,
+             stop: threading.Event | None = None) -> dict:
     """Ask the gateway (default: the default route's) over PCP, NAT-PMP and UPnP at once.
     Returns the raw evidence ``{"gateway", "pcp": {...}, "nat_pmp": {...}, "upnp": {...},
-    "elapsed_ms"}``; each protocol entry has ``answered`` and what was learnt."""
+    "elapsed_ms"}``; each protocol entry has ``answered`` and what was learnt.
+    ``stop`` ends the waiting for first answers early (the probe sets it when its own
+    tests are done, so a silent gateway never makes it slower); what a gateway that has
+    answered still owes (UPnP's HTTP, PCP's delete) is finished."""
     start = clock()
     gateway = gateway or runner.default_gateway()
     found: dict = {"gateway": gateway, "pcp": {"answered": False},
@@ -121,18 +128,20 @@ def discover(budget: float = DEFAULT_BUDGET, *, gateway: str | None = None,
     except OSError:
         source_ip = ""
     deadline = start + budget
-    jobs = [threading.Thread(target=_pcp_job, args=(gateway, deadline, clock, found["pcp"]),
+    jobs = [threading.Thread(target=_pcp_job, args=(gateway, deadline, clock, found["pcp"], stop),
                              name="portmap-pcp", daemon=True),
             threading.Thread(target=_natpmp_job,
-                             args=(gateway, deadline, clock, found["nat_pmp"]),
+                             args=(gateway, deadline, clock, found["nat_pmp"], stop),
                              name="portmap-natpmp", daemon=True),
-            threading.Thread(target=_upnp_job, args=(source_ip, deadline, clock, found["upnp"]),
+            threading.Thread(target=_upnp_job,
+                             args=(source_ip, deadline, clock, found["upnp"], stop),
                              name="portmap-upnp", daemon=True)]
     for job in jobs:
         job.start()
     for job in jobs:
         job.join(budget + UPNP_FOLLOW_UP + 2 * DEFAULT_BUDGET + 1.0)
     found["elapsed_ms"] = round((clock() - start) * 1000, 1)
+    found["cut_short"] = stop is not None and stop.is_set() and clock() < deadline
     return found
 
 
@@ -160,4 +169,5 @@ def assess(found: dict | None, mapped_ip: str | None) -> dict:
             "upnp": bool(entries["upnp"].get("answered")),
             "external_ip": external_ip, "usable": usable, "gateway": found.get("gateway"),
             "notes": notes,
-            "evidence": {**entries, "elapsed_ms": found.get("elapsed_ms")}}
+            "evidence": {**entries, "elapsed_ms": found.get("elapsed_ms"),
+                         "cut_short": bool(found.get("cut_short"))}}

@@ -21,9 +21,6 @@ from urllib.parse import urljoin, urlsplit
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
-
 from ..errors import PortMapDecodeError
 
 SSDP_ADDRESS = ("239.255.255.250", 1900)
@@ -85,6 +82,9 @@ def parse_ssdp_answer(data: bytes) -> SsdpAnswer:
 def _parse_xml(data: bytes, what: str) -> Element:
     if len(data) > MAX_XML:
         raise PortMapDecodeError(f"{what} is {len(data)} bytes, over {MAX_XML}")
+    import defusedxml.ElementTree as SafeET     # imported when a gateway answers
+    from defusedxml import DefusedXmlException
+
     try:
         return SafeET.fromstring(data)
     except (SafeET.ParseError, DefusedXmlException) as exc:

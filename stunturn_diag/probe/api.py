@@ -81,19 +81,27 @@ def _no_gateway_on_path(server: str | None, stun: str | None) -> str | None:
 class _PortMappingQuestion:
     """:func:`~stunturn_diag.portmap.discover` in a thread beside the probe."""
 
+    MIN_WAIT = 0.1
+
     def __init__(self) -> None:
         from ..portmap import discover
 
         self._found: dict | None = None
+        self._stop = threading.Event()
+        self._started = time.monotonic()
 
         def job() -> None:
-            self._found = discover()
+            self._found = discover(stop=self._stop)
         self._thread = threading.Thread(target=job, name="probe-portmap", daemon=True)
         self._thread.start()
 
     def answer(self, mapped_ip: str | None) -> dict:
         from ..portmap import assess
 
+        # the probe is done: stop waiting for a silent gateway, but give it at least
+        # MIN_WAIT (a gateway on the LAN answers within milliseconds)
+        self._thread.join(max(0.0, self._started + self.MIN_WAIT - time.monotonic()))
+        self._stop.set()
         self._thread.join(5.0)
         return assess(self._found, mapped_ip)
 
