@@ -295,3 +295,20 @@ def test_udp_exchange_takes_the_first_matching_answer_from_the_gateway_only():
             deadline=time.monotonic() + 30)
         thread.join(5)
         assert got == natpmp.ExternalAddressResponse(0, 5, "203.0.113.2")
+
+
+def test_probe_does_not_ask_the_gateway_for_a_loopback_server():
+    from stunturn_diag.probe.api import _no_gateway_on_path
+
+    assert "loopback" in _no_gateway_on_path("http://127.0.0.1:8080", None)
+    assert "loopback" in _no_gateway_on_path("localhost:8080", None)
+    assert "loopback" in _no_gateway_on_path(None, "[::1]:3478")
+    assert _no_gateway_on_path("http://198.51.100.10:8080", None) is None
+    assert _no_gateway_on_path(None, "not a host:port:x") is None     # _run_probe reports it
+
+
+def test_probe_json_has_port_mapping_key_null_when_skipped():
+    from stunturn_diag.probe.assemble import unreachable
+
+    doc = unreachable("no route", {"url": "x"}, 0.0).to_json()
+    assert "port_mapping" in doc and doc["port_mapping"] is None
