@@ -225,7 +225,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
     timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
     started = state.clock()
     try:
-        reg = state.matcher.register(req.access_key, req.target_ip, req.protocol, observed=observed,
+        reg = state.matcher.register(req.rendezvous, req.target_ip, req.protocol, observed=observed,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
         log.info("pair conflict key=%s target=%s from=%s", exc.slot.label, req.target_ip,
@@ -279,10 +279,10 @@ def checkin():
     state = signaling_state()
     req = json_body(validation.checkin_request)
     observed = observed_address()
-    match = state.matcher.checkin(req.access_key, observed=observed, details=req.details,
+    match = state.matcher.checkin(req.rendezvous, observed=observed, details=req.details,
                                   now=state.clock())
     if match is None:
-        label = state.matcher.slot(req.access_key, observed[0]).label
+        label = state.matcher.slot(req.rendezvous, observed[0]).label
         log.info("pair no-initiator key=%s from=%s", label, format_address(*observed))
         raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
                        f"{observed[0]}; start the initiator first (it must name {observed[0]} as "

@@ -84,7 +84,10 @@ def _addr(address: Address) -> dict:
 
 
 class KeyHasher:
-    """Keyed BLAKE2b of access keys; the secret is per process unless shared on purpose.
+    """Keyed BLAKE2b of rendezvous identifiers; the secret is per process unless shared on purpose.
+
+    Clients send ``rendezvous`` (a slow KDF of the access key, never the key); the
+    ``access_key`` parameter names below are that identifier.
 
     Instances sharing a store (e.g. Redis) must share the secret too.
     """

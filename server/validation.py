@@ -12,8 +12,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-ACCESS_KEY_MIN = 8
-ACCESS_KEY_MAX = 256
+#: rendezvous identifier: hex of 16..64 bytes (clients send scrypt(key) as 32 bytes, 64 digits)
+RENDEZVOUS_MIN = 32
+RENDEZVOUS_MAX = 128
 PROTOCOLS = ("udp", "tcp")
 #: timeouts beyond this are rejected outright (smaller ones are capped by the server)
 TIMEOUT_MAX = 3600.0
@@ -29,7 +30,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class InitiateRequest:
-    access_key: str
+    rendezvous: str
     target_ip: str  # canonical text form (see :func:`canonical_ip`)
     protocol: str
     timeout: float | None
@@ -38,7 +39,7 @@ class InitiateRequest:
 
 @dataclass(frozen=True)
 class CheckinRequest:
-    access_key: str
+    rendezvous: str
     details: dict = field(default_factory=dict)
 
 
@@ -134,15 +135,27 @@ def _of_kind(value, kind: type, name: str, max_len: int | None = None, what: str
     return value
 
 
-def access_key(value) -> str:
-    """8-256 printable ASCII characters (0x20-0x7e)."""
-    _of_kind(value, str, "access_key")
-    if not ACCESS_KEY_MIN <= len(value) <= ACCESS_KEY_MAX:
-        raise BadRequest(f"access_key must be {ACCESS_KEY_MIN}-{ACCESS_KEY_MAX} characters long, "
-                         f"got {len(value)}")
-    if not all(" " <= ch <= "~" for ch in value):
-        raise BadRequest("access_key must contain printable ASCII characters only")
+def rendezvous(value) -> str:
+    """Lowercase hex, 32-128 digits: an identifier the client derived from its key.
+
+    The server never sees the access key itself (the client's scrypt of it,
+    stunturn_diag.punch.keys); it keys-hashes whatever identifier it receives.
+    """
+    _of_kind(value, str, "rendezvous")
+    if not RENDEZVOUS_MIN <= len(value) <= RENDEZVOUS_MAX or len(value) % 2 or \
+            not all(ch in "0123456789abcdef" for ch in value):
+        raise BadRequest(f"rendezvous must be {RENDEZVOUS_MIN}-{RENDEZVOUS_MAX} lowercase hex "
+                         f"digits (an even number), got {len(value)} characters")
     return value
+
+
+def _no_access_key(obj: dict) -> None:
+    """Clients before issue 10 sent the key itself: refuse it, and say what to do."""
+    if "access_key" in obj:
+        raise BadRequest("the access_key field is no longer accepted: this server never takes "
+                         "the key itself; upgrade the client to a stunturn-diag that sends a "
+                         "rendezvous identifier derived from the key (and the punch "
+                         "handshake v2)")
 
 
 def ip_field(value, name: str) -> str:
@@ -215,9 +228,10 @@ def details_field(value) -> dict:
 
 def initiate_request(obj: dict) -> InitiateRequest:
     """Validate a decoded ``POST /v1/initiate`` body."""
-    _check_fields(obj, {"access_key", "target_ip", "protocol"}, {"timeout", "details"}, "initiate")
+    _no_access_key(obj)
+    _check_fields(obj, {"rendezvous", "target_ip", "protocol"}, {"timeout", "details"}, "initiate")
     return InitiateRequest(
-        access_key=access_key(obj["access_key"]),
+        rendezvous=rendezvous(obj["rendezvous"]),
         target_ip=ip_field(obj["target_ip"], "target_ip"),
         protocol=protocol_field(obj["protocol"]),
         timeout=timeout_field(obj.get("timeout")),
@@ -227,6 +241,7 @@ def initiate_request(obj: dict) -> InitiateRequest:
 
 def checkin_request(obj: dict) -> CheckinRequest:
     """Validate a decoded ``POST /v1/checkin`` body."""
-    _check_fields(obj, {"access_key"}, {"details"}, "checkin")
-    return CheckinRequest(access_key=access_key(obj["access_key"]),
+    _no_access_key(obj)
+    _check_fields(obj, {"rendezvous"}, {"details"}, "checkin")
+    return CheckinRequest(rendezvous=rendezvous(obj["rendezvous"]),
                           details=details_field(obj.get("details")))

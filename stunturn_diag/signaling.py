@@ -1,19 +1,23 @@
 """HTTP client for the signaling server (``stunturn-diag serve``); urllib only.
 
 >>> client = SignalingClient("http://127.0.0.1:8080")
->>> client.initiate("shared-secret", "203.0.113.7", "udp")      # waits for the receiver
->>> client.checkin("shared-secret")                             # on the receiver, meanwhile
+>>> rv = rendezvous_id(access_key)          # stunturn_diag.punch.keys: never the key itself
+>>> client.initiate(rv, "203.0.113.7", "udp")   # waits for the receiver
+>>> client.checkin(rv)                          # on the receiver, meanwhile
 
 Answers are the server's JSON objects (see docs/ARCHITECTURE.md, "Signaling HTTP
 API"). Failures raise the :class:`~stunturn_diag.errors.SignalingError` family:
 :class:`ServerUnreachable`, :class:`PairingTimeout`, :class:`NoInitiatorWaiting`,
-:class:`PairingConflict`. Environment proxies are ignored unless asked for.
+:class:`PairingConflict`. Environment proxies are ignored unless asked for. The access key is never sent:
+requests carry the ``rendezvous`` identifier derived from it, and a value that
+does not look like one is refused before any I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import urllib.error
 import urllib.parse
@@ -25,6 +29,16 @@ from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTi
 DEFAULT_PORT = 8080
 #: extra seconds the HTTP read may take beyond the long-poll's own timeout
 LONG_POLL_MARGIN = 10.0
+#: what a rendezvous identifier looks like (stunturn_diag.punch.keys.rendezvous_id)
+RENDEZVOUS_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _rendezvous(value: str) -> str:
+    if not isinstance(value, str) or not RENDEZVOUS_RE.fullmatch(value):
+        raise ConfigError("the signaling request needs a rendezvous identifier (64 hex digits), "
+                          "not an access key", hint="derive it with "
+                          "stunturn_diag.punch.keys.rendezvous_id(key); the key stays local")
+    return value
 
 
 def parse_server_url(text: str, *, default_port: int = DEFAULT_PORT) -> str:
@@ -83,15 +97,16 @@ class SignalingClient:
             self._wait_timeout = float(answer["wait_timeout"])
         return answer
 
-    def initiate(self, access_key: str, target_ip: str, protocol: str, *, details: dict | None = None,
+    def initiate(self, rendezvous: str, target_ip: str, protocol: str, *, details: dict | None = None,
                  timeout: float | None = None) -> dict:
-        """Wait (long-poll) until the receiver at ``target_ip`` checks in with ``access_key``.
+        """Wait (long-poll) until the receiver at ``target_ip`` checks in with ``rendezvous``.
 
         ``timeout`` defaults to the server's wait timeout (which also caps it).
         Raises :class:`PairingTimeout` if nobody came, :class:`PairingConflict` if
         another initiator already waits for this key and IP.
         """
-        body: dict = {"access_key": access_key, "target_ip": target_ip, "protocol": protocol}
+        body: dict = {"rendezvous": _rendezvous(rendezvous), "target_ip": target_ip,
+                      "protocol": protocol}
         if details:
             body["details"] = details
         if timeout is not None:
@@ -104,13 +119,13 @@ class SignalingClient:
         return self._request("POST", "/v1/initiate", body, read_timeout=wait + LONG_POLL_MARGIN,
                              waiting_for=wait)
 
-    def checkin(self, access_key: str, *, details: dict | None = None) -> dict:
+    def checkin(self, rendezvous: str, *, details: dict | None = None) -> dict:
         """Check in as the receiver; returns the waiting initiator's details at once.
 
         Raises :class:`NoInitiatorWaiting` when no initiator waits for this key and
         the IP the server sees this machine coming from.
         """
-        body: dict = {"access_key": access_key}
+        body: dict = {"rendezvous": _rendezvous(rendezvous)}
         if details:
             body["details"] = details
         return self._request("POST", "/v1/checkin", body)

@@ -14,10 +14,10 @@ from stunturn_server import api
 from stunturn_server.app import create_app
 from stunturn_server.config import ServerConfig
 
-KEY = "k3y-for-tests"
+KEY = "a1" * 32          # a rendezvous identifier (64 hex digits)
 RECEIVER_IP = "203.0.113.7"
 INITIATOR_IP = "198.51.100.10"
-GOOD_INITIATE = {"access_key": KEY, "target_ip": RECEIVER_IP, "protocol": "udp", "timeout": 0.05}
+GOOD_INITIATE = {"rendezvous": KEY, "target_ip": RECEIVER_IP, "protocol": "udp", "timeout": 0.05}
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_initiate_times_out_with_408_and_frees_the_slot(client):
     body = assert_error(post(client, "/v1/initiate", GOOD_INITIATE, remote=INITIATOR_IP), 408, "timeout")
     assert body["waited"] >= 0.05
     assert client.get("/healthz").get_json()["waiting"] == 0
-    assert_error(post(client, "/v1/checkin", {"access_key": KEY}), 404, "no-initiator")
+    assert_error(post(client, "/v1/checkin", {"rendezvous": KEY}), 404, "no-initiator")
 
 
 def test_timeout_is_capped_by_the_server_wait_timeout():
@@ -123,7 +123,7 @@ def test_pairing_through_the_test_client(app, client, caplog):
     deadline = time.monotonic() + 10
     while client.get("/healthz").get_json()["waiting"] == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
-    recv = post(client, "/v1/checkin", {"access_key": KEY, "details": {"software": "receiver"}})
+    recv = post(client, "/v1/checkin", {"rendezvous": KEY, "details": {"software": "receiver"}})
     thread.join(10)
     assert recv.status_code == 200
     recv_body, init_body = recv.get_json(), results["init"].get_json()
@@ -145,7 +145,7 @@ def test_conflict_while_one_waits(app, client):
     while client.get("/healthz").get_json()["waiting"] == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
     assert_error(post(client, "/v1/initiate", GOOD_INITIATE), 409, "conflict")
-    assert post(client, "/v1/checkin", {"access_key": KEY}).status_code == 200  # releases the first
+    assert post(client, "/v1/checkin", {"rendezvous": KEY}).status_code == 200  # releases the first
     thread.join(10)
 
 
@@ -157,7 +157,7 @@ def test_ipv4_mapped_target_matches_ipv4_receiver(app, client):
     deadline = time.monotonic() + 10
     while client.get("/healthz").get_json()["waiting"] == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert post(client, "/v1/checkin", {"access_key": KEY}).status_code == 200
+    assert post(client, "/v1/checkin", {"rendezvous": KEY}).status_code == 200
     thread.join(10)
 
 
@@ -171,19 +171,21 @@ def test_unexpected_exception_is_a_json_500(app):
 
 # --- bad input: every one a clear 4xx, never a 500 ----------------------------------------
 
-LONG = "x" * 257
+LONG = "ab" * 65
 BAD_INITIATE = [
     {},
-    {"access_key": KEY},
-    {"access_key": KEY, "target_ip": RECEIVER_IP},
+    {"rendezvous": KEY},
+    {"rendezvous": KEY, "target_ip": RECEIVER_IP},
     {**GOOD_INITIATE, "extra": 1},
-    {**GOOD_INITIATE, "access_key": "short"},
-    {**GOOD_INITIATE, "access_key": LONG},
-    {**GOOD_INITIATE, "access_key": "tab\tinside-key"},
-    {**GOOD_INITIATE, "access_key": "non-ascii-\u00e9\u00e9\u00e9"},
-    {**GOOD_INITIATE, "access_key": 12345678},
-    {**GOOD_INITIATE, "access_key": None},
-    {**GOOD_INITIATE, "access_key": ["a" * 8]},
+    {**GOOD_INITIATE, "rendezvous": "ab" * 15},
+    {**GOOD_INITIATE, "rendezvous": LONG},
+    {**GOOD_INITIATE, "rendezvous": "A1" * 32},
+    {**GOOD_INITIATE, "rendezvous": "a" * 63},
+    {**GOOD_INITIATE, "rendezvous": "g" * 64},
+    {**GOOD_INITIATE, "rendezvous": "k3y-for-tests-and-more-than-thirty-two-chars"},
+    {**GOOD_INITIATE, "rendezvous": 12345678},
+    {**GOOD_INITIATE, "rendezvous": None},
+    {**GOOD_INITIATE, "rendezvous": ["a" * 64]},
     {**GOOD_INITIATE, "target_ip": "example.com"},
     {**GOOD_INITIATE, "target_ip": "256.1.1.1"},
     {**GOOD_INITIATE, "target_ip": "fe80::1%eth0"},
@@ -218,11 +220,11 @@ BAD_INITIATE = [
 ]
 BAD_CHECKIN = [
     {},
-    {"access_key": KEY, "target_ip": RECEIVER_IP},
-    {"access_key": "1234567"},
-    {"access_key": False},
-    {"access_key": KEY, "details": []},
-    {"access_key": KEY, "details": {"local": "1.2.3.4"}},
+    {"rendezvous": KEY, "target_ip": RECEIVER_IP},
+    {"rendezvous": "1234567"},
+    {"rendezvous": False},
+    {"rendezvous": KEY, "details": []},
+    {"rendezvous": KEY, "details": {"local": "1.2.3.4"}},
 ]
 BAD_RAW = [
     b"",
@@ -235,12 +237,12 @@ BAD_RAW = [
     b"null",
     b"true",
     b"\xff\xfe{}",
-    b'{"access_key": NaN}',
-    b'{"access_key": "abcdefgh", "timeout": Infinity, "target_ip": "1.2.3.4", "protocol": "udp"}',
-    b'{"access_key": "abcdefgh", "access_key": "abcdefgi"}',
+    b'{"rendezvous": NaN}',
+    b'{"rendezvous": "abcdefgh", "timeout": Infinity, "target_ip": "1.2.3.4", "protocol": "udp"}',
+    b'{"rendezvous": "abcdefgh", "rendezvous": "abcdefgi"}',
     b"[" * 5000 + b"]" * 5000,
     b'{"a":' * 2000 + b"1" + b"}" * 2000,
-    b'{"access_key": "abcdefgh", "details": {"nat": ' + b'{"a":' * 20 + b"1" + b"}" * 20 + b"}}",
+    b'{"rendezvous": "abcdefgh", "details": {"nat": ' + b'{"a":' * 20 + b"1" + b"}" * 20 + b"}}",
 ]
 
 
@@ -263,23 +265,23 @@ def test_malformed_json_is_400(client, path, data):
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", ""])
 def test_wrong_content_type_is_415(client, content_type):
-    response = post_raw(client, "/v1/checkin", json.dumps({"access_key": KEY}), content_type=content_type)
+    response = post_raw(client, "/v1/checkin", json.dumps({"rendezvous": KEY}), content_type=content_type)
     assert_error(response, 415, "unsupported-media-type")
 
 
 def test_json_with_charset_is_accepted(client):
-    response = post_raw(client, "/v1/checkin", json.dumps({"access_key": KEY}),
+    response = post_raw(client, "/v1/checkin", json.dumps({"rendezvous": KEY}),
                         content_type="application/json; charset=utf-8")
     assert_error(response, 404, "no-initiator")
 
 
 def test_oversized_body_is_413_before_reading(client):
-    huge = json.dumps({"access_key": KEY, "details": {"software": "x" * 20000}})
+    huge = json.dumps({"rendezvous": KEY, "details": {"software": "x" * 20000}})
     assert_error(post_raw(client, "/v1/checkin", huge), 413, "payload-too-large")
 
 
 def test_oversized_body_without_length_is_413(client):
-    body = b'{"access_key": "' + b"x" * 20000 + b'"}'
+    body = b'{"rendezvous": "' + b"x" * 20000 + b'"}'
     response = client.post("/v1/checkin", input_stream=io.BytesIO(body), content_type="application/json",
                            headers={"Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input_terminated": True})
@@ -297,3 +299,17 @@ def test_no_500_for_any_bad_input(client):
         for ctype in ("text/plain", "application/json", "application/json; charset=latin-1"):
             seen.add(post_raw(client, path, b"\x00\x01", content_type=ctype).status_code)
     assert seen and all(400 <= status < 500 for status in seen), seen
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/initiate", {"access_key": "old-client-key", "target_ip": RECEIVER_IP, "protocol": "udp"}),
+    ("/v1/checkin", {"access_key": "old-client-key"}),
+    ("/v1/checkin", {"access_key": "old-client-key", "rendezvous": KEY}),
+])
+def test_old_access_key_field_is_refused_with_the_upgrade_named(client, body, path):
+    """Clients before issue 10 sent the key itself; the answer says what to do."""
+    response = post(client, path, body)
+    assert_error(response, 400, "bad-request")
+    message = response.get_json()["message"]
+    assert "access_key" in message and "upgrade the client" in message
+    assert "old-client-key" not in message

@@ -7,6 +7,7 @@ to play receivers behind different public IPs. Every wait polls with a bound.
 from __future__ import annotations
 
 import http.client
+import hashlib
 import json
 import socket
 import threading
@@ -18,6 +19,11 @@ from stunturn_server.runner import start_server
 from testlib import wait_for
 
 KEY = "long-poll-key-1"
+
+
+def _rv(key: str) -> str:
+    """A stand-in rendezvous identifier per test key (64 hex digits, like the client's)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 RECEIVER = "127.0.0.2"
 OTHER = "127.0.0.3"
 
@@ -42,7 +48,7 @@ def request(server, method, path, body=None, *, source="127.0.0.1", timeout=40.0
 
 
 def initiate(server, *, key=KEY, target=RECEIVER, timeout=None, source="127.0.0.1", details=None):
-    body = {"access_key": key, "target_ip": target, "protocol": "tcp"}
+    body = {"rendezvous": _rv(key), "target_ip": target, "protocol": "tcp"}
     if timeout is not None:
         body["timeout"] = timeout
     if details:
@@ -51,7 +57,7 @@ def initiate(server, *, key=KEY, target=RECEIVER, timeout=None, source="127.0.0.
 
 
 def checkin(server, *, key=KEY, source=RECEIVER, details=None):
-    body = {"access_key": key}
+    body = {"rendezvous": _rv(key)}
     if details:
         body["details"] = details
     return request(server, "POST", "/v1/checkin", body, source=source, timeout=10)
@@ -103,7 +109,7 @@ def test_timeout_frees_the_key_at_once(server):
 
 def raw_initiate(server, *, key=KEY, source="127.0.0.1") -> socket.socket:
     """An initiator on a bare socket (so the test can hang up or reset it); the request is sent."""
-    body = json.dumps({"access_key": key, "target_ip": RECEIVER, "protocol": "udp"}).encode()
+    body = json.dumps({"rendezvous": _rv(key), "target_ip": RECEIVER, "protocol": "udp"}).encode()
     raw = socket.create_connection(server.http_address, timeout=10, source_address=(source, 0))
     raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -183,7 +189,7 @@ def test_many_waiters_are_held_and_matched(server):
 def test_oversized_chunked_body_is_413(server):
     raw = socket.create_connection(server.http_address, timeout=10)
     try:
-        chunk = b'{"access_key": "' + b"x" * 20000 + b'"}'
+        chunk = b'{"rendezvous": "' + b"x" * 20000 + b'"}'
         raw.sendall(b"POST /v1/checkin HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
         response = raw.makefile("rb").readline()
@@ -280,7 +286,7 @@ def test_every_pairing_event_is_logged_once_and_never_with_the_key(caplog):
     for event in ("waiting", "conflict", "refused", "no-initiator", "matched", "timeout", "hangup"):
         assert f"pair {event}" in text, (event, text)
     assert text.count("pair matched") == 1
-    assert secret not in text and "4711" not in text
+    assert secret not in text and "4711" not in text and _rv(secret) not in text
 
 
 def test_connections_per_source_ip_are_capped_with_429():

@@ -10,12 +10,13 @@ import pytest
 
 from stunturn_diag.errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout,
                                   ServerUnreachable, SignalingError)
+from stunturn_diag.punch.keys import rendezvous_id
 from stunturn_diag.signaling import SignalingClient, parse_server_url
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
 from testlib import wait_for
 
-KEY = "client-test-key"
+KEY = rendezvous_id("client-test-key")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +117,16 @@ def test_conflict(server, client):
     assert isinstance(result["first"], PairingTimeout)
 
 
+def test_an_access_key_is_refused_before_it_is_sent(client):
+    """The client only sends rendezvous identifiers: a key-like value never leaves."""
+    for not_an_id in ("client-test-key", "short", KEY.upper(), KEY[:-1]):
+        with pytest.raises(ConfigError, match="rendezvous identifier"):
+            client.checkin(not_an_id)
+        with pytest.raises(ConfigError, match="rendezvous identifier"):
+            client.initiate(not_an_id, "127.0.0.1", "udp", timeout=1)
+
+
 def test_bad_request_is_a_signaling_error(client):
-    with pytest.raises(SignalingError) as info:
-        client.checkin("short")
-    assert info.value.status == 400 and info.value.error == "bad-request"
-    assert "access_key" in str(info.value)
     with pytest.raises(SignalingError) as info:
         client.initiate(KEY, "not-an-ip", "udp", timeout=1)
     assert "target_ip" in str(info.value)

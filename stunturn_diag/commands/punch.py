@@ -1,16 +1,21 @@
 """`stunturn-diag punch`: pair through the server, punch, authenticate, then relay.
 
-Initiator: ``punch URL --key KEY --target-ip RECEIVER_IP [--protocol udp|tcp]``.
-Receiver:  ``punch URL --key KEY [--wait SECONDS]``.
-A thin layer over :mod:`stunturn_diag.punch.api` and :mod:`stunturn_diag.punch.relay`.
+Initiator: ``punch URL --key-file FILE --target-ip RECEIVER_IP [--protocol udp|tcp]``.
+Receiver:  ``punch URL --key-file FILE [--wait SECONDS]``.
+The key comes from ``--key-file``, ``STUNTURN_KEY`` or (warned: visible in ``ps``)
+``--key``; ``punch --generate-key`` prints a fresh one. A thin layer over
+:mod:`stunturn_diag.punch.api`, :mod:`stunturn_diag.punch.keys` and
+:mod:`stunturn_diag.punch.relay`.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 
 import click
+from click.core import ParameterSource
 
 from ..errors import ConfigError, PunchError, StunturnError
 from ._common import emit_json, progress
@@ -30,6 +35,49 @@ def _load_profile(path: str | None) -> dict | None:
     return data
 
 
+def _generate_key(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ..punch.keys import generate_key
+
+    click.echo(generate_key(secrets.token_bytes))
+    ctx.exit(0)
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(4096)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc}",
+                          hint="create it with `stunturn-diag punch --generate-key > FILE`") from None
+    key = text.strip("\r\n")
+    if not key or "\n" in key:
+        raise ConfigError(f"the key file {path} must hold the key on one line",
+                          hint="create it with `stunturn-diag punch --generate-key > FILE`")
+    return key
+
+
+def resolve_key(ctx: click.Context, key: str | None, key_file: str | None,
+                say) -> str:
+    """The access key from --key-file, STUNTURN_KEY or --key; warnings go to ``say``."""
+    from ..punch.keys import key_warnings
+
+    if key_file and key and ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--key and --key-file exclude each other")
+    if key_file:
+        key = _read_key_file(key_file)
+    elif not key:
+        raise click.UsageError("no access key: pass --key-file FILE or set STUNTURN_KEY "
+                               "(create one with --generate-key)")
+    elif ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
+        say("warning: --key shows the access key in the process list (ps); "
+            "prefer --key-file or STUNTURN_KEY")
+    for warning in key_warnings(key):
+        say(f"warning: {warning}")
+    return key
+
+
 def _failure(exc: StunturnError) -> dict:
     out = {"ok": False, "reason": getattr(exc, "reason", None) or exc.code,
            "error": exc.code, "message": str(exc)}
@@ -41,8 +89,14 @@ def _failure(exc: StunturnError) -> dict:
 
 @click.command("punch")
 @click.argument("server_url")
-@click.option("--key", envvar="STUNTURN_KEY", required=True, show_envvar=True,
-              help="Shared access key (8-256 chars); prefer the env var, it stays out of ps.")
+@click.option("--generate-key", is_flag=True, is_eager=True, expose_value=False,
+              callback=_generate_key,
+              help="Print a fresh 128-bit access key (base32) and exit.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Read the shared access key from this file (first line).")
+@click.option("--key", envvar="STUNTURN_KEY", show_envvar=True,
+              help="Shared access key (8-256 chars). On the command line it shows in ps: "
+                   "prefer --key-file or the env var.")
 @click.option("--target-ip", help="Initiator: the receiver's public IP (omit to be the receiver).")
 @click.option("--protocol", type=click.Choice(["udp", "tcp"]), default=None,
               help="Initiator: what to punch (default udp). Receiver: prepare only this one.")
@@ -80,7 +134,8 @@ def _failure(exc: StunturnError) -> dict:
 @click.option("--peer-timeout", type=float, default=10.0, show_default=True,
               help="UDP: seconds of silence after which the peer counts as lost.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
-def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_timeout,
+@click.pass_context
+def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_interval, pair_timeout,
             punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, no_cache,
             birthday, prime_ttl, bind, peer_timeout, quiet) -> None:
     """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
@@ -94,6 +149,7 @@ def command(server_url, key, target_ip, protocol, wait, wait_interval, pair_time
     listen_addr = relay.parse_hostport(listen_on, "--listen") if listen_on else None
     local_ip, local_port = relay.parse_bind(bind)
     say = (lambda m: None) if quiet else progress
+    key = resolve_key(ctx, key, key_file, progress)
     try:
         opts = api.PunchOptions(
             protocol=protocol or "udp", pair_timeout=pair_timeout, punch_timeout=punch_timeout,

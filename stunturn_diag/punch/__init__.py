@@ -1,9 +1,12 @@
 """UDP/TCP hole punching between two peers paired by the signaling server.
 
-Modules: ``auth`` (pure handshake + frame MAC), ``decision`` (pure strategy
+Modules: ``wire`` (roles, kinds, the versioned header), ``auth`` (pure SPAKE2
+handshake), ``seal`` (pure AEAD sealing: UDP frames, TCP records), ``keys``
+(rendezvous identifier, key generation and strength), ``decision`` (pure strategy
 choice), ``engine`` (pure UDP punch schedule), ``udp`` / ``tcp`` (socket runners),
-``channel`` (the authenticated UDP endpoint), ``api`` (the library entry points),
-``relay`` (stdin/stdout, forward and listen plumbing for the CLI).
+``secure_stream`` (TCP handshake driver and the encrypted stream), ``channel`` (the
+encrypted UDP endpoint), ``api`` (the library entry points), ``relay``
+(stdin/stdout, forward and listen plumbing for the CLI).
 
 Library use::
 

@@ -10,7 +10,7 @@ The counterpart of the original Go library's ``GetTCPPeer``/``GetClientPeer`` +
     # machine B (checks in; wait=60 keeps checking in for up to a minute):
     result = receive("http://server:8080", key, wait=60)
 
-    conn = result.connection   # UdpChannel (send/recv datagrams) or socket.socket (TCP stream)
+    conn = result.connection   # UdpChannel (datagrams) or SecureStream (TCP): both encrypted
 
 Both raise :class:`PunchError` (``.reason``, ``.attempts``) when no authenticated
 channel results, pairing included (``reason`` ``no-initiator``, ``pairing-timeout``,
@@ -33,6 +33,8 @@ per transport). The probe's own flows all end before the punch sockets' STUN bin
 (the probe runs first, its result is needed before pairing anyway), so they never
 enter that count; the UDP binding's first datagram leaves before the TCP SYN, so the
 two bindings' order is known too.
+The server only ever sees :func:`.keys.rendezvous_id` of the key; the peer's
+candidates are vetted (:func:`.candidates.vet_peer_candidates`) before we send to them.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
                       StunturnError)
 from ..signaling import SignalingClient
-from .auth import Role, authenticate_stream, stretch_key
-from .candidates import address_of, build_targets, peer_addresses, peer_transports
+from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
 from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
+from .keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
+from .secure_stream import authenticate_stream
+from .wire import Role
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
@@ -120,7 +124,7 @@ class PunchOptions:
 class PunchResult:
     """A punched, authenticated connection and how it came about."""
 
-    connection: object            # UdpChannel (udp) or socket.socket (tcp)
+    connection: object            # UdpChannel (udp) or SecureStream (tcp)
     protocol: str
     role: str
     match_id: str
@@ -271,6 +275,7 @@ class _Side:
         self._cache: ProfileCache | None = None
         self._cache_key: str | None = None
         self._cached_public_ip: str | None = None
+        self.rendezvous = ""
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -528,7 +533,7 @@ class _Side:
             attempt += 1
             self.pair_flows += 1
             try:
-                return self.client.checkin(self.key, details=self._details())
+                return self.client.checkin(self.rendezvous, details=self._details())
             except NoInitiatorWaiting:
                 left = end - time.monotonic()
                 if left <= 0:
@@ -552,7 +557,7 @@ class _Side:
                 else left
             self.pair_flows += 1
             try:
-                return self.client.initiate(self.key, self.target_ip, self.opts.protocol,
+                return self.client.initiate(self.rendezvous, self.target_ip, self.opts.protocol,
                                             details=self._details(), timeout=wait)
             except PairingTimeout:
                 if end is None or end - time.monotonic() <= 0.1:
@@ -571,8 +576,9 @@ class _Side:
         try:
             if self._info is None:
                 self._info = self.client.info()
-            # the slow KDF runs now, beside the probe, not after the match
-            kdf = threading.Thread(target=stretch_key, args=(self.key,), name="punch-kdf",
+            # the slow KDF (the rendezvous id, scrypt) runs now, beside the probe, not
+            # after the match; hashlib.scrypt releases the GIL
+            kdf = threading.Thread(target=rendezvous_id, args=(self.key,), name="punch-kdf",
                                    daemon=True)
             kdf.start()
             try:
@@ -583,6 +589,7 @@ class _Side:
                 self._check_cached_network()
             finally:
                 kdf.join()
+            self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
             if self.role == "initiator" and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
             match = self._pair()
@@ -612,14 +619,20 @@ class _Side:
         sides = {self.role: mine, Role(self.role).other.value: details}
         init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
         recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)
-        peer_srflx, peer_local, _shift = peer_addresses(details, protocol)
-        same_ip = peer_srflx is not None and peer_srflx[0] == mapped[0] and bool(peer_local)
+        peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
+        observed = address_of(peer.get("observed"))    # where the server saw the peer
+        vetted = vet_peer_candidates(details, protocol, my_public_ip=mapped[0],
+                                     peer_observed_ip=observed[0] if observed else None)
+        same_ip = vetted.srflx is not None and vetted.srflx[0] == mapped[0] and bool(vetted.local)
         plan = decide(init_p, recv_p, same_public_ip=same_ip, protocol=protocol)
+        plan.notes.extend(vetted.notes)
+        for note in vetted.notes:
+            self._say(note)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
-            targets = build_targets(plan, self.role, details, protocol=protocol)
+            targets = build_targets(plan, self.role, details, protocol=protocol, vetted=vetted)
             if protocol == "udp":
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy, key=self.key, match_id=match_id,
@@ -632,7 +645,7 @@ class _Side:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
-                    authenticate_stream(conn, self.key, match_id, self.role, deadline)
+                    conn = authenticate_stream(conn, self.key, match_id, self.role, deadline)
                 except BaseException:
                     conn.close()
                     raise

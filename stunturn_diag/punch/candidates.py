@@ -7,18 +7,27 @@ the peer's k-th new mapping after its STUN binding gets port
 ``srflx + flows_after_stun + k``, where ``flows_after_stun`` counts the flows
 (e.g. the HTTP check-in) it opened in between. Both sides aim and prime their
 windows in the same order, so the k-th mappings of both meet.
+
+Peer-supplied addresses are untrusted (:func:`vet_peer_candidates`): only IP
+literals (never a DNS lookup), at most :data:`MAX_LOCAL` host candidates, the
+server-reflexive address only where the signaling server saw the peer come from,
+and private, loopback or link-local host candidates only when the peer shares our
+public IP (a LAN peer); anything else is dropped and noted, so a malicious peer
+cannot aim our punch packets at our LAN or at third parties.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass, field
 
 from ..errors import PunchError
-from .auth import Role
+from .wire import Role
 from .decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
 Address = tuple[str, int]
+MAX_LOCAL = 8
 
 
 @dataclass
@@ -41,7 +50,75 @@ def address_of(obj: object) -> Address | None:
 
 
 def _locals(obj: object) -> list[Address]:
-    return [a for a in (address_of(x) for x in obj) if a][:8] if isinstance(obj, list) else []
+    return [a for a in (address_of(x) for x in obj) if a][:MAX_LOCAL] \
+        if isinstance(obj, list) else []
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP literal (IPv4-mapped IPv6 folded to IPv4), None for hostnames and junk."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _internal(addr) -> bool:
+    return addr.is_private or addr.is_loopback or addr.is_link_local
+
+
+@dataclass
+class PeerCandidates:
+    """The peer's addresses we agree to send to, and what was dropped (``notes``)."""
+
+    srflx: Address | None
+    local: list[Address]
+    shift: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def vet_peer_candidates(details: object, protocol: str = "udp", *,
+                        peer_observed_ip: str | None, my_public_ip: str | None) -> PeerCandidates:
+    """Keep only the peer candidates it is safe to punch toward (see the module doc).
+
+    ``peer_observed_ip``: where the signaling server saw the peer (``peer.observed``);
+    ``my_public_ip``: our own server-reflexive IP.
+    """
+    srflx, local, shift = peer_addresses(details, protocol)
+    notes: list[str] = []
+    observed = _ip(peer_observed_ip)
+    if srflx is not None:
+        addr = _ip(srflx[0])
+        if addr is None:
+            notes.append(f"peer srflx {srflx[0]!r} refused: not an IP address (no DNS lookups)")
+            srflx = None
+        elif observed is not None and addr != observed:
+            notes.append(f"peer srflx {srflx[0]} refused: the server saw the peer at {observed}")
+            srflx = None
+        elif addr.is_multicast or addr.is_unspecified:
+            notes.append(f"peer srflx {srflx[0]} refused: not a unicast address")
+            srflx = None
+        else:
+            srflx = (str(addr), srflx[1])
+    public = observed or (_ip(srflx[0]) if srflx else None)
+    mine = _ip(my_public_ip)
+    same_public = public is not None and public == mine
+    kept: list[Address] = []
+    for ip, port in local:
+        addr = _ip(ip)
+        if addr is None:
+            notes.append(f"peer host candidate {ip!r} refused: not an IP address")
+        elif not same_public:
+            notes.append(f"peer host candidate {ip} dropped: the peer is not behind our "
+                         "public IP")
+        elif not (_internal(addr) or addr == public) or addr.is_multicast or addr.is_unspecified:
+            notes.append(f"peer host candidate {ip} refused: neither a LAN address nor the "
+                         "peer's public IP")
+        else:
+            kept.append((str(addr), port))
+    return PeerCandidates(srflx, kept, shift, notes)
 
 
 def peer_addresses(details: object, protocol: str = "udp"
@@ -80,9 +157,17 @@ def peer_transports(details: object) -> tuple[list[str] | None, dict[str, str]]:
 
 
 def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: str = "udp",
-                  rng: random.Random | None = None) -> Targets:
-    """Targets (in send order), prime list, spray list and extra sockets for our side."""
-    srflx, local, shift = peer_addresses(peer_details, protocol)
+                  rng: random.Random | None = None,
+                  vetted: PeerCandidates | None = None) -> Targets:
+    """Targets (in send order), prime list, spray list and extra sockets for our side.
+
+    ``vetted``: the peer's candidates after :func:`vet_peer_candidates` (used instead of
+    the raw ``peer_details`` addresses).
+    """
+    if vetted is not None:
+        srflx, local, shift = vetted.srflx, vetted.local, vetted.shift
+    else:
+        srflx, local, shift = peer_addresses(peer_details, protocol)
     peer_role = Role(my_role).other.value
     if plan.strategy == "lan":
         targets = list(dict.fromkeys(local + ([srflx] if srflx else [])))

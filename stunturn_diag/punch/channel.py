@@ -1,7 +1,10 @@
 """The authenticated UDP endpoint handed to the user after a successful punch.
 
-Every datagram is a MAC'ed frame (:class:`stunturn_diag.punch.auth.Session`);
-forged, replayed or foreign datagrams are dropped and counted, never delivered.
+Every datagram is an encrypted, authenticated frame (:class:`stunturn_diag.punch.seal.Session`,
+ChaCha20-Poly1305 under per-direction keys from the PAKE); forged, replayed or
+foreign datagrams are dropped and counted, never delivered. The peer's address is
+pinned when the handshake completes: datagrams from any other source are
+counted (``foreign``) and ignored.
 A service thread reads the socket, answers late handshake retransmissions, sends
 keepalives (holding the NAT mappings open, RFC 4787 section 4.3) and declares the
 peer lost when nothing authentic arrived for ``peer_timeout`` seconds.
@@ -16,7 +19,9 @@ import threading
 import time
 
 from ..errors import PunchError
-from .auth import FRAME_OVERHEAD, Handshake, Kind, Session, is_handshake
+from .auth import Handshake
+from .seal import FRAME_OVERHEAD, Session
+from .wire import Kind, is_handshake
 
 Address = tuple[str, int]
 #: largest payload of one datagram: a frame must fit one UDP datagram over IPv4

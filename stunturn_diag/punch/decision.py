@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..behaviour import Filtering, Mapping, PortAllocation
-from .auth import Role
+from .wire import Role
 
 #: predicted-port window aimed at a sequentially allocating NAT
 PREDICT_WINDOW = 8

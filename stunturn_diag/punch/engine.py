@@ -11,7 +11,8 @@ in and sends the returned :class:`Send` items. Phases:
    4.1 notes mappings created by inbound packets hurt punching).
 2. **punch** (from ``start + gap``): HELLO to every target each round, 10 ms apart
    at first, then slower; a bounded, rate-limited spray for the birthday attempt.
-3. **confirm**: a valid PROOF carrying our nonce completes the handshake; its source
+3. **confirm**: a valid PROOF (key confirmation over our fresh share) completes the
+   handshake; its source
    address (wherever it actually came from) becomes the peer. Until the peer says
    it verified us too, our HELLO is repeated to it (it answers with its PROOF).
 
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .auth import Handshake, Kind, is_handshake
+from .auth import Handshake
+from .wire import VERSION, Kind, has_magic, is_handshake
 
 Address = tuple[str, int]
 
@@ -161,6 +163,9 @@ class UdpPunchEngine:
     # -- input ------------------------------------------------------------------
     def receive(self, data: bytes, src: Address, now: float, sock: int = 0) -> list[Send]:
         """Feed one received datagram; returns replies to send at once."""
+        if has_magic(data) and data[4] != VERSION:
+            self.handshake.handle(data)      # counted: failure() names the peer's version
+            return []
         if not is_handshake(data) or data[5] not in (Kind.HELLO, Kind.PROOF):
             self.ignored += 1
             return []
@@ -183,18 +188,15 @@ class UdpPunchEngine:
     # -- diagnosis ----------------------------------------------------------------
     def failure(self) -> tuple[str, str, list[dict]]:
         """(reason, message, attempts) after the deadline passed without completion."""
-        c = self.handshake.counters
         heard_hello = any(st.hellos for st in self.stats.values())
         attempts = [{"target": f"{ip}:{port}", "sent": st.sent, "hellos_received": st.hellos,
                      "proofs_received": st.proofs,
                      "result": ("peer's packets arrived here but ours never reached it"
                                 if st.hellos else "no authentic packet from this address")}
                     for (ip, port), st in self.stats.items() if st.sent or st.hellos or st.proofs]
-        forged = c.bad_tag + c.bad_proof + c.wrong_role
-        if forged:
-            return ("auth-failed", f"packets arrived that did not prove the access key "
-                    f"({forged} dropped): the peer uses another key, or a third party is "
-                    "interfering", attempts)
+        explained = self.handshake.failure_reason()
+        if explained:
+            return (*explained, attempts)
         if heard_hello:
             return ("one-way", "the peer's packets reached us but ours never reached the peer "
                     "(its NAT filtered them)", attempts)

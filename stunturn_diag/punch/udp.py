@@ -19,7 +19,8 @@ from typing import Callable
 
 from .. import stun
 from ..errors import AuthenticationError, PunchError
-from .auth import FRAME_KINDS, Handshake, Role, kind_of
+from .auth import Handshake
+from .wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
 from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
@@ -30,6 +31,7 @@ MAX_LOCAL_CANDIDATES = 8
 CONFIRM_LINGER = 1.0
 _HINTS = {
     "auth-failed": "both sides must use the same access key",
+    "version-mismatch": "the punch handshake changed (v2: PAKE and encryption)",
     "one-way": "the peer's NAT filters our packets; NAT profiles (the default probe, not "
                "--no-probe) may allow port prediction, else a relay (TURN) is needed",
     "timeout": "see the per-target attempts; with NAT profiles on both sides (the default "
@@ -238,7 +240,8 @@ class UdpRendezvous:
                 for a in attempts:
                     if a["target"] in errors:
                         a["send_error"] = errors[a["target"]]
-                cls = AuthenticationError if reason == "auth-failed" else PunchError
+                cls = AuthenticationError if reason in ("auth-failed", "version-mismatch") \
+                    else PunchError
                 raise cls(f"UDP punch failed ({strategy}): {message}", hint=_HINTS.get(reason),
                           reason=reason, attempts=attempts)
             wake = engine.next_wakeup()
