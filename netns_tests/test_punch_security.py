@@ -17,16 +17,42 @@ from stunturn_diag.punch.labkit import run_pair, start_server
 
 pytestmark = pytest.mark.netns
 
-#: sniff our datagrams on every interface of the router; answer each with forgeries
+#: sniff our datagrams on every interface of the router; answer each with forgeries.
+#: mode "forge": tampered/truncated handshake messages and tampered/replayed frames;
+#: mode "pake": a fake peer running the real handshake with a guessed key (one online guess)
 ATTACKER = r"""
 import os, sys, time
 from scapy.all import IP, UDP, Raw, conf, get_if_list, sniff
+from stunturn_diag.punch.auth import Handshake
 conf.verb = 0
 MAGIC = b"\x8fSTP"
-duration, limit = float(sys.argv[1]), int(sys.argv[2])
+duration, limit, mode, match_id = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 count = {"seen": 0, "sent": 0, "hello": 0, "proof": 0, "frame": 0}
 mine = set()
 out = conf.L3socket()
+fakes = {}
+
+def forgeries(data):
+    kind = data[5]
+    if kind == 1:          # HELLO: truncated; the genuine one again (harmless: idempotent)
+        count["hello"] += 1
+        return [data[:-1], data]
+    if kind == 2:          # PROOF: tampered MAC; "verified" flag set without the key
+        count["proof"] += 1
+        return [data[:-1] + bytes([data[-1] ^ 1]), data[:7] + bytes([data[7] ^ 1]) + data[8:]]
+    count["frame"] += 1    # frame: replay, flipped ciphertext byte, made-up tag
+    flipped = bytearray(data)
+    flipped[min(16, len(data) - 17)] ^= 0x20
+    return [data, bytes(flipped), data[:-16] + os.urandom(16)]
+
+def fake_peer(data):
+    if data[5] not in (1, 2):
+        return []
+    role = "initiator" if data[6] == 1 else "receiver"      # pose as the other role
+    hs = fakes.setdefault(role, Handshake("a-guessed-key-42", match_id, role))
+    count["hello" if data[5] == 1 else "proof"] += 1
+    reply = hs.handle(data).reply
+    return [hs.hello()] + ([reply] if reply else [])
 
 def forge(pkt):
     if count["sent"] >= limit or IP not in pkt or UDP not in pkt:
@@ -35,20 +61,14 @@ def forge(pkt):
     if not data.startswith(MAGIC) or data in mine:
         return
     count["seen"] += 1
-    kind = data[5]
-    if kind == 1:          # HELLO: a fresh nonce with a made-up tag
-        forged = [data[:8] + os.urandom(32)]
-        count["hello"] += 1
-    elif kind == 2:        # PROOF: tampered MAC; proof bound to another nonce
-        forged = [data[:-1] + bytes([data[-1] ^ 1]), data[:8] + os.urandom(16) + data[24:]]
-        count["proof"] += 1
-    else:                  # frame: replay, flipped payload byte, made-up tag
-        flipped = bytearray(data)
-        flipped[min(16, len(data) - 17)] ^= 0x20
-        forged = [data, bytes(flipped), data[:-16] + os.urandom(16)]
-        count["frame"] += 1
     ip, udp = pkt[IP], pkt[UDP]
-    for f in forged:
+    if mode == "pake":      # answer the sender as if from its peer
+        for f in fake_peer(data):
+            mine.add(f)
+            out.send(IP(src=ip.dst, dst=ip.src) / UDP(sport=udp.dport, dport=udp.sport) / Raw(f))
+            count["sent"] += 1
+        return
+    for f in forgeries(data):
         mine.add(f)
         # as the sender toward the receiver, and as the receiver back to the sender
         # (back to the sender, the role byte claims the other role)
@@ -84,8 +104,9 @@ except PunchError as e:
 """
 
 
-def _attacker(lab, duration: float, limit: int = 800):
-    proc = lab.popen("inet", [sys.executable, "-c", ATTACKER, str(duration), str(limit)])
+def _attacker(lab, duration: float, limit: int = 800, mode: str = "forge", match_id: str = "-"):
+    proc = lab.popen("inet", [sys.executable, "-c", ATTACKER, str(duration), str(limit), mode,
+                              match_id])
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-500:]
     return proc
 
@@ -103,19 +124,33 @@ def test_forged_replayed_and_tampered_packets_neither_break_nor_enter_the_channe
     stats = [ini["stats"], rec["stats"]]
     assert sum(s["replayed"] for s in stats) >= 1, (stats, out)
     assert sum(s["bad_tag"] for s in stats) >= 1, (stats, out)
+    assert sum(s["handshake"]["bad_proof"] + s["handshake"]["malformed"] for s in stats) >= 1
 
 
-def test_a_third_party_knowing_the_addresses_cannot_complete_the_handshake():
+def _lone_against(mode: str) -> tuple[dict, str]:
     with Lab(LabSpec.simple("full-cone", "full-cone")) as lab:
         start_server(lab)
-        attacker = _attacker(lab, duration=5)
+        attacker = _attacker(lab, duration=5, mode=mode, match_id="m-1")
         # the "peer" address is site a's public IP; nobody there holds the key
         lone = lab.popen("b1", [sys.executable, "-c", LONE, lab.server_ip,
                                 lab.site_public_ip("a"), "40000"])
         lines = lone.communicate(timeout=30)[0].strip().splitlines()
         out = attacker.communicate(timeout=20)[0]
-    result = json.loads(lines[-1])
+    return json.loads(lines[-1]), out
+
+
+def test_a_third_party_knowing_the_addresses_cannot_complete_the_handshake():
+    """Reflected and truncated messages are no peer: nothing authentic ever arrives."""
+    result, out = _lone_against("forge")
+    assert result["ok"] is False, (result, out)
+    assert result["reason"] == "timeout", (result, out)
+    assert "'hello': 0" not in out          # the attacker did answer with forgeries
+
+
+def test_a_fake_peer_with_a_guessed_key_fails_after_one_guess():
+    """The attacker runs the real v2 handshake with a wrong key: one online guess, refused."""
+    result, out = _lone_against("pake")
     assert result["ok"] is False, (result, out)
     assert result["reason"] == "auth-failed", (result, out)
-    assert "did not prove the access key" in result["message"]
-    assert "'hello': 0" not in out          # the attacker did answer with forgeries
+    assert "key confirmation did not verify" in result["message"]
+    assert "'hello': 0" not in out and "'sent': 0" not in out, out

@@ -33,6 +33,21 @@ def run(a: Handshake, b: Handshake, first: bytes, to_b=True, limit=10):
         msg, dst = out.reply, (a if dst is b else b)
 
 
+def _record_transcript() -> list[bytes]:
+    """Every message of one complete handshake, in order (what a passive tap records)."""
+    i, r = pair()
+    messages = []
+    msg, dst = i.hello(), r
+    for _ in range(6):
+        messages.append(msg)
+        out = dst.handle(msg)
+        if out.reply is None:
+            break
+        msg, dst = out.reply, (i if dst is r else r)
+    assert i.confirmed and r.confirmed
+    return messages
+
+
 def test_both_sides_complete_and_confirm_from_a_hello():
     i, r = pair()
     run(i, r, i.hello())
@@ -114,16 +129,7 @@ def test_own_share_under_the_peer_role_byte_is_refused():
 
 def test_a_replayed_transcript_does_not_complete_a_new_handshake():
     """Messages recorded from an earlier handshake of the same match are useless later."""
-    i_old, r_old = pair()
-    recorded = []
-    msg, dst = i_old.hello(), r_old
-    for _ in range(6):
-        recorded.append(msg)
-        out = dst.handle(msg)
-        if out.reply is None:
-            break
-        msg, dst = out.reply, (i_old if dst is r_old else r_old)
-    assert i_old.complete and r_old.complete
+    recorded = _record_transcript()
     i_new, r_new = pair()
     for m in recorded:                                   # replay both directions' messages
         i_new.handle(m)
@@ -213,20 +219,6 @@ def test_a_version_1_peer_is_named_not_downgraded():
 
 
 # --- (b) a recorded transcript allows no offline test of a key guess -----------------------
-
-def _record_transcript():
-    i, r = pair()
-    messages = []
-    msg, dst = i.hello(), r
-    for _ in range(6):
-        messages.append(msg)
-        out = dst.handle(msg)
-        if out.reply is None:
-            break
-        msg, dst = out.reply, (i if dst is r else r)
-    assert i.confirmed and r.confirmed
-    return messages
-
 
 def _offline_check(messages, guess: str) -> bool:
     """The best check an eavesdropper can compute from a guess, the transcript and match_id.
