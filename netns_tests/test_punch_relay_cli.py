@@ -1,7 +1,8 @@
 """`punch --forward` / `--listen` in the lab, as the README runs them: a real local
 service behind the receiver's NAT, a real local client behind the initiator's NAT,
 bytes both ways over the punched TCP stream and the punched UDP channel; and a
-peer that vanishes is reported as lost.
+peer that vanishes is reported as lost. A sniffer on the core router (between the
+sites) checks that the relayed bytes are ciphertext on the wire (issue 10).
 
 Lab: site a behind plain masquerade (port-restricted), site b behind a full cone.
 The receiver runs without ``--protocol`` (it prepares both; the initiator picks).
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -24,6 +26,35 @@ from stunturn_diag.punch.labkit import HTTP_PORT, start_server
 pytestmark = pytest.mark.netns
 
 KEY = "relay-lab-key-42"
+#: plaintext the local client sends (TCP); must never appear between the sites
+MARKER = b"PLAINTEXT-MARKER-0xC0FFEE-must-not-be-on-the-wire|"
+
+#: in clear on the wire (the handshake header): proves the sniffer reads the payloads
+CONTROL = b"\x8fSTP\x02"
+
+#: on the router: record every IP payload (also fragments) between the two sites' public IPs until a
+#: line on stdin (or 90 s), then print how much it saw and which needles it found
+SNIFFER = r"""
+import json, select, sys
+from scapy.all import IP, AsyncSniffer, conf, get_if_list
+conf.verb = 0
+a, b = sys.argv[1], sys.argv[2]
+needles = [bytes.fromhex(h) for h in sys.argv[3:]]
+seen = {"packets": 0, "bytes": 0, "found": []}
+def look(pkt):
+    if IP not in pkt or {pkt[IP].src, pkt[IP].dst} != {a, b}:
+        return
+    data = bytes(pkt[IP].payload)        # UDP/TCP segment or a later IP fragment of one
+    seen["packets"] += 1
+    seen["bytes"] += len(data)
+    seen["found"] += [n.hex() for n in needles if n in data and n.hex() not in seen["found"]]
+sniffer = AsyncSniffer(iface=[i for i in get_if_list() if i != "lo"], prn=look, store=False)
+sniffer.start()
+print("ready", flush=True)
+select.select([sys.stdin], [], [], 90)      # bounded: the test says stop, or 90 s pass
+sniffer.stop()
+print(json.dumps(seen), flush=True)
+"""
 SERVICE_PORT = 9000
 LISTEN_PORT = 2222
 
@@ -58,10 +89,10 @@ else:
 #: the local client on the initiator's host; prints one JSON line
 CLIENT = r"""
 import hashlib, json, os, socket, sys, threading
-proto, port = sys.argv[1], int(sys.argv[2])
+proto, port, MARKER = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
 out = {}
 if proto == "tcp":
-    blob = os.urandom(300_000)
+    blob = MARKER * 50 + os.urandom(300_000)
     c = socket.create_connection(("127.0.0.1", port), timeout=20)
     def send():
         c.sendall(blob); c.shutdown(socket.SHUT_WR)
@@ -126,19 +157,37 @@ def _start_pair(lab, protocol: str, *receiver_args: str):
 
 
 def _client(lab, protocol: str) -> dict:
-    result = lab.exec("a1", [sys.executable, "-c", CLIENT, protocol, str(LISTEN_PORT)],
-                      timeout=60)
+    result = lab.exec("a1", [sys.executable, "-c", CLIENT, protocol, str(LISTEN_PORT),
+                             MARKER.hex()], timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
+def _sniffer(lab, *needles: bytes):
+    proc = lab.popen("inet", [sys.executable, "-c", SNIFFER, lab.site_public_ip("a"),
+                              lab.site_public_ip("b"), *(n.hex() for n in needles)],
+                     stdin=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-500:]
+    return proc
+
+
+def _sniffed(proc) -> dict:
+    out, err = proc.communicate("stop\n", timeout=30)
+    return json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
+
+
 def test_tcp_forward_and_listen_carry_a_stream_both_ways_and_end_cleanly():
     with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
+        sniffer = _sniffer(lab, CONTROL, MARKER, MARKER[:16])
         ini, rec = _start_pair(lab, "tcp")
         got = _client(lab, "tcp")
         i_out, i_err = ini.communicate(timeout=30)
         r_out, r_err = rec.communicate(timeout=30)
-    assert got["length"] == 300_000 and got["got"] == got["sent"], got
+        wire = _sniffed(sniffer)
+    assert got["length"] == 300_000 + 50 * len(MARKER) and got["got"] == got["sent"], got
+    # the stream crossed the router (the sniffer may miss some of the large GRO
+    # segments, so no exact count) and only as ciphertext
+    assert wire.get("bytes", 0) > 300_000 and wire["found"] == [CONTROL.hex()], wire
     # the local client's half-close travels through; both relays end by themselves
     assert (ini.returncode, rec.returncode) == (0, 0), (i_err, r_err)
     assert "over tcp" in r_err and "forwarding to 127.0.0.1:9000" in r_err
@@ -150,12 +199,17 @@ def test_udp_forward_and_listen_keep_datagrams_whole_and_a_lost_peer_is_reported
     wire); then the initiator is killed without a goodbye and the receiver reports
     the lost peer after --peer-timeout."""
     with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
+        # the datagrams' plaintext: the echo prefix and runs of the client's filler bytes
+        needles = (b"echo:\x01", bytes([700 % 251]) * 32, bytes([20000 % 251]) * 32)
+        sniffer = _sniffer(lab, CONTROL, *needles)
         ini, rec = _start_pair(lab, "udp", "--peer-timeout", "2")
         got = _client(lab, "udp")
+        wire = _sniffed(sniffer)
         ini.send_signal(signal.SIGKILL)     # no BYE: only keepalives stop
         ini.communicate(timeout=30)
         r_out, r_err = rec.communicate(timeout=30)
     assert got["replies"] == {"1": True, "700": True, "1400": True, "4000": True,
                               "20000": True}, got
+    assert wire.get("bytes", 0) > 26_101 and wire["found"] == [CONTROL.hex()], wire
     assert rec.returncode == 1, r_err
     assert "went silent for 2s" in r_err and "Traceback" not in r_err, r_err
