@@ -176,3 +176,17 @@ def test_authenticate_stream_to_a_closed_peer_is_a_punch_error():
         authenticate_stream(a, KEY, MATCH, "initiator", deadline=time.monotonic() + 5)
     assert err.value.reason == "auth-connection-lost"
     a.close()
+
+
+def test_makefile_reads_lines_of_the_decrypted_stream():
+    a, b = socket.socketpair()
+    res = _pair_over(a, b)
+    res["i"].sendall(b"first line\nsecond ")
+    res["i"].sendall(b"line\n")
+    res["i"].shutdown(socket.SHUT_WR)
+    reader = res["r"].makefile("rb")
+    assert reader.readline() == b"first line\n" and reader.readline() == b"second line\n"
+    assert reader.readline() == b""
+    with pytest.raises(ValueError):
+        res["r"].makefile("w")
+    a.close(), b.close()

@@ -10,6 +10,7 @@ encrypted, authenticated records (:mod:`.seal`). The relay (``--forward``,
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -164,6 +165,12 @@ class SecureStream:
         self.bytes_received += len(out)
         return out
 
+    def makefile(self, mode: str = "rb", buffering: int = io.DEFAULT_BUFFER_SIZE):
+        """A buffered binary reader over the decrypted stream (``mode`` ``"rb"`` only)."""
+        if mode != "rb":
+            raise ValueError(f"SecureStream.makefile supports mode 'rb' only, not {mode!r}")
+        return io.BufferedReader(_RawReader(self), buffering)
+
     # -- socket-like rest ----------------------------------------------------------
     def close(self) -> None:
         self.sock.close()
@@ -192,3 +199,18 @@ class SecureStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _RawReader(io.RawIOBase):
+    """``readinto`` over :meth:`SecureStream.recv` (for :meth:`SecureStream.makefile`)."""
+
+    def __init__(self, stream: SecureStream) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.recv(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
