@@ -111,7 +111,9 @@ def start_server(wait_timeout: float) -> tuple[subprocess.Popen, str]:
 
 
 def key_for(i: int) -> str:
-    return f"bench-key-{i:07d}"
+    """A distinct rendezvous identifier per pair (64 hex digits, as clients send; the
+    server treats it as opaque, so no scrypt is needed here)."""
+    return f"{i:064x}"
 
 
 def run(args) -> dict:
@@ -141,7 +143,7 @@ def run(args) -> dict:
                 sock.connect(address)
                 sockets.append(sock)
                 sock.sendall(http_request("POST", "/v1/initiate", {
-                    "access_key": key_for(i), "target_ip": "127.0.0.1", "protocol": "udp"}))
+                    "rendezvous": key_for(i), "target_ip": "127.0.0.1", "protocol": "udp"}))
                 status, _ = Reader(sock).response()
                 if status == 200:
                     answers[i] = time.perf_counter()
@@ -177,7 +179,7 @@ def run(args) -> dict:
                     if time.monotonic() > deadline:
                         return
                     sent[i] = time.perf_counter()
-                    sock.sendall(http_request("POST", "/v1/checkin", {"access_key": key_for(i)}))
+                    sock.sendall(http_request("POST", "/v1/checkin", {"rendezvous": key_for(i)}))
                     receiver_status[i] = reader.response()[0]
                     if len(indices) > 1 and concurrency_one:
                         # unloaded latency: let the initiator's answer be read before the next pair

@@ -170,8 +170,8 @@ def test_an_invalid_share_does_not_use_up_the_handshake():
 def test_one_share_per_handshake_bounds_online_guessing():
     """A second, different share is refused: one online guess per attempt at most."""
     i, r = pair()
-    attacker = SPAKE2_B(auth.pake_password("guess-1"), idA=auth.identity(Role.INITIATOR, MATCH),
-                        idB=auth.identity(Role.RECEIVER, MATCH))
+    attacker = SPAKE2_B(auth.pake_password("guess-1"), idA=auth.identity(Role.INITIATOR),
+                        idB=auth.identity(Role.RECEIVER))
     evil = header(Kind.HELLO, Role.RECEIVER) + attacker.start()
     assert i.handle(evil).accepted                       # first share: the one guess
     out = i.handle(r.hello())
@@ -230,7 +230,7 @@ def _offline_check(messages, guess: str) -> bool:
     hello_i = next(m for m in messages if m[5] == Kind.HELLO and m[6] == 0)
     proof_r = next(m for m in messages if m[5] == Kind.PROOF and m[6] == 1)
     share_i, share_r = hello_i[HEADER.size:], proof_r[HEADER.size:HEADER.size + auth.SHARE_LEN]
-    ids = dict(idA=auth.identity(Role.INITIATOR, MATCH), idB=auth.identity(Role.RECEIVER, MATCH))
+    ids = dict(idA=auth.identity(Role.INITIATOR), idB=auth.identity(Role.RECEIVER))
     mine = SPAKE2_A(auth.pake_password(guess), **ids)
     mine.start()                             # a fresh scalar: the recorded one is unknown
     keys = auth.schedule(mine.finish(share_r), auth.transcript_hash(MATCH, share_i, share_r))
@@ -255,7 +255,7 @@ def test_a_recorded_transcript_gives_the_right_key_no_advantage_over_a_wrong_one
 def test_a_mitm_substituting_its_own_pake_messages_fails_on_both_sides():
     """The relay swaps each side's share for its own (made with its best key guess)."""
     i, r = pair()
-    ids = dict(idA=auth.identity(Role.INITIATOR, MATCH), idB=auth.identity(Role.RECEIVER, MATCH))
+    ids = dict(idA=auth.identity(Role.INITIATOR), idB=auth.identity(Role.RECEIVER))
     guess = auth.pake_password("mitm guess")
     toward_i = SPAKE2_B(guess, **ids)                     # poses as the receiver to i
     toward_r = SPAKE2_A(guess, **ids)                     # poses as the initiator to r
@@ -277,3 +277,22 @@ def test_a_mitm_substituting_its_own_pake_messages_fails_on_both_sides():
     assert not i.complete and not r.complete
     assert i.counters.bad_proof >= 1 and r.counters.bad_proof >= 1
     assert i.failure_reason()[0] == r.failure_reason()[0] == "auth-failed"
+
+
+def test_a_share_started_before_the_match_is_bound_to_the_match_by_the_transcript():
+    """The pre-computed share completes for its match; the same key under another match
+    id (a server lying about the match to each side) does not."""
+    i = Handshake(KEY, MATCH, Role.INITIATOR, started=auth.start_pake(KEY, Role.INITIATOR))
+    r = Handshake(KEY, MATCH, Role.RECEIVER, started=auth.start_pake(KEY, "receiver"))
+    run(i, r, i.hello())
+    assert i.confirmed and r.confirmed
+    j = Handshake(KEY, MATCH, Role.INITIATOR, started=auth.start_pake(KEY, Role.INITIATOR))
+    s = Handshake(KEY, "another-match", Role.RECEIVER)
+    run(j, s, j.hello())
+    assert not j.complete and not s.complete and j.counters.bad_proof == 1
+    started = auth.start_pake(KEY, Role.INITIATOR)
+    Handshake(KEY, MATCH, Role.INITIATOR, started=started)
+    with pytest.raises(ValueError):
+        Handshake(KEY, MATCH, Role.INITIATOR, started=started)      # single use
+    with pytest.raises(ValueError):
+        Handshake(KEY, MATCH, Role.RECEIVER, started=auth.start_pake(KEY, Role.INITIATOR))

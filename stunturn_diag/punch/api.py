@@ -48,6 +48,7 @@ from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
                       StunturnError)
 from ..signaling import SignalingClient
+from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
 from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
@@ -276,6 +277,7 @@ class _Side:
         self._cache_key: str | None = None
         self._cached_public_ip: str | None = None
         self.rendezvous = ""
+        self.pake: StartedPake | None = None
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -590,6 +592,7 @@ class _Side:
             finally:
                 kdf.join()
             self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
+            self.pake = start_pake(self.key, self.role)     # SPAKE2's first half: before the match
             if self.role == "initiator" and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
             match = self._pair()
@@ -639,13 +642,15 @@ class _Side:
                                 prime_targets=targets.prime, spray=targets.spray,
                                 extra_sockets=targets.extra_sockets, hold=targets.hold,
                                 keepalive_interval=self.opts.keepalive_interval,
-                                peer_timeout=self.opts.peer_timeout)
+                                peer_timeout=self.opts.peer_timeout, pake=self.pake)
                 local_addr, peer_addr = conn.local_address, conn.peer_address
             else:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
-                    conn = authenticate_stream(conn, self.key, match_id, self.role, deadline)
+                    hs = Handshake(self.key, match_id, self.role, started=self.pake)
+                    conn = authenticate_stream(conn, self.key, match_id, self.role, deadline,
+                                               handshake=hs)
                 except BaseException:
                     conn.close()
                     raise

@@ -10,9 +10,11 @@ Both peers know the access key ``K``; the signaling server gave both the same
 draft-irtf-cfrg-spake2, RFC 9382) over Ed25519 from the ``spake2`` package, the
 initiator as side A, the receiver as side B:
 
-* identities: ``idA = "stunturn-punch/v2|initiator|" + match_id``, ``idB`` likewise
-  with ``receiver``: the version, both roles and the match are in the SPAKE2 key
-  schedule, so a share made for another match, role or version yields another key;
+* identities: ``idA = "stunturn-punch/v2|initiator"``, ``idB`` likewise with
+  ``receiver``: the version and both roles are in the SPAKE2 key schedule. The
+  match is bound by the transcript below (key confirmation and the traffic keys),
+  so a share can be computed before the match (:func:`start_pake`: the scalar
+  multiplications of SPAKE2's first half then cost nothing after the match);
 * ``HELLO(role, share)`` carries this side's SPAKE2 message (33 bytes). It is
   identical on every retransmission and on every candidate path, so loss and
   duplication are harmless (idempotent). One SPAKE2 state per handshake: the first
@@ -46,6 +48,7 @@ from typing import Callable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.parameters.ed25519 import ParamsEd25519 as PARAMS
 
 from ..errors import AuthenticationError
 from .seal import KEY_LEN, ReplayWindow, Session
@@ -69,8 +72,32 @@ def pake_password(key: str | bytes) -> bytes:
     return LABEL + b" pake\x00" + raw
 
 
-def identity(role: Role, match_id: str) -> bytes:
-    return LABEL + b"|" + role.value.encode() + b"|" + match_id.encode("utf-8")
+def identity(role: Role) -> bytes:
+    return LABEL + b"|" + role.value.encode()
+
+
+class StartedPake:
+    """SPAKE2's first half for one side, computed ahead of the match (single use)."""
+
+    def __init__(self, key: str | bytes, role: Role | str, *,
+                 entropy: Callable[[int], bytes] = os.urandom) -> None:
+        self.role = Role(role)
+        side = SPAKE2_A if self.role is Role.INITIATOR else SPAKE2_B
+        self._pake = side(pake_password(key), idA=identity(Role.INITIATOR),
+                          idB=identity(Role.RECEIVER), params=PARAMS, entropy_f=entropy)
+        self.share = self._pake.start()
+        self._taken = False
+
+    def take(self):
+        if self._taken:
+            raise ValueError("a started PAKE serves one handshake only")
+        self._taken = True
+        return self._pake
+
+
+def start_pake(key: str | bytes, role: Role | str, *,
+               entropy: Callable[[int], bytes] = os.urandom) -> StartedPake:
+    return StartedPake(key, role, entropy=entropy)
 
 
 def transcript_hash(match_id: str, share_initiator: bytes, share_receiver: bytes) -> bytes:
@@ -84,6 +111,21 @@ def schedule(pake_key: bytes, transcript: bytes) -> dict[str, bytes]:
     okm = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN * len(_KEYS), salt=transcript,
                info=LABEL + b" keys").derive(pake_key)
     return {name: okm[i * KEY_LEN:(i + 1) * KEY_LEN] for i, name in enumerate(_KEYS)}
+
+
+_SIDE_BYTE = {Role.INITIATOR: b"A", Role.RECEIVER: b"B"}
+
+
+def _usable_share(share: bytes, sender: Role, own: bytes) -> bool:
+    """Would SPAKE2's finish() accept ``share``? (Side byte, a prime-order group element,
+    not our own share reflected.) Checked first, so junk never uses up our one finish()."""
+    if share[:1] != _SIDE_BYTE[sender] or share[1:] == own[1:]:
+        return False
+    try:
+        PARAMS.group.bytes_to_element(share[1:])
+    except Exception:       # noqa: BLE001 - spake2 raises ValueError or NotOnCurve on junk
+        return False
+    return True
 
 
 @dataclass
@@ -100,17 +142,16 @@ class Handshake:
     """The pure handshake state machine of one side (no sockets, no clocks)."""
 
     def __init__(self, key: str | bytes, match_id: str, role: Role | str, *,
-                 entropy: Callable[[int], bytes] = os.urandom) -> None:
+                 entropy: Callable[[int], bytes] = os.urandom,
+                 started: StartedPake | None = None) -> None:
+        """``started``: this side's :func:`start_pake` for ``key`` (else computed now)."""
         self.role = Role(role)
         self.match_id = match_id
-        side = SPAKE2_A if self.role is Role.INITIATOR else SPAKE2_B
-        self._pake = side(pake_password(key), idA=identity(Role.INITIATOR, match_id),
-                          idB=identity(Role.RECEIVER, match_id), entropy_f=entropy)
-        self.share = self._pake.start()
-        #: finish() is single-use even when it fails: each attempt runs on a restored copy
-        self._side = side
-        self._state = self._pake.serialize()
-        del self._pake
+        started = started or StartedPake(key, self.role, entropy=entropy)
+        if started.role is not self.role:
+            raise ValueError("the started PAKE is for the other role")
+        self._pake = started.take()
+        self.share = started.share
         self.peer_share: bytes | None = None
         self._keys: dict[str, bytes] | None = None
         self._transcript = b""
@@ -142,12 +183,10 @@ class Handshake:
         """Finish SPAKE2 with the first well-formed peer share; why not, else None."""
         if self.peer_share is not None:
             return None if hmac.compare_digest(share, self.peer_share) else "another-share"
-        try:
-            pake_key = self._side.from_serialized(self._state).finish(share)
-        except Exception:       # noqa: BLE001 - spake2 raises ValueError/NotOnCurve/OffSides
-            return "bad-share"  # on untrusted bytes; its state is kept for the next try
+        if not _usable_share(share, self.role.other, self.share):
+            return "bad-share"      # finish() is single-use even when it fails: check first
+        pake_key = self._pake.finish(share)
         self.peer_share = share
-        self._state = b""           # the secret scalar is not needed any more
         shares = (self.share, share) if self.role is Role.INITIATOR else (share, self.share)
         self._transcript = transcript_hash(self.match_id, *shares)
         self._keys = schedule(pake_key, self._transcript)
@@ -218,6 +257,6 @@ class Handshake:
         return Session(self.role, send, recv)
 
 
-__all__ = ["Handshake", "Outcome", "Role", "Kind", "Counters", "Session", "ReplayWindow",
+__all__ = ["Handshake", "StartedPake", "start_pake", "Outcome", "Role", "Kind", "Counters", "Session", "ReplayWindow",
            "FRAME_KINDS", "HELLO_LEN", "PROOF_LEN", "MAGIC", "VERSION", "is_handshake",
            "kind_of", "has_magic"]

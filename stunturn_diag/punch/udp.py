@@ -19,7 +19,7 @@ from typing import Callable
 
 from .. import stun
 from ..errors import AuthenticationError, PunchError
-from .auth import Handshake
+from .auth import Handshake, StartedPake
 from .wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
 from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
@@ -199,13 +199,15 @@ class UdpRendezvous:
               prime_ttl: int | None = None, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
-              keepalive_interval: float = 2.0, peer_timeout: float = 10.0) -> UdpChannel:
+              keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
+              pake: StartedPake | None = None) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
         Raises :class:`PunchError` with ``reason`` and per-target ``attempts``.
         ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
+        ``pake``: our SPAKE2 half started before the match (:func:`.auth.start_pake`).
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
@@ -214,7 +216,7 @@ class UdpRendezvous:
             s = socket.socket(self.family, socket.SOCK_DGRAM)
             s.bind((self.local_address[0], 0))
             self._extra.append(s)
-        hs = Handshake(key, match_id, Role(role))
+        hs = Handshake(key, match_id, Role(role), started=pake)
         engine = UdpPunchEngine(hs, list(peer_candidates), start=time.monotonic(), deadline=deadline,
                                 prime_ttl=prime_ttl, prime_targets=list(peer_candidates
                                                                     if prime_targets is None
