@@ -214,5 +214,10 @@ class SignalingClient:
             return SignalingError(f"{url} answered HTTP {status} without a signaling error body",
                                   hint="is this URL really a stunturn-diag signaling server?",
                                   status=status)
+        hint = None
+        if status == 400 and "access_key" in message and "upgrade the client" not in message:
+            # a server from before issue 10 wants the key itself: never send it, upgrade it
+            hint = ("this server predates the rendezvous field (it asks for the access key "
+                    "itself); upgrade the server")
         return SignalingError(f"the signaling server rejected the request ({status} {error}): {message}",
-                              status=status, error=error)
+                              hint=hint, status=status, error=error)

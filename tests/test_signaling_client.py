@@ -183,3 +183,31 @@ def test_silent_server_is_unreachable_not_a_hang():
             SignalingClient(f"127.0.0.1:{listener.getsockname()[1]}", timeout=0.3).info()
     finally:
         listener.close()
+
+
+class _OldServer(http.server.BaseHTTPRequestHandler):
+    """Answers like a server from before issue 10 (it wanted the key itself)."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = b'{"error": "bad-request", "message": "checkin: missing field(s) access_key"}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_an_old_server_asking_for_the_key_gets_an_upgrade_hint_not_the_key():
+    srv = http.server.HTTPServer(("127.0.0.1", 0), _OldServer)
+    thread = threading.Thread(target=srv.handle_request)
+    thread.start()
+    try:
+        with pytest.raises(SignalingError) as info:
+            SignalingClient(f"http://127.0.0.1:{srv.server_port}").checkin(KEY)
+        assert info.value.status == 400 and "upgrade the server" in str(info.value)
+    finally:
+        thread.join(10)
+        srv.server_close()
