@@ -19,7 +19,7 @@ channel results, pairing included (``reason`` ``no-initiator``, ``pairing-timeou
 :class:`ConfigError`, before any I/O.
 
 Steps on each side: ask the server for its STUN endpoint; know this NAT (a cached
-profile, else the quick probe, while the slow key stretching runs beside it); learn the
+profile, else the quick probe, while the slow rendezvous KDF (scrypt) runs beside it); learn the
 server-reflexive address from the socket that will punch (keeping it alive; a receiver
 learns its UDP and TCP mappings concurrently and keeps whichever it got); send it with
 local addresses, the transports it has and the NAT profile; get matched; both sides
