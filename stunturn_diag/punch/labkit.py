@@ -18,10 +18,11 @@ HTTP_PORT = 8080
 
 #: runs in a lab host: punch through the API, then exchange data both ways (bounded)
 PEER = r"""
-import json, sys, time
+import json, os, sys, time
 from stunturn_diag.errors import StunturnError
 from stunturn_diag.punch import api
-role, url, key, target, profile, punch_timeout, prime_ttl, birthday, wait, linger = sys.argv[1:11]
+role, url, target, profile, punch_timeout, prime_ttl, birthday, wait, linger = sys.argv[1:10]
+key = os.environ["STUNTURN_KEY"]          # not in argv: the key stays out of ps
 opts = dict(punch_timeout=float(punch_timeout), prime_ttl=int(prime_ttl) or None,
             birthday=birthday == "1", peer_timeout=5.0,
             nat_profile=json.loads(profile) if profile != "-" else None)
@@ -109,11 +110,11 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
         start_server(lab)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
     target = lab.site_public_ip(lab.site_of(receiver_host))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", STUNTURN_KEY=key)
 
     def peer(host: str, role: str) -> subprocess.Popen:
         profile = json.dumps(lab.expected(lab.site_of(host))) if profiles else "-"
-        return lab.popen(host, [sys.executable, "-c", PEER, role, url, key, target, profile,
+        return lab.popen(host, [sys.executable, "-c", PEER, role, url, target, profile,
                                 str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
                                 str(pair_wait), str(linger)],
                          env=env)
