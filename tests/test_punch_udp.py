@@ -154,3 +154,22 @@ def test_oversized_payload_is_refused():
         a.send(b"x" * (MAX_PAYLOAD + 1))
     a.close()
     b.close()
+
+
+def test_the_peer_address_is_pinned_a_valid_frame_from_elsewhere_is_not_delivered():
+    """An on-path relay that forwards the peer's genuine frame from its own address gets
+    nowhere: after the handshake only the pinned address counts."""
+    a, b = punch_pair()
+    try:
+        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        relay.bind(("127.0.0.1", 0))
+        relay.sendto(a.session.seal(Kind.DATA, b"relayed"), b.local_address)
+        relay.close()
+        assert wait_for(lambda: b.stats()["foreign"] == 1, 3.0)
+        with pytest.raises(TimeoutError):
+            b.recv(0.2)
+        a.send(b"direct")
+        assert b.recv(2) == b"direct"
+    finally:
+        a.close()
+        b.close()
