@@ -16,7 +16,7 @@ from stunturn_diag.errors import ConfigError
 from stunturn_server.app import create_app
 from stunturn_server.config import ServerConfig
 
-KEY = "k3y-for-turn-tests"
+KEY = "7e" * 32          # a rendezvous identifier (64 hex digits)
 RECEIVER_IP, INITIATOR_IP = "203.0.113.7", "198.51.100.10"
 SECRET = "relay-secret"
 TURN = {"turn_server": "198.51.100.10:3478", "turn_secret": SECRET, "turn_realm": "stunturn.test"}
@@ -31,7 +31,7 @@ def pair(app, receiver_ip: str = RECEIVER_IP, initiator_ip: str = INITIATOR_IP) 
     """Initiator (long-poll in a thread) and receiver through the test client:
     (initiator answer, receiver answer)."""
     box = {}
-    body = {"access_key": KEY, "target_ip": receiver_ip, "protocol": "udp", "timeout": 10}
+    body = {"rendezvous": KEY, "target_ip": receiver_ip, "protocol": "udp", "timeout": 10}
     thread = threading.Thread(target=lambda: box.setdefault(
         "init", _post(app.test_client(), "/v1/initiate", body, initiator_ip)))
     thread.start()
@@ -39,7 +39,7 @@ def pair(app, receiver_ip: str = RECEIVER_IP, initiator_ip: str = INITIATOR_IP) 
     deadline = time.monotonic() + 10
     while client.get("/healthz").get_json()["waiting"] == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
-    recv = _post(client, "/v1/checkin", {"access_key": KEY}, receiver_ip)
+    recv = _post(client, "/v1/checkin", {"rendezvous": KEY}, receiver_ip)
     thread.join(10)
     assert recv.status_code == 200 and box["init"].status_code == 200
     return box["init"].get_json(), recv.get_json()
@@ -75,8 +75,8 @@ def test_both_peers_get_their_own_short_lived_credentials():
 def test_no_credentials_without_a_match_or_without_a_relay():
     app = create_app(ServerConfig(stun_enabled=False, wait_timeout=0.05, extra=TURN))
     client = app.test_client()
-    miss = _post(client, "/v1/checkin", {"access_key": KEY}, RECEIVER_IP)
-    late = _post(client, "/v1/initiate", {"access_key": KEY, "target_ip": RECEIVER_IP,
+    miss = _post(client, "/v1/checkin", {"rendezvous": KEY}, RECEIVER_IP)
+    late = _post(client, "/v1/initiate", {"rendezvous": KEY, "target_ip": RECEIVER_IP,
                                           "protocol": "udp", "timeout": 0.05}, INITIATOR_IP)
     assert (miss.status_code, late.status_code) == (404, 408)
     assert "turn" not in miss.get_json() and "turn" not in late.get_json()
