@@ -114,8 +114,8 @@ def _attacker(lab, duration: float, limit: int = 800, mode: str = "forge", match
 def test_forged_replayed_and_tampered_packets_neither_break_nor_enter_the_channel():
     # full cone on both sides: every spoofed packet reaches the hosts (worst case for us)
     with Lab(LabSpec.simple("full-cone", "full-cone")) as lab:
-        attacker = _attacker(lab, duration=6)
-        res = run_pair(lab, "a1", "b1", punch_timeout=6, linger=2.0)
+        attacker = _attacker(lab, duration=9)
+        res = run_pair(lab, "a1", "b1", punch_timeout=6, linger=5.0)
         out = attacker.communicate(timeout=20)[0]
     ini, rec = res.initiator, res.receiver
     assert res.ok and res.data_both_ways, (ini, rec, out)
