@@ -203,3 +203,17 @@ def test_non_handshake_datagrams_are_ignored():
     assert eng.receive(b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + bytes(12), ("1.2.3.4", 3478),
                        0.1) == []
     assert eng.ignored == 1 and not eng.complete
+
+
+def test_an_old_version_peer_is_named_in_the_failure_not_silently_ignored():
+    """A v1 peer's HELLOs reach us: the punch fails with version-mismatch, not a timeout."""
+    import os
+
+    from stunturn_diag.punch.wire import MAGIC, Kind
+
+    eng = UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR), [("203.0.113.18", 4000)],
+                         start=0.0, deadline=1.0)
+    v1_hello = MAGIC + bytes([1, Kind.HELLO, 1, 0]) + os.urandom(32)
+    assert eng.receive(v1_hello, ("203.0.113.18", 4000), 0.1) == []
+    reason, message, _attempts = eng.failure()
+    assert reason == "version-mismatch" and "peer speaks handshake v1" in message
