@@ -42,6 +42,8 @@ APT_PACKAGES=(
     coturn:turnutils_natdiscovery
     stun-client:stun
     miniupnpd-nftables:miniupnpd
+    redis-server:redis-server
+    openssl:openssl
     python3-venv:
 )
 
@@ -64,6 +66,10 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     if [ "${#need[@]}" -gt 0 ]; then
         echo "setup: apt-get install ${need[*]}" >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        if [[ " ${need[*]} " == *" redis-server "* ]]; then
+            # tests start their own redis-server on a free port: no system service left running
+            { systemctl disable --now redis-server || service redis-server stop; } >/dev/null 2>&1 || true
+        fi
     fi
 else
     names=()

@@ -10,7 +10,6 @@ Every failure is an :class:`ApiError`, rendered by the app's one JSON error hand
 from __future__ import annotations
 
 import ipaddress
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,9 +22,8 @@ from stunturn_diag import __version__
 from . import probe_assist, turn_offer, validation
 from .config import ServerConfig, format_address
 from .matching import Conflict, Matcher
+from .observe import observer
 from .store import Mailbox
-
-log = logging.getLogger("stunturn_server.pairing")
 
 #: a receiver took the waiter just as the initiator's wait ended: how long to await its match
 LATE_DELIVERY_GRACE = 5.0
@@ -59,30 +57,19 @@ class SignalingState:
     watch_hangup: HangupWatcher = no_hangup_watch
     stun_endpoints: list[dict] | None = None  # actual endpoints when the STUN service runs
     stun_unavailable: list[str] = field(default_factory=list)
-    #: waiting initiators per source (see :func:`source_of`), capped by ``config.max_waiters_per_ip``
-    waiting_by_source: dict[str, int] = field(default_factory=dict)
     #: mailboxes of the initiators waiting now (woken by :meth:`shutdown`)
     mailboxes: set[Mailbox] = field(default_factory=set)
     closing: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, source: str) -> bool:
-        """Count one more waiting initiator from ``source``; ``False`` when it is at the cap."""
-        with self._lock:
-            count = self.waiting_by_source.get(source, 0)
-            if count >= self.config.max_waiters_per_ip:
-                return False
-            self.waiting_by_source[source] = count + 1
-            return True
+    def admit(self, source: str) -> object | None:
+        """Count one more waiting initiator from ``source`` (across every instance sharing the
+        store); a token for :meth:`release`, or ``None`` when it is at the cap."""
+        return self.matcher.store.admit_source(source, self.config.max_waiters_per_ip)
 
-    def release(self, source: str) -> None:
+    def release(self, source: str, token: object) -> None:
         """One waiting initiator from ``source`` is done."""
-        with self._lock:
-            count = self.waiting_by_source.get(source, 0) - 1
-            if count > 0:
-                self.waiting_by_source[source] = count
-            else:
-                self.waiting_by_source.pop(source, None)
+        self.matcher.store.release_source(source, token)
 
     def track(self, mailbox: Mailbox, waiting: bool) -> bool:
         """Add (``waiting``) or remove a waiting initiator's mailbox; ``True`` while the server runs."""
@@ -204,16 +191,17 @@ def initiate():
     if state.closing:
         raise _shutting_down()
     source = source_of(observed[0])
-    if not state.admit(source):
+    token = state.admit(source)
+    if token is None:
         limit = state.config.max_waiters_per_ip
-        log.info("pair refused from=%s: %d initiators from there already waiting",
-                 format_address(*observed), limit)
+        observer().pairing("refused", f"{limit} initiators from there already waiting",
+                           from_=format_address(*observed), limit=limit)
         raise ApiError(429, "too-many-waiters", f"{limit} initiators from {source} are already "
                        "waiting, the most this server allows; let some finish first", limit=limit)
     try:
         return _wait_for_receiver(state, req, observed)
     finally:
-        state.release(source)
+        state.release(source, token)
 
 
 def _shutting_down() -> ApiError:
@@ -228,13 +216,14 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         reg = state.matcher.register(req.rendezvous, req.target_ip, req.protocol, observed=observed,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
-        log.info("pair conflict key=%s target=%s from=%s", exc.slot.label, req.target_ip,
-                 format_address(*observed))
+        observer().pairing("conflict", key=exc.slot.label, target=req.target_ip,
+                           from_=format_address(*observed))
         raise ApiError(409, "conflict", "another initiator is already waiting for this access key and "
                        "target IP; wait for it to finish or use another key") from None
     slot = reg.waiter.slot
-    log.info("pair waiting key=%s target=%s from=%s protocol=%s timeout=%gs",
-             slot.label, slot.target_ip, format_address(*observed), req.protocol, timeout)
+    obs = observer()
+    obs.pairing("waiting", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
+                protocol=req.protocol, timeout=timeout)
     hung_up = False
 
     def on_hangup() -> None:
@@ -252,22 +241,25 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
     finally:
         state.track(reg.mailbox, False)
         stop_watch()
-        state.matcher.leave(reg.waiter)
-        reg.mailbox.close()
+        try:
+            state.matcher.leave(reg.waiter)
+        finally:
+            reg.mailbox.close()
     waited = round(state.clock() - started, 3)
     if match is not None:
+        obs.initiator_wait.observe(waited)
         return jsonify(turn_offer.with_credentials(match.initiator_answer()))
     if hung_up:
-        log.info("pair hangup key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
-                 format_address(*observed), waited)
+        obs.pairing("hangup", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
+                    waited=waited)
         raise ApiError(408, "client-gone", "the client closed the connection while waiting",
                        waited=waited)
     if state.closing:
-        log.info("pair stopped key=%s target=%s from=%s waited=%gs (server stopping)", slot.label,
-                 slot.target_ip, format_address(*observed), waited)
+        obs.pairing("stopped", "server stopping", key=slot.label, target=slot.target_ip,
+                    from_=format_address(*observed), waited=waited)
         raise _shutting_down()
-    log.info("pair timeout key=%s target=%s from=%s waited=%gs", slot.label, slot.target_ip,
-             format_address(*observed), waited)
+    obs.pairing("timeout", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
+                waited=waited)
     raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "
                    f"within {timeout:g}s; start the receiver (checkin) while the initiator waits",
                    waited=waited)
@@ -279,15 +271,19 @@ def checkin():
     state = signaling_state()
     req = json_body(validation.checkin_request)
     observed = observed_address()
+    started = state.clock()
     match = state.matcher.checkin(req.rendezvous, observed=observed, details=req.details,
-                                  now=state.clock())
+                                  now=started)
+    obs = observer()
     if match is None:
         label = state.matcher.slot(req.rendezvous, observed[0]).label
-        log.info("pair no-initiator key=%s from=%s", label, format_address(*observed))
+        obs.pairing("no-initiator", key=label, from_=format_address(*observed))
         raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
                        f"{observed[0]}; start the initiator first (it must name {observed[0]} as "
                        f"target_ip) and check in while it waits")
-    log.info("pair matched key=%s match=%s initiator=%s receiver=%s protocol=%s",
-             match.initiator.slot.label, match.match_id, format_address(*match.initiator.observed),
-             format_address(*observed), match.protocol)
+    obs.pairing_latency.observe(state.clock() - started)
+    obs.matches.inc()
+    obs.pairing("matched", key=match.initiator.slot.label, match=match.match_id,
+                initiator=format_address(*match.initiator.observed), receiver=format_address(*observed),
+                protocol=match.protocol)
     return jsonify(turn_offer.with_credentials(match.receiver_answer()))

@@ -15,7 +15,9 @@ from typing import Callable
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import probe_assist, turn_offer
+from stunturn_diag.errors import StoreUnavailable
+
+from . import observe, probe_assist, turn_offer
 from .api import ApiError, HangupWatcher, SignalingState, bp, no_hangup_watch
 from .config import ServerConfig
 from .matching import KeyHasher, Matcher
@@ -31,6 +33,9 @@ def _error_code(exc: HTTPException) -> str:
 
 def handle_error(exc: Exception):
     """The one error handler: every failure becomes ``{"error": code, "message": text}``."""
+    if isinstance(exc, StoreUnavailable):
+        observe.observer().pairing("store-unavailable", str(exc), route=_endpoint())
+        exc = ApiError(503, "store-unavailable", str(exc))
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         body = {"error": getattr(exc, "error", None) or _error_code(exc),
@@ -49,6 +54,21 @@ def handle_error(exc: Exception):
     return response
 
 
+def _endpoint() -> str:
+    from flask import request
+
+    return request.endpoint or "unrouted"
+
+
+def make_store(config: ServerConfig, signal_factory: Callable[[], Signal] | None = None) -> MatchStore:
+    """The match store ``config`` asks for: Redis with ``redis_url``, else in memory."""
+    if config.redis_url:
+        from .redis_store import RedisStore, secret_fingerprint
+
+        return RedisStore(config, fingerprint=secret_fingerprint(config.key_secret))
+    return InMemoryStore(signal_factory) if signal_factory else InMemoryStore()
+
+
 def create_app(config: ServerConfig | None = None, *, store: MatchStore | None = None,
                signal_factory: Callable[[], Signal] | None = None,
                watch_hangup: HangupWatcher | None = None,
@@ -58,26 +78,32 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
                stun_unavailable: list[str] | None = None) -> Flask:
     """Build the signaling app.
 
-    ``store`` defaults to an :class:`InMemoryStore` waking with ``signal_factory``
-    (``threading.Event`` unless given). ``stun_endpoints`` are the endpoints the STUN
+    ``store`` defaults to what ``config`` asks for (:func:`make_store`, started here): a
+    :class:`~stunturn_server.redis_store.RedisStore` with ``config.redis_url`` (inside a
+    gevent hub: gunicorn ``-k gevent``), else an :class:`InMemoryStore` waking with
+    ``signal_factory`` (``threading.Event`` unless given). ``stun_endpoints`` are the endpoints the STUN
     service actually bound (``/v1/info`` falls back to the configured ones).
     """
     config = config or ServerConfig()
     if store is None:
-        store = InMemoryStore(signal_factory) if signal_factory else InMemoryStore()
+        # a store made here is started here (gunicorn's gevent worker, other WSGI servers);
+        # the gevent runner passes its own and starts it inside its hub
+        store = make_store(config, signal_factory)
+        store.start()
     app = Flask("stunturn_server")
     # one byte over the limit so a streamed (chunked) body that is too large is seen as such
     app.config["MAX_CONTENT_LENGTH"] = config.max_body + 1
     app.json.sort_keys = True
     app.extensions["stunturn"] = SignalingState(
         config=config,
-        matcher=Matcher(store, KeyHasher(key_secret)),
+        matcher=Matcher(store, KeyHasher(key_secret if key_secret is not None else config.key_secret)),
         clock=clock,
         watch_hangup=watch_hangup or no_hangup_watch,
         stun_endpoints=stun_endpoints,
         stun_unavailable=list(stun_unavailable or []),
     )
     app.register_blueprint(bp)
+    observe.init_app(app, store.waiting_count, serve_metrics=config.metrics_listen is None)
     probe_assist.init_app(app)
     turn_offer.init_app(app)
     app.register_error_handler(Exception, handle_error)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from stunturn_diag.errors import ConfigError
 
@@ -64,6 +66,27 @@ class ServerConfig:
     log_level: str = "INFO"
     #: extra settings for extensions (store URL, rate limits...)
     extra: dict = field(default_factory=dict)
+    #: ``redis://[:PASSWORD@]HOST:PORT/DB`` or ``rediss://`` (TLS): pair through a Redis shared
+    #: by several instances; ``None`` keeps pairing in this process's memory
+    redis_url: str | None = field(default=None, repr=False)
+    #: Redis password when the URL has none (``serve --redis-password-file``)
+    redis_password: str | None = field(default=None, repr=False)
+    #: most Redis command connections per instance (pub/sub takes one more); waiting
+    #: initiators hold none, so this bounds concurrent Redis commands, not waiters
+    redis_pool_size: int = 32
+    #: seconds a Redis command (or a wait for a free connection) may take before the
+    #: request answers 503 store-unavailable
+    redis_timeout: float = 5.0
+    #: prefix of every Redis key and channel (several deployments can share one Redis DB)
+    redis_prefix: str = "stunturn:"
+    #: key-hashing secret, 16-64 bytes; ``None`` = random per process (one instance only).
+    #: Instances sharing a Redis must share it (``serve --secret-file``, STUNTURN_SERVER_SECRET)
+    key_secret: bytes | None = field(default=None, repr=False)
+    #: ``(host, port)`` of a separate listener for ``GET /metrics``; ``None`` serves it on
+    #: the main HTTP port
+    metrics_listen: tuple[str, int] | None = None
+    #: ``"text"`` or ``"json"`` (one JSON object per line) log lines
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for name in ("http_host",) + (("stun_host",) if self.stun_host else ()) + (
@@ -99,6 +122,36 @@ class ServerConfig:
                               hint="every waiting initiator holds a connection")
         if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
             raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
+        self._check_scale_out()
+
+    def _check_scale_out(self) -> None:
+        """Redis, the shared secret, metrics and log settings."""
+        if self.key_secret is not None and not (isinstance(self.key_secret, bytes)
+                                                and 16 <= len(self.key_secret) <= 64):
+            raise ConfigError("the key-hashing secret must be 16 to 64 bytes",
+                              hint="e.g. head -c 32 /dev/urandom | base64 > secret; give every "
+                                   "instance the same file")
+        if self.redis_url is not None:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ConfigError(f"invalid Redis URL {redact_url(self.redis_url)!r}",
+                                  hint="use redis://HOST:PORT/DB or rediss://HOST:PORT/DB (TLS)")
+            try:
+                parts.port
+            except ValueError:
+                raise ConfigError(f"invalid port in the Redis URL {redact_url(self.redis_url)!r}") from None
+            if self.key_secret is None:
+                raise ConfigError("several instances sharing a Redis must hash access keys with the "
+                                  "same secret, and none was given",
+                                  hint="serve --secret-file PATH or STUNTURN_SERVER_SECRET, identical "
+                                       "on every instance")
+        if isinstance(self.redis_pool_size, bool) or not isinstance(self.redis_pool_size, int) or \
+                not 1 <= self.redis_pool_size <= 4096:
+            raise ConfigError(f"redis_pool_size must be 1 to 4096, got {self.redis_pool_size!r}")
+        if not 0 < self.redis_timeout <= 60:
+            raise ConfigError(f"redis_timeout must be in (0, 60] seconds, got {self.redis_timeout}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
 
     def _stun_shares_host(self) -> bool:
         http, stun = ipaddress.ip_address(self.http_host), ipaddress.ip_address(self.stun_ip)
@@ -118,3 +171,45 @@ class ServerConfig:
                 StunEndpoint(self.alt_ip, self.alt_port, "alt-both"),
             ]
         return eps
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+SECRET_ENV = "STUNTURN_SERVER_SECRET"
+
+
+def load_secret(path: str | None = None, environ=os.environ) -> bytes | None:
+    """The key-hashing secret from ``path`` (a file; trailing newlines dropped) or else the
+    ``STUNTURN_SERVER_SECRET`` environment variable; ``None`` when neither is given."""
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(4096).rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the secret file {path}: {exc.strerror or exc}",
+                              hint="give a readable file holding 16-64 bytes") from None
+    elif environ.get(SECRET_ENV):
+        data = environ[SECRET_ENV].encode()
+    else:
+        return None
+    if not 16 <= len(data) <= 64:
+        raise ConfigError(f"the key-hashing secret is {len(data)} bytes; it must be 16 to 64",
+                          hint="e.g. head -c 32 /dev/urandom | base64 > secret (44 bytes)")
+    return data
+
+
+def read_password_file(path: str) -> str:
+    """A Redis password from ``path`` (first line)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the Redis password file {path}: {exc}") from None

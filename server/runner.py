@@ -24,8 +24,9 @@ from typing import Callable
 
 from stunturn_diag.errors import ConfigError, StunturnError
 
-from .app import create_app
+from .app import create_app, make_store
 from .config import ServerConfig, bind_error, format_address
+from .observe import metrics_app
 
 log = logging.getLogger("stunturn_server.runner")
 
@@ -206,21 +207,32 @@ def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callabl
 class ServerHandle:
     """A running server. ``stop()`` is clean and idempotent; also a context manager."""
 
-    def __init__(self, config: ServerConfig, listener: socket.socket, stun_service) -> None:
+    def __init__(self, config: ServerConfig, listener: socket.socket, stun_service,
+                 metrics_listener: socket.socket | None = None) -> None:
         self.config = config
         self._listener = listener
+        self._metrics_listener = metrics_listener
+        self.metrics_url = None
+        if metrics_listener is not None:
+            self.metrics_url = "http://{}/metrics".format(format_address(*metrics_listener.getsockname()[:2]))
         self.stun_service = stun_service
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)
         self.http_url = f"http://{format_address(host, port)}"
         self.stun_endpoints: list[dict] = [ep.as_dict() for ep in stun_service.endpoints
                                            ] if stun_service else []
+        # started in the server's hub (_run): a Redis store's sockets belong to that hub
+        self.store = make_store(config, _gevent_event)
         self.app = create_app(
             config,
+            store=self.store,
             signal_factory=_gevent_event,
             watch_hangup=gevent_watch_hangup,
             stun_endpoints=self.stun_endpoints if stun_service else None,
         )
+        self.observer = self.app.extensions["stunturn.observer"]
+        if stun_service is not None:
+            self.observer.callbacks.stun_stats = lambda: stun_service.stats
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -234,7 +246,7 @@ class ServerHandle:
         import gevent
         import gevent.event
         import gevent.pool
-        from gevent.pywsgi import LoggingLogAdapter
+        from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
         from gevent import monkey
 
@@ -243,9 +255,11 @@ class ServerHandle:
         own_hub = not monkey.is_module_patched("threading")
         hub = gevent.get_hub()
         stop_event = gevent.event.Event()
+        servers = []
         try:
             self._wake = hub.loop.async_()
             self._wake.start(stop_event.set)
+            self.store.start()
             # an explicit pool: stop() kills the connections still open (waiting long-polls)
             handler = _handler_class(self.config.http_io_timeout)
             server_class = _server_class(self.config.max_connections_per_ip)
@@ -254,9 +268,22 @@ class ServerHandle:
                                 # malformed HTTP from clients is their problem: INFO, not ERROR
                                 error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
                                                             logging.INFO))
-            server.start()
-        except BaseException as exc:  # pragma: no cover - start-up failure is reported by start()
+            self.observer.callbacks.connections_refused = lambda: server.refused
+            servers.append(server)
+            if self._metrics_listener is not None:
+                servers.append(WSGIServer(self._metrics_listener, metrics_app(self.observer), log=None,
+                                          error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
+                                                                      logging.INFO)))
+            for each in servers:
+                each.start()
+        except BaseException as exc:  # start-up failure is reported by start()
             self._error = exc
+            for each in servers:
+                each.stop(timeout=0)
+            self.store.stop()
+            self._wake.close()
+            if own_hub:
+                hub.destroy(destroy_loop=True)
             self._ready.set()
             self._stopped.set()
             return
@@ -266,10 +293,17 @@ class ServerHandle:
             # waiting long-polls answer 503 "shutting-down" within the grace time instead of
             # being killed mid-request (which pywsgi reports as a bare 500)
             self.app.extensions["stunturn"].shutdown()
-            server.stop(timeout=_STOP_GRACE)
+            for each in servers:
+                each.stop(timeout=_STOP_GRACE)
         finally:
+            try:
+                self.store.stop()  # this instance's waiters leave a shared store at once
+            except Exception:  # pragma: no cover - never let shutdown raise
+                log.exception("stopping the match store failed")
             self._wake.close()
             self._listener.close()
+            if self._metrics_listener is not None:
+                self._metrics_listener.close()
             try:
                 if own_hub:
                     hub.destroy(destroy_loop=True)
@@ -281,6 +315,11 @@ class ServerHandle:
         self._ready.wait()
         if self._error is not None:
             self._stop_stun()
+            self._listener.close()
+            if self._metrics_listener is not None:
+                self._metrics_listener.close()
+            if isinstance(self._error, StunturnError):
+                raise self._error
             raise ConfigError(f"the HTTP server failed to start: {self._error}")
 
     # -- public --------------------------------------------------------------------------
@@ -349,16 +388,17 @@ def start_server(config: ServerConfig) -> ServerHandle:
     """
     raise_nofile_limit()
     listener = bind_listener(config.http_host, config.http_port)
+    metrics_listener = stun = None
     try:
+        if config.metrics_listen is not None:
+            metrics_listener = bind_listener(*config.metrics_listen)
         stun = _start_stun(config) if config.stun_enabled else None
-    except BaseException:
-        listener.close()
-        raise
-    try:
-        handle = ServerHandle(config, listener, stun)
+        handle = ServerHandle(config, listener, stun, metrics_listener)
         handle._start()
     except BaseException:
         listener.close()
+        if metrics_listener is not None:
+            metrics_listener.close()
         if stun is not None:
             stun.stop()
         raise

@@ -69,7 +69,22 @@ class MatchStore(ABC):
 
     @abstractmethod
     def waiting_count(self) -> int:
-        """Number of waiters currently stored (expired but not yet removed ones included)."""
+        """Number of waiters this server holds now (expired but not yet removed ones included)."""
+
+    @abstractmethod
+    def admit_source(self, source: str, limit: int) -> object | None:
+        """Count one more waiting initiator from ``source`` unless ``limit`` wait already;
+        returns a token for :meth:`release_source`, or ``None`` at the limit."""
+
+    @abstractmethod
+    def release_source(self, source: str, token: object) -> None:
+        """The initiator admitted with ``token`` has stopped waiting."""
+
+    def start(self) -> None:
+        """Connect and start background work; called once in the thread (hub) that serves."""
+
+    def stop(self) -> None:
+        """Forget this server's waiters and stop background work (idempotent)."""
 
 
 class _MemoryMailbox(Mailbox):
@@ -103,6 +118,7 @@ class InMemoryStore(MatchStore):
         self._lock = threading.Lock()
         self._waiters: dict[Slot, Waiter] = {}
         self._mailboxes: dict[str, _MemoryMailbox] = {}
+        self._by_source: dict[str, int] = {}
 
     def put_waiter(self, waiter: Waiter, now: float) -> bool:
         with self._lock:
@@ -149,6 +165,22 @@ class InMemoryStore(MatchStore):
     def waiting_count(self) -> int:
         with self._lock:
             return len(self._waiters)
+
+    def admit_source(self, source: str, limit: int) -> object | None:
+        with self._lock:
+            count = self._by_source.get(source, 0)
+            if count >= limit:
+                return None
+            self._by_source[source] = count + 1
+            return source
+
+    def release_source(self, source: str, token: object) -> None:
+        with self._lock:
+            count = self._by_source.get(source, 0) - 1
+            if count > 0:
+                self._by_source[source] = count
+            else:
+                self._by_source.pop(source, None)
 
     def mailbox_count(self) -> int:
         """Open mailboxes (for tests: proves nothing leaks)."""

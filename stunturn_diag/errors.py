@@ -159,3 +159,13 @@ class TurnError(StunturnError):
     *response* is not raised: the client reports it as an event."""
 
     code = "turn"
+
+
+class StoreUnavailable(StunturnError):
+    """The shared match store (Redis) cannot be reached or did not answer in time.
+
+    The signaling server answers 503 ``store-unavailable`` while this lasts and resumes
+    by itself once the store is back.
+    """
+
+    code = "store-unavailable"

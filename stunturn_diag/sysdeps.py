@@ -40,6 +40,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("turnutils_natdiscovery", "coturn", "interop tests and the benchmark: coturn's NAT discovery"),
     Tool("stun", "stun-client", "interop tests and the benchmark: the Vovida STUN client (RFC 3489)"),
     Tool("miniupnpd", "miniupnpd-nftables", "lab: PCP, NAT-PMP and UPnP IGD on +portmap sites' NAT boxes"),
+    Tool("redis-server", "redis-server", "server tests, the lab test of two instances and the benchmark: "
+         "the shared match store (each starts its own on a free port)"),
+    Tool("openssl", "openssl", "server tests: a throwaway certificate for Redis over TLS"),
     Tool("pystun3", "pystun3", "the benchmark: an RFC 3489 client (pyproject.toml test extra)", source="pip"),
     Tool("python3", "python3", "lab tests and the benchmark: our CLI inside the namespaces", essential=True),
     Tool("cat", "coreutils", "lab tests: reading /proc/net/nf_conntrack in a namespace", essential=True),
