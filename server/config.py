@@ -213,3 +213,35 @@ def read_password_file(path: str) -> str:
             return handle.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the Redis password file {path}: {exc}") from None
+
+
+#: environment variables read by :func:`config_from_env` (the WSGI entry) -> field, type
+ENV_SETTINGS = {
+    "STUNTURN_REDIS_URL": ("redis_url", str),
+    "STUNTURN_REDIS_POOL_SIZE": ("redis_pool_size", int),
+    "STUNTURN_REDIS_TIMEOUT": ("redis_timeout", float),
+    "STUNTURN_REDIS_PREFIX": ("redis_prefix", str),
+    "STUNTURN_WAIT_TIMEOUT": ("wait_timeout", float),
+    "STUNTURN_MAX_WAITERS_PER_IP": ("max_waiters_per_ip", int),
+    "STUNTURN_MAX_BODY": ("max_body", int),
+    "STUNTURN_LOG_LEVEL": ("log_level", str),
+    "STUNTURN_LOG_FORMAT": ("log_format", str),
+}
+
+
+def config_from_env(environ=os.environ) -> ServerConfig:
+    """A :class:`ServerConfig` from ``STUNTURN_*`` variables (see :data:`ENV_SETTINGS`), plus
+    the secret (``STUNTURN_SERVER_SECRET_FILE`` or ``STUNTURN_SERVER_SECRET``) and the Redis
+    password file (``STUNTURN_REDIS_PASSWORD_FILE``). STUN is off: a WSGI server runs HTTP only."""
+    values: dict = {"stun_enabled": False}
+    for name, (field_name, kind) in ENV_SETTINGS.items():
+        text = environ.get(name)
+        if text:
+            try:
+                values[field_name] = kind(text)
+            except ValueError:
+                raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    values["key_secret"] = load_secret(environ.get("STUNTURN_SERVER_SECRET_FILE"), environ)
+    if environ.get("STUNTURN_REDIS_PASSWORD_FILE"):
+        values["redis_password"] = read_password_file(environ["STUNTURN_REDIS_PASSWORD_FILE"])
+    return ServerConfig(**values)

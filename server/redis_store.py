@@ -70,6 +70,8 @@ PING_INTERVAL = 2.0
 DEAD_AFTER = 10.0
 #: seconds between reconnection attempts while Redis is away
 RECONNECT_INTERVAL = 0.5
+#: seconds between reads of a taken waiter's mailbox list while its notification is late
+LIST_POLL_INTERVAL = 0.05
 #: mailbox lists read per round trip when catching up after a (re)subscription
 _RESYNC_BATCH = 500
 
@@ -173,6 +175,7 @@ def connection_kwargs(config: ServerConfig) -> dict:
     kwargs.setdefault("socket_timeout", config.redis_timeout)
     kwargs.setdefault("socket_connect_timeout", min(config.redis_timeout, 3.0))
     kwargs["retry_on_timeout"] = False
+    kwargs["protocol"] = 2  # RESP2: pub/sub messages are plain replies on the subscriber connection
     kwargs["connection_class"] = _GeventSSLConnection if tls else _GeventConnection
     return kwargs
 
@@ -254,6 +257,7 @@ class _RedisMailbox(Mailbox):
         self._event = gevent.event.Event()
         self.match: Match | None = None
         self.lost: StoreUnavailable | None = None  # Redis went away while waiting
+        self.taken = False  # its record was gone when it tried to leave: a receiver took it
         self.waiter: Waiter | None = None
 
     def _put(self, match: Match) -> None:
@@ -266,10 +270,24 @@ class _RedisMailbox(Mailbox):
         self._event.set()
 
     def wait(self, timeout: float) -> Match | None:
+        if self.taken:
+            return self._read_list(timeout)
         if self.match is None and self.lost is None:
             self._event.wait(max(0.0, timeout))
         if self.match is None and self.lost is not None:
             raise self.lost
+        return self.match
+
+    def _read_list(self, timeout: float) -> Match | None:
+        """A receiver took this waiter but its notification has not come: the match is (or
+        soon will be) in the mailbox list. Read it there, bounded by ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self.match is None:
+            self._store._read_mailbox(self)
+            left = deadline - time.monotonic()
+            if self.match is not None or left <= 0:
+                break
+            self._event.wait(min(left, LIST_POLL_INTERVAL))
         return self.match
 
     def interrupt(self) -> None:
@@ -392,7 +410,7 @@ class RedisStore(MatchStore):
 
     def remove_waiter(self, waiter: Waiter) -> bool:
         mailbox = self._mailboxes.get(waiter.waiter_id)
-        if mailbox is not None and (mailbox.match is not None or mailbox.waiter is None):
+        if mailbox is not None and (mailbox.match is not None or mailbox.waiter is None or mailbox.taken):
             return False  # taken (its match is here) or removed already: no round trip needed
         try:
             removed = self._pool_or_raise().script(self._scripts["cancel"], [self._slot_key(waiter.slot)],
@@ -401,7 +419,9 @@ class RedisStore(MatchStore):
             self._pending_removals[waiter.waiter_id] = waiter  # sent once Redis is back
             raise
         self._pending_removals.pop(waiter.waiter_id, None)
-        if mailbox is not None:
+        if mailbox is not None and not removed:
+            mailbox.taken = True
+        elif mailbox is not None:
             mailbox.waiter = None
         return bool(removed)
 
@@ -463,6 +483,13 @@ class RedisStore(MatchStore):
         mailbox = self._mailboxes.get(waiter_id)
         if mailbox is not None:
             match = self._match_for(mailbox, payload)
+            if match is not None:
+                mailbox._put(match)
+
+    def _read_mailbox(self, mailbox: _RedisMailbox) -> None:
+        reply = self._pool_or_raise().call("LPOP", self._mailbox_key(mailbox.waiter_id))
+        if reply:
+            match = self._match_for(mailbox, reply)
             if match is not None:
                 mailbox._put(match)
 
@@ -530,7 +557,8 @@ class RedisStore(MatchStore):
         last_heard = time.monotonic()
         pinged = False
         while True:
-            if conn.can_read(timeout=PING_INTERVAL):
+            # redis-py's can_read(timeout) would poll() and block the hub: wait the gevent way
+            if conn.can_read(timeout=0) or _readable(conn, PING_INTERVAL):
                 reply = conn.read_response()
                 last_heard, pinged = time.monotonic(), False
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
@@ -541,6 +569,17 @@ class RedisStore(MatchStore):
             if not pinged:
                 conn.send_command("PING")
                 pinged = True
+
+
+def _readable(conn, timeout: float) -> bool:
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        raise redis.exceptions.ConnectionError("the subscriber connection is closed")
+    try:
+        gevent.socket.wait_read(sock.fileno(), timeout=timeout)
+    except gevent.socket.timeout:
+        return False
+    return True
 
 
 def _batches(items: list, size: int) -> Iterable[list]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 
 import click
 
@@ -43,7 +42,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def _describe(handle) -> dict:
     return {"http_url": handle.http_url, "stun_endpoints": handle.stun_endpoints,
-            "wait_timeout": handle.config.wait_timeout}
+            "wait_timeout": handle.config.wait_timeout, "metrics_url": handle.metrics_url,
+            "store": "redis" if handle.config.redis_url else "memory"}
 
 
 @click.command("serve")
@@ -62,6 +62,19 @@ def _describe(handle) -> dict:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True,
               help="Logging threshold; INFO logs one line per pairing event (never the key).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or as one JSON object per line.")
+@click.option("--redis", "redis_url", metavar="URL",
+              help="Pair through a Redis shared by several instances: redis://HOST:PORT/DB or "
+                   "rediss://HOST:PORT/DB (TLS); a password may be in the URL. Default: in memory.")
+@click.option("--redis-password-file", metavar="PATH", help="Read the Redis password from this file.")
+@click.option("--redis-pool-size", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N",
+              help="Most Redis connections for commands (waiting initiators hold none).")
+@click.option("--secret-file", metavar="PATH",
+              help="Key-hashing secret (16-64 bytes), identical on every instance sharing a Redis; "
+                   "else $STUNTURN_SERVER_SECRET; else random (one instance only).")
+@click.option("--metrics-listen", metavar="HOST:PORT",
+              help="Serve GET /metrics on this address instead of the main HTTP port.")
 @click.option("--json", "as_json", is_flag=True, help="Print where it listens as one JSON line.")
 @click.option("--turn-server", metavar="IP:PORT", default=None,
               help="A TURN relay (e.g. coturn with use-auth-secret) offered to matched peers.")
@@ -71,23 +84,27 @@ def _describe(handle) -> dict:
 @click.option("--turn-realm", metavar="REALM", default=None, help="The relay's realm (told to peers).")
 def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
             max_waiters_per_ip: int, max_connections_per_ip: int | None, no_stun: bool, log_level: str,
-            as_json: bool, turn_server: str | None, turn_secret: str | None,
-            turn_realm: str | None) -> None:
+            log_format: str, redis_url: str | None, redis_password_file: str | None, redis_pool_size: int,
+            secret_file: str | None, metrics_listen: str | None, as_json: bool, turn_server: str | None,
+            turn_secret: str | None, turn_realm: str | None) -> None:
     """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
     """
-    from stunturn_server.config import ServerConfig, format_address
+    from stunturn_server.config import ServerConfig, format_address, load_secret, read_password_file
+    from stunturn_server.logs import configure_logging
     from stunturn_server.runner import serve_forever
 
     host, port = parse_listen(listen)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, stun_port=stun_port,
                           alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
                           max_waiters_per_ip=max_waiters_per_ip,
                           max_connections_per_ip=max_connections_per_ip or max(512, 2 * max_waiters_per_ip),
-                          log_level=log_level.upper(),
+                          log_level=log_level.upper(), log_format=log_format, redis_url=redis_url,
+                          redis_password=read_password_file(redis_password_file) if redis_password_file
+                          else None, redis_pool_size=redis_pool_size, key_secret=load_secret(secret_file),
+                          metrics_listen=parse_listen(metrics_listen) if metrics_listen else None,
                           extra={k: v for k, v in (("turn_server", turn_server),
                                                    ("turn_secret", turn_secret),
                                                    ("turn_realm", turn_realm)) if v is not None})
@@ -97,6 +114,8 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
             emit_json(_describe(handle))
             return
         click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
+        click.echo(f"match store: {'Redis (shared by every instance using it)' if redis_url else 'in memory'}; "
+                   f"metrics: {handle.metrics_url or handle.http_url + '/metrics'}")
         for ep in handle.stun_endpoints:  # each answers on UDP and TCP
             click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_address(ep['ip'], ep['port'])}")
         if no_stun:
