@@ -114,14 +114,14 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
             emit_json(_describe(handle))
             return
         click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
-        click.echo(f"match store: {'Redis (shared by every instance using it)' if redis_url else 'in memory'}; "
-                   f"metrics: {handle.metrics_url or handle.http_url + '/metrics'}")
         for ep in handle.stun_endpoints:  # each answers on UDP and TCP
             click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_address(ep['ip'], ep['port'])}")
         if no_stun:
             click.echo("STUN responder: disabled (--no-stun)")
         elif not alt_ip:
             click.echo("no --alt-ip: RFC 5780 behaviour tests are unavailable to probes")
+        click.echo(f"match store: {'Redis (shared by every instance using it)' if redis_url else 'in memory'}; "
+                   f"metrics: {handle.metrics_url or handle.http_url + '/metrics'}")
         progress("press Ctrl-C to stop")
 
     serve_forever(config, on_ready=ready)
