@@ -9,6 +9,7 @@ Every failure is an :class:`ApiError`, rendered by the app's one JSON error hand
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class SignalingState:
             mailbox.interrupt()
 
 
+@functools.lru_cache(maxsize=8192)
 def source_of(ip: str) -> str:
     """What the per-source waiter cap counts: an IPv4 address, or an IPv6 address's /64
     (one host usually holds a whole /64, RFC 4291 section 2.5.1)."""
@@ -131,7 +133,7 @@ def observed_address() -> tuple[str, int]:
     """The client's address as this server sees it (no proxy headers trusted)."""
     environ = request.environ
     try:
-        ip = validation.canonical_ip(environ.get("REMOTE_ADDR") or "")
+        ip = canonical_remote(environ.get("REMOTE_ADDR") or "")
     except ValueError:
         raise ApiError(400, "no-client-address", "cannot tell the client's IP address") from None
     try:
@@ -139,6 +141,10 @@ def observed_address() -> tuple[str, int]:
     except ValueError:
         port = 0
     return ip, port
+
+
+#: canonical_ip of client addresses, parsed once per address rather than once per request
+canonical_remote = functools.lru_cache(maxsize=8192)(validation.canonical_ip)
 
 
 @bp.get("/healthz")

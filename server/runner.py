@@ -101,6 +101,26 @@ def _handler_class(io_timeout: float):
             environ[SOCKET_ENVIRON_KEY] = self.socket
             return environ
 
+        # pywsgi writes the status and headers, then the body: two sends (two syscalls and
+        # often two segments) per answer. Gather them into one send.
+        _gathered: bytearray | None = None
+
+        def _write_with_headers(self, data):
+            self._gathered = bytearray()
+            try:
+                super()._write_with_headers(data)
+                gathered = self._gathered
+            finally:
+                self._gathered = None
+            if gathered:
+                super()._sendall(gathered)
+
+        def _sendall(self, data):
+            if self._gathered is not None:
+                self._gathered += data
+            else:
+                super()._sendall(data)
+
     return _SocketHandler
 
 
@@ -113,8 +133,7 @@ def _server_class(limit: int):
     """
     from gevent.pywsgi import WSGIServer
 
-    from .api import source_of
-    from .validation import canonical_ip
+    from .api import canonical_remote, source_of
 
     body = json.dumps({"error": "too-many-connections", "limit": limit,
                        "message": f"this address already holds {limit} connections to the server, "
@@ -130,7 +149,7 @@ def _server_class(limit: int):
 
         def handle(self, sock, address):
             try:
-                source = source_of(canonical_ip(address[0].split("%", 1)[0]))
+                source = source_of(canonical_remote(address[0].split("%", 1)[0]))
             except ValueError:  # not an IP socket (e.g. a Unix socket): not limited
                 return super().handle(sock, address)
             count = self.connections.get(source, 0)
