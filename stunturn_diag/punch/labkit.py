@@ -80,12 +80,14 @@ class PairResult:
         return all(r.get("got") and r.get("acked") for r in (self.initiator, self.receiver))
 
 
-def start_server(lab, *, wait_timeout: float = 20.0) -> subprocess.Popen:
-    """``stunturn-diag serve`` on the lab's server host; returns once it listens."""
+def start_server(lab, *, wait_timeout: float = 20.0, http_port: int = HTTP_PORT,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``stunturn-diag serve`` on the lab's server host; returns once it listens.
+    ``extra``: more serve options (another instance: other STUN ports, ``--redis``...)."""
     proc = lab.popen(lab.server, [sys.executable, "-m", "stunturn_diag", "serve",
-                                  f"{lab.server_ip}:{HTTP_PORT}", "--alt-ip", lab.server_alt_ip,
+                                  f"{lab.server_ip}:{http_port}", "--alt-ip", lab.server_alt_ip,
                                   "--wait-timeout", str(wait_timeout), "--json",
-                                  "--log-level", "WARNING"])
+                                  "--log-level", "WARNING", *extra])
     line = proc.stdout.readline()
     if not line.startswith("{"):
         raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()[-500:]}")
@@ -104,16 +106,20 @@ def run_pair(  # noqa: PLR0913 - test/bench driver
 lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
              birthday: bool = False, server: bool = True, pair_wait: float = 15.0,
-             linger: float = 0.0) -> PairResult:
-    """``linger``: keep exchanging data at least this many seconds after the start."""
-    if server:
+             linger: float = 0.0, urls: tuple[str, str] | None = None) -> PairResult:
+    """``linger``: keep exchanging data at least this many seconds after the start;
+    ``urls``: (initiator's, receiver's) signaling servers when they differ (several
+    instances sharing a Redis), started by the caller."""
+    if server and urls is None:
         start_server(lab)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
+    initiator_url, receiver_url = urls or (url, url)
     target = lab.site_public_ip(lab.site_of(receiver_host))
     env = dict(os.environ, PYTHONUNBUFFERED="1", STUNTURN_KEY=key)
 
     def peer(host: str, role: str) -> subprocess.Popen:
         profile = json.dumps(lab.expected(lab.site_of(host))) if profiles else "-"
+        url = initiator_url if role == "initiator" else receiver_url
         return lab.popen(host, [sys.executable, "-c", PEER, role, url, target, profile,
                                 str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
                                 str(pair_wait), str(linger)],
