@@ -13,7 +13,7 @@ from __future__ import annotations
 from .app import create_app
 from .config import config_from_env
 from .logs import configure_logging
-from .runner import SOCKET_ENVIRON_KEY, _gevent_event, gevent_watch_hangup
+from .runner import SOCKET_ENVIRON_KEY, _gevent_event, gevent_watch_hangup, raise_nofile_limit
 
 
 def _watch_gunicorn_hangup(environ: dict, on_hangup):
@@ -22,5 +22,6 @@ def _watch_gunicorn_hangup(environ: dict, on_hangup):
 
 
 config = config_from_env()
+raise_nofile_limit()  # every waiting initiator holds a socket
 configure_logging(config.log_level, config.log_format)
 app = create_app(config, signal_factory=_gevent_event, watch_hangup=_watch_gunicorn_hangup)
