@@ -191,6 +191,7 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
     deadline = time.monotonic() + args.max_seconds
     n = len(addresses)
     answers: dict[int, float] = {}
+    refused: dict[int, int] = {}  # initiators answered at once with another status (503...)
     failures: list[str] = []
     sockets = []
     try:
@@ -209,7 +210,10 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
                 status, _ = Reader(sock).response()
                 if status == 200:
                     answers[i] = time.perf_counter()
+                else:
+                    refused[status] = refused.get(status, 0) + 1
             except (OSError, ValueError) as exc:
+                refused[0] = refused.get(0, 0) + 1  # 0: no HTTP answer
                 if len(failures) < 5:
                     failures.append(f"initiator {i}: {exc}")
 
@@ -222,7 +226,7 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
         held = 0
         while time.monotonic() < deadline:
             held = sum(get(address, "/healthz")["waiting"] for address in addresses)
-            if held >= args.waiters:
+            if held + sum(refused.values()) >= args.waiters:
                 break
             gevent.sleep(0.1)
         hold_seconds = time.monotonic() - started
@@ -285,6 +289,7 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
         cpu_used = cpu_seconds(pids) - cpu_before
         loaded = sorted((answers[i] - sent[i]) * 1000 for i in rest if i in answers)
         matched = sum(1 for s in receiver_status.values() if s == 200)
+        early_refused = dict(refused)
     finally:
         for sock in sockets:
             sock.close()
@@ -303,6 +308,7 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
         "waiters_requested": args.waiters,
         "waiters_held": held,
         "hold_seconds": round(hold_seconds, 2),
+        "initiators_refused": {str(k): v for k, v in sorted(early_refused.items())},
         "server_rss_mib_before": round(rss_before / 1024, 1) if rss_before else None,
         "server_rss_mib_held": round(rss_held / 1024, 1) if rss_held else None,
         "server_rss_mib_per_1000_waiters": per_1000,
@@ -326,7 +332,8 @@ def run_scenario(args, addresses: list[tuple[str, int]], pids: list[int]) -> dic
 
 
 def run_mode(args, mode: str, redis_url: str | None, redis_pid: int | None, secret: str | None) -> dict:
-    extra = ("--redis", redis_url, "--secret-file", secret) if mode != "memory" else ()
+    extra = ("--redis", redis_url, "--secret-file", secret, "--redis-pool-size", str(args.redis_pool_size)
+             ) if mode != "memory" else ()
     procs = []
     try:
         urls = []
@@ -386,6 +393,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["memory", "redis", "two", "all"], default="memory",
                         help="one in-memory instance, one instance on Redis, two on Redis, or all three")
     parser.add_argument("--redis", metavar="URL", help="use this Redis instead of starting one")
+    parser.add_argument("--redis-pool-size", type=int, default=64, help="serve --redis-pool-size")
     parser.add_argument("--waiters", "-n", type=int, default=10000, help="initiator long-polls to hold")
     parser.add_argument("--latency-pairs", type=int, default=500,
                         help="pairs measured one at a time (pairing latency)")

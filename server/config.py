@@ -73,9 +73,9 @@ class ServerConfig:
     redis_password: str | None = field(default=None, repr=False)
     #: most Redis command connections per instance (pub/sub takes one more); waiting
     #: initiators hold none, so this bounds concurrent Redis commands, not waiters
-    redis_pool_size: int = 32
-    #: seconds a Redis command (or a wait for a free connection) may take before the
-    #: request answers 503 store-unavailable
+    redis_pool_size: int = 64
+    #: seconds a Redis command may take (a wait for a free connection: 4 times that) before
+    #: the request answers 503 store-unavailable
     redis_timeout: float = 5.0
     #: prefix of every Redis key and channel (several deployments can share one Redis DB)
     redis_prefix: str = "stunturn:"

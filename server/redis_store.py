@@ -70,6 +70,10 @@ PING_INTERVAL = 2.0
 DEAD_AFTER = 10.0
 #: seconds between reconnection attempts while Redis is away
 RECONNECT_INTERVAL = 0.5
+#: a request queues for a free pool connection up to this many times ``redis_timeout``: a burst
+#: of requests (thousands of initiators arriving at once) waits its turn in this process
+#: instead of failing; a Redis that does not answer still fails each command after redis_timeout
+POOL_WAIT_FACTOR = 4
 #: seconds between reads of a taken waiter's mailbox list while its notification is late
 LIST_POLL_INTERVAL = 0.05
 #: mailbox lists read per round trip when catching up after a (re)subscription
@@ -207,11 +211,12 @@ class RedisPool:
     def run(self, commands: list[tuple], scripts: dict[str, _Script] | None = None) -> list:
         """Send ``commands`` in one round trip and return their replies (a failed command's
         reply is its :class:`ResponseError`). Connection trouble raises :class:`StoreUnavailable`."""
+        wait = self.config.redis_timeout * POOL_WAIT_FACTOR
         try:
-            conn = self._idle.get(timeout=self.config.redis_timeout)
+            conn = self._idle.get(timeout=wait)
         except gevent.queue.Empty:
             raise StoreUnavailable(f"all {self.config.redis_pool_size} Redis connections stayed busy "
-                                   f"for {self.config.redis_timeout:g}s",
+                                   f"for {wait:g}s",
                                    hint="raise --redis-pool-size or check Redis latency") from None
         try:
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)

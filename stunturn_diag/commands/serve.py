@@ -68,7 +68,7 @@ def _describe(handle) -> dict:
               help="Pair through a Redis shared by several instances: redis://HOST:PORT/DB or "
                    "rediss://HOST:PORT/DB (TLS); a password may be in the URL. Default: in memory.")
 @click.option("--redis-password-file", metavar="PATH", help="Read the Redis password from this file.")
-@click.option("--redis-pool-size", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N",
+@click.option("--redis-pool-size", type=click.IntRange(1, 4096), default=64, show_default=True, metavar="N",
               help="Most Redis connections for commands (waiting initiators hold none).")
 @click.option("--secret-file", metavar="PATH",
               help="Key-hashing secret (16-64 bytes), identical on every instance sharing a Redis; "
