@@ -8,6 +8,7 @@ is stopped, restarted on the same port and paused with DEBUG SLEEP.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,9 +18,9 @@ import urllib.request
 
 import pytest
 
-from redislib import RedisServer
+from redislib import RedisServer, free_tcp_port
 from stunturn_diag.errors import ConfigError
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ServerConfig, read_password_file
 from stunturn_server.runner import start_server
 from test_server_longpoll import OTHER, RECEIVER, checkin, in_background, initiate, request, waiting
 from testlib import stop_process, wait_for
@@ -292,3 +293,35 @@ def test_metrics_count_pairing_events(pair):
     assert "stunturn_initiates_total 1.0" in text_a and "stunturn_waiters 0.0" in text_a
     assert "stunturn_pairing_latency_seconds_count 1.0" in text_b
     assert "stunturn_initiator_wait_seconds_count 1.0" in text_a
+
+
+def test_tls_and_a_password_from_a_file(tmp_path):
+    """``rediss://`` with the CA in the URL and the password in a file; the plain port stays
+    for the test's own control connection (which needs the password too)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls_port = free_tcp_port()
+    password = tmp_path / "redis-password"
+    password.write_text("tls-test-password\n")
+    server = RedisServer(extra=["--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                                "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                                "--tls-auth-clients", "no"])
+    try:
+        server.start()
+        server.command("CONFIG", "SET", "requirepass", "tls-test-password")
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+        tls = dict(redis_url=url, redis_password=read_password_file(str(password)))
+        with start_server(config(server, **tls)) as a, start_server(config(server, **tls)) as b:
+            thread, result = in_background(initiate, a)
+            wait_for(lambda: waiting(a) == 1, what="the initiator on A")
+            assert checkin(b)[0] == 200
+            thread.join(10)
+            assert result["value"][0] == 200
+        with pytest.raises(ConfigError, match="cannot use the Redis at rediss://"):
+            start_server(config(server, redis_url=url))  # no password
+    finally:
+        server.close()
