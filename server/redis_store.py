@@ -185,10 +185,12 @@ def connection_kwargs(config: ServerConfig) -> dict:
 
 
 def _unavailable(config: ServerConfig, exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"the match store at {redact_url(config.redis_url)} is unavailable: "
-                            f"{exc or type(exc).__name__}",
-                            hint="check that Redis runs and answers; pairing resumes by itself "
-                                 "once it is back")
+    error = StoreUnavailable(f"the match store at {redact_url(config.redis_url)} is unavailable: "
+                             f"{exc or type(exc).__name__}",
+                             hint="check that Redis runs and answers; pairing resumes by itself "
+                                  "once it is back")
+    error.detail = str(exc or type(exc).__name__)  # type: ignore[attr-defined]
+    return error
 
 
 class RedisPool:
@@ -344,7 +346,7 @@ class RedisStore(MatchStore):
         except (StoreUnavailable, ResponseError) as exc:
             self._pool.close()
             self._pool = None
-            raise ConfigError(f"cannot use the Redis at {where}: {exc}",
+            raise ConfigError(f"cannot use the Redis at {where}: {getattr(exc, 'detail', exc)}",
                               hint="start Redis (or fix --redis / its password) before the server") from None
         if not secrets.compare_digest(stored or b"", self._fingerprint.encode()):
             self._pool.close()
