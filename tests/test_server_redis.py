@@ -325,3 +325,37 @@ def test_tls_and_a_password_from_a_file(tmp_path):
             start_server(config(server, redis_url=url))  # no password
     finally:
         server.close()
+
+
+def test_a_cancel_never_deletes_a_newer_waiter_and_expired_ones_are_never_taken(redis_server):
+    """The store's Lua steps on their own (in this thread's gevent hub): W1 lapses, W2 takes
+    the slot, W1's late cancel must leave W2 alone; a lapsed record is not taken."""
+    from stunturn_server.matching import Slot, Waiter
+    from stunturn_server.redis_store import RedisStore, secret_fingerprint
+
+    store = RedisStore(config(redis_server), fingerprint=secret_fingerprint(SECRET))
+    store.start()
+    try:
+        slot = Slot(b"\x01" * 32, RECEIVER)
+        old = Waiter("a" * 16, slot, "udp", ("127.0.0.1", 1000), {}, deadline=0.05)
+        new = Waiter("b" * 16, slot, "udp", ("127.0.0.1", 1001), {}, deadline=30)
+        store.open_mailbox(old.waiter_id)
+        assert store.put_waiter(old, now=0)
+        assert not store.put_waiter(new, now=0)  # occupied while W1 is live: 409
+        key = store._slot_key(slot)
+
+        def lapsed() -> bool:  # on Redis's clock, the one the scripts read
+            deadline = int(redis_server.command("GET", key).split(b"|")[1])
+            now = redis_server.command("EVAL", "local t = redis.call('TIME') "
+                                       "return t[1] * 1000 + math.floor(t[2] / 1000)", "0")
+            return int(now[1:]) >= deadline
+        wait_for(lapsed, what="W1's deadline to pass")
+        assert store.take_waiter(slot, now=0) is None      # lapsed: never taken ...
+        assert redis_server.keys("stunturn:w:*") == 1       # ... though its record is still there
+        assert store.put_waiter(new, now=0)     # a lapsed record gives way at once
+        assert store.remove_waiter(old) is False  # W1's late cancel: not W1's record any more
+        taken = store.take_waiter(slot, now=0)
+        assert taken is not None and taken.waiter_id == new.waiter_id and taken.observed[1] == 1001
+        assert store.take_waiter(slot, now=0) is None  # taken once
+    finally:
+        store.stop()
