@@ -22,7 +22,7 @@ from redislib import RedisServer, free_tcp_port
 from stunturn_diag.errors import ConfigError
 from stunturn_server.config import ServerConfig, read_password_file
 from stunturn_server.runner import start_server
-from test_server_longpoll import OTHER, RECEIVER, checkin, in_background, initiate, request, waiting
+from test_server_longpoll import OTHER, RECEIVER, _rv, checkin, in_background, initiate, request, waiting
 from testlib import stop_process, wait_for
 
 SECRET = b"a-shared-secret-of-32-bytes-----"
@@ -115,7 +115,7 @@ def test_timed_out_or_hung_up_initiator_is_never_matched_and_the_key_works_again
     assert result["value"][0] == 200
     # a hang-up frees the slot everywhere
     raw = socket.create_connection(a.http_address, timeout=10)
-    body = json.dumps({"access_key": "long-poll-key-1", "target_ip": RECEIVER, "protocol": "udp"}).encode()
+    body = json.dumps({"rendezvous": _rv("long-poll-key-1"), "target_ip": RECEIVER, "protocol": "udp"}).encode()
     raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
     wait_for(lambda: waiting(a) == 1, what="the raw initiator")
@@ -185,7 +185,7 @@ def test_a_crashed_instances_waiter_can_never_be_matched(redis_server, tmp_path)
         host, port = described["http_url"].rsplit("/", 1)[1].rsplit(":", 1)
         crashed = type("S", (), {"http_address": (host, int(port))})()
         raw = socket.create_connection(crashed.http_address, timeout=10)
-        body = json.dumps({"access_key": "long-poll-key-1", "target_ip": RECEIVER, "protocol": "udp"}).encode()
+        body = json.dumps({"rendezvous": _rv("long-poll-key-1"), "target_ip": RECEIVER, "protocol": "udp"}).encode()
         raw.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
         wait_for(lambda: waiting(crashed) == 1, what="the initiator on the doomed instance")
@@ -250,7 +250,7 @@ def test_a_paused_redis_never_stalls_the_hub_with_1000_waiters(redis_server):
         try:
             for i in range(n):
                 sock = socket.create_connection(a.http_address, timeout=10)
-                body = json.dumps({"access_key": f"paused-key-{i:05d}", "target_ip": RECEIVER,
+                body = json.dumps({"rendezvous": _rv(f"paused-key-{i:05d}"), "target_ip": RECEIVER,
                                    "protocol": "udp"}).encode()
                 sock.sendall(b"POST /v1/initiate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
