@@ -228,7 +228,7 @@ def test_ipv6_loopback():
         from stunturn_diag.errors import NoInitiatorWaiting
         from stunturn_diag.signaling import SignalingClient
         with pytest.raises(NoInitiatorWaiting, match="::1"):
-            SignalingClient(handle.http_url).checkin("ipv6-test-key")
+            SignalingClient(handle.http_url).checkin("ab" * 32)  # a rendezvous id (hex)
 
 
 def test_embedding_in_a_monkey_patched_host():
