@@ -1,8 +1,17 @@
 """The signaling blueprint: ``/healthz``, ``/v1/info``, ``/v1/initiate`` (long-poll), ``/v1/checkin``.
 
 Thin I/O around the pure :mod:`matching` logic: read and validate the body, read
-the client's observed address (``REMOTE_ADDR``/``REMOTE_PORT``; proxy headers are
-not trusted), call the matcher with the injected clock, wait in the mailbox.
+the client's observed address (``REMOTE_ADDR``/``REMOTE_PORT``: the gevent runner
+sets them from a trusted proxy's headers, see :mod:`stunturn_server.proxy`), call
+the matcher with the injected clock, wait in the mailbox.
+
+No guessing (README "Security model"): failed attempts (initiate 408/409, check-in
+404) spend tokens of the pure :class:`~stunturn_server.limits.FailureLimiter`, per
+source and per target IP; an empty bucket answers 429 ``rate-limited`` with
+Retry-After. A second initiator for an occupied (rendezvous, target IP) learns of the
+conflict (409) only when it comes from the same source as the waiting one; from any
+other source it is held exactly like a waiter nobody answers (408 after its
+timeout, counted in /healthz alike), so the answer is no oracle for "someone waits".
 Per-app state lives in ``app.extensions["stunturn"]`` (a :class:`SignalingState`).
 Every failure is an :class:`ApiError`, rendered by the app's one JSON error handler.
 """
@@ -10,19 +19,21 @@ Every failure is an :class:`ApiError`, rendered by the app's one JSON error hand
 from __future__ import annotations
 
 import functools
-import ipaddress
+import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from stunturn_diag import __version__
 
 from . import probe_assist, turn_offer, validation
 from .config import ServerConfig, format_address
-from .matching import Conflict, Matcher
+from .limits import FailureLimiter, LogThrottle, source_of
+from .matching import Conflict, Matcher, Slot
 from .observe import observer
 from .store import Mailbox
 
@@ -41,11 +52,14 @@ def no_hangup_watch(environ: dict, on_hangup: Callable[[], None]) -> Callable[[]
 class ApiError(HTTPException):
     """An API failure with a stable ``error`` code and extra JSON fields."""
 
-    def __init__(self, status: int, error: str, message: str, **extra) -> None:
+    def __init__(self, status: int, error: str, message: str, *, headers: dict | None = None,
+                 **extra) -> None:
         super().__init__(description=message)
         self.code = status
         self.error = error
         self.extra = extra
+        #: extra response headers (e.g. Retry-After), set by the app's error handler
+        self.response_headers = dict(headers or {})
 
 
 @dataclass
@@ -61,16 +75,58 @@ class SignalingState:
     #: mailboxes of the initiators waiting now (woken by :meth:`shutdown`)
     mailboxes: set[Mailbox] = field(default_factory=set)
     closing: bool = False
+    #: failed attempts per source and per target IP (built from the config)
+    failures: FailureLimiter | None = None
+    #: the source of the initiator waiting in each slot (this process's waiters)
+    occupants: dict[Slot, str] = field(default_factory=dict)
+    #: initiators held apart (a second one for an occupied slot, from another source): counted
+    #: in /healthz like real waiters, so the count is no oracle either
+    held_apart: int = 0
+    #: initiators waiting on this instance, capped by ``config.max_waiters``
+    waiting_total: int = 0
+    log_throttle: LogThrottle = field(default_factory=LogThrottle)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, source: str) -> object | None:
+    def __post_init__(self) -> None:
+        if self.failures is None:
+            cfg = self.config
+            self.failures = FailureLimiter(source_burst=cfg.failure_burst, source_rate=cfg.failure_rate,
+                                           target_burst=cfg.target_failure_burst,
+                                           target_rate=cfg.target_failure_rate)
+
+    def admit(self, source: str) -> object | str:
         """Count one more waiting initiator from ``source`` (across every instance sharing the
-        store); a token for :meth:`release`, or ``None`` when it is at the cap."""
-        return self.matcher.store.admit_source(source, self.config.max_waiters_per_ip)
+        store) and on this instance; a token for :meth:`release`, else the cap that refused:
+        ``"source"`` (``max_waiters_per_ip``) or ``"total"`` (``max_waiters``)."""
+        with self._lock:
+            if self.waiting_total >= self.config.max_waiters:
+                return "total"
+            self.waiting_total += 1
+        token = self.matcher.store.admit_source(source, self.config.max_waiters_per_ip)
+        if token is None:
+            with self._lock:
+                self.waiting_total -= 1
+            return "source"
+        return token
 
     def release(self, source: str, token: object) -> None:
         """One waiting initiator from ``source`` is done."""
+        with self._lock:
+            self.waiting_total = max(0, self.waiting_total - 1)
         self.matcher.store.release_source(source, token)
+
+    def hold_apart(self, delta: int) -> None:
+        with self._lock:
+            self.held_apart += delta
+
+    def pairing_failure(self, event: str, source: str, message: str = "", **fields) -> None:
+        """Count a failed attempt; log it once per event, source and minute, with how many
+        it stands for (a guessing run cannot flood the log)."""
+        count = self.log_throttle.note(f"{event} {source}", self.clock())
+        if count is not None and count > 1:
+            fields["like_it_since_last_line"] = count - 1
+        observer().pairing(event, message, log_level=logging.INFO if count is not None else None,
+                           **fields)
 
     def track(self, mailbox: Mailbox, waiting: bool) -> bool:
         """Add (``waiting``) or remove a waiting initiator's mailbox; ``True`` while the server runs."""
@@ -88,16 +144,6 @@ class SignalingState:
             mailboxes = list(self.mailboxes)
         for mailbox in mailboxes:
             mailbox.interrupt()
-
-
-@functools.lru_cache(maxsize=8192)
-def source_of(ip: str) -> str:
-    """What the per-source waiter cap counts: an IPv4 address, or an IPv6 address's /64
-    (one host usually holds a whole /64, RFC 4291 section 2.5.1)."""
-    address = ipaddress.ip_address(ip)
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 bp = Blueprint("signaling", __name__)
@@ -119,7 +165,11 @@ def json_body(parse: Callable[[dict], object] | None = None):
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, "payload-too-large", f"body of {length} bytes exceeds the {limit} byte limit")
-    body = request.get_data(cache=False)  # werkzeug stops at MAX_CONTENT_LENGTH (chunked bodies)
+    try:
+        body = request.get_data(cache=False)  # werkzeug stops at MAX_CONTENT_LENGTH (chunked bodies)
+    except (OSError, ClientDisconnected):  # the whole-request deadline passed, or the client left
+        raise ApiError(408, "request-timeout", "the request body did not arrive in time; send the "
+                       "whole request at once", headers={"Connection": "close"}) from None
     if len(body) > limit:
         raise ApiError(413, "payload-too-large", f"body exceeds the {limit} byte limit")
     try:
@@ -130,7 +180,7 @@ def json_body(parse: Callable[[dict], object] | None = None):
 
 
 def observed_address() -> tuple[str, int]:
-    """The client's address as this server sees it (no proxy headers trusted)."""
+    """The client's address as this server sees it (a trusted proxy's word, set by the runner)."""
     environ = request.environ
     try:
         ip = canonical_remote(environ.get("REMOTE_ADDR") or "")
@@ -149,7 +199,8 @@ canonical_remote = functools.lru_cache(maxsize=8192)(validation.canonical_ip)
 
 @bp.get("/healthz")
 def healthz():
-    return jsonify({"ok": True, "waiting": signaling_state().matcher.store.waiting_count()})
+    state = signaling_state()
+    return jsonify({"ok": True, "waiting": state.matcher.store.waiting_count() + state.held_apart})
 
 
 def _stun_info(state: SignalingState) -> dict:
@@ -197,17 +248,34 @@ def initiate():
     if state.closing:
         raise _shutting_down()
     source = source_of(observed[0])
+    _check_failures(state, source, req.target_ip, observed)
     token = state.admit(source)
-    if token is None:
-        limit = state.config.max_waiters_per_ip
-        observer().pairing("refused", f"{limit} initiators from there already waiting",
-                           from_=format_address(*observed), limit=limit)
-        raise ApiError(429, "too-many-waiters", f"{limit} initiators from {source} are already "
-                       "waiting, the most this server allows; let some finish first", limit=limit)
+    if token in ("source", "total"):
+        per_source = token == "source"
+        limit = state.config.max_waiters_per_ip if per_source else state.config.max_waiters
+        state.pairing_failure("refused" if per_source else "refused-total", source,
+                              f"{limit} initiators {'from there' if per_source else 'in all'} already "
+                              "waiting", from_=format_address(*observed), limit=limit)
+        where = f"from {source}" if per_source else "in all"
+        raise ApiError(429, "too-many-waiters", f"{limit} initiators {where} are already "
+                       "waiting, the most this server allows; let some finish first", limit=limit,
+                       headers={"Retry-After": "1"})
     try:
-        return _wait_for_receiver(state, req, observed)
+        return _wait_for_receiver(state, req, observed, source)
     finally:
         state.release(source, token)
+
+
+def _check_failures(state: SignalingState, source: str, target: str, observed: tuple[str, int]) -> None:
+    """429 ``rate-limited`` when ``source`` or ``target`` has used up its failed attempts."""
+    wait = state.failures.retry_after(source, target, state.clock())
+    if wait is None:
+        return
+    state.pairing_failure("rate-limited", source, from_=format_address(*observed), target=target,
+                          retry_after=wait)
+    raise ApiError(429, "rate-limited", f"too many failed pairing attempts from {source} or for "
+                   f"{target}; retry in {wait:g}s (check the access key and the target IP)",
+                   retry_after=wait, headers={"Retry-After": str(int(wait))})
 
 
 def _shutting_down() -> ApiError:
@@ -215,57 +283,74 @@ def _shutting_down() -> ApiError:
 
 
 def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
-                       observed: tuple[str, int]):
+                       observed: tuple[str, int], source: str):
     timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
     started = state.clock()
+    waiter = None
+    obs = observer()
     try:
         reg = state.matcher.register(req.rendezvous, req.target_ip, req.protocol, observed=observed,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
-        observer().pairing("conflict", key=exc.slot.label, target=req.target_ip,
-                           from_=format_address(*observed))
-        raise ApiError(409, "conflict", "another initiator is already waiting for this access key and "
-                       "target IP; wait for it to finish or use another key") from None
-    slot = reg.waiter.slot
-    obs = observer()
+        slot = exc.slot
+        if state.occupants.get(slot) == source:  # the waiting initiator's own source: tell it
+            state.failures.failed(source, req.target_ip, started)
+            state.pairing_failure("conflict", source, key=slot.label, target=req.target_ip,
+                                  from_=format_address(*observed))
+            raise ApiError(409, "conflict", "another initiator from your address is already waiting "
+                           "for this access key and target IP; wait for it to finish or use another "
+                           "key") from None
+        # anyone else: held like a waiter nobody answers, in a mailbox of its own (no oracle)
+        mailbox = state.matcher.store.open_mailbox(secrets.token_hex(8))
+        state.hold_apart(1)
+    else:
+        waiter, mailbox, slot = reg.waiter, reg.mailbox, reg.waiter.slot
+        state.occupants[slot] = source
     obs.pairing("waiting", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
-                protocol=req.protocol, timeout=timeout)
+                protocol=req.protocol, timeout=timeout, log_level=logging.DEBUG)
     hung_up = False
 
     def on_hangup() -> None:
         nonlocal hung_up
         hung_up = True
-        reg.mailbox.interrupt()
+        mailbox.interrupt()
 
     stop_watch = state.watch_hangup(request.environ, on_hangup)
-    running = state.track(reg.mailbox, True)
+    running = state.track(mailbox, True)
     try:
-        match = reg.mailbox.wait(timeout) if running else None
-        if match is None and not state.matcher.leave(reg.waiter):
+        match = mailbox.wait(timeout) if running else None
+        if match is None and waiter is not None and not state.matcher.leave(waiter):
             # a receiver took the entry at the last moment: its match is being delivered
-            match = reg.mailbox.wait(LATE_DELIVERY_GRACE)
+            match = mailbox.wait(LATE_DELIVERY_GRACE)
     finally:
-        state.track(reg.mailbox, False)
+        state.track(mailbox, False)
         stop_watch()
         try:
-            state.matcher.leave(reg.waiter)
+            if waiter is not None:
+                state.matcher.leave(waiter)
         finally:
-            reg.mailbox.close()
+            if waiter is not None:
+                if state.occupants.get(slot) == source:
+                    del state.occupants[slot]
+            else:
+                state.hold_apart(-1)
+            mailbox.close()
     waited = round(state.clock() - started, 3)
     if match is not None:
         obs.initiator_wait.observe(waited)
         return jsonify(turn_offer.with_credentials(match.initiator_answer()))
     if hung_up:
         obs.pairing("hangup", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
-                    waited=waited)
+                    waited=waited, log_level=logging.DEBUG)
         raise ApiError(408, "client-gone", "the client closed the connection while waiting",
                        waited=waited)
     if state.closing:
         obs.pairing("stopped", "server stopping", key=slot.label, target=slot.target_ip,
                     from_=format_address(*observed), waited=waited)
         raise _shutting_down()
-    obs.pairing("timeout", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
-                waited=waited)
+    state.failures.failed(source, slot.target_ip, state.clock())
+    state.pairing_failure("timeout", source, key=slot.label, target=slot.target_ip,
+                          from_=format_address(*observed), waited=waited)
     raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "
                    f"within {timeout:g}s; start the receiver (checkin) while the initiator waits",
                    waited=waited)
@@ -277,13 +362,16 @@ def checkin():
     state = signaling_state()
     req = json_body(validation.checkin_request)
     observed = observed_address()
+    source = source_of(observed[0])
+    _check_failures(state, source, observed[0], observed)
     started = state.clock()
     match = state.matcher.checkin(req.rendezvous, observed=observed, details=req.details,
                                   now=started)
     obs = observer()
     if match is None:
+        state.failures.failed(source, observed[0], started)
         label = state.matcher.slot(req.rendezvous, observed[0]).label
-        obs.pairing("no-initiator", key=label, from_=format_address(*observed))
+        state.pairing_failure("no-initiator", source, key=label, from_=format_address(*observed))
         raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
                        f"{observed[0]}; start the initiator first (it must name {observed[0]} as "
                        f"target_ip) and check in while it waits")

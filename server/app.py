@@ -43,6 +43,8 @@ def handle_error(exc: Exception):
         body.update(getattr(exc, "extra", {}))
         response = jsonify(body)
         response.status_code = status
+        for name, value in getattr(exc, "response_headers", {}).items():
+            response.headers[name] = value
         if not isinstance(exc, ApiError):
             for name, value in exc.get_headers():
                 if name.lower() not in ("content-type", "content-length"):

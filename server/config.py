@@ -63,6 +63,26 @@ class ServerConfig:
     http_io_timeout: float = 60.0
     #: run the STUN responder beside HTTP
     stun_enabled: bool = True
+    # -- trust (issue 10): TLS, trusted proxies, fair sharing; see README "Security model" --
+    #: PEM certificate chain and private key: serve HTTPS (both or neither)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: networks (CIDR) whose peers may name the client: Forwarded / X-Forwarded-For / PROXY protocol
+    trusted_proxies: tuple[str, ...] = ()
+    #: Host header values probe-assist accepts besides our own IP literals (DNS rebinding guard)
+    allowed_hosts: tuple[str, ...] = ()
+    #: most HTTP connections in all; more are closed at once, nothing read
+    max_connections: int = 25_000
+    #: most initiators waiting in all (every source together); more get 429
+    max_waiters: int = 20_000
+    #: seconds from a request's first byte to its last (request line, headers, body)
+    http_request_timeout: float = 10.0
+    #: failed pairing attempts (initiate 408/409, check-in 404): burst and refill per second,
+    #: per source (IPv4 address / IPv6 /64) and per target IP; over it: 429 with Retry-After
+    failure_burst: int = 30
+    failure_rate: float = 1.0
+    target_failure_burst: int = 60
+    target_failure_rate: float = 2.0
     log_level: str = "INFO"
     #: extra settings for extensions (store URL, rate limits...)
     extra: dict = field(default_factory=dict)
@@ -120,6 +140,18 @@ class ServerConfig:
             raise ConfigError(f"max_connections_per_ip ({self.max_connections_per_ip}) must be at least "
                               f"max_waiters_per_ip ({self.max_waiters_per_ip})",
                               hint="every waiting initiator holds a connection")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("give both a TLS certificate and its key (--tls-cert and --tls-key)")
+        for name in ("max_connections", "max_waiters", "failure_burst", "target_failure_burst"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
+                raise ConfigError(f"{name} must be 1 to 10000000, got {value!r}")
+        for name in ("failure_rate", "target_failure_rate"):
+            if not 0 < getattr(self, name) <= 1_000_000:
+                raise ConfigError(f"{name} must be a positive number of failures per second")
+        if not (0 < self.http_request_timeout <= 3600):
+            raise ConfigError(f"http_request_timeout must be in (0, 3600] seconds, "
+                              f"got {self.http_request_timeout}")
         if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
             raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
         self._check_scale_out()

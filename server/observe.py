@@ -29,6 +29,8 @@ _COUNTED = {
     "hangup": ("hangups", None),
     "conflict": ("conflicts", None),
     "refused": ("limits", "waiters-per-source"),
+    "refused-total": ("limits", "waiters-total"),
+    "rate-limited": ("limits", "failed-attempts"),
     "stopped": ("stopped", None),
     "store-unavailable": ("store_errors", None),
 }
@@ -108,16 +110,18 @@ class Observer:
         self.callbacks = _Callbacks()
         r.register(self.callbacks)
 
-    def pairing(self, event: str, message: str = "", **fields) -> None:
-        """Count ``event`` and log it: ``pair <event> k=v ...`` (+ ``message``), or as JSON
-        fields (``event`` plus ``fields``) with the JSON formatter. Never pass the key."""
+    def pairing(self, event: str, message: str = "", *, log_level: int | None = logging.INFO,
+                **fields) -> None:
+        """Count ``event`` and log it at ``log_level`` (``None``: count only):
+        ``pair <event> k=v ...`` (+ ``message``), or as JSON fields (``event`` plus
+        ``fields``) with the JSON formatter. Never pass the key."""
         counter, label = _COUNTED.get(event, (None, None))
         if counter is not None:
             metric = getattr(self, counter)
             (metric.labels(label) if label else metric).inc()
-        if log.isEnabledFor(logging.INFO):
+        if log_level is not None and log.isEnabledFor(log_level):
             text = " ".join(f"{name.rstrip('_')}={value}" for name, value in fields.items())
-            log.info("pair %s %s%s", event, text, f": {message}" if message else "",
+            log.log(log_level, "pair %s %s%s", event, text, f": {message}" if message else "",
                      extra={"event": f"pair-{event}", "fields": {k.rstrip("_"): v for k, v in fields.items()}})
 
     def render(self) -> bytes:

@@ -97,6 +97,18 @@ class PairingConflict(SignalingError):
     code = "conflict"
 
 
+class SignalingTlsError(ServerUnreachable):
+    """The signaling server's TLS certificate did not verify (or TLS failed otherwise)."""
+
+    code = "signaling-tls"
+
+
+class ProxyHeaderError(StunturnError, ValueError):
+    """A trusted proxy sent a malformed PROXY protocol header (the server closes the connection)."""
+
+    code = "proxy-protocol"
+
+
 class ProbeError(StunturnError):
     """The NAT probe could not run at all (e.g. STUN server unreachable)."""
 

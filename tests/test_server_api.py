@@ -109,7 +109,7 @@ def test_timeout_is_capped_by_the_server_wait_timeout():
 
 
 def test_pairing_through_the_test_client(app, client, caplog):
-    caplog.set_level(logging.INFO, logger="stunturn_server")
+    caplog.set_level(logging.DEBUG, logger="stunturn_server")
     results = {}
     details = {"srflx": {"ip": INITIATOR_IP, "port": 40000}, "local": [{"ip": "10.0.0.2", "port": 40000}],
                "nat": {"mapping": "ENDPOINT_INDEPENDENT"}, "software": "tests"}

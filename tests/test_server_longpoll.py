@@ -139,10 +139,25 @@ def test_reset_connection_frees_the_key(server):
 
 
 def test_conflict_while_one_waits(server):
+    """The waiting initiator's own source learns of the conflict (409)."""
     thread, result = in_background(initiate, server)
     wait_for(lambda: waiting(server) == 1, what="the first initiator")
-    status, body = initiate(server, source="127.0.0.4")
+    status, body = initiate(server)
     assert status == 409 and body["error"] == "conflict"
+    assert checkin(server)[0] == 200  # the first one is still there and matchable
+    thread.join(20)
+    assert result["value"][0] == 200
+
+
+def test_second_initiator_from_another_source_is_held_like_any_waiter(server):
+    """No oracle: from another source the answer is the one nobody-waits gives (408 timeout)."""
+    thread, result = in_background(initiate, server)
+    wait_for(lambda: waiting(server) == 1, what="the first initiator")
+    status, body = initiate(server, source="127.0.0.4", timeout=0.3)
+    nobody_status, nobody_body = initiate(server, key="nobody-uses-this-key", source="127.0.0.4",
+                                          timeout=0.3)
+    assert (status, body["error"]) == (nobody_status, nobody_body["error"]) == (408, "timeout")
+    assert set(body) == set(nobody_body)
     assert checkin(server)[0] == 200  # the first one is still there and matchable
     thread.join(20)
     assert result["value"][0] == 200
@@ -271,14 +286,17 @@ def test_every_pairing_event_is_logged_once_and_never_with_the_key(caplog):
 
     caplog.set_level(logging.DEBUG)
     secret = "never-log-this-key-4711"
-    with start_server(ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=1)) as server:
+    with start_server(ServerConfig(http_port=0, stun_enabled=False, max_waiters_per_ip=2)) as server:
         thread, result = in_background(initiate, server, key=secret)
         wait_for(lambda: waiting(server) == 1, what="the initiator")
-        assert initiate(server, key=secret, source="127.0.0.4")[0] == 409           # conflict
-        assert initiate(server, key=secret + "-2")[0] == 429                         # refused
+        assert initiate(server, key=secret)[0] == 409                                # conflict
+        second, _ = in_background(initiate, server, key=secret + "-2", timeout=1)
+        wait_for(lambda: waiting(server) == 2, what="the second initiator")
+        assert initiate(server, key=secret + "-3")[0] == 429                         # refused
         assert checkin(server, key=secret, source=OTHER)[0] == 404                   # no-initiator
         assert checkin(server, key=secret)[0] == 200                                 # matched
         thread.join(20)
+        second.join(20)
         assert initiate(server, key=secret, timeout=0.05)[0] == 408                  # timeout
         raw_initiate(server, key=secret).close()                                     # hangup
         wait_for(lambda: "pair hangup" in caplog.text, what="the hang-up log line")

@@ -1,0 +1,170 @@
+"""Pure rate and concurrency limits: no sockets, no clocks (every call takes ``now``).
+
+- :func:`source_of`: what a per-source limit counts (an IPv4 address, an IPv6 /64);
+- :class:`TokenBucket`: keyed token buckets with bounded memory;
+- :class:`FailureLimiter`: failed pairing attempts (408/409 initiates, 404 check-ins) per
+  source and per target IP, so keys cannot be guessed online;
+- :class:`ConcurrencyLimiter`: at most N things per source and M in all;
+- :class:`LogThrottle`: one log line per key and interval, with the count of what it stood for.
+
+Counting needs a lock only where threads share an instance (Flask's threaded test server);
+under gevent every caller runs in one hub and the lock is never contended.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import threading
+from dataclasses import dataclass, field
+
+
+@functools.lru_cache(maxsize=8192)
+def source_of(ip: str) -> str:
+    """What a per-source limit counts: an IPv4 address, or an IPv6 address's /64 (one host
+    usually holds a whole /64, RFC 4291 section 2.5.1). IPv4-mapped IPv6 counts as IPv4."""
+    address = ipaddress.ip_address(ip)
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+@dataclass
+class TokenBucket:
+    """Per-key token buckets: ``burst`` tokens, refilled at ``rate`` per second.
+
+    Memory is bounded: once more than ``sweep_at`` keys are stored, the buckets that are
+    full again (the same as absent) are forgotten; the next sweep waits until the keys left
+    have doubled (amortised cost).
+    """
+
+    burst: float
+    rate: float
+    sweep_at: int = 100_000
+    _state: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.burst >= 1 and self.rate > 0):
+            raise ValueError(f"a token bucket needs burst >= 1 and rate > 0, got {self.burst}, {self.rate}")
+
+    def _refilled(self, key: str, now: float) -> float:
+        tokens, last = self._state.get(key, (self.burst, now))
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate)
+
+    def tokens(self, key: str, now: float) -> float:
+        """Tokens ``key`` holds at ``now``."""
+        with self._lock:
+            return self._refilled(key, now)
+
+    def take(self, key: str, now: float) -> bool:
+        """Spend one token of ``key``; ``False`` (nothing spent) when it has none."""
+        with self._lock:
+            tokens = self._refilled(key, now)
+            ok = tokens >= 1.0
+            self._store(key, tokens - 1.0 if ok else tokens, now)
+            return ok
+
+    def charge(self, key: str, now: float) -> None:
+        """Spend one token of ``key`` if it has one (an event already happened: count it)."""
+        with self._lock:
+            self._store(key, max(0.0, self._refilled(key, now) - 1.0), now)
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until ``key`` holds a whole token again (0 when it has one)."""
+        with self._lock:
+            missing = 1.0 - self._refilled(key, now)
+        return max(0.0, missing / self.rate)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._state[key] = (tokens, now)
+        if len(self._state) > self.sweep_at:
+            for k in [k for k in self._state if self._refilled(k, now) >= self.burst]:
+                del self._state[k]
+            self.sweep_at = max(self.sweep_at, 2 * len(self._state))
+
+
+class FailureLimiter:
+    """Failed pairing attempts, per source (IPv4 address / IPv6 /64) and per target IP.
+
+    A request is let through while both its source and its target have a token;
+    :meth:`failed` spends one of each. Successful pairings spend nothing, so a busy but
+    honest source is never limited.
+    """
+
+    def __init__(self, *, source_burst: float, source_rate: float, target_burst: float,
+                 target_rate: float) -> None:
+        self.sources = TokenBucket(source_burst, source_rate)
+        self.targets = TokenBucket(target_burst, target_rate)
+
+    def retry_after(self, source: str, target: str | None, now: float) -> float | None:
+        """``None`` when a request from ``source`` naming ``target`` may go on; else the
+        seconds to wait (whole seconds, rounded up, at least 1: an HTTP Retry-After)."""
+        wait = self.sources.retry_after(source, now)
+        if target is not None:
+            wait = max(wait, self.targets.retry_after(target, now))
+        return None if wait <= 0 else float(max(1, math.ceil(wait)))
+
+    def failed(self, source: str, target: str | None, now: float) -> None:
+        self.sources.charge(source, now)
+        if target is not None:
+            self.targets.charge(target, now)
+
+
+class ConcurrencyLimiter:
+    """At most ``per_source`` holders per key and ``total`` in all."""
+
+    def __init__(self, per_source: int, total: int) -> None:
+        if not 1 <= per_source <= total:
+            raise ValueError(f"need 1 <= per_source <= total, got {per_source}, {total}")
+        self.per_source, self.total = per_source, total
+        self.held: dict[str, int] = {}
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str, n: int = 1) -> str | None:
+        """Take ``n`` places for ``key``; ``None`` on success, else which cap refused:
+        ``"source"`` or ``"total"`` (nothing is taken then)."""
+        with self._lock:
+            have = self.held.get(key, 0)
+            if have + n > self.per_source:
+                return "source"
+            if self.count + n > self.total:
+                return "total"
+            self.held[key] = have + n
+            self.count += n
+            return None
+
+    def release(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            left = self.held.get(key, 0) - n
+            if left > 0:
+                self.held[key] = left
+            else:
+                self.held.pop(key, None)
+            self.count = max(0, self.count - n)
+
+
+class LogThrottle:
+    """``note(key, now)`` returns how many events to report in one log line, at most once per
+    ``interval`` per key (the first event at once), else ``None``. Bounded memory."""
+
+    def __init__(self, interval: float = 60.0, max_keys: int = 10_000) -> None:
+        self.interval, self.max_keys = interval, max_keys
+        self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged, events since)
+        self._lock = threading.Lock()
+
+    def note(self, key: str, now: float) -> int | None:
+        with self._lock:
+            last, count = self._seen.get(key, (None, 0))
+            count += 1
+            if last is None or now - last >= self.interval:
+                if len(self._seen) >= self.max_keys:
+                    self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+                self._seen[key] = (now, 0)
+                return count
+            self._seen[key] = (last, count)
+            return None
