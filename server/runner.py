@@ -13,6 +13,7 @@ environ) and its entry is freed at once.
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import json
 import logging
@@ -20,13 +21,17 @@ import resource
 import signal
 import socket
 import threading
+import time
 from typing import Callable
 
 from stunturn_diag.errors import ConfigError, StunturnError
 
 from .app import create_app, make_store
 from .config import ServerConfig, bind_error, format_address
+from .limits import LogThrottle, source_of
 from .observe import metrics_app
+from .proxy import (V1_MAX, ProxyHeaderError, TrustedProxies, forwarded_client, parse_proxy_header,
+                    proxy_header_possible)
 
 log = logging.getLogger("stunturn_server.runner")
 
@@ -74,15 +79,81 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _handler_class(io_timeout: float):
+class _DeadlineReader(io.RawIOBase):
+    """The request stream under one deadline per request: ``whole`` seconds from its first
+    byte to its last (request line, headers and body), however the bytes trickle in; any
+    silence is also bounded by ``idle`` (as is the wait for the first byte). Each read sets
+    the socket timeout to what is left (and back to ``idle``, which also bounds writes)."""
+
+    def __init__(self, sock, idle: float, whole: float) -> None:
+        super().__init__()
+        self.sock, self.idle, self.whole = sock, idle, whole
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def start_request(self) -> None:
+        self.deadline = None
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is None:
+            timeout = self.idle
+        else:
+            timeout = min(self.idle, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise socket.timeout(f"the request took longer than {self.whole:g}s")
+        self.sock.settimeout(timeout)
+        try:
+            n = self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.idle)
+        if n and self.deadline is None:
+            self.deadline = time.monotonic() + self.whole
+        return n
+
+
+class AmbiguousRequest(ValueError):
+    """Headers that two parsers could read differently (request smuggling): refused with 400."""
+
+
+def strict_headers(headers) -> None:
+    """Raise :class:`AmbiguousRequest` for ambiguous framing (RFC 9112 sections 5.2, 6.1, 6.3):
+    obsolete line folding, more than one Content-Length, Transfer-Encoding with Content-Length,
+    a Transfer-Encoding other than ``chunked``, a Content-Length that is not digits."""
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value:
+            raise AmbiguousRequest(f"obsolete line folding in the {name} header")
+    lengths = headers.get_all("Content-Length") or []
+    encodings = headers.get_all("Transfer-Encoding") or []
+    if len(lengths) > 1:
+        raise AmbiguousRequest("more than one Content-Length header")
+    if lengths and encodings:
+        raise AmbiguousRequest("both Transfer-Encoding and Content-Length")
+    if lengths and not lengths[0].strip().isdigit():
+        raise AmbiguousRequest(f"Content-Length is not a number: {lengths[0]!r}")
+    if encodings and (len(encodings) > 1 or encodings[0].strip().lower() != "chunked"):
+        raise AmbiguousRequest("a Transfer-Encoding other than a single chunked")
+
+
+def _canned(status: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n").encode() + data
+
+
+def _handler_class(config: ServerConfig, trusted: TrustedProxies, throttle: LogThrottle):
     from gevent.pywsgi import WSGIHandler
+
+    io_timeout, request_timeout = config.http_io_timeout, config.http_request_timeout
 
     class _SocketHandler(WSGIHandler):
         """Puts the client socket into the environ so a long-poll can watch for a hang-up.
 
         Also sets TCP_NODELAY (pywsgi sends headers and body in two writes, which
-        Nagle + delayed ACK would otherwise stall by ~40 ms per response) and an I/O
-        timeout for reading requests and writing answers (not for the long-poll wait).
+        Nagle + delayed ACK would otherwise stall by ~40 ms per response), the
+        per-request deadline (:class:`_DeadlineReader`), strict framing
+        (:func:`strict_headers`) and the client address a trusted proxy names.
         """
 
         def __init__(self, sock, address, server, *args, **kwargs):
@@ -93,12 +164,47 @@ def _handler_class(io_timeout: float):
             sock.settimeout(io_timeout)  # silent or idle clients are dropped, not held forever
             super().__init__(sock, address, server, *args, **kwargs)
             # a smaller read buffer than pywsgi's 8 KiB: every waiting long-poll keeps one
-            default, self.rfile = self.rfile, sock.makefile("rb", _READ_BUFFER)
+            self._reader = _DeadlineReader(sock, io_timeout, request_timeout)
+            default, self.rfile = self.rfile, io.BufferedReader(self._reader, _READ_BUFFER)
             default.close()
+
+        def handle_one_request(self):
+            self._reader.start_request()
+            return super().handle_one_request()
+
+        def MessageClass(self, *args):  # noqa: N802 - pywsgi's name
+            headers = super().MessageClass(*args)
+            if not headers.status:
+                strict_headers(headers)
+            return headers
+
+        def _handle_client_error(self, ex):
+            """Malformed or ambiguous HTTP: 400 JSON and close; one INFO line per source and
+            minute, the details (and any traceback) at DEBUG only."""
+            source = str(self.client_address[0]) if self.client_address else "?"
+            log.debug("bad HTTP request from %s: %s", source, ex, exc_info=not isinstance(ex, ValueError))
+            count = throttle.note(f"bad-http {source}", time.monotonic())
+            if count is not None:
+                log.info("refused %d malformed HTTP request(s) from %s (latest: %s)", count, source,
+                         str(ex)[:200] or type(ex).__name__)
+            self.close_connection = True
+            return ("400", _canned("400 Bad Request", {
+                "error": "bad-request", "message": f"malformed or ambiguous HTTP request: {str(ex)[:200]}"}))
+
+        def handle_error(self, t, v, tb):
+            """A failure outside the app (e.g. the client vanished mid-write): DEBUG with the
+            traceback, no 500 body on a connection that is being dropped anyway."""
+            log.debug("HTTP connection from %s failed", self.client_address, exc_info=(t, v, tb))
+            self.close_connection = True
 
         def get_environ(self):
             environ = super().get_environ()
             environ[SOCKET_ENVIRON_KEY] = self.socket
+            if trusted:
+                peer = (environ.get("REMOTE_ADDR", ""), int(environ.get("REMOTE_PORT") or 0))
+                ip, port = forwarded_client(peer, trusted, self.headers.get_all("Forwarded") or [],
+                                            self.headers.get_all("X-Forwarded-For") or [])
+                environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = ip, str(port)
             return environ
 
         # pywsgi writes the status and headers, then the body: two sends (two syscalls and
@@ -124,65 +230,152 @@ def _handler_class(io_timeout: float):
     return _SocketHandler
 
 
-def _server_class(limit: int):
-    """A WSGIServer that holds at most ``limit`` connections per source (IPv4 address / IPv6 /64).
+def _server_class(config: ServerConfig, trusted: TrustedProxies, tls_context, throttle: LogThrottle):
+    """A WSGIServer that holds at most ``config.max_connections_per_ip`` connections per source
+    (IPv4 address / IPv6 /64) and ``config.max_connections`` in all.
 
-    Above it a connection gets a canned 429 JSON answer and is closed before anything is
-    read, so one host cannot take every file descriptor with idle or slow connections.
+    Above a cap a connection gets a canned 429 JSON answer (plain HTTP; a TLS connection is
+    just closed) and is closed at once: nothing is read or drained. A connection from a
+    trusted proxy may start with a PROXY protocol header (v1/v2), which names its client;
+    a proxy's connections are not counted per source (its clients are, per request, by the
+    waiter and failure limits). TLS (``tls_context``) is set up here, after the PROXY header.
     Counting needs no lock: every connection greenlet runs in this server's one hub.
     """
     from gevent.pywsgi import WSGIServer
 
-    from .api import canonical_remote, source_of
+    from .api import canonical_remote
 
-    body = json.dumps({"error": "too-many-connections", "limit": limit,
-                       "message": f"this address already holds {limit} connections to the server, "
-                                  "the most it allows; close some first"}).encode()
-    refusal = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    per_source, total = config.max_connections_per_ip, config.max_connections
+    refusals = {
+        "source": _canned("429 Too Many Requests", {
+            "error": "too-many-connections", "limit": per_source,
+            "message": f"this address already holds {per_source} connections to the server, "
+                       "the most it allows; close some first"}),
+        "total": _canned("503 Service Unavailable", {
+            "error": "too-many-connections", "limit": total,
+            "message": f"the server holds {total} connections, the most it allows; retry shortly"}),
+    }
 
     class _LimitedServer(WSGIServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.connections: dict[str, int] = {}
+            self.open = 0
             self.refused = 0
+
+        def _refuse(self, sock, why: str, source: str) -> None:
+            self.refused += 1
+            limit = per_source if why == "source" else total
+            if throttle.note(f"refused {why} {source}", time.monotonic()) is not None:
+                log.warning("refused %d connection(s) in all over the limit of %d %s (latest from %s)",
+                            self.refused, limit, "per source" if why == "source" else "in all", source)
+            _refuse(sock, None if tls_context else refusals[why])
 
         def handle(self, sock, address):
             try:
-                source = source_of(canonical_remote(address[0].split("%", 1)[0]))
+                peer = canonical_remote(address[0].split("%", 1)[0])
             except ValueError:  # not an IP socket (e.g. a Unix socket): not limited
                 return super().handle(sock, address)
-            count = self.connections.get(source, 0)
-            if count >= limit:
-                self.refused += 1
-                if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                    log.warning("refused %d connection(s) over the limit of %d per source (latest "
-                                "from %s)", self.refused, limit, source)
-                _refuse(sock, refusal)
-                return
-            self.connections[source] = count + 1
+            if self.open >= total:
+                return self._refuse(sock, "total", peer)
+            counted = peer not in trusted
+            if not counted:
+                try:
+                    header = read_proxy_header(sock, request_timeout)
+                except (OSError, ValueError) as exc:
+                    log.debug("connection from trusted proxy %s dropped: %s", peer, exc)
+                    sock.close()
+                    return
+                if header is not None and header.source is not None:
+                    address, counted = header.source, True
+            source = source_of(address[0]) if counted else None
+            if source is not None and self.connections.get(source, 0) >= per_source:
+                return self._refuse(sock, "source", source)
+            self.open += 1
+            if source is not None:
+                self.connections[source] = self.connections.get(source, 0) + 1
             try:
+                if tls_context is not None:
+                    sock = _tls_handshake(tls_context, sock, request_timeout)
+                    if sock is None:
+                        return
                 return super().handle(sock, address)
             finally:
-                left = self.connections[source] - 1
-                if left:
-                    self.connections[source] = left
-                else:
-                    del self.connections[source]
+                self.open -= 1
+                if source is not None:
+                    left = self.connections[source] - 1
+                    if left:
+                        self.connections[source] = left
+                    else:
+                        del self.connections[source]
 
     return _LimitedServer
 
 
-def _refuse(sock, answer: bytes) -> None:
-    """Send ``answer`` and close; a request already sent is read and discarded first (bounded)
-    so closing does not reset the connection before the client reads the answer."""
+def read_proxy_header(sock, timeout: float):
+    """The PROXY protocol header at the start of ``sock``, if any (peeked, then consumed).
+
+    ``None`` when the connection does not start with one (plain HTTP or TLS from the proxy);
+    :class:`ProxyHeaderError` for a malformed one; bounded by ``timeout`` in all.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("no complete PROXY header in time")
+        sock.settimeout(remaining)
+        data = sock.recv(V1_MAX + 216, socket.MSG_PEEK)  # v2 with IPv6 and some TLVs
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        if not proxy_header_possible(data):
+            return None
+        header = parse_proxy_header(data)
+        if header is not None:
+            _recv_exact(sock, header.length)
+            return header
+        if len(data) >= V1_MAX + 216:
+            raise ProxyHeaderError("PROXY header longer than this server reads")
+        # incomplete: wait for more (a trickle is bounded by the deadline)
+        gevent_sleep(0.005)
+
+
+def _recv_exact(sock, n: int) -> None:
+    while n > 0:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise ConnectionError("the proxy closed the connection")
+        n -= len(chunk)
+
+
+def gevent_sleep(seconds: float) -> None:
+    import gevent
+
+    gevent.sleep(seconds)
+
+
+def _tls_handshake(context, sock, timeout: float):
+    """Wrap ``sock`` in TLS (server side) within ``timeout``; ``None`` (closed) if it fails."""
     try:
-        sock.settimeout(0.5)
-        sock.sendall(answer)
-        sock.shutdown(socket.SHUT_WR)
-        for _ in range(16):  # at most 64 KiB, each read waits at most 0.5 s
-            if not sock.recv(4096):
-                break
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls.settimeout(timeout)
+        tls.do_handshake()
+        return tls
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        log.debug("TLS handshake failed: %s", exc)
+        sock.close()
+        return None
+
+
+def _refuse(sock, answer: bytes | None) -> None:
+    """Send ``answer`` (if any) and close at once: nothing is waited for. What the client
+    already sent is dropped first (one non-blocking read), so the close does not reset the
+    connection before it can read the answer."""
+    try:
+        if answer:
+            sock.setblocking(False)
+            sock.send(answer)  # a few hundred bytes: they fit the empty send buffer
+            sock.shutdown(socket.SHUT_WR)
+            getattr(sock, "_sock", sock).recv(65536, socket.MSG_DONTWAIT)
     except OSError:
         pass
     finally:
@@ -227,9 +420,10 @@ class ServerHandle:
     """A running server. ``stop()`` is clean and idempotent; also a context manager."""
 
     def __init__(self, config: ServerConfig, listener: socket.socket, stun_service,
-                 metrics_listener: socket.socket | None = None) -> None:
+                 metrics_listener: socket.socket | None = None, tls_context=None) -> None:
         self.config = config
         self._listener = listener
+        self._tls_context = tls_context
         self._metrics_listener = metrics_listener
         self.metrics_url = None
         if metrics_listener is not None:
@@ -237,7 +431,7 @@ class ServerHandle:
         self.stun_service = stun_service
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)
-        self.http_url = f"http://{format_address(host, port)}"
+        self.http_url = f"{'https' if tls_context else 'http'}://{format_address(host, port)}"
         self.stun_endpoints: list[dict] = [ep.as_dict() for ep in stun_service.endpoints
                                            ] if stun_service else []
         # started in the server's hub (_run): a Redis store's sockets belong to that hub
@@ -280,19 +474,21 @@ class ServerHandle:
             self._wake.start(stop_event.set)
             self.store.start()
             # an explicit pool: stop() kills the connections still open (waiting long-polls)
-            handler = _handler_class(self.config.http_io_timeout)
-            server_class = _server_class(self.config.max_connections_per_ip)
+            trusted = TrustedProxies(self.config.trusted_proxies)
+            throttle = LogThrottle()
+            handler = _handler_class(self.config, trusted, throttle)
+            server_class = _server_class(self.config, trusted, self._tls_context, throttle)
             server = server_class(self._listener, self.app, handler_class=handler,
                                 spawn=gevent.pool.Pool(), log=None,
-                                # malformed HTTP from clients is their problem: INFO, not ERROR
+                                # what pywsgi still writes there is the clients' problem: DEBUG
                                 error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
-                                                            logging.INFO))
+                                                            logging.DEBUG))
             self.observer.callbacks.connections_refused = lambda: server.refused
             servers.append(server)
             if self._metrics_listener is not None:
                 servers.append(WSGIServer(self._metrics_listener, metrics_app(self.observer), log=None,
                                           error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
-                                                                      logging.INFO)))
+                                                                      logging.DEBUG)))
             for each in servers:
                 each.start()
         except BaseException as exc:  # start-up failure is reported by start()
@@ -399,20 +595,40 @@ def _start_stun(config: ServerConfig):
                          _HTTP_BIND_HINTS) from None
 
 
-def start_server(config: ServerConfig) -> ServerHandle:
-    """Start HTTP (+ STUN when ``config.stun_enabled``) and return at once.
+def tls_server_context(config: ServerConfig):
+    """A server-side TLS context (gevent's, cooperative) from ``config.tls_cert``/``tls_key``;
+    ``None`` without them. An unreadable or mismatched pair is a :class:`ConfigError`."""
+    if not config.tls_cert:
+        return None
+    from gevent import ssl as gssl
 
-    Binding errors raise :class:`ConfigError` before anything keeps running.
+    context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = gssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"cannot load the TLS certificate {config.tls_cert} with key "
+                          f"{config.tls_key}: {exc}",
+                          hint="give a PEM certificate chain and its matching PEM private key") from None
+    return context
+
+
+def start_server(config: ServerConfig) -> ServerHandle:
+    """Start HTTP(S) (+ STUN when ``config.stun_enabled``) and return at once.
+
+    Binding and TLS errors raise :class:`ConfigError` before anything keeps running.
     Raises the open-file soft limit to the hard limit (each long-poll holds a socket).
     """
     raise_nofile_limit()
+    tls_context = tls_server_context(config)
+    TrustedProxies(config.trusted_proxies)  # a bad CIDR is a ConfigError now, not in the thread
     listener = bind_listener(config.http_host, config.http_port)
     metrics_listener = stun = None
     try:
         if config.metrics_listen is not None:
             metrics_listener = bind_listener(*config.metrics_listen)
         stun = _start_stun(config) if config.stun_enabled else None
-        handle = ServerHandle(config, listener, stun, metrics_listener)
+        handle = ServerHandle(config, listener, stun, metrics_listener, tls_context)
         handle._start()
     except BaseException:
         listener.close()
