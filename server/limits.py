@@ -130,10 +130,10 @@ class ConcurrencyLimiter:
         ``"source"`` or ``"total"`` (nothing is taken then)."""
         with self._lock:
             have = self.held.get(key, 0)
-            if have + n > self.per_source:
-                return "source"
             if self.count + n > self.total:
                 return "total"
+            if have + n > self.per_source:
+                return "source"
             self.held[key] = have + n
             self.count += n
             return None

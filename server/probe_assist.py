@@ -12,15 +12,22 @@ Safety (it makes the server send SYNs on request):
 
 - the target IP is always the request's own source (``REMOTE_ADDR``); only the
   port is chosen by the caller, so it can only ever probe itself;
-- per source IP token bucket (``config.extra["probe_assist_burst"]``, default 10
-  requests; ``["probe_assist_rate"]`` refill per second, default 0.5) with the
+- only when the request's Host header names this server (:func:`host_allowed`:
+  ``ServerConfig.allowed_hosts`` / ``serve --allowed-host``, else our own listen and
+  STUN addresses; any IP literal when listening on a wildcard address) -> 403
+  ``host-not-allowed``: a DNS-rebinding page in the caller's browser names its own
+  host, so it cannot aim the server at the caller's local services;
+- per source token bucket (IPv4 address / IPv6 /64, ``config.extra["probe_assist_burst"]``,
+  default 10 requests; ``["probe_assist_rate"]`` refill per second, default 0.5) with the
   app's injected clock -> 429 when empty;
 - bounded work per request: at most 2 sources x 3 attempts, connect timeout
   50..2000 ms; a source's attempts start ``timeout/4`` apart and stop at the first
   definitive answer (so an answering NAT costs one SYN, and one ICMP, per source);
-  a global cap of concurrent connects (``["probe_assist_concurrency"]``, default 32)
-  -> 503 when busy;
-- nothing is sent on a connection but the caller's own token (<= 32 hex chars).
+  concurrent connects are capped per source (``["probe_assist_concurrency_per_source"]``,
+  default 6: one full request) -> 429 ``busy``, and in all (``["probe_assist_concurrency"]``,
+  default 32) -> 503 ``busy``, so one address cannot starve the others;
+- nothing is sent on a connection but a fixed frame: a magic prefix and the caller's
+  token in hex (:func:`stunturn_diag.assist_frame.assist_frame`), never caller-chosen bytes.
 
 Outcome per attempt: ``connected``, ``rst`` (refused without an ICMP error),
 ``icmp`` (an ICMP error arrived: seen via ``IP_RECVERR``, which tells a NAT's
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import socket
 import struct
 import threading
@@ -39,10 +47,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
 
+from stunturn_diag.assist_frame import MAX_TOKEN, assist_frame
 from stunturn_diag.errors import ConfigError
 
+from .limits import ConcurrencyLimiter, TokenBucket, source_of
 from .validation import BadRequest
 
 MAX_ATTEMPTS = 3
@@ -56,45 +66,14 @@ _SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
 
 
 @dataclass
-class TokenBucket:
-    """Per-key token bucket; ``clock`` is injected so tests step time."""
-
-    burst: float
-    rate: float
-    clock: Callable[[], float]
-    #: number of keys at which refilled buckets are swept out (grows with the live keys)
-    sweep_at: int = 100_000
-    _state: dict[str, tuple[float, float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _tokens(self, tokens: float, last: float, now: float) -> float:
-        return min(self.burst, tokens + max(0.0, now - last) * self.rate)
-
-    def take(self, key: str) -> bool:
-        """Spend one token for ``key``; False when none is left."""
-        now = self.clock()
-        with self._lock:
-            tokens = self._tokens(*self._state.get(key, (self.burst, now)), now)
-            ok = tokens >= 1.0
-            self._state[key] = (tokens - 1.0 if ok else tokens, now)
-            if len(self._state) > self.sweep_at:
-                self._sweep(now)
-            return ok
-
-    def _sweep(self, now: float) -> None:
-        """Bounded memory: forget the buckets that are full again by ``now`` (the same as
-        absent); the next sweep waits until the keys left have doubled (amortised cost)."""
-        for k in [k for k, (t, last) in self._state.items() if self._tokens(t, last, now) >= self.burst]:
-            del self._state[k]
-        self.sweep_at = max(self.sweep_at, 2 * len(self._state))
-
-
-@dataclass
 class AssistState:
     bucket: TokenBucket
-    slots: threading.BoundedSemaphore
-    concurrency: int
-    stats: dict = field(default_factory=lambda: {"requests": 0, "limited": 0, "busy": 0, "connects": 0})
+    slots: ConcurrencyLimiter
+    clock: Callable[[], float]
+    allowed_hosts: frozenset[str]
+    any_ip_literal: bool
+    stats: dict = field(default_factory=lambda: {"requests": 0, "limited": 0, "busy": 0, "connects": 0,
+                                                 "wrong_host": 0})
 
 
 def _setting(extra: dict, name: str, default: float) -> float:
@@ -108,13 +87,52 @@ def init_app(app) -> None:
     """Create the app's probe-assist state from ``config.extra`` (``probe_assist_burst``,
     ``_rate``, ``_concurrency``); a bad value raises :class:`ConfigError` here, not per request."""
     shared = app.extensions["stunturn"]
-    extra = shared.config.extra or {}
+    cfg = shared.config
+    extra = cfg.extra or {}
     conc = int(_setting(extra, "concurrency", 32))
     if conc < 1:
         raise ConfigError(f"probe_assist_concurrency must be at least 1, got {conc}")
+    per_source = min(conc, int(_setting(extra, "concurrency_per_source", 2 * MAX_ATTEMPTS)))
+    if per_source < 1:
+        raise ConfigError(f"probe_assist_concurrency_per_source must be at least 1, got {per_source}")
+    ours = {_host_key(ip) for ip in (cfg.http_host, cfg.stun_ip, cfg.alt_ip) if ip}
+    if any(ipaddress.ip_address(ip).is_loopback for ip in ours):
+        ours.add("localhost")  # names this very machine: no page can rebind it
     app.extensions["stunturn_probe_assist"] = AssistState(
-        TokenBucket(float(_setting(extra, "burst", 10)), float(_setting(extra, "rate", 0.5)), shared.clock),
-        threading.BoundedSemaphore(conc), conc)
+        TokenBucket(float(_setting(extra, "burst", 10)), float(_setting(extra, "rate", 0.5))),
+        ConcurrencyLimiter(per_source, conc), shared.clock,
+        frozenset(ours | {_host_key(h) for h in cfg.allowed_hosts}),
+        any(ipaddress.ip_address(ip).is_unspecified for ip in (cfg.http_host, cfg.stun_ip)))
+
+
+def _host_key(host: str) -> str:
+    """A Host header value (or an address) without its port, lower case, IPs canonical."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def host_allowed(host: str, allowed: frozenset[str], any_ip_literal: bool) -> bool:
+    """Does a request's Host header name this server? (DNS-rebinding guard, pure.)"""
+    key = _host_key(host or "")
+    if not key:
+        return False
+    if key in allowed:
+        return True
+    if any_ip_literal:
+        try:
+            ipaddress.ip_address(key)
+            return True  # a page served from an IP literal is that host's own: no rebinding
+        except ValueError:
+            return False
+    return False
 
 
 def _assist_state() -> AssistState:
@@ -142,9 +160,10 @@ def parse_request(body: dict) -> tuple[int, list[str], int, int, bytes]:
             or not MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS):
         raise BadRequest(f"timeout_ms must be a number {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
     token = body.get("token", "")
-    if (not isinstance(token, str) or len(token) > 32 or len(token) % 2
+    if (not isinstance(token, str) or len(token) > 2 * MAX_TOKEN or len(token) % 2
             or any(c not in "0123456789abcdef" for c in token)):
-        raise BadRequest("token must be an even number (at most 32) of lowercase hex characters")
+        raise BadRequest(f"token must be an even number (at most {2 * MAX_TOKEN}) of lowercase hex "
+                         "characters")
     return port, sources, attempts, int(timeout_ms), bytes.fromhex(token)
 
 
@@ -186,7 +205,7 @@ def connect_once(source_ip: str, target: tuple[str, int], timeout: float, token:
             result["outcome"] = "connected"
             if token:
                 try:
-                    s.sendall(token)
+                    s.sendall(assist_frame(token))
                 except OSError:
                     pass
         except (socket.timeout, TimeoutError):
@@ -258,27 +277,48 @@ _RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavail
 
 
 def _admit(parse: Callable[[dict], tuple]):
-    """Common front of both routes: count, validate the body (400), take the caller's
-    observed IP - the only target ever used - and spend a token of its bucket (429).
-    Returns (state, parsed body, caller IP, server config)."""
+    """Common front of both routes: count, check the Host header (403), validate the body
+    (400), take the caller's observed IP - the only target ever used - and spend a token of
+    its source's bucket (429). Returns (state, parsed body, caller IP, its source, config)."""
     from .api import ApiError, json_body, observed_address, signaling_state  # late: api imports this module
 
     st = _assist_state()
     st.stats["requests"] += 1
+    if not host_allowed(request.host, st.allowed_hosts, st.any_ip_literal):
+        st.stats["wrong_host"] += 1
+        raise ApiError(403, "host-not-allowed", f"probe-assist answers only requests whose Host names "
+                       f"this server, not {request.host[:100]!r}; use the server's address, or start it "
+                       "with --allowed-host NAME for the name you use")
     parsed = json_body(parse)
     ip, _ = observed_address()
-    if not st.bucket.take(ip):
+    source = source_of(ip)
+    wait = st.bucket.retry_after(source, st.clock())
+    if not st.bucket.take(source, st.clock()):
         st.stats["limited"] += 1
         raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
-                                            "wait a few seconds and retry")
-    return st, parsed, ip, signaling_state().config
+                       f"retry in {max(1, math.ceil(wait)):d}s",
+                       headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    return st, parsed, ip, source, signaling_state().config
+
+
+def _acquire(st: AssistState, source: str, n: int) -> None:
+    """Take ``n`` connect places for ``source``: 429 ``busy`` over its own share, 503 ``busy``
+    when the server's are all in use (nothing is taken then)."""
+    from .api import ApiError
+
+    refused = st.slots.acquire(source, n)
+    if refused is None:
+        return
+    st.stats["busy"] += 1
+    if refused == "source":
+        raise ApiError(429, "busy", "your address already runs as many probe connections as it may; "
+                       "let them finish first", headers={"Retry-After": "1"})
+    raise ApiError(503, "busy", _BUSY, headers={"Retry-After": "1"})
 
 
 def tcp_connect():
     """``POST /v1/probe/tcp-connect``: connect back to the caller's mapped port."""
-    from .api import ApiError
-
-    st, (port, sources, attempts, timeout_ms, token), ip, cfg = _admit(parse_request)
+    st, (port, sources, attempts, timeout_ms, token), ip, source, cfg = _admit(parse_request)
     plan = []
     for role in sources:
         src = _source_ip(role, cfg)
@@ -286,15 +326,8 @@ def tcp_connect():
             src = None
         plan.append((role, src))
     n = sum(attempts for _, src in plan if src is not None)
-    acquired = 0
-    for _ in range(n):
-        if not st.slots.acquire(blocking=False):
-            break
-        acquired += 1
+    _acquire(st, source, n)
     try:
-        if acquired < n:
-            st.stats["busy"] += 1
-            raise ApiError(503, "busy", _BUSY)
         groups, roles = [], []
         for role, src in plan:
             if src is None:
@@ -305,8 +338,7 @@ def tcp_connect():
         raw = dict(zip(roles, _run_staggered(groups, max(0.02, timeout_ms / 4000))))
         st.stats["connects"] += sum(len(r) for r in raw.values())
     finally:
-        for _ in range(acquired):
-            st.slots.release()
+        st.slots.release(source, n)
     results = []
     for role, src in plan:
         if src is None:
@@ -339,13 +371,11 @@ def tcp_simopen():
     SYN then crosses it inside the NAT (TCP simultaneous open, RFC 5382 section 4.2)."""
     from .api import ApiError
 
-    st, (port, delay_ms, timeout_ms, token), ip, cfg = _admit(parse_simopen)
+    st, (port, delay_ms, timeout_ms, token), ip, source, cfg = _admit(parse_simopen)
     src_ip = cfg.alt_ip or cfg.stun_ip
     if ipaddress.ip_address(src_ip).version != ipaddress.ip_address(ip).version:
         raise ApiError(409, "unavailable", "no source address of your address family")
-    if not st.slots.acquire(blocking=False):
-        st.stats["busy"] += 1
-        raise ApiError(503, "busy", _BUSY)
+    _acquire(st, source, 1)
     fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
     s: socket.socket | None = None
     try:
@@ -355,7 +385,7 @@ def tcp_simopen():
     except OSError as exc:
         if s is not None:
             s.close()
-        st.slots.release()
+        st.slots.release(source)
         raise ApiError(503, "busy", f"cannot reserve a source port: {exc.strerror or exc}") from None
 
     def later() -> None:  # an OS thread: blocking calls here never stall the gevent hub
@@ -364,17 +394,17 @@ def tcp_simopen():
             s.settimeout(timeout_ms / 1000)
             s.connect((ip, port))
             if token:
-                s.sendall(token)
+                s.sendall(assist_frame(token))
         except OSError:
             pass
         finally:
             s.close()
-            st.slots.release()
+            st.slots.release(source)
     try:
         threading.Thread(target=later, name="probe-simopen", daemon=True).start()
     except RuntimeError:  # no thread to be had: nothing was sent, give socket and slot back
         s.close()
-        st.slots.release()
+        st.slots.release(source)
         raise ApiError(503, "busy", _BUSY) from None
     st.stats["connects"] += 1
     return jsonify({"target": {"ip": ip, "port": port}, "source": {"ip": source[0], "port": source[1]},

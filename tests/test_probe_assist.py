@@ -7,7 +7,9 @@ import socket
 
 import pytest
 
+from stunturn_diag.assist_frame import ASSIST_MAGIC
 from stunturn_server import probe_assist
+from stunturn_server.limits import TokenBucket
 from stunturn_server.app import create_app
 from stunturn_server.config import ServerConfig
 
@@ -56,7 +58,8 @@ def test_connects_back_to_the_caller_from_both_sources(client, listener):
     assert by["alt-ip"]["attempts"][0]["source"]["ip"] == "127.0.0.2"
     conn, peer = listener.accept()
     conn.settimeout(2)
-    assert conn.recv(16) == bytes.fromhex("c0ffee")
+    # never the caller's bytes alone: the fixed frame (magic prefix + the token in hex)
+    assert conn.recv(64) == ASSIST_MAGIC + b"c0ffee"
     conn.close()
 
 
@@ -111,11 +114,10 @@ def test_rate_limited_per_source_with_injected_clock(client, clock, listener):
 
 
 def test_token_bucket_is_per_key():
-    c = Clock()
-    b = probe_assist.TokenBucket(2, 0.5, c)
-    assert [b.take("a"), b.take("a"), b.take("a"), b.take("b")] == [True, True, False, True]
-    c.t += 2.0
-    assert b.take("a") and not b.take("a")
+    b = TokenBucket(2, 0.5)
+    assert [b.take("a", 0), b.take("a", 0), b.take("a", 0), b.take("b", 0)] == [True, True, False, True]
+    assert b.retry_after("a", 0) == 2.0 and b.retry_after("b", 0) == 0
+    assert b.take("a", 2.0) and not b.take("a", 2.0)
 
 
 def test_concurrency_cap_gives_503(clock, listener):
@@ -183,14 +185,13 @@ def test_random_bodies_never_500(clock):
 
 
 def test_token_bucket_forgets_refilled_buckets_only():
-    c = Clock()
-    b = probe_assist.TokenBucket(2, 0.5, c, sweep_at=3)
+    b = TokenBucket(2, 0.5, sweep_at=3)
     for key in "abc":  # drained: never counted as full by their stored tokens
-        assert b.take(key) and b.take(key) and not b.take(key)
-    c.t += 10.0  # a, b, c are full again
-    assert b.take("d") and b.take("d") and not b.take("d")  # 4 keys > 3: sweep
+        assert b.take(key, 0) and b.take(key, 0) and not b.take(key, 0)
+    # at t=10 a, b, c are full again
+    assert b.take("d", 10) and b.take("d", 10) and not b.take("d", 10)  # 4 keys > 3: sweep
     assert set(b._state) == {"d"}
-    assert not b.take("d")  # a drained bucket is kept
+    assert not b.take("d", 10)  # a drained bucket is kept
 
 
 @pytest.mark.parametrize("extra", [{"probe_assist_rate": "fast"}, {"probe_assist_burst": 0},
@@ -211,4 +212,4 @@ def test_simopen_without_a_thread_is_503_and_gives_the_slot_back(clock, listener
     monkeypatch.setattr(probe_assist.threading.Thread, "start", no_thread)
     r = app.test_client().post("/v1/probe/tcp-simopen", json=body)
     assert r.status_code == 503 and r.json["error"] == "busy"
-    assert app.extensions["stunturn_probe_assist"].slots.acquire(blocking=False)
+    assert app.extensions["stunturn_probe_assist"].slots.count == 0

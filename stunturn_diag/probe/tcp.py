@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
 from ..stun import binding_request, encode
 from ..stun_tcp import stun_tcp_transaction
@@ -172,7 +173,7 @@ def _accept_loop(listener: socket.socket, stop: threading.Event, accepted: list[
                     data = x.recv(64)
                 except OSError:
                     data = b""
-                accepted.append({"from": {"ip": peer[0], "port": peer[1]}, "token_ok": data == token})
+                accepted.append({"from": {"ip": peer[0], "port": peer[1]}, "token_ok": data == assist_frame(token)})
                 conns = [(c, p) for c, p in conns if c is not x]
                 x.close()
     for c, peer in conns:
