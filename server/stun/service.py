@@ -8,12 +8,20 @@ UDP is read and answered in place: no queue of its own, so a datagram flood cost
 at most the kernel's receive buffer; what overflows it is dropped by the kernel and
 counted (``dropped_rx_overflow``, SO_RXQ_OVFL, learnt with the next datagram read).
 
+UDP is answered only up to a per-source rate (a token bucket per IPv4 address /
+IPv6 /64, ``stun_udp_burst``/``stun_udp_rate``): a spoofed flood cannot turn the
+responder into a reflector; what is over the rate is dropped and counted
+(``dropped_rate_limited``).
+
 TCP follows RFC 8489 section 6.2.2: messages are framed back to back on the
 stream by their own length field. A connection is closed when it sends bytes
-that are not a STUN header or a malformed message, stays idle longer than
-``idle_timeout``, lives longer than ``max_lifetime``, sends more than
-``max_bytes`` or does not read its responses; at most ``max_connections`` are
-open at once (more are accepted and closed at once, and counted).
+that are not a STUN header or a malformed message, sends no complete message for
+``idle_timeout`` (a trickle of bytes does not count: only a whole message resets
+it), takes longer than ``message_timeout`` from a message's first byte to its
+last, lives longer than ``max_lifetime``, sends more than ``max_bytes`` or does not
+read its responses; at most ``max_per_source`` connections per source and
+``max_connections`` in all are open at once (more are accepted and closed at
+once, and counted: ``tcp_rejected_source``, ``tcp_rejected``).
 
 ``start_stun_service(config)`` binds everything before it returns (a clear
 :class:`ConfigError` names the address:port it could not bind); port 0 picks
@@ -39,6 +47,7 @@ from stunturn_diag.errors import ConfigError, StunDecodeError
 from stunturn_diag.stun import HEADER_LENGTH, message_length
 
 from ..config import ServerConfig, StunEndpoint, bind_error
+from ..limits import TokenBucket, source_of
 from .responder import MAX_REQUEST_BYTES, StunResponder, plain_ip
 
 log = logging.getLogger("stunturn_server.stun")
@@ -51,7 +60,8 @@ _ACCEPT_BURST = 16
 _PORT_ATTEMPTS = 20
 SERVICE_COUNTERS = ("udp_datagrams", "send_errors", "internal_errors", "tcp_connections",
                     "tcp_open", "tcp_rejected", "tcp_closed_idle", "tcp_closed_garbage",
-                    "tcp_closed_limit", "tcp_closed_by_peer", "dropped_rx_overflow")
+                    "tcp_closed_limit", "tcp_closed_by_peer", "dropped_rx_overflow",
+                    "tcp_rejected_source", "tcp_closed_slow", "dropped_rate_limited")
 
 
 @dataclass(frozen=True)
@@ -59,17 +69,25 @@ class TcpLimits:
     """Bounds on TCP clients (RFC 8489 section 6.2.2 leaves them to the server)."""
 
     max_connections: int = 256
+    #: most connections one source (IPv4 address / IPv6 /64) may hold
+    max_per_source: int = 8
+    #: seconds a message may take from its first byte to its last
+    message_timeout: float = 5.0
     idle_timeout: float = 30.0
     max_lifetime: float = 300.0
     max_bytes: int = 64 * 1024
     max_pending_out: int = 64 * 1024
+    #: STUN over UDP: answers per source, burst and per second (the rest is dropped)
+    udp_burst: int = 50
+    udp_rate: float = 25.0
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "TcpLimits":
-        """Defaults, overridden by ``config.extra["stun_tcp_<field>"]`` when present."""
+        """Defaults, overridden by ``config.extra["stun_tcp_<field>"]`` when present
+        (``stun_udp_burst`` / ``stun_udp_rate`` for the UDP rate)."""
         values = {}
         for name in cls.__dataclass_fields__:
-            key = f"stun_tcp_{name}"
+            key = f"stun_{name}" if name.startswith("udp_") else f"stun_tcp_{name}"
             if key in config.extra:
                 value = config.extra[key]
                 if not isinstance(value, (int, float)) or value <= 0:
@@ -86,6 +104,9 @@ class _Conn:
     local: StunEndpoint | str
     opened: float
     last: float
+    source: str = ""
+    #: when the message now being received began (None between messages)
+    partial_since: float | None = None
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     received: int = 0
@@ -117,6 +138,8 @@ class StunService:
             except OSError:  # not Linux: such drops stay uncounted
                 pass
         self._conns: dict[int, _Conn] = {}
+        self._per_source: dict[str, int] = {}
+        self._udp_bucket = TokenBucket(limits.udp_burst, limits.udp_rate)
         self._counters = dict.fromkeys(SERVICE_COUNTERS, 0)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -164,7 +187,7 @@ class StunService:
     # -- the thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        tick = min(1.0, self.limits.idle_timeout / 2)
+        tick = min(1.0, self.limits.idle_timeout / 2, self.limits.message_timeout / 2)
         next_expiry = 0.0
         try:
             while not self._stopping:
@@ -210,6 +233,9 @@ class StunService:
                 log.debug("STUN UDP %s: recvmsg: %s", role, exc)
                 continue
             self._counters["udp_datagrams"] += 1
+            if not self._udp_bucket.take(_source_key(source[0]), time.monotonic()):
+                self._counters["dropped_rate_limited"] += 1
+                continue
             dropped = _rx_overflow(ancillary)
             if dropped is not None and dropped != self._rx_overflow[role]:
                 self._rx_overflow[role] = dropped
@@ -247,13 +273,19 @@ class StunService:
                 self._counters["tcp_rejected"] += 1
                 sock.close()
                 continue
+            source = _source_key(peer[0])
+            if self._per_source.get(source, 0) >= self.limits.max_per_source:
+                self._counters["tcp_rejected_source"] += 1
+                sock.close()
+                continue
             sock.setblocking(False)
             now = time.monotonic()
             local: StunEndpoint | str = role
             if role in self._wildcard:
                 local = StunEndpoint(plain_ip(sock.getsockname()[0]), self._wildcard[role], role)
-            conn = _Conn(sock, (peer[0], peer[1]), role, local, now, now)
+            conn = _Conn(sock, (peer[0], peer[1]), role, local, now, now, source)
             self._conns[sock.fileno()] = conn
+            self._per_source[source] = self._per_source.get(source, 0) + 1
             self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
             self._counters["tcp_connections"] += 1
             self._counters["tcp_open"] = len(self._conns)
@@ -271,7 +303,8 @@ class StunService:
             if not chunk:
                 self._close(conn, "tcp_closed_by_peer")
                 return
-            conn.last = time.monotonic()
+            if conn.partial_since is None:
+                conn.partial_since = time.monotonic()
             conn.received += len(chunk)
             if conn.received > self.limits.max_bytes:
                 self._close(conn, "tcp_closed_limit")
@@ -300,6 +333,8 @@ class StunService:
                 return
             message = bytes(conn.inbuf[:total])
             del conn.inbuf[:total]
+            conn.last = time.monotonic()  # only a whole message counts as activity
+            conn.partial_since = conn.last if conn.inbuf else None
             outcome = self._responder.handle(message, conn.peer, conn.local, "tcp")
             for reply in outcome.replies:  # over TCP always on this connection
                 conn.outbuf += reply.data
@@ -329,7 +364,9 @@ class StunService:
 
     def _expire(self, now: float) -> None:
         for conn in list(self._conns.values()):
-            if (now - conn.last > self.limits.idle_timeout
+            if conn.partial_since is not None and now - conn.partial_since > self.limits.message_timeout:
+                self._close(conn, "tcp_closed_slow")
+            elif (now - conn.last > self.limits.idle_timeout
                     or now - conn.opened > self.limits.max_lifetime):
                 self._close(conn, "tcp_closed_idle")
 
@@ -338,6 +375,11 @@ class StunService:
         if fd < 0 or self._conns.get(fd) is not conn:
             return
         del self._conns[fd]
+        left = self._per_source.get(conn.source, 0) - 1
+        if left > 0:
+            self._per_source[conn.source] = left
+        else:
+            self._per_source.pop(conn.source, None)
         if counter:
             self._counters[counter] += 1
         self._counters["tcp_open"] = len(self._conns)
@@ -373,6 +415,14 @@ def _rx_overflow(ancillary) -> int | None:
         if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
             return struct.unpack("@I", data[:4])[0]
     return None
+
+
+def _source_key(ip: str) -> str:
+    """What the per-source limits count (see :func:`stunturn_server.limits.source_of`)."""
+    try:
+        return source_of(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
 
 
 def _unspecified(ip: str) -> bool:
