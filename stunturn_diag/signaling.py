@@ -8,9 +8,16 @@
 Answers are the server's JSON objects (see docs/ARCHITECTURE.md, "Signaling HTTP
 API"). Failures raise the :class:`~stunturn_diag.errors.SignalingError` family:
 :class:`ServerUnreachable`, :class:`PairingTimeout`, :class:`NoInitiatorWaiting`,
-:class:`PairingConflict`. Environment proxies are ignored unless asked for. The access key is never sent:
+:class:`PairingConflict`, :class:`RateLimited`, :class:`SignalingTlsError`. Environment
+proxies are ignored unless asked for. The access key is never sent:
 requests carry the ``rendezvous`` identifier derived from it, and a value that
 does not look like one is refused before any I/O.
+
+``https://`` URLs are verified (:class:`TlsOptions`): the system trust store by default,
+``ca_file`` for a private CA or a self-signed certificate, ``insecure=True`` to skip
+verification altogether (the CLI's ``--insecure``, which warns: anyone on the path can
+then read the rendezvous identifier and the candidate addresses, and answer in the
+server's place).
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout,
-                     ServerUnreachable, SignalingError)
+                     ServerUnreachable, SignalingError, SignalingTlsError)
 
 DEFAULT_PORT = 8080
 #: extra seconds the HTTP read may take beyond the long-poll's own timeout
@@ -75,13 +84,41 @@ def parse_server_url(text: str, *, default_port: int = DEFAULT_PORT) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
-class SignalingClient:
-    """Talks to one signaling server. ``timeout`` bounds every plain request (seconds)."""
+@dataclass(frozen=True)
+class TlsOptions:
+    """How an ``https://`` server's certificate is checked."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, use_env_proxy: bool = False) -> None:
+    #: PEM file of CA certificates to trust instead of the system store
+    ca_file: str | None = None
+    #: do not verify at all (encrypted, but not authenticated: an on-path attacker can read it)
+    insecure: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        """The client TLS context (:class:`ConfigError` for an unreadable ``ca_file``)."""
+        if self.insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA file {self.ca_file}: {exc}",
+                              hint="give a PEM file of CA certificates (--ca-file)") from None
+
+
+class SignalingClient:
+    """Talks to one signaling server. ``timeout`` bounds every plain request (seconds);
+    ``tls`` says how an ``https://`` server is verified (default: the system trust store)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0, use_env_proxy: bool = False,
+                 tls: TlsOptions | None = None) -> None:
         self.base_url = parse_server_url(base_url)
         self.timeout = timeout
-        handlers = [] if use_env_proxy else [urllib.request.ProxyHandler({})]
+        self.tls = tls or TlsOptions()
+        handlers: list = [] if use_env_proxy else [urllib.request.ProxyHandler({})]
+        if self.base_url.startswith("https://"):
+            handlers.append(urllib.request.HTTPSHandler(context=self.tls.context()))
         self._opener = urllib.request.build_opener(*handlers)
         self._wait_timeout: float | None = None
 
@@ -156,6 +193,8 @@ class SignalingClient:
             raise self._http_error(exc.code, payload, url) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
+            if isinstance(reason, ssl.SSLError):
+                raise self._tls_error(reason) from None
             if isinstance(reason, (TimeoutError, socket.timeout)) and waiting_for is not None:
                 raise self._no_answer(url, waiting_for) from None
             raise ServerUnreachable(f"cannot reach the signaling server at {self.base_url}: {reason}",
@@ -165,9 +204,21 @@ class SignalingClient:
                 raise self._no_answer(url, waiting_for) from None
             raise ServerUnreachable(f"the signaling server at {self.base_url} did not answer within "
                                     f"{self.timeout:g}s", hint="is it overloaded or behind a firewall?") from None
+        except ssl.SSLError as exc:
+            raise self._tls_error(exc) from None
         except (ConnectionError, OSError) as exc:
             raise ServerUnreachable(f"connection to the signaling server at {self.base_url} failed: {exc}",
                                     hint="check that the server is running and reachable") from None
+
+    def _tls_error(self, exc: ssl.SSLError) -> SignalingTlsError:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return SignalingTlsError(
+                f"the TLS certificate of {self.base_url} did not verify: "
+                f"{exc.verify_message or exc.reason or exc}",
+                hint="for a private CA or a self-signed certificate pass --ca-file FILE "
+                     "(--insecure skips the check: anyone on the path could then pose as the server)")
+        return SignalingTlsError(f"TLS with {self.base_url} failed: {exc.reason or exc}",
+                                 hint="is the server serving HTTPS on this port (serve --tls-cert)?")
 
     def _no_answer(self, url: str, waited: float) -> PairingTimeout:
         return PairingTimeout(f"no answer from {url} within {waited + LONG_POLL_MARGIN:g}s",

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ._common import emit_json, progress
+from ._common import emit_json, progress, tls_options, tls_settings
 
 
 @click.command("probe", epilog="Exit status: 0 diagnosed, 3 partially diagnosed (see 'undetermined'), "
@@ -26,8 +26,9 @@ from ._common import emit_json, progress
               help="Write the probe's packets to this pcap file (root).")
 @click.option("--no-port-mapping", is_flag=True,
               help="Do not ask the gateway for PCP / NAT-PMP / UPnP IGD port mapping.")
+@tls_options
 def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, lifetime: float | None,
-            pcap: str | None, no_port_mapping: bool) -> None:
+            pcap: str | None, no_port_mapping: bool, ca_file: str | None, insecure: bool) -> None:
     """Diagnose NAT behaviour against SERVER (http://HOST:PORT of `stunturn-diag serve`)
     or --stun HOST:PORT."""
     from ..probe import run_probe
@@ -37,8 +38,10 @@ def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, l
         raise click.UsageError("give a SERVER URL or --stun HOST:PORT (exactly one)")
     if lifetime:
         progress(f"measuring binding lifetime: this takes up to {lifetime:g} s")
+    tls = tls_settings(ca_file, insecure)
     result = run_probe(server, stun=stun, tcp=not no_tcp, lifetime=lifetime, pcap=pcap,
-                       progress=None if as_json else progress, port_mapping=not no_port_mapping)
+                       progress=None if as_json else progress, port_mapping=not no_port_mapping,
+                       tls=tls)
     if as_json:
         emit_json(result.to_json())
     else:

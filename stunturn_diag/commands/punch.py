@@ -18,7 +18,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import ConfigError, PunchError, StunturnError
-from ._common import emit_json, progress
+from ._common import emit_json, progress, tls_options, tls_settings
 
 
 def _load_profile(path: str | None) -> dict | None:
@@ -134,10 +134,11 @@ def _failure(exc: StunturnError) -> dict:
 @click.option("--peer-timeout", type=float, default=10.0, show_default=True,
               help="UDP: seconds of silence after which the peer counts as lost.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@tls_options
 @click.pass_context
 def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_interval, pair_timeout,
             punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, no_cache,
-            birthday, prime_ttl, bind, peer_timeout, quiet) -> None:
+            birthday, prime_ttl, bind, peer_timeout, quiet, ca_file, insecure) -> None:
     """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
     from ..punch import api, relay
 
@@ -150,6 +151,7 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
     local_ip, local_port = relay.parse_bind(bind)
     say = (lambda m: None) if quiet else progress
     key = resolve_key(ctx, key, key_file, progress)
+    tls = tls_settings(ca_file, insecure)
     try:
         opts = api.PunchOptions(
             protocol=protocol or "udp", pair_timeout=pair_timeout, punch_timeout=punch_timeout,
@@ -157,7 +159,7 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
             prime_ttl=prime_ttl or None, birthday=birthday, nat_profile=_load_profile(nat_profile),
             probe=probe, cache=not no_cache,
             local_ip=local_ip, local_port=local_port,
-            peer_timeout=peer_timeout, progress=say)
+            peer_timeout=peer_timeout, progress=say, tls=tls)
         if target_ip:
             result = api.initiate(server_url, key, target_ip, protocol=opts.protocol, options=opts)
         else:

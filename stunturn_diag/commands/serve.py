@@ -58,6 +58,16 @@ def _describe(handle) -> dict:
 @click.option("--max-connections-per-ip", type=click.IntRange(1, 1_000_000), default=None, metavar="N",
               help="Most HTTP connections one IPv4 address (IPv6 /64) may hold open; more get 429 and "
                    "are closed.  [default: twice --max-waiters-per-ip, at least 512]")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate chain: serve HTTPS (with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key of --tls-cert.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
+              help="A reverse proxy whose Forwarded / X-Forwarded-For headers or PROXY protocol "
+                   "header name the client (repeatable). Nobody else is believed.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A Host name probe-assist accepts besides this server's own addresses "
+                   "(repeatable; the DNS name clients use, e.g. behind a proxy).")
 @click.option("--no-stun", is_flag=True, help="Run only the signaling server, no STUN responder.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True,
@@ -83,7 +93,9 @@ def _describe(handle) -> dict:
                    "shows in ps).")
 @click.option("--turn-realm", metavar="REALM", default=None, help="The relay's realm (told to peers).")
 def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
-            max_waiters_per_ip: int, max_connections_per_ip: int | None, no_stun: bool, log_level: str,
+            max_waiters_per_ip: int, max_connections_per_ip: int | None, tls_cert: str | None,
+            tls_key: str | None, trusted_proxies: tuple[str, ...], allowed_hosts: tuple[str, ...],
+            no_stun: bool, log_level: str,
             log_format: str, redis_url: str | None, redis_password_file: str | None, redis_pool_size: int,
             secret_file: str | None, metrics_listen: str | None, as_json: bool, turn_server: str | None,
             turn_secret: str | None, turn_realm: str | None) -> None:
@@ -105,6 +117,8 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
                           redis_password=read_password_file(redis_password_file) if redis_password_file
                           else None, redis_pool_size=redis_pool_size, key_secret=load_secret(secret_file),
                           metrics_listen=parse_listen(metrics_listen) if metrics_listen else None,
+                          tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
+                          allowed_hosts=allowed_hosts,
                           extra={k: v for k, v in (("turn_server", turn_server),
                                                    ("turn_secret", turn_secret),
                                                    ("turn_realm", turn_realm)) if v is not None})

@@ -14,7 +14,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from ..errors import ProbeError, SignalingError, StunturnError
-from ..signaling import SignalingClient, parse_server_url
+from ..signaling import SignalingClient, TlsOptions, parse_server_url
 from .assemble import build, unreachable
 from .endpoints import Endpoints, from_info, parse_hostport
 from .engine import Engine
@@ -44,18 +44,19 @@ def _endpoints_from_server(url: str, client: SignalingClient) -> tuple[Endpoints
 def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool = True,
               lifetime: float | None = None, pcap: str | None = None, ttl_walk: bool = True,
               progress: Callable[[str], None] | None = None,
-              port_mapping: bool = True) -> ProbeResult:
+              port_mapping: bool = True, tls: TlsOptions | None = None) -> ProbeResult:
     """Diagnose this host's NAT. Give ``server`` (our signaling server URL) or ``stun``
     (``HOST[:PORT]`` of any RFC 5780 STUN server; UDP tests only).
 
     ``port_mapping``: meanwhile ask the default gateway for PCP, NAT-PMP and UPnP IGD
     (:func:`stunturn_diag.portmap.discover`, ~250 ms when nobody answers) and report
-    it as ``result.port_mapping``.
+    it as ``result.port_mapping``. ``tls``: how an https:// server is verified (default:
+    the system trust store).
     """
     why_not = _no_gateway_on_path(server, stun) if port_mapping else None
     asked = _PortMappingQuestion() if port_mapping and why_not is None else None
     result = _run_probe(server, stun=stun, tcp=tcp, lifetime=lifetime, pcap=pcap,
-                        ttl_walk=ttl_walk, progress=progress)
+                        ttl_walk=ttl_walk, progress=progress, tls=tls)
     if asked is not None:
         result.port_mapping = asked.answer(result.public_ip)
     elif why_not is not None:
@@ -108,10 +109,12 @@ class _PortMappingQuestion:
 
 def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: float | None,
                pcap: str | None, ttl_walk: bool,
-               progress: Callable[[str], None] | None) -> ProbeResult:
+               progress: Callable[[str], None] | None,
+               tls: TlsOptions | None = None) -> ProbeResult:
     """:func:`run_probe` without the port-mapping question.
 
     ``lifetime``: also measure the UDP binding lifetime, probing up to that many seconds.
+    ``tls``: how an https:// server is verified (default: the system trust store).
     ``pcap``: write the probe's packets there (needs root: a BPF-filtered packet socket).
     Never raises for a missing answer: an unreachable server gives ``status ==
     "unreachable"``. Raises :class:`ProbeError` / ``ConfigError`` for unusable input.
@@ -126,7 +129,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
     if (server is None) == (stun is None):
         raise ProbeError("give either a signaling server URL or --stun HOST:PORT (not both)")
     if server is not None:
-        client = SignalingClient(server, timeout=5.0)
+        client = SignalingClient(server, timeout=5.0, tls=tls)
         try:
             ep, info = _endpoints_from_server(server, client)
         except SignalingError as exc:

@@ -47,7 +47,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
                       StunturnError)
-from ..signaling import SignalingClient
+from ..signaling import SignalingClient, TlsOptions
 from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
 from .decision import Plan, decide, profile_from_details
@@ -104,6 +104,8 @@ class PunchOptions:
     keepalive_interval: float = 2.0
     peer_timeout: float = 10.0
     progress: Callable[[str], None] | None = None
+    #: how an https:// signaling server is verified (None: the system trust store)
+    tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -254,7 +256,7 @@ class _Side:
         if not isinstance(key, str) or not 8 <= len(key) <= 256:
             raise ConfigError("the access key must be 8 to 256 printable characters",
                               hint="pass --key or set STUNTURN_KEY")
-        self.client = SignalingClient(server_url)
+        self.client = SignalingClient(server_url, tls=opts.tls)
         self.key = key
         self.opts = opts
         self.role = role
