@@ -246,6 +246,7 @@ def _server_class(config: ServerConfig, trusted: TrustedProxies, tls_context, th
     from .api import canonical_remote
 
     per_source, total = config.max_connections_per_ip, config.max_connections
+    request_timeout = config.http_request_timeout
     refusals = {
         "source": _canned("429 Too Many Requests", {
             "error": "too-many-connections", "limit": per_source,
