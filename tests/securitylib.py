@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 
 
 def call(address, method: str, path: str, body=None, *, source: str = "127.0.0.1", headers=None,
@@ -48,17 +47,3 @@ def raw_exchange(address, payload: bytes, *, source: str = "127.0.0.1", timeout:
             chunks.append(chunk)
     finally:
         sock.close()
-
-
-def in_background(fn, *args, **kwargs):
-    """Run ``fn`` in a daemon thread; returns (thread, result dict with "value" or "error")."""
-    result: dict = {}
-
-    def run():
-        try:
-            result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # reported by the test
-            result["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from securitylib import call, in_background
+from securitylib import call
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
-from testlib import wait_for
+from testlib import in_background, wait_for
 
 KEY = "correct horse battery"
 RECEIVER = "127.0.0.2"

@@ -6,11 +6,11 @@ import socket
 
 import pytest
 
-from securitylib import call, in_background
+from securitylib import call
 from stunturn_diag.assist_frame import ASSIST_MAGIC
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
-from testlib import wait_for
+from testlib import in_background, wait_for
 
 
 @pytest.fixture

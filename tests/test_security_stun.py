@@ -9,22 +9,12 @@ from stunturn_diag.stun import binding_request, decode, encode
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import TcpLimits, start_stun_service
 from stunturn_diag.stun_tcp import stun_tcp_transaction
-from testlib import wait_for
+from testlib import is_closed, wait_for
 
 
 def _service(**limits):
     return start_stun_service(ServerConfig(stun_host="127.0.0.1", stun_port=0, alt_port=0),
                               limits=TcpLimits(**limits))
-
-
-def _closed(sock: socket.socket) -> bool:
-    sock.settimeout(0.05)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def _binding_over_tcp(address, source: str):
@@ -41,7 +31,7 @@ def test_one_source_cannot_take_every_tcp_slot():
             hog.append(socket.create_connection(address, timeout=5))
         wait_for(lambda: service.stats["tcp_rejected_source"] >= 16, what="the hog's extra connections")
         assert service.stats["tcp_open"] == 4
-        assert sum(_closed(s) for s in hog) == 16
+        assert sum(is_closed(s, 0.05) for s in hog) == 16
         # everyone else still gets answers
         assert _binding_over_tcp(address, "127.0.0.7").mapped_address[0] == "127.0.0.7"
     finally:
@@ -65,7 +55,7 @@ def test_a_trickle_of_bytes_does_not_hold_a_slot():
             except OSError:
                 break
             sent += 1
-            if _closed(sock):
+            if is_closed(sock, 0.05):
                 break
             time.sleep(0.1)
         assert sent < len(request), "the trickle held the connection for the whole message"

@@ -12,14 +12,14 @@ import struct
 
 import pytest
 
-from securitylib import call, in_background
+from securitylib import call
 from stunturn_diag.commands._common import tls_settings
 from stunturn_diag.errors import ConfigError, SignalingTlsError
 from stunturn_diag.signaling import SignalingClient, TlsOptions
 from stunturn_server.config import ServerConfig
 from stunturn_server.proxy import V2_SIGNATURE
 from stunturn_server.runner import start_server
-from testlib import wait_for
+from testlib import in_background, wait_for
 
 trustme = pytest.importorskip("trustme")
 

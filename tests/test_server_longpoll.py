@@ -10,13 +10,12 @@ import http.client
 import hashlib
 import json
 import socket
-import threading
 
 import pytest
 
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
-from testlib import wait_for
+from testlib import in_background, wait_for
 
 KEY = "long-poll-key-1"
 
@@ -65,21 +64,6 @@ def checkin(server, *, key=KEY, source=RECEIVER, details=None):
 
 def waiting(server) -> int:
     return request(server, "GET", "/healthz")[1]["waiting"]
-
-
-def in_background(fn, *args, **kwargs):
-    """Run ``fn`` in a thread; returns (thread, result dict)."""
-    result: dict = {}
-
-    def run():
-        try:
-            result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # surfaced by the test
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
 
 
 def test_match_releases_both_with_each_others_details(server):

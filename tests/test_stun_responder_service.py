@@ -11,7 +11,7 @@ from stunturn_diag.errors import ConfigError
 from stunturn_diag.stun import AttrType, MessageClass, binding_request, decode, encode
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import TcpLimits, start_stun_service
-from testlib import A1, A2, wait_for
+from testlib import A1, A2, is_closed, wait_for
 
 
 def udp_client(ip: str = A1) -> socket.socket:
@@ -39,14 +39,6 @@ def read_message(sock: socket.socket):
     header = recv_exact(sock, 20)
     body = recv_exact(sock, int.from_bytes(header[2:4], "big"))
     return decode(header + body)
-
-
-def is_closed(sock: socket.socket) -> bool:
-    sock.settimeout(5)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def test_endpoints_follow_rfc5780_layout(service):

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -187,3 +188,29 @@ def serve_subprocess(*extra_args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def in_background(fn, *args, **kwargs):
+    """Run ``fn`` in a daemon thread; returns (thread, result dict with "value" or "error")."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # surfaced by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """Has the peer closed (or reset) ``sock``? ``False`` if it is still open after ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
