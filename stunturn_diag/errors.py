@@ -97,6 +97,16 @@ class PairingConflict(SignalingError):
     code = "conflict"
 
 
+class RateLimited(SignalingError):
+    """The server refused for now (429): too many failed attempts from here or for this target."""
+
+    code = "rate-limited"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class SignalingTlsError(ServerUnreachable):
     """The signaling server's TLS certificate did not verify (or TLS failed otherwise)."""
 

@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout,
+from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout, RateLimited,
                      ServerUnreachable, SignalingError, SignalingTlsError)
 
 DEFAULT_PORT = 8080
@@ -261,6 +261,11 @@ class SignalingClient:
             return PairingConflict(message, hint="another initiator uses this key for the same "
                                                  "target; wait for it or pick another key",
                                    status=status, error=error)
+        if status == 429 and error == "rate-limited":
+            wait = answer.get("retry_after")
+            return RateLimited(message, hint="check the access key and the target IP; the server "
+                                             "limits failed attempts", status=status, error=error,
+                               retry_after=float(wait) if isinstance(wait, (int, float)) else 1.0)
         if not error:
             return SignalingError(f"{url} answered HTTP {status} without a signaling error body",
                                   hint="is this URL really a stunturn-diag signaling server?",

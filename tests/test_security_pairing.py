@@ -121,3 +121,18 @@ def test_failed_guesses_are_logged_once_per_source_with_a_count(server, caplog):
     lines = [r.getMessage() for r in caplog.records if "no-initiator" in r.getMessage()]
     assert len(lines) == 1, lines  # not one (or two) per guess
     assert "guess" not in caplog.text
+
+
+def test_client_sees_rate_limited_with_retry_after(server):
+    from stunturn_diag.errors import RateLimited
+    from stunturn_diag.signaling import SignalingClient
+
+    client = SignalingClient(server.http_url)
+    for i in range(5):
+        try:
+            client.checkin(f"wrong-key-{i:03d}")
+        except Exception as exc:  # 404 no-initiator until the burst is spent
+            assert type(exc).__name__ == "NoInitiatorWaiting"
+    with pytest.raises(RateLimited) as caught:
+        client.checkin("wrong-key-999")
+    assert caught.value.retry_after >= 1 and caught.value.status == 429

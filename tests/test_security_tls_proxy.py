@@ -176,3 +176,39 @@ def test_plain_http_behind_a_proxy_uses_x_forwarded_for():
                                {"access_key": "nobody-has-this-key"}, source=PROXY_IP,
                                headers={"X-Forwarded-For": "198.51.100.9"})
         assert status == 404 and "your IP 198.51.100.9;" in body["message"]
+
+
+def test_punch_cli_pairs_over_https_with_ca_file(cert_files):
+    """End to end: `serve --tls-cert/--tls-key` in its own process, both `punch` sides verify it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from testlib import serve_subprocess
+
+    cert, key, ca_file = cert_files
+    with serve_subprocess("--tls-cert", cert, "--tls-key", key) as url:
+        assert url.startswith("https://")
+        env = dict(os.environ, STUNTURN_KEY="tls-cli-key-123")
+
+        def punch(*args):
+            return subprocess.Popen([sys.executable, "-m", "stunturn_diag", "punch", url, "--json",
+                                     "--ca-file", ca_file, *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env)
+        procs = [punch("--target-ip", "127.0.0.1"), punch("--wait", "10", "--protocol", "udp")]
+        outs = []
+        for p in procs:
+            try:
+                outs.append(p.communicate(timeout=40))
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert all(json.loads(out)["ok"] for out, _ in outs)
+        # without the CA the client refuses the server, naming the option to use
+        bad = subprocess.run([sys.executable, "-m", "stunturn_diag", "punch", url, "--json"],
+                             capture_output=True, text=True, env=env, timeout=40)
+        assert bad.returncode == 1 and json.loads(bad.stdout)["reason"] == "signaling-tls", bad.stdout
+        assert "--ca-file" in json.loads(bad.stdout)["message"]

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import __version__
-from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, SignalingError,
-                      StunturnError)
+from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, RateLimited,
+                      SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
 from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
@@ -548,6 +548,11 @@ class _Side:
                     self._say(f"no initiator waiting yet; checking in again every "
                               f"{self.opts.wait_interval:g}s for up to {self.opts.wait:g}s ...")
                 time.sleep(min(self.opts.wait_interval, left))
+            except RateLimited as exc:  # polled faster than the server's failure limit: slow down
+                left = end - time.monotonic()
+                if exc.retry_after > left:
+                    raise
+                time.sleep(exc.retry_after)
 
     def _long_poll(self) -> dict:
         """Initiator: long-poll; re-issue it while ``pair_timeout`` exceeds the server's cap."""
