@@ -24,8 +24,9 @@ Safety (it makes the server send SYNs on request):
   50..2000 ms; a source's attempts start ``timeout/4`` apart and stop at the first
   definitive answer (so an answering NAT costs one SYN, and one ICMP, per source);
   concurrent connects are capped per source (``["probe_assist_concurrency_per_source"]``,
-  default 6: one full request) -> 429 ``busy``, and in all (``["probe_assist_concurrency"]``,
-  default 32) -> 503 ``busy``, so one address cannot starve the others;
+  default 8: one full request of 6 and a simultaneous-open one) -> 429 ``busy``, and in
+  all (``["probe_assist_concurrency"]``, default 32) -> 503 ``busy``, so one address
+  cannot starve the others;
 - nothing is sent on a connection but a fixed frame: a magic prefix and the caller's
   token in hex (:func:`stunturn_diag.assist_frame.assist_frame`), never caller-chosen bytes.
 
@@ -92,7 +93,7 @@ def init_app(app) -> None:
     conc = int(_setting(extra, "concurrency", 32))
     if conc < 1:
         raise ConfigError(f"probe_assist_concurrency must be at least 1, got {conc}")
-    per_source = min(conc, int(_setting(extra, "concurrency_per_source", 2 * MAX_ATTEMPTS)))
+    per_source = min(conc, int(_setting(extra, "concurrency_per_source", 8)))
     if per_source < 1:
         raise ConfigError(f"probe_assist_concurrency_per_source must be at least 1, got {per_source}")
     ours = {_host_key(ip) for ip in (cfg.http_host, cfg.stun_ip, cfg.alt_ip) if ip}

@@ -71,7 +71,7 @@ def test_only_a_framed_token_is_ever_delivered(server, local_service):
 
 
 def test_one_source_cannot_take_every_probe_slot(server):
-    """Six slow requests from one address: it gets its share (one request's six connects) and
+    """Six slow requests from one address: it gets its share (8: one request of six connects) and
     429 beyond it, while another address is served at once."""
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))

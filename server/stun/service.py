@@ -70,7 +70,7 @@ class TcpLimits:
 
     max_connections: int = 256
     #: most connections one source (IPv4 address / IPv6 /64) may hold
-    max_per_source: int = 8
+    max_per_source: int = 16
     #: seconds a message may take from its first byte to its last
     message_timeout: float = 5.0
     idle_timeout: float = 30.0
@@ -78,8 +78,8 @@ class TcpLimits:
     max_bytes: int = 64 * 1024
     max_pending_out: int = 64 * 1024
     #: STUN over UDP: answers per source, burst and per second (the rest is dropped)
-    udp_burst: int = 50
-    udp_rate: float = 25.0
+    udp_burst: int = 200
+    udp_rate: float = 50.0
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "TcpLimits":
