@@ -18,6 +18,11 @@ that Redis: waiters spread over both, each receiver checks in at the instance th
 is their CPU time over the check-in phase divided by the check-ins, the figure least
 disturbed by other load on the machine (``checkins_per_server_cpu_second`` = per core).
 
+Servers run with their default limits (README "Security model"): initiators bind
+127.0.x.y sources (40 per source, under ``--max-waiters-per-ip``) and every attempt
+pairs, so the failed-attempt limiter never spends a token; 10000 waiters stay under
+``max_waiters`` (20000) and ``max_connections`` (25000).
+
 Bounded: every phase stops at ``--max-seconds`` overall; every subprocess is always
 stopped. Loopback only. Prints one figure per line (``--json`` for one object).
 
