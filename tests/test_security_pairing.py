@@ -58,6 +58,12 @@ def test_initiate_is_no_oracle_and_guessing_is_rate_limited(server):
     assert [s for _, s, _ in answers[5:]] == [429, 429], answers
     status, headers, body = initiate(server, "another-guess", source=ATTACKER, timeout=0.05)
     assert status == 429 and body["error"] == "rate-limited" and int(headers["Retry-After"]) >= 1
+    # nor is /healthz: an attacker's initiate counts as waiting whether or not someone else waits
+    right, _ = in_background(initiate, server, KEY, source="127.0.0.67", timeout=3)
+    wrong, _ = in_background(initiate, server, "never-the-key", source="127.0.0.68", timeout=3)
+    wait_for(lambda: waiting(server) == 3, what="both attacker initiates counted alike")
+    right.join(10)
+    wrong.join(10)
     # meanwhile the real pair still meets
     assert checkin(server, KEY)[0] == 200
     legit.join(20)

@@ -105,3 +105,20 @@ def test_one_source_cannot_take_every_probe_slot(server):
         for f in fillers:
             f.close()
         blackhole.close()
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("127.0.0.1:8080", True), ("[::1]:8080", False), ("STUN.example.test.", True), ("localhost", False),
+    ("evil.example", False), ("", False), ("127.0.0.1.nip.io", False),
+])
+def test_host_allow_list_is_pure_and_exact(host, ok):
+    from stunturn_server.probe_assist import host_allowed
+
+    assert host_allowed(host, frozenset({"127.0.0.1", "stun.example.test"}), False) is ok
+
+
+def test_wildcard_listen_accepts_any_ip_literal_but_no_foreign_name():
+    from stunturn_server.probe_assist import host_allowed
+
+    assert host_allowed("203.0.113.5:80", frozenset(), True)
+    assert not host_allowed("rebind.evil.example", frozenset(), True)
