@@ -269,9 +269,10 @@ def test_config_allows_the_same_port_on_other_hosts_or_without_stun():
     ("192.0.2.7", "192.0.2.7"),
     ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
     ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4-mapped IPv6 counts as the IPv4 address
 ])
 def test_waiter_cap_counts_ipv4_addresses_and_ipv6_slash_64s(ip, source):
-    from stunturn_server.api import source_of
+    from stunturn_server.limits import source_of
     assert source_of(ip) == source
 
 
