@@ -33,7 +33,7 @@ from stunturn_diag import __version__
 from . import probe_assist, turn_offer, validation
 from .config import ServerConfig, format_address
 from .limits import FailureLimiter, LogThrottle, source_of
-from .matching import Conflict, Matcher, Slot
+from .matching import Conflict, Matcher
 from .observe import observer
 from .store import Mailbox
 
@@ -77,8 +77,6 @@ class SignalingState:
     closing: bool = False
     #: failed attempts per source and per target IP (built from the config)
     failures: FailureLimiter | None = None
-    #: the source of the initiator waiting in each slot (this process's waiters)
-    occupants: dict[Slot, str] = field(default_factory=dict)
     #: initiators held apart (a second one for an occupied slot, from another source): counted
     #: in /healthz like real waiters, so the count is no oracle either
     held_apart: int = 0
@@ -293,7 +291,8 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
         slot = exc.slot
-        if state.occupants.get(slot) == source:  # the waiting initiator's own source: tell it
+        occupant = state.matcher.store.occupant(slot, started)
+        if occupant is not None and source_of(occupant[0]) == source:  # its own source: tell it
             state.failures.failed(source, req.target_ip, started)
             state.pairing_failure("conflict", source, key=slot.label, target=req.target_ip,
                                   from_=format_address(*observed))
@@ -305,7 +304,6 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         state.hold_apart(1)
     else:
         waiter, mailbox, slot = reg.waiter, reg.mailbox, reg.waiter.slot
-        state.occupants[slot] = source
     obs.pairing("waiting", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
                 protocol=req.protocol, timeout=timeout, log_level=logging.DEBUG)
     hung_up = False
@@ -329,10 +327,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
             if waiter is not None:
                 state.matcher.leave(waiter)
         finally:
-            if waiter is not None:
-                if state.occupants.get(slot) == source:
-                    del state.occupants[slot]
-            else:
+            if waiter is None:
                 state.hold_apart(-1)
             mailbox.close()
     waited = round(state.clock() - started, 3)

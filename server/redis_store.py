@@ -406,6 +406,16 @@ class RedisStore(MatchStore):
                 mailbox.waiter = waiter
         return bool(stored)
 
+    def occupant(self, slot: Slot, now: float) -> tuple[str, int] | None:
+        value = self._pool_or_raise().call("GET", self._slot_key(slot))
+        if value is None:
+            return None
+        try:  # "<waiter id>|<deadline ms>|<record json>"; a lapsed record is gone by itself soon
+            observed = json.loads(value.decode().split("|", 2)[2])["o"]
+            return observed[0], int(observed[1])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+
     def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
         value = self._pool_or_raise().script(self._scripts["take"], [self._slot_key(slot)], [])
         if value is None:

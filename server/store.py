@@ -80,6 +80,12 @@ class MatchStore(ABC):
     def release_source(self, source: str, token: object) -> None:
         """The initiator admitted with ``token`` has stopped waiting."""
 
+    def occupant(self, slot: Slot, now: float) -> tuple[str, int] | None:
+        """The observed address of the live waiter in ``slot`` (a read, nothing changes), or
+        ``None``: tells a second initiator from the first one's source apart (409) from any
+        other (held apart, no oracle). A store that cannot say returns ``None``."""
+        return None
+
     def start(self) -> None:
         """Connect and start background work; called once in the thread (hub) that serves."""
 
@@ -127,6 +133,13 @@ class InMemoryStore(MatchStore):
                 return False
             self._waiters[waiter.slot] = waiter
             return True
+
+    def occupant(self, slot: Slot, now: float) -> tuple[str, int] | None:
+        with self._lock:
+            current = self._waiters.get(slot)
+        if current is None or current.expired(now) or not current.slot.same_key(slot):
+            return None
+        return current.observed
 
     def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -47,3 +48,8 @@ def raw_exchange(address, payload: bytes, *, source: str = "127.0.0.1", timeout:
             chunks.append(chunk)
     finally:
         sock.close()
+
+
+def rv(key: str) -> str:
+    """A stand-in rendezvous identifier per test key (64 hex digits, like the client's)."""
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -86,7 +86,8 @@ json_values = st.recursive(
                                                                       max_size=4),
     max_leaves=12)
 bodies = st.one_of(
-    st.fixed_dictionaries({"access_key": st.text(max_size=40)},
+    st.fixed_dictionaries({"rendezvous": st.one_of(st.text(max_size=40),
+                                                   st.binary(min_size=16, max_size=64).map(bytes.hex))},
                           optional={"target_ip": st.text(max_size=40), "protocol": json_values,
                                     "timeout": json_values, "details": json_values}),
     st.dictionaries(st.text(max_size=12), json_values, max_size=5), json_values)

@@ -14,7 +14,7 @@ from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
 from testlib import wait_for
 
-BODY = b'{"access_key": "some-key-123"}'
+BODY = b'{"rendezvous": "%s"}' % (b"ab" * 32)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from securitylib import call
+from securitylib import call, rv
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
 from testlib import in_background, wait_for
@@ -28,14 +28,14 @@ def server():
 
 
 def initiate(server, key, *, source=INITIATOR, target=RECEIVER, timeout=None):
-    body = {"access_key": key, "target_ip": target, "protocol": "udp"}
+    body = {"rendezvous": rv(key), "target_ip": target, "protocol": "udp"}
     if timeout is not None:
         body["timeout"] = timeout
     return call(server.http_address, "POST", "/v1/initiate", body, source=source)
 
 
 def checkin(server, key, *, source=RECEIVER):
-    return call(server.http_address, "POST", "/v1/checkin", {"access_key": key}, source=source)
+    return call(server.http_address, "POST", "/v1/checkin", {"rendezvous": rv(key)}, source=source)
 
 
 def waiting(server) -> int:
@@ -126,7 +126,7 @@ def test_failed_guesses_are_logged_once_per_source_with_a_count(server, caplog):
         checkin(server, f"guess-{i:04d}-y", source="127.0.0.77")
     lines = [r.getMessage() for r in caplog.records if "no-initiator" in r.getMessage()]
     assert len(lines) == 1, lines  # not one (or two) per guess
-    assert "guess" not in caplog.text
+    assert rv("guess-0000-y") not in caplog.text
 
 
 def test_client_sees_rate_limited_with_retry_after(server):
@@ -136,9 +136,9 @@ def test_client_sees_rate_limited_with_retry_after(server):
     client = SignalingClient(server.http_url)
     for i in range(5):
         try:
-            client.checkin(f"wrong-key-{i:03d}")
+            client.checkin(rv(f"wrong-key-{i:03d}"))
         except Exception as exc:  # 404 no-initiator until the burst is spent
             assert type(exc).__name__ == "NoInitiatorWaiting"
     with pytest.raises(RateLimited) as caught:
-        client.checkin("wrong-key-999")
+        client.checkin(rv("wrong-key-999"))
     assert caught.value.retry_after >= 1 and caught.value.status == 429

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from securitylib import call
+from securitylib import call, rv
 from stunturn_diag.commands._common import tls_settings
 from stunturn_diag.errors import ConfigError, SignalingTlsError
 from stunturn_diag.signaling import SignalingClient, TlsOptions
@@ -56,10 +56,10 @@ def test_https_pairing_with_a_verified_certificate(tls_server, cert_files):
     assert tls_server.http_url.startswith("https://127.0.0.1:")
     tls = TlsOptions(ca_file=cert_files[2])
     initiator = SignalingClient(tls_server.http_url, tls=tls)
-    thread, result = in_background(initiator.initiate, KEY, "127.0.0.1", "udp", timeout=10)
+    thread, result = in_background(initiator.initiate, rv(KEY), "127.0.0.1", "udp", timeout=10)
     receiver = SignalingClient(tls_server.http_url, tls=tls)
     wait_for(lambda: receiver.health()["waiting"] == 1, what="the initiator over TLS")
-    answer = receiver.checkin(KEY)
+    answer = receiver.checkin(rv(KEY))
     thread.join(20)
     assert answer["role"] == "receiver" and result["value"]["match_id"] == answer["match_id"]
 
@@ -121,7 +121,7 @@ def _observed_by_checkin(address, *, prefix=b"", source=PROXY_IP, ca_file, heade
     """The server's view of the client: the 404 message names the IP it saw."""
     context = ssl.create_default_context(cafile=ca_file)
     raw = socket.create_connection(address, timeout=10, source_address=(source, 0))
-    body = b'{"access_key": "nobody-has-this-key"}'
+    body = b'{"rendezvous": "%s"}' % rv("nobody-has-this-key").encode()
     try:
         raw.sendall(prefix)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
@@ -173,7 +173,7 @@ def test_plain_http_behind_a_proxy_uses_x_forwarded_for():
     config = ServerConfig(http_port=0, stun_enabled=False, trusted_proxies=(f"{PROXY_IP}/32",))
     with start_server(config) as server:
         status, _, body = call(server.http_address, "POST", "/v1/checkin",
-                               {"access_key": "nobody-has-this-key"}, source=PROXY_IP,
+                               {"rendezvous": rv("nobody-has-this-key")}, source=PROXY_IP,
                                headers={"X-Forwarded-For": "198.51.100.9"})
         assert status == 404 and "your IP 198.51.100.9;" in body["message"]
 
