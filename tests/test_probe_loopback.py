@@ -265,3 +265,82 @@ def test_json_keys_are_the_same_in_every_mode(server, result):
         assert set(UDP_KEYS) <= set(j["udp"]), set(UDP_KEYS) - set(j["udp"])
         assert {"reachable", "evidence", *TCP_VERDICT_KEYS, *TCP_EXTRA_KEYS} <= set(j["tcp"])
     assert [j["status"] for j in docs] == ["diagnosed", "diagnosed", "unreachable"]
+
+
+# --- the punch profile (what `punch` runs before pairing) ---------------------------------
+
+PUNCH_LEFT_OUT = {"udp.hairpin", "udp.mapping_moves_on_unsolicited", "tcp.simultaneous_open",
+                  "nat_layers"}
+
+
+def test_punch_profile_decides_what_punching_reads_and_leaves_the_rest_out(server, result):
+    r = run_probe(server.http_url, punch_profile=True)
+    j = r.to_json()
+    assert j["status"] == "diagnosed" and j["undetermined"] == [] and j["failed"] == []
+    for proto in ("udp", "tcp"):
+        assert j[proto]["reachable"] is True and j[proto]["mapping"] == "no-nat"
+        assert j[proto]["filtering"] == "endpoint-independent"
+        assert j[proto]["port_allocation"] is None  # no NAT: not applicable, as in the full probe
+    skipped = {s["test"]: s["reason"] for s in j["skipped"]}
+    assert PUNCH_LEFT_OUT <= set(skipped) and "punch profile" in skipped["udp.hairpin"]
+    assert j["udp"]["hairpin"] is None and "not tested" in j["udp"]["evidence"]["hairpin"]["reason"]
+    assert j["nat_layers"] is None and j["tcp"]["simultaneous_open"] is None
+    names = {p["probe"] for p in j["probes"]}
+    assert {"map.primary", "map.alt_ip", "map.alt_both", "map.alt_port", "filt.change_both",
+            "filt.change_port", "alloc.4"} <= names
+    assert not {n for n in names if n.startswith(("hair.", "unsol."))}
+    assert j["timings"]["packets"]["sent"] < result.to_json()["timings"]["packets"]["sent"]
+    # the full probe still runs everything
+    assert {"hair.a_to_b", "unsol.after"} <= {p["probe"] for p in result.to_json()["probes"]}
+
+
+def test_punch_profile_uses_the_callers_server_info():
+    """Given the /v1/info answer, the probe asks no more: with a URL where nothing listens it
+    still diagnoses UDP from the STUN endpoints that answer named."""
+    from stunturn_diag.signaling import SignalingClient
+
+    handle = start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0, alt_ip="127.0.0.2"))
+    try:
+        info = SignalingClient(handle.http_url).info()
+        url = f"http://127.0.0.1:{_closed_port()}"
+        j = run_probe(url, tcp=False, punch_profile=True, info=info).to_json()
+    finally:
+        handle.stop()
+    assert j["status"] == "diagnosed" and j["udp"]["mapping"] == "no-nat"
+    assert j["udp"]["filtering"] == "endpoint-independent"
+    assert run_probe(url, tcp=False, punch_profile=True).to_json()["status"] == "unreachable"
+
+
+@pytest.mark.parametrize("kw", [{"lifetime": 5}, {"pcap": "x.pcap"}])
+def test_punch_profile_refuses_what_it_does_not_run(kw):
+    from stunturn_diag.errors import ProbeError
+    with pytest.raises(ProbeError, match="punch profile"):
+        run_probe("http://127.0.0.1:9", punch_profile=True, **kw)
+
+
+def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_profile(server):
+    """The server's connect-back timeout: 8 RTT, floored at 250 ms for the full probe and at
+    100 ms for the punch profile (loopback's RTT is far below both); both decide filtering."""
+    from stunturn_diag.probe.endpoints import from_info
+    from stunturn_diag.probe.tcp import TcpRun, alloc_test, connect_back_ms, run_tcp_rest
+    from stunturn_diag.probe.tcp_classify import classify_tcp_filtering
+    from stunturn_diag.signaling import SignalingClient
+
+    assert connect_back_ms(0.0001) == 250 and connect_back_ms(0.0001, 100) == 100
+    assert connect_back_ms(0.05, 100) == 400 and connect_back_ms(None, 100) == 400
+    assert connect_back_ms(1.0) == 2000  # the server's upper bound
+    client = SignalingClient(server.http_url)
+    ep = from_info(client.info())
+    for punch_profile, floor in ((True, 100), (False, 250)):
+        bodies: list[dict] = []
+
+        def assist(body):
+            bodies.append(body)
+            return client.post("/v1/probe/tcp-connect", body)
+        run = TcpRun()
+        alloc_test(run, ep, "127.0.0.1")
+        run_tcp_rest(run, ep, "127.0.0.1", assist=assist, punch_profile=punch_profile)
+        assert [b["timeout_ms"] for b in bodies] == [floor]
+        assert classify_tcp_filtering(run.assist)[0].value.value == "endpoint-independent"
+        why = {s["test"]: s["reason"] for s in run.skipped}["tcp.simultaneous_open"]
+        assert ("punch profile" in why) is punch_profile

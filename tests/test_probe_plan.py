@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stunturn_diag.probe.endpoints import Endpoints
 from stunturn_diag.probe.engine import Engine, Outcome
 from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, lifetime_schedule, sockets_for
@@ -109,3 +111,26 @@ def test_engine_cancel():
     eng.add(first)
     assert eng.cancel(first.tid) and eng.idle and eng.outcome(first.tid).status == "cancelled"
     assert not eng.cancel(first.tid)
+
+
+def test_punch_profile_keeps_the_serial_allocation_and_runs_only_mapping_and_filtering():
+    """The punch profile: the same strictly serial allocation phase, then only the tests
+    behind mapping and filtering (no hairpin, no move test), from fewer sockets."""
+    assert set(sockets_for(None, punch_profile=True)) == {"map", "filt-both", "filt-port"} | {
+        f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1)}
+    plan = UdpPlan(Endpoints(P), {s: ("192.168.1.10", 40000 + i)
+                                  for i, s in enumerate(sockets_for(None, punch_profile=True))},
+                   punch_profile=True)
+    probes = through_allocation(plan)
+    assert plan.concurrent
+    assert {p.name for p in probes} == {"map.alt_ip", "map.alt_both", "map.alt_port",
+                                        "filt.change_both", "filt.change_port"}
+    assert all(p.sock in plan.locals for p in probes)
+    by = {p.name: p for p in probes}
+    assert decode(by["filt.change_both"].payload).change_request == (True, True)
+    assert len(by["filt.change_both"].prelude) == 1  # still two copies per attempt
+
+
+def test_punch_profile_measures_no_lifetime():
+    with pytest.raises(ValueError):
+        UdpPlan(Endpoints(P), {}, lifetime_max=30, punch_profile=True)

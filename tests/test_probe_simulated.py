@@ -87,15 +87,17 @@ class SimNat:
         return inner if ok else None
 
 
-def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=None):
+def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=None,
+             punch_profile=False):
     rng = random.Random(seed)
     responder = StunResponder(EPS)
-    labels = sockets_for(lifetime)
+    labels = sockets_for(lifetime, punch_profile=punch_profile)
     local_ip = HOST if nat.mapping is not Mapping.NO_NAT else HOST
     locals_ = {lab: (local_ip, 40000 + i * 7) for i, lab in enumerate(labels)}
     by_addr = {a: lab for lab, a in locals_.items()}
     eng = Engine()
-    plan = UdpPlan(Endpoints((S1, 3478), (S1, 3479), (S2, 3478), (S2, 3479), "info"), locals_)
+    plan = UdpPlan(Endpoints((S1, 3478), (S1, 3479), (S2, 3478), (S2, 3479), "info"), locals_,
+                   punch_profile=punch_profile)
     queue: list = []
     seq = itertools.count()
 
@@ -157,6 +159,7 @@ def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=Non
         "moves": C.classify_unsolicited(o, mapping.value).value,
         "elapsed": now,
         "outcomes": o,
+        "sent": eng.stats["sent"],
     }
 
 
@@ -186,6 +189,26 @@ def test_verdicts_equal_the_model(mapping, filtering, alloc, hairpin, collide, l
     assert got["hairpin"] is hairpin
     if mapping is EIM:
         assert got["moves"] is collide
+
+
+@pytest.mark.parametrize("mapping,filtering,alloc,hairpin,collide", CASES)
+@pytest.mark.parametrize("loss,seed", [(0.0, 1), (0.1, 2), (0.2, 4)])
+def test_punch_profile_verdicts_equal_the_model_with_fewer_packets(mapping, filtering, alloc, hairpin,
+                                                                   collide, loss, seed):
+    """What the punch decision reads (mapping, filtering, allocation) is decided as by the
+    full plan, also under loss, duplication and reordering; the rest is not tested."""
+    def run(punch_profile):
+        nat = SimNat(mapping, filtering, alloc, hairpin, collide, rng=random.Random(seed))
+        return simulate(nat, loss=loss, dup=0.05, jitter=0.004, seed=seed, punch_profile=punch_profile)
+    got, full = run(True), run(False)
+    assert got["mapping"] is mapping and got["filtering"] is filtering
+    assert got["allocation"].value is alloc
+    if alloc is PortAllocation.SEQUENTIAL:
+        assert got["allocation"].extra["delta"] == 1
+    assert got["hairpin"] is None and got["moves"] is None
+    assert not any(n.startswith(("hair.", "unsol.")) for n in got["outcomes"])
+    if loss == 0.0:
+        assert got["sent"] < full["sent"] and got["elapsed"] <= full["elapsed"]
 
 
 def test_no_nat():

@@ -3,6 +3,13 @@
 Finds the STUN endpoints (our server's ``/v1/info``, or any RFC 5780 server via
 OTHER-ADDRESS), runs the UDP plan, the TCP tests and the TTL walk concurrently, and
 classifies the evidence into a :class:`ProbeResult`.
+
+``punch_profile=True`` is what ``punch`` runs before pairing: only the tests behind the
+verdicts its decision reads (per protocol: mapping, filtering, port allocation; and
+reachability), in the same order (every allocation test strictly one after another, TCP's
+before UDP's), with the TCP connect-back's lower floor. The rest (hairpinning, the
+unsolicited-packet move test, simultaneous open, the TTL walk) is left out and listed in
+``skipped``, never in ``undetermined``.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ from ..signaling import SignalingClient, TlsOptions, parse_server_url
 from .assemble import build, unreachable
 from .endpoints import Endpoints, from_info, parse_hostport
 from .engine import Engine
+from .plan import PUNCH_LEFT_OUT
 from .result import ProbeResult
-from .tcp import TcpRun, alloc_test, has_root, run_tcp_rest
+from .tcp import PUNCH_SKIP_REASON, TcpRun, alloc_test, has_root, run_tcp_rest
 from .udp_runner import resolve, route_source_ip, run_udp
 
 
-def _endpoints_from_server(url: str, client: SignalingClient) -> tuple[Endpoints, dict]:
-    info = client.info()
+def _endpoints_from_server(url: str, client: SignalingClient,
+                           info: dict | None = None) -> tuple[Endpoints, dict]:
+    info = info if info is not None else client.info()
     ep = from_info(info)
     if ep is None:
         raise ProbeError(f"the server at {url} runs no STUN responder",
@@ -44,19 +53,25 @@ def _endpoints_from_server(url: str, client: SignalingClient) -> tuple[Endpoints
 def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool = True,
               lifetime: float | None = None, pcap: str | None = None, ttl_walk: bool = True,
               progress: Callable[[str], None] | None = None,
-              port_mapping: bool = True, tls: TlsOptions | None = None) -> ProbeResult:
+              port_mapping: bool = True, tls: TlsOptions | None = None,
+              punch_profile: bool = False, info: dict | None = None) -> ProbeResult:
     """Diagnose this host's NAT. Give ``server`` (our signaling server URL) or ``stun``
     (``HOST[:PORT]`` of any RFC 5780 STUN server; UDP tests only).
 
     ``port_mapping``: meanwhile ask the default gateway for PCP, NAT-PMP and UPnP IGD
     (:func:`stunturn_diag.portmap.discover`, ~250 ms when nobody answers) and report
     it as ``result.port_mapping``. ``tls``: how an https:// server is verified (default:
-    the system trust store).
+    the system trust store). ``punch_profile``: only what punching needs (see the module
+    docstring): no port-mapping question either.
     """
+    port_mapping = port_mapping and not punch_profile
     why_not = _no_gateway_on_path(server, stun) if port_mapping else None
     asked = _PortMappingQuestion() if port_mapping and why_not is None else None
     result = _run_probe(server, stun=stun, tcp=tcp, lifetime=lifetime, pcap=pcap,
-                        ttl_walk=ttl_walk, progress=progress, tls=tls)
+                        ttl_walk=ttl_walk, progress=progress, tls=tls,
+                        punch_profile=punch_profile, info=info)
+    if punch_profile:
+        result.skipped.append({"test": "port_mapping", "reason": PUNCH_SKIP_REASON})
     if asked is not None:
         result.port_mapping = asked.answer(result.public_ip)
     elif why_not is not None:
@@ -110,28 +125,38 @@ class _PortMappingQuestion:
 def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: float | None,
                pcap: str | None, ttl_walk: bool,
                progress: Callable[[str], None] | None,
-               tls: TlsOptions | None = None) -> ProbeResult:
+               tls: TlsOptions | None = None, punch_profile: bool = False,
+               info: dict | None = None) -> ProbeResult:
     """:func:`run_probe` without the port-mapping question.
 
     ``lifetime``: also measure the UDP binding lifetime, probing up to that many seconds.
     ``tls``: how an https:// server is verified (default: the system trust store).
     ``pcap``: write the probe's packets there (needs root: a BPF-filtered packet socket).
+    ``punch_profile``: only what punching needs (see the module docstring; no TTL walk,
+    and neither ``lifetime`` nor ``pcap``). ``info``: ``server``'s ``/v1/info`` answer when
+    the caller already has it (saves a request).
     Never raises for a missing answer: an unreachable server gives ``status ==
     "unreachable"``. Raises :class:`ProbeError` / ``ConfigError`` for unusable input.
     """
+    if punch_profile and (lifetime or pcap):
+        raise ProbeError("the punch profile runs only the tests punching needs: no binding "
+                         "lifetime, no packet capture", hint="run the full probe for those")
+    if info is not None and server is None:
+        raise ProbeError("info is the /v1/info answer of our server: give its URL as well")
+    ttl_walk = ttl_walk and not punch_profile
     say = progress or (lambda m: None)
     t0 = time.monotonic()
     notes: list[str] = []
     skipped: list[dict] = []  # documented, expected skips: the status stays "diagnosed"
     failures: list[dict] = []  # tests that should have run but broke: "partial"
-    info: dict = {}
+    given_info, info = info, {}
     client = None
     if (server is None) == (stun is None):
         raise ProbeError("give either a signaling server URL or --stun HOST:PORT (not both)")
     if server is not None:
         client = SignalingClient(server, timeout=5.0, tls=tls)
         try:
-            ep, info = _endpoints_from_server(server, client)
+            ep, info = _endpoints_from_server(server, client, given_info)
         except SignalingError as exc:
             return unreachable(str(exc), {"url": server}, t0)
         server_desc = {"url": client.base_url, "kind": "stunturn", "endpoints": ep.as_dict()}
@@ -212,7 +237,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
                                  if has else None,
                                  simopen=(lambda b: client.post("/v1/probe/tcp-simopen", b))
                                  if has else None,
-                                 ttl_for_simopen=ttl_for_simopen, loss_seen=lambda: engine.loss_seen)
+                                 ttl_for_simopen=ttl_for_simopen, loss_seen=lambda: engine.loss_seen,
+                                 punch_profile=punch_profile)
                 except Exception as exc:  # a thread must not die silently; becomes evidence
                     walk_box["tcp_error"] = f"{type(exc).__name__}: {exc}"
             background.append(threading.Thread(target=tcp_job, name="probe-tcp", daemon=True))
@@ -222,7 +248,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
 
     say(f"probing UDP via {ep.primary[0]}:{ep.primary[1]} ...")
     try:
-        udp = run_udp(ep, local_ip, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent)
+        udp = run_udp(ep, local_ip, lifetime_max=lifetime, engine=engine, on_concurrent=start_concurrent,
+                      punch_profile=punch_profile)
     except BaseException:  # e.g. out of descriptors: stop what runs beside the UDP tests
         walk_stop.set()
         if tcp_run is not None and tcp_run._keep is not None:
@@ -248,7 +275,11 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
         if why:
             failures.append({"test": "pcap", "reason": why})
     # the plan's endpoints: alternates learned from OTHER-ADDRESS during the UDP tests
-    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, t0, layers)
+    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, t0, layers,
+                   left_out=PUNCH_LEFT_OUT if punch_profile else ())
+    if punch_profile:
+        skipped += [{"test": f"udp.{name}", "reason": PUNCH_SKIP_REASON} for name in PUNCH_LEFT_OUT]
+        skipped.append({"test": "nat_layers", "reason": PUNCH_SKIP_REASON})
     result.notes[:0] = notes + udp.plan.notes + udp.errors
     result.skipped[:0] = skipped + (tcp_run.skipped if tcp_run else [])
     result.failures[:0] = failures

@@ -10,7 +10,7 @@ from .endpoints import Address, Endpoints, addr_dict
 from .layers import analyse_hops
 from .plan import ALLOC_SOCKETS, lifetime_schedule
 from .result import TCP_EXTRA_KEYS, ProbeResult
-from .tcp import TcpRun
+from .tcp import PUNCH_SKIP_REASON, TcpRun
 from .tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from .udp_runner import UdpRun
 
@@ -37,7 +37,9 @@ def _na(why: str) -> C.Verdict:
 
 
 def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None, server_desc: dict,
-           ep: Endpoints, t0: float, layers: dict | None) -> ProbeResult:
+           ep: Endpoints, t0: float, layers: dict | None, *, left_out: tuple[str, ...] = ()) -> ProbeResult:
+    """``left_out``: UDP verdicts not tested on purpose (the punch profile): null, "not
+    tested", and never counted as undetermined."""
     o = {x.name: x for x in udp.engine.outcomes}
     x1 = C.mapped(o.get("map.primary"))
     reachable = x1 is not None
@@ -82,6 +84,8 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         elif mapping.value is not None and mapping.value is not C.Mapping.ENDPOINT_INDEPENDENT:
             v = verdicts["mapping_moves_on_unsolicited"]
             verdicts["mapping_moves_on_unsolicited"] = C.Verdict(None, v.reason, v.probes, applicable=False)
+    for name in left_out:
+        verdicts[name] = C.Verdict(None, f"not tested: {PUNCH_SKIP_REASON}")
     extra = _extra(x1, udp.locals["map"], alloc)
     if lifetime:
         verdicts["binding_lifetime"] = C.classify_lifetime(o, lifetime_schedule(lifetime))
@@ -100,7 +104,8 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
                  "tcp_phases_ms": tcp.phase_ms if tcp else None,
                  "srtt_ms": None if eng.srtt is None else round(eng.srtt * 1000, 3),
                  "rto_ms": round(eng.rto * 1000, 3), "loss_estimate": round(eng.loss_estimate, 3),
-                 "attempts_for_no_reply": eng.attempts_needed(), "packets": dict(eng.stats)})
+                 "attempts_for_no_reply": eng.attempts_needed(), "packets": dict(eng.stats)},
+        left_out=tuple(f"udp.{name}" for name in left_out))
     if tcp_ran:
         _add_tcp(result, tcp)
         so = result.tcp.get("simultaneous_open")

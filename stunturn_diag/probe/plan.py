@@ -16,6 +16,10 @@ Phases:
 3. Everything else at once: mapping tests II/III (+ alternate port), filtering
    (section 4.4, one socket per CHANGE-REQUEST), hairpinning (section 3.4), the
    unsolicited-inbound mapping move test, and binding lifetime (section 4.6) probes.
+
+The *punch profile* (``punch_profile=True``, what ``punch`` runs before pairing) keeps
+phases 1 and 2 as they are and, of phase 3, only the tests behind the verdicts the punch
+decision reads: mapping and filtering (no hairpin, no move test, no lifetime).
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from .endpoints import Address, Endpoints
 from .engine import Engine, Outcome, Probe
 
 ALLOC_SOCKETS = 4
-BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + tuple(
-    f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
+ALLOC_LABELS = tuple(f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
+BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + ALLOC_LABELS
+#: the punch profile's sockets: mapping, filtering and allocation only
+PUNCH_SOCKETS = ("map", "filt-both", "filt-port") + ALLOC_LABELS
+#: the UDP verdicts the punch profile leaves out (not read by the punch decision)
+PUNCH_LEFT_OUT = ("hairpin", "mapping_moves_on_unsolicited")
 SOFTWARE = "stunturn-diag probe"
 #: extra sends for transactions whose silence would only mean loss
 PATIENCE = 3
@@ -40,8 +48,10 @@ def lifetime_schedule(max_seconds: float) -> list[float]:
     return [float(s) for s in steps if s <= max_seconds]
 
 
-def sockets_for(lifetime_max: float | None) -> tuple[str, ...]:
+def sockets_for(lifetime_max: float | None, *, punch_profile: bool = False) -> tuple[str, ...]:
     """Socket labels the runner must open for this plan."""
+    if punch_profile:
+        return PUNCH_SOCKETS
     extra: tuple[str, ...] = ()
     if lifetime_max:
         for i, _ in enumerate(lifetime_schedule(lifetime_max)):
@@ -67,6 +77,12 @@ class UdpPlan:
     _hair_started: bool = False
     #: True once the serial allocation phase is over (other mappings may now interleave)
     concurrent: bool = False
+    #: only the tests of the punch decision's verdicts (mapping, filtering, allocation)
+    punch_profile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.punch_profile and self.lifetime_max:
+            raise ValueError("the punch profile measures no binding lifetime")
 
     # -- helpers -----------------------------------------------------------------
     def _probe(self, name: str, sock: str, dest: Address, *, not_before: float = 0.0,
@@ -142,8 +158,8 @@ class UdpPlan:
     def _concurrent_phase(self, now: float) -> list[Probe]:
         ep = self.endpoints
         self.concurrent = True
-        probes = [self._probe("hair.a", "hair-a", ep.primary),
-                  self._probe("hair.b", "hair-b", ep.primary)]
+        probes = [] if self.punch_profile else [self._probe("hair.a", "hair-a", ep.primary),
+                                                self._probe("hair.b", "hair-b", ep.primary)]
         for attr, name in (("alt_ip", "map.alt_ip"), ("alt_both", "map.alt_both"),
                            ("alt_port", "map.alt_port")):
             dest = getattr(ep, attr)
@@ -156,10 +172,12 @@ class UdpPlan:
                                   change_port=True),
                       self._probe("filt.change_port", "filt-port", ep.primary, change_port=True)):
                 probes.append(Probe(p.name, p.sock, p.dest, p.payload, p.tid, prelude=((p.dest, p.payload),)))
-            probes.append(self._probe("unsol.bind", "unsol", ep.primary))
+            if not self.punch_profile:
+                probes.append(self._probe("unsol.bind", "unsol", ep.primary))
         else:
             self.notes.append("the server has no alternate address (no OTHER-ADDRESS): filtering "
-                              "and the unsolicited-packet test need one")
+                              + ("needs" if self.punch_profile else
+                                 "and the unsolicited-packet test need") + " one")
         if self.lifetime_max:
             for i, _ in enumerate(lifetime_schedule(self.lifetime_max)):
                 probes.append(self._probe(f"life.x{i}", f"life-x{i}", ep.primary))

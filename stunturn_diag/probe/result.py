@@ -77,6 +77,9 @@ class ProbeResult:
     notes: list[str] = field(default_factory=list)
     #: the gateway's port-mapping services (stunturn_diag.portmap.assess); None = not asked
     port_mapping: dict | None = None
+    #: verdicts not tested on purpose ("udp.hairpin"... for the punch profile; also in
+    #: ``skipped``): null, and not undetermined
+    left_out: tuple[str, ...] = ()
 
     def value(self, proto: str, name: str) -> Any:
         v = (self.udp if proto == "udp" else self.tcp).get(name)
@@ -90,7 +93,7 @@ class ProbeResult:
                 continue
             for name in fields:
                 v = verdicts.get(name)
-                if v is not None and not v.applicable:
+                if (v is not None and not v.applicable) or f"{proto}.{name}" in self.left_out:
                     continue
                 if v is None or v.value is None:
                     out.append({"field": f"{proto}.{name}", "reason": v.reason if v else "not tested"})

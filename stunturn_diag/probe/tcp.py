@@ -28,6 +28,9 @@ from ..stun_tcp import stun_tcp_transaction
 from .endpoints import Address, Endpoints
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+#: why the punch profile leaves a test out (``skipped``)
+PUNCH_SKIP_REASON = ("not part of the punch profile (punch reads only mapping, filtering and "
+                     "port allocation)")
 
 
 @dataclass
@@ -98,6 +101,20 @@ def free_port(local_ip: str) -> Address:
 TCP_TIMEOUT = 7.5
 #: the first exchange decides whether TCP reaches the server at all: two retransmissions
 FIRST_TIMEOUT = 3.5
+#: the server's connect-back timeout (ms): 8 RTT, at least this floor (the full probe) ...
+CONNECT_FLOOR_MS = 250
+#: ... or, for the punch profile, the floor the UDP engine gives any silence (its
+#: ``final_wait_min``: a busy host's scheduling), so a filtering NAT that drops the SYNs
+#: costs 1.5 x 100 ms (three attempts a quarter timeout apart) instead of 1.5 x 250 ms
+PUNCH_CONNECT_FLOOR_MS = 100
+#: the probe-assist route's bounds (server/probe_assist.py)
+CONNECT_MAX_MS = 2000
+
+
+def connect_back_ms(rtt: float | None, floor_ms: int = CONNECT_FLOOR_MS) -> int:
+    """How long the server waits for each connect back to our mapped port: 8 round trips
+    (``rtt`` in seconds, 50 ms when unknown), at least ``floor_ms``, at most 2 s. Pure."""
+    return int(min(CONNECT_MAX_MS, max(floor_ms, 8 * (rtt or 0.05) * 1000)))
 
 
 def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float = TCP_TIMEOUT,
@@ -235,15 +252,19 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
 
 
 def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
-                 ttl_for_simopen=None, timeout: float = TCP_TIMEOUT, loss_seen=None) -> None:
+                 ttl_for_simopen=None, timeout: float = TCP_TIMEOUT, loss_seen=None,
+                 punch_profile: bool = False) -> None:
     """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently.
 
     ``assist(body)`` / ``simopen(body)`` post to the probe-assist routes (None when the
     server has none); ``ttl_for_simopen()`` returns the TTL that passes our NAT but not
-    the next router (None when unknown) and may block until the TTL walk is done."""
+    the next router (None when unknown) and may block until the TTL walk is done.
+    ``punch_profile``: mapping and filtering only (what the punch decision reads), with
+    the connect-back timeout's lower floor (:data:`PUNCH_CONNECT_FLOOR_MS`)."""
     started = time.monotonic()
     rtt = run.rtt or 0.05
-    connect_ms = int(min(2000, max(250, 8 * rtt * 1000)))
+    connect_ms = connect_back_ms(rtt, PUNCH_CONNECT_FLOOR_MS if punch_profile
+                                    else CONNECT_FLOOR_MS)
 
     def any_loss() -> bool:  # TCP's own retransmissions, or the UDP engine's
         return run.loss_seen or bool(loss_seen and loss_seen())
@@ -255,7 +276,9 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
     else:
         run.skipped.append({"test": "tcp.filtering", "reason": "the server offers no probe assist "
                                                               "(only our own server does)"})
-    if simopen is None:
+    if punch_profile:
+        run.skipped.append({"test": "tcp.simultaneous_open", "reason": PUNCH_SKIP_REASON})
+    elif simopen is None:
         run.skipped.append({"test": "tcp.simultaneous_open", "reason": "the server offers no probe assist"})
     elif not has_root():
         run.skipped.append({"test": "tcp.simultaneous_open",

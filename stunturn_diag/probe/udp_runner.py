@@ -67,13 +67,15 @@ def resolve(host: str, port: int) -> Address:
 def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
             lifetime_max: float | None = None,
             clock: Callable[[], float] = time.monotonic, hard_limit: float = 20.0,
-            engine: Engine | None = None, on_concurrent: Callable[[], None] | None = None) -> UdpRun:
+            engine: Engine | None = None, on_concurrent: Callable[[], None] | None = None,
+            punch_profile: bool = False) -> UdpRun:
     """Run the UDP plan to the end (bounded by ``hard_limit`` + lifetime) and return the evidence.
 
     ``on_concurrent`` is called once when the serial port-allocation phase is over (or
     UDP turned out unreachable): other tests that create mappings may start then
     without disturbing the allocation pattern. ``local_ip``: the caller's
-    :func:`route_source_ip` toward the primary, when it already has it.
+    :func:`route_source_ip` toward the primary, when it already has it. ``punch_profile``:
+    only the tests of the punch decision's verdicts (see :mod:`.plan`).
     """
     local_ip = local_ip or route_source_ip(endpoints.primary)
     sel = selectors.DefaultSelector()
@@ -81,7 +83,7 @@ def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
     locals_: dict[str, Address] = {}
     errors: list[str] = []
     try:
-        for label in sockets_for(lifetime_max):
+        for label in sockets_for(lifetime_max, punch_profile=punch_profile):
             s = socket.socket(_family(local_ip), socket.SOCK_DGRAM)
             s.setblocking(False)
             s.bind((local_ip, 0))
@@ -89,7 +91,7 @@ def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
             locals_[label] = s.getsockname()[:2]
             sel.register(s, selectors.EVENT_READ, label)
         engine = engine or Engine()
-        plan = UdpPlan(endpoints, locals_, lifetime_max=lifetime_max)
+        plan = UdpPlan(endpoints, locals_, lifetime_max=lifetime_max, punch_profile=punch_profile)
         started = clock()
         deadline = started + hard_limit + (lifetime_max or 0)
         for p in plan.start(started):

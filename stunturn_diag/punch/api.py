@@ -208,6 +208,22 @@ def _compact_profile(profile: dict | None) -> dict:
     return out
 
 
+def probe_profile(result) -> dict:
+    """What a probe result tells the punch decision (:func:`.decision.profile_from_details`):
+    ``{protocol: {"mapping", "filtering", "port_allocation"}}``, the decided ones as text."""
+    profile: dict = {}
+    for proto in PROTOCOLS:
+        section = {}
+        for name in ("mapping", "filtering", "port_allocation"):
+            value = result.value(proto, name)
+            value = getattr(value, "value", value)      # an enum member -> its text
+            if isinstance(value, str):
+                section[name] = value
+        if section:
+            profile[proto] = section
+    return profile
+
+
 def _peer_details(match: dict) -> dict:
     peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
     return peer.get("details") if isinstance(peer.get("details"), dict) else {}
@@ -379,7 +395,8 @@ class _Side:
         self._cache_key = cache_key(self.client.base_url, network)
 
     def _quick_probe(self) -> None:
-        """Diagnose our NAT (stunturn_diag.probe) so the peer can plan with it.
+        """Diagnose our NAT (stunturn_diag.probe's punch profile: only the tests behind the
+        verdicts the decision reads) so the peer can plan with it.
 
         Runs before the punch sockets' STUN bindings, so none of the probe's flows falls
         between a binding and the punch (see the module docstring)."""
@@ -389,7 +406,7 @@ class _Side:
         started = time.monotonic()
         try:
             result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
-                               ttl_walk=False)
+                               punch_profile=True, info=self._info, tls=self.opts.tls)
         except StunturnError as exc:
             self._say(f"probe failed ({exc}); punching without a NAT profile")
             return
@@ -403,16 +420,7 @@ class _Side:
             if reachable.get(proto) is False:
                 self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
                                             f"from the server (is {proto.upper()} blocked here?)")
-        profile: dict = {}
-        for proto in PROTOCOLS:
-            section = {}
-            for name in ("mapping", "filtering", "port_allocation"):
-                value = result.value(proto, name)
-                value = getattr(value, "value", value)      # an enum member -> its text
-                if isinstance(value, str):
-                    section[name] = value
-            if section:
-                profile[proto] = section
+        profile = probe_profile(result)
         self.profile = profile
         self._say(f"NAT profile ({(time.monotonic() - started) * 1000:.0f} ms): {profile}")
         if self._cache is not None and self._cache_key is not None and profile:
