@@ -344,3 +344,24 @@ def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_p
         assert classify_tcp_filtering(run.assist)[0].value.value == "endpoint-independent"
         why = {s["test"]: s["reason"] for s in run.skipped}["tcp.simultaneous_open"]
         assert ("punch profile" in why) is punch_profile
+
+
+def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(server):
+    """Silence on a lossy path is asked again with twice the timeout; from a high-RTT path
+    (1.5 s connect-back) that must still be a request the server accepts (<= 2000 ms)."""
+    from stunturn_diag.probe.endpoints import from_info
+    from stunturn_diag.probe.tcp import TcpRun, _filtering_test
+    from stunturn_diag.signaling import SignalingClient
+    from stunturn_server.probe_assist import parse_request
+
+    ep = from_info(SignalingClient(server.http_url).info())
+    bodies: list[dict] = []
+
+    def silent_server(body):  # what a NAT dropping every SYN looks like to the client
+        bodies.append(body)
+        return {"results": [{"from": f, "outcome": "timeout", "attempts": []} for f in body["from"]]}
+    run = TcpRun()
+    _filtering_test(run, ep, "127.0.0.1", silent_server, 3.0, 1500, loss_seen=lambda: True)
+    assert [b["timeout_ms"] for b in bodies] == [1500, 2000]
+    for body in bodies:
+        parse_request(body)  # the server's own validation: no BadRequest

@@ -223,7 +223,8 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
         for round_ in range(2):
             try:
                 answer = assist({"port": run.filt_mapped[1], "from": roles, "attempts": 3,
-                                 "timeout_ms": connect_timeout_ms * (round_ + 1), "token": token.hex()})
+                                 "timeout_ms": min(CONNECT_MAX_MS, connect_timeout_ms * (round_ + 1)),
+                                 "token": token.hex()})
             except SignalingError as exc:
                 run.assist_error = str(exc)
                 break
