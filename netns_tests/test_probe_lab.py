@@ -209,3 +209,43 @@ def test_pcap_in_the_lab_holds_both_protocols(tmp_path):
         ttl = got["tcp"]["evidence"]["simultaneous_open"]["detail"]["ttl"]
         assert any(p.haslayer("TCP") and str(p["TCP"].flags) == "S" and p["IP"].ttl == ttl
                    for p in packets)  # the low-TTL SYN Scapy crafted for simultaneous open
+
+
+#: in a lab host: the punch profile, as punch shares it and its decision reads it back
+PUNCH_PROFILE = r"""
+import json, sys
+from stunturn_diag.probe import run_probe
+from stunturn_diag.punch.api import probe_profile
+from stunturn_diag.punch.decision import profile_from_details
+r = run_probe(sys.argv[1], punch_profile=True)
+shared = probe_profile(r)
+out = {"nat": r.nat, "status": r.status, "skipped": [s["test"] for s in r.skipped],
+       "elapsed_ms": r.elapsed_ms}
+for proto, reachable in (("udp", r.udp_reachable), ("tcp", r.tcp_reachable)):
+    p = profile_from_details(shared, proto)
+    out[proto] = {"reachable": reachable, "mapping": p.mapping and p.mapping.value,
+                  "filtering": p.filtering and p.filtering.value,
+                  "port_allocation": p.allocation and p.allocation.value}
+print(json.dumps(out))
+"""
+DECISION_FIELDS = ("reachable", "mapping", "filtering", "port_allocation")
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_punch_profile_gives_the_decision_the_ground_truth(name):
+    """What punch's quick probe shares, read back as the punch decision reads it
+    (``profile_from_details``), equals the lab's ground truth on every NAT type, on two runs
+    (the second behind the first one's conntrack state); hairpin, the move test,
+    simultaneous open and the TTL walk are left out (skipped, not undetermined)."""
+    with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[name])})) as lab:
+        url = serve(lab)
+        truth = lab.expected("a")
+        expected = {"nat": truth["nat"], **{p: {k: truth[p][k] for k in DECISION_FIELDS}
+                                           for p in ("udp", "tcp")}}
+        for run in range(2):
+            r = lab.exec(HOST, ["python3", "-c", PUNCH_PROFILE, url], timeout=60)
+            assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
+            got = json.loads(r.stdout)
+            assert mismatches(expected, got) == {}, f"run {run}: {got}"
+            assert {"udp.hairpin", "tcp.simultaneous_open", "nat_layers"} <= set(got["skipped"])
+            assert got["status"] == ("partial" if CATALOGUE[name].udp_blocked else "diagnosed")
