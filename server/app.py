@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from stunturn_diag.errors import StoreUnavailable
 
-from . import observe, probe_assist, turn_offer
+from . import observe, probe_assist, relay_api, turn_offer
 from .api import ApiError, HangupWatcher, SignalingState, bp, no_hangup_watch
 from .config import ServerConfig
 from .matching import KeyHasher, Matcher
@@ -106,6 +106,7 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
     )
     app.register_blueprint(bp)
     observe.init_app(app, store.waiting_count, serve_metrics=config.metrics_listen is None)
+    app.register_blueprint(relay_api.bp)
     probe_assist.init_app(app)
     turn_offer.init_app(app)
     app.register_error_handler(Exception, handle_error)

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
-from .matching import Match, Slot, Waiter
+from .matching import Address, Match, Slot, Waiter
+
+#: outcome of :meth:`MatchStore.put_relay_address`
+RelayPost = Literal["stored", "conflict", "full"]
+#: relay addresses the in-memory store holds at most (two per match)
+RELAY_CAPACITY = 8192
 
 
 class Signal(Protocol):
@@ -92,6 +97,21 @@ class MatchStore(ABC):
     def stop(self) -> None:
         """Forget this server's waiters and stop background work (idempotent)."""
 
+    # -- the per-match relay address exchange (server/relay_api.py) -------------------------
+    @abstractmethod
+    def put_relay_address(self, match_id: str, role: str, address: Address, expires: float,
+                          now: float) -> RelayPost:
+        """Keep ``role``'s TURN relayed address for ``match_id`` until ``expires``.
+
+        ``"conflict"`` when that role already posted another address (the first one
+        stays), ``"full"`` when the store holds its limit of live entries. Expired entries
+        are dropped, never returned. A shared store: ``SET NX PXAT`` on
+        ``relay:<match_id>:<role>`` (``"conflict"`` when it exists with another value)."""
+
+    @abstractmethod
+    def relay_address(self, match_id: str, role: str, now: float) -> Address | None:
+        """``role``'s live relayed address for ``match_id``, None when none was posted."""
+
 
 class _MemoryMailbox(Mailbox):
     def __init__(self, store: "InMemoryStore", waiter_id: str, signal: Signal) -> None:
@@ -125,6 +145,9 @@ class InMemoryStore(MatchStore):
         self._waiters: dict[Slot, Waiter] = {}
         self._mailboxes: dict[str, _MemoryMailbox] = {}
         self._by_source: dict[str, int] = {}
+        #: (match_id, role) -> (address, expires)
+        self._relays: dict[tuple[str, str], tuple[Address, float]] = {}
+        self.relay_capacity = RELAY_CAPACITY
 
     def put_waiter(self, waiter: Waiter, now: float) -> bool:
         with self._lock:
@@ -194,6 +217,27 @@ class InMemoryStore(MatchStore):
                 self._by_source[source] = count
             else:
                 self._by_source.pop(source, None)
+
+    def put_relay_address(self, match_id: str, role: str, address: Address, expires: float,
+                          now: float) -> RelayPost:
+        entry = (match_id, role)
+        with self._lock:
+            for k in [k for k, (_a, exp) in self._relays.items() if exp <= now]:
+                del self._relays[k]
+            current = self._relays.get(entry)
+            if current is not None:
+                return "stored" if current[0] == tuple(address) else "conflict"
+            if len(self._relays) >= self.relay_capacity:
+                return "full"
+            self._relays[entry] = (tuple(address), expires)
+            return "stored"
+
+    def relay_address(self, match_id: str, role: str, now: float) -> Address | None:
+        with self._lock:
+            current = self._relays.get((match_id, role))
+        if current is None or current[1] <= now:
+            return None
+        return current[0]
 
     def mailbox_count(self) -> int:
         """Open mailboxes (for tests: proves nothing leaks)."""

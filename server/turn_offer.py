@@ -11,10 +11,18 @@ credential in the match answer (``"turn": {"server", "urls", "username", "passwo
 "ttl", "expires", "realm"}``, :func:`stunturn_diag.turn.rest_credentials`); ``/v1/info``
 only says whether a relay is offered. The expiry is wall-clock (Unix) time because the
 TURN server checks it against its own clock.
+
+Each credential also carries ``exchange``: the path of the per-match relayed-address
+exchange (:mod:`.relay_api`) and this peer's match token, ``role.expires.mac`` with an
+HMAC-SHA256 over (match id, role, expiry) under a key derived from the TURN secret (so
+every server instance sharing the secret accepts it, and no store holds tokens).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
 import secrets
 import time
@@ -29,6 +37,9 @@ from stunturn_diag.turn.rest import rest_credentials
 from .config import format_address
 
 DEFAULT_TTL = 600
+#: where the peers of a match post and read their relayed addresses (server/relay_api.py)
+EXCHANGE_PATH = "/v1/relay"
+ROLES = ("initiator", "receiver")
 
 
 @dataclass(frozen=True)
@@ -40,13 +51,44 @@ class TurnOffer:
     ttl: int
     wall_clock: Callable[[], float] = time.time
 
-    def credentials(self) -> dict:
-        """A fresh credential for one peer (a new random id each call)."""
+    def credentials(self, match_id: str = "", role: str = "") -> dict:
+        """A fresh credential for one peer (a new random id each call); with the match id
+        and role, its exchange token too."""
         cred = rest_credentials(self.secret, now=self.wall_clock(), ttl=self.ttl,
                                 random_id=secrets.token_hex(8))
         host = format_address(self.ip, self.port)
-        return cred | {"server": {"ip": self.ip, "port": self.port},
-                       "urls": [f"turn:{host}?transport=udp"], "realm": self.realm}
+        out = cred | {"server": {"ip": self.ip, "port": self.port},
+                      "urls": [f"turn:{host}?transport=udp"], "realm": self.realm}
+        if match_id and role in ROLES:
+            out["exchange"] = {"path": EXCHANGE_PATH,
+                               "token": self.match_token(match_id, role, int(cred["expires"]))}
+        return out
+
+    def _token_key(self) -> bytes:
+        return hmac.new(self.secret.encode(), b"stunturn relay exchange", hashlib.sha256).digest()
+
+    def _mac(self, match_id: str, role: str, expires: int) -> str:
+        mac = hmac.new(self._token_key(), f"{match_id}|{role}|{expires}".encode(),
+                       hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def match_token(self, match_id: str, role: str, expires: int) -> str:
+        """``role.expires.mac``: lets only this peer of this match use the exchange."""
+        return f"{role}.{expires}.{self._mac(match_id, role, expires)}"
+
+    def check_token(self, match_id: str, token: str) -> tuple[str, int] | str:
+        """``(role, expires)`` of a valid token for ``match_id``, else why not
+        (``"forbidden"`` or ``"expired"``). Pure but for the wall clock."""
+        role, _, rest = token.partition(".")
+        expires_text, _, mac = rest.partition(".")
+        if role not in ROLES or not expires_text.isdigit() or len(expires_text) > 12:
+            return "forbidden"
+        expires = int(expires_text)
+        if not hmac.compare_digest(mac.encode(), self._mac(match_id, role, expires).encode()):
+            return "forbidden"
+        if expires <= self.wall_clock():
+            return "expired"
+        return role, expires
 
 
 def parse_offer(extra: dict, wall_clock: Callable[[], float] = time.time) -> TurnOffer | None:
@@ -90,6 +132,10 @@ def info() -> dict:
 
 
 def with_credentials(answer: dict) -> dict:
-    """A match answer plus this peer's TURN credential when a relay is offered."""
+    """A match answer plus this peer's TURN credential (and exchange token) when a relay
+    is offered."""
     offer = _offer()
-    return answer if offer is None else answer | {"turn": offer.credentials()}
+    if offer is None:
+        return answer
+    return answer | {"turn": offer.credentials(str(answer.get("match_id", "")),
+                                               str(answer.get("role", "")))}
