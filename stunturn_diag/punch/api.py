@@ -56,6 +56,7 @@ from .keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 from .secure_stream import authenticate_stream
 from .wire import Role
+from . import relay_path
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
@@ -103,6 +104,10 @@ class PunchOptions:
     #: UDP channel: keepalive period and silence after which the peer counts as lost
     keepalive_interval: float = 2.0
     peer_timeout: float = 10.0
+    #: fall back to the server's TURN relay (UDP) when the plan is relay-needed or the
+    #: direct attempt fails; relay_timeout bounds the relayed handshake after that point
+    relay: bool = True
+    relay_timeout: float = 5.0
     progress: Callable[[str], None] | None = None
     #: how an https:// signaling server is verified (None: the system trust store)
     tls: TlsOptions | None = None
@@ -111,7 +116,7 @@ class PunchOptions:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be udp or tcp, got {self.protocol!r}")
         for name in ("punch_timeout", "stun_timeout", "wait_interval", "peer_timeout",
-                     "keepalive_interval", "cache_max_age"):
+                     "keepalive_interval", "cache_max_age", "relay_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.wait < 0:
@@ -138,6 +143,9 @@ class PunchResult:
     connect_ms: float             # from the match to the authenticated channel
     explanation: str = ""
     notes: list[str] = field(default_factory=list)
+    #: through the TURN relay: our relayed address, and why the direct path was not taken
+    relay: Address | None = None
+    relay_reason: str | None = None
 
     def as_dict(self) -> dict:
         def addr(a):
@@ -146,7 +154,8 @@ class PunchResult:
                 "match_id": self.match_id, "local": addr(self.local),
                 "mapped": addr(self.mapped), "peer": addr(self.peer),
                 "strategy": self.strategy, "connect_ms": round(self.connect_ms, 1),
-                "explanation": self.explanation}
+                "explanation": self.explanation, "relayed": self.relay is not None,
+                "relay": addr(self.relay), "relay_reason": self.relay_reason}
 
     def close(self) -> None:
         self.connection.close()
@@ -648,6 +657,42 @@ class _Side:
             self._say(note)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
+        relay = relay_path.for_plan(self, match, plan, protocol, deadline)
+        try:
+            if relay is not None and not plan.feasible:
+                return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)
+            return self._direct(rv, match_id, details, protocol, mapped, t_match, plan, deadline,
+                                vetted)
+        except PunchError as exc:
+            if relay is None or exc.reason not in _RELAY_CAUSES:
+                raise
+            why = f"the direct attempt failed ({_RELAY_CAUSES[exc.reason]}): {exc.message}"
+            return self._relayed(relay, match_id, mapped, t_match, plan, why, exc)
+        finally:
+            if relay is not None:
+                relay.close()
+
+    def _relayed(self, relay, match_id: str, mapped: Address, t_match: float, plan: Plan,
+                 why: str, direct: PunchError | None = None) -> PunchResult:
+        """The same handshake and channel through the TURN relay (punch/relay_path.py)."""
+        self._say(f"falling back to the TURN relay: {why}")
+        deadline = time.monotonic() + self.opts.relay_timeout
+        try:
+            conn = relay.connect(self.key, deadline, keepalive_interval=self.opts.keepalive_interval,
+                                 peer_timeout=self.opts.peer_timeout)
+        except PunchError as exc:
+            exc.attempts = (direct.attempts if direct else []) + exc.attempts
+            exc.context = {"protocol": "udp", "role": self.role, "match_id": match_id,
+                           "strategy": "relay", "explanation": why}
+            raise
+        connect_ms = (time.monotonic() - t_match) * 1000.0
+        return PunchResult(conn, "udp", self.role, match_id, conn.local_address, mapped,
+                           conn.peer_address, "relay", connect_ms,
+                           f"through the TURN relay {relay.server[0]}:{relay.server[1]}",
+                           plan.notes, relay=relay.relayed, relay_reason=why)
+
+    def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
+                t_match: float, plan: Plan, deadline: float, vetted) -> PunchResult:
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol, vetted=vetted)

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from ..errors import LabError
 
 HTTP_PORT = 8080
+#: coturn on the lab's server host (3478/3479 are serve's STUN responder, 3490 the portmap helper)
+TURN_PORT = 3480
+TURN_RELAY_PORTS = (49152, 49251)
+TURN_SECRET = "lab-turn-shared-secret"
+TURN_REALM = "stunturn.lab"
 
 #: runs in a lab host: punch through the API, then exchange data both ways (bounded)
 PEER = r"""
@@ -80,14 +90,86 @@ class PairResult:
         return all(r.get("got") and r.get("acked") for r in (self.initiator, self.receiver))
 
 
+def turnserver_conf(ip: str, port: int, relay_ports: tuple[int, int], secret: str, realm: str,
+                    workdir: str) -> str:
+    """The minimal coturn configuration for `serve --turn-server/--turn-secret` (README's)."""
+    return "\n".join([
+        f"listening-ip={ip}", f"listening-port={port}", f"relay-ip={ip}",
+        f"min-port={relay_ports[0]}", f"max-port={relay_ports[1]}",
+        "use-auth-secret", f"static-auth-secret={secret}", f"realm={realm}",
+        "fingerprint", "no-tls", "no-dtls", "no-cli", "no-tcp-relay",
+        f"log-file={workdir}/turn.log", "simple-log", f"pidfile={workdir}/turn.pid",
+        f"userdb={workdir}/turndb", ""])
+
+
+@dataclass
+class TurnServer:
+    """coturn's ``turnserver`` on the lab's server host (ended by PID: :meth:`stop`)."""
+
+    proc: subprocess.Popen
+    address: tuple[str, int]
+    secret: str
+    workdir: str
+    flags: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _turn_answers(lab, address: tuple[str, int]) -> bool:
+    """A STUN Binding to coturn from the server host answered (bounded: one try, 0.3 s)."""
+    probe = ("import socket,sys; from stunturn_diag import stun; s=socket.socket(2,2); "
+             "s.settimeout(0.3); s.sendto(stun.encode(stun.binding_request()), "
+             f"({address[0]!r},{address[1]})); s.recv(2048)")
+    return lab.exec(lab.server, [sys.executable, "-c", probe], timeout=10).returncode == 0
+
+
+def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> TurnServer:
+    """Run coturn on ``lab.server_ip:port`` with a temp config (``use-auth-secret``);
+    returns once it answers STUN. ``TurnServer.flags`` are serve's ``--turn-*`` flags."""
+    tool = shutil.which("turnserver")
+    if tool is None:
+        raise LabError("coturn's turnserver is not installed", hint="apt-get install coturn "
+                       "(scripts/setup.sh)")
+    workdir = tempfile.mkdtemp(prefix="stunturn-lab-turn-")
+    conf = os.path.join(workdir, "turnserver.conf")
+    with open(conf, "w") as fh:
+        fh.write(turnserver_conf(lab.server_ip, port, TURN_RELAY_PORTS, secret, TURN_REALM,
+                                 workdir))
+    proc = lab.popen(lab.server, [tool, "-c", conf], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    server = TurnServer(proc, (lab.server_ip, port), secret, workdir,
+                        ["--turn-server", f"{lab.server_ip}:{port}", "--turn-secret", secret,
+                         "--turn-realm", TURN_REALM])
+    for _ in range(100):
+        if proc.poll() is not None:
+            break
+        if _turn_answers(lab, server.address):
+            return server
+        time.sleep(0.05)
+    log = open(os.path.join(workdir, "turn.log")).read()[-800:] if os.path.exists(
+        os.path.join(workdir, "turn.log")) else ""
+    server.stop()
+    raise LabError(f"turnserver did not answer on {lab.server_ip}:{port}: {log}")
+
+
 def start_server(lab, *, wait_timeout: float = 20.0, http_port: int = HTTP_PORT,
-                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
+                 extra: tuple[str, ...] = (), turn: TurnServer | None = None) -> subprocess.Popen:
     """``stunturn-diag serve`` on the lab's server host; returns once it listens.
-    ``extra``: more serve options (another instance: other STUN ports, ``--redis``...)."""
+    ``extra``: more serve options (another instance: other STUN ports, ``--redis``...);
+    ``turn``: the relay it offers (:func:`start_turn`)."""
     proc = lab.popen(lab.server, [sys.executable, "-m", "stunturn_diag", "serve",
                                   f"{lab.server_ip}:{http_port}", "--alt-ip", lab.server_alt_ip,
                                   "--wait-timeout", str(wait_timeout), "--json",
-                                  "--log-level", "WARNING", *extra])
+                                  "--log-level", "WARNING", *extra,
+                                  *(turn.flags if turn else [])])
     line = proc.stdout.readline()
     if not line.startswith("{"):
         raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()[-500:]}")
@@ -106,12 +188,14 @@ def run_pair(  # noqa: PLR0913 - test/bench driver
 lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
              birthday: bool = False, server: bool = True, pair_wait: float = 15.0,
-             linger: float = 0.0, urls: tuple[str, str] | None = None) -> PairResult:
+             linger: float = 0.0, urls: tuple[str, str] | None = None,
+             turn: TurnServer | None = None) -> PairResult:
     """``linger``: keep exchanging data at least this many seconds after the start;
     ``urls``: (initiator's, receiver's) signaling servers when they differ (several
-    instances sharing a Redis), started by the caller."""
+    instances sharing a Redis), started by the caller; ``turn``: the relay the server
+    offers (:func:`start_turn`)."""
     if server and urls is None:
-        start_server(lab)
+        start_server(lab, turn=turn)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
     initiator_url, receiver_url = urls or (url, url)
     target = lab.site_public_ip(lab.site_of(receiver_host))

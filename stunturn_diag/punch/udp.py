@@ -65,17 +65,25 @@ def route_source_ip(remote: Address, family: int = socket.AF_INET) -> str | None
 class UdpRendezvous:
     """One UDP socket from learning the mapping to the punched channel."""
 
-    def __init__(self, local_ip: str = "0.0.0.0", local_port: int = 0) -> None:
+    def __init__(self, local_ip: str = "0.0.0.0", local_port: int = 0, *,
+                 transport=None) -> None:
+        """``transport``: punch and hand over this socket-like datagram endpoint instead of
+        a new UDP socket (``fileno``, ``setblocking``, ``sendto``, ``recvfrom``,
+        ``getsockname``, ``close``; e.g. :class:`.relay_path.TurnTransport`, which carries
+        the same handshake and channel through a TURN relay)."""
         family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
         self.family = family
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            self.sock.bind((local_ip, local_port))
-        except OSError as exc:
-            self.sock.close()
-            raise PunchError(f"cannot bind UDP {local_ip}:{local_port}: {exc.strerror}",
-                             hint="pick another local port (--bind IP:PORT) or leave it 0",
-                             reason="bind-failed") from None
+        if transport is not None:
+            self.sock = transport
+        else:
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                self.sock.bind((local_ip, local_port))
+            except OSError as exc:
+                self.sock.close()
+                raise PunchError(f"cannot bind UDP {local_ip}:{local_port}: {exc.strerror}",
+                                 hint="pick another local port (--bind IP:PORT) or leave it 0",
+                                 reason="bind-failed") from None
         self.mapped: Address | None = None
         self.stun_server: Address | None = None
         self._keepalive: threading.Thread | None = None

@@ -1,0 +1,288 @@
+"""The relayed path: a TURN allocation (RFC 8656) made right after the match, used when
+the plan is ``relay-needed`` or the direct attempt fails by its deadline.
+
+No new pairing round: the match answer already holds this peer's TURN REST credential
+and its exchange token (``turn.exchange``, server/relay_api.py). :class:`RelayPath`
+allocates in a background thread as soon as it is started (beside the direct attempt),
+posts the relayed address to the exchange, reads the peer's, and binds a channel to it
+(ChannelBind also installs the permission, RFC 8656 section 12.1). :meth:`connect` then
+runs the SAME authenticated handshake and :class:`~.channel.UdpChannel` as a direct
+punch, over :class:`TurnTransport` (ChannelData, section 12.4), so a fallback costs the
+handshake's round trips through the relay once the allocation is ready.
+
+A relay that disappears mid-session is silence to the channel: its keepalives go
+unanswered and the peer is reported lost (``peer-lost``) after ``peer_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+from ..errors import PunchError, SignalingError
+from ..turn import client as turn
+from ..turn.runner import TurnSession
+from .auth import StartedPake, start_pake
+from .channel import UdpChannel
+from .udp import UdpRendezvous
+
+Address = tuple[str, int]
+#: exchange polling: first gap, growth, largest gap, most requests (bounded loop)
+POLL_FIRST, POLL_GROWTH, POLL_MAX, POLL_COUNT = 0.01, 1.5, 0.25, 200
+#: the channel keeps its allocation alive: refresh/ChannelBind at most this often
+MAINTAIN_EVERY = 5.0
+#: allocation lifetime asked for (RFC 8656 section 7.2; coturn gives at least 600 s)
+LIFETIME = 600
+
+
+def _addr(d: object) -> Address | None:
+    if isinstance(d, dict) and isinstance(d.get("ip"), str) and isinstance(d.get("port"), int):
+        return d["ip"], d["port"]
+    return None
+
+
+class TurnTransport:
+    """A socket-like datagram endpoint through one TURN allocation (what
+    :class:`~.udp.UdpRendezvous` and :class:`~.channel.UdpChannel` need of a socket).
+
+    ``sendto`` wraps data for a peer in ChannelData (a Send indication before a channel
+    is bound); ``recvfrom`` returns the peers' data, answering the server's own messages
+    (refresh answers, 438 stale nonce) on the way; ``getsockname`` is the relayed
+    address. While in use it refreshes the allocation and the channel before they expire
+    (sections 8 and 12); ``close`` deletes the allocation (Refresh with lifetime 0).
+    """
+
+    def __init__(self, session: TurnSession, peer: Address, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.session, self.peer, self.clock = session, tuple(peer), clock
+        self._next_maintenance = clock() + MAINTAIN_EVERY
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.session.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.session.sock.setblocking(flag)
+
+    def getsockname(self) -> Address:
+        return self.session.client.relayed or self.session.sock.getsockname()[:2]
+
+    def setsockopt(self, *args) -> None:
+        """TTL options do not apply: the relay sends with its own."""
+
+    def sendto(self, data: bytes, address: Address) -> int:
+        self._maintain()
+        return self.session.sock.send(self.session.client.send(os.urandom(12), address, data))
+
+    def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, Address]:
+        if self.session.inbox:
+            event = self.session.inbox.popleft()
+            return event.data, event.peer
+        for _ in range(64):
+            data = self.session.sock.recv(65535)    # BlockingIOError when nothing is queued
+            for event in self.session.client.receive(data, self.clock()):
+                if isinstance(event, turn.PeerData):
+                    return event.data[:bufsize], event.peer
+                if isinstance(event, turn.Challenged):     # 438: the nonce went stale
+                    retry = self.session.client.retry(event.transaction_id, os.urandom(12),
+                                                      self.clock())
+                    self.session.sock.send(retry)
+        raise BlockingIOError("no peer data queued")
+
+    def _maintain(self) -> None:
+        now = self.clock()
+        if now < self._next_maintenance or self.session.client.relayed is None:
+            return
+        self._next_maintenance = now + MAINTAIN_EVERY
+        client = self.session.client
+        try:
+            if client.refresh_due(now):
+                self.session.sock.send(client.refresh(os.urandom(12), now, lifetime=LIFETIME))
+            elif client.permission_due(self.peer[0], now):
+                number = client.channels.get(self.peer)
+                if number is not None:      # re-binding refreshes channel and permission
+                    self.session.sock.send(client.channel_bind(os.urandom(12), self.peer,
+                                                               number, now))
+        except OSError:
+            pass       # an unreachable relay shows as silence: the channel's peer-lost
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.session.client.relayed is not None:
+                self.session.sock.send(self.session.client.refresh(os.urandom(12), self.clock(),
+                                                                   lifetime=0))
+        except (OSError, Exception):     # best effort: the allocation expires anyway
+            pass
+        self.session.close()
+
+
+class RelayPath:
+    """One side's relay: allocate, exchange relayed addresses, bind, then connect."""
+
+    def __init__(self, signaling, turn_offer: dict, match_id: str, role: str, *,
+                 key: str | bytes = b"", say: Callable[[str], None] | None = None) -> None:
+        self.signaling, self.offer = signaling, turn_offer
+        self.match_id, self.role = match_id, role
+        self.server = _addr(turn_offer.get("server"))
+        self.token = str((turn_offer.get("exchange") or {}).get("token", ""))
+        self.path = str((turn_offer.get("exchange") or {}).get("path", "/v1/relay"))
+        self._say = say or (lambda text: None)
+        self.session: TurnSession | None = None
+        self.relayed: Address | None = None
+        self.peer: Address | None = None
+        self.error: PunchError | None = None
+        self.ready_ms: float | None = None
+        #: SPAKE2's first half for the relayed handshake (single use: the direct attempt
+        #: took the one started before the match), computed in the background
+        self._key = key
+        self.pake: StartedPake | None = None
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._handed_over = False
+        self._released = False
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def offered(cls, signaling, match: dict, role: str, **kw) -> "RelayPath | None":
+        """The relay of this match's answer, None when the server offers none."""
+        offer = match.get("turn")
+        if not isinstance(offer, dict) or _addr(offer.get("server")) is None or \
+                not isinstance(offer.get("exchange"), dict) or \
+                not isinstance(offer.get("username"), str) or \
+                not isinstance(offer.get("password"), str):
+            return None
+        return cls(signaling, offer, str(match.get("match_id", "")), role, **kw)
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self, until: float) -> None:
+        """Allocate and exchange in the background, giving up at ``until`` (monotonic)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._prepare, args=(until,),
+                                            name="punch-relay", daemon=True)
+            self._thread.start()
+
+    def _fail(self, message: str, hint: str | None = None) -> None:
+        self.error = PunchError(message, hint=hint, reason="relay-failed")
+
+    def _prepare(self, until: float) -> None:
+        started = time.monotonic()
+        try:
+            self.session = TurnSession(self.server, self.offer["username"], self.offer["password"])
+            got = self.session.allocate(lifetime=LIFETIME,
+                                        timeout=max(0.1, until - time.monotonic()))
+            if not isinstance(got, turn.Allocated):
+                why = (f"{got.code} {got.reason}" if isinstance(got, turn.TurnFailure)
+                       else "no answer")
+                return self._fail(f"the TURN relay {self.server[0]}:{self.server[1]} refused or "
+                                  f"did not answer the allocation ({why})",
+                                  hint="is the relay reachable over UDP and does it share "
+                                       "serve's --turn-secret?")
+            self.relayed = got.relayed
+            self.peer = self._exchange(until)
+            if self.peer is None:
+                if not self._stop.is_set():
+                    self._fail("the peer posted no relayed address in time",
+                               hint="its relay allocation failed, or it runs an older version")
+                return
+            bound = self.session.channel_bind(self.peer,
+                                              timeout=max(0.1, until - time.monotonic()))
+            if not isinstance(bound, turn.ChannelBound):
+                return self._fail(f"the relay did not bind a channel to the peer's relayed "
+                                  f"address {self.peer[0]}:{self.peer[1]} ({bound})")
+            if self._key:
+                self.pake = start_pake(self._key, self.role)
+            self.ready_ms = (time.monotonic() - started) * 1000.0
+        except SignalingError as exc:
+            self._fail(f"relayed address exchange failed: {exc.message}", hint=exc.hint)
+        except OSError as exc:
+            self._fail(f"TURN relay socket error: {exc}")
+        finally:
+            self._done.set()
+            if self._stop.is_set():
+                self._release()
+
+    def _exchange(self, until: float) -> Address | None:
+        """Post our relayed address; poll (bounded, growing gaps) for the peer's."""
+        body = {"match_id": self.match_id, "token": self.token,
+                "relayed": {"ip": self.relayed[0], "port": self.relayed[1]}}
+        gap = POLL_FIRST
+        for i in range(POLL_COUNT):
+            answer = self.signaling.post(self.path, body if i == 0 else
+                                         {k: body[k] for k in ("match_id", "token")})
+            peer = _addr(answer.get("peer"))
+            if peer is not None:
+                return peer
+            if self._stop.wait(min(gap, max(0.0, until - time.monotonic()))) or \
+                    time.monotonic() >= until:
+                return None
+            gap = min(gap * POLL_GROWTH, POLL_MAX)
+        return None
+
+    def connect(self, key: str, deadline: float, *, keepalive_interval: float = 2.0,
+                peer_timeout: float = 10.0) -> UdpChannel:
+        """The authenticated channel through the relay, or PunchError by ``deadline``."""
+        self.start(deadline)
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            raise PunchError("the relay allocation or address exchange did not finish in time",
+                             reason="relay-failed")
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            if self._released:
+                raise PunchError("the relay was released", reason="relay-failed")
+            self._handed_over = True
+        transport = TurnTransport(self.session, self.peer)
+        rv = UdpRendezvous(transport=transport)
+        try:
+            return rv.punch([self.peer], role=self.role, deadline=deadline, prime_ttl=0,
+                            strategy="relay", key=key, match_id=self.match_id,
+                            keepalive_interval=keepalive_interval, peer_timeout=peer_timeout,
+                            pake=self.pake or start_pake(key, self.role))
+        except BaseException:
+            transport.close()
+            raise
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._handed_over or self._released:
+                return
+            self._released = True
+            session = self.session
+        if session is not None:
+            TurnTransport(session, self.peer or ("0.0.0.0", 0)).close()
+
+    def close(self) -> None:
+        """Not used (the direct path won, or the run failed): delete the allocation."""
+        self._stop.set()
+        if self._thread is None or self._done.is_set():
+            self._release()
+
+
+#: plans whose port prediction would count a new UDP flow on our NAT: the allocation
+#: waits until the direct attempt failed instead of running beside it
+_PREDICTED = ("predict", "birthday")
+
+
+def for_plan(side, match: dict, plan, protocol: str, direct_deadline: float) -> RelayPath | None:
+    """The hook of :mod:`.api`: this match's relay, already allocating where that is safe.
+
+    None without an offered relay, for TCP (the relay carries UDP punches only) or with
+    ``PunchOptions.relay=False``. Right after the match the allocation and the address
+    exchange start beside the direct attempt, so a fallback finds them ready; for a
+    ``predict``/``birthday`` plan (our NAT's next ports are counted) only on failure.
+    """
+    if protocol != "udp" or not side.opts.relay:
+        return None
+    relay = RelayPath.offered(side.client, match, side.role, key=side.key, say=side._say)
+    if relay is not None and plan.strategy not in _PREDICTED:
+        relay.start(direct_deadline + side.opts.relay_timeout)
+    return relay
