@@ -32,14 +32,18 @@ def _relayed(result: dict) -> None:
     assert result["got"] and result["acked"], result
 
 
-def test_two_random_mappings_connect_through_the_relay():
-    with Lab(LabSpec.simple("symmetric-random", "symmetric-random")) as lab:
+def _pair_with_relay(nat_a: str, nat_b: str, **kw):
+    """run_pair a1 -> b1 with coturn on srv offered by the server."""
+    with Lab(LabSpec.simple(nat_a, nat_b)) as lab:
         turn = start_turn(lab)
         try:
-            pair = run_pair(lab, "a1", "b1", turn=turn, punch_timeout=5.0)
+            return run_pair(lab, "a1", "b1", turn=turn, **kw)
         finally:
             turn.stop()
-    print(json.dumps([pair.initiator, pair.receiver]))
+
+
+def test_two_random_mappings_connect_through_the_relay():
+    pair = _pair_with_relay("symmetric-random", "symmetric-random")
     for side in (pair.initiator, pair.receiver):
         _relayed(side)
         assert "random port per destination" in side["relay_reason"], side
@@ -51,12 +55,7 @@ def test_two_random_mappings_connect_through_the_relay():
 
 
 def test_random_mapping_against_a_port_restricted_filter_uses_the_relay():
-    with Lab(LabSpec.simple("symmetric-random", "port-restricted")) as lab:
-        turn = start_turn(lab)
-        try:
-            pair = run_pair(lab, "a1", "b1", turn=turn)
-        finally:
-            turn.stop()
+    pair = _pair_with_relay("symmetric-random", "port-restricted")
     for side in (pair.initiator, pair.receiver):
         _relayed(side)
         assert "filters by address and port" in side["relay_reason"], side
@@ -91,13 +90,85 @@ def test_a_failed_direct_attempt_falls_back_after_its_deadline():
 
 
 def test_a_punchable_pair_stays_direct_with_a_relay_offered():
-    with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
-        turn = start_turn(lab)
-        try:
-            pair = run_pair(lab, "a1", "b1", turn=turn)
-        finally:
-            turn.stop()
+    pair = _pair_with_relay("port-restricted", "full-cone")
     assert pair.ok and pair.data_both_ways, pair
     for side in (pair.initiator, pair.receiver):
         assert side["strategy"] == "simultaneous" and side["relayed"] is False, side
         assert side["relay"] is None and side["relay_reason"] is None, side
+
+
+#: a lab peer that connects, says so, then keeps the channel busy until the peer is lost
+#: (bounded: at most 150 rounds of 0.2 s)
+LOSE = r"""
+import json, sys, time
+from stunturn_diag.errors import StunturnError
+from stunturn_diag.punch import api
+role, url, key, target = sys.argv[1:5]
+opts = dict(peer_timeout=2.0, keepalive_interval=0.5, probe=False, cache=False,
+            nat_profile={"udp": {"mapping": "address-and-port-dependent",
+                                 "filtering": "address-and-port-dependent",
+                                 "port_allocation": "random"}})
+if role == "initiator":
+    r = api.initiate(url, key, target, protocol="udp", pair_timeout=15, **opts)
+else:
+    r = api.receive(url, key, protocol="udp", wait=15, wait_interval=0.05, **opts)
+out = r.as_dict(); ch = r.connection
+print("connected", flush=True, file=sys.stderr)
+for _ in range(150):
+    try:
+        ch.send(b"ping")
+        ch.recv(timeout=0.2)
+    except TimeoutError:
+        continue
+    except StunturnError as e:
+        out.update(lost=True, reason=getattr(e, "reason", None), lost_at=time.monotonic())
+        break
+ch.close()
+print(json.dumps(out))
+"""
+
+FORGED = r"""
+import json, sys, time
+from stunturn_diag.turn import TurnFailure, rest_credentials
+from stunturn_diag.turn.runner import TurnSession
+server = (sys.argv[1], int(sys.argv[2]))
+wrong = rest_credentials("not-the-secret", now=time.time(), ttl=600, random_id="x")
+out = []
+for user, password in (("nobody", "nothing"), (wrong["username"], wrong["password"])):
+    with TurnSession(server, user, password) as s:
+        got = s.allocate(timeout=3)
+        out.append(got.code if isinstance(got, TurnFailure) else repr(got))
+print(json.dumps(out))
+"""
+
+
+def test_only_issued_credentials_allocate_and_a_vanished_relay_is_a_lost_peer():
+    import time
+
+    with Lab(LabSpec.simple("symmetric-random", "symmetric-random")) as lab:
+        turn = start_turn(lab)
+        try:
+            # without the match's credential (none, or one of another secret): 401
+            forged = lab.exec("a1", [sys.executable, "-c", FORGED, *map(str, turn.address)],
+                              timeout=30)
+            assert json.loads(forged.stdout) == [401, 401], forged.stderr
+            start_server(lab, turn=turn)
+            url, target = f"http://{lab.server_ip}:{HTTP_PORT}", lab.site_public_ip("b")
+            procs = [lab.popen(host, [sys.executable, "-c", LOSE, role, url, "lab-key-0123",
+                                      target]) for host, role in (("a1", "initiator"),
+                                                                   ("b1", "receiver"))]
+            for proc in procs:     # bounded: a peer writes a handful of lines before this
+                for _ in range(50):
+                    line = proc.stderr.readline()
+                    if not line or line.startswith("connected"):
+                        break
+                assert line.startswith("connected"), line
+            stopped_at = time.monotonic()
+            turn.stop()                     # the relay vanishes mid-session (by PID)
+            results = [parse_peer_output(*p.communicate(timeout=60)) for p in procs]
+        finally:
+            turn.stop()
+    for side in results:
+        assert side["strategy"] == "relay", side
+        assert side.get("lost") and side["reason"] == "peer-lost", side
+        assert side["lost_at"] > stopped_at, side
