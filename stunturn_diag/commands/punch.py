@@ -133,12 +133,18 @@ def _failure(exc: StunturnError) -> dict:
               help="Local address/port to punch from.")
 @click.option("--peer-timeout", type=float, default=10.0, show_default=True,
               help="UDP: seconds of silence after which the peer counts as lost.")
+@click.option("--relay/--no-relay", "use_relay", default=True, show_default=True,
+              help="UDP: fall back to the server's TURN relay (serve --turn-server) when the "
+                   "plan needs one or the direct attempt fails by --punch-timeout.")
+@click.option("--relay-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds the relayed handshake may take once the fallback starts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @tls_options
 @click.pass_context
 def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_interval, pair_timeout,
             punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, no_cache,
-            birthday, prime_ttl, bind, peer_timeout, quiet, ca_file, insecure) -> None:
+            birthday, prime_ttl, bind, peer_timeout, use_relay, relay_timeout, quiet, ca_file,
+            insecure) -> None:
     """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
     from ..punch import api, relay
 
@@ -159,7 +165,8 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
             prime_ttl=prime_ttl or None, birthday=birthday, nat_profile=_load_profile(nat_profile),
             probe=probe, cache=not no_cache,
             local_ip=local_ip, local_port=local_port,
-            peer_timeout=peer_timeout, progress=say, tls=tls)
+            peer_timeout=peer_timeout, relay=use_relay, relay_timeout=relay_timeout,
+            progress=say, tls=tls)
         if target_ip:
             result = api.initiate(server_url, key, target_ip, protocol=opts.protocol, options=opts)
         else:
@@ -175,7 +182,8 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
         return
     peer = f"{result.peer[0]}:{result.peer[1]}"
     say(f"connected to {peer} over {result.protocol} ({result.strategy}, "
-        f"{result.connect_ms:.0f} ms after the match); authenticated")
+        f"{result.connect_ms:.0f} ms after the match); authenticated"
+        + (f"; relayed because {result.relay_reason}" if result.relay else ""))
     try:
         if forward_addr:
             say(f"forwarding to {forward_addr[0]}:{forward_addr[1]}")
