@@ -47,10 +47,11 @@ def _pcp_protocol(protocol: str) -> int:
 
 
 def create(method: str, protocol: str, internal_port: int, *, lifetime: int = 600,
-           gateway: str | None = None, timeout: float = 2.0, internal_ip: str | None = None
-           ) -> Mapping:
+           gateway: str | None = None, timeout: float = 2.0, internal_ip: str | None = None,
+           nonce: bytes | None = None, external_port: int | None = None) -> Mapping:
     """Ask the gateway (default: the default route's) for ``protocol``/``internal_port``;
-    the external port suggested is the internal one."""
+    the external port suggested is ``external_port`` or the internal one. ``nonce``
+    (PCP) renews a mapping made with it (RFC 6887 section 11.2.1): see :func:`renew`."""
     gateway = gateway or runner.default_gateway()
     m = Mapping(method, protocol, internal_port, gateway=gateway)
     if gateway is None:
@@ -59,8 +60,8 @@ def create(method: str, protocol: str, internal_port: int, *, lifetime: int = 60
     deadline = time.monotonic() + timeout
     if method == "pcp":
         req, resp = runner.pcp_map(gateway, _pcp_protocol(protocol), internal_port,
-                                   lifetime=lifetime, suggested_port=internal_port,
-                                   deadline=deadline)
+                                   lifetime=lifetime, suggested_port=external_port or internal_port,
+                                   deadline=deadline, nonce=nonce)
         m.nonce = req.map.nonce if req.map else None
         if resp is not None:
             m.ok, m.result = resp.ok, resp.result_name
@@ -69,7 +70,8 @@ def create(method: str, protocol: str, internal_port: int, *, lifetime: int = 60
                 m.lifetime = resp.lifetime
     elif method == "nat-pmp":
         resp = runner.natpmp_request(gateway, natpmp.MappingRequest(
-            natpmp.protocol_opcode(protocol), internal_port, internal_port, lifetime),
+            natpmp.protocol_opcode(protocol), internal_port, external_port or internal_port,
+            lifetime),
             deadline=deadline)
         addr = runner.natpmp_request(gateway, natpmp.ExternalAddressRequest(), deadline=deadline)
         if resp is not None:
@@ -121,6 +123,13 @@ def _upnp_create(m: Mapping, lifetime: int, deadline: float, internal_ip: str | 
         ext = runner.soap_call(igd, "GetExternalIPAddress", deadline=deadline)
         if ext is not None and ext.ok:
             m.external_ip = ext.values.get("NewExternalIPAddress") or None
+
+
+def renew(m: Mapping, *, lifetime: int, timeout: float = 2.0) -> Mapping:
+    """The same mapping again before it expires (PCP with its nonce, RFC 6887 section 15;
+    NAT-PMP and UPnP by repeating the request, RFC 6886 section 3.3)."""
+    return create(m.method, m.protocol, m.internal_port, lifetime=lifetime, gateway=m.gateway,
+                  timeout=timeout, nonce=m.nonce, external_port=m.external_port)
 
 
 def delete(m: Mapping, *, timeout: float = 2.0) -> bool:

@@ -54,9 +54,9 @@ from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
 from .keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
+from . import portmap_path, relay_path
 from .secure_stream import authenticate_stream
 from .wire import Role
-from . import relay_path
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
@@ -146,6 +146,8 @@ class PunchResult:
     #: through the TURN relay: our relayed address, and why the direct path was not taken
     relay: Address | None = None
     relay_reason: str | None = None
+    #: strategy portmap, the side reached: its gateway-mapped address
+    portmap: Address | None = None
 
     def as_dict(self) -> dict:
         def addr(a):
@@ -155,7 +157,8 @@ class PunchResult:
                 "mapped": addr(self.mapped), "peer": addr(self.peer),
                 "strategy": self.strategy, "connect_ms": round(self.connect_ms, 1),
                 "explanation": self.explanation, "relayed": self.relay is not None,
-                "relay": addr(self.relay), "relay_reason": self.relay_reason}
+                "relay": addr(self.relay), "relay_reason": self.relay_reason,
+                "portmap": addr(self.portmap)}
 
     def close(self) -> None:
         self.connection.close()
@@ -305,6 +308,8 @@ class _Side:
         self._cached_public_ip: str | None = None
         self.rendezvous = ""
         self.pake: StartedPake | None = None
+        #: the gateway's mapping of the UDP punch port (portmap_path), when usable
+        self._portmap: portmap_path.PortMapping | None = None
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -326,6 +331,9 @@ class _Side:
                        "transports": list(self.prepared)}
         if self.unavailable:
             punch["unavailable"] = {p: why[:_WHY_MAX] for p, why in self.unavailable.items()}
+        mapped = self._portmap.address if self._portmap is not None else None
+        if mapped is not None:
+            punch["portmap"] = {"ip": mapped[0], "port": mapped[1]}
         nat["punch"] = punch
         out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
         for proto, (_rv, mapped, local) in self.prepared.items():
@@ -430,6 +438,9 @@ class _Side:
                 self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
                                             f"from the server (is {proto.upper()} blocked here?)")
         profile = probe_profile(result)
+        if isinstance(result.port_mapping, dict):     # for portmap_path (not sent as such)
+            profile["port_mapping"] = {k: result.port_mapping.get(k)
+                                       for k in ("pcp", "nat_pmp", "upnp", "usable")}
         self.profile = profile
         self._say(f"NAT profile ({(time.monotonic() - started) * 1000:.0f} ms): {profile}")
         if self._cache is not None and self._cache_key is not None and profile:
@@ -619,6 +630,7 @@ class _Side:
             self.pake = start_pake(self.key, self.role)     # SPAKE2's first half: before the match
             if self.role == "initiator" and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
+            self._portmap = portmap_path.offer(self)
             match = self._pair()
             t_match = time.monotonic()
             protocol = match.get("protocol", self.protocols[0])
@@ -634,9 +646,16 @@ class _Side:
             rv, mapped, _local = self.prepared[protocol]
             mine = self._details()            # as the peer got them (before dropping the others)
             self.prepared = {protocol: self.prepared[protocol]}
-            return self._punch(rv, match, protocol, mapped, t_match, mine)
+            result = self._punch(rv, match, protocol, mapped, t_match, mine)
+            if self._portmap is not None and result.strategy == "portmap" and \
+                    result.portmap is not None:
+                self._portmap.keep_for(result.connection)    # renewed until it closes
+                self._portmap = None
+            return result
         finally:
             self._close_prepared()
+            if self._portmap is not None:                   # not used: deleted now
+                self._portmap.release()
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
                t_match: float, mine: dict | None = None) -> PunchResult:
@@ -726,8 +745,10 @@ class _Side:
                            "strategy": plan.strategy, "explanation": plan.explanation}
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
+        reached = plan.strategy == "portmap" and plan.portmap_side == self.role
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
-                           plan.strategy, connect_ms, plan.explanation, plan.notes)
+                           plan.strategy, connect_ms, plan.explanation, plan.notes,
+                           portmap=self._portmap.address if reached and self._portmap else None)
 
 
 __all__ = ["initiate", "receive", "PunchOptions", "PunchResult", "PunchError", "SignalingError",

@@ -178,6 +178,16 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
         raise PunchError("the peer sent no server-reflexive address (details.srflx)",
                          hint="the peer's STUN binding failed or it runs an old version",
                          reason="no-peer-address")
+    if plan.strategy == "portmap":
+        if plan.portmap_side == my_role:
+            return Targets([])           # reached at our mapped address: only answer
+        nat = peer_details.get("nat") if isinstance(peer_details, dict) else None
+        punch = nat.get("punch") if isinstance(nat, dict) else None
+        mapped = address_of(punch.get("portmap")) if isinstance(punch, dict) else None
+        if mapped is None:
+            raise PunchError("the plan is portmap but the peer sent no mapped address",
+                             reason="no-peer-address")
+        return Targets([mapped])
     ip, port = srflx
     window = plan.predict_for(peer_role)
     if window:

@@ -64,6 +64,8 @@ class UdpChannel:
         self.lost = False
         self.closed = False
         self.foreign = 0
+        #: called once by close(), after the sockets closed (e.g. delete a port mapping)
+        self.on_close: list = []
         # frames that arrived while the punch loop was still confirming
         for data, src in pending or []:
             self._handle(data, src)
@@ -116,6 +118,8 @@ class UdpChannel:
         self._thread.join(2.0)
         for s in [self.sock, *self._extra]:
             s.close()
+        for hook in self.on_close:
+            hook()
 
     def stats(self) -> dict:
         """Dropped-and-counted input: frames by cause, foreign sources, handshake drops."""

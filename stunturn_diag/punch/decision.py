@@ -18,6 +18,12 @@ Reasoning (RFC 4787 sections 4.1, 4.2.1 and 5; RFC 5128 section 3):
   filtering); facing a port-dependent filter it needs the bounded many-ports attempt
   ("birthday", opt-in on both sides), otherwise a relay (TURN, RFC 8656).
 * Two random dependent mappings cannot be punched at all.
+* A side whose gateway mapped its punch port (PCP RFC 6887, NAT-PMP RFC 6886 or UPnP
+  IGD; ``details.nat.punch.portmap``) is reachable at that address from anywhere: where
+  the plan would otherwise need a relay or the birthday attempt, the other side sends
+  to the mapped address and the mapped side only answers (``portmap``). Answering keeps
+  its replies on the mapping (the NAT's connection tracking reverses the inbound
+  flow); sending first would open a new, random mapping toward the peer instead.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class NatProfile:
     filtering: Filtering | None = None
     allocation: PortAllocation | None = None
     birthday_ok: bool = False
+    #: its gateway mapped the punch port (the address is in details.nat.punch.portmap)
+    portmap: bool = False
 
     @property
     def known(self) -> bool:
@@ -101,7 +109,13 @@ def profile_from_details(nat: object, protocol: str) -> NatProfile:
         filtering=_enum(Filtering, section.get("filtering")),
         allocation=_enum(PortAllocation, section.get("port_allocation")),
         birthday_ok=punch.get("birthday") is True,
+        portmap=_is_address(punch.get("portmap")),
     )
+
+
+def _is_address(value: object) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("ip"), str)
+            and isinstance(value.get("port"), int) and 0 < value["port"] < 65536)
 
 
 @dataclass(frozen=True)
@@ -113,13 +127,15 @@ class Plan:
     allocates randomly (it opens many sockets; the other sprays random ports).
     """
 
-    strategy: str                 # "lan" | "simultaneous" | "predict" | "birthday" | "relay-needed"
+    strategy: str    # "lan" | "simultaneous" | "predict" | "birthday" | "portmap" | "relay-needed"
     feasible: bool
     explanation: str
     predict_initiator: int = 0
     predict_receiver: int = 0
     birthday_side: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: portmap: the role reached at its mapped address (it only answers)
+    portmap_side: str | None = None
 
     def predict_for(self, role: str) -> int:
         return self.predict_initiator if role == "initiator" else self.predict_receiver
@@ -130,8 +146,25 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
     """Choose the punching strategy; deterministic in (initiator, receiver) order.
 
     The birthday attempt is planned for UDP only (``protocol="udp"``); over TCP a
-    random mapping facing a port-dependent filter is ``relay-needed``.
+    random mapping facing a port-dependent filter is ``relay-needed``. A gateway port
+    mapping (UDP) replaces ``relay-needed`` and ``birthday`` by ``portmap``; when both
+    sides have one, the receiver is the one reached.
     """
+    plan = _decide_punch(initiator, receiver, same_public_ip=same_public_ip, protocol=protocol)
+    if plan.strategy not in ("relay-needed", "birthday") or protocol != "udp":
+        return plan
+    side = "receiver" if receiver.portmap else "initiator" if initiator.portmap else None
+    if side is None:
+        return plan
+    other = Role(side).other.value
+    return Plan("portmap", True, f"the {side}'s gateway mapped its punch port (PCP, NAT-PMP or "
+                f"UPnP): the {other} sends to the mapped address, the {side} answers from it "
+                f"(else: {plan.explanation})", notes=plan.notes, portmap_side=side)
+
+
+def _decide_punch(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool,
+                  protocol: str) -> Plan:
+    """The plan without port mappings."""
     if same_public_ip:
         return Plan("lan", True, "both peers share a public address: connect over the LAN "
                                  "(and the NAT's hairpin, if any)")
