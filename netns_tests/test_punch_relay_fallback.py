@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import (HTTP_PORT, parse_peer_output, run_pair, start_server,
-                                        start_turn)
+from stunturn_diag.punch.labkit import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
+                                        start_server, start_turn)
 
 pytestmark = pytest.mark.netns
 
@@ -32,18 +31,8 @@ def _relayed(result: dict) -> None:
     assert result["got"] and result["acked"], result
 
 
-def _pair_with_relay(nat_a: str, nat_b: str, **kw):
-    """run_pair a1 -> b1 with coturn on srv offered by the server."""
-    with Lab(LabSpec.simple(nat_a, nat_b)) as lab:
-        turn = start_turn(lab)
-        try:
-            return run_pair(lab, "a1", "b1", turn=turn, **kw)
-        finally:
-            turn.stop()
-
-
 def test_two_random_mappings_connect_through_the_relay():
-    pair = _pair_with_relay("symmetric-random", "symmetric-random")
+    pair = run_pair_with_relay("symmetric-random", "symmetric-random")
     for side in (pair.initiator, pair.receiver):
         _relayed(side)
         assert "random port per destination" in side["relay_reason"], side
@@ -55,7 +44,7 @@ def test_two_random_mappings_connect_through_the_relay():
 
 
 def test_random_mapping_against_a_port_restricted_filter_uses_the_relay():
-    pair = _pair_with_relay("symmetric-random", "port-restricted")
+    pair = run_pair_with_relay("symmetric-random", "port-restricted")
     for side in (pair.initiator, pair.receiver):
         _relayed(side)
         assert "filters by address and port" in side["relay_reason"], side
@@ -66,31 +55,16 @@ def test_a_failed_direct_attempt_falls_back_after_its_deadline():
     then the relay connects without a new pairing round."""
     lie = {"udp": {"mapping": "endpoint-independent", "filtering": "endpoint-independent",
                    "port_allocation": "preserving"}}
-    with Lab(LabSpec.simple("symmetric-random", "symmetric-random")) as lab:
-        turn = start_turn(lab)
-        try:
-            start_server(lab, turn=turn)
-            url = f"http://{lab.server_ip}:{HTTP_PORT}"
-            target = lab.site_public_ip("b")
-            from stunturn_diag.punch.labkit import PEER
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            args = [json.dumps(lie), "1.5", "2", "0", "15", "0"]
-            ini = lab.popen("a1", [sys.executable, "-c", PEER, "initiator", url, "lab-key-0123",
-                                   target, *args], env=env)
-            rec = lab.popen("b1", [sys.executable, "-c", PEER, "receiver", url, "lab-key-0123",
-                                   target, *args], env=env)
-            ro, re_ = rec.communicate(timeout=60)
-            io, ie = ini.communicate(timeout=60)
-        finally:
-            turn.stop()
-    for side in (parse_peer_output(io, ie), parse_peer_output(ro, re_)):
+    pair = run_pair_with_relay("symmetric-random", "symmetric-random", profile_json=json.dumps(lie),
+                            punch_timeout=1.5)
+    for side in (pair.initiator, pair.receiver):
         _relayed(side)
         assert side["relay_reason"].startswith("the direct attempt failed"), side
         assert 1500 <= side["connect_ms"], side
 
 
 def test_a_punchable_pair_stays_direct_with_a_relay_offered():
-    pair = _pair_with_relay("port-restricted", "full-cone")
+    pair = run_pair_with_relay("port-restricted", "full-cone")
     assert pair.ok and pair.data_both_ways, pair
     for side in (pair.initiator, pair.receiver):
         assert side["strategy"] == "simultaneous" and side["relayed"] is False, side

@@ -189,11 +189,12 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
              birthday: bool = False, server: bool = True, pair_wait: float = 15.0,
              linger: float = 0.0, urls: tuple[str, str] | None = None,
-             turn: TurnServer | None = None) -> PairResult:
+             turn: TurnServer | None = None, profile_json: str | None = None) -> PairResult:
     """``linger``: keep exchanging data at least this many seconds after the start;
     ``urls``: (initiator's, receiver's) signaling servers when they differ (several
     instances sharing a Redis), started by the caller; ``turn``: the relay the server
-    offers (:func:`start_turn`)."""
+    offers (:func:`start_turn`); ``profile_json``: the NAT profile both peers claim
+    (default: each site's ground truth)."""
     if server and urls is None:
         start_server(lab, turn=turn)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
@@ -202,7 +203,8 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
     env = dict(os.environ, PYTHONUNBUFFERED="1", STUNTURN_KEY=key)
 
     def peer(host: str, role: str) -> subprocess.Popen:
-        profile = json.dumps(lab.expected(lab.site_of(host))) if profiles else "-"
+        profile = (profile_json or json.dumps(lab.expected(lab.site_of(host)))) if profiles \
+            else "-"
         url = initiator_url if role == "initiator" else receiver_url
         return lab.popen(host, [sys.executable, "-c", PEER, role, url, target, profile,
                                 str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
@@ -230,3 +232,22 @@ def unprivileged_argv(argv: list[str]) -> list[str]:
     """``argv`` wrapped to run as an ordinary user (nobody, no network capability); needs root."""
     return [*UNPRIVILEGED_PREFIX, *argv]
 
+
+
+#: the three paths of issue 12, one NAT pair each: (path, initiator NAT, receiver NAT)
+PATH_PAIRS = [("direct", "port-restricted", "full-cone"),
+              ("portmap", "symmetric-random+portmap", "port-restricted"),
+              ("relay", "symmetric-random", "symmetric-random")]
+
+
+def run_pair_with_relay(nat_a: str, nat_b: str, **kw) -> PairResult:
+    """A fresh lab of ``nat_a`` (a1, initiator) and ``nat_b`` (b1), coturn on srv offered
+    by the server, :func:`run_pair`; everything torn down afterwards."""
+    from ..lab import Lab, LabSpec
+
+    with Lab(LabSpec.simple(nat_a, nat_b)) as lab:
+        turn = start_turn(lab)
+        try:
+            return run_pair(lab, "a1", "b1", turn=turn, **kw)
+        finally:
+            turn.stop()
