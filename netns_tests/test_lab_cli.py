@@ -139,9 +139,36 @@ def test_demo_variants_exchange_messages(args, initiator, receiver):
         assert report["sites"]["b"]["cgnat"] == "port-restricted"
 
 
-def test_demo_reports_an_unpunchable_pair_honestly():
+def test_demo_connects_an_unpunchable_pair_through_the_relay():
     code, report, err = _demo_cli("--site-a", "symmetric-random", "--site-b",
                                   "symmetric-random")
+    punch = report["steps"][-1]
+    assert code == 0 and report["ok"] is True, err
+    assert report["relay"] == {"ip": "198.51.100.10", "port": 3480}
+    for role in ("initiator", "receiver"):
+        result = punch[role]["result"]
+        assert result["strategy"] == "relay" and result["relayed"] is True
+        assert result["relay_reason"].startswith("relay-needed")    # the probes were shared
+    assert punch["exchange"] == {"a1 -> b1": True, "b1 -> a1": True}
+    assert "talked through the TURN relay over UDP" in render(report)
+
+
+def test_demo_paths_shows_direct_portmap_and_relay():
+    code, report, err = _demo_cli("--paths")
+    assert code == 0 and report["ok"] is True, err
+    paths = {s["step"]: s for s in report["steps"] if s["step"].startswith("path ")}
+    assert list(paths) == ["path direct", "path portmap", "path relay"]
+    used = {name: (s["initiator"]["result"]["strategy"], s["receiver"]["result"]["strategy"])
+            for name, s in paths.items()}
+    assert used == {"path direct": ("simultaneous", "simultaneous"),
+                    "path portmap": ("portmap", "portmap"), "path relay": ("relay", "relay")}
+    text = render(report)
+    assert "reached at its gateway mapping" in text and "(relayed: relay-needed" in text
+
+
+def test_demo_reports_an_unpunchable_pair_honestly():
+    code, report, err = _demo_cli("--site-a", "symmetric-random", "--site-b",
+                                  "symmetric-random", "--no-relay")
     punch = report["steps"][-1]
     assert code == 1 and report["ok"] is False
     assert [s["status"] for s in report["steps"][:3]] == ["ok", "ok", "ok"]

@@ -166,15 +166,21 @@ def catalogue_cmd(as_json) -> None:
 @command.command("demo")
 @_site_options
 @click.option("--protocol", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
+@click.option("--paths", is_flag=True,
+              help="Also three quick labs: a direct pair, one through a gateway port mapping "
+                   "and one only the TURN relay connects.")
+@click.option("--relay/--no-relay", "relay", default=True, show_default=True,
+              help="Run coturn on the server host (when installed) and offer it to the peers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, as_json) -> None:
+def demo_cmd(site_a, site_b, protocol, cgnat, same_nat, paths, relay, as_json) -> None:
     """Server + probe from each site + a punch from site a to site b that carries a
     message each way, in a fresh lab that is torn down afterwards (exit 0: all worked)."""
     from ..lab.demo import render, run_demo
 
     site_a, site_b = _sites(site_a, site_b, same_nat)
     report = run_demo(site_a, site_b, protocol=protocol, cgnat=tuple(cgnat),
-                      same_nat=same_nat, progress=progress)
+                      same_nat=same_nat, paths=paths, relay=relay,
+                      progress=progress)
     if as_json:
         emit_json(report)
     else:

@@ -5,7 +5,10 @@ on the server host, probes the NAT from a host in each site and compares the ver
 with the catalogue's ground truth, then punches from site a (initiator) to site b
 (receiver), each side sharing its probe report as NAT profile, and has each side send
 the other a message through the punched channel (:mod:`.demo_peer`, the punch library
-API). Every step's outcome is recorded, including failures; the lab is always torn
+API). When coturn's ``turnserver`` is installed it runs on the server host and ``serve``
+offers it, so a pair that cannot be punched connects through the relay; ``paths=True``
+(``lab demo --paths``) then shows, in three more quick labs, a direct pair, a pair that
+connects through a gateway port mapping and one that connects only through the relay. Every step's outcome is recorded, including failures; the lab is always torn
 down (also on Ctrl-C or SIGTERM; after ``kill -9``, ``stunturn-diag lab down --all``).
 """
 
@@ -15,6 +18,7 @@ import json
 import os
 import secrets
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..errors import StunturnError
+from ..punch.labkit import PATH_PAIRS, run_pair_with_relay, start_turn
 from .runner import Lab, check_prerequisites, sigterm_interrupts
 from .spec import LabSpec
 
@@ -107,6 +113,7 @@ def _run(proc: subprocess.Popen, timeout: float) -> tuple[str, str, int | None]:
 
 def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
              protocol: str = "udp", cgnat: tuple[str, ...] = (), same_nat: bool = False,
+             paths: bool = False, relay: bool = True,
              progress: Callable[[str], None] = lambda message: None) -> dict:
     """Run the demo; returns a JSON-able report (``"ok"``: every step succeeded).
 
@@ -116,10 +123,32 @@ def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
     spec = LabSpec.simple(site_a, site_b, cgnat=cgnat, same_nat=same_nat)
     check_prerequisites()
     with sigterm_interrupts():
-        return _run_demo(spec, protocol, progress)
+        report = _run_demo(spec, protocol, progress, relay)
+        if paths:
+            report["steps"] += [_path_step(*pair, progress) for pair in PATH_PAIRS]
+            report["ok"] = report["ok"] and all(s["status"] == "ok" for s in report["steps"])
+        return report
 
 
-def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> dict:
+def _path_step(path: str, nat_a: str, nat_b: str, progress) -> dict:
+    """One quick lab whose pair should connect over ``path`` (direct, portmap, relay)."""
+    progress(f"path {path}: {nat_a} (a1) -> {nat_b} (b1), with a TURN relay offered")
+    step = {"step": f"path {path}", "nat": [nat_a, nat_b]}
+    try:
+        pair = run_pair_with_relay(nat_a, nat_b)
+    except StunturnError as exc:
+        return step | {"status": "failed", "stderr": str(exc)}
+    used = pair.initiator.get("strategy")
+    want = used if path == "direct" and used not in ("portmap", "relay") else path
+    step.update(status="ok" if pair.ok and pair.data_both_ways and used == want else "failed",
+                initiator={"result": pair.initiator}, receiver={"result": pair.receiver})
+    progress(f"  path {path}: {step['status']} ({used}, "
+             f"{pair.initiator.get('connect_ms')} ms after the match)")
+    return step
+
+
+def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None],
+              relay: bool = True) -> dict:
     report: dict = {"sites": {}, "steps": []}
     lab = Lab(spec)
     progress(f"building lab {lab.name}: " + ", ".join(
@@ -140,9 +169,11 @@ def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> 
             "receiver": {"host": receiver, "site": lab.site_of(receiver),
                          "public_ip": lab.site_public_ip(lab.site_of(receiver))}}
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
+        turn = _start_turn(lab, report, progress) if relay else None
         progress(f"starting the server on {lab.server} ({url}, alternate IP {lab.server_alt_ip})")
         serve = lab.popen(lab.server, _cli("serve", f"{lab.server_ip}:{HTTP_PORT}",
-                                           "--alt-ip", lab.server_alt_ip, "--json"))
+                                           "--alt-ip", lab.server_alt_ip, "--json",
+                                           *(turn.flags if turn else [])))
         line = _read_line(serve, SERVE_READY_TIMEOUT)
         info = _json_line(line or "")
         if info is None:
@@ -171,10 +202,28 @@ def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None]) -> 
             report["steps"].append(step)
             progress(f"  probe {site}: {step['status']}")
         report["steps"].append(_punch(lab, url, protocol, report, progress))
+        if turn is not None:
+            turn.stop()
     progress("lab torn down")
     report["ok"] = all(s["status"] == "ok" and not s.get("comparison", {}).get("mismatches")
                        for s in report["steps"])
     return report
+
+
+def _start_turn(lab: Lab, report: dict, progress):
+    """coturn on the server host when installed (else the demo runs without a relay)."""
+    if shutil.which("turnserver") is None:
+        report["relay"] = None
+        return None
+    try:
+        turn = start_turn(lab)
+    except StunturnError as exc:
+        progress(f"no TURN relay: {exc}")
+        report["relay"] = None
+        return None
+    report["relay"] = {"ip": turn.address[0], "port": turn.address[1]}
+    progress(f"TURN relay (coturn) on {turn.address[0]}:{turn.address[1]}")
+    return turn
 
 
 def _punch(lab: Lab, url: str, protocol: str, report: dict, progress) -> dict:
@@ -239,9 +288,12 @@ def _render_side(role: str, side: dict) -> list[str]:
     who = f"{role} {side.get('host', '')}".rstrip()
     if res.get("ok"):
         mapped = f" (mapped {_addr(res['mapped'])})" if res.get("mapped") else ""
+        via = (f" (relayed: {res.get('relay_reason')})" if res.get("relayed") else
+               f" (reached at its gateway mapping {_addr(res['portmap'])})"
+               if res.get("portmap") else "")
         return [f"    {who}: {_addr(res.get('local'))}{mapped} -> peer "
                 f"{_addr(res.get('peer'))}, authenticated {res.get('connect_ms')} ms "
-                "after the match"]
+                f"after the match{via}"]
     if res:
         return [f"    {who}: failed ({res.get('reason')})"]
     return [f"    {who}: {side['status']}"]
@@ -335,7 +387,9 @@ def render(report: dict) -> str:
             for miss in comparison["mismatches"]:
                 lines.append(f"    ! {miss['key']}: probe says {miss['observed']}, "
                              f"lab is {miss['expected']}")
-        if name.startswith("punch"):
+        if name.startswith("punch") or name.startswith("path "):
+            if step.get("nat"):
+                lines.append(f"    {step['nat'][0]} (a1) -> {step['nat'][1]} (b1)")
             lines += _render_punch(step)
         if status != "ok":
             for key in ("stderr", "stdout"):
@@ -348,8 +402,11 @@ def render(report: dict) -> str:
         peers = report.get("peers", {})
         ini, rec = (peers.get(r, {}).get("host", "?") for r in ("initiator", "receiver"))
         proto = next((s.get("protocol") for s in report["steps"] if s.get("protocol")), "?")
+        punch = next((s for s in report["steps"] if s["step"].startswith("punch")), {})
+        how = ("through the TURN relay" if ((punch.get("initiator") or {}).get("result") or {})
+               .get("relayed") else "directly")
         lines.append(f"result: every step succeeded: the probes agree with the lab's ground "
-                     f"truth and {ini} and {rec} talked directly over {proto.upper()}")
+                     f"truth and {ini} and {rec} talked {how} over {proto.upper()}")
     else:
         failed = [s["step"] + (f" ({_reason(s)})" if _reason(s) else "")
                   for s in report["steps"] if s["status"] != "ok"
