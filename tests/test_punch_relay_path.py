@@ -74,6 +74,30 @@ def test_both_peers_connect_through_the_relay(matched):
     assert all(ch.sock.closed for ch in chans.values())
 
 
+def test_the_allocation_is_refreshed_while_in_use(matched):
+    """Near its expiry (RFC 8656 section 8) the next datagram sends a Refresh first;
+    coturn's answer renews the allocation (read by the channel's service thread)."""
+    client, init, recv = matched
+    paths, chans = _connect_both(client, init, recv)
+    try:
+        a = chans["initiator"]
+        turn = a.sock.session.client
+        old = turn.expires
+        later = time.monotonic() + 590          # 10 s before the 600 s lifetime ends
+        a.sock.clock = lambda: later
+        a.sock._next_maintenance = 0
+        assert turn.refresh_due(a.sock.clock())
+        a.send(b"keep it")
+        assert chans["receiver"].recv(5) == b"keep it"
+        # expires = the fake now + the granted lifetime: only a Refresh answer sets that
+        wait_for(lambda: turn.expires is not None and turn.expires >= later + 500,
+                 what="the allocation refreshed")
+        assert turn.expires > old + 400      # renewed from the (fake) now, not the allocation
+    finally:
+        for ch in chans.values():
+            ch.close()
+
+
 def test_a_token_of_another_match_cannot_use_the_exchange(matched):
 
     client, init, _recv = matched

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import PunchError, SignalingError
+from ..errors import PunchError, SignalingError, TurnError
 from ..turn import client as turn
 from ..turn.runner import TurnSession
 from .auth import StartedPake, start_pake
@@ -116,7 +116,7 @@ class TurnTransport:
             if self.session.client.relayed is not None:
                 self.session.sock.send(self.session.client.refresh(os.urandom(12), self.clock(),
                                                                    lifetime=0))
-        except (OSError, Exception):     # best effort: the allocation expires anyway
+        except (OSError, TurnError):     # best effort: the allocation expires anyway
             pass
         self.session.close()
 
