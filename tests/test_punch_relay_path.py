@@ -5,6 +5,7 @@ exchange; an unused relay path frees its allocation."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -124,3 +125,18 @@ def test_no_relay_without_an_offer_or_exchange():
     assert RelayPath.offered(None, {"match_id": "ab"}, "initiator") is None
     assert RelayPath.offered(None, {"turn": {"server": {"ip": "192.0.2.1", "port": 3478},
                                             "username": "u", "password": "p"}}, "initiator") is None
+
+
+def test_a_silent_relay_is_a_relay_failure_within_the_deadline():
+    from testlib import free_port
+
+    offer = {"match_id": "ab" * 8, "turn": {
+        "server": {"ip": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM)},
+        "username": "1:x", "password": "p", "exchange": {"path": "/v1/relay", "token": "t"}}}
+    path = RelayPath.offered(None, offer, "initiator")
+    started = time.monotonic()
+    with pytest.raises(PunchError) as err:
+        path.connect(KEY, started + 3)
+    assert err.value.reason == "relay-failed" and "did not answer" in err.value.message
+    assert time.monotonic() < started + 3 + 1        # bounded by the deadline
+    path.close()

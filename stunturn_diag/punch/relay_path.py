@@ -232,8 +232,11 @@ class RelayPath:
         """The authenticated channel through the relay, or PunchError by ``deadline``."""
         self.start(deadline)
         if not self._done.wait(max(0.0, deadline - time.monotonic())):
-            raise PunchError("the relay allocation or address exchange did not finish in time",
-                             reason="relay-failed")
+            stage = (f"the TURN relay {self.server[0]}:{self.server[1]} did not answer the "
+                     "allocation" if self.relayed is None else
+                     "the peer posted no relayed address" if self.peer is None else
+                     "the relay did not bind a channel to the peer")
+            raise PunchError(f"{stage} in time", reason="relay-failed")
         if self.error is not None:
             raise self.error
         with self._lock:
