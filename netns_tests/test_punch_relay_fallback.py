@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -74,10 +75,11 @@ def test_a_punchable_pair_stays_direct_with_a_relay_offered():
 #: a lab peer that connects, says so, then keeps the channel busy until the peer is lost
 #: (bounded: at most 150 rounds of 0.2 s)
 LOSE = r"""
-import json, sys, time
+import json, os, sys, time
 from stunturn_diag.errors import StunturnError
 from stunturn_diag.punch import api
-role, url, key, target = sys.argv[1:5]
+role, url, target = sys.argv[1:4]
+key = os.environ["STUNTURN_KEY"]          # not in argv: the key stays out of ps
 opts = dict(peer_timeout=2.0, keepalive_interval=0.5, probe=False, cache=False,
             nat_profile={"udp": {"mapping": "address-and-port-dependent",
                                  "filtering": "address-and-port-dependent",
@@ -128,9 +130,9 @@ def test_only_issued_credentials_allocate_and_a_vanished_relay_is_a_lost_peer():
             assert json.loads(forged.stdout) == [401, 401], forged.stderr
             start_server(lab, turn=turn)
             url, target = f"http://{lab.server_ip}:{HTTP_PORT}", lab.site_public_ip("b")
-            procs = [lab.popen(host, [sys.executable, "-c", LOSE, role, url, "lab-key-0123",
-                                      target]) for host, role in (("a1", "initiator"),
-                                                                   ("b1", "receiver"))]
+            env = dict(os.environ, STUNTURN_KEY="lab-key-0123")
+            procs = [lab.popen(host, [sys.executable, "-c", LOSE, role, url, target], env=env)
+                     for host, role in (("a1", "initiator"), ("b1", "receiver"))]
             for proc in procs:     # bounded: a peer writes a handful of lines before this
                 for _ in range(50):
                     line = proc.stderr.readline()

@@ -54,8 +54,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from stunturn_diag.errors import ConfigError, StoreUnavailable
 
 from .config import ServerConfig, redact_url
-from .matching import Match, Slot, Waiter
-from .store import Mailbox, MatchStore
+from .matching import Address, Match, Slot, Waiter
+from .store import Mailbox, MatchStore, RelayPost
 
 log = logging.getLogger("stunturn_server.redis")
 
@@ -482,6 +482,30 @@ class RedisStore(MatchStore):
         except StoreUnavailable:
             self._pending_releases.append((source, str(token)))
             raise
+
+    # -- the relayed-address exchange (server/relay_api.py) --------------------------------
+    def _relay_key(self, match_id: str, role: str) -> str:
+        return f"{self.config.redis_prefix}relay:{match_id}:{role}"
+
+    def put_relay_address(self, match_id: str, role: str, address: Address, expires: float,
+                          now: float) -> RelayPost:
+        """``SET NX PX`` (the TTL from the token's expiry) and ``GET`` in one round trip:
+        the first address of a role stays. Never ``"full"``: every key expires with its
+        match's credential (at most ``turn_ttl``), which bounds what Redis holds."""
+        key, value = self._relay_key(match_id, role), f"{address[0]}|{address[1]}"
+        ttl_ms = max(1, int((expires - now) * 1000))
+        _set, current = self._pool_or_raise().run([("SET", key, value, "NX", "PX", ttl_ms),
+                                                   ("GET", key)])
+        if isinstance(current, Exception):
+            raise _unavailable(self.config, current)
+        return "stored" if current is None or current.decode() == value else "conflict"
+
+    def relay_address(self, match_id: str, role: str, now: float) -> Address | None:
+        value = self._pool_or_raise().call("GET", self._relay_key(match_id, role))
+        if value is None:
+            return None
+        ip, _, port = value.decode().rpartition("|")
+        return ip, int(port)
 
     # -- mailboxes ------------------------------------------------------------------------
     def _drop_mailbox(self, mailbox: _RedisMailbox) -> None:

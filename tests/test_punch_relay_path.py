@@ -21,6 +21,7 @@ from testlib import wait_for
 
 pytestmark = pytest.mark.interop
 KEY = "relay-path-key-1"
+RENDEZVOUS = "5a" * 32            # what the server sees instead of the key (issue 10)
 
 
 @pytest.fixture
@@ -33,10 +34,10 @@ def matched(coturn):  # noqa: F811
         client = SignalingClient(handle.http_url)
         box = {}
         t = threading.Thread(target=lambda: box.setdefault(
-            "init", client.initiate(KEY, "127.0.0.1", "udp", timeout=10)))
+            "init", client.initiate(RENDEZVOUS, "127.0.0.1", "udp", timeout=10)))
         t.start()
         wait_for(lambda: client.health()["waiting"] == 1, what="the initiator waits")
-        recv = client.checkin(KEY)
+        recv = client.checkin(RENDEZVOUS)
         t.join(10)
         yield client, box["init"], recv
 
