@@ -170,44 +170,54 @@ def _run_demo(spec: LabSpec, protocol: str, progress: Callable[[str], None],
                          "public_ip": lab.site_public_ip(lab.site_of(receiver))}}
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
         turn = _start_turn(lab, report, progress) if relay else None
-        progress(f"starting the server on {lab.server} ({url}, alternate IP {lab.server_alt_ip})")
-        serve = lab.popen(lab.server, _cli("serve", f"{lab.server_ip}:{HTTP_PORT}",
-                                           "--alt-ip", lab.server_alt_ip, "--json",
-                                           *(turn.flags if turn else [])))
-        line = _read_line(serve, SERVE_READY_TIMEOUT)
-        info = _json_line(line or "")
-        if info is None:
-            if serve.poll() is None:
-                serve.kill()
-            out, err, code = _run(serve, 5)
-            step = _step_result("serve", (line or "") + out, err, code)
-            if step["status"] == "ok":
-                step["status"] = "failed"
-            report["steps"].append(step)
-            progress(f"server did not come up: {step['status']}")
-            report["ok"] = False
-            return report
-        report["steps"].append({"step": "serve", "status": "ok", "listening": info})
-        for site in lab.sites:
-            host = report["sites"][site]["host"]
-            progress(f"probing the NAT of site {site} from {host}")
-            proc = lab.popen(host, _cli("probe", url, "--json"))
-            out, err, code = _run(proc, PROBE_TIMEOUT)
-            step = _step_result(f"probe {site}", out, err, code)
-            result = _json_line(out)
-            if result is not None and code in (0, 3):
-                step["status"] = "ok" if code == 0 else "partial"
-                step["result"] = result
-                step["comparison"] = compare(report["sites"][site]["expected"], result)
-            report["steps"].append(step)
-            progress(f"  probe {site}: {step['status']}")
-        report["steps"].append(_punch(lab, url, protocol, report, progress))
-        if turn is not None:
-            turn.stop()
+        try:
+            if not _serve_probe_punch(lab, url, protocol, report, progress, turn):
+                report["ok"] = False
+                return report
+        finally:          # also on Ctrl-C / SIGTERM: coturn's temp folder goes with it
+            if turn is not None:
+                turn.stop()
     progress("lab torn down")
     report["ok"] = all(s["status"] == "ok" and not s.get("comparison", {}).get("mismatches")
                        for s in report["steps"])
     return report
+
+
+def _serve_probe_punch(lab: Lab, url: str, protocol: str, report: dict, progress,
+                       turn) -> bool:
+    """serve (offering ``turn``), a probe per site, the punch; False when serve failed."""
+    progress(f"starting the server on {lab.server} ({url}, alternate IP {lab.server_alt_ip})")
+    serve = lab.popen(lab.server, _cli("serve", f"{lab.server_ip}:{HTTP_PORT}",
+                                       "--alt-ip", lab.server_alt_ip, "--json",
+                                       *(turn.flags if turn else [])))
+    line = _read_line(serve, SERVE_READY_TIMEOUT)
+    info = _json_line(line or "")
+    if info is None:
+        if serve.poll() is None:
+            serve.kill()
+        out, err, code = _run(serve, 5)
+        step = _step_result("serve", (line or "") + out, err, code)
+        if step["status"] == "ok":
+            step["status"] = "failed"
+        report["steps"].append(step)
+        progress(f"server did not come up: {step['status']}")
+        return False
+    report["steps"].append({"step": "serve", "status": "ok", "listening": info})
+    for site in lab.sites:
+        host = report["sites"][site]["host"]
+        progress(f"probing the NAT of site {site} from {host}")
+        proc = lab.popen(host, _cli("probe", url, "--json"))
+        out, err, code = _run(proc, PROBE_TIMEOUT)
+        step = _step_result(f"probe {site}", out, err, code)
+        result = _json_line(out)
+        if result is not None and code in (0, 3):
+            step["status"] = "ok" if code == 0 else "partial"
+            step["result"] = result
+            step["comparison"] = compare(report["sites"][site]["expected"], result)
+        report["steps"].append(step)
+        progress(f"  probe {site}: {step['status']}")
+    report["steps"].append(_punch(lab, url, protocol, report, progress))
+    return True
 
 
 def _start_turn(lab: Lab, report: dict, progress):

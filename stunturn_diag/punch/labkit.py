@@ -138,7 +138,7 @@ def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> Turn
     if tool is None:
         raise LabError("coturn's turnserver is not installed", hint="apt-get install coturn "
                        "(scripts/setup.sh)")
-    workdir = tempfile.mkdtemp(prefix="stunturn-lab-turn-")
+    workdir = tempfile.mkdtemp(prefix=f"{lab.name}-turn-")    # as the lab's miniupnpd folders
     conf = os.path.join(workdir, "turnserver.conf")
     with open(conf, "w") as fh:
         fh.write(turnserver_conf(lab.server_ip, port, TURN_RELAY_PORTS, secret, TURN_REALM,
