@@ -86,6 +86,20 @@ def test_receiver_wait_keeps_checking_in_until_the_initiator_comes(server):
     finish_pair(t, box, ini, said, "checking in again")
 
 
+def test_a_receiver_slowed_down_by_the_failure_limit_ends_with_no_initiator():
+    """Polling faster than the server's failed-check-in limit: the client waits out the
+    Retry-After while its window lasts, and when the window closes the outcome is what
+    happened (nobody waited), not the server's rate limit."""
+    config = ServerConfig(http_port=0, stun_port=0, failure_burst=3, failure_rate=0.5,
+                          target_failure_burst=100)
+    with start_server(config) as handle:
+        with pytest.raises(PunchError) as err:
+            receive(handle.http_url, KEY, protocol="udp", probe=False, wait=1.5,
+                    wait_interval=0.05)
+    assert err.value.reason == "no-initiator", err.value
+    assert "slowed" in str(err.value.__cause__)
+
+
 def test_protocol_mismatch_is_reported(server):
     t, box = background(initiate, server, KEY, "127.0.0.1", protocol="tcp", punch_timeout=0.5)
     with pytest.raises(PunchError) as err:

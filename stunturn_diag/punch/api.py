@@ -578,9 +578,19 @@ class _Side:
                 time.sleep(min(self.opts.wait_interval, left))
             except RateLimited as exc:  # polled faster than the server's failure limit: slow down
                 left = end - time.monotonic()
-                if exc.retry_after > left:
-                    raise
-                time.sleep(exc.retry_after)
+                if exc.retry_after <= left:
+                    time.sleep(exc.retry_after)
+                    continue
+                if attempt == 1:
+                    raise                      # limited from the start: say so
+                # the wait window closes while slowed down: it ended with no initiator found
+                if not self.prepared:
+                    raise next(iter(self._errors.values())) from None
+                raise NoInitiatorWaiting(
+                    f"no initiator waited within {self.opts.wait:g}s (the server slowed our "
+                    f"check-ins for {exc.retry_after:g}s: too many failed ones from here)",
+                    hint="start the initiator first, or check in with a longer --wait-interval",
+                ) from exc
 
     def _long_poll(self) -> dict:
         """Initiator: long-poll; re-issue it while ``pair_timeout`` exceeds the server's cap."""
