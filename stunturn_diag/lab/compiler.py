@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import nft
+from . import nft, v6
 from .spec import LabSpec
 from .topology import (INET, SERVER, SERVER_ALT_IP, SERVER_GW, SERVER_IP, SERVER_PREFIXLEN,
                        Topology, plan)
@@ -138,6 +138,9 @@ def compile_lab(spec: LabSpec, prefix: str) -> LabPlan:
             b.ip(host, "route", "add", "default", "via", layout.lan_gateway)
         rulesets[nat] = nft.ruleset(site.nat, layout.nat_wan_ip, lan_net)
 
+    # IPv6 of the dual-stack sites (lab/v6.py: addresses, routes, its own ip6 table)
+    b.steps += [Step(argv, stdin=stdin) for argv, stdin in
+                v6.setup_argvs(topo, v6.plan_sites(spec, topo))]
     # firewall rules, then conntrack lifetimes (the per-netns sysctls exist once
     # conntrack is in use in that namespace)
     for node, text in rulesets.items():

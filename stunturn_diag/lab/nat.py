@@ -40,6 +40,9 @@ class NatSpec:
     - ``portmap``: the NAT box runs miniupnpd: ``"all"`` (PCP, NAT-PMP, UPnP IGD),
       ``"pcp"`` (PCP and NAT-PMP) or ``"upnp"``; None = no mapping service
       (:mod:`stunturn_diag.lab.portmap`).
+    - ``v6`` / ``v6_syn``: the site's IPv6 behaviour (``off`` = no IPv6, ``open``,
+      ``eif``/``adf``/``apdf`` firewalls, ``nptv6``, ``nat66``) and what an unadmitted
+      inbound SYN gets there (``drop`` | ``rst``); see :mod:`stunturn_diag.lab.v6`.
     """
 
     name: str = "custom"
@@ -55,6 +58,8 @@ class NatSpec:
     udp_timeout: int = 30
     tcp_timeout: int | None = None
     portmap: str | None = None
+    v6: str = "off"
+    v6_syn: str = "drop"
 
     def __post_init__(self) -> None:
         for name, kind in (("mapping", Mapping), ("filtering", Filtering),
@@ -104,6 +109,8 @@ class NatSpec:
             raise ConfigError(f"{where}: tcp_timeout must be 1..864000 seconds")
         from .portmap import check as check_portmap
         check_portmap(self)
+        from .v6 import check as check_v6
+        check_v6(self.v6, self.v6_syn, where)
 
     @property
     def expected(self) -> dict:

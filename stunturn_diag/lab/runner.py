@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
-from . import portmap_runner, state
+from . import portmap_runner, state, v6
 from .compiler import LabPlan, Step, compile_lab
 from .spec import LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
@@ -305,6 +305,28 @@ class Lab:
         """The address the internet sees for ``site`` (its outermost NAT's WAN)."""
         return self._site(site).public_ip
 
+    # IPv6 of dual-stack sites (``+v6=MODE``, lab/v6.py); None where a site has none
+    @property
+    def server_ip6(self) -> str:
+        return v6.SERVER_IP6
+
+    @property
+    def server_alt_ip6(self) -> str:
+        return v6.SERVER_ALT_IP6
+
+    def site_v6(self, site: str) -> "v6.SiteV6 | None":
+        """The site's IPv6 layout (mode, prefixes, host addresses), None without IPv6."""
+        return v6.plan_sites(self.spec, self.topology).get(self._site(site).name)
+
+    def site_public_ip6(self, site: str) -> str | None:
+        """The IPv6 address the internet sees from the site's first host."""
+        layout = self.site_v6(site)
+        return layout.public_ip if layout else None
+
+    def host_ip6(self, host: str) -> str | None:
+        layout = self.site_v6(self.site_of(host))
+        return layout.hosts[host] if layout else None
+
     def site_hosts(self, site: str) -> list[str]:
         return list(self._site(site).hosts)
 
@@ -328,14 +350,21 @@ class Lab:
         return {
             "name": self.name,
             "nodes": {n: self.topology.netns(n) for n in self.topology.nodes},
-            "server": {"node": SERVER, "ip": SERVER_IP, "alt_ip": SERVER_ALT_IP},
+            "server": {"node": SERVER, "ip": SERVER_IP, "alt_ip": SERVER_ALT_IP,
+                       "ip6": v6.SERVER_IP6, "alt_ip6": v6.SERVER_ALT_IP6},
             "sites": {s.name: {"nat": self.spec.sites[s.name].nat.name,
                                "cgnat": (self.spec.sites[s.name].cgnat.name
                                          if self.spec.sites[s.name].cgnat else None),
                                "nat_node": s.nat_node, "cgnat_node": s.cgnat_node,
-                               "public_ip": s.public_ip, "hosts": s.hosts}
+                               "public_ip": s.public_ip, "hosts": s.hosts,
+                               "ipv6": self._describe_v6(s.name)}
                       for s in self.topology.sites.values()},
         }
+
+    def _describe_v6(self, site: str) -> dict | None:
+        layout = self.site_v6(site)
+        return layout and {"mode": layout.mode, "syn": layout.syn, "public_ip": layout.public_ip,
+                           "hosts": layout.hosts}
 
     # -- running things ----------------------------------------------------------------
     def command(self, node: str, argv: Sequence[str]) -> list[str]:

@@ -44,12 +44,15 @@ class SiteSpec:
     def expected(self) -> dict:
         """Ground truth seen from a host of this site: the NAT's ``NatSpec.expected``, or
         behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`, plus
-        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`)."""
+        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`) and ``ipv6``
+        (:func:`~stunturn_diag.lab.v6.expected`, None when the site has no IPv6)."""
         from .portmap import expected as portmap_expected
+        from .v6 import expected as v6_expected
 
         truth = (stacked_expected(self.nat, self.cgnat) if self.cgnat is not None
                  else self.nat.expected)
-        return truth | {"port_mapping": portmap_expected(self.nat, self.cgnat)}
+        return truth | {"port_mapping": portmap_expected(self.nat, self.cgnat),
+                        "ipv6": v6_expected(self.nat.v6, self.nat.v6_syn)}
 
     def to_dict(self) -> dict:
         return {"nat": self.nat.to_dict(), "hosts": self.hosts,
@@ -175,6 +178,9 @@ class LabSpec:
                 raise ConfigError(f"site {name!r} must be a SiteSpec")
             if not isinstance(site.hosts, int) or not 1 <= site.hosts <= MAX_HOSTS:
                 raise ConfigError(f"site {name!r}: hosts must be 1..{MAX_HOSTS}")
+            if site.cgnat is not None and (site.nat.v6 != "off" or site.cgnat.v6 != "off"):
+                raise ConfigError(f"site {name!r}: IPv6 behind a carrier-grade NAT is not "
+                                  "built by the lab yet", hint="drop +v6 or the CGNAT")
             if site.cgnat is not None and not site.cgnat.nat:
                 raise ConfigError(f"site {name!r}: a carrier-grade NAT must translate",
                                   hint="pick a NAT type other than 'public'")
