@@ -72,6 +72,7 @@ class SignalingState:
     watch_hangup: HangupWatcher = no_hangup_watch
     stun_endpoints: list[dict] | None = None  # actual endpoints when the STUN service runs
     stun_unavailable: list[str] = field(default_factory=list)
+    stun6_endpoints: list[dict] | None = None  # dual stack: the IPv6 STUN service's endpoints
     #: mailboxes of the initiators waiting now (woken by :meth:`shutdown`)
     mailboxes: set[Mailbox] = field(default_factory=set)
     closing: bool = False
@@ -202,10 +203,15 @@ def healthz():
 
 
 def _stun_info(state: SignalingState) -> dict:
-    cfg = state.config
-    unavailable = list(state.stun_unavailable)
-    if state.stun_endpoints is not None:
-        endpoints = state.stun_endpoints
+    return _stun_family_info(state.config, state.stun_endpoints, state.stun_unavailable)
+
+
+def _stun_family_info(cfg: ServerConfig, bound: list[dict] | None, unavailable: list[str]) -> dict:
+    """The ``stun`` object of ``/v1/info`` for one family's configuration: ``bound`` are
+    the endpoints its STUN service bound (None: the configured ones)."""
+    unavailable = list(unavailable)
+    if bound is not None:
+        endpoints = bound
     elif cfg.stun_enabled:
         endpoints = [ep.as_dict() for ep in cfg.stun_endpoints()]
     else:
@@ -229,11 +235,28 @@ def _stun_info(state: SignalingState) -> dict:
     }
 
 
+def _families(state: SignalingState) -> dict:
+    """``/v1/info`` ``families``: per IP family (``ipv4``, ``ipv6``) where to reach the
+    server over it (``http``: ip, port) and its ``stun`` object; null when not served."""
+    cfg, port = state.config, int(request.environ.get("SERVER_PORT") or state.config.http_port)
+    out: dict = {}
+    for name, version in (("ipv4", 4), ("ipv6", 6)):
+        fam = cfg.family_config(version)
+        if fam is None:
+            out[name] = None
+            continue
+        bound = state.stun_endpoints if fam is cfg else state.stun6_endpoints
+        out[name] = {"http": {"ip": fam.http_host, "port": port},
+                     "stun": _stun_family_info(fam, bound, state.stun_unavailable if fam is cfg else [])}
+    return out
+
+
 @bp.get("/v1/info")
 def info():
     state = signaling_state()
     return jsonify({"version": __version__, "wait_timeout": state.config.wait_timeout,
-                    "stun": _stun_info(state), "probe_assist": PROBE_ASSIST,
+                    "stun": _stun_info(state), "families": _families(state),
+                    "probe_assist": PROBE_ASSIST,
                     "turn": turn_offer.info()})
 
 
@@ -287,7 +310,8 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
     waiter = None
     obs = observer()
     try:
-        reg = state.matcher.register(req.rendezvous, req.target_ip, req.protocol, observed=observed,
+        reg = state.matcher.register(req.rendezvous, req.target_ips or req.target_ip, req.protocol,
+                                     observed=observed,
                                      details=req.details, now=started, timeout=timeout)
     except Conflict as exc:
         slot = exc.slot

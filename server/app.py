@@ -77,6 +77,7 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
                clock: Callable[[], float] = time.monotonic,
                key_secret: bytes | None = None,
                stun_endpoints: list[dict] | None = None,
+               stun6_endpoints: list[dict] | None = None,
                stun_unavailable: list[str] | None = None) -> Flask:
     """Build the signaling app.
 
@@ -84,7 +85,8 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
     :class:`~stunturn_server.redis_store.RedisStore` with ``config.redis_url`` (inside a
     gevent hub: gunicorn ``-k gevent``), else an :class:`InMemoryStore` waking with
     ``signal_factory`` (``threading.Event`` unless given). ``stun_endpoints`` are the endpoints the STUN
-    service actually bound (``/v1/info`` falls back to the configured ones).
+    service actually bound (``/v1/info`` falls back to the configured ones), ``stun6_endpoints``
+    those of the IPv6 service of a dual-stack server (``config.http_host6``).
     """
     config = config or ServerConfig()
     if store is None:
@@ -102,6 +104,7 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
         clock=clock,
         watch_hangup=watch_hangup or no_hangup_watch,
         stun_endpoints=stun_endpoints,
+        stun6_endpoints=stun6_endpoints,
         stun_unavailable=list(stun_unavailable or []),
     )
     app.register_blueprint(bp)

@@ -107,6 +107,11 @@ class ServerConfig:
     metrics_listen: tuple[str, int] | None = None
     #: ``"text"`` or ``"json"`` (one JSON object per line) log lines
     log_format: str = "text"
+    #: dual stack: this host's IPv6 address; HTTP listens on it too (same port) and the
+    #: IPv6 STUN responder's primary is ``[http_host6]:stun_port`` (``http_host`` is IPv4)
+    http_host6: str | None = None
+    #: the IPv6 alternate for the RFC 5780 tests over IPv6 (needs ``http_host6``)
+    alt_ip6: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("http_host",) + (("stun_host",) if self.stun_host else ()) + (
@@ -155,6 +160,44 @@ class ServerConfig:
         if not isinstance(self.max_body, int) or not 256 <= self.max_body <= 1 << 20:
             raise ConfigError(f"max_body must be 256 bytes to 1 MiB, got {self.max_body!r}")
         self._check_scale_out()
+        self._check_dual_stack()
+
+    def _check_dual_stack(self) -> None:
+        """``http_host6`` / ``alt_ip6``: IPv6 addresses beside an IPv4 ``http_host``."""
+        for name in ("http_host6", "alt_ip6"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                ok = ipaddress.ip_address(value).version == 6
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{name} must be an IPv6 address, got {value!r}",
+                                  hint="e.g. serve 198.51.100.10:8080 --ip6 2001:db8::10")
+        if self.alt_ip6 and not self.http_host6:
+            raise ConfigError("alt_ip6 needs http_host6 (the IPv6 primary)",
+                              hint="give --ip6 with --alt-ip6")
+        if self.http_host6 and ipaddress.ip_address(self.http_host).version != 4:
+            raise ConfigError("http_host6 goes beside an IPv4 listen address",
+                              hint="listen on IPv4 and give the IPv6 address with --ip6, or "
+                                   "listen on [IPv6]:PORT alone")
+
+    def family_config(self, version: int) -> "ServerConfig | None":
+        """The configuration one IP family is served with: ``self`` for the listen
+        address's own family, for IPv6 beside IPv4 the view with ``http_host6`` /
+        ``alt_ip6`` as host and alternate; None when that family is not served."""
+        if ipaddress.ip_address(self.stun_ip).version == version:
+            return self
+        if version == 6 and self.http_host6:
+            from dataclasses import replace
+            return replace(self, http_host=self.http_host6, stun_host=None, alt_ip=self.alt_ip6,
+                           http_host6=None, alt_ip6=None)
+        return None
+
+    def for_peer(self, ip: str) -> "ServerConfig":
+        """The family view (:meth:`family_config`) for a client at ``ip``, else ``self``."""
+        return self.family_config(ipaddress.ip_address(ip).version) or self
 
     def _check_scale_out(self) -> None:
         """Redis, the shared secret, metrics and log settings."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,6 +53,15 @@ class Waiter:
     observed: Address
     details: dict
     deadline: float
+    #: the other receiver IPs the initiator named (dual stack): its sibling entries, one
+    #: per slot, share this waiter id and mailbox
+    also: tuple[str, ...] = ()
+
+    def siblings(self) -> list["Waiter"]:
+        """The entries of this initiator in its other slots."""
+        ips = (self.slot.target_ip, *self.also)
+        return [replace(self, slot=Slot(self.slot.key_digest, ip),
+                        also=tuple(x for x in ips if x != ip)) for ip in self.also]
 
     def expired(self, now: float) -> bool:
         return now >= self.deadline
@@ -130,19 +139,29 @@ class Matcher:
     def slot(self, access_key: str, ip: str) -> Slot:
         return Slot(self.hasher.digest(access_key), ip)
 
-    def register(self, access_key: str, target_ip: str, protocol: str, *, observed: Address,
-                 details: dict, now: float, timeout: float) -> Registration:
+    def register(self, access_key: str, target_ip: str | tuple[str, ...] | list[str], protocol: str, *,
+                 observed: Address, details: dict, now: float, timeout: float) -> Registration:
         """Put an initiator in its slot until ``now + timeout``; :class:`Conflict` if occupied.
+
+        ``target_ip`` may name several receiver IPs (dual stack: one per family): the
+        initiator then waits in one slot per IP and the first receiver to arrive from
+        any of them takes it (all or none are stored).
 
         The mailbox is opened before the waiter becomes visible, so a receiver that
         arrives at once still finds somewhere to deliver.
         """
-        waiter = Waiter(self._new_id(), self.slot(access_key, target_ip), protocol, observed,
-                        dict(details), now + timeout)
+        ips = (target_ip,) if isinstance(target_ip, str) else tuple(dict.fromkeys(target_ip))
+        waiter = Waiter(self._new_id(), self.slot(access_key, ips[0]), protocol, observed,
+                        dict(details), now + timeout, also=ips[1:])
         mailbox = self.store.open_mailbox(waiter.waiter_id)
-        if not self.store.put_waiter(waiter, now):
-            mailbox.close()
-            raise Conflict(waiter.slot)
+        stored: list[Waiter] = []
+        for entry in (waiter, *waiter.siblings()):
+            if not self.store.put_waiter(entry, now):
+                for done in stored:
+                    self.store.remove_waiter(done)
+                mailbox.close()
+                raise Conflict(entry.slot)
+            stored.append(entry)
         return Registration(waiter, mailbox)
 
     def checkin(self, access_key: str, *, observed: Address, details: dict, now: float) -> Match | None:
@@ -154,6 +173,8 @@ class Matcher:
         waiter = self.store.take_waiter(self.slot(access_key, observed[0]), now)
         if waiter is None:
             return None
+        for sibling in waiter.siblings():   # dual stack: its other slots are empty now
+            self.store.remove_waiter(sibling)
         match = Match(self._new_id(), waiter.protocol, waiter, observed, dict(details))
         self.store.deliver(match)
         return match
@@ -163,5 +184,8 @@ class Matcher:
 
         Returns ``True`` if its entry was still there and is now gone; ``False`` if a
         receiver took it first (its match is then in the mailbox already or on its way).
+        With several target IPs, ``True`` only when every entry was there (a receiver
+        that took one of them removes the others).
         """
-        return self.store.remove_waiter(waiter)
+        removed = [self.store.remove_waiter(entry) for entry in (waiter, *waiter.siblings())]
+        return all(removed)

@@ -299,7 +299,8 @@ def _admit(parse: Callable[[dict], tuple]):
         raise ApiError(429, "rate-limited", "too many probe-assist requests from this address; "
                        f"retry in {max(1, math.ceil(wait)):d}s",
                        headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    return st, parsed, ip, source, signaling_state().config
+    # a dual-stack server answers an IPv6 caller from its IPv6 addresses (ServerConfig.for_peer)
+    return st, parsed, ip, source, signaling_state().config.for_peer(ip)
 
 
 def _acquire(st: AssistState, source: str, n: int) -> None:

@@ -421,10 +421,19 @@ class ServerHandle:
     """A running server. ``stop()`` is clean and idempotent; also a context manager."""
 
     def __init__(self, config: ServerConfig, listener: socket.socket, stun_service,
-                 metrics_listener: socket.socket | None = None, tls_context=None) -> None:
+                 metrics_listener: socket.socket | None = None, tls_context=None, *,
+                 listener6: socket.socket | None = None, stun6_service=None) -> None:
         self.config = config
         self._listener = listener
         self._tls_context = tls_context
+        #: dual stack (config.http_host6): the IPv6 HTTP listener (same app) and STUN service
+        self._listener6 = listener6
+        self.stun6_service = stun6_service
+        self.http6_url = ("http{}://{}".format("s" if tls_context is not None else "",
+                                               format_address(*listener6.getsockname()[:2]))
+                          if listener6 is not None else None)
+        self.stun6_endpoints: list[dict] = [ep.as_dict() for ep in stun6_service.endpoints
+                                            ] if stun6_service else []
         self._metrics_listener = metrics_listener
         self.metrics_url = None
         if metrics_listener is not None:
@@ -443,6 +452,7 @@ class ServerHandle:
             signal_factory=_gevent_event,
             watch_hangup=gevent_watch_hangup,
             stun_endpoints=self.stun_endpoints if stun_service else None,
+            stun6_endpoints=self.stun6_endpoints if stun6_service else None,
         )
         self.observer = self.app.extensions["stunturn.observer"]
         if stun_service is not None:
@@ -486,6 +496,11 @@ class ServerHandle:
                                                             logging.DEBUG))
             self.observer.callbacks.connections_refused = lambda: server.refused
             servers.append(server)
+            if self._listener6 is not None:   # the same app, so one store and one set of limits
+                servers.append(server_class(self._listener6, self.app, handler_class=handler,
+                                            spawn=gevent.pool.Pool(), log=None,
+                                            error_log=LoggingLogAdapter(
+                                                logging.getLogger("stunturn_server.wsgi"), logging.DEBUG)))
             if self._metrics_listener is not None:
                 servers.append(WSGIServer(self._metrics_listener, metrics_app(self.observer), log=None,
                                           error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
@@ -518,6 +533,8 @@ class ServerHandle:
                 log.exception("stopping the match store failed")
             self._wake.close()
             self._listener.close()
+            if self._listener6 is not None:
+                self._listener6.close()
             if self._metrics_listener is not None:
                 self._metrics_listener.close()
             try:
@@ -532,6 +549,8 @@ class ServerHandle:
         if self._error is not None:
             self._stop_stun()
             self._listener.close()
+            if self._listener6 is not None:
+                self._listener6.close()
             if self._metrics_listener is not None:
                 self._metrics_listener.close()
             if isinstance(self._error, StunturnError):
@@ -559,12 +578,14 @@ class ServerHandle:
         self._thread.join(timeout)
 
     def _stop_stun(self) -> None:
-        service, self.stun_service = self.stun_service, None
-        if service is not None:
-            try:
-                service.stop()
-            except Exception:  # pragma: no cover - never let shutdown raise
-                log.exception("stopping the STUN service failed")
+        services = (self.stun_service, self.stun6_service)
+        self.stun_service = self.stun6_service = None
+        for service in services:
+            if service is not None:
+                try:
+                    service.stop()
+                except Exception:  # pragma: no cover - never let shutdown raise
+                    log.exception("stopping the STUN service failed")
 
     def __enter__(self) -> "ServerHandle":
         return self
@@ -624,19 +645,25 @@ def start_server(config: ServerConfig) -> ServerHandle:
     tls_context = tls_server_context(config)
     TrustedProxies(config.trusted_proxies)  # a bad CIDR is a ConfigError now, not in the thread
     listener = bind_listener(config.http_host, config.http_port)
-    metrics_listener = stun = None
+    metrics_listener = stun = listener6 = stun6 = None
     try:
+        if config.http_host6:   # dual stack: IPv6 on the port the IPv4 listener got
+            listener6 = bind_listener(config.http_host6, listener.getsockname()[1])
         if config.metrics_listen is not None:
             metrics_listener = bind_listener(*config.metrics_listen)
         stun = _start_stun(config) if config.stun_enabled else None
-        handle = ServerHandle(config, listener, stun, metrics_listener, tls_context)
+        if config.stun_enabled and config.http_host6:
+            stun6 = _start_stun(config.family_config(6))
+        handle = ServerHandle(config, listener, stun, metrics_listener, tls_context,
+                              listener6=listener6, stun6_service=stun6)
         handle._start()
     except BaseException:
-        listener.close()
-        if metrics_listener is not None:
-            metrics_listener.close()
-        if stun is not None:
-            stun.stop()
+        for sock in (listener, listener6, metrics_listener):
+            if sock is not None:
+                sock.close()
+        for service in (stun, stun6):
+            if service is not None:
+                service.stop()
         raise
     log.info("signaling server listening on %s", handle.http_url)
     return handle

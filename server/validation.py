@@ -31,10 +31,12 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class InitiateRequest:
     rendezvous: str
-    target_ip: str  # canonical text form (see :func:`canonical_ip`)
+    target_ip: str  # canonical text form (see :func:`canonical_ip`); the first of target_ips
     protocol: str
     timeout: float | None
     details: dict = field(default_factory=dict)
+    #: every receiver IP the initiator named (one per IP family, at most two)
+    target_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,14 +231,37 @@ def details_field(value) -> dict:
 def initiate_request(obj: dict) -> InitiateRequest:
     """Validate a decoded ``POST /v1/initiate`` body."""
     _no_access_key(obj)
-    _check_fields(obj, {"rendezvous", "target_ip", "protocol"}, {"timeout", "details"}, "initiate")
+    _check_fields(obj, {"rendezvous", "target_ip", "protocol"}, {"timeout", "details", "target_ip6"},
+                  "initiate")
+    targets = target_ips_field(obj["target_ip"], obj.get("target_ip6"))
     return InitiateRequest(
         rendezvous=rendezvous(obj["rendezvous"]),
-        target_ip=ip_field(obj["target_ip"], "target_ip"),
+        target_ip=targets[0],
         protocol=protocol_field(obj["protocol"]),
         timeout=timeout_field(obj.get("timeout")),
         details=details_field(obj.get("details")),
+        target_ips=targets,
     )
+
+
+def target_ips_field(value, v6=None) -> tuple[str, ...]:
+    """``target_ip`` (one IP, or a list of one IP per family) plus the optional
+    ``target_ip6``: the receiver's addresses, canonical, at most one IPv4 and one IPv6."""
+    if isinstance(value, list):
+        if not 1 <= len(value) <= 2:
+            raise BadRequest("target_ip as a list holds one or two IPs (one per IP family)")
+        ips = [ip_field(item, f"target_ip[{i}]") for i, item in enumerate(value)]
+    else:
+        ips = [ip_field(value, "target_ip")]
+    if v6 is not None:
+        ip6 = ip_field(v6, "target_ip6")
+        if ":" not in ip6:
+            raise BadRequest(f"target_ip6 must be an IPv6 address, got {v6!r}")
+        ips.append(ip6)
+    families = [":" in ip for ip in ips]
+    if len(set(families)) != len(families):
+        raise BadRequest("name at most one receiver IP per family (one IPv4, one IPv6)")
+    return tuple(ips)
 
 
 def checkin_request(obj: dict) -> CheckinRequest:

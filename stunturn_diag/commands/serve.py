@@ -42,6 +42,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def _describe(handle) -> dict:
     return {"http_url": handle.http_url, "stun_endpoints": handle.stun_endpoints,
+            "http6_url": handle.http6_url, "stun6_endpoints": handle.stun6_endpoints,
             "wait_timeout": handle.config.wait_timeout, "metrics_url": handle.metrics_url,
             "store": "redis" if handle.config.redis_url else "memory"}
 
@@ -49,6 +50,10 @@ def _describe(handle) -> dict:
 @click.command("serve")
 @click.argument("listen", default=DEFAULT_LISTEN, metavar="[HOST:PORT]")
 @click.option("--alt-ip", metavar="IP", help="Second IP of this host for RFC 5780 behaviour tests.")
+@click.option("--ip6", "ip6", metavar="V6",
+              help="Dual stack: this host's IPv6 address beside the IPv4 HOST: HTTP listens on it "
+                   "too (same port), and the IPv6 STUN primary is [V6]:--stun-port.")
+@click.option("--alt-ip6", metavar="V6", help="Second IPv6 address for the RFC 5780 tests over IPv6.")
 @click.option("--stun-port", type=int, default=3478, show_default=True, help="STUN primary port (UDP+TCP).")
 @click.option("--alt-port", type=int, default=3479, show_default=True, help="STUN alternate port.")
 @click.option("--wait-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
@@ -92,7 +97,8 @@ def _describe(handle) -> dict:
               help="The relay's static-auth-secret; prefer $STUNTURN_TURN_SECRET (an option "
                    "shows in ps).")
 @click.option("--turn-realm", metavar="REALM", default=None, help="The relay's realm (told to peers).")
-def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait_timeout: float,
+def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | None, stun_port: int,
+            alt_port: int, wait_timeout: float,
             max_waiters_per_ip: int, max_connections_per_ip: int | None, tls_cert: str | None,
             tls_key: str | None, trusted_proxies: tuple[str, ...], allowed_hosts: tuple[str, ...],
             no_stun: bool, log_level: str,
@@ -109,7 +115,8 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
 
     host, port = parse_listen(listen)
     configure_logging(log_level, log_format)
-    config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, stun_port=stun_port,
+    config = ServerConfig(http_host=host, http_port=port, alt_ip=alt_ip, http_host6=ip6, alt_ip6=alt_ip6,
+                          stun_port=stun_port,
                           alt_port=alt_port, wait_timeout=wait_timeout, stun_enabled=not no_stun,
                           max_waiters_per_ip=max_waiters_per_ip,
                           max_connections_per_ip=max_connections_per_ip or max(512, 2 * max_waiters_per_ip),
@@ -128,12 +135,16 @@ def command(listen: str, alt_ip: str | None, stun_port: int, alt_port: int, wait
             emit_json(_describe(handle))
             return
         click.echo(f"signaling server: {handle.http_url}  (long-poll wait up to {wait_timeout:g}s)")
-        for ep in handle.stun_endpoints:  # each answers on UDP and TCP
+        if handle.http6_url:
+            click.echo(f"signaling server: {handle.http6_url}  (IPv6)")
+        for ep in handle.stun_endpoints + handle.stun6_endpoints:  # each answers on UDP and TCP
             click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_address(ep['ip'], ep['port'])}")
         if no_stun:
             click.echo("STUN responder: disabled (--no-stun)")
         elif not alt_ip:
             click.echo("no --alt-ip: RFC 5780 behaviour tests are unavailable to probes")
+        if ip6 and not alt_ip6 and not no_stun:
+            click.echo("no --alt-ip6: RFC 5780 behaviour tests over IPv6 are unavailable to probes")
         click.echo(f"match store: {'Redis (shared by every instance using it)' if redis_url else 'in memory'}; "
                    f"metrics: {handle.metrics_url or handle.http_url + '/metrics'}")
         progress("press Ctrl-C to stop")
