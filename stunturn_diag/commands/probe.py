@@ -26,12 +26,16 @@ from ._common import emit_json, progress, tls_options, tls_settings
               help="Write the probe's packets to this pcap file (root).")
 @click.option("--no-port-mapping", is_flag=True,
               help="Do not ask the gateway for PCP / NAT-PMP / UPnP IGD port mapping.")
+@click.option("--no-ipv6", is_flag=True,
+              help="Diagnose only the server URL's IP family (default: IPv6 too, at the same time, "
+                   "when the server has IPv6 addresses and this host a route to them).")
 @tls_options
 def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, lifetime: float | None,
-            pcap: str | None, no_port_mapping: bool, ca_file: str | None, insecure: bool) -> None:
+            pcap: str | None, no_port_mapping: bool, no_ipv6: bool, ca_file: str | None,
+            insecure: bool) -> None:
     """Diagnose NAT behaviour against SERVER (http://HOST:PORT of `stunturn-diag serve`)
     or --stun HOST:PORT."""
-    from ..probe import run_probe
+    from ..probe.dual_stack import run_dual_stack
     from ..probe.report import render
 
     if (server is None) == (stun is None):
@@ -39,9 +43,9 @@ def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, l
     if lifetime:
         progress(f"measuring binding lifetime: this takes up to {lifetime:g} s")
     tls = tls_settings(ca_file, insecure)
-    result = run_probe(server, stun=stun, tcp=not no_tcp, lifetime=lifetime, pcap=pcap,
-                       progress=None if as_json else progress, port_mapping=not no_port_mapping,
-                       tls=tls)
+    result = run_dual_stack(server, stun=stun, ipv6=not no_ipv6, tcp=not no_tcp, lifetime=lifetime,
+                            pcap=pcap, progress=None if as_json else progress,
+                            port_mapping=not no_port_mapping, tls=tls)
     if as_json:
         emit_json(result.to_json())
     else:

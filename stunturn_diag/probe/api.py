@@ -33,8 +33,10 @@ from .udp_runner import resolve, route_source_ip, run_udp
 
 def _endpoints_from_server(url: str, client: SignalingClient,
                            info: dict | None = None) -> tuple[Endpoints, dict]:
+    from .dual_stack import for_url_family
+
     info = info if info is not None else client.info()
-    ep = from_info(info)
+    ep = from_info(for_url_family(info, url))
     if ep is None:
         raise ProbeError(f"the server at {url} runs no STUN responder",
                          hint="start it with STUN enabled, or use --stun HOST:PORT")

@@ -92,6 +92,43 @@ def meaning(r: ProbeResult) -> list[str]:
     return lines
 
 
+def meaning_both(r: ProbeResult) -> list[str]:
+    """:func:`meaning` for each family diagnosed: lines prefixed ``IPv4``/``IPv6`` when
+    both were, plus which family suits direct connections better."""
+    six = r.ipv6_result
+    if six is None or six is r:
+        return meaning(r)
+    lines = [f"IPv4 {line}" if line.startswith(("UDP", "TCP")) else f"IPv4: {line}" for line in meaning(r)]
+    lines += [f"IPv6 {line}" if line.startswith(("UDP", "TCP")) else f"IPv6: {line}" for line in meaning(six)]
+    m4, m6 = r.value("udp", "mapping"), six.value("udp", "mapping")
+    if m6 in (Mapping.NO_NAT, Mapping.ENDPOINT_INDEPENDENT) and m4 in (
+            Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT):
+        lines.append("Direct connections are much easier over IPv6 here (the peer sees the address and "
+                     "port you use): prefer IPv6 for hole punching when the peer has IPv6 too.")
+    return lines
+
+
+def _ipv6_section(r: ProbeResult) -> list[str]:
+    """The report's IPv6 lines: one line when IPv6 was not diagnosed."""
+    v6 = r.ipv6
+    if v6 is None or r.ipv6_result is r:
+        return []
+    if not v6.get("reachable"):
+        return ["", f"IPv6: not diagnosed - {v6.get('reason') or 'no answer'}"]
+    out = ["", f"IPv6: {v6['verdict']}   public IP: {v6['public_ip']}   local IP: {v6['local_ip']}   "
+               f"in {v6['elapsed_ms']:.0f} ms"]
+    udp, tcp = v6.get("udp") or {}, v6.get("tcp") or {}
+    out.append(f"  UDP: mapping {udp.get('mapping') or 'undetermined'}, filtering "
+               f"{udp.get('filtering') or 'undetermined'}"
+               + (f", port allocation {udp['port_allocation']}" if udp.get("port_allocation") else ""))
+    if tcp.get("reachable") is not None:
+        out.append(f"  TCP: mapping {tcp.get('mapping') or 'undetermined'}, filtering "
+                   f"{tcp.get('filtering') or 'undetermined'}, unsolicited SYN "
+                   f"{tcp.get('unsolicited_syn') or 'undetermined'}")
+    out += [f"  undetermined {u['field']}: {u['reason']}" for u in v6.get("undetermined", [])]
+    return out
+
+
 def render(r: ProbeResult) -> str:
     """The report as text."""
     out = []
@@ -137,9 +174,10 @@ def render(r: ProbeResult) -> str:
                    + ("; usable (it is the STUN-mapped address)" if pm.get("usable") else
                       "; not usable" if offered else ""))
         out += [f"      {n}" for n in pm.get("notes", [])]
+    out += _ipv6_section(r)
     out.append("")
     out.append("What this means")
-    out += [f"  - {line}" for line in meaning(r)]
+    out += [f"  - {line}" for line in meaning_both(r)]
     for s in r.skipped:
         out.append(f"skipped {s['test']}: {s['reason']}")
     for f in r.failures:  # a verdict whose test broke is told in its "undetermined" line

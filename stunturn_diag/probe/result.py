@@ -80,6 +80,10 @@ class ProbeResult:
     #: verdicts not tested on purpose ("udp.hairpin"... for the punch profile; also in
     #: ``skipped``): null, and not undetermined
     left_out: tuple[str, ...] = ()
+    #: the IPv6 diagnosis (probe/dual_stack.py summary / absent); None = not asked (library use)
+    ipv6: dict | None = None
+    #: the IPv6 run itself (for the report's "what this means"; not serialised)
+    ipv6_result: "ProbeResult | None" = None
 
     def value(self, proto: str, name: str) -> Any:
         v = (self.udp if proto == "udp" else self.tcp).get(name)
@@ -164,6 +168,7 @@ class ProbeResult:
             "timings": self.timings,
             "probes": self.probes,
             "port_mapping": self.port_mapping,
+            "ipv6": self.ipv6,
         }
 
     def profile(self) -> dict:
