@@ -134,9 +134,10 @@ class SignalingClient:
             self._wait_timeout = float(answer["wait_timeout"])
         return answer
 
-    def initiate(self, rendezvous: str, target_ip: str, protocol: str, *, details: dict | None = None,
-                 timeout: float | None = None) -> dict:
-        """Wait (long-poll) until the receiver at ``target_ip`` checks in with ``rendezvous``.
+    def initiate(self, rendezvous: str, target_ip: str | list[str], protocol: str, *,
+                 details: dict | None = None, timeout: float | None = None) -> dict:
+        """Wait (long-poll) until the receiver at ``target_ip`` checks in with ``rendezvous``
+        (a list names the receiver's IPs of both families: the first to check in wins).
 
         ``timeout`` defaults to the server's wait timeout (which also caps it).
         Raises :class:`PairingTimeout` if nobody came, :class:`PairingConflict` if

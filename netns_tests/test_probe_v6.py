@@ -1,0 +1,111 @@
+"""IPv6 in the lab (issue 14): every v6 behaviour of the catalogue, probed for real.
+
+Each test builds its own lab (unique namespace prefix, always torn down) with a dual-stack
+site, runs our server with both families (``serve V4 --alt-ip V4 --ip6 V6 --alt-ip6 V6``)
+and the probe CLI on the LAN host: the ``ipv6`` block must equal the ground truth
+``lab.expected(site)["ipv6"]`` and the IPv4 verdicts ``lab.expected(site)`` as before.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import sys
+
+import pytest
+
+from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.lab.v6 import V6_CATALOGUE
+
+pytestmark = pytest.mark.netns
+
+PORT = 8080
+
+
+def serve_dual(lab: Lab) -> str:
+    proc = lab.popen("srv", [sys.executable, "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
+                             "--alt-ip", lab.server_alt_ip, "--ip6", lab.server_ip6,
+                             "--alt-ip6", lab.server_alt_ip6, "--json", "--log-level", "WARNING"])
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    assert ready, "the server did not start within 20 s: " + proc.stderr.read() if proc.poll() else ""
+    line = json.loads(proc.stdout.readline())
+    assert line["http6_url"] == f"http://[{lab.server_ip6}]:{PORT}", line
+    assert {ep["role"] for ep in line["stun6_endpoints"]} == {"primary", "alt-port", "alt-ip", "alt-both"}
+    return f"http://{lab.server_ip}:{PORT}"
+
+
+def probe(lab: Lab, host: str, *args: str) -> tuple[int, dict]:
+    r = lab.exec(host, [sys.executable, "-m", "stunturn_diag", "probe", *args, "--json"], timeout=90)
+    assert r.stdout.strip(), f"no JSON output (exit {r.returncode}): {r.stderr[-2000:]}"
+    return r.returncode, json.loads(r.stdout)
+
+
+def mismatches(expected: dict, got: dict) -> dict:
+    bad = {key: (expected[key], got.get(key)) for key in ("nat", "reachable")
+           if key in expected and expected[key] != got.get(key)}
+    for proto in ("udp", "tcp"):
+        for key, value in expected[proto].items():
+            if (got.get(proto) or {}).get(key) != value:
+                bad[f"{proto}.{key}"] = (value, (got.get(proto) or {}).get(key))
+    return bad
+
+
+@pytest.mark.parametrize("name", list(V6_CATALOGUE))
+def test_ipv6_verdicts_equal_ground_truth(name):
+    with Lab(LabSpec.simple(V6_CATALOGUE[name], None)) as lab:
+        url = serve_dual(lab)
+        truth = lab.expected("a")
+        for run in range(2):   # leftover conntrack state / learnt permits must not change it
+            rc, got = probe(lab, "a1", url)
+            six = got["ipv6"]
+            assert six["reachable"] is True and six["status"] == "diagnosed", six
+            assert mismatches(truth["ipv6"], six) == {}, f"run {run}: {six['undetermined']}"
+            assert six["public_ip"] == lab.site_public_ip6("a")
+            assert six["local_ip"] == lab.host_ip6("a1")
+            assert mismatches({k: truth[k] for k in ("nat", "udp", "tcp")}, got) == {}, f"run {run} (IPv4)"
+            assert rc == 0 and got["status"] == "diagnosed", got["undetermined"]
+            assert got["public_ip"] == lab.site_public_ip("a")
+            if six["nat"] is False and six["udp"]["filtering"] != "endpoint-independent":
+                assert six["verdict"].startswith(f"no NAT, but {six['udp']['filtering']} filtering")
+
+
+def test_site_without_ipv6_gets_one_line_and_no_error():
+    """Site a is dual-stack, site b has no IPv6 (its hosts hold link-local addresses
+    only): b1's probe diagnoses IPv4 (exit 0) and says in one line why IPv6 was not."""
+    with Lab(LabSpec.simple("port-restricted+v6=apdf", "full-cone")) as lab:
+        url = serve_dual(lab)
+        rc, got = probe(lab, "b1", url)
+        assert rc == 0 and got["status"] == "diagnosed"
+        assert got["ipv6"]["reachable"] is False and "no IPv6 route" in got["ipv6"]["reason"]
+        text = lab.exec("b1", [sys.executable, "-m", "stunturn_diag", "probe", url], timeout=90)
+        assert text.returncode == 0, text.stderr[-1000:]
+        assert [line for line in text.stdout.splitlines() if "IPv6" in line] == [
+            f"IPv6: not diagnosed - {got['ipv6']['reason']}"]
+
+
+def test_pairing_matches_a_receiver_by_its_ipv6_address():
+    """The initiator (a1, over IPv4) names the receiver's IPv4 and IPv6 addresses; the
+    receiver (b1) checks in over IPv6 and is matched by its IPv6 address."""
+    with Lab(LabSpec.simple("port-restricted+v6=apdf", "symmetric-random+v6=apdf")) as lab:
+        url = serve_dual(lab)
+        rid = "cd" * 32
+        targets = [lab.site_public_ip("b"), lab.site_public_ip6("b")]
+        initiator = lab.popen("a1", [sys.executable, "-c", (
+            "import json,sys;from stunturn_diag.signaling import SignalingClient;"
+            f"print(json.dumps(SignalingClient({url!r}).initiate({rid!r}, {targets!r}, 'udp', timeout=20)))")])
+        url6 = f"http://[{lab.server_ip6}]:{PORT}"
+        check = ("import json,sys,time;from stunturn_diag.signaling import SignalingClient;"
+                 "from stunturn_diag.errors import SignalingError\n"
+                 "for _ in range(100):\n"
+                 f"  try: print(json.dumps(SignalingClient({url6!r}).checkin({rid!r}))); break\n"
+                 "  except SignalingError as exc: print(exc, file=sys.stderr); time.sleep(0.1)\n")
+        rr = lab.exec("b1", [sys.executable, "-c", check], timeout=30)
+        assert rr.stdout.strip(), rr.stderr[-2000:] + (initiator.poll() is not None and
+                                                        initiator.communicate()[1] or "")
+        receiver = json.loads(rr.stdout)
+        out, err = initiator.communicate(timeout=30)
+        answer = json.loads(out)
+        assert receiver["role"] == "receiver" and answer["role"] == "initiator", err
+        assert answer["peer"]["observed"]["ip"] == lab.host_ip6("b1")
+        assert receiver["peer"]["observed"]["ip"] == lab.site_public_ip("a")
+        assert answer["match_id"] == receiver["match_id"]
