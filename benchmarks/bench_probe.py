@@ -18,6 +18,14 @@ usually quoted for those tools: natdiscovery ~12 s, pystun3 8-16 s.
 Bounded: every command has a timeout; labs are always torn down.
 
     sudo python3 benchmarks/bench_probe.py --runs 3 --compare
+
+Dual stack (``--dual-stack``, issue 14): per lab NAT type with an IPv6 behaviour (default:
+``port-restricted+v6=apdf`` and ``symmetric-random+v6=apdf``; ``--v6-nat TOKEN`` repeatable),
+the server serves both families and the probe CLI runs alternately with ``--no-ipv6``
+(IPv4 only) and without it (IPv4 and IPv6 at once); printed: the median CLI wall times,
+their ratio (target <= 1.2) and whether both families' verdicts equal the ground truth.
+
+    sudo python3 benchmarks/bench_probe.py --dual-stack --runs 5
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
 PORT = 8080
 
 
-def _serve(lab: Lab) -> str:
+def _serve(lab: Lab, dual: bool = False) -> str:
+    v6 = ["--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6] if dual else []
     proc = lab.popen("srv", ["python3", "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
-                             "--alt-ip", lab.server_alt_ip, "--json", "--log-level", "WARNING"])
+                             "--alt-ip", lab.server_alt_ip, *v6, "--json", "--log-level", "WARNING"])
     if not select.select([proc.stdout], [], [], 20)[0]:
         raise SystemExit("server did not start")
     proc.stdout.readline()
@@ -122,15 +131,80 @@ def _natdiscovery(name: str) -> dict:
                 "probe_vs_coturn_ms": round(got["elapsed_ms"])}
 
 
+def _serve_unthrottled(lab: Lab) -> str:
+    """Our dual-stack server with the probe-assist rate limit raised (config.extra), so that
+    back-to-back runs from one address are never answered 429 (which would skew the times)."""
+    code = ("import json;from stunturn_server.config import ServerConfig;"
+            "from stunturn_server.runner import serve_forever;"
+            f"serve_forever(ServerConfig(http_host={lab.server_ip!r}, http_port={PORT}, "
+            f"alt_ip={lab.server_alt_ip!r}, http_host6={lab.server_ip6!r}, alt_ip6={lab.server_alt_ip6!r}, "
+            "log_level='WARNING', extra={'probe_assist_burst': 1000, 'probe_assist_rate': 1000}), "
+            "on_ready=lambda h: print(json.dumps({'http_url': h.http_url}), flush=True))")
+    proc = lab.popen("srv", ["python3", "-c", code])
+    if not select.select([proc.stdout], [], [], 20)[0]:
+        raise SystemExit("server did not start")
+    proc.stdout.readline()
+    return f"http://{lab.server_ip}:{PORT}"
+
+
+def bench_dual(token: str, runs: int) -> dict:
+    """IPv4-only vs dual-stack probe CLI wall time in one lab (alternating, median of ``runs``)."""
+    with Lab(LabSpec.simple(token, None)) as lab:
+        url = _serve_unthrottled(lab)
+        truth = lab.expected("a")
+        only4, both, wrong, v6_ms, e4, e46 = [], [], [], [], [], []
+        for _ in range(runs):
+            w4, r4 = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", url, "--json", "--no-ipv6"])
+            w46, r46 = _timed(lab, ["python3", "-m", "stunturn_diag", "probe", url, "--json"])
+            only4.append(w4 * 1000)
+            both.append(w46 * 1000)
+            got4, got = json.loads(r4.stdout), json.loads(r46.stdout)
+            e4.append(got4["elapsed_ms"])
+            e46.append(got["elapsed_ms"])
+            wrong += _wrong(truth, got4) + _wrong(truth, got)
+            six = got["ipv6"]
+            if not six["reachable"]:
+                wrong.append(f"ipv6 unreachable: {six['reason']}")
+            else:
+                v6_ms.append(six["elapsed_ms"])
+                wrong += [f"ipv6.{w}" for w in _wrong(truth["ipv6"], six)]
+        m4, m46 = statistics.median(only4), statistics.median(both)
+        return {"nat": token, "ipv4_only_ms": round(m4), "dual_stack_ms": round(m46),
+                "ratio": round(m46 / m4, 2), "ipv4_probe_ms_alone": round(statistics.median(e4)),
+                "ipv4_probe_ms_beside_ipv6": round(statistics.median(e46)), "ipv6_probe_ms_median": round(statistics.median(v6_ms)) if v6_ms
+                else None, "correct": not wrong, "wrong": wrong}
+
+
+def main_dual(tokens: list[str], runs: int, as_json: bool) -> None:
+    rows = [bench_dual(t, runs) for t in tokens]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    print("probe CLI wall time, IPv4 only (--no-ipv6) vs IPv4 + IPv6 at once (median; target ratio <= 1.2)")
+    for row in rows:
+        print(f"{row['nat']:36s} IPv4 {row['ipv4_only_ms']:6d} ms  dual {row['dual_stack_ms']:6d} ms  "
+              f"ratio {row['ratio']:.2f}  (probe elapsed: IPv4 alone {row['ipv4_probe_ms_alone']} ms, beside "
+              f"IPv6 {row['ipv4_probe_ms_beside_ipv6']} ms; IPv6 {row['ipv6_probe_ms_median']} ms)  "
+              f"correct={row['correct']}{' ' + str(row['wrong']) if row['wrong'] else ''}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nat", action="append", choices=list(CATALOGUE), help="NAT type (repeatable)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compare", action="store_true", help="also time natdiscovery and pystun3")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dual-stack", action="store_true", help="IPv4-only vs dual-stack probe time")
+    ap.add_argument("--v6-nat", action="append", metavar="TOKEN",
+                    help="lab NAT type with +v6=MODE for --dual-stack (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
+    if args.dual_stack:
+        main_dual(args.v6_nat or ["port-restricted+v6=apdf", "symmetric-random+v6=apdf"],
+                  max(1, min(args.runs, 20)), args.json)
+        return
     rows = [bench_nat(n, max(1, min(args.runs, 20)), args.compare) for n in (args.nat or list(CATALOGUE))]
     if args.json:
         print(json.dumps(rows))
