@@ -349,7 +349,9 @@ class _Side:
     def _stun_endpoint(self, protocol: str) -> Address:
         info = self._info if self._info is not None else self.client.info()
         self._info = info
-        stun = info.get("stun") if isinstance(info.get("stun"), dict) else {}
+        from ..probe.dual_stack import for_url_family   # dual-stack server: the URL's family
+        stun = for_url_family(info, self.client.base_url).get("stun")
+        stun = stun if isinstance(stun, dict) else {}
         primary = address_of(stun.get("primary"))
         transports = stun.get("transports") or ["udp", "tcp"]
         if primary is None or protocol not in transports:
@@ -364,7 +366,10 @@ class _Side:
     def _rendezvous(self, protocol: str):
         if protocol == "udp":
             from .udp import UdpRendezvous
-            return UdpRendezvous(self.opts.local_ip, self.opts.local_port)
+            local_ip = self.opts.local_ip
+            if local_ip == "0.0.0.0" and ":" in self._stun_endpoint(protocol)[0]:
+                local_ip = "::"     # a server reached over IPv6: punch over IPv6
+            return UdpRendezvous(local_ip, self.opts.local_port)
         try:
             from .tcp import TcpRendezvous
         except ImportError:
