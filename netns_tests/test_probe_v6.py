@@ -9,13 +9,13 @@ and the probe CLI on the LAN host: the ``ipv6`` block must equal the ground trut
 from __future__ import annotations
 
 import json
-import select
 import sys
 
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
 from stunturn_diag.lab.v6 import V6_CATALOGUE
+from stunturn_diag.punch.labkit import start_server
 
 pytestmark = pytest.mark.netns
 
@@ -23,15 +23,14 @@ PORT = 8080
 
 
 def serve_dual(lab: Lab) -> str:
-    proc = lab.popen("srv", [sys.executable, "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
-                             "--alt-ip", lab.server_alt_ip, "--ip6", lab.server_ip6,
-                             "--alt-ip6", lab.server_alt_ip6, "--json", "--log-level", "WARNING"])
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    assert ready, "the server did not start within 20 s: " + proc.stderr.read() if proc.poll() else ""
-    line = json.loads(proc.stdout.readline())
-    assert line["http6_url"] == f"http://[{lab.server_ip6}]:{PORT}", line
-    assert {ep["role"] for ep in line["stun6_endpoints"]} == {"primary", "alt-port", "alt-ip", "alt-both"}
+    """Our server with both families on the lab's server host; its URL over IPv4."""
+    proc = start_server(lab, http_port=PORT, extra=dual_stack_options(lab))
+    assert proc.poll() is None
     return f"http://{lab.server_ip}:{PORT}"
+
+
+def dual_stack_options(lab: Lab) -> tuple[str, ...]:
+    return ("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6)
 
 
 def probe(lab: Lab, host: str, *args: str) -> tuple[int, dict]:
@@ -109,3 +108,17 @@ def test_pairing_matches_a_receiver_by_its_ipv6_address():
         assert answer["peer"]["observed"]["ip"] == lab.host_ip6("b1")
         assert receiver["peer"]["observed"]["ip"] == lab.site_public_ip("a")
         assert answer["match_id"] == receiver["match_id"]
+
+
+def test_ipv6_stun_responder_names_its_ipv6_alternate():
+    """RFC 5780 over IPv6: with --stun [V6]:3478 the probe learns the alternate from
+    OTHER-ADDRESS (an IPv6 address) and gets the firewall's UDP verdicts right."""
+    with Lab(LabSpec.simple("port-restricted+v6=adf", None)) as lab:
+        serve_dual(lab)
+        rc, got = probe(lab, "a1", "--stun", f"[{lab.server_ip6}]:3478")
+        assert got["server"]["endpoints"]["source"] == "other-address"
+        assert got["server"]["endpoints"]["alt_both"] == {"ip": lab.server_alt_ip6, "port": 3479}
+        truth = lab.expected("a")["ipv6"]
+        assert {k: got["udp"][k] for k in ("mapping", "filtering")} == \
+            {k: truth["udp"][k] for k in ("mapping", "filtering")}
+        assert rc == 0 and got["ipv6"]["public_ip"] == lab.host_ip6("a1")   # the block mirrors it

@@ -105,6 +105,15 @@ def _url_is_ipv6(server: str) -> bool:
         return False
 
 
+def _stun_is_ipv6(stun: str) -> bool:
+    from .endpoints import parse_hostport
+
+    try:
+        return ipaddress.ip_address(parse_hostport(stun)[0]).version == 6
+    except ValueError:
+        return False
+
+
 def _route_reason(url6: str, info6_stun: dict) -> str | None:
     from .udp_runner import route_source_ip
 
@@ -130,8 +139,8 @@ def run_dual_stack(server: str | None = None, *, stun: str | None = None, ipv6: 
     tls = options.get("tls")
     if not ipv6:
         reason = "not asked (--no-ipv6)"
-    elif stun is not None:
-        reason = "--stun: only the family of the address given is probed"
+    elif stun is not None:   # an IPv6 --stun address: the first diagnosis is the IPv6 one
+        reason = None if _stun_is_ipv6(stun) else "--stun: only the family of the address given is probed"
     elif _url_is_ipv6(server or ""):
         reason = None   # the first diagnosis is the IPv6 one
     else:
@@ -155,7 +164,7 @@ def run_dual_stack(server: str | None = None, *, stun: str | None = None, ipv6: 
     if info is not None:
         options["info"] = info
     result = probe(server, stun=stun, progress=progress, **options)
-    if reason is None and thread is None:           # the URL itself is IPv6
+    if reason is None and thread is None:           # the URL (or --stun address) itself is IPv6
         result.ipv6, result.ipv6_result = summary(result), result
         return result
     if thread is not None:
