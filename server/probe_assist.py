@@ -96,7 +96,8 @@ def init_app(app) -> None:
     per_source = min(conc, int(_setting(extra, "concurrency_per_source", 8)))
     if per_source < 1:
         raise ConfigError(f"probe_assist_concurrency_per_source must be at least 1, got {per_source}")
-    ours = {_host_key(ip) for ip in (cfg.http_host, cfg.stun_ip, cfg.alt_ip) if ip}
+    ours = {_host_key(ip) for ip in (cfg.http_host, cfg.stun_ip, cfg.alt_ip, cfg.http_host6, cfg.alt_ip6)
+            if ip}
     if any(ipaddress.ip_address(ip).is_loopback for ip in ours):
         ours.add("localhost")  # names this very machine: no page can rebind it
     app.extensions["stunturn_probe_assist"] = AssistState(

@@ -116,3 +116,14 @@ def test_initiate_over_http_with_target_ip6_is_accepted():
     r = client.post("/v1/initiate", json={"rendezvous": RID, "target_ip": "203.0.113.2",
                                           "target_ip6": "2001:db8:1::10", "protocol": "udp", "timeout": 0.1})
     assert r.status_code == 408 and r.get_json()["error"] == "timeout"
+
+
+def test_probe_assist_accepts_the_ipv6_host_header():
+    """The DNS-rebinding guard knows the IPv6 listen address as this server's own name."""
+    client = create_app(ServerConfig(**DUAL)).test_client()
+    r = client.post("/v1/probe/tcp-connect", json={"port": 0},
+                    headers={"Host": f"[{V6}]:8080"}, environ_base={"REMOTE_ADDR": "2001:db8:1::10"})
+    assert r.status_code == 400            # past the Host check: the body is what is wrong
+    r = client.post("/v1/probe/tcp-connect", json={"port": 0},
+                    headers={"Host": "[2001:db8::99]:8080"}, environ_base={"REMOTE_ADDR": "2001:db8:1::10"})
+    assert r.status_code == 403 and r.get_json()["error"] == "host-not-allowed"
