@@ -20,7 +20,8 @@ Bounded: every command has a timeout; labs are always torn down.
     sudo python3 benchmarks/bench_probe.py --runs 3 --compare
 
 Dual stack (``--dual-stack``, issue 14): per lab NAT type with an IPv6 behaviour (default:
-``port-restricted+v6=apdf`` and ``symmetric-random+v6=apdf``; ``--v6-nat TOKEN`` repeatable),
+``port-restricted+v6=apdf`` with and without ``+v6-syn=rst``, ``symmetric-random+v6=apdf``;
+``--v6-nat TOKEN`` repeatable),
 the server serves both families and the probe CLI runs alternately with ``--no-ipv6``
 (IPv4 only) and without it (IPv4 and IPv6 at once); printed: the median CLI wall times,
 their ratio (target <= 1.2) and whether both families' verdicts equal the ground truth.
@@ -132,13 +133,15 @@ def _natdiscovery(name: str) -> dict:
 
 
 def _serve_unthrottled(lab: Lab) -> str:
-    """Our dual-stack server with the probe-assist rate limit raised (config.extra), so that
-    back-to-back runs from one address are never answered 429 (which would skew the times)."""
+    """Our dual-stack server with the probe-assist rate and per-source concurrency limits raised
+    (config.extra), so back-to-back runs from one address are never answered 429 (the previous
+    run's silent connect-backs may still be running), which would skew the times."""
     code = ("import json;from stunturn_server.config import ServerConfig;"
             "from stunturn_server.runner import serve_forever;"
             f"serve_forever(ServerConfig(http_host={lab.server_ip!r}, http_port={PORT}, "
             f"alt_ip={lab.server_alt_ip!r}, http_host6={lab.server_ip6!r}, alt_ip6={lab.server_alt_ip6!r}, "
-            "log_level='WARNING', extra={'probe_assist_burst': 1000, 'probe_assist_rate': 1000}), "
+            "log_level='WARNING', extra={'probe_assist_burst': 1000, 'probe_assist_rate': 1000, "
+            "'probe_assist_concurrency_per_source': 32}), "
             "on_ready=lambda h: print(json.dumps({'http_url': h.http_url}), flush=True))")
     proc = lab.popen("srv", ["python3", "-c", code])
     if not select.select([proc.stdout], [], [], 20)[0]:
@@ -202,7 +205,8 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     if args.dual_stack:
-        main_dual(args.v6_nat or ["port-restricted+v6=apdf", "symmetric-random+v6=apdf"],
+        main_dual(args.v6_nat or ["port-restricted+v6=apdf", "port-restricted+v6=apdf+v6-syn=rst",
+                                  "symmetric-random+v6=apdf"],
                   max(1, min(args.runs, 20)), args.json)
         return
     rows = [bench_nat(n, max(1, min(args.runs, 20)), args.compare) for n in (args.nat or list(CATALOGUE))]
