@@ -108,7 +108,8 @@ class PunchOptions:
     cache_dir: str | None = None
     local_ip: str = "0.0.0.0"
     local_port: int = 0
-    #: UDP channel: keepalive period and silence after which the peer counts as lost
+    #: keepalive period and silence after which the peer counts as lost (UDP channel
+    #: frames; TCP: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT)
     keepalive_interval: float = 2.0
     peer_timeout: float = 10.0
     #: fall back to the server's TURN relay (UDP) when the plan is relay-needed or the
@@ -813,6 +814,9 @@ class _Side:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
+                    from .tcp_sockets import configure_keepalive
+                    configure_keepalive(conn, self.opts.keepalive_interval,
+                                        self.opts.peer_timeout)
                     hs = Handshake(self.key, match_id, self.role, started=self.pake)
                     conn = authenticate_stream(conn, self.key, match_id, self.role, deadline,
                                                handshake=hs)
