@@ -115,3 +115,17 @@ def test_a_counter_too_fast_to_predict_is_named_with_its_rate(protocol):
         assert ini["ok"] is False and ini["reason"] == "port-counter-too-fast", ini
         assert "flows/s" in ini["message"] and "too fast" in ini["message"], ini
         assert rec["ok"] is False, rec
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_two_sequential_nats_one_with_background_traffic(protocol):
+    """Both sides promise and steer; their k-th punch flows meet (site a's counter
+    also moves at 20 flows/s from a second host)."""
+    spec = LabSpec(sites={"a": SiteSpec(nat=SEQ, hosts=2, background_flows_per_s=20),
+                          "b": SiteSpec(nat=SEQ)})
+    with Lab(spec) as lab:
+        res = run_pair(lab, "a1", "b1", protocol=protocol, punch_timeout=8.0,
+                       receiver_delay=1.0)
+        assert res.ok, (res.initiator, res.receiver)
+        for side in (res.initiator, res.receiver):
+            assert side["strategy"] == "predict" and side["got"] and side["acked"], side
