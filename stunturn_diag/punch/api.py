@@ -64,7 +64,7 @@ PROTOCOLS = ("udp", "tcp")
 #: sequential NATs: seconds from a counter reading to the punch, receiver (one
 #: check-in away) and how often a waiting initiator renews its promise
 RECEIVER_HORIZON = 0.5
-PROMISE_REFRESH = 2.0
+PROMISE_REFRESH = 1.0
 #: seconds between the first two counter readings (the first rate estimate)
 RATE_SAMPLE = 0.2
 #: PunchError.reason for pairing failures (signaling error code -> reason)
