@@ -38,3 +38,12 @@ def test_the_peer_aims_at_the_promised_window():
     del details["nat"]["punch"]["next_port"]          # older peers: srflx + shift + 1
     assert build_targets(plan, "receiver", details).targets[0] == ("203.0.113.2", 20004)
     assert promised_port({"nat": {"punch": {"next_port": True}}}) is None
+
+
+def test_a_counter_that_outruns_the_window_during_the_punch_is_too_fast():
+    assert counter.outruns_window(500.0, 8)           # 10 ports in PUNCH_SPAN
+    assert not counter.outruns_window(100.0, 8)
+    assert not counter.outruns_window(None, 8)
+    assert counter.outruns_window(100.0, 8, skip=7)   # one port of the window left
+    text = too_fast_message(Reading(20000, 0.0), Reading(20100, 0.2), 0, 20090, 16)
+    assert "too fast" in text and "495.0 flows/s" in text and "20090-20105" in text

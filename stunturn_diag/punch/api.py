@@ -737,7 +737,8 @@ class _Side:
         """After the match: bring our NAT's counter to the promised port (burning
         the gap); the number of our targets to skip. PunchError when it is past."""
         first, _flows = self._marks[-1]
-        return self._steer.steer_to(self.next_port, plan.predict_for(self.role), first, 0)
+        # since that reading: our signaling request (the one that was answered)
+        return self._steer.steer_to(self.next_port, plan.predict_for(self.role), first, 1)
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
                t_match: float, mine: dict | None = None) -> PunchResult:

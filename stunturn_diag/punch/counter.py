@@ -37,6 +37,9 @@ LEAD_MARGIN = 2
 MAX_LEAD = 256
 #: readings plus burns after the match, at most (bounds the steering loop)
 MAX_STEPS = 4
+#: seconds from the confirming reading to the last punch flow: a counter that others
+#: move by more than the window in that time cannot be hit even when steered
+PUNCH_SPAN = 0.02
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,22 @@ def steer(reading: Reading, next_port: int, window: int) -> Step:
     return Step("burn", next_port - nxt - 1)
 
 
+def outruns_window(flows_per_s: float | None, window: int, skip: int = 0) -> bool:
+    """True when others move the counter past the rest of the window (``window - skip``
+    ports) in the :data:`PUNCH_SPAN` our punch flows need after the last reading."""
+    return bool(flows_per_s) and flows_per_s * PUNCH_SPAN >= max(1, window - skip)
+
+
 def too_fast_message(first: Reading, last: Reading, own_flows: int, next_port: int,
                      window: int) -> str:
-    """Why the prediction failed, with the observed rate."""
+    """Why the prediction failed, with the observed rate (overrun, or about to be)."""
     r = rate(first, last, own_flows)
+    if last.port + 1 < next_port + window:     # still inside: outruns it during the punch
+        return (f"the NAT's port counter moves too fast to predict: "
+                f"{r or 0:.1f} flows/s from other hosts and applications (measured from "
+                f"mapped port {first.port} to {last.port} over {last.t - first.t:.2f} s by "
+                f"STUN) pass the {window} promised ports {next_port}-{next_port + window - 1}"
+                f" within the {PUNCH_SPAN * 1000:.0f} ms the punch takes")
     seen = (f"{r:.1f} flows/s from other hosts and applications" if r is not None
             else "an unknown rate")
     return (f"the NAT's port counter moved too fast to predict: it reached "

@@ -72,10 +72,11 @@ class CounterSteer:
         for _ in range(counter.MAX_STEPS):
             reading = self.read()
             step = counter.steer(reading, next_port, window)
-            if step.action == "go":
+            own = own_flows_since_first + (self.flows - before) - 1
+            if step.action == "go" and not counter.outruns_window(
+                    counter.rate(first, reading, own), window, step.count):
                 return step.count
-            if step.action == "late":
-                own = own_flows_since_first + (self.flows - before) - 1
+            if step.action in ("go", "late"):
                 raise PunchError(counter.too_fast_message(first, reading, own, next_port,
                                                           window),
                                  hint="a relay (TURN) is needed while the NAT hands out "
