@@ -1,16 +1,21 @@
-"""Time-to-connect of UDP hole punching per NAT pair in the lab (needs root).
+"""Time-to-connect of UDP and TCP hole punching per NAT pair in the lab (needs root).
 
 For each pair: a fresh lab, the real server, both peers through the library API
-with their NAT profiles known. ``connect_ms`` is measured by each peer from the
-moment the match released it to the authenticated channel. Prints one line per
-pair (median over ``--repeat`` runs) and a JSON summary with ``--json``.
+with their NAT profiles known (a real signaling round). ``connect_ms`` is measured
+by each peer from the moment the match released it to the authenticated channel.
+Prints one line per pair and protocol (median over ``--repeat`` runs) and a JSON
+summary with ``--json``. A NAT name ending in ``+bgN`` is that NAT with a second
+LAN host opening N new flows per second (``SiteSpec.background_flows_per_s``):
+``symmetric-sequential+bg100`` is a sequential NAT whose one port counter moves on
+at 100 ports/s besides the punch.
 
-    sudo python3 benchmarks/bench_punch.py [--repeat 3] [--pairs all] [--json]
+    sudo python3 benchmarks/bench_punch.py [--repeat 3] [--pairs all] [--protocol both] [--json]
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
 import sys
 
 from _punch_bench import emit_json, measure, parse_args
@@ -26,13 +31,27 @@ DEFAULT_PAIRS = [
     ("symmetric-random", "full-cone"),
     ("symmetric-random", "restricted-cone"),
     ("eim-no-preservation", "symmetric-sequential"),
+    ("symmetric-sequential+bg20", "port-restricted"),
+    ("symmetric-sequential+bg100", "port-restricted"),
 ]
 
 
+def site(name: str):
+    """A SiteSpec for ``NAME`` or ``NAME+bgRATE`` (background flows from a second host)."""
+    from stunturn_diag.lab import CATALOGUE, SiteSpec
+    base, _, bg = name.partition("+bg")
+    if bg:
+        return SiteSpec(nat=CATALOGUE[base], hosts=2, background_flows_per_s=float(bg))
+    return SiteSpec(nat=CATALOGUE[base])
+
+
 def main() -> int:
-    args = parse_args(__doc__, "bench_punch", lambda ap: ap.add_argument(
-        "--pairs", choices=["default", "all"], default="default",
-        help="all = every feasible pair of the catalogue without loss"))
+    def options(ap) -> None:
+        ap.add_argument("--pairs", choices=["default", "all"], default="default",
+                        help="all = every feasible pair of the catalogue without loss")
+        ap.add_argument("--protocol", choices=["udp", "tcp", "both"], default="both")
+
+    args = parse_args(__doc__, "bench_punch", options)
     if args is None:
         return 2
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
@@ -47,15 +66,25 @@ def main() -> int:
     else:
         pairs = DEFAULT_PAIRS
 
-    def run_once(a: str, b: str):
-        with Lab(LabSpec.simple(a, b)) as lab:
-            res = run_pair(lab, "a1", "b1", punch_timeout=5.0)
-        return (res.ok, res.initiator.get("connect_ms"), res.receiver.get("connect_ms"),
-                res.initiator.get("strategy", "-"))
+    all_rows = []
+    for protocol in (["udp", "tcp"] if args.protocol == "both" else [args.protocol]):
+        def run_once(a: str, b: str, protocol=protocol):
+            with Lab(LabSpec(sites={"a": site(a), "b": site(b)})) as lab:
+                res = run_pair(lab, "a1", "b1", punch_timeout=5.0, protocol=protocol)
+            return (res.ok, res.initiator.get("connect_ms"), res.receiver.get("connect_ms"),
+                    res.initiator.get("strategy", "-"))
 
-    rows = measure(pairs, args.repeat, run_once, unit="ms")
+        print(f"protocol {protocol}: ms from the match to the authenticated channel")
+        rows = measure(pairs, args.repeat, run_once, unit="ms")
+        for row in rows:
+            row["protocol"] = protocol
+        all_rows += rows
+        medians = [v for r in rows for v in (r["initiator_ms"], r["receiver_ms"]) if v]
+        if medians:
+            print(f"protocol {protocol}: median over all pairs "
+                  f"{statistics.median(medians):.1f} ms")
     if args.json:
-        emit_json(rows)
+        emit_json(all_rows)
     return 0
 
 if __name__ == "__main__":

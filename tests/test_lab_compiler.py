@@ -178,3 +178,19 @@ def test_stacked_ground_truth_behind_a_cgnat():
                             CATALOGUE["full-cone"])["udp"]["reachable"] is False
     assert stacked_expected(CATALOGUE["public"], CATALOGUE["full-cone"]) == \
         CATALOGUE["full-cone"].expected
+
+
+def test_background_flows_are_a_site_setting_with_bounds():
+    from stunturn_diag.lab.spec import LabSpec as Spec
+    spec = Spec.from_dict({"sites": {"a": {"nat": "symmetric-sequential", "hosts": 2,
+                                           "background_flows_per_s": 20}}})
+    site = spec.sites["a"]
+    assert site.background_flows_per_s == 20 and site.background_host == 2
+    assert Spec.from_dict(spec.to_dict()) == spec                      # round trip
+    assert Spec.from_dict({"sites": {"a": "full-cone"}}).sites["a"].background_host is None
+    for bad in ({"hosts": 1, "background_flows_per_s": 5},            # needs a second host
+                {"hosts": 2, "background_flows_per_s": -1},
+                {"hosts": 2, "background_flows_per_s": 10_000},
+                {"hosts": 2, "background_flows_per_s": True}):
+        with pytest.raises(ConfigError):
+            Spec.from_dict({"sites": {"a": {"nat": "symmetric-sequential", **bad}}})

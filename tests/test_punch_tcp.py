@@ -147,8 +147,12 @@ def test_peer_that_never_punches_fails_within_deadline_naming_rst(pair, pin, mon
     (attempt,) = err.attempts
     assert attempt["candidate"] == f"{LO}:{port}"
     assert "ECONNREFUSED" in attempt["error"]
-    # retries are paced: one round per RETRY_INTERVAL after SETTLE, never a storm
-    assert 1 < attempt["connects"] <= 1.0 / tcp_engine.RETRY_INTERVAL + 1
+    # retries are paced by the back-off (tcp_engine.retry_delay), never a storm
+    rounds, t = 1, 0.0
+    while t + tcp_engine.retry_delay(rounds) < 1.0:
+        t += tcp_engine.retry_delay(rounds)
+        rounds += 1
+    assert 1 < attempt["connects"] <= rounds + 1
 
 
 @needs_filter
@@ -334,3 +338,16 @@ def test_learn_mapping_rejects_ipv6_server():
     with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
         rv.learn_mapping(("::1", 3478), 1.0)
     assert info.value.reason == "stun-failed" and "IPv6" in info.value.message
+
+
+def test_keepalive_settings_follow_the_udp_options():
+    from stunturn_diag.punch.tcp_sockets import configure_keepalive, keepalive_settings
+    assert keepalive_settings(2.0, 10.0) == {"idle": 2, "interval": 2, "count": 4,
+                                             "user_timeout_ms": 10000}
+    assert keepalive_settings(0.2, 0.5)["idle"] == 1            # whole seconds, at least 1
+    assert keepalive_settings(0.2, 0.5)["count"] == 1
+    with socket.socket() as sock:
+        cfg = configure_keepalive(sock, 1.0, 3.0)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == cfg["count"] == 2
+        assert sock.getsockopt(socket.IPPROTO_TCP, 18) == 3000       # TCP_USER_TIMEOUT

@@ -14,6 +14,7 @@ import threading
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from typing import Sequence
 
@@ -21,10 +22,13 @@ from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
 from . import portmap_runner, state, v6
 from .compiler import LabPlan, Step, compile_lab
-from .spec import LabSpec
+from .spec import MAX_BACKGROUND_S, LabSpec
 from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 
 PREFIX_FAMILY = state.PREFIX_FAMILY
+#: UDP port on the server host that background flows go to (discard, RFC 863):
+#: nothing listens there in the lab, the server host answers ICMP port unreachable
+BACKGROUND_PORT = 9
 
 
 #: the programs the lab runs (their packages: stunturn_diag/sysdeps.py)
@@ -227,10 +231,30 @@ class Lab:
                     raise LabError(f"building lab {self.name} failed at `{' '.join(step.argv)}`: "
                                    f"{said}", hint=build_hint(step.argv, said))
             portmap_runner.start(self)      # miniupnpd on +portmap sites (ended at down)
+            self._start_background()
         except BaseException:
             self.down()
             raise
         return self
+
+    def _start_background(self) -> None:
+        """Start each site's background flows (``SiteSpec.background_flows_per_s``) in
+        its last LAN host; they end with the lab (or after MAX_BACKGROUND_S)."""
+        for name, site in self.spec.sites.items():
+            index = site.background_host
+            if index is None:
+                continue
+            host = self.site_hosts(name)[index - 1]
+            self.popen(host, [sys.executable, "-m", "stunturn_diag.lab.background",
+                              "--to", f"{SERVER_IP}:{BACKGROUND_PORT}",
+                              "--rate", f"{site.background_flows_per_s:g}",
+                              "--duration", f"{MAX_BACKGROUND_S:g}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def background_host(self, site: str) -> str | None:
+        """The LAN host that sends ``site``'s background flows (None without them)."""
+        index = self.spec.sites[self._site(site).name].background_host
+        return None if index is None else self.site_hosts(site)[index - 1]
 
     def down(self) -> None:
         """End processes started with :meth:`popen`, then delete the lab's namespaces."""
@@ -357,7 +381,9 @@ class Lab:
                                          if self.spec.sites[s.name].cgnat else None),
                                "nat_node": s.nat_node, "cgnat_node": s.cgnat_node,
                                "public_ip": s.public_ip, "hosts": s.hosts,
-                               "ipv6": self._describe_v6(s.name)}
+                               "ipv6": self._describe_v6(s.name),
+                               "background_flows_per_s":
+                                   self.spec.sites[s.name].background_flows_per_s}
                       for s in self.topology.sites.values()},
         }
 

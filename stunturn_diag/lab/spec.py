@@ -21,6 +21,9 @@ from .catalogue import lookup
 
 MAX_SITES = 8
 MAX_HOSTS = 8
+#: most background flows per second a site may ask for, and how long they run at most
+MAX_BACKGROUND_RATE = 500.0
+MAX_BACKGROUND_S = 3600.0
 _SITE_NAME = re.compile(r"^[a-z][a-z0-9]{0,3}$")
 
 
@@ -39,6 +42,11 @@ class SiteSpec:
     nat: NatSpec
     hosts: int = 1
     cgnat: NatSpec | None = None
+    #: background traffic: the site's last LAN host opens this many new UDP flows per
+    #: second toward the server host for as long as the lab is up (at most
+    #: :data:`MAX_BACKGROUND_S`), as other hosts, DNS and check-ins do behind a real
+    #: NAT; a sequential NAT's one port counter moves on at that rate. Needs hosts >= 2.
+    background_flows_per_s: float = 0.0
 
     @property
     def expected(self) -> dict:
@@ -56,7 +64,13 @@ class SiteSpec:
 
     def to_dict(self) -> dict:
         return {"nat": self.nat.to_dict(), "hosts": self.hosts,
-                "cgnat": self.cgnat.to_dict() if self.cgnat else None}
+                "cgnat": self.cgnat.to_dict() if self.cgnat else None,
+                "background_flows_per_s": self.background_flows_per_s}
+
+    @property
+    def background_host(self) -> int | None:
+        """Index (1-based) of the host that sends background flows, None without them."""
+        return self.hosts if self.background_flows_per_s else None
 
     @classmethod
     def from_dict(cls, data: dict | str) -> "SiteSpec":
@@ -65,10 +79,11 @@ class SiteSpec:
             return cls(nat=nat_from(data))
         if not isinstance(data, dict):
             raise ConfigError(f"a site must be a NAT name or a table, got {data!r}")
-        check_keys(data, ("nat", "hosts", "cgnat"), "site")
+        check_keys(data, ("nat", "hosts", "cgnat", "background_flows_per_s"), "site")
         cgnat = data.get("cgnat")
         return cls(nat=nat_from(data.get("nat", "port-restricted")),
                    hosts=data.get("hosts", 1),
+                   background_flows_per_s=data.get("background_flows_per_s", 0.0),
                    cgnat=None if cgnat in (None, False) else nat_from(
                        "port-restricted" if cgnat is True else cgnat))
 
@@ -181,6 +196,14 @@ class LabSpec:
             if site.cgnat is not None and (site.nat.v6 != "off" or site.cgnat.v6 != "off"):
                 raise ConfigError(f"site {name!r}: IPv6 behind a carrier-grade NAT is not "
                                   "built by the lab yet", hint="drop +v6 or the CGNAT")
+            rate = site.background_flows_per_s
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
+                    or not 0 <= rate <= MAX_BACKGROUND_RATE:
+                raise ConfigError(f"site {name!r}: background_flows_per_s must be a number "
+                                  f"0..{MAX_BACKGROUND_RATE:g}, got {rate!r}")
+            if rate and site.hosts < 2:
+                raise ConfigError(f"site {name!r}: background flows come from a second LAN "
+                                  "host", hint="set hosts = 2 (or more) for this site")
             if site.cgnat is not None and not site.cgnat.nat:
                 raise ConfigError(f"site {name!r}: a carrier-grade NAT must translate",
                                   hint="pick a NAT type other than 'public'")

@@ -50,6 +50,7 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
 from ..signaling import SignalingClient, TlsOptions
 from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
+from .counter import Reading, promise as counter_promise, rate as counter_rate
 from .decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
 from .keys import rendezvous_id
@@ -60,6 +61,12 @@ from .wire import Role
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
+#: sequential NATs: seconds from a counter reading to the punch, receiver (one
+#: check-in away) and how often a waiting initiator renews its promise
+RECEIVER_HORIZON = 0.5
+PROMISE_REFRESH = 1.0
+#: seconds between the first two counter readings (the first rate estimate)
+RATE_SAMPLE = 0.2
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 #: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
@@ -101,7 +108,8 @@ class PunchOptions:
     cache_dir: str | None = None
     local_ip: str = "0.0.0.0"
     local_port: int = 0
-    #: UDP channel: keepalive period and silence after which the peer counts as lost
+    #: keepalive period and silence after which the peer counts as lost (UDP channel
+    #: frames; TCP: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT)
     keepalive_interval: float = 2.0
     peer_timeout: float = 10.0
     #: fall back to the server's TURN relay (UDP) when the plan is relay-needed or the
@@ -293,6 +301,11 @@ class _Side:
         #: flows (HTTP requests) opened after the last STUN binding, for port prediction
         self.pair_flows = 0
         #: protocol -> (rendezvous, mapped, local), in the order their bindings were made
+        #: sequential NAT: the port our first punch flow is promised (see counter.py)
+        self.next_port: int | None = None
+        self.counter_rate: float | None = None
+        self._steer = None
+        self._marks: list[tuple[Reading, int]] = []   # (reading, our flows so far)
         self.prepared: dict = {}
         #: protocol -> why it could not be prepared (also told to the peer)
         self.unavailable: dict[str, str] = {}
@@ -334,6 +347,10 @@ class _Side:
         mapped = self._portmap.address if self._portmap is not None else None
         if mapped is not None:
             punch["portmap"] = {"ip": mapped[0], "port": mapped[1]}
+        if self.next_port is not None:
+            punch["next_port"] = self.next_port
+            if self.counter_rate is not None:
+                punch["counter_rate"] = round(self.counter_rate, 2)
         nat["punch"] = punch
         out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
         for proto, (_rv, mapped, local) in self.prepared.items():
@@ -569,6 +586,7 @@ class _Side:
         while True:
             attempt += 1
             self.pair_flows += 1
+            self._refresh_promise(horizon=RECEIVER_HORIZON)
             try:
                 return self.client.checkin(self.rendezvous, details=self._details())
             except NoInitiatorWaiting:
@@ -602,19 +620,67 @@ class _Side:
         self._say(f"waiting for the receiver at {self.target_ip} to check in ...")
         cap = self._info.get("wait_timeout") if isinstance(self._info, dict) else None
         total = self.opts.pair_timeout
+        if not total and self._sequential():
+            # the long-poll is re-issued to renew the port promise: bound it as the
+            # server's single wait would have been
+            total = float(cap) if isinstance(cap, (int, float)) else 30.0
         end = time.monotonic() + total if total else None
         while True:
             left = None if end is None else max(0.1, end - time.monotonic())
             wait = min(left, float(cap)) if left is not None and isinstance(cap, (int, float)) \
                 else left
             self.pair_flows += 1
+            if self._refresh_promise(horizon=PROMISE_REFRESH + RECEIVER_HORIZON):
+                wait = PROMISE_REFRESH if wait is None else min(wait, PROMISE_REFRESH)
             try:
                 return self.client.initiate(self.rendezvous, self.target_ip, self.opts.protocol,
                                             details=self._details(), timeout=wait)
             except PairingTimeout:
                 if end is None or end - time.monotonic() <= 0.1:
                     raise
+                if self.next_port is not None:
+                    continue    # renewing the port promise, not worth a progress line
                 self._say(f"still waiting for the receiver ({end - time.monotonic():.0f}s left)")
+
+    def _sequential(self) -> bool:
+        """Our NAT (per our profile) maps per destination with sequential ports for
+        a prepared protocol: the peer will aim at a predicted window of ours."""
+        nat = _compact_profile(self.profile)
+        return any(profile_from_details(nat, proto).predictable for proto in self.prepared)
+
+    def _refresh_promise(self, horizon: float) -> bool:
+        """Read our NAT's counter and renew ``next_port`` (sequential NATs only).
+
+        One STUN reading per signaling request (a new flow); the rate comes from the
+        last two readings minus our own flows in between. False when not promising.
+        """
+        if not self._sequential():
+            return False
+        from .steer import CounterSteer
+        if self._steer is None:
+            self._steer = CounterSteer(self._stun_endpoint("udp"),
+                                       timeout=min(1.0, self.opts.stun_timeout))
+        own = self.pair_flows             # our HTTP requests so far
+        try:
+            if not self._marks:
+                # a first rate: two readings RATE_SAMPLE apart, before the first promise
+                self._marks.append((self._steer.read(), own + self._steer.flows))
+                time.sleep(RATE_SAMPLE)
+            reading = self._steer.read()
+        except StunturnError as exc:
+            self._say(f"cannot read the NAT's port counter ({exc.message}); "
+                      "the peer predicts from flows_after_stun")
+            self.next_port = None
+            return False
+        self._marks.append((reading, own + self._steer.flows))
+        if len(self._marks) >= 2:
+            (r0, f0), (r1, f1) = self._marks[-2], self._marks[-1]
+            measured = counter_rate(r0, r1, own_flows=f1 - f0 - 1)
+            if measured is not None:
+                self.counter_rate = measured
+        # after this reading: the signaling request itself, then the first punch flow
+        self.next_port = counter_promise(reading, 1, self.counter_rate, horizon)
+        return True
 
     def run(self) -> PunchResult:
         try:
@@ -671,6 +737,13 @@ class _Side:
             self._close_prepared()
             if self._portmap is not None:                   # not used: deleted now
                 self._portmap.release()
+
+    def _steer_counter(self, plan: Plan) -> int:
+        """After the match: bring our NAT's counter to the promised port (burning
+        the gap); the number of our targets to skip. PunchError when it is past."""
+        first, _flows = self._marks[-1]
+        # since that reading: our signaling request (the one that was answered)
+        return self._steer.steer_to(self.next_port, plan.predict_for(self.role), first, 1)
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
                t_match: float, mine: dict | None = None) -> PunchResult:
@@ -730,6 +803,11 @@ class _Side:
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol, vetted=vetted)
+            if self.next_port is not None and plan.predict_for(self.role):
+                skip = self._steer_counter(plan)
+                if skip and len(targets.targets) > skip:
+                    targets.targets = targets.targets[skip:]
+                    targets.prime = [t for t in targets.prime if t in targets.targets]
             if protocol == "udp":
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy, key=self.key, match_id=match_id,
@@ -742,6 +820,9 @@ class _Side:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
                                 prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
+                    from .tcp_sockets import configure_keepalive
+                    configure_keepalive(conn, self.opts.keepalive_interval,
+                                        self.opts.peer_timeout)
                     hs = Handshake(self.key, match_id, self.role, started=self.pake)
                     conn = authenticate_stream(conn, self.key, match_id, self.role, deadline,
                                                handshake=hs)
@@ -750,6 +831,13 @@ class _Side:
                     raise
                 local_addr, peer_addr = conn.getsockname()[:2], conn.getpeername()[:2]
         except PunchError as exc:
+            peer_rate = ((details.get("nat") or {}).get("punch") or {}).get("counter_rate") \
+                if isinstance(details.get("nat"), dict) else None
+            if plan.predict_for(Role(self.role).other.value) and exc.reason == "timeout" \
+                    and isinstance(peer_rate, (int, float)):
+                exc.message += (f" (the peer's sequential NAT handed out ports at "
+                                f"{peer_rate:g} flows/s besides the punch: a fast counter "
+                                "moves past the predicted window)")
             if not plan.feasible and exc.reason in _RELAY_CAUSES:
                 cause = exc.reason
                 exc.attempts = exc.attempts + [{"cause": cause, "message": exc.message}]
@@ -761,6 +849,9 @@ class _Side:
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
         reached = plan.strategy == "portmap" and plan.portmap_side == self.role
+        if self.next_port is not None and plan.predict_for(self.role):
+            self._say(f"port counter steered to {self.next_port} "
+                      f"(observed {self.counter_rate or 0:.1f} flows/s besides ours)")
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
                            plan.strategy, connect_ms, plan.explanation, plan.notes,
                            portmap=self._portmap.address if reached and self._portmap else None)

@@ -5,7 +5,9 @@ and the plan both sides derived. Port prediction for a sequentially allocating,
 address-and-port-dependent NAT (RFC 4787 section 4.2.1; RFC 5128 section 3.4):
 the peer's k-th new mapping after its STUN binding gets port
 ``srflx + flows_after_stun + k``, where ``flows_after_stun`` counts the flows
-(e.g. the HTTP check-in) it opened in between. Both sides aim and prime their
+(e.g. the HTTP check-in) it opened in between; a peer that reads and steers its
+NAT's shared counter (:mod:`.counter`) announces ``nat.punch.next_port`` instead,
+and the window starts there. Both sides aim and prime their
 windows in the same order, so the k-th mappings of both meet.
 
 Peer-supplied addresses are untrusted (:func:`vet_peer_candidates`): only IP
@@ -156,6 +158,16 @@ def peer_transports(details: object) -> tuple[list[str] | None, dict[str, str]]:
     return have, {p: str(w) for p, w in why.items() if isinstance(p, str)}
 
 
+def promised_port(details: object) -> int | None:
+    """``details.nat.punch.next_port``: where a sequential peer steers its first punch
+    flow (see :mod:`.counter`), None if absent or malformed."""
+    nat = details.get("nat") if isinstance(details, dict) else None
+    punch = nat.get("punch") if isinstance(nat, dict) else None
+    port = punch.get("next_port") if isinstance(punch, dict) else None
+    return port if isinstance(port, int) and not isinstance(port, bool) \
+        and 0 < port < 65536 else None
+
+
 def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: str = "udp",
                   rng: random.Random | None = None,
                   vetted: PeerCandidates | None = None) -> Targets:
@@ -191,7 +203,8 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
     ip, port = srflx
     window = plan.predict_for(peer_role)
     if window:
-        targets = [(ip, p) for p in range(port + shift + 1, port + shift + 1 + window) if p < 65536]
+        start = promised_port(peer_details) or port + shift + 1
+        targets = [(ip, p) for p in range(start, start + window) if p < 65536]
         return Targets(targets, prime=list(targets))
     if plan.strategy == "birthday":
         if plan.birthday_side == peer_role:

@@ -32,22 +32,31 @@ import json, os, sys, time
 from stunturn_diag.errors import StunturnError
 from stunturn_diag.punch import api
 role, url, target, profile, punch_timeout, prime_ttl, birthday, wait, linger = sys.argv[1:10]
+protocol, delay = (sys.argv[10:12] + ["udp", "0"])[:2]
 key = os.environ["STUNTURN_KEY"]          # not in argv: the key stays out of ps
+time.sleep(float(delay))
 opts = dict(punch_timeout=float(punch_timeout), prime_ttl=int(prime_ttl) or None,
             birthday=birthday == "1", peer_timeout=5.0,
             nat_profile=json.loads(profile) if profile != "-" else None)
 t0 = time.monotonic()
 try:
     if role == "initiator":
-        r = api.initiate(url, key, target, protocol="udp", pair_timeout=float(wait), **opts)
+        r = api.initiate(url, key, target, protocol=protocol, pair_timeout=float(wait), **opts)
     else:
-        r = api.receive(url, key, protocol="udp", wait=float(wait), wait_interval=0.05, **opts)
+        r = api.receive(url, key, protocol=protocol, wait=float(wait), wait_interval=0.05, **opts)
 except StunturnError as e:
     out = {"ok": False, "reason": getattr(e, "reason", None) or e.code, "message": str(e),
            "attempts": getattr(e, "attempts", []), "elapsed": time.monotonic() - t0}
     out.update(getattr(e, "context", {}) or {})
     print(json.dumps(out)); sys.exit(1)
 out = r.as_dict(); ch = r.connection
+if protocol == "tcp":
+    ch.settimeout(10)
+    ch.sendall(f"data:{role}\n".encode())
+    line = ch.makefile("rb").readline().decode().strip()
+    out.update(got=line.startswith("data:") and line != f"data:{role}", acked=bool(line),
+               line=line, elapsed=time.monotonic() - t0)
+    ch.close(); print(json.dumps(out)); sys.exit(0)
 got = acked = False; tail = 0; unexpected = []
 for i in range(400):
     ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
@@ -189,12 +198,14 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              profiles: bool = True, punch_timeout: float = 5.0, prime_ttl: int = 2,
              birthday: bool = False, server: bool = True, pair_wait: float = 15.0,
              linger: float = 0.0, urls: tuple[str, str] | None = None,
-             turn: TurnServer | None = None, profile_json: str | None = None) -> PairResult:
-    """``linger``: keep exchanging data at least this many seconds after the start;
-    ``urls``: (initiator's, receiver's) signaling servers when they differ (several
-    instances sharing a Redis), started by the caller; ``turn``: the relay the server
-    offers (:func:`start_turn`); ``profile_json``: the NAT profile both peers claim
-    (default: each site's ground truth)."""
+             turn: TurnServer | None = None, profile_json: str | None = None,
+             protocol: str = "udp", receiver_delay: float = 0.0) -> PairResult:
+    """``linger``: keep exchanging data at least this many seconds after the start (UDP;
+    ``protocol="tcp"`` exchanges one line each way); ``urls``: (initiator's, receiver's)
+    signaling servers when they differ (several instances sharing a Redis), started by
+    the caller; ``turn``: the relay the server offers (:func:`start_turn`);
+    ``profile_json``: the NAT profile both peers claim (default: each site's ground
+    truth); ``receiver_delay``: the receiver starts that many seconds late."""
     if server and urls is None:
         start_server(lab, turn=turn)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
@@ -206,9 +217,10 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
         profile = (profile_json or json.dumps(lab.expected(lab.site_of(host)))) if profiles \
             else "-"
         url = initiator_url if role == "initiator" else receiver_url
+        delay = receiver_delay if role == "receiver" else 0.0
         return lab.popen(host, [sys.executable, "-c", PEER, role, url, target, profile,
                                 str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
-                                str(pair_wait), str(linger)],
+                                str(pair_wait), str(linger), protocol, str(delay)],
                          env=env)
 
     ini = peer(initiator_host, "initiator")

@@ -44,8 +44,10 @@ Hence the sequence, per candidate, on both peers:
    round carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ before connect();
    ``tcp_v4_connect`` keeps a preset send sequence), so whatever conntrack
    recorded, our later SYN and SYN-ACK are retransmissions to it (c).
-3. *Connect*: :data:`SETTLE` seconds after the prime (covering the two peers'
-   start skew) a socket with the same ISN connects at full TTL. The peer's SYN
+3. *Connect*: once the prime's ICMP Time Exceeded has come back (it passed our
+   NAT) and at least :data:`SETTLE` (12 ms, the two peers' start skew: the server
+   releases both in the same instant) after the prime, a socket with the same ISN
+   connects at full TTL. The peer's SYN
    passes our NAT (RFC 5382 section 4.3: it admits the endpoint we sent to) and
    lands in that SYN-SENT socket: simultaneous open (RFC 9293 section 3.5,
    figure 8). The kernel retransmits our SYN (1 s, 3 s, ...) meanwhile.
@@ -63,9 +65,11 @@ Hence the sequence, per candidate, on both peers:
    ISNs the prime-to-connect gap is so short that this rarely matters (the lab
    matrix passes unprivileged too).
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
-   ICMP unreachable starts a new round: prime again at once, connect
-   :data:`RETRY_INTERVAL` later; at most :data:`MAX_CONNECTS` per candidate and
-   never past the deadline.
+   ICMP unreachable starts a new round: prime again at once, connect after the
+   back-off (``tcp_engine.retry_delay``: 20 ms for three rounds, then doubling up
+   to :data:`RETRY_INTERVAL`); the receiver shifts its rounds by a zig-zag of
+   guard-sized steps so that two peers a constant skew apart stop meeting each
+   other's RST; at most :data:`MAX_CONNECTS` per candidate, never past the deadline.
 6. *Candidates* (LAN addresses for peers behind the same NAT, the server-reflexive
    address, predicted ports) are punched in parallel, public ones first in the
    caller's order, private ones last: every prime takes a port of a sequential

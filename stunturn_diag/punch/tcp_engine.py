@@ -20,11 +20,19 @@ from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, 
 
 Address = tuple[str, int]
 
-#: seconds between the priming SYN and the first full-TTL SYN (covers the skew
-#: between the two peers' starts; both learn of each other in the same instant)
-SETTLE = 0.25
-#: seconds between a refused/unreachable full-TTL SYN and the next one
+#: pinned ISNs: the full-TTL SYN leaves when the prime's ICMP Time Exceeded came back
+#: (it passed our NAT) and at least this long after the prime: the skew between the
+#: two peers' starts (the server releases both in the same instant; what differs is
+#: the one-way delay of the answer and the wake-up), so the peer's prime has opened
+#: its NAT before our full SYN gets there
+SETTLE = 0.012
+#: seconds before the n-th re-try after a refused/unreachable full-TTL SYN:
+#: RETRY_FIRST, doubling up to RETRY_INTERVAL (a late peer is met within a few
+#: milliseconds, a peer that never comes costs one round per RETRY_INTERVAL)
+RETRY_FIRST = 0.02
 RETRY_INTERVAL = 0.25
+#: kernel ISNs: the receiver's zig-zag step between rounds (see PunchLoop._retry_wait)
+KERNEL_STEP = 0.0025
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
 MAX_CONNECTS = 40
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
@@ -60,6 +68,7 @@ class _Candidate:
     settle_at: float = 0.0         # when the full-TTL SYN follows the prime
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
+    failures: int = 0              # refused/unreachable full-TTL rounds (retry back-off)
     passive: bool = False          # listen-connect receiver: never connects
     up: bool = False               # its connection is established (4-tuple in use)
     errors: dict[str, int] = field(default_factory=dict)
@@ -77,6 +86,17 @@ class _Conn:
     via: str                        # "connect" | "accept"
     cand: _Candidate | None = None  # the candidate it was connected to
     buf: bytes = b""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the next round after ``failures`` refused/unreachable rounds:
+    RETRY_FIRST for three rounds, then doubling every three, at most RETRY_INTERVAL."""
+    return min(RETRY_INTERVAL, RETRY_FIRST * 2 ** (max(0, failures - 1) // 3))
+
+
+def _zigzag(n: int) -> int:
+    """0, +1, -1, +2, -2, ... for n = 0, 1, 2, 3, 4, ..."""
+    return (n + 1) // 2 * (1 if n % 2 else -1)
 
 
 def _err_name(code: int) -> str:
@@ -132,6 +152,22 @@ class PunchLoop:
         cand.settle_at = cand.next_connect = now + settle
         self._open(cand, self.prime_ttl)
 
+    def _retry_wait(self, failures: int) -> float:
+        """Seconds to the next round after ``failures`` refused rounds.
+
+        Two peers whose rounds start a constant skew apart (more than the guard
+        between prime and full SYN) would meet each other's RST round after round:
+        each early full SYN finds the peer's NAT without an entry, and the RST puts
+        ours in CLOSE, which RSTs the peer's next SYN in turn. The receiver shifts
+        its rounds by a zig-zag of guard-sized steps (+1, -1, +2, -2, ... guards
+        relative to the initiator), so one round lands within the guard.
+        """
+        wait = retry_delay(failures)
+        if self.role == "receiver":
+            step = SETTLE if self.pin else KERNEL_STEP
+            wait += step * (_zigzag(failures) - _zigzag(failures - 1))
+        return max(0.001, wait)
+
     def _connect(self, cand: _Candidate) -> None:
         cand.connects += 1
         self._open(cand, None)
@@ -184,7 +220,8 @@ class PunchLoop:
         sock.close()
         cand.sock = None
         if cand.priming:
-            # expected: ICMP Time Exceeded for the low TTL (EHOSTUNREACH) kills it
+            # expected: ICMP Time Exceeded for the low TTL (EHOSTUNREACH) kills it;
+            # pinned ISNs: the full-TTL SYN follows at settle_at (the next connect time)
             cand.note(f"prime {_err_name(err)}")
             if not self.pin and err not in _REFUSED:
                 # kernel ISNs: the next one must follow at once to stay in the
@@ -193,11 +230,13 @@ class PunchLoop:
                 cand.next_connect = now
             return
         cand.note(_err_name(err))
+        cand.failures += 1
+        wait = self._retry_wait(cand.failures)
         if self.prime_ttl and self.strategy == STRATEGY_SIMULTANEOUS:
             # our NAT saw the RST/ICMP: re-open the mapping at once, full SYN later
-            self._prime(cand, now, RETRY_INTERVAL)
+            self._prime(cand, now, wait)
         else:
-            cand.next_connect = now + RETRY_INTERVAL
+            cand.next_connect = now + wait
 
     def _established(self, sock: socket.socket, peer: Address, via: str,
                      cand: _Candidate | None = None) -> None:
@@ -305,7 +344,12 @@ class PunchLoop:
                 sock.close()
                 continue
             sock.setblocking(False)
-            self._established(sock, (peer[0], peer[1]), "accept")
+            peer = (peer[0], peer[1])
+            cand = next((c for c in self.candidates if c.address == peer and not c.up), None)
+            if cand is not None and cand.sock is not None:
+                cand = None     # a connecting socket of ours holds another 4-tuple? keep both
+            # a candidate's own 4-tuple is now in use: no more connects toward it
+            self._established(sock, peer, "accept", cand)
 
     def _cleanup(self, keep: socket.socket | None) -> None:
         for cand in self.candidates:

@@ -48,6 +48,20 @@ def _wait_for(path: str, until: float) -> dict | None:
     return None
 
 
+#: seconds after writing its candidates at which a side starts punching (both take
+#: the later of the two sides' times)
+START_LEAD = 0.1
+
+
+def _until(when: float) -> None:
+    """Wait until wall-clock time ``when``: sleep, then the last 2 ms on the CPU."""
+    left = when - time.time()
+    if left > 0.002:
+        time.sleep(min(left - 0.002, START_LEAD + 5.0))
+    while time.time() < when:
+        pass
+
+
 def _echo(sock, role: str, name: str, until: float) -> tuple[bytes, bytes]:
     """Initiator sends first, receiver answers: proves both directions."""
     sock.settimeout(max(0.1, until - time.monotonic()))
@@ -87,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         rv = TcpRendezvous(local_port=args.local_port)
         mapped = args.srflx or rv.learn_mapping(args.stun, args.stun_timeout)
         out.update(mapped=list(mapped), local_port=rv.local_port)
+        # the signaling server releases both peers in the same instant; the file
+        # swap stands in for it with a start time both sides agree on (the lab's
+        # namespaces share one clock), instead of the skew of polling for a file
+        start_at = time.time() + START_LEAD
         _write(os.path.join(args.dir, f"{args.name}.json"),
-               {"srflx": list(mapped), "local": [list(a) for a in rv.local_candidates()]})
+               {"srflx": list(mapped), "local": [list(a) for a in rv.local_candidates()],
+                "start_at": start_at})
         peer = _wait_for(os.path.join(args.dir, f"{args.peer}.json"),
                          time.monotonic() + args.wait)
         if peer is None:
@@ -105,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     cands = ([tuple(a) for a in peer["local"]] if "local" in kinds else []) + \
         (srflx if "srflx" in kinds else [])
     out["candidates"] = [list(c) for c in cands]
-    time.sleep(max(0.0, args.delay))
+    _until(max(start_at, peer.get("start_at", 0.0)) + max(0.0, args.delay))
     t1 = time.monotonic()
+    out["start_wall"] = time.time()
     deadline = t1 + args.timeout
     try:
         sock = rv.punch(cands, role=args.role, deadline=deadline, prime_ttl=args.prime_ttl,

@@ -84,6 +84,36 @@ def tcp_state(sock: socket.socket) -> int | None:
         return None
 
 
+#: TCP_USER_TIMEOUT (linux/tcp.h, RFC 5482): unacknowledged data for this long ends it
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+
+
+def keepalive_settings(interval: float, peer_timeout: float) -> dict[str, int]:
+    """TCP keepalive (RFC 9293 section 3.8.4) matching the UDP channel's options.
+
+    The first probe after ``interval`` seconds idle, then one every ``interval``;
+    the peer counts as lost after ``peer_timeout`` without an answer: idle +
+    count x interval ~= peer_timeout (whole seconds, at least 1). TCP_USER_TIMEOUT
+    ends the connection as well when sent data stays unacknowledged that long.
+    """
+    idle = max(1, round(interval))
+    intvl = max(1, round(interval))
+    count = max(1, round((peer_timeout - idle) / intvl))
+    return {"idle": idle, "interval": intvl, "count": count,
+            "user_timeout_ms": max(1, int(peer_timeout * 1000))}
+
+
+def configure_keepalive(sock: socket.socket, interval: float, peer_timeout: float) -> dict:
+    """Turn on keepalive and lost-peer detection on a punched connection (Linux)."""
+    cfg = keepalive_settings(interval, peer_timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg["idle"])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg["interval"])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg["count"])
+    sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, cfg["user_timeout_ms"])
+    return cfg
+
+
 def get_ttl(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
 

@@ -1,0 +1,49 @@
+"""Pure port-counter reasoning for sequential NATs (stunturn_diag.punch.counter)."""
+
+from stunturn_diag.punch import counter
+from stunturn_diag.punch.candidates import build_targets, promised_port
+from stunturn_diag.punch.counter import Reading, lead, promise, rate, steer, too_fast_message
+from stunturn_diag.punch.decision import Plan
+
+
+def test_rate_subtracts_our_own_flows_and_the_reading_itself():
+    # 21 ports in 1 s: the second reading is one, 4 were ours, 16 came from others
+    assert rate(Reading(20000, 0.0), Reading(20021, 1.0), own_flows=4) == 16.0
+    assert rate(Reading(20000, 0.0), Reading(20001, 0.01)) is None   # too close in time
+    assert rate(Reading(20000, 0.0), Reading(20001, 1.0), own_flows=3) == 0.0
+
+
+def test_promise_leads_by_the_rate_over_the_horizon_within_bounds():
+    assert promise(Reading(20000, 0.0), 1, None, 2.0) == 20000 + 1 + 1 + counter.LEAD_MARGIN
+    assert lead(10.0, 2.0) == 30 + counter.LEAD_MARGIN
+    assert lead(1e6, 10.0) == counter.MAX_LEAD
+
+
+def test_steer_burns_the_gap_goes_inside_the_window_and_gives_up_past_it():
+    assert steer(Reading(20000, 0), 20010, 8) == counter.Step("burn", 8)   # 9th slot: a read
+    assert steer(Reading(20009, 0), 20010, 8) == counter.Step("go", 0)
+    assert steer(Reading(20012, 0), 20010, 8) == counter.Step("go", 3)
+    assert steer(Reading(20017, 0), 20010, 8).action == "late"
+    text = too_fast_message(Reading(20000, 0.0), Reading(20400, 1.0), 2, 20010, 8)
+    assert "397.0 flows/s" in text and "too fast" in text and "20010-20017" in text
+
+
+def test_the_peer_aims_at_the_promised_window():
+    plan = Plan("predict", True, "x", predict_initiator=8)
+    details = {"srflx": {"ip": "203.0.113.2", "port": 20001},
+               "nat": {"punch": {"flows_after_stun": 2, "next_port": 20100}}}
+    assert promised_port(details) == 20100
+    targets = build_targets(plan, "receiver", details)
+    assert targets.targets == [("203.0.113.2", p) for p in range(20100, 20108)]
+    del details["nat"]["punch"]["next_port"]          # older peers: srflx + shift + 1
+    assert build_targets(plan, "receiver", details).targets[0] == ("203.0.113.2", 20004)
+    assert promised_port({"nat": {"punch": {"next_port": True}}}) is None
+
+
+def test_a_counter_that_outruns_the_window_during_the_punch_is_too_fast():
+    assert counter.outruns_window(500.0, 8)           # 10 ports in PUNCH_SPAN
+    assert not counter.outruns_window(100.0, 8)
+    assert not counter.outruns_window(None, 8)
+    assert counter.outruns_window(100.0, 8, skip=7)   # one port of the window left
+    text = too_fast_message(Reading(20000, 0.0), Reading(20100, 0.2), 0, 20090, 16)
+    assert "too fast" in text and "495.0 flows/s" in text and "20090-20105" in text
