@@ -57,12 +57,12 @@ if protocol == "tcp":
     out.update(got=line.startswith("data:") and line != f"data:{role}", acked=bool(line),
                line=line, elapsed=time.monotonic() - t0)
     ch.close(); print(json.dumps(out)); sys.exit(0)
-got = acked = False; tail = 0; unexpected = []
+got = acked = False; tail = 0; unexpected = []; t_open = time.monotonic()
 for i in range(400):
     ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
     if got and acked:
         tail += 1
-        if tail > 5 and time.monotonic() - t0 > float(linger):
+        if tail > 5 and time.monotonic() - t_open > float(linger):
             break
     end = time.monotonic() + 0.03
     while time.monotonic() < end:
@@ -200,7 +200,7 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
              linger: float = 0.0, urls: tuple[str, str] | None = None,
              turn: TurnServer | None = None, profile_json: str | None = None,
              protocol: str = "udp", receiver_delay: float = 0.0) -> PairResult:
-    """``linger``: keep exchanging data at least this many seconds after the start (UDP;
+    """``linger``: keep exchanging data at least this many seconds after the channel opened (UDP;
     ``protocol="tcp"`` exchanges one line each way); ``urls``: (initiator's, receiver's)
     signaling servers when they differ (several instances sharing a Redis), started by
     the caller; ``turn``: the relay the server offers (:func:`start_turn`);
