@@ -1,4 +1,4 @@
-"""The pure punch handshake, wire version 2: SPAKE2 bound to the match (stunturn_diag.punch.auth)."""
+"""The pure punch handshake, wire version 3: CPace bound to the match (stunturn_diag.punch.auth)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,36 @@ import os
 import random
 
 import pytest
-from spake2 import SPAKE2_A, SPAKE2_B
-
 from stunturn_diag.errors import AuthenticationError
-from stunturn_diag.punch import auth
+from stunturn_diag.punch import auth, cpace
 from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.wire import HEADER, MAGIC, Kind, header
+from stunturn_diag.punch.wire import HEADER, MAGIC, VERSION, Kind, header
 
 KEY = "correct horse battery"
 MATCH = "5f1e0c"
+
+
+def cpace_share(guess: str, match_id: str = MATCH) -> tuple[bytes, bytes]:
+    """(scalar, share) of a third party running CPace with a guessed key."""
+    scalar = os.urandom(32)
+    g = cpace.calculate_generator(auth.pake_password(guess), auth.CHANNEL_ID,
+                                  auth.session_id(match_id))
+    return scalar, cpace.share(scalar, g)
+
+
+#: draft-irtf-cfrg-cpace, X25519 low-order u-coordinates that must abort (u0-u5, u7)
+LOW_ORDER_CANONICAL = [
+    "00" * 32,
+    "01" + "00" * 31,
+    "ec" + "ff" * 30 + "7f",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ed" + "ff" * 30 + "7f",
+    "ee" + "ff" * 30 + "7f",
+]
+#: the draft's ua (u3 + p, bit 255 set): what X25519 makes of it is not low order once
+#: bit 255 is masked, but no honest peer sends it, so the wire refuses it as non-canonical
+LOW_ORDER_BIT255 = "cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880"
 
 
 def pair(key_i=KEY, key_r=KEY, match_i=MATCH, match_r=MATCH):
@@ -78,7 +99,7 @@ def test_messages_are_idempotent_under_loss_and_duplication():
 
 
 def test_a_proof_alone_carries_the_share():
-    """The peer's HELLO was lost: its PROOF is enough to finish SPAKE2 and verify."""
+    """The peer's HELLO was lost: its PROOF is enough to finish CPace and verify."""
     i, r = pair()
     proof_r = r.handle(i.hello()).reply
     out = i.handle(proof_r)
@@ -121,7 +142,7 @@ def test_reflected_messages_are_refused():
 
 
 def test_own_share_under_the_peer_role_byte_is_refused():
-    """Reflection with the role byte rewritten: SPAKE2's side byte still refuses it."""
+    """Reflection with the role byte rewritten: our own share is still refused."""
     i, _ = pair()
     forged = header(Kind.HELLO, Role.RECEIVER) + i.share
     assert not i.handle(forged).accepted and i.counters.malformed == 1 and i.peer_share is None
@@ -149,8 +170,8 @@ def test_tampered_proof_is_refused():
 
 
 @pytest.mark.parametrize("data", [b"", b"x" * 3, b"\x00\x01" * 20,
-                                  MAGIC + b"\x02\x09\x01\x00",
-                                  MAGIC + b"\x02\x01\x01\x00" + b"\x00" * 10])
+                                  MAGIC + bytes([VERSION]) + b"\x09\x01\x00",
+                                  MAGIC + bytes([VERSION]) + b"\x01\x01\x00" + b"\x00" * 10])
 def test_garbage_is_dropped_and_counted(data):
     i, _ = pair()
     assert not i.handle(data).accepted
@@ -158,11 +179,16 @@ def test_garbage_is_dropped_and_counted(data):
 
 
 def test_an_invalid_share_does_not_use_up_the_handshake():
-    """Bytes that are no group element are dropped; the real peer still gets through."""
+    """Shares that are no usable point (non-canonical u, low order: CPace's abort case) are
+    dropped; the real peer still gets through."""
     i, r = pair()
-    for junk in (b"B" + b"\xff" * 32, b"B" + bytes(32), b"A" + os.urandom(32)):
-        assert not i.handle(header(Kind.HELLO, Role.RECEIVER) + junk).accepted
-    assert i.peer_share is None
+    low_order = [bytes.fromhex(u) for u in LOW_ORDER_CANONICAL]
+    non_canonical = [b"\xff" * 32, (2 ** 255 - 19).to_bytes(32, "little"),
+                     bytes(31) + b"\x80", bytes.fromhex(LOW_ORDER_BIT255)]
+    for junk in low_order + non_canonical:
+        out = i.handle(header(Kind.HELLO, Role.RECEIVER) + junk)
+        assert not out.accepted and out.why == "bad-share"
+    assert i.peer_share is None and i.counters.malformed == len(low_order + non_canonical)
     run(i, r, r.hello(), to_b=False)
     assert i.complete and r.complete
 
@@ -170,9 +196,7 @@ def test_an_invalid_share_does_not_use_up_the_handshake():
 def test_one_share_per_handshake_bounds_online_guessing():
     """A second, different share is refused: one online guess per attempt at most."""
     i, r = pair()
-    attacker = SPAKE2_B(auth.pake_password("guess-1"), idA=auth.identity(Role.INITIATOR),
-                        idB=auth.identity(Role.RECEIVER))
-    evil = header(Kind.HELLO, Role.RECEIVER) + attacker.start()
+    evil = Handshake("guess-1", MATCH, Role.RECEIVER).hello()
     assert i.handle(evil).accepted                       # first share: the one guess
     out = i.handle(r.hello())
     assert not out.accepted and out.why == "another-share" and i.counters.stale == 1
@@ -218,22 +242,31 @@ def test_a_version_1_peer_is_named_not_downgraded():
     assert "peer speaks handshake v1" in message and "upgrade both sides" in message
 
 
+def test_a_spake2_peer_of_version_2_is_named_not_downgraded():
+    i, _ = pair()
+    v2_hello = MAGIC + bytes([2, Kind.HELLO, 1, 0]) + b"B" + os.urandom(32)   # SPAKE2's share
+    out = i.handle(v2_hello)
+    assert not out.accepted and i.counters.old_version == 1 and i.peer_share is None
+    reason, message = i.failure_reason()
+    assert reason == "version-mismatch" and "peer speaks handshake v2, this side v3" in message
+
+
 # --- (b) a recorded transcript allows no offline test of a key guess -----------------------
 
 def _offline_check(messages, guess: str) -> bool:
     """The best check an eavesdropper can compute from a guess, the transcript and match_id.
 
-    Without the secret scalar behind either share it cannot run SPAKE2's finish; the
-    nearest computable thing is to treat the guess as the key of a *fresh* SPAKE2
+    Without the secret scalar behind either share it cannot compute CPace's K; the
+    nearest computable thing is to treat the guess as the key of a *fresh* CPace
     run against the recorded peer share and compare the confirmation MAC.
     """
     hello_i = next(m for m in messages if m[5] == Kind.HELLO and m[6] == 0)
     proof_r = next(m for m in messages if m[5] == Kind.PROOF and m[6] == 1)
     share_i, share_r = hello_i[HEADER.size:], proof_r[HEADER.size:HEADER.size + auth.SHARE_LEN]
-    ids = dict(idA=auth.identity(Role.INITIATOR), idB=auth.identity(Role.RECEIVER))
-    mine = SPAKE2_A(auth.pake_password(guess), **ids)
-    mine.start()                             # a fresh scalar: the recorded one is unknown
-    keys = auth.schedule(mine.finish(share_r), auth.transcript_hash(MATCH, share_i, share_r))
+    scalar, _ = cpace_share(guess)           # a fresh scalar: the recorded one is unknown
+    isk = cpace.isk(auth.session_id(MATCH), cpace.shared_point(scalar, share_r),
+                    share_i, auth.AD, share_r, auth.AD)
+    keys = auth.schedule(isk, auth.transcript_hash(MATCH, share_i, share_r))
     flags = proof_r[7]
     mac = hmac.new(keys["confirm_receiver"], b"proof" + bytes([1, flags]) +
                    auth.transcript_hash(MATCH, share_i, share_r), hashlib.sha256).digest()
@@ -255,11 +288,8 @@ def test_a_recorded_transcript_gives_the_right_key_no_advantage_over_a_wrong_one
 def test_a_mitm_substituting_its_own_pake_messages_fails_on_both_sides():
     """The relay swaps each side's share for its own (made with its best key guess)."""
     i, r = pair()
-    ids = dict(idA=auth.identity(Role.INITIATOR), idB=auth.identity(Role.RECEIVER))
-    guess = auth.pake_password("mitm guess")
-    toward_i = SPAKE2_B(guess, **ids)                     # poses as the receiver to i
-    toward_r = SPAKE2_A(guess, **ids)                     # poses as the initiator to r
-    fake_r_share, fake_i_share = toward_i.start(), toward_r.start()
+    _, fake_r_share = cpace_share("mitm guess")           # poses as the receiver to i
+    _, fake_i_share = cpace_share("mitm guess")           # poses as the initiator to r
 
     def swap(msg: bytes, share: bytes) -> bytes:
         return msg[:HEADER.size] + share + msg[HEADER.size + auth.SHARE_LEN:]
@@ -279,9 +309,21 @@ def test_a_mitm_substituting_its_own_pake_messages_fails_on_both_sides():
     assert i.failure_reason()[0] == r.failure_reason()[0] == "auth-failed"
 
 
+def test_the_prepared_scalar_is_the_runners_randomness():
+    """start_pake draws the scalar from the runner's entropy: the same bytes, the same share
+    for the same match; another match gives another generator and so another share."""
+    fixed = bytes(range(32))
+    a = Handshake(KEY, MATCH, Role.INITIATOR,
+                  started=auth.start_pake(KEY, Role.INITIATOR, entropy=lambda n: fixed))
+    b = Handshake(KEY, MATCH, Role.INITIATOR, entropy=lambda n: fixed)
+    c = Handshake(KEY, "other", Role.INITIATOR, entropy=lambda n: fixed)
+    d = Handshake("other key", MATCH, Role.INITIATOR, entropy=lambda n: fixed)
+    assert a.share == b.share and len({a.share, c.share, d.share}) == 3
+
+
 def test_a_share_started_before_the_match_is_bound_to_the_match_by_the_transcript():
-    """The pre-computed share completes for its match; the same key under another match
-    id (a server lying about the match to each side) does not."""
+    """The prepared handshake completes for its match; the same key under another match
+    id (a server lying about the match to each side) does not (sid and transcript)."""
     i = Handshake(KEY, MATCH, Role.INITIATOR, started=auth.start_pake(KEY, Role.INITIATOR))
     r = Handshake(KEY, MATCH, Role.RECEIVER, started=auth.start_pake(KEY, "receiver"))
     run(i, r, i.hello())

@@ -1,8 +1,9 @@
 """UDP/TCP hole punching between two peers paired by the signaling server.
 
-Modules: ``wire`` (roles, kinds, the versioned header), ``auth`` (pure SPAKE2
-handshake), ``seal`` (pure AEAD sealing: UDP frames, TCP records), ``keys``
-(rendezvous identifier, key generation and strength), ``decision`` (pure strategy
+Modules: ``wire`` (roles, kinds, the versioned header), ``auth`` (pure CPace
+handshake), ``cpace`` (pure CPace on X25519: Elligator 2, ISK), ``seal`` (pure AEAD
+sealing: UDP frames, TCP records), ``keys`` (rendezvous identifier, key generation
+and strength), ``decision`` (pure strategy
 choice), ``engine`` (pure UDP punch schedule), ``udp`` / ``tcp`` (socket runners),
 ``secure_stream`` (TCP handshake driver and the encrypted stream), ``channel`` (the
 encrypted UDP endpoint), ``api`` (the library entry points), ``relay``

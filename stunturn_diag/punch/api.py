@@ -708,7 +708,7 @@ class _Side:
             finally:
                 kdf.join()
             self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
-            self.pake = start_pake(self.key, self.role)     # SPAKE2's first half: before the match
+            self.pake = start_pake(self.key, self.role)     # CPace scalar and PRS: before the match
             if self.role == "initiator" and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
             self._portmap = portmap_path.offer(self)

@@ -1,39 +1,44 @@
-"""The punch handshake (wire version 2): SPAKE2 keyed on the access key, bound to the match.
+"""The punch handshake (wire version 3): CPace keyed on the access key, bound to the match.
 
 Pure: no sockets, no clocks; randomness comes from the ``entropy`` callable the
-runner passes (``os.urandom``). The socket driver for TCP streams is
-:mod:`.secure_stream`; the UDP runner feeds datagrams through :mod:`.engine`.
+runner passes (``os.urandom``): this side's 32-byte CPace scalar. The socket driver
+for TCP streams is :mod:`.secure_stream`; the UDP runner feeds datagrams through
+:mod:`.engine`.
 
 Both peers know the access key ``K``; the signaling server gave both the same
 ``match_id`` and never saw ``K`` (it saw only the rendezvous identifier of
-:mod:`.keys`). The handshake is SPAKE2 (Abdalla and Pointcheval 2005;
-draft-irtf-cfrg-spake2, RFC 9382) over Ed25519 from the ``spake2`` package, the
-initiator as side A, the receiver as side B:
+:mod:`.keys`). The handshake is CPace (draft-irtf-cfrg-cpace, suite
+CPACE-X25519-SHA512, :mod:`.cpace`), the initiator as party A, the receiver as B:
 
-* identities: ``idA = "stunturn-punch/v2|initiator"``, ``idB`` likewise with
-  ``receiver``: the version and both roles are in the SPAKE2 key schedule. The
-  match is bound by the transcript below (key confirmation and the traffic keys),
-  so a share can be computed before the match (:func:`start_pake`: the scalar
-  multiplications of SPAKE2's first half then cost nothing after the match);
-* ``HELLO(role, share)`` carries this side's SPAKE2 message (33 bytes). It is
-  identical on every retransmission and on every candidate path, so loss and
-  duplication are harmless (idempotent). One SPAKE2 state per handshake: the first
-  well-formed peer share is the one this handshake uses; another share is dropped
-  and counted (``stale``), which bounds an active attacker to **one online guess of
-  the key per handshake attempt**;
-* ``PROOF(role, share, flags, mac)``: key confirmation (RFC 9382 section 4) with
+* inputs: ``PRS`` = the access key under its own label (:func:`pake_password`, not
+  the rendezvous id), ``CI`` = ``lv_cat("stunturn-punch/v3|initiator",
+  "...|receiver")`` (both roles), ``sid`` = 16 bytes of SHA-256 over the version
+  label and ``match_id`` (:func:`session_id`), ``ADa = ADb`` = empty. The generator
+  is Elligator 2 of the hash of all of them, so a share belongs to one key, one
+  match, one pair of roles and one version. :func:`start_pake` draws the scalar and
+  prepares ``PRS`` before the match; the generator and the share (one X25519) are
+  computed when the match is known;
+* ``HELLO(role, Y)`` carries this side's share (32 bytes, an X25519 u-coordinate).
+  It is identical on every retransmission and on every candidate path, so loss and
+  duplication are harmless (idempotent). One CPace state per handshake: the first
+  usable peer share is the one this handshake uses; another share is dropped and
+  counted (``stale``), which bounds an active attacker to **one online guess of the
+  key per handshake attempt**. A share that is no canonical u-coordinate, our own
+  share reflected, or a low-order point (``K`` all-zero, which CPace aborts on) is
+  dropped first (``malformed``) and does not use the state up;
+* ``PROOF(role, Y, flags, mac)``: key confirmation with
   ``mac = HMAC-SHA256(confirm_key[sender], "proof" | role | flags | transcript)``,
-  where ``transcript = SHA-256(label | match_id | share_A | share_B)`` and the keys
-  come from HKDF-SHA256 (RFC 5869) over the SPAKE2 key with the transcript as salt.
-  PROOF repeats the share, so a PROOF alone lets a side finish its SPAKE2;
+  where ``transcript = SHA-256(label | match_id | Y_initiator | Y_receiver)`` and the
+  keys come from HKDF-SHA256 (RFC 5869) over CPace's ISK with the transcript as salt.
+  PROOF repeats the share, so a PROOF alone lets a side finish;
 * a side is *complete* when it verified the peer's PROOF (the peer knows ``K`` and
   used our fresh share: no replay), *confirmed* once the peer's PROOF carries the
   VERIFIED flag (the peer verified ours).
 
 A recorded handshake does not help guessing ``K`` offline: checking a guess needs
-the discrete log of one of the shares (SPAKE2's security argument), so every
-transcript is consistent with every key. Session keys (:class:`.seal.Session`,
-TCP records) are per direction and fresh per handshake.
+the discrete log of one of the shares to the guessed generator (CPace's security
+argument), so every transcript is consistent with every key. Session keys
+(:class:`.seal.Session`, TCP records) are per direction and fresh per handshake.
 """
 
 from __future__ import annotations
@@ -47,27 +52,27 @@ from typing import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B
-from spake2.parameters.ed25519 import ParamsEd25519 as PARAMS
 
+from . import cpace
 from ..errors import AuthenticationError
 from .seal import KEY_LEN, ReplayWindow, Session
 from .wire import (FRAME_KINDS, HEADER, MAGIC, VERSION, Counters, Kind, Role, has_magic,
                    header, is_handshake, kind_of, version_mismatch_message)
 
-#: SPAKE2 message: side byte + compressed Ed25519 element
-SHARE_LEN = 33
+#: CPace share: an X25519 u-coordinate
+SHARE_LEN = cpace.FIELD_BYTES
+SCALAR_LEN = cpace.FIELD_BYTES
 MAC_LEN = 32
 HELLO_LEN = HEADER.size + SHARE_LEN
 PROOF_LEN = HEADER.size + SHARE_LEN + MAC_LEN
 #: flag bit in a PROOF: the sender has verified our PROOF already
 FLAG_VERIFIED = 0x01
-LABEL = b"stunturn-punch/v2"
+LABEL = b"stunturn-punch/v3"
 _KEYS = ("confirm_initiator", "confirm_receiver", "initiator->receiver", "receiver->initiator")
 
 
 def pake_password(key: str | bytes) -> bytes:
-    """The SPAKE2 password: the access key under its own label (not the rendezvous id)."""
+    """CPace's PRS: the access key under its own label (not the rendezvous id)."""
     raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
     return LABEL + b" pake\x00" + raw
 
@@ -76,23 +81,41 @@ def identity(role: Role) -> bytes:
     return LABEL + b"|" + role.value.encode()
 
 
+#: CPace's channel identifier: both roles (the same on both sides)
+CHANNEL_ID = cpace.lv_cat(identity(Role.INITIATOR), identity(Role.RECEIVER))
+#: associated data: the roles and version are in CI and sid already
+AD = b""
+
+
+def session_id(match_id: str) -> bytes:
+    """CPace's sid: the match under the version label (16 bytes)."""
+    mid = match_id.encode("utf-8")
+    return hashlib.sha256(LABEL + b" sid\x00" + struct.pack("!H", len(mid)) + mid).digest()[:16]
+
+
 class StartedPake:
-    """SPAKE2's first half for one side, computed ahead of the match (single use)."""
+    """This side's CPace scalar and PRS, prepared ahead of the match (single use).
+
+    The generator depends on the match (sid), so the share itself is computed by
+    :class:`Handshake` (one Elligator 2 map and one X25519, well under a millisecond).
+    """
 
     def __init__(self, key: str | bytes, role: Role | str, *,
                  entropy: Callable[[int], bytes] = os.urandom) -> None:
         self.role = Role(role)
-        side = SPAKE2_A if self.role is Role.INITIATOR else SPAKE2_B
-        self._pake = side(pake_password(key), idA=identity(Role.INITIATOR),
-                          idB=identity(Role.RECEIVER), params=PARAMS, entropy_f=entropy)
-        self.share = self._pake.start()
+        self.prs = pake_password(key)
+        self._scalar = bytes(entropy(SCALAR_LEN))
+        if len(self._scalar) != SCALAR_LEN:
+            raise ValueError(f"the entropy source must return {SCALAR_LEN} bytes")
         self._taken = False
 
-    def take(self):
+    def take(self) -> tuple[bytes, bytes]:
+        """(PRS, scalar), once."""
         if self._taken:
             raise ValueError("a started PAKE serves one handshake only")
         self._taken = True
-        return self._pake
+        scalar, self._scalar = self._scalar, b""
+        return self.prs, scalar
 
 
 def start_pake(key: str | bytes, role: Role | str, *,
@@ -107,25 +130,10 @@ def transcript_hash(match_id: str, share_initiator: bytes, share_receiver: bytes
 
 
 def schedule(pake_key: bytes, transcript: bytes) -> dict[str, bytes]:
-    """Confirmation and traffic keys from the SPAKE2 key (HKDF-SHA256, RFC 5869)."""
+    """Confirmation and traffic keys from CPace's ISK (HKDF-SHA256, RFC 5869)."""
     okm = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN * len(_KEYS), salt=transcript,
                info=LABEL + b" keys").derive(pake_key)
     return {name: okm[i * KEY_LEN:(i + 1) * KEY_LEN] for i, name in enumerate(_KEYS)}
-
-
-_SIDE_BYTE = {Role.INITIATOR: b"A", Role.RECEIVER: b"B"}
-
-
-def _usable_share(share: bytes, sender: Role, own: bytes) -> bool:
-    """Would SPAKE2's finish() accept ``share``? (Side byte, a prime-order group element,
-    not our own share reflected.) Checked first, so junk never uses up our one finish()."""
-    if share[:1] != _SIDE_BYTE[sender] or share[1:] == own[1:]:
-        return False
-    try:
-        PARAMS.group.bytes_to_element(share[1:])
-    except Exception:       # noqa: BLE001 - spake2 raises ValueError or NotOnCurve on junk
-        return False
-    return True
 
 
 @dataclass
@@ -150,8 +158,10 @@ class Handshake:
         started = started or StartedPake(key, self.role, entropy=entropy)
         if started.role is not self.role:
             raise ValueError("the started PAKE is for the other role")
-        self._pake = started.take()
-        self.share = started.share
+        prs, self._scalar = started.take()
+        self._sid = session_id(match_id)
+        self.share = cpace.share(self._scalar, cpace.calculate_generator(prs, CHANNEL_ID,
+                                                                         self._sid))
         self.peer_share: bytes | None = None
         self._keys: dict[str, bytes] | None = None
         self._transcript = b""
@@ -180,16 +190,20 @@ class Handshake:
 
     # -- receiving -----------------------------------------------------------
     def _absorb(self, share: bytes) -> str | None:
-        """Finish SPAKE2 with the first well-formed peer share; why not, else None."""
+        """Finish CPace with the first usable peer share; why not, else None."""
         if self.peer_share is not None:
             return None if hmac.compare_digest(share, self.peer_share) else "another-share"
-        if not _usable_share(share, self.role.other, self.share):
-            return "bad-share"      # finish() is single-use even when it fails: check first
-        pake_key = self._pake.finish(share)
+        if not cpace.is_canonical(share) or hmac.compare_digest(share, self.share):
+            return "bad-share"
+        try:
+            k = cpace.shared_point(self._scalar, share)
+        except cpace.CPaceError:
+            return "bad-share"      # a low-order point: CPace aborts, the state stays unused
         self.peer_share = share
-        shares = (self.share, share) if self.role is Role.INITIATOR else (share, self.share)
-        self._transcript = transcript_hash(self.match_id, *shares)
-        self._keys = schedule(pake_key, self._transcript)
+        ya, yb = (self.share, share) if self.role is Role.INITIATOR else (share, self.share)
+        isk = cpace.isk(self._sid, k, ya, AD, yb, AD)
+        self._transcript = transcript_hash(self.match_id, ya, yb)
+        self._keys = schedule(isk, self._transcript)
         return None
 
     def handle(self, data: bytes) -> Outcome:
@@ -257,6 +271,7 @@ class Handshake:
         return Session(self.role, send, recv)
 
 
-__all__ = ["Handshake", "StartedPake", "start_pake", "Outcome", "Role", "Kind", "Counters", "Session", "ReplayWindow",
+__all__ = ["Handshake", "StartedPake", "start_pake", "session_id", "pake_password", "Outcome",
+           "Role", "Kind", "Counters", "Session", "ReplayWindow",
            "FRAME_KINDS", "HELLO_LEN", "PROOF_LEN", "MAGIC", "VERSION", "is_handshake",
            "kind_of", "has_magic"]

@@ -57,7 +57,7 @@ def _read_message(sock, hs: Handshake, length: int, deadline: float, clock) -> b
     if has_magic(head) and head[4] != VERSION:
         hs.handle(head)     # counted as old_version
         raise AuthenticationError(version_mismatch_message(head[4]),
-                                  hint="the handshake changed in version 2 (PAKE, encryption)",
+                                  hint="the handshake changed in version 2 (PAKE, encryption) and 3 (CPace)",
                                   reason="version-mismatch")
     return head + _recv_exact(sock, length - HEADER.size, deadline, clock)
 

@@ -31,7 +31,7 @@ MAX_LOCAL_CANDIDATES = 8
 CONFIRM_LINGER = 1.0
 _HINTS = {
     "auth-failed": "both sides must use the same access key",
-    "version-mismatch": "the punch handshake changed (v2: PAKE and encryption)",
+    "version-mismatch": "the punch handshake changed (v2: PAKE and encryption; v3: CPace)",
     "one-way": "the peer's NAT filters our packets; NAT profiles (the default probe, not "
                "--no-probe) may allow port prediction, else a relay (TURN) is needed",
     "timeout": "see the per-target attempts; with NAT profiles on both sides (the default "
@@ -215,7 +215,7 @@ class UdpRendezvous:
         Raises :class:`PunchError` with ``reason`` and per-target ``attempts``.
         ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
-        ``pake``: our SPAKE2 half started before the match (:func:`.auth.start_pake`).
+        ``pake``: our CPace scalar and PRS prepared before the match (:func:`.auth.start_pake`).
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 MAGIC = b"\x8fSTP"
 #: 1: HMAC handshake over a PBKDF2-stretched key, MAC-only UDP frames (before issue 10)
 #: 2: SPAKE2 handshake with key confirmation, AEAD frames and TCP records
-VERSION = 2
+#: 3: CPace (X25519) instead of SPAKE2; confirmation, frames and records as in 2
+VERSION = 3
 #: MAGIC, version, type, role, flags
 HEADER = struct.Struct("!4sBBBB")
 
