@@ -1,8 +1,8 @@
-"""Cost of the punch handshake v2 (SPAKE2 + key confirmation) and of the key derivations.
+"""Cost of the punch handshake v3 (CPace on X25519 + key confirmation) and of the key derivations.
 
 Prints one JSON line: per-operation medians in milliseconds over ``--rounds`` runs
-(pure code, no sockets): a full handshake of both sides, one side's share of it,
-the rendezvous scrypt, and sealing/opening a 1200-byte UDP frame.
+(pure code, no sockets): a full handshake of both sides, one side's share of it, the
+CPace generator, the rendezvous scrypt, and sealing/opening a 1200-byte UDP frame.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 
+from stunturn_diag.punch import auth, cpace
 from stunturn_diag.punch.auth import Handshake, Role
 from stunturn_diag.punch.keys import _scrypt
 from stunturn_diag.punch.wire import Kind
@@ -53,6 +54,9 @@ def main() -> None:
     print(json.dumps({
         "handshake_both_sides_ms": round(statistics.median(f[0] for f in full), 3),
         "handshake_start_one_side_ms": round(statistics.median(f[1] for f in full), 3),
+        "generator_elligator2_ms": _median_ms(
+            lambda: cpace.calculate_generator(auth.pake_password(KEY), auth.CHANNEL_ID,
+                                              auth.session_id("bench-match")), args.rounds),
         "rendezvous_scrypt_ms": _median_ms(lambda: _scrypt.__wrapped__(b"bench key"),
                                            max(3, args.rounds // 10)),
         "seal_open_1200B_frame_ms": _median_ms(lambda: sr.open(si.seal(Kind.DATA, payload)),
