@@ -148,7 +148,7 @@ def test_a_third_party_knowing_the_addresses_cannot_complete_the_handshake():
 
 
 def test_a_fake_peer_with_a_guessed_key_fails_after_one_guess():
-    """The attacker runs the real v2 handshake with a wrong key: one online guess, refused."""
+    """The attacker runs the real handshake (CPace) with a wrong key: one online guess, refused."""
     result, out = _lone_against("pake")
     assert result["ok"] is False, (result, out)
     assert result["reason"] == "auth-failed", (result, out)

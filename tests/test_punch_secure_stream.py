@@ -10,6 +10,7 @@ import time
 import pytest
 
 from stunturn_diag.errors import AuthenticationError, PunchError
+from stunturn_diag.punch.auth import HELLO_LEN, PROOF_LEN
 from stunturn_diag.punch.secure_stream import SecureStream, authenticate_stream
 from stunturn_diag.punch.wire import MAGIC, Kind, Role
 
@@ -102,13 +103,17 @@ def test_same_key_gives_a_private_stream_both_ways():
 
 
 def test_a_tampered_record_is_detected_and_ends_the_stream():
-    state = {"count": 0}
+    state = {"seen": 0}
+    handshake = HELLO_LEN + PROOF_LEN           # what the initiator sends before records
 
     def alter(direction, data):
-        state["count"] += 1 if direction == "i->r" else 0
-        if direction == "i->r" and state["count"] >= 3:     # past HELLO and PROOF
+        if direction != "i->r":
+            return data
+        start, state["seen"] = state["seen"], state["seen"] + len(data)
+        if state["seen"] > handshake:            # past HELLO and PROOF (the same read or not)
             data = bytearray(data)
-            data[len(data) // 2] ^= 0x40
+            past = max(0, handshake - start)
+            data[past + (len(data) - past) // 2] ^= 0x40
             return bytes(data)
         return data
 
