@@ -22,6 +22,7 @@ import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
 from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.punch.wire import MAGIC, VERSION
 
 pytestmark = pytest.mark.netns
 
@@ -29,8 +30,8 @@ KEY = "relay-lab-key-42"
 #: plaintext the local client sends (TCP); must never appear between the sites
 MARKER = b"PLAINTEXT-MARKER-0xC0FFEE-must-not-be-on-the-wire|"
 
-#: in clear on the wire (the handshake header): proves the sniffer reads the payloads
-CONTROL = b"\x8fSTP\x02"
+#: in clear on the wire (the header, magic and version): proves the sniffer reads the payloads
+CONTROL = MAGIC + bytes([VERSION])
 
 #: on the router: record every IP payload (also fragments) between the two sites' public IPs until a
 #: line on stdin (or 90 s), then print how much it saw and which needles it found
