@@ -137,8 +137,8 @@ class RelayPath:
         self.peer: Address | None = None
         self.error: PunchError | None = None
         self.ready_ms: float | None = None
-        #: SPAKE2's first half for the relayed handshake (single use: the direct attempt
-        #: took the one started before the match), computed in the background
+        #: the CPace scalar and PRS for the relayed handshake (single use: the direct
+        #: attempt took the one prepared before the match), prepared in the background
         self._key = key
         self.pake: StartedPake | None = None
         self._done = threading.Event()

@@ -215,7 +215,8 @@ class UdpRendezvous:
         Raises :class:`PunchError` with ``reason`` and per-target ``attempts``.
         ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
-        ``pake``: our CPace scalar and PRS prepared before the match (:func:`.auth.start_pake`).
+        ``pake``: our CPace scalar and PRS, prepared before the match
+        (:func:`.auth.start_pake`).
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
