@@ -1,27 +1,47 @@
 """UDP punch matrix over the lab catalogue: real kernel NATs, real server, real peers.
 
 Every unordered pair of NAT types is punched with both sides' NAT profile known
-(as after a probe). Pairs that can be punched in theory must connect,
+(as after a probe), through ``stunturn-diag lab matrix`` (the real CLI, as a
+subprocess): the server command is ``serve``, the peers are
+:mod:`stunturn_diag.punch.labpeer` (our punch library, the key from the runner's
+``STUNTURN_LAB_KEY``), each exiting 0 only when data went both ways. The runner's
+theory column (``stunturn_diag.lab.ci.theory``: the catalogue's ground truth through
+the punch's own decision) sets each pair's expectation; :func:`theory` below, written
+from the NAT specs (RFC 4787) independently of :mod:`stunturn_diag.punch.decision`,
+must agree with it pair by pair. Pairs that can be punched must connect,
 authenticate and exchange data both ways; the others must fail within the punch
-timeout with a reason naming the cause. The theory below is written from the
-NAT specs (RFC 4787), independently of :mod:`stunturn_diag.punch.decision`.
+timeout with a reason naming the cause, read from each peer's JSON line in the
+pair's log folder. The catalogue runs in a few chunks (one ``lab matrix`` call
+each, parallel under xdist); a failing chunk names its failing pairs.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
-from stunturn_diag.punch.labkit import run_pair
+from stunturn_diag.lab.ci.plan import make_pair
+from stunturn_diag.lab.ci.runner import GRACE
+from stunturn_diag.punch.labkit import parse_peer_output, run_pair
+
+from test_lab_ci_run import _cli, _json_lines
 
 pytestmark = pytest.mark.netns
 
 NAMES = sorted(CATALOGUE)
 PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
 FAIL_FAST = 1.5   # punch timeout where failure is expected
+PY = sys.executable
+#: labs at a time per `lab matrix` call: under xdist the workers already run chunks side by side
+JOBS = int(os.environ.get("STUNTURN_MATRIX_JOBS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
+                                                       else 2))
 
 
 def theory(a: str, b: str) -> str | None:
@@ -48,35 +68,109 @@ def theory(a: str, b: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}--{b}" for a, b in PAIRS])
-def test_udp_punch_pair(a, b):
+def runner_reason(entry: dict) -> str | None:
+    """The failure reason our peers should report for a pair, from the runner's UDP
+    theory entry (``{"possible", "strategy", "explanation"}``); None: punchable."""
+    if entry["possible"]:
+        return None
+    if entry["strategy"] == "blocked":        # a: never learns its mapping; b: named at pairing
+        return "stun-failed" if entry["explanation"].startswith("site a ") else \
+            "protocol-unavailable"
+    return entry["strategy"]                  # relay-needed
+
+
+def _chunks() -> dict[str, list[tuple[str, str]]]:
+    """The catalogue's pairs by the runner's theory: each chunk shares its peers' timeouts."""
+    by_reason: dict[str | None, list[tuple[str, str]]] = {}
+    for a, b in PAIRS:
+        by_reason.setdefault(runner_reason(make_pair(a, b).theory["udp"]), []).append((a, b))
+    punchable = by_reason.pop(None)
+    out = {f"punchable-{i + 1}": punchable[i::4] for i in range(4)}
+    out["relay-needed"] = by_reason.pop("relay-needed")
+    out["blocked"] = by_reason.pop("stun-failed") + by_reason.pop("protocol-unavailable")
+    assert not by_reason, by_reason
+    return out
+
+
+CHUNKS = _chunks()
+#: (punch timeout, initiator's pairing wait, receiver's wait) per chunk. `lab matrix` ends
+#: the other peer GRACE (2 s) after one failed, so in the blocked chunk the receiver gives
+#: up on an initiator that never checks in (stun-failed) well within that; where the
+#: initiator is fine (protocol-unavailable) it is already waiting when the receiver
+#: checks in, after its own STUN gave up (~3 s), inside the initiator's 4 s.
+TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 4.0, 0.5)}
+assert TIMINGS["blocked"][2] < GRACE / 2
+SERVE = (f"{PY} -m stunturn_diag serve {{server_ip}}:8080 --alt-ip {{alt_ip}} "
+         "--wait-timeout 20 --json --log-level WARNING")
+
+
+def _peer(role: str, punch_timeout: float, wait: float) -> str:
+    own_type = "{type_a}" if role == "initiator" else "{type_b}"
+    return (f"{PY} -m stunturn_diag.punch.labpeer --role {role} --url http://{{server_ip}}:8080 "
+            f"--target {{peer_public_ip}} --nat-type '{own_type}' "
+            f"--punch-timeout {punch_timeout} --wait {wait}")
+
+
+def check_pair(a: str, b: str, res: dict) -> list[str]:
+    """What is wrong with one pair's `lab matrix` result (empty: nothing)."""
     expect = theory(a, b)
-    with Lab(LabSpec.simple(a, b)) as lab:
-        res = run_pair(lab, "a1", "b1", punch_timeout=FAIL_FAST if expect else 6.0,
-                       pair_wait=4.0 if expect in ("stun-failed", "protocol-unavailable")
-                       else 15.0)
-    ini, rec = res.initiator, res.receiver
-    if expect is None:
-        assert res.ok, (ini, rec)
-        assert ini["strategy"] == rec["strategy"]
-        assert res.data_both_ways, (ini, rec)
-        assert ini["peer"]["ip"] == lab.site_public_ip("b") or ini["strategy"] == "lan"
-        return
-    assert not ini["ok"] and not rec["ok"]
-    if expect == "stun-failed":
-        # the blocked initiator cannot even learn its mapping; its peer is never matched
-        assert ini["reason"] == "stun-failed", ini
-        assert rec["reason"] in ("stun-failed", "no-initiator"), rec
-    elif expect == "protocol-unavailable":
-        # matched, and both name the cause (the initiator did not wait out its 4 s:
-        # that would be pairing-timeout)
-        for side in (ini, rec):
-            assert side["reason"] == "protocol-unavailable" and "UDP" in side["message"], side
-    else:
-        for side in (ini, rec):
-            assert side["reason"] == "relay-needed", side
-            assert "random port" in side["message"] and "relay" in side["message"]
-            assert side["attempts"], side
+    problems = []
+    if runner_reason(res["theory"]["udp"]) != expect:
+        problems.append(f"runner theory {res['theory']['udp']} != spec theory {expect}")
+    logdir = Path(res["logdir"])
+    ini, rec = (parse_peer_output((logdir / f"{r}.out").read_text(),
+                                  (logdir / f"{r}.err").read_text()) for r in ("a", "b"))
+    try:
+        if expect is None:
+            assert res["status"] == "passed" and res["outcome"] == "connected", res["outcome"]
+            assert ini["ok"] and rec["ok"], (ini, rec)
+            assert ini["strategy"] == rec["strategy"]
+            assert all(s["got"] and s["acked"] for s in (ini, rec)), (ini, rec)
+            assert ini["peer"]["ip"] == ini["target"] or ini["strategy"] == "lan"
+            return problems
+        assert res["status"] == "skipped" and res["outcome"] == "failed", res["outcome"]
+        assert not ini["ok"] and not rec["ok"]
+        if expect == "stun-failed":
+            # the blocked initiator cannot even learn its mapping; its peer is never matched
+            assert ini["reason"] == "stun-failed", ini
+            assert rec["reason"] in ("stun-failed", "no-initiator"), rec
+        elif expect == "protocol-unavailable":
+            # matched, and both name the cause (the initiator did not wait out its 4 s:
+            # that would be pairing-timeout)
+            for side in (ini, rec):
+                assert side["reason"] == "protocol-unavailable" and "UDP" in side["message"], \
+                    side
+        else:
+            for side in (ini, rec):
+                assert side["reason"] == "relay-needed", side
+                assert "random port" in side["message"] and "relay" in side["message"]
+                assert side["attempts"], side
+    except (AssertionError, KeyError) as exc:
+        problems.append(f"{type(exc).__name__}: {exc}"[:1500])
+    return problems
+
+
+@pytest.mark.parametrize("chunk", list(CHUNKS))
+def test_udp_punch_matrix(tmp_path, chunk):
+    pairs = CHUNKS[chunk]
+    punch_timeout, ini_wait, rec_wait = TIMINGS.get(chunk, (6.0, 15.0, 15.0))
+    plan = {"pairs": [{"sites": {"a": a, "b": b}} for a, b in pairs], "jobs": JOBS,
+            "timeout": 60, "server": SERVE, "server_ready": "line",
+            "a": _peer("initiator", punch_timeout, ini_wait),
+            "b": _peer("receiver", punch_timeout, rec_wait)}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    proc = _cli(tmp_path, "matrix", "--plan", "plan.json", "--json", "--logdir", "logs",
+                "--junit", "junit.xml", timeout=60 * len(pairs))
+    results, summary = _json_lines(proc.stdout)
+    assert [r["pair"] for r in results] == [f"{a}--{b}" for a, b in pairs], proc.stderr
+    bad = {}
+    for (a, b), res in zip(pairs, results):
+        problems = check_pair(a, b, res)
+        if problems:
+            bad[res["pair"]] = problems
+    assert not bad, "failing pairs:\n" + "\n".join(f"  {p}: {'; '.join(v)}"
+                                                  for p, v in bad.items())
+    assert proc.returncode == 0 and summary["ok"], (summary, proc.stderr[-2000:])
 
 
 @pytest.mark.parametrize("a,b", [("symmetric-random", "port-restricted"),

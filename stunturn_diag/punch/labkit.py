@@ -2,8 +2,8 @@
 
 :func:`run_pair` starts the signaling server + STUN responder on the lab's server
 host, the initiator and the receiver (each in its own namespace, through the
-library API), lets them exchange datagrams both ways and returns both JSON
-results. Every process it starts ends with the lab (``Lab.popen``) or by itself.
+library API: :mod:`.labpeer`), lets them exchange datagrams both ways and returns
+both JSON results. Every process it starts ends with the lab (``Lab.popen``) or by itself.
 """
 
 from __future__ import annotations
@@ -26,63 +26,6 @@ TURN_RELAY_PORTS = (49152, 49251)
 TURN_SECRET = "lab-turn-shared-secret"
 TURN_REALM = "stunturn.lab"
 
-#: runs in a lab host: punch through the API, then exchange data both ways (bounded)
-PEER = r"""
-import json, os, sys, time
-from stunturn_diag.errors import StunturnError
-from stunturn_diag.punch import api
-role, url, target, profile, punch_timeout, prime_ttl, birthday, wait, linger = sys.argv[1:10]
-protocol, delay = (sys.argv[10:12] + ["udp", "0"])[:2]
-key = os.environ["STUNTURN_KEY"]          # not in argv: the key stays out of ps
-time.sleep(float(delay))
-opts = dict(punch_timeout=float(punch_timeout), prime_ttl=int(prime_ttl) or None,
-            birthday=birthday == "1", peer_timeout=5.0,
-            nat_profile=json.loads(profile) if profile != "-" else None)
-t0 = time.monotonic()
-try:
-    if role == "initiator":
-        r = api.initiate(url, key, target, protocol=protocol, pair_timeout=float(wait), **opts)
-    else:
-        r = api.receive(url, key, protocol=protocol, wait=float(wait), wait_interval=0.05, **opts)
-except StunturnError as e:
-    out = {"ok": False, "reason": getattr(e, "reason", None) or e.code, "message": str(e),
-           "attempts": getattr(e, "attempts", []), "elapsed": time.monotonic() - t0}
-    out.update(getattr(e, "context", {}) or {})
-    print(json.dumps(out)); sys.exit(1)
-out = r.as_dict(); ch = r.connection
-if protocol == "tcp":
-    ch.settimeout(10)
-    ch.sendall(f"data:{role}\n".encode())
-    line = ch.makefile("rb").readline().decode().strip()
-    out.update(got=line.startswith("data:") and line != f"data:{role}", acked=bool(line),
-               line=line, elapsed=time.monotonic() - t0)
-    ch.close(); print(json.dumps(out)); sys.exit(0)
-got = acked = False; tail = 0; unexpected = []; t_open = time.monotonic()
-for i in range(400):
-    ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
-    if got and acked:
-        tail += 1
-        if tail > 5 and time.monotonic() - t_open > float(linger):
-            break
-    end = time.monotonic() + 0.03
-    while time.monotonic() < end:
-        try:
-            m = ch.recv(timeout=max(0.0, end - time.monotonic())).decode()
-        except TimeoutError:
-            break
-        except StunturnError as e:
-            out["data_error"] = str(e); break
-        if m.startswith("data:") and m.split(":")[1] != role:
-            got = True
-            acked = acked or m.endswith(":ack")
-        elif m:
-            unexpected.append(m[:40])
-out.update(got=got, acked=acked, unexpected=unexpected, stats=ch.stats(),
-           elapsed=time.monotonic() - t0)
-time.sleep(0.1)
-ch.close()
-print(json.dumps(out))
-"""
 
 
 @dataclass
@@ -218,10 +161,13 @@ lab, initiator_host: str, receiver_host: str, *, key: str = "lab-key-0123",
             else "-"
         url = initiator_url if role == "initiator" else receiver_url
         delay = receiver_delay if role == "receiver" else 0.0
-        return lab.popen(host, [sys.executable, "-c", PEER, role, url, target, profile,
-                                str(punch_timeout), str(prime_ttl), "1" if birthday else "0",
-                                str(pair_wait), str(linger), protocol, str(delay)],
-                         env=env)
+        argv = [sys.executable, "-m", "stunturn_diag.punch.labpeer", "--role", role,
+                "--url", url, "--target", target, "--punch-timeout", str(punch_timeout),
+                "--prime-ttl", str(prime_ttl), "--wait", str(pair_wait), "--linger",
+                str(linger), "--protocol", protocol, "--delay", str(delay)]
+        if profile != "-":
+            argv += ["--profile", profile]
+        return lab.popen(host, argv + (["--birthday"] if birthday else []), env=env)
 
     ini = peer(initiator_host, "initiator")
     rec = peer(receiver_host, "receiver")
