@@ -20,16 +20,17 @@ RunOnce = Callable[[str, str], tuple[bool, float | None, float | None, str]]
 
 
 def parse_args(doc: str, name: str,
-               add_options: Callable[[argparse.ArgumentParser], None] | None = None
-               ) -> argparse.Namespace | None:
-    """Common options (``--repeat``, ``--json``) plus the script's own; None without root."""
+               add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+               root_unless: str | None = None) -> argparse.Namespace | None:
+    """Common options (``--repeat``, ``--json``) plus the script's own; None without root
+    (unless option ``root_unless`` is given: it reads results, it builds no lab)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     if add_options:
         add_options(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not (root_unless and getattr(args, root_unless)):
         print(f"{name} needs root (it builds network namespaces); run it with sudo",
               file=sys.stderr)
         return None

@@ -10,13 +10,22 @@ LAN host opening N new flows per second (``SiteSpec.background_flows_per_s``):
 at 100 ports/s besides the punch.
 
     sudo python3 benchmarks/bench_punch.py [--repeat 3] [--pairs all] [--protocol both] [--json]
+
+``--from-matrix LOGDIR`` runs nothing: it reads a ``lab matrix`` run whose peers were
+``python -m stunturn_diag.punch.labpeer`` (as the suite's punch matrix,
+``netns_tests/test_punch_udp_matrix.py``): ``LOGDIR/results.jsonl`` and each pair's
+``a.out``/``b.out``, one run per connected pair.
+
+    python3 benchmarks/bench_punch.py --from-matrix stunturn-lab-logs [--json]
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 import sys
+from pathlib import Path
 
 from _punch_bench import emit_json, measure, parse_args
 
@@ -45,15 +54,47 @@ def site(name: str):
     return SiteSpec(nat=CATALOGUE[base])
 
 
+def from_matrix(logdir: Path, as_json: bool) -> int:
+    """The figures of a `lab matrix` run (labpeer peers): one row per connected pair."""
+    from stunturn_diag.punch.labkit import parse_peer_output
+
+    lines = [json.loads(x) for x in (logdir / "results.jsonl").read_text().splitlines() if x]
+    results = {(r["type_a"], r["type_b"]): r for r in lines if "pair" in r
+               and r["outcome"] == "connected"}
+    if not results:
+        print(f"no connected pair in {logdir / 'results.jsonl'}", file=sys.stderr)
+        return 1
+
+    def run_once(a: str, b: str):
+        r = results[(a, b)]
+        ini, rec = (parse_peer_output(Path(r["commands"][role]["stdout"]).read_text(), "")
+                    for role in ("a", "b"))
+        ok = bool(ini.get("ok") and rec.get("ok"))
+        return ok, ini.get("connect_ms"), rec.get("connect_ms"), ini.get("strategy", "-")
+
+    protocol = next(iter(results.values()))["protocol"]
+    print(f"protocol {protocol} (from {logdir}): ms from the match to the authenticated channel")
+    rows = measure(list(results), 1, run_once, unit="ms")
+    for row in rows:
+        row["protocol"] = protocol
+    if as_json:
+        emit_json(rows)
+    return 0
+
+
 def main() -> int:
     def options(ap) -> None:
         ap.add_argument("--pairs", choices=["default", "all"], default="default",
                         help="all = every feasible pair of the catalogue without loss")
         ap.add_argument("--protocol", choices=["udp", "tcp", "both"], default="both")
+        ap.add_argument("--from-matrix", metavar="LOGDIR",
+                        help="read a `lab matrix` run of labpeer peers instead of running")
 
-    args = parse_args(__doc__, "bench_punch", options)
+    args = parse_args(__doc__, "bench_punch", options, root_unless="from_matrix")
     if args is None:
         return 2
+    if args.from_matrix:
+        return from_matrix(Path(args.from_matrix), args.json)
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
     from stunturn_diag.punch.decision import decide, profile_from_details
     from stunturn_diag.punch.labkit import run_pair
