@@ -24,6 +24,10 @@ def test_steer_burns_the_gap_goes_inside_the_window_and_gives_up_past_it():
     assert steer(Reading(20009, 0), 20010, 8) == counter.Step("go", 0)
     assert steer(Reading(20012, 0), 20010, 8) == counter.Step("go", 3)
     assert steer(Reading(20017, 0), 20010, 8).action == "late"
+    # others opened 5 flows since the reading's request left: the burn leaves them out
+    assert steer(Reading(20000, 0), 20010, 8, others=5) == counter.Step("burn", 3)
+    assert steer(Reading(20000, 0), 20010, 8, others=50) == counter.Step("burn", 0)
+    assert counter.drift(100.0, 0.105) == 10 and counter.drift(None, 1.0) == 0
     text = too_fast_message(Reading(20000, 0.0), Reading(20400, 1.0), 2, 20010, 8)
     assert "397.0 flows/s" in text and "too fast" in text and "20010-20017" in text
 
@@ -45,5 +49,8 @@ def test_a_counter_that_outruns_the_window_during_the_punch_is_too_fast():
     assert not counter.outruns_window(100.0, 8)
     assert not counter.outruns_window(None, 8)
     assert counter.outruns_window(100.0, 8, skip=7)   # one port of the window left
+    # a reading answered 100 ms after its request left: 12 ports taken by the punch
+    assert counter.outruns_window(100.0, 8, age=0.1)
+    assert not counter.outruns_window(100.0, 8, age=0.01)
     text = too_fast_message(Reading(20000, 0.0), Reading(20100, 0.2), 0, 20090, 16)
     assert "too fast" in text and "495.0 flows/s" in text and "20090-20105" in text

@@ -16,13 +16,16 @@ counter there (:func:`promise`, :func:`steer`):
    rate times how long until the punch, :func:`lead`).
 2. After the match it reads again. If the counter is still short of the promise
    it burns the difference with throw-away flows (one datagram each from fresh
-   sockets) and confirms with one more reading; past the promised window, the
-   prediction failed and the observed rate says why (:func:`too_fast_message`).
+   sockets, toward a port that does not answer, so the STUN server's per-source
+   budget stays for the readings) and confirms with one more reading; past the
+   promised window, the prediction failed and the observed rate says why
+   (:func:`too_fast_message`).
 3. The peer aims at ``next_port .. next_port + window - 1``; we skip as many of our
    own targets as the counter overshot the promise, so the k-th flows of two
    sequential sides still meet.
 
-Readings are ``(port, t)`` with ``t`` in seconds on any one clock of the caller's.
+Readings are ``(port, t)`` with ``t`` in seconds on any one clock of the caller's:
+when the reading's request left (its mapping was made then), not when it was answered.
 Ports are compared linearly (a counter that wraps inside the window is not handled).
 """
 
@@ -81,21 +84,32 @@ class Step:
     count: int = 0       # flows to burn ("burn") or targets to skip ("go")
 
 
-def steer(reading: Reading, next_port: int, window: int) -> Step:
-    """After a reading: the next flow gets ``reading.port + 1``."""
+def drift(flows_per_s: float | None, age: float) -> int:
+    """Flows others surely opened in the ``age`` seconds since a reading's request left
+    (rounded down: burning too few costs one more step, too many loses the window)."""
+    return int((flows_per_s or 0.0) * max(0.0, age))
+
+
+def steer(reading: Reading, next_port: int, window: int, others: int = 0) -> Step:
+    """After a reading: the next flow gets ``reading.port + 1`` (plus ``others``: flows
+    of others since the reading, :func:`drift`, which a burn leaves out)."""
     nxt = reading.port + 1
     if nxt >= next_port + max(1, window):
         return Step("late")
     if nxt >= next_port:
         return Step("go", nxt - next_port)
     # burn all but one of the gap; the confirming reading takes the last slot
-    return Step("burn", next_port - nxt - 1)
+    return Step("burn", max(0, next_port - nxt - 1 - others))
 
 
-def outruns_window(flows_per_s: float | None, window: int, skip: int = 0) -> bool:
+def outruns_window(flows_per_s: float | None, window: int, skip: int = 0,
+                   age: float = 0.0) -> bool:
     """True when others move the counter past the rest of the window (``window - skip``
-    ports) in the :data:`PUNCH_SPAN` our punch flows need after the last reading."""
-    return bool(flows_per_s) and flows_per_s * PUNCH_SPAN >= max(1, window - skip)
+    ports) in the :data:`PUNCH_SPAN` our punch flows need after the last reading, plus
+    ``age``: the seconds since that reading's request left (its answer may come late,
+    e.g. a retransmission, and others kept opening flows meanwhile)."""
+    return bool(flows_per_s) and \
+        flows_per_s * (PUNCH_SPAN + max(0.0, age)) >= max(1, window - skip)
 
 
 def too_fast_message(first: Reading, last: Reading, own_flows: int, next_port: int,

@@ -2,9 +2,28 @@
 
 A reading is one STUN Binding over UDP from a fresh socket (one new flow through
 the NAT; its mapped port is the counter's value); a burn is one datagram from
-each of ``n`` fresh sockets. Both go to the signaling server's STUN endpoint.
-Time is injected (``clock``), every loop is bounded (:data:`counter.MAX_STEPS`,
-:data:`counter.MAX_LEAD` flows per burn).
+each of ``n`` fresh sockets. Time is injected (``clock``), every loop is bounded
+(:data:`counter.MAX_STEPS`, :data:`counter.MAX_LEAD` flows per burn,
+:data:`FRESH_TRIES` binds per fresh socket).
+
+Where the flows go, and why (found in the lab, ``conntrack -E`` on the NAT box):
+
+- Readings go to the signaling server's STUN endpoint; burns do NOT. The server
+  answers STUN over UDP only up to a per-source budget (``serve``: burst 200, 50/s,
+  the rest dropped); a burn of ~200 Binding requests spent it, so the confirming
+  reading right after was dropped and answered only on its retransmission ~100 ms
+  later, and by then others behind the NAT had taken the promised window (at 100
+  flows/s: 10 ports). Burns go to the discard port (:data:`DISCARD_PORT`, RFC 863)
+  of the same host: a new mapping each all the same, nothing answers them and the
+  STUN budget stays for the readings.
+- Every flow needs a local port this object has not used toward that destination
+  while the NAT may still remember it (30 s and more): a fresh socket that the
+  kernel gives such a port would reuse the old mapping, move nothing and (a
+  reading) report an old port. Burn sockets stay open until the whole burn is
+  sent, and the ports used are remembered per destination; a reading that is not
+  above the previous one is such a reused mapping and is taken again.
+- A reading's time is when its request left (its mapping was made then), not when
+  the answer came: :meth:`steer_to` counts what others opened since then.
 """
 
 from __future__ import annotations
@@ -20,43 +39,96 @@ from .counter import Reading
 from .udp import UdpRendezvous
 
 Address = tuple[str, int]
+#: where burns go, on the STUN server's host: the discard service (RFC 863)
+DISCARD_PORT = 9
+#: binds tried for one fresh local port before taking what the kernel gave
+FRESH_TRIES = 8
+#: readings tried when the NAT answers with an old mapping (not above the last reading)
+READ_TRIES = 3
+_BURN_PAYLOAD = b"stunturn-diag counter burn"
 
 
 class CounterSteer:
-    """Readings and burns through our NAT toward ``stun_server`` (UDP)."""
+    """Readings toward ``stun_server`` and burns toward ``burn_to`` through our NAT (UDP)."""
 
     def __init__(self, stun_server: Address, timeout: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 burn_to: Address | None = None) -> None:
         self.stun_server = stun_server
+        self.burn_to = burn_to or (stun_server[0], DISCARD_PORT)
         self.timeout = timeout
         self.clock = clock
         self.readings: list[Reading] = []
         #: flows this object opened (readings and burns)
         self.flows = 0
+        #: destination -> local ports used toward it (each one mapping on the NAT)
+        self._used: dict[Address, set[int]] = {}
 
-    def read(self) -> Reading:
-        """One reading (one new flow); PunchError(stun-failed) without an answer."""
-        rv = UdpRendezvous("0.0.0.0", 0)
+    def _fresh(self, make: Callable[[], object], port_of: Callable[[object], int],
+               destination: Address, held: list) -> object:
+        """A socket (``make()``) on a local port not used toward ``destination`` yet.
+
+        Rejected ones are appended to ``held`` (kept open so the kernel does not hand
+        the same port out again; the caller closes them)."""
+        used = self._used.setdefault(destination, set())
+        for _ in range(FRESH_TRIES):
+            sock = make()
+            port = port_of(sock)
+            if port not in used:
+                used.add(port)
+                return sock
+            held.append(sock)
+        return held.pop()      # every try was a used port (not seen in practice): take it
+
+    def _read_once(self, held: list) -> Reading:
+        rv = self._fresh(lambda: UdpRendezvous("0.0.0.0", 0), lambda r: r.local_address[1],
+                         self.stun_server, held)
+        sent: list[float] = []
         try:
             self.flows += 1
-            mapped = rv.learn_mapping(self.stun_server, self.timeout)
+            mapped = rv.learn_mapping(self.stun_server, self.timeout,
+                                      on_first_send=lambda: sent.append(self.clock()))
         finally:
             rv.close()
-        reading = Reading(int(mapped[1]), self.clock())
+        return Reading(int(mapped[1]), sent[0] if sent else self.clock())
+
+    def read(self) -> Reading:
+        """One reading (one new flow, or more when the NAT reused an old mapping);
+        PunchError(stun-failed) without an answer."""
+        held: list = []
+        try:
+            for _ in range(READ_TRIES):
+                reading = self._read_once(held)
+                if not self.readings or reading.port > self.readings[-1].port:
+                    break
+                self.flows -= 1       # an old mapping answered: no new flow
+        finally:
+            for rv in held:
+                rv.close()
         self.readings.append(reading)
         return reading
 
     def burn(self, n: int) -> None:
-        """Open ``n`` throw-away flows (at most :data:`counter.MAX_LEAD`)."""
-        wire = encode(binding_request(software="stunturn-diag counter"))
-        for _ in range(min(n, counter.MAX_LEAD)):
+        """Open ``n`` throw-away flows (at most :data:`counter.MAX_LEAD`) toward ``burn_to``."""
+        held: list[socket.socket] = []
+        burnt: list[socket.socket] = []
+
+        def make() -> socket.socket:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                sock.sendto(wire, self.stun_server)
-                self.flows += 1
-            except OSError:
-                pass
-            finally:
+            sock.bind(("0.0.0.0", 0))
+            return sock
+
+        try:
+            for _ in range(min(n, counter.MAX_LEAD)):
+                sock = self._fresh(make, lambda s: s.getsockname()[1], self.burn_to, held)
+                burnt.append(sock)        # open until the burn ends: no port twice
+                try:
+                    sock.sendto(_BURN_PAYLOAD, self.burn_to)
+                    self.flows += 1
+                except OSError:
+                    pass
+        finally:
+            for sock in burnt + held:
                 sock.close()
 
     def steer_to(self, next_port: int, window: int, first: Reading,
@@ -67,15 +139,23 @@ class CounterSteer:
         PunchError(reason ``port-counter-too-fast``) when the counter is already
         past the window, naming the rate observed since ``first`` (a reading taken
         before ``own_flows_since_first`` flows of ours, not counting these here).
+        A reading whose answer came late counts what others opened since its request
+        left (the rate times its age): a burn leaves those out, and a confirming
+        reading after which they may have taken the rest of the window is taken again.
         """
         before = self.flows
-        for _ in range(counter.MAX_STEPS):
+        for step_no in range(counter.MAX_STEPS):
             reading = self.read()
-            step = counter.steer(reading, next_port, window)
             own = own_flows_since_first + (self.flows - before) - 1
-            if step.action == "go" and not counter.outruns_window(
-                    counter.rate(first, reading, own), window, step.count):
-                return step.count
+            flows_per_s = counter.rate(first, reading, own)
+            age = max(0.0, self.clock() - reading.t)
+            step = counter.steer(reading, next_port, window, counter.drift(flows_per_s, age))
+            if step.action == "go":
+                if not counter.outruns_window(flows_per_s, window, step.count, age):
+                    return step.count
+                if not counter.outruns_window(flows_per_s, window, step.count) and \
+                        step_no + 1 < counter.MAX_STEPS:
+                    continue      # a stale reading, not a fast counter: read again
             if step.action in ("go", "late"):
                 raise PunchError(counter.too_fast_message(first, reading, own, next_port,
                                                           window),
