@@ -351,3 +351,31 @@ def test_keepalive_settings_follow_the_udp_options():
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == cfg["count"] == 2
         assert sock.getsockopt(socket.IPPROTO_TCP, 18) == 3000       # TCP_USER_TIMEOUT
+
+
+def test_a_4tuple_held_by_the_listener_is_taken_from_the_accept_queue():
+    """The peer's SYN found no connecting socket of ours, so the listener holds the
+    connection (and its 4-tuple): our connect then fails with EADDRNOTAVAIL, which
+    means "take it from the listener", not "try again in a while"."""
+    listener = shared_port_socket(LO, 0)
+    listener.listen(16)
+    peer = shared_port_socket(LO, 0)
+    peer_addr = peer.getsockname()[:2]
+    try:
+        peer.setblocking(True)
+        peer.connect(listener.getsockname())          # established, waiting in the queue
+        loop = tcp_engine.PunchLoop(listener.getsockname()[:2], listener, [peer_addr],
+                                    role="initiator", deadline=time.monotonic() + 5,
+                                    prime_ttl=None, strategy=tcp_engine.STRATEGY_SIMULTANEOUS)
+        cand = loop.candidates[0]
+        loop._connect(cand)
+        assert cand.errors == {"connect EADDRNOTAVAIL": 1}
+        assert cand.up and cand.connects == 0 and cand.busy == 1
+        assert [c.via for c in loop.conns] == ["accept"] and loop.conns[0].cand is cand
+        assert peer.recv(8) == tcp_engine.NOMINATE       # the nomination runs on it
+    finally:
+        for conn in getattr(loop, "conns", []):
+            conn.sock.close()
+        peer.close()
+        listener.close()
+

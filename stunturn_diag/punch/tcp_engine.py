@@ -11,6 +11,7 @@ import errno
 import secrets
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ class _Candidate:
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
     failures: int = 0              # refused/unreachable full-TTL rounds (retry back-off)
+    busy: int = 0                  # connects refused locally: the 4-tuple was in use
     passive: bool = False          # listen-connect receiver: never connects
     up: bool = False               # its connection is established (4-tuple in use)
     errors: dict[str, int] = field(default_factory=dict)
@@ -97,6 +99,16 @@ def retry_delay(failures: int) -> float:
 def _zigzag(n: int) -> int:
     """0, +1, -1, +2, -2, ... for n = 0, 1, 2, 3, 4, ..."""
     return (n + 1) // 2 * (1 if n % 2 else -1)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: no FIN and no orphan holding the 4-tuple (a socket in
+    SYN-SENT goes silently, one that just turned SYN-RECEIVED with a RST)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def _err_name(code: int) -> str:
@@ -139,6 +151,19 @@ class PunchLoop:
         if ttl is not None:
             set_ttl(sock, ttl)
         rc = sock.connect_ex(cand.address)
+        if rc == errno.EADDRNOTAVAIL:
+            # the 4-tuple is taken by another socket on our port: the listener's
+            # connection from this very candidate (its SYN found no connecting socket
+            # of ours), established or about to be. Take it if it is queued; else
+            # look again soon (no SYN left: not a connect attempt)
+            sock.close()
+            cand.note(f"connect {_err_name(rc)}")
+            if ttl is None:
+                cand.connects -= 1
+            cand.busy += 1
+            self._accept()
+            cand.next_connect = time.monotonic() + retry_delay(cand.busy)
+            return
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
             cand.note(f"connect {_err_name(rc)}")
@@ -197,8 +222,11 @@ class PunchLoop:
         if self.pin and tcp_state(cand.sock) == TCP_SYN_SENT:
             # a fresh socket with the same ISN sends the full-TTL SYN at once (only
             # from SYN-SENT: a socket the peer's SYN already reached is SYN-RECEIVED
-            # and closing it would send a FIN and hold the 4-tuple)
-            cand.sock.close()
+            # and closing it would send a FIN and hold the 4-tuple). Aborted, not
+            # closed: should the peer's SYN land between the check and the close, a
+            # FIN (at the prime's TTL, never answered) would hold the 4-tuple for
+            # minutes and every later connect fail with EADDRNOTAVAIL
+            _abort(cand.sock)
             cand.sock = None
             self._connect(cand)
         else:
