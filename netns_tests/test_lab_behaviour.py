@@ -108,7 +108,7 @@ def test_sequential_allocation_steps_by_one(make_lab):
     ports = [m for _, m in kit.tool("a1", "alloc", "--server", f"{kit.S}:7000",
                                     "--n", "20")["ports"]]
     assert [b - a for a, b in zip(ports, ports[1:])] == [1] * 19
-    assert 20000 <= ports[0] < 20000 + 1024
+    assert 20000 <= ports[0] < 20000 + 8192
 
 
 def test_random_allocation_spreads(make_lab):

@@ -11,6 +11,7 @@ between the STUN reading and the punch moves the counter as it would in the wild
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -95,7 +96,7 @@ def test_prediction_through_a_real_signaling_round(protocol, rate, seq_role):
         ini, rec = ("a1", "b1") if seq_role == "initiator" else ("b1", "a1")
         res = run_pair(lab, ini, rec, protocol=protocol, punch_timeout=8.0,
                        receiver_delay=1.0)
-        assert res.ok, (res.initiator, res.receiver)
+        assert res.ok, json.dumps([res.initiator, res.receiver])   # whole, not truncated
         for side in (res.initiator, res.receiver):
             assert side["protocol"] == protocol and side["strategy"] == "predict", side
             assert side["got"] and side["acked"], side
@@ -113,7 +114,7 @@ def test_a_counter_too_fast_to_predict_is_named_with_its_rate(protocol):
         res = run_pair(lab, "a1", "b1", protocol=protocol, punch_timeout=3.0,
                        receiver_delay=1.5)
         ini, rec = res.initiator, res.receiver
-        assert ini["ok"] is False and ini["reason"] == "port-counter-too-fast", ini
+        assert ini["ok"] is False and ini["reason"] == "port-counter-too-fast", json.dumps(ini)
         assert "flows/s" in ini["message"] and "too fast" in ini["message"], ini
         assert rec["ok"] is False, rec
 

@@ -139,13 +139,33 @@ def test_tcp_punch_without_cap_net_admin(a, b):
         assert_connected(ra, rb)
 
 
-@pytest.mark.parametrize("ttl", ["0", "64"], ids=["no-prime", "prime-reaches-peer-nat"])
+#: the receiver's start skew in the control below: far more than the lab's one-way delay
+#: (well under 1 ms), so neither side's first SYN can cross the other's in flight, and
+#: less than tcp_engine.SETTLE (12 ms), so the TTL-2 prime still opens both NATs before
+#: either full-TTL SYN arrives
+CONTROL_SKEW = "0.005"
+
+
+@pytest.mark.parametrize("ttl", ["0", "64", "2"],
+                         ids=["no-prime", "prime-reaches-peer-nat", "low-ttl-prime"])
 def test_plain_masquerade_needs_the_low_ttl_prime(ttl):
     """Control: between two plain masquerades (RST from the box, conntrack collision)
-    a first SYN that reaches the peer's NAT is refused on both sides, round after
-    round; the same pair connects with the default TTL-2 prime (matrix above)."""
+    a SYN that reaches the peer's NAT before the peer's own SYN left is answered by
+    RST there. The setup is exact: one round each (``--max-connects 1``, no retry) and
+    the receiver CONTROL_SKEW late, so without the low-TTL prime (no prime, or a
+    "prime" at full TTL) the initiator's first SYN meets a NAT that has not punched
+    yet and is refused, and so is the receiver's at the initiator's NAT; with the
+    TTL-2 prime the same single round connects. (With retries the naive punch is a
+    race that the retried rounds sometimes won: 2 of 10 runs with no skew, 2 of 10
+    with this skew. That is not what this control is about.)"""
+    one = ["--max-connects", "1"]
     with Lab(LabSpec.simple("port-restricted", "port-restricted")) as lab:
-        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=FAIL_FAST,
-                              extra_a=["--prime-ttl", ttl], extra_b=["--prime-ttl", ttl])
+        ra, rb = run_lab_pair(lab, "a1", "b1", timeout=OK_TIMEOUT if ttl == "2" else FAIL_FAST,
+                              extra_a=["--prime-ttl", ttl, *one],
+                              extra_b=["--prime-ttl", ttl, "--delay", CONTROL_SKEW, *one])
+    if ttl == "2":
+        assert_connected(ra, rb)
+        return
     for side in (ra, rb):
         assert side["ok"] is False and side["reason"] == "refused", side
+        assert "ECONNREFUSED" in json.dumps(side["attempts"]), side

@@ -138,7 +138,7 @@ def test_rulesets_per_behaviour():
     rc = ruleset(CATALOGUE["restricted-cone"], "203.0.113.2", "192.168.1.0/24")
     assert "@permit" in rc
     seq = ruleset(CATALOGUE["symmetric-sequential"], "203.0.113.2", "192.168.1.0/24")
-    assert "numgen inc mod 1024 map { 0 : 20000, 1 : 20001," in seq
+    assert "numgen inc mod 8192 map { 0 : 20000, 1 : 20001," in seq
     assert "masquerade random" in ruleset(CATALOGUE["symmetric-random"], "203.0.113.2",
                                           "192.168.1.0/24")
     lossy = ruleset(CATALOGUE["lossy"], "203.0.113.2", "192.168.1.0/24")

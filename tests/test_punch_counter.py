@@ -11,6 +11,7 @@ def test_rate_subtracts_our_own_flows_and_the_reading_itself():
     assert rate(Reading(20000, 0.0), Reading(20021, 1.0), own_flows=4) == 16.0
     assert rate(Reading(20000, 0.0), Reading(20001, 0.01)) is None   # too close in time
     assert rate(Reading(20000, 0.0), Reading(20001, 1.0), own_flows=3) == 0.0
+    assert rate(Reading(21000, 0.0), Reading(20100, 1.0)) is None    # wrapped: unknown
 
 
 def test_promise_leads_by_the_rate_over_the_horizon_within_bounds():

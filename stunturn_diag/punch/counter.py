@@ -55,10 +55,12 @@ def rate(first: Reading, last: Reading, own_flows: int = 0) -> float | None:
     """Flows per second that others opened between two readings.
 
     ``own_flows``: flows we opened ourselves strictly between them (the second
-    reading itself is not one). None when the readings are too close in time.
+    reading itself is not one). None when the readings are too close in time, or
+    when the second is below the first (the counter wrapped at the end of the NAT's
+    port range: the rate is unknown, not zero).
     """
     dt = last.t - first.t
-    if dt <= 0.02:
+    if dt <= 0.02 or last.port < first.port:
         return None
     return max(0.0, (last.port - first.port - 1 - own_flows) / dt)
 

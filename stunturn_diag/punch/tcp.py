@@ -265,13 +265,14 @@ class TcpRendezvous:
     # -- after signaling -----------------------------------------------------
 
     def punch(self, peer_candidates: list[tuple[str, int]], *, role: str, deadline: float,
-              prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS
-              ) -> socket.socket:
+              prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS,
+              max_connects: int = MAX_CONNECTS) -> socket.socket:
         """Connected TCP socket to the peer (not yet authenticated), or PunchError.
 
         ``deadline`` is a ``time.monotonic()`` value. ``prime_ttl=None`` means
         :data:`DEFAULT_PRIME_TTL`; pass 0 to send no priming SYN. One punch per
-        rendezvous; the listener is closed when it returns.
+        rendezvous; the listener is closed when it returns. ``max_connects``:
+        full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`).
         """
         self._check_open()
         if role not in ("initiator", "receiver"):
@@ -292,7 +293,8 @@ class TcpRendezvous:
         loop = PunchLoop((self.local_ip, self.local_port), self._listener, candidates,
                          role=role, deadline=deadline, prime_ttl=prime_ttl or None,
                          strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
-                         else STRATEGY_SIMULTANEOUS, label=str(strategy))
+                         else STRATEGY_SIMULTANEOUS, label=str(strategy),
+                         max_connects=max_connects)
         try:
             return loop.run()
         except PunchError as exc:

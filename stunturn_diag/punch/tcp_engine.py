@@ -120,7 +120,7 @@ class PunchLoop:
 
     def __init__(self, local: Address, listener: socket.socket, candidates: list[Address], *,
                  role: str, deadline: float, prime_ttl: int | None, strategy: str,
-                 label: str | None = None) -> None:
+                 label: str | None = None, max_connects: int = MAX_CONNECTS) -> None:
         self.local = local
         self.listener = listener
         self.candidates = [_Candidate(c) for c in candidates]
@@ -130,6 +130,8 @@ class PunchLoop:
         self.strategy = strategy
         #: the caller's strategy name, reported in ``attempts``
         self.label = label or strategy
+        #: full-TTL connects per candidate (1: one round each, no retry; the lab's control)
+        self.max_connects = max(1, min(int(max_connects), MAX_CONNECTS))
         self.conns: list[_Conn] = []
         self.conn_errors: list[str] = []
         self.accepted = 0
@@ -260,6 +262,8 @@ class PunchLoop:
         cand.note(_err_name(err))
         cand.failures += 1
         wait = self._retry_wait(cand.failures)
+        if cand.connects >= self.max_connects:
+            return          # no round left: no new prime either
         if self.prime_ttl and self.strategy == STRATEGY_SIMULTANEOUS:
             # our NAT saw the RST/ICMP: re-open the mapping at once, full SYN later
             self._prime(cand, now, wait)
@@ -328,7 +332,7 @@ class PunchLoop:
                 wake = self.deadline
                 for cand in self.candidates:
                     if cand.sock is None and not cand.passive and not cand.up and \
-                            cand.connects < MAX_CONNECTS:
+                            cand.connects < self.max_connects:
                         if cand.next_connect <= now:
                             self._connect(cand)
                         else:

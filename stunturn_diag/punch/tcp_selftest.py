@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="simultaneous-open")
     ap.add_argument("--predict", type=int, default=0,
                     help="aim at the N ports after the peer's srflx port (sequential NAT)")
+    ap.add_argument("--max-connects", type=int, default=40,
+                    help="full-TTL rounds per candidate (1: a single round, no retry)")
     ap.add_argument("--delay", type=float, default=0.0,
                     help="sleep this long before punching (simulates start skew)")
     args = ap.parse_args(argv)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t1 + args.timeout
     try:
         sock = rv.punch(cands, role=args.role, deadline=deadline, prime_ttl=args.prime_ttl,
-                        strategy=args.strategy)
+                        strategy=args.strategy, max_connects=args.max_connects)
     except PunchError as exc:
         out.update(ok=False, stage="punch", reason=exc.reason, message=exc.message,
                    attempts=exc.attempts, punch_s=round(time.monotonic() - t1, 3))
