@@ -48,6 +48,18 @@ NOMINATE_ACK = b"STDTCPA1"
 #: most connections waiting for the nomination exchange (accepted strangers beyond
 #: this are closed at once)
 MAX_PENDING = 32
+#: an accepted connection whose nomination exchange has not completed after this long
+#: is aborted and its candidate punched anew: seen unprivileged (kernel ISNs, no listener
+#: filter) in the lab, the listener's connection from a candidate came up while nothing
+#: crossed it, and holding it blocked that candidate until the deadline
+NOMINATION_WAIT = 2.0
+#: a candidate's 4-tuple still taken after this many EADDRNOTAVAIL (and nothing to
+#: accept): the listener's half-open connection whose SYN-ACK never gets through (a new
+#: ISN, INVALID at our NAT; unprivileged the listener cannot be filtered) holds it for
+#: the kernel's SYN-ACK retries (a minute). A new listener on the port replaces the old
+#: one; the kernel drops a request whose listener is gone at its next timer or segment.
+RENEW_AFTER = 3
+MAX_RENEWALS = 3
 #: the longest single select() wait (the loop also wakes on every event)
 _TICK = 0.05
 
@@ -88,6 +100,7 @@ class _Conn:
     via: str                        # "connect" | "accept"
     cand: _Candidate | None = None  # the candidate it was connected to
     buf: bytes = b""
+    since: float = 0.0              # when it came up (monotonic)
 
 
 def retry_delay(failures: int) -> float:
@@ -135,6 +148,8 @@ class PunchLoop:
         self.conns: list[_Conn] = []
         self.conn_errors: list[str] = []
         self.accepted = 0
+        #: listeners this loop opened to replace the caller's (closed at the end)
+        self.renewed = 0
         self.full_ttl = 64
         self.filtered = False
         #: pin ISNs with TCP_REPAIR (needs CAP_NET_ADMIN); else kernel ISNs
@@ -164,6 +179,9 @@ class PunchLoop:
                 cand.connects -= 1
             cand.busy += 1
             self._accept()
+            if not cand.up and cand.busy % RENEW_AFTER == 0 and \
+                    self.renewed < MAX_RENEWALS:
+                self._renew_listener()
             cand.next_connect = time.monotonic() + retry_delay(cand.busy)
             return
         if rc not in (0, errno.EINPROGRESS):
@@ -272,7 +290,7 @@ class PunchLoop:
 
     def _established(self, sock: socket.socket, peer: Address, via: str,
                      cand: _Candidate | None = None) -> None:
-        conn = _Conn(sock, peer, via, cand)
+        conn = _Conn(sock, peer, via, cand, since=time.monotonic())
         if cand is not None:
             cand.up = True
         try:
@@ -309,9 +327,12 @@ class PunchLoop:
                 return None
         return conn.sock
 
-    def _drop(self, conn: _Conn, why: str, listed: bool = True) -> None:
+    def _drop(self, conn: _Conn, why: str, listed: bool = True, abort: bool = False) -> None:
         self.conn_errors.append(f"{conn.peer[0]}:{conn.peer[1]} ({conn.via}) {why}")
-        conn.sock.close()
+        if abort:
+            _abort(conn.sock)      # no FIN_WAIT orphan on the candidate's 4-tuple
+        else:
+            conn.sock.close()
         if listed:
             self.conns.remove(conn)
         if conn.cand is not None:
@@ -342,6 +363,13 @@ class PunchLoop:
                             self._settle(cand)
                         else:
                             wake = min(wake, cand.settle_at)
+                for conn in list(self.conns):
+                    if conn.via == "accept" and conn.cand is not None and \
+                            now - conn.since >= NOMINATION_WAIT:
+                        self._drop(conn, f"no nomination within {NOMINATION_WAIT:g}s",
+                                   abort=True)
+                    elif conn.via == "accept" and conn.cand is not None:
+                        wake = min(wake, conn.since + NOMINATION_WAIT)
                 writers = [c.sock for c in self.candidates if c.sock is not None]
                 readers = [self.listener] + [c.sock for c in self.conns]
                 timeout = max(0.0, min(wake - now, _TICK))
@@ -383,7 +411,24 @@ class PunchLoop:
             # a candidate's own 4-tuple is now in use: no more connects toward it
             self._established(sock, peer, "accept", cand)
 
+    def _renew_listener(self) -> None:
+        """Replace the listener by a new one on the same port (see :data:`RENEW_AFTER`)."""
+        try:
+            new = shared_port_socket(*self.local)
+        except OSError as exc:
+            self.conn_errors.append(f"listener renewal failed: {exc.strerror}")
+            return
+        if self.strategy != STRATEGY_LISTEN:
+            self.filtered = attach_blackhole(new, [c.address for c in self.candidates])
+        new.listen(16)
+        self._accept()                     # what the old one has queued, first
+        old, self.listener = self.listener, new
+        old.close()                        # (the caller closing its own again is harmless)
+        self.renewed += 1
+
     def _cleanup(self, keep: socket.socket | None) -> None:
+        if self.renewed:
+            self.listener.close()
         for cand in self.candidates:
             if cand.sock is not None:
                 cand.sock.close()
