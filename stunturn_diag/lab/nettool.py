@@ -84,12 +84,18 @@ def cmd_udp(args) -> dict:
 
 
 def cmd_alloc(args) -> dict:
-    pairs = []
-    for n in range(args.n):
-        sock = _udp_socket(args.base + n if args.base else 0)
-        answer = _ask(sock, args.server, None, f"a{n}")
-        pairs.append([sock.getsockname()[1], answer["mapped"][1] if answer else None])
-        sock.close()
+    # every socket stays open until the end: a closed socket's local port can be handed
+    # out again, and the same 5-tuple then finds its old conntrack entry (and mapping)
+    pairs, socks = [], []
+    try:
+        for n in range(args.n):
+            sock = _udp_socket(args.base + n if args.base else 0)
+            socks.append(sock)
+            answer = _ask(sock, args.server, None, f"a{n}")
+            pairs.append([sock.getsockname()[1], answer["mapped"][1] if answer else None])
+    finally:
+        for sock in socks:
+            sock.close()
     return {"ports": pairs}
 
 
