@@ -43,8 +43,7 @@ class TrustedProxies:
             address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
             return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = _unmapped(address)
         return any(address in net for net in self.networks if net.version == address.version)
 
 
@@ -75,9 +74,7 @@ def _node(text: str) -> Address | None:
         return None
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         port = "0"  # "_obfuscated" ports and junk: the address still counts
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip), int(port)
+    return str(_unmapped(ip)), int(port)
 
 
 def forwarded_chain(forwarded: list[str], x_forwarded_for: list[str]) -> list[Address | None]:
@@ -223,7 +220,12 @@ def _bad_family(fam: int):
     raise ProxyHeaderError(f"PROXY v2 header with unknown address family/transport 0x{fam:02x}")
 
 
-def _plain(ip) -> str:
+def _unmapped(ip):
+    """An IPv4-mapped IPv6 address as the IPv4 address it carries; any other unchanged."""
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+        return ip.ipv4_mapped
+    return ip
+
+
+def _plain(ip) -> str:
+    return str(_unmapped(ip))
