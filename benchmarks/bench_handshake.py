@@ -15,7 +15,7 @@ import time
 from stunturn_diag.punch import auth, cpace
 from stunturn_diag.punch.auth import Handshake, Role
 from stunturn_diag.punch.keys import _scrypt
-from stunturn_diag.punch.wire import Kind
+from stunturn_diag.sansio.punch.wire import Kind
 
 KEY = "bench-key-J8x#kq2Lm9pZ4vR7"
 

@@ -116,9 +116,9 @@ def _natdiscovery(name: str) -> dict:
                           "--alt-listening-port", "3479", "--no-cli", "--no-tls", "--no-dtls", "--stun-only",
                           "--pidfile", f"{workdir}/t.pid", "--userdb", f"{workdir}/db"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        check = ("import socket;from stunturn_diag.stun import binding_request,encode;"
+        check = ("import socket;from stunturn_diag.sansio.stun import encode;from stunturn_diag.stun_requests import fresh_binding_request;"
                  "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
-                 f"s.sendto(encode(binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
+                 f"s.sendto(encode(fresh_binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
         for _ in range(50):  # poll until coturn answers (bounded)
             if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
                 break

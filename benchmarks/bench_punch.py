@@ -96,7 +96,7 @@ def main() -> int:
     if args.from_matrix:
         return from_matrix(Path(args.from_matrix), args.json)
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
-    from stunturn_diag.punch.decision import decide, profile_from_details
+    from stunturn_diag.sansio.punch.decision import decide, profile_from_details
     from stunturn_diag.punch.labkit import run_pair
 
     if args.pairs == "all":

@@ -146,9 +146,9 @@ def _coturn(lab: Lab, workdir: str) -> None:
                       "--log-file", "stdout", "--simple-log",
                       "--pidfile", os.path.join(workdir, "turnserver.pid"),
                       "--userdb", os.path.join(workdir, "turndb")], stdout=log, stderr=subprocess.STDOUT)
-    check = ("import socket,sys;from stunturn_diag.stun import binding_request,encode;"
+    check = ("import socket,sys;from stunturn_diag.sansio.stun import encode;from stunturn_diag.stun_requests import fresh_binding_request;"
              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
-             f"s.sendto(encode(binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
+             f"s.sendto(encode(fresh_binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
     for _ in range(50):
         if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
             return
@@ -216,7 +216,7 @@ PUNCH_PROFILE = r"""
 import json, sys
 from stunturn_diag.probe import run_probe
 from stunturn_diag.punch.api import probe_profile
-from stunturn_diag.punch.decision import profile_from_details
+from stunturn_diag.sansio.punch.decision import profile_from_details
 r = run_probe(sys.argv[1], punch_profile=True)
 shared = probe_profile(r)
 out = {"nat": r.nat, "status": r.status, "skipped": [s["test"] for s in r.skipped],

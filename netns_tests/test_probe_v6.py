@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.lab.v6 import V6_CATALOGUE
+from stunturn_diag.sansio.lab.v6 import V6_CATALOGUE
 from stunturn_diag.punch.labkit import start_server
 
 pytestmark = pytest.mark.netns

@@ -22,7 +22,7 @@ import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
 from stunturn_diag.punch.labkit import HTTP_PORT, start_server
-from stunturn_diag.punch.wire import MAGIC, VERSION
+from stunturn_diag.sansio.punch.wire import MAGIC, VERSION
 
 pytestmark = pytest.mark.netns
 

@@ -27,13 +27,14 @@ SEQ = CATALOGUE["symmetric-sequential"]
 #: one STUN Binding from a fresh socket over UDP or TCP; prints the mapped port
 READ = r"""
 import socket, sys
-from stunturn_diag.stun import binding_request, decode, encode
+from stunturn_diag.sansio.stun import decode, encode
 from stunturn_diag.punch.tcp_sockets import shared_port_socket
 from stunturn_diag.punch.tcp_stun import tcp_binding
+from stunturn_diag.stun_requests import fresh_binding_request
 srv = (sys.argv[2], 3478)
 if sys.argv[1] == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
-    s.sendto(encode(binding_request()), srv); print(decode(s.recv(2048)).mapped_address[1])
+    s.sendto(encode(fresh_binding_request()), srv); print(decode(s.recv(2048)).mapped_address[1])
 elif sys.argv[1] == "tcp":
     print(tcp_binding(shared_port_socket("0.0.0.0", 0), srv, 2)[1])
 else:

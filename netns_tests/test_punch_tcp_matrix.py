@@ -6,7 +6,7 @@ responder over TCP, swaps candidates with its peer through a file, punches
 (simultaneous open, :mod:`stunturn_diag.punch.tcp`) and checks bytes both ways.
 Pairs that can be punched in theory must connect; the others must fail by the
 deadline with a reason naming the cause. The theory is written from the NAT specs
-(RFC 5382 / RFC 4787 terms), independently of :mod:`stunturn_diag.punch.decision`.
+(RFC 5382 / RFC 4787 terms), independently of :mod:`stunturn_diag.sansio.punch.decision`.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ Every unordered pair of NAT types is punched with both sides' NAT profile known
 subprocess): the server command is ``serve``, the peers are
 :mod:`stunturn_diag.punch.labpeer` (our punch library, the key from the runner's
 ``STUNTURN_LAB_KEY``), each exiting 0 only when data went both ways. The runner's
-theory column (``stunturn_diag.lab.ci.theory``: the catalogue's ground truth through
+theory column (``stunturn_diag.sansio.lab.theory``: the catalogue's ground truth through
 the punch's own decision) sets each pair's expectation; :func:`theory` below, written
-from the NAT specs (RFC 4787) independently of :mod:`stunturn_diag.punch.decision`,
+from the NAT specs (RFC 4787) independently of :mod:`stunturn_diag.sansio.punch.decision`,
 must agree with it pair by pair. Pairs that can be punched must connect,
 authenticate and exchange data both ways; the others must fail within the punch
 timeout with a reason naming the cause, read from each peer's JSON line in the

@@ -28,7 +28,7 @@ Safety (it makes the server send SYNs on request):
   all (``["probe_assist_concurrency"]``, default 32) -> 503 ``busy``, so one address
   cannot starve the others;
 - nothing is sent on a connection but a fixed frame: a magic prefix and the caller's
-  token in hex (:func:`stunturn_diag.assist_frame.assist_frame`), never caller-chosen bytes.
+  token in hex (:func:`stunturn_diag.sansio.assist_frame.assist_frame`), never caller-chosen bytes.
 
 Outcome per attempt: ``connected``, ``rst`` (refused without an ICMP error),
 ``icmp`` (an ICMP error arrived: seen via ``IP_RECVERR``, which tells a NAT's
@@ -50,7 +50,7 @@ from typing import Callable
 
 from flask import current_app, jsonify, request
 
-from stunturn_diag.assist_frame import MAX_TOKEN, assist_frame
+from stunturn_diag.sansio.assist_frame import MAX_TOKEN, assist_frame
 from stunturn_diag.errors import ConfigError
 
 from .limits import ConcurrencyLimiter, TokenBucket, source_of

@@ -32,7 +32,7 @@ from typing import Callable
 from flask import current_app
 
 from stunturn_diag.errors import ConfigError
-from stunturn_diag.turn.rest import rest_credentials
+from stunturn_diag.sansio.turn.rest import rest_credentials
 
 from .config import format_address
 

@@ -2,7 +2,7 @@
 
 Library layout (each sub-package has one job):
 
-- ``stunturn_diag.stun``   sans-IO STUN codec (RFC 8489/5389/5780/3489) and Scapy layers
+- ``stunturn_diag.sansio.stun``   sans-IO STUN codec (RFC 8489/5389/5780/3489) and Scapy layers
 - ``stunturn_diag.signaling`` HTTP client for the pairing server
 - ``stunturn_diag.probe``  NAT behaviour diagnosis (RFC 4787/5382/5780)
 - ``stunturn_diag.punch``  UDP/TCP hole punching with an authenticated handshake

@@ -1,6 +1,6 @@
 """Raw sockets with our own classic-BPF filters (Linux; root or CAP_NET_RAW): no libpcap.
 
-- :func:`attach_filter`: SO_ATTACH_FILTER (socket(7)) with a :mod:`stunturn_diag.bpf` program.
+- :func:`attach_filter`: SO_ATTACH_FILTER (socket(7)) with a :mod:`stunturn_diag.sansio.bpf` program.
 - :class:`SynWatch`: an ``AF_INET`` raw TCP socket that the kernel hands only SYNs to one
   local port (:func:`bpf.tcp_syn_program`); :meth:`SynWatch.wait` then checks the source.
 - :func:`ip_sender`: an ``IPPROTO_RAW`` socket that sends whole IPv4 packets (raw(7)).
@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 
-from . import bpf
+from stunturn_diag.sansio import bpf
 
 #: Linux SO_ATTACH_FILTER / SO_TIMESTAMP (asm-generic/socket.h)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)

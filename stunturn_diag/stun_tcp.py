@@ -33,7 +33,7 @@ from typing import Callable
 
 from .errors import StunDecodeError
 from .netio import recv_exact
-from .stun import HEADER_LENGTH, StunMessage, decode, message_length
+from stunturn_diag.sansio.stun import HEADER_LENGTH, StunMessage, decode, message_length
 
 __all__ = ["stun_tcp_transaction", "recv_stun_message"]
 

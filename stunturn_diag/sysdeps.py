@@ -4,7 +4,7 @@ checks (every program the code runs is listed, and each listed one is on PATH).
 
 No shared library is loaded (``ctypes`` only builds the BPF program buffer for
 SO_ATTACH_FILTER): in particular libpcap is NOT needed; packets are filtered by our own
-classic-BPF programs (:mod:`stunturn_diag.bpf`).
+classic-BPF programs (:mod:`stunturn_diag.sansio.bpf`).
 """
 
 from __future__ import annotations

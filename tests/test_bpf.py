@@ -1,4 +1,4 @@
-"""Our classic-BPF programs (stunturn_diag/bpf.py), the sockets that carry them
+"""Our classic-BPF programs (stunturn_diag/sansio/bpf.py), the sockets that carry them
 (stunturn_diag/rawsock.py) and the pcap writer: assembled as the kernel reads them, and
 run by the kernel against real packets on loopback (root). No libpcap is involved."""
 
@@ -13,7 +13,7 @@ import time
 import pytest
 from testlib import free_port
 
-from stunturn_diag import bpf, pcapfile
+from stunturn_diag.sansio import bpf, pcapfile
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="raw and packet sockets need root")
 

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     AttrType,
     MessageClass,
     StunMessage,
@@ -22,6 +22,7 @@ from stunturn_diag.stun import (
     encode,
     message_length,
 )
+from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import A1, coturn_server
 
 pytestmark = pytest.mark.interop
@@ -47,7 +48,7 @@ def coturn(tmp_path_factory):
 
 
 def test_binding_success_attributes(coturn):
-    request = binding_request(software="stunturn-diag interop test")
+    request = fresh_binding_request(software="stunturn-diag interop test")
     response, source, local = _ask(encode(request), coturn["primary"], timeout=5)
     assert response.msg_class == MessageClass.SUCCESS
     assert response.transaction_id == request.transaction_id
@@ -61,7 +62,7 @@ def test_binding_success_attributes(coturn):
 @pytest.mark.parametrize("change_ip,change_port,sender", [
     (True, False, "alt-ip"), (False, True, "alt-port"), (True, True, "alt-both")])
 def test_change_request_is_honoured(coturn, change_ip, change_port, sender):
-    request = binding_request(change_ip=change_ip, change_port=change_port)
+    request = fresh_binding_request(change_ip=change_ip, change_port=change_port)
     response, source, local = _ask(encode(request), coturn["primary"], timeout=5)
     assert source == coturn[sender]
     assert response.response_origin == coturn[sender]
@@ -69,7 +70,7 @@ def test_change_request_is_honoured(coturn, change_ip, change_port, sender):
 
 
 def test_fingerprint_round_trip(coturn):
-    response, _, local = _ask(encode(binding_request(), fingerprint=True), coturn["primary"],
+    response, _, local = _ask(encode(fresh_binding_request(), fingerprint=True), coturn["primary"],
                               timeout=5)
     assert response.mapped_address == local
     assert response.attributes[-1][0] == AttrType.FINGERPRINT  # and decode() verified it
@@ -89,7 +90,7 @@ def test_classic_rfc3489_request(coturn):
 
 def test_tcp_binding_with_framing(coturn):
     with socket.create_connection(coturn["alt-ip"], timeout=5) as sock:
-        first, second = binding_request(), binding_request()
+        first, second = fresh_binding_request(), fresh_binding_request()
         sock.sendall(encode(first) + encode(second))
         got = []
         buffer = b""

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from stunturn_diag.cli import main
 from stunturn_diag.errors import ConfigError
 from stunturn_diag.lab import LabSpec
-from stunturn_diag.lab.ci import owner, placeholders, plan, report
+from stunturn_diag.lab.ci import owner, plan, report
+from stunturn_diag.sansio.lab import placeholders
 from stunturn_diag.lab.ci.netem import netem_steps
-from stunturn_diag.lab.ci.theory import punchable, theory
-from stunturn_diag.lab.spec import nat_from, parse_nat_token
-from stunturn_diag.lab.topology import plan as topology_plan
-from stunturn_diag.punch.decision import decide, profile_from_details
+from stunturn_diag.sansio.lab.theory import punchable, theory
+from stunturn_diag.sansio.lab.spec import nat_from, parse_nat_token
+from stunturn_diag.sansio.lab.topology import plan as topology_plan
+from stunturn_diag.sansio.punch.decision import decide, profile_from_details
 
 XSD = Path(__file__).with_name("junit.xsd")
 COMMON = {"server_ip": "198.51.100.10", "alt_ip": "198.51.100.20",

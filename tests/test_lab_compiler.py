@@ -10,7 +10,8 @@ import pytest
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
 from stunturn_diag.errors import ConfigError
 from stunturn_diag.lab import CATALOGUE, LabSpec, NatSpec, SiteSpec, compile_lab
-from stunturn_diag.lab.nft import ruleset
+from stunturn_diag.lab.files import load_spec
+from stunturn_diag.sansio.lab.nft import ruleset
 
 UDP_KEYS = {"reachable", "mapping", "filtering", "port_allocation", "hairpin",
             "mapping_moves_on_unsolicited"}
@@ -81,11 +82,11 @@ def test_spec_from_dict_and_round_trip(tmp_path):
     assert LabSpec.from_dict(spec.to_dict()) == spec
     toml = tmp_path / "lab.toml"
     toml.write_text('[sites.a]\nnat = "symmetric-random"\n[sites.b]\nnat = "public"\n')
-    assert LabSpec.from_file(toml).sites["a"].nat == CATALOGUE["symmetric-random"]
+    assert load_spec(toml).sites["a"].nat == CATALOGUE["symmetric-random"]
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     with pytest.raises(ConfigError):
-        LabSpec.from_file(bad)
+        load_spec(bad)
     with pytest.raises(ConfigError):
         LabSpec.from_dict({"sites": {"Site-A!": "public"}})
     with pytest.raises(ConfigError):
@@ -162,7 +163,7 @@ def test_conntrack_timeouts_are_per_namespace_sysctls():
 
 
 def test_stacked_ground_truth_behind_a_cgnat():
-    from stunturn_diag.lab.nat import stacked_expected
+    from stunturn_diag.sansio.lab.nat import stacked_expected
 
     exp = stacked_expected(CATALOGUE["full-cone"], CATALOGUE["symmetric-random"])
     assert exp["udp"]["mapping"] == "address-and-port-dependent"
@@ -181,7 +182,7 @@ def test_stacked_ground_truth_behind_a_cgnat():
 
 
 def test_background_flows_are_a_site_setting_with_bounds():
-    from stunturn_diag.lab.spec import LabSpec as Spec
+    from stunturn_diag.sansio.lab.spec import LabSpec as Spec
     spec = Spec.from_dict({"sites": {"a": {"nat": "symmetric-sequential", "hosts": 2,
                                            "background_flows_per_s": 20}}})
     site = spec.sites["a"]

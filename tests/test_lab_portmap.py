@@ -9,9 +9,9 @@ import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_diag.lab import CATALOGUE, LabSpec
-from stunturn_diag.lab import portmap
+from stunturn_diag.sansio.lab import portmap
 from stunturn_diag.lab.portmap_runner import stun_answer
-from stunturn_diag.stun import AttrType, MessageClass, binding_request, decode, encode
+from stunturn_diag.sansio.stun import AttrType, MessageClass, binding_request, decode, encode
 
 
 def test_suffixes_select_the_services():

@@ -9,8 +9,8 @@ import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_diag.lab import LabSpec, compile_lab
-from stunturn_diag.lab import v6
-from stunturn_diag.lab.spec import nat_from
+from stunturn_diag.sansio.lab import v6
+from stunturn_diag.sansio.lab.spec import nat_from
 
 
 def _v6_steps(spec):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from stunturn_diag.errors import PortMapDecodeError, PortMapEncodeError
-from stunturn_diag.portmap import natpmp_codec as natpmp
-from stunturn_diag.portmap import pcp_codec as pcp
-from stunturn_diag.portmap import upnp_codec as upnp
+from stunturn_diag.sansio.portmap import natpmp_codec as natpmp
+from stunturn_diag.sansio.portmap import pcp_codec as pcp
+from stunturn_diag.sansio.portmap import upnp_codec as upnp
 from stunturn_diag.portmap.client_runner import parse_proc_route, send_times
 from stunturn_diag.portmap.discover import assess
 

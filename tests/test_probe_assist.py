@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from stunturn_diag.assist_frame import ASSIST_MAGIC
+from stunturn_diag.sansio.assist_frame import ASSIST_MAGIC
 from stunturn_server import probe_assist
 from stunturn_server.limits import TokenBucket
 from stunturn_server.app import create_app

@@ -7,7 +7,7 @@ import pytest
 from stunturn_diag.probe.endpoints import Endpoints
 from stunturn_diag.probe.engine import Engine, Outcome
 from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, lifetime_schedule, sockets_for
-from stunturn_diag.stun import decode
+from stunturn_diag.sansio.stun import decode
 
 P = ("198.51.100.10", 3478)
 

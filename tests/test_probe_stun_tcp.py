@@ -10,8 +10,9 @@ import time
 import pytest
 
 from stunturn_diag.errors import StunDecodeError
-from stunturn_diag.stun import AttrType, MessageClass, StunMessage, binding_request, decode, encode
+from stunturn_diag.sansio.stun import AttrType, MessageClass, StunMessage, binding_request, decode, encode
 from stunturn_diag.stun_tcp import recv_stun_message, stun_tcp_transaction
+from stunturn_diag.stun_requests import fresh_binding_request
 
 
 def _answer(req: bytes, *, tid: bytes | None = None) -> bytes:
@@ -38,7 +39,7 @@ def test_split_response_is_reassembled():
             for i in range(0, len(data), 3):  # dribbled out in 3-byte pieces
                 s.sendall(data[i:i + 3])
         t = _serve(b, reply)
-        req = encode(binding_request())
+        req = encode(fresh_binding_request())
         msg = stun_tcp_transaction(a, req, time.monotonic() + 5)
         t.join(5)
     assert msg.mapped_address == ("203.0.113.7", 40000)
@@ -50,7 +51,7 @@ def test_answer_for_another_transaction_is_rejected():
     with a, b:
         t = _serve(b, lambda s, req: s.sendall(_answer(req, tid=b"\x01" * 12)))
         with pytest.raises(StunDecodeError, match="another transaction"):
-            stun_tcp_transaction(a, encode(binding_request()), time.monotonic() + 5)
+            stun_tcp_transaction(a, encode(fresh_binding_request()), time.monotonic() + 5)
         t.join(5)
 
 
@@ -62,7 +63,7 @@ def test_close_mid_message_is_a_connection_error():
             s.close()
         t = _serve(b, reply)
         with pytest.raises(ConnectionError):
-            stun_tcp_transaction(a, encode(binding_request()), time.monotonic() + 5)
+            stun_tcp_transaction(a, encode(fresh_binding_request()), time.monotonic() + 5)
         t.join(5)
 
 
@@ -70,7 +71,7 @@ def test_silence_ends_at_the_deadline():
     a, b = socket.socketpair()
     with a, b:
         with pytest.raises(TimeoutError):
-            stun_tcp_transaction(a, encode(binding_request()), time.monotonic() + 0.05)
+            stun_tcp_transaction(a, encode(fresh_binding_request()), time.monotonic() + 0.05)
         # the request itself was sent whole
         assert decode(recv_stun_message(b, time.monotonic() + 1)).msg_class == MessageClass.REQUEST
 
@@ -80,7 +81,7 @@ def test_non_stun_bytes_are_a_decode_error():
     with a, b:
         t = _serve(b, lambda s, req: s.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
         with pytest.raises(StunDecodeError):
-            stun_tcp_transaction(a, encode(binding_request()), time.monotonic() + 5)
+            stun_tcp_transaction(a, encode(fresh_binding_request()), time.monotonic() + 5)
         t.join(5)
 
 

@@ -28,7 +28,7 @@ from stunturn_server.runner import start_server
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="needs root (to drop privileges with setpriv)")
 
-PYTHON = os.path.realpath(sys.executable)
+PYTHON = sys.executable  # the venv interpreter (its realpath would be the bare base Python)
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
              "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
 ROOT_WITHOUT_CAPS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]

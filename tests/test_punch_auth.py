@@ -11,7 +11,7 @@ import pytest
 from stunturn_diag.errors import AuthenticationError
 from stunturn_diag.punch import auth, cpace
 from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.wire import HEADER, MAGIC, VERSION, Kind, header
+from stunturn_diag.sansio.punch.wire import HEADER, MAGIC, VERSION, Kind, header
 
 KEY = "correct horse battery"
 MATCH = "5f1e0c"

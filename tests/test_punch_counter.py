@@ -1,9 +1,9 @@
-"""Pure port-counter reasoning for sequential NATs (stunturn_diag.punch.counter)."""
+"""Pure port-counter reasoning for sequential NATs (stunturn_diag.sansio.punch.counter)."""
 
-from stunturn_diag.punch import counter
+from stunturn_diag.sansio.punch import counter
 from stunturn_diag.punch.candidates import build_targets, promised_port
-from stunturn_diag.punch.counter import Reading, lead, promise, rate, steer, too_fast_message
-from stunturn_diag.punch.decision import Plan
+from stunturn_diag.sansio.punch.counter import Reading, lead, promise, rate, steer, too_fast_message
+from stunturn_diag.sansio.punch.decision import Plan
 
 
 def test_rate_subtracts_our_own_flows_and_the_reading_itself():

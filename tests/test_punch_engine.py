@@ -209,7 +209,7 @@ def test_an_old_version_peer_is_named_in_the_failure_not_silently_ignored():
     """A v1 peer's HELLOs reach us: the punch fails with version-mismatch, not a timeout."""
     import os
 
-    from stunturn_diag.punch.wire import MAGIC, Kind
+    from stunturn_diag.sansio.punch.wire import MAGIC, Kind
 
     eng = UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR), [("203.0.113.18", 4000)],
                          start=0.0, deadline=1.0)

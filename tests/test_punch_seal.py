@@ -8,7 +8,7 @@ from stunturn_diag.errors import AuthenticationError
 from stunturn_diag.punch.auth import Handshake, Role
 from stunturn_diag.punch.seal import (FRAME_OVERHEAD, MAX_RECORD, RecordReader, RecordSealer,
                                       ReplayWindow, Session)
-from stunturn_diag.punch.wire import Kind
+from stunturn_diag.sansio.punch.wire import Kind
 
 KEY = "seal-test-key-0123"
 SECRET = b"attack at dawn, the vault code is 4711"

@@ -12,7 +12,7 @@ import pytest
 from stunturn_diag.errors import AuthenticationError, PunchError
 from stunturn_diag.punch.auth import HELLO_LEN, PROOF_LEN
 from stunturn_diag.punch.secure_stream import SecureStream, authenticate_stream
-from stunturn_diag.punch.wire import MAGIC, Kind, Role
+from stunturn_diag.sansio.punch.wire import MAGIC, Kind, Role
 
 KEY = "correct horse battery"
 MATCH = "5f1e0c"

@@ -8,8 +8,9 @@ import socket
 import pytest
 
 from stunturn_diag.errors import PunchError
-from stunturn_diag.punch import counter, steer
-from stunturn_diag.punch.counter import Reading
+from stunturn_diag.punch import steer
+from stunturn_diag.sansio.punch import counter
+from stunturn_diag.sansio.punch.counter import Reading
 from stunturn_diag.punch.steer import CounterSteer
 from testlib import wait_for
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from stunturn_diag.errors import StunDecodeError  # noqa: E402
-from stunturn_diag.stun import (MAGIC_COOKIE, AttrType, MessageClass, Method, StunMessage,  # noqa: E402
+from stunturn_diag.sansio.stun import (MAGIC_COOKIE, AttrType, MessageClass, Method, StunMessage,  # noqa: E402
                                 decode, encode, looks_like_stun)
 from stunturn_server.app import create_app  # noqa: E402
 from stunturn_server.config import ServerConfig, StunEndpoint  # noqa: E402

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from securitylib import call
-from stunturn_diag.assist_frame import ASSIST_MAGIC
+from stunturn_diag.sansio.assist_frame import ASSIST_MAGIC
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
 from testlib import in_background, wait_for

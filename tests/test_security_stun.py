@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import time
 
-from stunturn_diag.stun import binding_request, decode, encode
+from stunturn_diag.sansio.stun import binding_request, decode, encode
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import TcpLimits, start_stun_service
 from stunturn_diag.stun_tcp import stun_tcp_transaction
+from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import is_closed, wait_for
 
 
@@ -19,7 +20,7 @@ def _service(**limits):
 
 def _binding_over_tcp(address, source: str):
     with socket.create_connection(address, timeout=5, source_address=(source, 0)) as sock:
-        return stun_tcp_transaction(sock, encode(binding_request()), time.monotonic() + 5)
+        return stun_tcp_transaction(sock, encode(fresh_binding_request()), time.monotonic() + 5)
 
 
 def test_one_source_cannot_take_every_tcp_slot():
@@ -45,7 +46,7 @@ def test_a_trickle_of_bytes_does_not_hold_a_slot():
     message_timeout, whatever trickles in meanwhile."""
     service = _service(message_timeout=0.5, idle_timeout=30)
     address = (service.endpoints[0].ip, service.endpoints[0].port)
-    request = encode(binding_request())
+    request = encode(fresh_binding_request())
     sock = socket.create_connection(address, timeout=5)
     try:
         sent = 0
@@ -76,7 +77,7 @@ def test_udp_answers_per_source_are_rate_limited_and_counted():
     try:
         started = time.monotonic()
         for _ in range(200):  # bounded flood, one source
-            victim.sendto(encode(binding_request()), primary)
+            victim.sendto(encode(fresh_binding_request()), primary)
         wait_for(lambda: service.stats["udp_datagrams"] >= 200 or service.stats["dropped_rx_overflow"],
                  what="the flood to be read")
         elapsed = time.monotonic() - started
@@ -90,7 +91,7 @@ def test_udp_answers_per_source_are_rate_limited_and_counted():
         assert answers <= 10 + 5.0 * (elapsed + 0.5) + 1, answers
         assert service.stats["dropped_rate_limited"] >= 200 - answers - service.stats["dropped_rx_overflow"]
         # another source is answered at once
-        request = binding_request()
+        request = fresh_binding_request()
         other.settimeout(2)
         other.sendto(encode(request), primary)
         assert decode(other.recv(2048)).transaction_id == request.transaction_id

@@ -20,6 +20,7 @@ from stunturn_diag.commands.serve import parse_listen
 from stunturn_diag.errors import ConfigError
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import raise_nofile_limit, start_server
+from stunturn_diag.stun_requests import fresh_binding_request
 
 
 def get_json(url: str) -> dict:
@@ -99,12 +100,12 @@ def test_stun_service_runs_beside_http_and_is_reported():
         assert stun["primary"] == {"ip": "127.0.0.1", "port": roles["primary"]["port"]}
         assert stun["alt_both"] == {"ip": "127.0.0.2", "port": roles["alt-both"]["port"]}
         assert stun["behaviour_tests"] is True
-        from stunturn_diag.stun import binding_request, decode, encode
+        from stunturn_diag.sansio.stun import binding_request, decode, encode
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             udp.settimeout(5)
             udp.bind(("127.0.0.1", 0))
-            request = binding_request()
+            request = fresh_binding_request()
             udp.sendto(encode(request), ("127.0.0.1", roles["primary"]["port"]))
             answer = decode(udp.recv(2048))
             assert answer.transaction_id == request.transaction_id

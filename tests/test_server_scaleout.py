@@ -15,6 +15,7 @@ from redislib import RedisServer, free_tcp_port
 from stunturn_diag.errors import ConfigError
 from stunturn_server.config import ServerConfig, config_from_env, load_secret, redact_url
 from stunturn_server.runner import start_server
+from stunturn_diag.stun_requests import fresh_binding_request
 from test_server_longpoll import _rv, checkin, in_background, initiate, request
 from testlib import stop_process, wait_for
 
@@ -99,14 +100,14 @@ def test_metrics_on_a_separate_listener_and_not_on_the_api_port():
 
 
 def test_stun_counters_reach_metrics():
-    from stunturn_diag.stun import binding_request, encode
+    from stunturn_diag.sansio.stun import binding_request, encode
     import socket
 
     with start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0)) as server:
         primary = server.stun_endpoints[0]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(5)
-            sock.sendto(encode(binding_request()), (primary["ip"], primary["port"]))
+            sock.sendto(encode(fresh_binding_request()), (primary["ip"], primary["port"]))
             sock.recvfrom(2048)
             sock.sendto(b"not stun at all, just bytes", (primary["ip"], primary["port"]))
         def scraped():

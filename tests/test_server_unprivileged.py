@@ -20,7 +20,8 @@ import urllib.request
 import pytest
 
 from stunturn_diag.punch.labkit import unprivileged_argv
-from stunturn_diag.stun import binding_request, decode, encode
+from stunturn_diag.sansio.stun import binding_request, decode, encode
+from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import roles as stun_roles
 
 pytestmark = pytest.mark.skipif(
@@ -53,7 +54,7 @@ def stun_ask(address: tuple[str, int]):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
         sock.bind((address[0], 0))
-        request = binding_request()
+        request = fresh_binding_request()
         sock.sendto(encode(request), address)
         answer = decode(sock.recv(2048))
         assert answer.transaction_id == request.transaction_id

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from stunturn_diag.errors import StunDecodeError
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     AttrType,
     ChangeRequest,
     MessageClass,

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from stunturn_diag.errors import StunDecodeError, StunEncodeError, StunIntegrityError
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     KNOWN_ATTRIBUTES,
     MAGIC_COOKIE,
     AttrType,
@@ -27,6 +27,7 @@ from stunturn_diag.stun import (
     new_transaction_id,
     split_type,
 )
+from stunturn_diag.stun_requests import fresh_binding_request, fresh_transaction_id
 try:
     from test_stun_vectors import ALL_VECTORS
 except ImportError:  # tests/ imported as a package
@@ -237,11 +238,11 @@ def test_change_request_only_port() -> None:
 
 
 def test_new_transaction_id() -> None:
-    ids = {new_transaction_id() for _ in range(100)}
+    ids = {fresh_transaction_id() for _ in range(100)}
     assert len(ids) == 100 and all(len(t) == 12 for t in ids)
-    classic = new_transaction_id(classic=True)
+    classic = fresh_transaction_id(classic=True)
     assert len(classic) == 16 and classic[:4] != MAGIC_COOKIE.to_bytes(4, "big")
-    assert binding_request().transaction_id != binding_request().transaction_id
+    assert fresh_binding_request().transaction_id != fresh_binding_request().transaction_id
 
 
 def test_accessor_fallbacks_for_classic_servers() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     AttrType,
     ChangeRequest,
     ErrorCode,
@@ -28,6 +28,7 @@ from stunturn_diag.stun import (
     long_term_key,
     new_transaction_id,
 )
+from stunturn_diag.stun_requests import fresh_binding_request, fresh_transaction_id
 from testlib import coturn_server
 
 pytestmark = pytest.mark.interop
@@ -83,7 +84,7 @@ def client() -> Iterator[socket.socket]:
 
 
 def test_binding_with_fingerprint(coturn: Coturn, client: socket.socket) -> None:
-    request = binding_request(software="stunturn-diag test")
+    request = fresh_binding_request(software="stunturn-diag test")
     data, source = _transact(client, encode(request, fingerprint=True), coturn.primary)
     reply = decode(data)  # FINGERPRINT, if coturn sent one, verified here
     assert reply.method == Method.BINDING and reply.msg_class == MessageClass.SUCCESS
@@ -99,7 +100,7 @@ def test_binding_with_fingerprint(coturn: Coturn, client: socket.socket) -> None
 def test_change_request_is_honoured(coturn: Coturn, client: socket.socket,
                                     change_ip: bool, change_port: bool) -> None:
     """RFC 5780 section 7.2: the answer comes from the alternate IP and/or port."""
-    request = binding_request(change_ip=change_ip, change_port=change_port)
+    request = fresh_binding_request(change_ip=change_ip, change_port=change_port)
     data, source = _transact(client, encode(request), coturn.primary)
     reply = decode(data)
     expected = (coturn.alternate[0] if change_ip else coturn.primary[0],
@@ -114,7 +115,7 @@ def test_padding_gets_padded_response(coturn: Coturn, client: socket.socket) -> 
     (coturn pads to a fixed 1500 bytes rather than the request's size; we only
     check that its large PADDING decodes and the FINGERPRINT after it verifies.)
     """
-    data, _ = _transact(client, encode(binding_request(padding=200), fingerprint=True),
+    data, _ = _transact(client, encode(fresh_binding_request(padding=200), fingerprint=True),
                         coturn.primary)
     reply = decode(data)
     assert len(reply.get(AttrType.PADDING, b"")) >= 200
@@ -123,7 +124,7 @@ def test_padding_gets_padded_response(coturn: Coturn, client: socket.socket) -> 
 
 def test_long_term_credentials_both_directions(coturn: Coturn, client: socket.socket) -> None:
     """RFC 8489 section 9.2: 401 with REALM/NONCE, then an authenticated Allocate."""
-    first = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(),
+    first = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, fresh_transaction_id(),
                         [REQUESTED_TRANSPORT_UDP])
     data, _ = _transact(client, encode(first, fingerprint=True), coturn.primary)
     challenge = decode(data)
@@ -134,7 +135,7 @@ def test_long_term_credentials_both_directions(coturn: Coturn, client: socket.so
     assert isinstance(nonce, str) and nonce
 
     key = long_term_key(USER, REALM, PASSWORD)
-    second = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), [
+    second = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, fresh_transaction_id(), [
         REQUESTED_TRANSPORT_UDP, (AttrType.USERNAME, USER), (AttrType.REALM, REALM),
         (AttrType.NONCE, nonce)])
     data, _ = _transact(client, encode(second, integrity_key=key, fingerprint=True), coturn.primary)
@@ -145,7 +146,7 @@ def test_long_term_credentials_both_directions(coturn: Coturn, client: socket.so
     assert allocated.mapped_address == client.getsockname()
 
     # release the allocation: Refresh with LIFETIME 0 (RFC 8656 section 7)
-    refresh = StunMessage(Method.REFRESH, MessageClass.REQUEST, new_transaction_id(), [
+    refresh = StunMessage(Method.REFRESH, MessageClass.REQUEST, fresh_transaction_id(), [
         (0x000D, b"\x00\x00\x00\x00"), (AttrType.USERNAME, USER), (AttrType.REALM, REALM),
         (AttrType.NONCE, nonce)])
     data, _ = _transact(client, encode(refresh, integrity_key=key), coturn.primary)
@@ -153,11 +154,11 @@ def test_long_term_credentials_both_directions(coturn: Coturn, client: socket.so
 
 
 def test_wrong_password_is_refused(coturn: Coturn, client: socket.socket) -> None:
-    first = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(),
+    first = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, fresh_transaction_id(),
                         [REQUESTED_TRANSPORT_UDP])
     nonce = decode(_transact(client, encode(first), coturn.primary)[0]).get(AttrType.NONCE)
     bad_key = long_term_key(USER, REALM, "wrong")
-    second = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id(), [
+    second = StunMessage(Method.ALLOCATE, MessageClass.REQUEST, fresh_transaction_id(), [
         REQUESTED_TRANSPORT_UDP, (AttrType.USERNAME, USER), (AttrType.REALM, REALM),
         (AttrType.NONCE, nonce)])
     reply = decode(_transact(client, encode(second, integrity_key=bad_key), coturn.primary)[0])
@@ -167,7 +168,7 @@ def test_wrong_password_is_refused(coturn: Coturn, client: socket.socket) -> Non
 def test_unknown_comprehension_required_attribute_gets_420(coturn: Coturn,
                                                           client: socket.socket) -> None:
     """RFC 8489 section 6.3.1.1: 420 with UNKNOWN-ATTRIBUTES naming our type."""
-    request = binding_request().add(0x7F31, b"????")
+    request = fresh_binding_request().add(0x7F31, b"????")
     reply = decode(_transact(client, encode(request), coturn.primary)[0])
     assert reply.msg_class == MessageClass.ERROR and reply.error.code == 420
     assert 0x7F31 in reply.get(AttrType.UNKNOWN_ATTRIBUTES)

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     AttrType,
     ChangeRequest,
     ErrorCode,
@@ -27,6 +27,7 @@ from stunturn_server.stun.responder import (
     ROLES,
     StunResponder,
 )
+from stunturn_diag.stun_requests import fresh_binding_request
 
 A1, A2, P1, P2 = "192.0.2.1", "192.0.2.2", 3478, 3479
 CLIENT = ("198.51.100.7", 40000)
@@ -69,7 +70,7 @@ def expected_sender(received: str, change_ip: bool, change_port: bool) -> str:
 @pytest.mark.parametrize("change_ip,change_port", list(itertools.product([False, True], repeat=2)))
 def test_change_request_table_1(received, change_ip, change_port):
     responder = four()
-    request = binding_request(change_ip=change_ip, change_port=change_port)
+    request = fresh_binding_request(change_ip=change_ip, change_port=change_port)
     if not (change_ip or change_port):  # an explicit all-zero CHANGE-REQUEST: no change
         request.add(AttrType.CHANGE_REQUEST, ChangeRequest(False, False))
     outcome = responder.handle(raw(request), CLIENT, received, "udp")
@@ -89,31 +90,31 @@ def test_change_request_table_1(received, change_ip, change_port):
 
 
 def test_response_attribute_order_and_no_fingerprint_unless_asked():
-    response = decode(only_reply(four().handle(raw(binding_request()), CLIENT, "primary"))[0].data)
+    response = decode(only_reply(four().handle(raw(fresh_binding_request()), CLIENT, "primary"))[0].data)
     types = [t for t, _ in response.attributes]
     assert types == [AttrType.XOR_MAPPED_ADDRESS, AttrType.MAPPED_ADDRESS, AttrType.RESPONSE_ORIGIN,
                      AttrType.OTHER_ADDRESS, AttrType.SOFTWARE]
 
 
 def test_fingerprint_mirrored_when_request_has_one():
-    reply, response = only_reply(four().handle(raw(binding_request(), fingerprint=True), CLIENT,
+    reply, response = only_reply(four().handle(raw(fresh_binding_request(), fingerprint=True), CLIENT,
                                                "primary"))
     assert response.attributes[-1][0] == AttrType.FINGERPRINT  # decode() verified it
     error, _ = only_reply(four().handle(
-        raw(binding_request().add(0x7ABC, b"x"), fingerprint=True), CLIENT, "primary"))
+        raw(fresh_binding_request().add(0x7ABC, b"x"), fingerprint=True), CLIENT, "primary"))
     assert decode(error.data).attributes[-1][0] == AttrType.FINGERPRINT
 
 
 def test_software_can_be_disabled():
     responder = StunResponder(four().endpoints, software=None)
-    _, response = only_reply(responder.handle(raw(binding_request()), CLIENT, "primary"))
+    _, response = only_reply(responder.handle(raw(fresh_binding_request()), CLIENT, "primary"))
     assert response.get(AttrType.SOFTWARE) is None
 
 
 # -- without an alternate address (RFC 5780 sections 6, 6.1) --------------------------
 
 def test_single_endpoint_answers_without_other_address():
-    reply, response = only_reply(one().handle(raw(binding_request()), CLIENT, "primary"))
+    reply, response = only_reply(one().handle(raw(fresh_binding_request()), CLIENT, "primary"))
     assert reply.local.role == "primary"
     assert response.get(AttrType.OTHER_ADDRESS) is None
     assert response.get(AttrType.RESPONSE_ORIGIN) == (A1, P1)
@@ -123,7 +124,7 @@ def test_single_endpoint_answers_without_other_address():
 @pytest.mark.parametrize("flags", [(True, False), (False, True), (True, True), (False, False)])
 def test_single_endpoint_refuses_change_request_with_420(flags):
     responder = one()
-    request = binding_request()
+    request = fresh_binding_request()
     request.add(AttrType.CHANGE_REQUEST, ChangeRequest(*flags))
     outcome = responder.handle(raw(request), CLIENT, "primary")
     reply, response = only_reply(outcome)
@@ -158,7 +159,7 @@ def test_single_endpoint_classic_change_gets_no_answer(flags):
 
 @pytest.mark.parametrize("flags", [(True, False), (False, True), (True, True)])
 def test_tcp_change_request_gets_420(flags):
-    outcome = four().handle(raw(binding_request(change_ip=flags[0], change_port=flags[1])),
+    outcome = four().handle(raw(fresh_binding_request(change_ip=flags[0], change_port=flags[1])),
                             CLIENT, "alt-port", "tcp")
     reply, response = only_reply(outcome)
     assert response.error.code == 420
@@ -167,8 +168,8 @@ def test_tcp_change_request_gets_420(flags):
 
 
 def test_tcp_plain_and_zero_change_request_answered_from_receiving_endpoint():
-    for request in (binding_request(),
-                    binding_request().add(AttrType.CHANGE_REQUEST, ChangeRequest(False, False))):
+    for request in (fresh_binding_request(),
+                    fresh_binding_request().add(AttrType.CHANGE_REQUEST, ChangeRequest(False, False))):
         reply, response = only_reply(four().handle(raw(request), CLIENT, "alt-ip", "tcp"))
         assert reply.local.role == "alt-ip"
         assert response.get(AttrType.RESPONSE_ORIGIN) == (A2, P1)
@@ -176,7 +177,7 @@ def test_tcp_plain_and_zero_change_request_answered_from_receiving_endpoint():
 
 
 def test_tcp_response_port_gets_420():
-    reply, response = only_reply(four().handle(raw(binding_request(response_port=5000)), CLIENT,
+    reply, response = only_reply(four().handle(raw(fresh_binding_request(response_port=5000)), CLIENT,
                                                "primary", "tcp"))
     assert response.error.code == 420
     assert response.get(AttrType.UNKNOWN_ATTRIBUTES) == (AttrType.RESPONSE_PORT,)
@@ -186,20 +187,20 @@ def test_tcp_response_port_gets_420():
 
 def test_response_port_sends_to_source_ip_at_that_port():
     reply, response = only_reply(four().handle(
-        raw(binding_request(response_port=41000, change_port=True)), CLIENT, "primary"))
+        raw(fresh_binding_request(response_port=41000, change_port=True)), CLIENT, "primary"))
     assert reply.destination == (CLIENT[0], 41000)
     assert reply.local.role == "alt-port"
     assert response.get(AttrType.XOR_MAPPED_ADDRESS) == CLIENT  # still the request's source
 
 
 def test_response_port_zero_is_bad_request():
-    reply, response = only_reply(four().handle(raw(binding_request(response_port=0)), CLIENT,
+    reply, response = only_reply(four().handle(raw(fresh_binding_request(response_port=0)), CLIENT,
                                                "primary"))
     assert response.error.code == 400 and reply.destination == CLIENT
 
 
 def test_response_port_with_padding_is_400_to_the_source():
-    request = binding_request(response_port=41000, padding=512)
+    request = fresh_binding_request(response_port=41000, padding=512)
     reply, response = only_reply(four().handle(raw(request), CLIENT, "primary"))
     assert response.error == ErrorCode(400, "Bad Request")
     assert reply.destination == CLIENT and reply.local.role == "primary"
@@ -207,8 +208,8 @@ def test_response_port_with_padding_is_400_to_the_source():
 
 @pytest.mark.parametrize("size", [4, 100, 576, 1500, 4000, MAX_REQUEST_BYTES - 64])
 def test_padding_is_returned_and_never_amplifies(size):
-    request = raw(binding_request(padding=size))
-    plain = len(only_reply(four().handle(raw(binding_request()), CLIENT, "primary"))[0].data)
+    request = raw(fresh_binding_request(padding=size))
+    plain = len(only_reply(four().handle(raw(fresh_binding_request()), CLIENT, "primary"))[0].data)
     reply, response = only_reply(four().handle(request, CLIENT, "primary"))
     padding = response.get(AttrType.PADDING)
     assert padding is not None  # "PADDING MUST be included"
@@ -218,7 +219,7 @@ def test_padding_is_returned_and_never_amplifies(size):
 
 
 def test_padding_with_fingerprint_keeps_fingerprint_last():
-    request = raw(binding_request(padding=1500), fingerprint=True)
+    request = raw(fresh_binding_request(padding=1500), fingerprint=True)
     reply, response = only_reply(four().handle(request, CLIENT, "primary"))
     assert response.attributes[-1][0] == AttrType.FINGERPRINT
     assert len(reply.data) <= len(request)
@@ -259,7 +260,7 @@ def test_classic_response_address_is_refused():
 def test_ipv6_source_and_endpoints():
     config = ServerConfig(stun_host="2001:db8::1", alt_ip="2001:db8::2", stun_port=P1, alt_port=P2)
     responder = StunResponder(config.stun_endpoints())
-    reply, response = only_reply(responder.handle(raw(binding_request(change_ip=True)),
+    reply, response = only_reply(responder.handle(raw(fresh_binding_request(change_ip=True)),
                                                   ("::1", 5555), "primary"))
     assert response.get(AttrType.XOR_MAPPED_ADDRESS) == ("::1", 5555)
     assert response.get(AttrType.MAPPED_ADDRESS) == ("::1", 5555)
@@ -270,7 +271,7 @@ def test_ipv6_source_and_endpoints():
 
 def test_ipv6_loopback_single_endpoint():
     responder = StunResponder([StunEndpoint("::1", P1, "primary")])
-    _, response = only_reply(responder.handle(raw(binding_request()), ("::1", 6000), "primary"))
+    _, response = only_reply(responder.handle(raw(fresh_binding_request()), ("::1", 6000), "primary"))
     assert response.mapped_address == ("::1", 6000)
     assert response.response_origin == ("::1", P1)
 
@@ -278,14 +279,14 @@ def test_ipv6_loopback_single_endpoint():
 def test_given_local_endpoint_sets_response_origin():
     """A service bound to 0.0.0.0 passes the real destination address of each request."""
     responder = StunResponder([StunEndpoint("0.0.0.0", P1, "primary")])
-    reply, response = only_reply(responder.handle(raw(binding_request()), CLIENT,
+    reply, response = only_reply(responder.handle(raw(fresh_binding_request()), CLIENT,
                                                   StunEndpoint("203.0.113.5", P1, "primary")))
     assert response.response_origin == ("203.0.113.5", P1)
     assert reply.local == StunEndpoint("203.0.113.5", P1, "primary")
 
 
 def test_ipv4_mapped_source_is_reported_as_ipv4():
-    _, response = only_reply(four().handle(raw(binding_request()), ("::ffff:198.51.100.7", 40000),
+    _, response = only_reply(four().handle(raw(fresh_binding_request()), ("::ffff:198.51.100.7", 40000),
                                            "primary"))
     assert response.mapped_address == CLIENT
 
@@ -293,7 +294,7 @@ def test_ipv4_mapped_source_is_reported_as_ipv4():
 # -- unknown attributes, other methods -------------------------------------------------
 
 def test_unknown_comprehension_required_attributes_get_420():
-    request = binding_request().add(0x7ABC, b"abc").add(0x0031, b"").add(0x7ABC, b"again")
+    request = fresh_binding_request().add(0x7ABC, b"abc").add(0x0031, b"").add(0x7ABC, b"again")
     responder = four()
     reply, response = only_reply(responder.handle(raw(request), CLIENT, "primary"))
     assert response.error == ErrorCode(420, "Unknown Attribute")
@@ -303,19 +304,19 @@ def test_unknown_comprehension_required_attributes_get_420():
 
 
 def test_turn_attribute_in_binding_request_gets_420():
-    request = binding_request().add(AttrType.XOR_PEER_ADDRESS, ("192.0.2.99", 9))
+    request = fresh_binding_request().add(AttrType.XOR_PEER_ADDRESS, ("192.0.2.99", 9))
     _, response = only_reply(four().handle(raw(request), CLIENT, "primary"))
     assert response.error.code == 420
 
 
 def test_unknown_comprehension_optional_attributes_are_ignored():
-    request = binding_request().add(0xC057, b"\x00\x01\x00\x00").add(AttrType.USERNAME, "someone")
+    request = fresh_binding_request().add(0xC057, b"\x00\x01\x00\x00").add(AttrType.USERNAME, "someone")
     _, response = only_reply(four().handle(raw(request), CLIENT, "primary"))
     assert response.msg_class == MessageClass.SUCCESS
 
 
 def test_unknown_attribute_list_is_bounded():
-    request = binding_request()
+    request = fresh_binding_request()
     for kind in range(0x7000, 0x7040):
         request.add(kind, b"")
     reply, response = only_reply(four().handle(raw(request), CLIENT, "primary"))
@@ -387,10 +388,10 @@ def test_unknown_role_and_transport_are_programming_errors():
 def test_random_mutations_never_raise_and_never_amplify():
     rng = random.Random(5780)
     responder = four()
-    seeds = [_valid(), raw(binding_request(change_ip=True, response_port=9), fingerprint=True),
+    seeds = [_valid(), raw(fresh_binding_request(change_ip=True, response_port=9), fingerprint=True),
              raw(StunMessage(Method.BINDING, MessageClass.REQUEST, CLASSIC_TID,
                              [(AttrType.CHANGE_REQUEST, ChangeRequest(True, True))])),
-             raw(binding_request(padding=64))]
+             raw(fresh_binding_request(padding=64))]
     total = 0
     for _ in range(3000):
         data = bytearray(rng.choice(seeds))

@@ -8,9 +8,10 @@ import socket
 import pytest
 
 from stunturn_diag.errors import ConfigError
-from stunturn_diag.stun import AttrType, MessageClass, binding_request, decode, encode
+from stunturn_diag.sansio.stun import AttrType, MessageClass, binding_request, decode, encode
 from stunturn_server.config import ServerConfig
 from stunturn_server.stun.service import TcpLimits, start_stun_service
+from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import A1, A2, is_closed, wait_for
 
 
@@ -56,7 +57,7 @@ def test_endpoints_follow_rfc5780_layout(service):
 def test_udp_change_request_comes_from_the_right_address(service, change_ip, change_port, sender):
     client = udp_client()
     primary = endpoint(service, "primary")
-    request = binding_request(change_ip=change_ip, change_port=change_port)
+    request = fresh_binding_request(change_ip=change_ip, change_port=change_port)
     client.sendto(encode(request), (primary.ip, primary.port))
     data, source = client.recvfrom(4096)
     response = decode(data)
@@ -73,7 +74,7 @@ def test_udp_change_request_comes_from_the_right_address(service, change_ip, cha
 def test_udp_every_endpoint_answers(service):
     client = udp_client()
     for ep in service.endpoints:
-        client.sendto(encode(binding_request()), (ep.ip, ep.port))
+        client.sendto(encode(fresh_binding_request()), (ep.ip, ep.port))
         data, source = client.recvfrom(4096)
         assert source == (ep.ip, ep.port)
         assert decode(data).response_origin == (ep.ip, ep.port)
@@ -83,7 +84,7 @@ def test_udp_every_endpoint_answers(service):
 def test_udp_response_port(service):
     client, target = udp_client(), udp_client()
     primary = endpoint(service, "primary")
-    client.sendto(encode(binding_request(response_port=target.getsockname()[1])),
+    client.sendto(encode(fresh_binding_request(response_port=target.getsockname()[1])),
                   (primary.ip, primary.port))
     data, source = target.recvfrom(4096)
     assert decode(data).mapped_address == client.getsockname()
@@ -94,9 +95,9 @@ def test_udp_garbage_is_counted_and_service_keeps_answering(service):
     client = udp_client()
     primary = (endpoint(service, "primary").ip, endpoint(service, "primary").port)
     for junk in (b"", b"\xff" * 50, b"hello", bytes(24),
-                 encode(binding_request(), fingerprint=True)[:-1] + b"\x01"):
+                 encode(fresh_binding_request(), fingerprint=True)[:-1] + b"\x01"):
         client.sendto(junk, primary)
-    client.sendto(encode(binding_request()), primary)
+    client.sendto(encode(fresh_binding_request()), primary)
     data, _ = client.recvfrom(4096)
     assert decode(data).msg_class == MessageClass.SUCCESS
     stats = wait_for(lambda: service.stats if service.stats["responses"] >= 1 else None)
@@ -115,7 +116,7 @@ def test_ipv6_loopback():
     with svc:
         client = udp_client("::1")
         ep = svc.endpoints[0]
-        client.sendto(encode(binding_request()), (ep.ip, ep.port))
+        client.sendto(encode(fresh_binding_request()), (ep.ip, ep.port))
         response = decode(client.recvfrom(4096)[0])
         assert response.mapped_address == client.getsockname()[:2]
         assert response.other_address is None
@@ -132,7 +133,7 @@ def tcp_to(svc, role: str = "primary") -> socket.socket:
 
 def test_tcp_back_to_back_and_split_messages(service):
     sock = tcp_to(service, "alt-both")
-    first, second, third = binding_request(), binding_request(), binding_request(padding=100)
+    first, second, third = fresh_binding_request(), fresh_binding_request(), fresh_binding_request(padding=100)
     sock.sendall(encode(first) + encode(second))
     data = encode(third)
     sock.sendall(data[:7])
@@ -150,10 +151,10 @@ def test_tcp_back_to_back_and_split_messages(service):
 
 def test_tcp_change_request_refused_with_420(service):
     sock = tcp_to(service)
-    sock.sendall(encode(binding_request(change_ip=True)))
+    sock.sendall(encode(fresh_binding_request(change_ip=True)))
     response = read_message(sock)
     assert response.error.code == 420
-    sock.sendall(encode(binding_request()))  # the connection stays usable
+    sock.sendall(encode(fresh_binding_request()))  # the connection stays usable
     assert read_message(sock).msg_class == MessageClass.SUCCESS
     sock.close()
 
@@ -187,7 +188,7 @@ def test_tcp_connection_cap():
         extra = tcp_to(svc)
         assert is_closed(extra)
         assert svc.stats["tcp_rejected"] == 1
-        keep[0].sendall(encode(binding_request()))
+        keep[0].sendall(encode(fresh_binding_request()))
         assert read_message(keep[0]).msg_class == MessageClass.SUCCESS
         for sock in keep + [extra]:
             sock.close()
@@ -196,7 +197,7 @@ def test_tcp_connection_cap():
 def test_tcp_per_connection_byte_cap():
     with limited(max_bytes=1000) as svc:
         sock = tcp_to(svc)
-        request = encode(binding_request())
+        request = encode(fresh_binding_request())
         try:
             for _ in range(100):
                 sock.sendall(request)
@@ -215,7 +216,7 @@ def test_tcp_per_connection_byte_cap():
 
 def test_tcp_message_split_over_many_writes_is_answered(service):
     sock = tcp_to(service)
-    request = binding_request(padding=64)
+    request = fresh_binding_request(padding=64)
     for byte in encode(request):
         sock.send(bytes([byte]))
     assert read_message(sock).transaction_id == request.transaction_id
@@ -289,7 +290,7 @@ def test_wildcard_bind_answers_from_the_address_the_client_used(host):
         port = svc.endpoints[0].port
         for destination in (A1, A2, "127.3.4.5"):
             client = udp_client()
-            client.sendto(encode(binding_request()), (destination, port))
+            client.sendto(encode(fresh_binding_request()), (destination, port))
             data, source = client.recvfrom(4096)
             response = decode(data)
             assert source == (destination, port)
@@ -297,7 +298,7 @@ def test_wildcard_bind_answers_from_the_address_the_client_used(host):
             assert response.mapped_address == client.getsockname()  # IPv4, also via ::
             client.close()
             with socket.create_connection((destination, port), timeout=5) as sock:
-                sock.sendall(encode(binding_request()))
+                sock.sendall(encode(fresh_binding_request()))
                 assert read_message(sock).response_origin == (destination, port)
         assert svc.stats["internal_errors"] == svc.stats["send_errors"] == 0
 
@@ -308,7 +309,7 @@ def test_random_datagrams_never_break_the_loop(service):
     rng = random.Random(8489)
     client = udp_client()
     primary = (endpoint(service, "primary").ip, endpoint(service, "primary").port)
-    valid = encode(binding_request())
+    valid = encode(fresh_binding_request())
     for batch in range(1, 11):  # 300 datagrams, in batches small enough for the socket buffer
         for _ in range(30):
             data = bytearray(valid + bytes(rng.randrange(256) for _ in range(rng.randrange(40))))
@@ -364,7 +365,7 @@ def test_udp_flood_is_bounded_by_the_kernel_queue_and_its_drops_are_counted(serv
         release.set()
         flood.close()
     client = udp_client()
-    request, answer, copies = binding_request(), None, 0
+    request, answer, copies = fresh_binding_request(), None, 0
     try:
         client.settimeout(0.2)
         for copies in range(1, 51):  # the queue may still be full when the first copy arrives

@@ -13,7 +13,7 @@ from scapy.contrib.stun import STUNFingerprint, STUNMessageIntegrity, STUNXorMap
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.inet6 import IPv6  # noqa: E402
 
-from stunturn_diag.stun import (  # noqa: E402
+from stunturn_diag.sansio.stun import (  # noqa: E402
     AttrType,
     ChangeRequest,
     ErrorCode,
@@ -44,7 +44,7 @@ TID = bytes.fromhex("0102030405060708090a0b0c")
 
 
 def test_codec_does_not_import_scapy() -> None:
-    code = "import sys, stunturn_diag.stun; assert 'scapy' not in sys.modules, 'scapy imported'"
+    code = "import sys, stunturn_diag.sansio.stun; assert 'scapy' not in sys.modules, 'scapy imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from stunturn_diag.errors import StunDecodeError, StunIntegrityError
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     AttrType,
     MessageClass,
     Method,

@@ -10,13 +10,13 @@ import hmac
 import pytest
 
 from stunturn_diag.errors import TurnError
-from stunturn_diag.stun import (AttrType, ErrorCode, MessageClass, Method, StunMessage, decode,
+from stunturn_diag.sansio.stun import (AttrType, ErrorCode, MessageClass, Method, StunMessage, decode,
                                 encode, long_term_key)
 from stunturn_diag.turn import (Allocated, ChannelBound, Challenged, PeerData,
                                 PermissionsCreated, Refreshed, TurnClient, TurnFailure,
                                 channel_data, is_channel_data, parse_channel_data,
                                 rest_credentials)
-from stunturn_diag.turn.client import CHANNEL_NUMBER, DATA, LIFETIME, REQUESTED_TRANSPORT
+from stunturn_diag.sansio.turn.client import CHANNEL_NUMBER, DATA, LIFETIME, REQUESTED_TRANSPORT
 
 USER, PASSWORD, REALM, NONCE = "alice", "pw", "stunturn.test", "n0nce"
 KEY = long_term_key(USER, REALM, PASSWORD)

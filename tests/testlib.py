@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from stunturn_diag.stun_requests import fresh_binding_request
 
 A1, A2 = "127.0.0.1", "127.0.0.2"
 
@@ -122,13 +123,13 @@ def free_port_pair() -> tuple[int, int]:
 
 
 def _answers_binding(address: tuple[str, int]) -> bool:
-    from stunturn_diag.stun import binding_request, encode
+    from stunturn_diag.sansio.stun import binding_request, encode
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((A1, 0))
         sock.settimeout(0.2)
         try:
-            sock.sendto(encode(binding_request()), address)
+            sock.sendto(encode(fresh_binding_request()), address)
             sock.recvfrom(4096)
             return True
         except OSError:  # timeout, or ECONNREFUSED while it starts

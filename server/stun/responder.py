@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from stunturn_diag import __version__
 from stunturn_diag.errors import StunDecodeError
-from stunturn_diag.stun import (
+from stunturn_diag.sansio.stun import (
     Address,
     AttrType,
     ErrorCode,

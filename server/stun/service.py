@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from stunturn_diag.errors import ConfigError, StunDecodeError
-from stunturn_diag.stun import HEADER_LENGTH, message_length
+from stunturn_diag.sansio.stun import HEADER_LENGTH, message_length
 
 from ..config import ServerConfig, StunEndpoint, bind_error
 from ..limits import TokenBucket, source_of

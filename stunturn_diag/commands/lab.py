@@ -57,12 +57,13 @@ def _site_options(func):
 def up_cmd(site_a, site_b, cgnat, same_nat, spec_file, as_json) -> None:
     """Build a lab that stays up until `lab down NAME`."""
     from ..lab import LabSpec, manage
+    from ..lab.files import load_spec
 
     if spec_file and (site_a or site_b or cgnat or same_nat):
         raise click.UsageError("--spec describes the whole lab; drop --site-a/--site-b/"
                                "--cgnat/--same-nat")
     site_a, site_b = _sites(site_a, site_b, same_nat)
-    spec = (LabSpec.from_file(spec_file) if spec_file else
+    spec = (load_spec(spec_file) if spec_file else
             LabSpec.simple(site_a, site_b, cgnat=tuple(cgnat), same_nat=same_nat))
     lab = manage.up(spec)
     info = lab.describe()
@@ -246,7 +247,7 @@ def run_cmd(site_a, site_b, cgnat, same_nat, spec_file, expect, as_json, logdir,
     """Run your server and two peers through one NAT pair (exit 0: as expected)."""
     from ..lab.ci.runner import load_plan, run_matrix
     from ..lab.ci.report import render_run
-    from ..lab.spec import read_file
+    from stunturn_diag.lab.files import read_file
 
     if spec_file and (site_a or site_b or cgnat or same_nat):
         raise click.UsageError("--spec describes the whole lab; drop --site-a/--site-b/"

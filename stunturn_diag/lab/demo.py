@@ -29,7 +29,7 @@ from typing import Callable
 from ..errors import StunturnError
 from ..punch.labkit import PATH_PAIRS, run_pair_with_relay, start_turn
 from .runner import Lab, check_prerequisites, sigterm_interrupts
-from .spec import LabSpec
+from stunturn_diag.sansio.lab.spec import LabSpec
 
 HTTP_PORT = 8080
 SERVE_READY_TIMEOUT = 20.0

@@ -6,9 +6,9 @@ import subprocess
 
 from ..errors import LabError
 from . import state
-from .catalogue import CATALOGUE
+from stunturn_diag.sansio.lab.catalogue import CATALOGUE
 from .runner import Lab, check_prerequisites, list_namespaces, PREFIX_FAMILY
-from .spec import LabSpec
+from stunturn_diag.sansio.lab.spec import LabSpec
 
 
 def up(spec: LabSpec) -> Lab:

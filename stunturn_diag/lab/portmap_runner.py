@@ -4,7 +4,7 @@ every site whose ``NatSpec.portmap`` is set, and the STUN responder its check ne
 Both run through :meth:`Lab.popen`, so the lab ends them by PID at teardown (and the
 namespace deletion ends anything left). Their output goes to files, not pipes: a lab
 built by ``lab up`` outlives the process that built it. The configuration is written
-by :mod:`stunturn_diag.lab.portmap` (pure) into a temporary directory removed once the
+by :mod:`stunturn_diag.sansio.lab.portmap` (pure) into a temporary directory removed once the
 daemon has read it. ``python3 -m stunturn_diag.lab.portmap_runner stun IP PORT
 LIFETIME`` is the STUN helper's entry point (:func:`stun_answer`).
 """
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from ..errors import LabError
-from . import portmap
-from .nft import LAN, WAN
+from stunturn_diag.sansio.lab import portmap
+from stunturn_diag.sansio.lab.nft import LAN, WAN
 
 MINIUPNPD = "/usr/sbin/miniupnpd"
 START_TIMEOUT = 15.0
@@ -93,7 +93,7 @@ def stun_answer(data: bytes, source: tuple[str, int]) -> bytes | None:
     RFC 5780 answers and calls any missing one "restrictive NAT". The NAT box's
     WAN *is* the lab's public edge, but a site with ``input_firewall`` drops answers
     from the server's other address; from the asked address they are replies."""
-    from ..stun import AttrType, MessageClass, Method, StunMessage, decode, encode
+    from stunturn_diag.sansio.stun import AttrType, MessageClass, Method, StunMessage, decode, encode
 
     try:
         req = decode(data)

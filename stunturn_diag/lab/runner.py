@@ -20,10 +20,11 @@ from typing import Sequence
 
 from .. import sysdeps
 from ..errors import ConfigError, LabError, PrivilegeError
-from . import portmap_runner, state, v6
-from .compiler import LabPlan, Step, compile_lab
-from .spec import MAX_BACKGROUND_S, LabSpec
-from .topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
+from . import portmap_runner, state
+from stunturn_diag.sansio.lab import v6
+from stunturn_diag.sansio.lab.compiler import LabPlan, Step, compile_lab
+from stunturn_diag.sansio.lab.spec import MAX_BACKGROUND_S, LabSpec
+from stunturn_diag.sansio.lab.topology import SERVER, SERVER_ALT_IP, SERVER_IP, Topology
 
 PREFIX_FAMILY = state.PREFIX_FAMILY
 #: UDP port on the server host that background flows go to (discard, RFC 863):
@@ -359,8 +360,8 @@ class Lab:
 
     def expected(self, site: str) -> dict:
         """Ground truth seen from a host of ``site``: its NAT's ``NatSpec.expected``, or
-        for a site behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`, plus
-        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`)."""
+        for a site behind a CGNAT :func:`~stunturn_diag.sansio.lab.nat.stacked_expected`, plus
+        ``port_mapping`` (:func:`~stunturn_diag.sansio.lab.portmap.expected`)."""
         return self.spec.sites[self._site(site).name].expected
 
     def netns(self, node: str) -> str:

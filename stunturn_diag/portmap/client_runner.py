@@ -22,9 +22,9 @@ from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import PortMapDecodeError
-from . import natpmp_codec as natpmp
-from . import pcp_codec as pcp
-from . import upnp_codec as upnp
+from stunturn_diag.sansio.portmap import natpmp_codec as natpmp
+from stunturn_diag.sansio.portmap import pcp_codec as pcp
+from stunturn_diag.sansio.portmap import upnp_codec as upnp
 
 T = TypeVar("T")
 Clock = Callable[[], float]

@@ -29,8 +29,8 @@ import time
 from typing import Callable
 
 from . import client_runner as runner
-from . import natpmp_codec as natpmp
-from . import pcp_codec as pcp
+from stunturn_diag.sansio.portmap import natpmp_codec as natpmp
+from stunturn_diag.sansio.portmap import pcp_codec as pcp
 
 #: how long the three questions may take when nobody answers (the probe's budget)
 DEFAULT_BUDGET = 0.25

@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from . import client_runner as runner
-from . import natpmp_codec as natpmp
-from . import pcp_codec as pcp
-from . import upnp_codec as upnp
+from stunturn_diag.sansio.portmap import natpmp_codec as natpmp
+from stunturn_diag.sansio.portmap import pcp_codec as pcp
+from stunturn_diag.sansio.portmap import upnp_codec as upnp
 
 METHODS = ("pcp", "nat-pmp", "upnp")
 

@@ -14,8 +14,9 @@ import socket
 import struct
 import time
 
-from ..stun import binding_request, decode, encode
+from stunturn_diag.sansio.stun import binding_request, decode, encode
 from .endpoints import Address
+from stunturn_diag.stun_requests import fresh_binding_request
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
@@ -94,7 +95,7 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
             s.bind((local_ip, 0))
             socks.append(s)
             sel.register(s, selectors.EVENT_READ, ttl)
-            reqs[ttl] = encode(binding_request(software="stunturn-diag probe"))
+            reqs[ttl] = encode(fresh_binding_request(software="stunturn-diag probe"))
         hops: dict[int, str | None] = {}
         server_hop: int | None = None
         start = time.monotonic()

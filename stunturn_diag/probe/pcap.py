@@ -1,9 +1,9 @@
 """``--pcap``: the probe's packets, captured with our own classic-BPF filter (no libpcap).
 
 An ``AF_PACKET`` socket on the interface that holds the probe's source address, filtered
-in the kernel (:func:`stunturn_diag.bpf.flows_program`) to traffic to/from the server's
+in the kernel (:func:`stunturn_diag.sansio.bpf.flows_program`) to traffic to/from the server's
 addresses and ICMP (time-exceeded from the TTL walk, unreachables); written as a classic
-pcap file (:mod:`stunturn_diag.pcapfile`, LINKTYPE_RAW; readable by Scapy's ``rdpcap``,
+pcap file (:mod:`stunturn_diag.sansio.pcapfile`, LINKTYPE_RAW; readable by Scapy's ``rdpcap``,
 tcpdump, Wireshark). Needs root (raw capture): without it the probe lists ``pcap`` in
 ``skipped`` and runs anyway; with root, a capture that cannot start or be written is a
 failure (``failed``, status ``partial``).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .. import bpf, pcapfile
+from stunturn_diag.sansio import bpf, pcapfile
 from ..rawsock import PacketCapture, interface_of
 from .endpoints import Endpoints
 

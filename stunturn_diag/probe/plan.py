@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..stun import binding_request, encode, new_transaction_id
+from stunturn_diag.sansio.stun import binding_request, encode, new_transaction_id
 from .endpoints import Address, Endpoints
 from .engine import Engine, Outcome, Probe
+from stunturn_diag.stun_requests import fresh_transaction_id
 
 ALLOC_SOCKETS = 4
 ALLOC_LABELS = tuple(f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
@@ -90,7 +91,7 @@ class UdpPlan:
                response_port: int | None = None, prelude=(), patience: int | None = None) -> Probe:
         """A Binding request transaction. Plain requests after the server has answered once
         are expected to be answered: they get extra patience (silence is loss, not a verdict)."""
-        tid = new_transaction_id()
+        tid = fresh_transaction_id()
         msg = binding_request(tid, change_ip=change_ip, change_port=change_port,
                               response_port=response_port, software=SOFTWARE)
         if patience is None:
@@ -188,7 +189,7 @@ class UdpPlan:
         confirmed by a plain request sent right after it on every attempt. Four copies:
         with 10 % loss per direction all of them are lost with probability ~0.1 %."""
         ep = self.endpoints
-        tid = new_transaction_id()
+        tid = fresh_transaction_id()
         change = encode(binding_request(tid, change_ip=True, change_port=True, software=SOFTWARE))
         self._passive.append(("unsol.inbound", "unsol", tid))
         return self._probe("unsol.confirm", "unsol", ep.primary, prelude=((ep.primary, change),) * 4)

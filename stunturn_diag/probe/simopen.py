@@ -6,7 +6,7 @@ cannot send it: its own connect() aborts when the ICMP time-exceeded comes back,
 Scapy crafts it (``IP(ttl=...)/TCP(flags="S")``, sent on an ``IPPROTO_RAW`` socket). Then
 the server's SYN comes in from the endpoint we addressed (``/v1/probe/tcp-simopen``).
 Simultaneous open works through this NAT when that SYN reaches us: a raw TCP socket with
-our classic-BPF filter (:func:`stunturn_diag.bpf.tcp_syn_program`: SYNs to our port;
+our classic-BPF filter (:func:`stunturn_diag.sansio.bpf.tcp_syn_program`: SYNs to our port;
 no libpcap needed) catches it and the source is checked on arrival; the handshake itself
 is not needed (our kernel would answer with its own sequence number, which conntrack
 rejects).

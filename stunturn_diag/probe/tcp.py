@@ -21,11 +21,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..assist_frame import assist_frame
+from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
-from ..stun import binding_request, encode
+from stunturn_diag.sansio.stun import binding_request, encode
 from ..stun_tcp import stun_tcp_transaction
 from .endpoints import Address, Endpoints
+from stunturn_diag.stun_requests import fresh_binding_request
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 #: why the punch profile leaves a test out (``skipped``)
@@ -83,7 +84,7 @@ def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
     deadline = time.monotonic() + timeout
     s.settimeout(timeout)
     s.connect(dest)
-    msg = stun_tcp_transaction(s, encode(binding_request(software="stunturn-diag probe")), deadline)
+    msg = stun_tcp_transaction(s, encode(fresh_binding_request(software="stunturn-diag probe")), deadline)
     if msg.mapped_address is None:
         raise StunDecodeError(f"STUN over TCP: no mapped address (error {msg.error})")
     return msg.mapped_address

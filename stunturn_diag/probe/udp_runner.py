@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ProbeError, StunDecodeError
-from ..stun import decode, looks_like_stun
+from stunturn_diag.sansio.stun import decode, looks_like_stun
 from .endpoints import Address, Endpoints
 from .engine import Engine, Outcome
 from .plan import UdpPlan, feed_outcome, sockets_for

@@ -50,14 +50,14 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
 from ..signaling import SignalingClient, TlsOptions
 from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
-from .counter import Reading, promise as counter_promise, rate as counter_rate
-from .decision import Plan, decide, profile_from_details
+from stunturn_diag.sansio.punch.counter import Reading, promise as counter_promise, rate as counter_rate
+from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
 from .keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 from . import portmap_path, relay_path
 from .secure_stream import authenticate_stream
-from .wire import Role
+from stunturn_diag.sansio.punch.wire import Role
 
 Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import cpace
 from ..errors import AuthenticationError
 from .seal import KEY_LEN, ReplayWindow, Session
-from .wire import (FRAME_KINDS, HEADER, MAGIC, VERSION, Counters, Kind, Role, has_magic,
+from stunturn_diag.sansio.punch.wire import (FRAME_KINDS, HEADER, MAGIC, VERSION, Counters, Kind, Role, has_magic,
                    header, is_handshake, kind_of, version_mismatch_message)
 
 #: CPace share: an X25519 u-coordinate

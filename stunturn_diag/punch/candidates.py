@@ -25,8 +25,8 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import PunchError
-from .wire import Role
-from .decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
+from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.punch.decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
 Address = tuple[str, int]
 MAX_LOCAL = 8

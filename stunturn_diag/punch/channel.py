@@ -21,7 +21,7 @@ import time
 from ..errors import PunchError
 from .auth import Handshake
 from .seal import FRAME_OVERHEAD, Session
-from .wire import Kind, is_handshake
+from stunturn_diag.sansio.punch.wire import Kind, is_handshake
 
 Address = tuple[str, int]
 #: largest payload of one datagram: a frame must fit one UDP datagram over IPv4

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .auth import Handshake
-from .wire import VERSION, Kind, has_magic, is_handshake
+from stunturn_diag.sansio.punch.wire import VERSION, Kind, has_magic, is_handshake
 
 Address = tuple[str, int]
 

@@ -77,8 +77,9 @@ class TurnServer:
 
 def _turn_answers(lab, address: tuple[str, int]) -> bool:
     """A STUN Binding to coturn from the server host answered (bounded: one try, 0.3 s)."""
-    probe = ("import socket,sys; from stunturn_diag import stun; s=socket.socket(2,2); "
-             "s.settimeout(0.3); s.sendto(stun.encode(stun.binding_request()), "
+    probe = ("import socket,sys; from stunturn_diag.sansio import stun; "
+             "from stunturn_diag.stun_requests import fresh_binding_request; s=socket.socket(2,2); "
+             "s.settimeout(0.3); s.sendto(stun.encode(fresh_binding_request()), "
              f"({address[0]!r},{address[1]})); s.recv(2048)")
     return lab.exec(lab.server, [sys.executable, "-c", probe], timeout=10).returncode == 0
 

@@ -49,7 +49,7 @@ def _profile(args: argparse.Namespace) -> dict | None:
     if args.profile:
         return json.loads(args.profile)
     if args.nat_type:
-        from ..lab.spec import SiteSpec
+        from stunturn_diag.sansio.lab.spec import SiteSpec
 
         return SiteSpec.from_dict({"nat": args.nat_type}).expected
     return None

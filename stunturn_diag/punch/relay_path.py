@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from ..errors import PunchError, SignalingError, TurnError
-from ..turn import client as turn
+from stunturn_diag.sansio.turn import client as turn
 from ..turn.runner import TurnSession
 from .auth import StartedPake, start_pake
 from .channel import UdpChannel

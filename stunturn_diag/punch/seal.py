@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..errors import AuthenticationError
-from .wire import FRAME_KINDS, HEADER, Counters, Kind, Role, header, is_handshake
+from stunturn_diag.sansio.punch.wire import FRAME_KINDS, HEADER, Counters, Kind, Role, header, is_handshake
 
 KEY_LEN = 32
 AEAD_TAG_LEN = 16

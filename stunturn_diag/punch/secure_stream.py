@@ -19,7 +19,7 @@ from ..errors import AuthenticationError, PunchError
 from ..netio import PeerClosed, recv_exact
 from .auth import HELLO_LEN, PROOF_LEN, Handshake
 from .seal import RecordReader, RecordSealer
-from .wire import HEADER, VERSION, Kind, Role, has_magic, version_mismatch_message
+from stunturn_diag.sansio.punch.wire import HEADER, VERSION, Kind, Role, has_magic, version_mismatch_message
 
 RECV_CHUNK = 65536
 

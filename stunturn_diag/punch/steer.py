@@ -1,4 +1,4 @@
-"""I/O for :mod:`stunturn_diag.punch.counter`: read and steer a sequential NAT's counter.
+"""I/O for :mod:`stunturn_diag.sansio.punch.counter`: read and steer a sequential NAT's counter.
 
 A reading is one STUN Binding over UDP from a fresh socket (one new flow through
 the NAT; its mapped port is the counter's value); a burn is one datagram from
@@ -33,9 +33,9 @@ import time
 from typing import Callable
 
 from ..errors import PunchError
-from ..stun import binding_request, encode
-from . import counter
-from .counter import Reading
+from stunturn_diag.sansio.stun import binding_request, encode
+from stunturn_diag.sansio.punch import counter
+from stunturn_diag.sansio.punch.counter import Reading
 from .udp import UdpRendezvous
 
 Address = tuple[str, int]

@@ -90,7 +90,7 @@ On one LAN a TTL-2 prime reaches the peer directly, which is harmless.
 ``strategy="listen-connect"`` (for a receiver that needs no priming: no NAT or
 endpoint-independent filtering): the *receiver* only listens and accepts, the
 *initiator* connects at full TTL, retrying refused SYNs. Any other strategy name
-of :mod:`stunturn_diag.punch.decision` ("simultaneous", "lan", "predict", ...)
+of :mod:`stunturn_diag.sansio.punch.decision` ("simultaneous", "lan", "predict", ...)
 runs the simultaneous open above over the given candidates.
 
 IPv4 only. Failures raise :class:`~stunturn_diag.errors.PunchError` whose

@@ -11,7 +11,7 @@ import ipaddress
 import socket
 import struct
 
-from .. import bpf
+from stunturn_diag.sansio import bpf
 from ..rawsock import attach_filter, ipv4_interfaces
 
 Address = tuple[str, int]
@@ -125,7 +125,7 @@ def set_ttl(sock: socket.socket, ttl: int) -> None:
 
 def blackhole_program(sources: list[Address]) -> list[bytes]:
     """Classic BPF: drop segments from any of ``sources`` (ip, port), accept the rest
-    (the shared builder :func:`stunturn_diag.bpf.blackhole_program`, packed)."""
+    (the shared builder :func:`stunturn_diag.sansio.bpf.blackhole_program`, packed)."""
     return [insn.pack() for insn in bpf.blackhole_program(sources)]
 
 

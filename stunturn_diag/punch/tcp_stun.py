@@ -12,8 +12,9 @@ import socket
 import time
 
 from ..errors import PunchError, StunDecodeError
-from ..stun import MessageClass, Method, binding_request, encode
+from stunturn_diag.sansio.stun import MessageClass, Method, binding_request, encode
 from ..stun_tcp import stun_tcp_transaction
+from stunturn_diag.stun_requests import fresh_binding_request
 
 Address = tuple[str, int]
 
@@ -37,7 +38,7 @@ def _transaction(sock: socket.socket, server: Address, timeout: float, *,
                  connect: bool) -> Address:
     deadline = time.monotonic() + timeout
     where = f"{server[0]}:{server[1]}"
-    request = binding_request(software="stunturn-diag")
+    request = fresh_binding_request(software="stunturn-diag")
     try:
         sock.settimeout(timeout)
         if connect:

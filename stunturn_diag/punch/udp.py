@@ -17,13 +17,14 @@ import threading
 import time
 from typing import Callable
 
-from .. import stun
+from stunturn_diag.sansio import stun
 from ..errors import AuthenticationError, PunchError
 from .auth import Handshake, StartedPake
-from .wire import FRAME_KINDS, Role, kind_of
+from stunturn_diag.sansio.punch.wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
 from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
+from stunturn_diag.stun_requests import fresh_binding_request
 
 Address = tuple[str, int]
 MAX_LOCAL_CANDIDATES = 8
@@ -104,7 +105,7 @@ class UdpRendezvous:
         from then on: the API orders the TCP binding after it)."""
         self.stun_server = (stun_server[0], int(stun_server[1]))
         deadline = time.monotonic() + timeout
-        req = stun.binding_request(software="stunturn-diag punch")
+        req = fresh_binding_request(software="stunturn-diag punch")
         wire = stun.encode(req)
         rto = 0.1
         next_send = time.monotonic()
@@ -153,7 +154,7 @@ class UdpRendezvous:
             end = time.monotonic() + max_duration
             while not stop.wait(interval) and time.monotonic() < end:
                 try:
-                    self.sock.sendto(stun.encode(stun.binding_request()), server)
+                    self.sock.sendto(stun.encode(fresh_binding_request()), server)
                 except OSError:
                     pass
 

@@ -35,9 +35,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, bind_layers
 
 from ..errors import StunEncodeError
-from .constants import AttrType
-from .integrity import fingerprint as _fingerprint
-from .message import new_transaction_id
+from stunturn_diag.sansio.stun.constants import AttrType
+from stunturn_diag.sansio.stun.integrity import fingerprint as _fingerprint
+from stunturn_diag.sansio.stun.message import new_transaction_id
+from stunturn_diag.stun_requests import fresh_transaction_id
 
 __all__ = [
     "STUN", "STUNChangeRequest", "STUNResponseOrigin", "STUNOtherAddress", "STUNResponsePort",
@@ -207,11 +208,11 @@ def binding_request_packet(src: str, dst: str, sport: int, dport: int = 3478, *,
                            fingerprint: bool = False) -> Packet:
     """IP/UDP/STUN Binding request (RFC 8489 section 6.1) built from Scapy layers.
 
-    Attribute order matches :func:`stunturn_diag.stun.binding_request`:
+    Attribute order matches :func:`stunturn_diag.sansio.stun.binding_request`:
     SOFTWARE, CHANGE-REQUEST (when a flag is set), RESPONSE-PORT, PADDING, then
     FINGERPRINT (RFC 8489 section 14.7) when asked. IPv6 when ``dst`` is IPv6.
     """
-    tid = transaction_id if transaction_id is not None else new_transaction_id()
+    tid = transaction_id if transaction_id is not None else fresh_transaction_id()
     if len(tid) != 12:
         raise StunEncodeError("Scapy's STUN layer needs a 12-byte transaction id (RFC 5389/8489)")
     attributes: list[Packet] = []

@@ -1,4 +1,4 @@
-"""A TURN session over UDP: :class:`~stunturn_diag.turn.client.TurnClient` plus one
+"""A TURN session over UDP: :class:`~stunturn_diag.sansio.turn.client.TurnClient` plus one
 socket, an injected clock and bounded retransmissions.
 
 Each request is retransmitted on RFC 8489 section 6.2.1's doubling schedule (here from
@@ -16,8 +16,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from ..stun.values import Address
-from . import client as turn
+from stunturn_diag.sansio.stun.values import Address
+from stunturn_diag.sansio.turn import client as turn
 
 
 class TurnSession:

@@ -14,7 +14,7 @@ import subprocess
 
 from ... import sysdeps
 from ...errors import LabUnavailable
-from ..topology import INET, Topology
+from stunturn_diag.sansio.lab.topology import INET, Topology
 
 
 def _netem_args(delay_ms: float, jitter_ms: float) -> list[str]:

@@ -24,7 +24,7 @@ committed TOML/JSON file (the project's NAT test plan), or both (options win)::
     id = "both-behind-cgnat"
     sites = { a = { nat = "full-cone", cgnat = true }, b = { nat = "full-cone", cgnat = true } }
 
-Site types use the CLI syntax ``TYPE[+flag][+key=value]`` (``stunturn_diag.lab.spec.
+Site types use the CLI syntax ``TYPE[+flag][+key=value]`` (``stunturn_diag.sansio.lab.spec.
 parse_nat_token``), e.g. ``port-restricted+hairpin``, ``full-cone+loss=5``.
 """
 
@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ConfigError
-from ..catalogue import CATALOGUE
-from ..spec import LabSpec, check_keys, parse_nat_token, read_file
-from . import placeholders
-from .theory import PROTOCOLS, theory
+from stunturn_diag.sansio.lab.catalogue import CATALOGUE
+from stunturn_diag.lab.files import read_file
+from stunturn_diag.sansio.lab.spec import LabSpec, check_keys, parse_nat_token
+from stunturn_diag.sansio.lab import placeholders
+from stunturn_diag.sansio.lab.theory import PROTOCOLS, theory
 
 EXPECTS = ("theory", "pass", "fail", "skip")
 READY_FORMS = "none, line, tcp:PORT or udp:PORT"

@@ -24,9 +24,10 @@ from typing import Callable
 
 from ...errors import ConfigError, LabError, LabUnavailable, PlanError, StunturnError
 from ..runner import Lab, check_prerequisites, down, sigterm_interrupts
-from . import owner, placeholders, plan as plan_mod, report
+from . import owner, plan as plan_mod, report
+from stunturn_diag.sansio.lab import placeholders
 from .netem import check_netem, netem_steps
-from .theory import pair_sites
+from stunturn_diag.sansio.lab.theory import pair_sites
 
 POLL = 0.05
 GRACE = 2.0          # after one peer failed, the other gets this long before it is ended

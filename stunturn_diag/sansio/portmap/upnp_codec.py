@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
-from ..errors import PortMapDecodeError
+from stunturn_diag.errors import PortMapDecodeError
 
 SSDP_ADDRESS = ("239.255.255.250", 1900)
 IGD_DEVICE_TYPES = ("urn:schemas-upnp-org:device:InternetGatewayDevice:2",

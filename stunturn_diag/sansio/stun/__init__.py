@@ -4,9 +4,9 @@ No sockets, no clocks, no Scapy here (Scapy layers live in
 :mod:`stunturn_diag.stun.scapy_layers`, imported on demand).
 """
 
-from .attributes import CODECS as KNOWN_ATTRIBUTES
-from .codec import decode, encode, join_type, looks_like_stun, message_length, split_type
-from .constants import (
+from stunturn_diag.sansio.stun.attributes import CODECS as KNOWN_ATTRIBUTES
+from stunturn_diag.sansio.stun.codec import decode, encode, join_type, looks_like_stun, message_length, split_type
+from stunturn_diag.sansio.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     MAGIC_COOKIE,
@@ -15,9 +15,9 @@ from .constants import (
     Method,
     is_comprehension_required,
 )
-from .integrity import long_term_key, saslprep, short_term_key
-from .message import StunMessage, binding_request, new_transaction_id
-from .values import Address, ChangeRequest, ErrorCode
+from stunturn_diag.sansio.stun.integrity import long_term_key, saslprep, short_term_key
+from stunturn_diag.sansio.stun.message import StunMessage, binding_request, new_transaction_id
+from stunturn_diag.sansio.stun.values import Address, ChangeRequest, ErrorCode
 
 __all__ = [
     "MAGIC_COOKIE", "FINGERPRINT_XOR", "HEADER_LENGTH", "Method", "MessageClass", "AttrType",

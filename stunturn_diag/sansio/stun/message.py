@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from typing import Callable
+
 from dataclasses import dataclass, field
 
-from .constants import (
+from stunturn_diag.sansio.stun.constants import (
     CLASSIC_TRANSACTION_ID_LENGTH,
     MAGIC_COOKIE_BYTES,
     TRANSACTION_ID_LENGTH,
@@ -14,8 +15,8 @@ from .constants import (
     Method,
     is_comprehension_required,
 )
-from .attributes import CODECS
-from .values import Address, ChangeRequest, ErrorCode
+from stunturn_diag.sansio.stun.attributes import CODECS
+from stunturn_diag.sansio.stun.values import Address, ChangeRequest, ErrorCode
 
 
 @dataclass
@@ -108,21 +109,23 @@ class StunMessage:
         return seen
 
 
-def new_transaction_id(classic: bool = False) -> bytes:
+def new_transaction_id(random_bytes: Callable[[int], bytes], classic: bool = False) -> bytes:
     """12 random bytes (RFC 8489 section 5); ``classic=True``: 16 bytes for RFC 3489.
+    ``random_bytes(n)`` is the caller's source (``os.urandom`` in the runners).
 
     A classic id never starts with the magic cookie, so it cannot be mistaken
-    for an RFC 5389 message.
+    for an RFC 5389 message; a source that only yields such ids raises ValueError.
     """
     if not classic:
-        return os.urandom(TRANSACTION_ID_LENGTH)
-    while True:
-        tid = os.urandom(CLASSIC_TRANSACTION_ID_LENGTH)
+        return random_bytes(TRANSACTION_ID_LENGTH)
+    for _ in range(64):
+        tid = random_bytes(CLASSIC_TRANSACTION_ID_LENGTH)
         if tid[:4] != MAGIC_COOKIE_BYTES:
             return tid
+    raise ValueError("the random source keeps yielding the magic cookie")
 
 
-def binding_request(transaction_id: bytes | None = None, *, change_ip: bool = False,
+def binding_request(transaction_id: bytes, *, change_ip: bool = False,
                     change_port: bool = False, response_port: int | None = None,
                     padding: int = 0, software: str | None = None) -> StunMessage:
     """A Binding request (RFC 8489 section 6.1) with optional RFC 5780 attributes.
@@ -132,8 +135,7 @@ def binding_request(transaction_id: bytes | None = None, *, change_ip: bool = Fa
     (section 7.6) when > 0. A 16-byte ``transaction_id`` makes a classic
     RFC 3489 request.
     """
-    msg = StunMessage(Method.BINDING, MessageClass.REQUEST,
-                      transaction_id if transaction_id is not None else new_transaction_id())
+    msg = StunMessage(Method.BINDING, MessageClass.REQUEST, transaction_id)
     if software is not None:
         msg.add(AttrType.SOFTWARE, software)
     if change_ip or change_port:

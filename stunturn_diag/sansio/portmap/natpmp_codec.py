@@ -21,8 +21,8 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import PortMapDecodeError, PortMapEncodeError
-from ._wire import uint as _u
+from stunturn_diag.errors import PortMapDecodeError, PortMapEncodeError
+from stunturn_diag.sansio.portmap._wire import uint as _u
 
 VERSION = 0
 SERVER_PORT = 5351          # RFC 6886 section 3.1

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-#: (ip text, port); IPv4 or IPv6 (MAPPED-ADDRESS family, RFC 8489 section 14.1).
-Address = tuple[str, int]
+from stunturn_diag.sansio.netaddr import Address  # MAPPED-ADDRESS family, RFC 8489 section 14.1
 
 
 class ChangeRequest(NamedTuple):

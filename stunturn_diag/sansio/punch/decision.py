@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..behaviour import Filtering, Mapping, PortAllocation
-from .wire import Role
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
+from stunturn_diag.sansio.punch.wire import Role
 
 #: predicted-port window aimed at a sequentially allocating NAT
 PREDICT_WINDOW = 8

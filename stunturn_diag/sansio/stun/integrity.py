@@ -12,8 +12,8 @@ import stringprep
 import unicodedata
 import zlib
 
-from ..errors import StunEncodeError
-from .constants import FINGERPRINT_XOR
+from stunturn_diag.errors import StunEncodeError
+from stunturn_diag.sansio.stun.constants import FINGERPRINT_XOR
 
 Key = bytes | str
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from ...errors import ConfigError
+from stunturn_diag.errors import ConfigError
 
 NAMES = ("server_ip", "alt_ip", "a_public_ip", "b_public_ip", "peer_public_ip", "key",
          "type_a", "type_b", "logdir")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import PortMapEncodeError
+from stunturn_diag.errors import PortMapEncodeError
 
 
 def uint(value: int, bits: int, what: str) -> int:

@@ -1,7 +1,7 @@
 """One NAT's behaviour as data (:class:`NatSpec`) and its ground truth.
 
 A NatSpec describes what a site's NAT box does in RFC 4787 (UDP) / RFC 5382
-(TCP) terms; :mod:`stunturn_diag.lab.nft` turns it into an nftables ruleset and
+(TCP) terms; :mod:`stunturn_diag.sansio.lab.nft` turns it into an nftables ruleset and
 :attr:`NatSpec.expected` states the behaviour a correct probe must report, in the
 probe's ``--json`` vocabulary (:mod:`stunturn_diag.behaviour`).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from ..errors import ConfigError
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
+from stunturn_diag.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class NatSpec:
       ``nf_conntrack_tcp_timeout_established``; ``tcp_timeout`` None keeps the kernel's).
     - ``portmap``: the NAT box runs miniupnpd: ``"all"`` (PCP, NAT-PMP, UPnP IGD),
       ``"pcp"`` (PCP and NAT-PMP) or ``"upnp"``; None = no mapping service
-      (:mod:`stunturn_diag.lab.portmap`).
+      (:mod:`stunturn_diag.sansio.lab.portmap`).
     - ``v6`` / ``v6_syn``: the site's IPv6 behaviour (``off`` = no IPv6, ``open``,
       ``eif``/``adf``/``apdf`` firewalls, ``nptv6``, ``nat66``) and what an unadmitted
-      inbound SYN gets there (``drop`` | ``rst``); see :mod:`stunturn_diag.lab.v6`.
+      inbound SYN gets there (``drop`` | ``rst``); see :mod:`stunturn_diag.sansio.lab.v6`.
     """
 
     name: str = "custom"
@@ -107,9 +107,9 @@ class NatSpec:
             raise ConfigError(f"{where}: udp_timeout must be 1..86400 seconds")
         if self.tcp_timeout is not None and not 1 <= self.tcp_timeout <= 864000:
             raise ConfigError(f"{where}: tcp_timeout must be 1..864000 seconds")
-        from .portmap import check as check_portmap
+        from stunturn_diag.sansio.lab.portmap import check as check_portmap
         check_portmap(self)
-        from .v6 import check as check_v6
+        from stunturn_diag.sansio.lab.v6 import check as check_v6
         check_v6(self.v6, self.v6_syn, where)
 
     @property

@@ -11,15 +11,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
-from ..errors import StunDecodeError, StunEncodeError
-from .constants import (
+from stunturn_diag.errors import StunDecodeError, StunEncodeError
+from stunturn_diag.sansio.stun.constants import (
     CHANGE_IP_FLAG,
     CHANGE_PORT_FLAG,
     FAMILY_IPV4,
     FAMILY_IPV6,
     AttrType,
 )
-from .values import Address, ChangeRequest, ErrorCode
+from stunturn_diag.sansio.stun.values import Address, ChangeRequest, ErrorCode
 
 Decoder = Callable[[bytes, bytes], object]
 Encoder = Callable[[object, bytes], bytes]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import nft, v6
-from .spec import LabSpec
-from .topology import (INET, SERVER, SERVER_ALT_IP, SERVER_GW, SERVER_IP, SERVER_PREFIXLEN,
+from stunturn_diag.sansio.lab import nft, v6
+from stunturn_diag.sansio.lab.spec import LabSpec
+from stunturn_diag.sansio.lab.topology import (INET, SERVER, SERVER_ALT_IP, SERVER_GW, SERVER_IP, SERVER_PREFIXLEN,
                        Topology, plan)
 
 

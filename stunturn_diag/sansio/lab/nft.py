@@ -23,8 +23,8 @@ byte-swapped), so sequential ports go through an anonymous map counter -> port.
 
 from __future__ import annotations
 
-from ..behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from .nat import NatSpec
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
+from stunturn_diag.sansio.lab.nat import NatSpec
 
 TABLE = "stunturn_lab"
 WAN = "wan0"

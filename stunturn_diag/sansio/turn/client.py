@@ -1,4 +1,4 @@
-"""Sans-IO TURN client (RFC 8656) on the STUN codec (:mod:`stunturn_diag.stun`).
+"""Sans-IO TURN client (RFC 8656) on the STUN codec (:mod:`stunturn_diag.sansio.stun`).
 
 No sockets, no clocks, no randomness: every request takes its transaction id and the
 current time (``now``, seconds on any monotonic clock) from the caller, and
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import StunDecodeError, TurnError
-from ..stun import (AttrType, MessageClass, Method, StunMessage, decode, encode,
+from stunturn_diag.errors import StunDecodeError, TurnError
+from stunturn_diag.sansio.stun import (AttrType, MessageClass, Method, StunMessage, decode, encode,
                     long_term_key)
-from ..stun.values import Address
+from stunturn_diag.sansio.stun.values import Address
 
 #: TURN attributes (RFC 8656 section 18) the codec keeps as raw bytes
 CHANNEL_NUMBER = 0x000C

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from ..errors import ConfigError
-from .nat import NatSpec
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
+from stunturn_diag.errors import ConfigError
+from stunturn_diag.sansio.lab.nat import NatSpec
 
 EIM = Mapping.ENDPOINT_INDEPENDENT
 APDM = Mapping.ADDRESS_AND_PORT_DEPENDENT

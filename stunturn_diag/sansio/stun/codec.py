@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hmac as _hmac
 
-from ..errors import StunDecodeError, StunEncodeError, StunIntegrityError
-from .attributes import decode_value, encode_value
-from .constants import (
+from stunturn_diag.errors import StunDecodeError, StunEncodeError, StunIntegrityError
+from stunturn_diag.sansio.stun.attributes import decode_value, encode_value
+from stunturn_diag.sansio.stun.constants import (
     CLASSIC_TRANSACTION_ID_LENGTH,
     HEADER_LENGTH,
     MAGIC_COOKIE_BYTES,
@@ -20,8 +20,8 @@ from .constants import (
     MessageClass,
     Method,
 )
-from .integrity import Key, as_key, fingerprint as _fingerprint, hmac_sha1, hmac_sha256, with_length
-from .message import StunMessage
+from stunturn_diag.sansio.stun.integrity import Key, as_key, fingerprint as _fingerprint, hmac_sha1, hmac_sha256, with_length
+from stunturn_diag.sansio.stun.message import StunMessage
 
 _MI = AttrType.MESSAGE_INTEGRITY
 _MI256 = AttrType.MESSAGE_INTEGRITY_SHA256

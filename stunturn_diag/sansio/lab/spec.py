@@ -13,11 +13,10 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..errors import ConfigError
-from .nat import NatSpec, stacked_expected
-from .catalogue import lookup
+from stunturn_diag.errors import ConfigError
+from stunturn_diag.sansio.lab.nat import NatSpec, stacked_expected
+from stunturn_diag.sansio.lab.catalogue import lookup
 
 MAX_SITES = 8
 MAX_HOSTS = 8
@@ -51,11 +50,11 @@ class SiteSpec:
     @property
     def expected(self) -> dict:
         """Ground truth seen from a host of this site: the NAT's ``NatSpec.expected``, or
-        behind a CGNAT :func:`~stunturn_diag.lab.nat.stacked_expected`, plus
-        ``port_mapping`` (:func:`~stunturn_diag.lab.portmap.expected`) and ``ipv6``
-        (:func:`~stunturn_diag.lab.v6.expected`, None when the site has no IPv6)."""
-        from .portmap import expected as portmap_expected
-        from .v6 import expected as v6_expected
+        behind a CGNAT :func:`~stunturn_diag.sansio.lab.nat.stacked_expected`, plus
+        ``port_mapping`` (:func:`~stunturn_diag.sansio.lab.portmap.expected`) and ``ipv6``
+        (:func:`~stunturn_diag.sansio.lab.v6.expected`, None when the site has no IPv6)."""
+        from stunturn_diag.sansio.lab.portmap import expected as portmap_expected
+        from stunturn_diag.sansio.lab.v6 import expected as v6_expected
 
         truth = (stacked_expected(self.nat, self.cgnat) if self.cgnat is not None
                  else self.nat.expected)
@@ -124,8 +123,8 @@ def parse_nat_token(token: str) -> dict:
 
 def fold_portmap_flags(data: dict) -> dict:
     """``+portmap`` / ``+pcp`` / ``+upnp`` -> ``portmap="all" | "pcp" | "upnp"``
-    (:mod:`stunturn_diag.lab.portmap`); ``+portmap=upnp`` is passed through."""
-    from .portmap import SUFFIXES
+    (:mod:`stunturn_diag.sansio.lab.portmap`); ``+portmap=upnp`` is passed through."""
+    from stunturn_diag.sansio.lab.portmap import SUFFIXES
 
     out = dict(data)
     for flag, mode in SUFFIXES.items():
@@ -157,18 +156,16 @@ def nat_from(value: str | dict | NatSpec) -> NatSpec:
     raise ConfigError(f"a NAT must be a catalogue name or a table, got {value!r}")
 
 
-def read_file(path: str | Path, what: str) -> dict:
-    """The table in a ``.toml`` file, else the JSON document (ConfigError naming ``what``)."""
-    path = Path(path)
+def parse_document(text: str, name: str, what: str) -> dict:
+    """The table of a TOML document when ``name`` ends in ``.toml``, else the JSON one
+    (ConfigError naming ``what`` and ``name``). Reading the file is the caller's
+    (:func:`stunturn_diag.lab.files.read_file`)."""
+    toml = name.endswith(".toml")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-    try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        return tomllib.loads(text) if toml else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{what} {path} is not valid "
-                          f"{'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+        raise ConfigError(f"{what} {name} is not valid "
+                          f"{'TOML' if toml else 'JSON'}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -221,11 +218,6 @@ class LabSpec:
             raise ConfigError(f"unknown lab setting(s): {', '.join(unknown)}")
         return cls(sites={name: SiteSpec.from_dict(site)
                           for name, site in data["sites"].items()})
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "LabSpec":
-        """Read a ``.json`` or ``.toml`` spec file."""
-        return cls.from_dict(read_file(path, "lab spec"))
 
     @classmethod
     def simple(cls, site_a: str = "port-restricted", site_b: str | None = "full-cone", *,

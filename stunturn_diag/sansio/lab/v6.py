@@ -38,8 +38,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from ..errors import ConfigError
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
+from stunturn_diag.errors import ConfigError
 
 TABLE6 = "stunturn_lab6"
 WAN = "wan0"
@@ -221,10 +221,10 @@ def plan_sites(spec, topo) -> dict[str, SiteV6]:
 
 def setup_argvs(topo, sites_v6: dict[str, SiteV6]) -> list[tuple[list[str], str | None]]:
     """(argv, stdin) of every IPv6 step, run after the IPv4 links exist (pure). ``topo``
-    is the lab's :class:`~stunturn_diag.lab.topology.Topology`; the link names are the
+    is the lab's :class:`~stunturn_diag.sansio.lab.topology.Topology`; the link names are the
     IPv4 compiler's (srv0 / s-NAME on the internet router, wan0 / lan0 / eth0).
     Addresses are added ``nodad`` (no duplicate address detection wait)."""
-    from .topology import INET, SERVER
+    from stunturn_diag.sansio.lab.topology import INET, SERVER
 
     steps: list[tuple[list[str], str | None]] = []
     if not sites_v6:

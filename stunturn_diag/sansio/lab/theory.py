@@ -1,15 +1,15 @@
 """Can a lab pair be punched, in theory? (pure)
 
 No second theory: the catalogue's ground truth of each site (``SiteSpec.expected``,
-the probe's vocabulary) goes into :func:`stunturn_diag.punch.decision.decide`, the
+the probe's vocabulary) goes into :func:`stunturn_diag.sansio.punch.decision.decide`, the
 very plan both of our peers compute; a pair is punchable when that plan is feasible.
 A transport a site cannot use at all (``udp.reachable`` false) makes it infeasible.
 """
 
 from __future__ import annotations
 
-from ...punch.decision import decide, profile_from_details
-from ..spec import LabSpec
+from stunturn_diag.sansio.punch.decision import decide, profile_from_details
+from stunturn_diag.sansio.lab.spec import LabSpec
 
 PROTOCOLS = ("udp", "tcp")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .spec import LabSpec
+from stunturn_diag.sansio.lab.spec import LabSpec
 
 INET = "inet"
 SERVER = "srv"

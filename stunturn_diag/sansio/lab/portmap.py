@@ -3,7 +3,7 @@
 ``NatSpec.portmap`` switches it on: ``"all"`` (PCP + NAT-PMP + UPnP IGD), ``"pcp"``
 (PCP and NAT-PMP: miniupnpd serves both on UDP 5351 behind one switch,
 ``enable_natpmp``) or ``"upnp"`` (UPnP IGD only). On the command line a catalogue
-name takes a flag (the lab's ``TYPE+flag`` syntax, :func:`stunturn_diag.lab.spec.
+name takes a flag (the lab's ``TYPE+flag`` syntax, :func:`stunturn_diag.sansio.lab.spec.
 fold_portmap_flags`): ``symmetric-random+portmap``, ``full-cone+pcp``,
 ``port-restricted+upnp`` (or ``+portmap=upnp``).
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid as _uuid
 
-from ..errors import ConfigError
+from stunturn_diag.errors import ConfigError
 
 MODES = ("all", "pcp", "upnp")
 #: command-line flag -> NatSpec.portmap

@@ -26,8 +26,8 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import PortMapDecodeError, PortMapEncodeError
-from ._wire import uint as _u
+from stunturn_diag.errors import PortMapDecodeError, PortMapEncodeError
+from stunturn_diag.sansio.portmap._wire import uint as _u
 
 VERSION = 2
 #: the PCP server's UDP port, and the port clients listen on for unsolicited ANNOUNCEs
