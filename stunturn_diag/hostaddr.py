@@ -39,6 +39,11 @@ def host_addresses() -> list[HostAddress]:
     return out
 
 
+def interface_of(ip: str) -> str | None:
+    """The interface that holds ``ip`` (None: no interface has it)."""
+    return next((a.interface for a in host_addresses() if a.ip == ip), None)
+
+
 def usable(addresses: list[HostAddress], version: int | None = None) -> list[str]:
     """The addresses a peer elsewhere could reach (pure): no loopback, link-local,
     unspecified or multicast; IPv4-mapped IPv6 folded to IPv4; duplicates once;

@@ -6,7 +6,6 @@
 - :func:`ip_sender`: an ``IPPROTO_RAW`` socket that sends whole IPv4 packets (raw(7)).
 - :class:`PacketCapture`: an ``AF_PACKET`` cooked socket (packet(7)) on one interface with a
   filter, read by a bounded thread; both directions, kernel timestamps (SO_TIMESTAMP).
-- :func:`ipv4_interfaces`: (interface, IPv4 address) pairs of this host (SIOCGIFADDR).
 
 Every failure is an ``OSError`` raised at once (no thread waits on a callback).
 """
@@ -14,7 +13,6 @@ Every failure is an ``OSError`` raised at once (no thread waits on a callback).
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import select
 import socket
 import struct
@@ -26,8 +24,6 @@ from stunturn_diag.sansio import bpf
 #: Linux SO_ATTACH_FILTER / SO_TIMESTAMP (asm-generic/socket.h)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)
-#: SIOCGIFADDR ioctl (netdevice(7))
-_SIOCGIFADDR = 0x8915
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 ARPHRD_LOOPBACK = 772
@@ -39,31 +35,6 @@ def attach_filter(sock: socket.socket, program: list[bpf.Insn]) -> None:
     buf = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-def ipv4_interfaces() -> list[tuple[str, str]]:
-    """(interface name, IPv4 address) of every interface that has one."""
-    try:
-        names = [name for _idx, name in socket.if_nameindex()]
-    except OSError:
-        names = []
-    out: list[tuple[str, str]] = []
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for name in names:
-            try:
-                raw = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue  # no IPv4 address on this interface
-            out.append((name, socket.inet_ntoa(raw[20:24])))
-    finally:
-        probe.close()
-    return out
-
-
-def interface_of(ip: str) -> str | None:
-    """The interface that holds ``ip`` (None: not found, or not IPv4)."""
-    return next((name for name, addr in ipv4_interfaces() if addr == ip), None)
 
 
 def ip_sender() -> socket.socket:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 from stunturn_diag.sansio import bpf, pcapfile
-from ..rawsock import PacketCapture, interface_of
+from ..hostaddr import interface_of
+from ..rawsock import PacketCapture
 from .endpoints import Endpoints
 
 #: the documented reason --pcap is skipped (an expected skip: exit status unchanged)

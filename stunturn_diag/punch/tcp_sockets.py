@@ -12,7 +12,8 @@ import socket
 import struct
 
 from stunturn_diag.sansio import bpf
-from ..rawsock import attach_filter, ipv4_interfaces
+from ..hostaddr import host_addresses
+from ..rawsock import attach_filter
 
 Address = tuple[str, int]
 
@@ -158,7 +159,8 @@ def _is_ipv4(ip: str) -> bool:
 def host_ipv4_addresses() -> list[str]:
     """IPv4 addresses of this host's interfaces that are up (loopback last)."""
     found: list[str] = []
-    for _name, ip in ipv4_interfaces():
-        if ip not in found:
+    for entry in host_addresses():
+        ip = entry.ip
+        if entry.version == 4 and ip not in found:
             found.append(ip)
     return sorted(found, key=lambda ip: ipaddress.ip_address(ip).is_loopback)
