@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from stunturn_diag.probe import classify as C
-from stunturn_diag.probe.endpoints import Endpoints, from_info, parse_hostport
-from stunturn_diag.probe.engine import Outcome
+from stunturn_diag.sansio.probe import classify as C
+from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
+from stunturn_diag.sansio.probe.engine import Outcome
 from stunturn_diag.probe.layers import analyse_hops
-from stunturn_diag.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
+from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from stunturn_diag.sansio.stun import ErrorCode
 
 LOCAL = ("192.168.1.10", 40000)
@@ -191,7 +191,7 @@ def test_parse_hostport_rejects(text):
 
 
 def test_plan_requests_are_well_formed_stun():
-    from stunturn_diag.probe.plan import UdpPlan, sockets_for
+    from stunturn_diag.sansio.probe.plan import UdpPlan, sockets_for
     from stunturn_diag.sansio.stun import decode
     plan = UdpPlan(EP, {s: ("192.168.1.10", 40000 + i) for i, s in enumerate(sockets_for(None))})
     (first,) = plan.start(0.0)

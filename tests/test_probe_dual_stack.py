@@ -12,7 +12,7 @@ from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.hostaddr import HostAddress, usable
 from stunturn_diag.probe import dual_stack
 from stunturn_diag.probe.dual_stack import absent, family_verdict, for_url_family, ipv6_plan, summary
-from stunturn_diag.probe.report import render
+from stunturn_diag.sansio.probe.report import render
 
 from test_probe_report import result
 

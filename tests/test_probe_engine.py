@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stunturn_diag.probe.engine import Engine, Probe
+from stunturn_diag.sansio.probe.engine import Engine, Probe
 
 DEST = ("198.51.100.10", 3478)
 

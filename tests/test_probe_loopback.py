@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from stunturn_diag.cli import main
 from stunturn_diag.probe import EXIT_DIAGNOSED, EXIT_UNREACHABLE, run_probe
-from stunturn_diag.probe.report import render
+from stunturn_diag.sansio.probe.report import render
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server
 
@@ -253,7 +253,7 @@ def test_real_process_exit_codes_without_traceback(server):
 def test_json_keys_are_the_same_in_every_mode(server, result):
     """The documented keys are always present (null when undetermined or not run): full run,
     --stun (no TCP), and an unreachable server."""
-    from stunturn_diag.probe.result import TCP_EXTRA_KEYS, TCP_VERDICT_KEYS, UDP_KEYS
+    from stunturn_diag.sansio.probe.result import TCP_EXTRA_KEYS, TCP_VERDICT_KEYS, UDP_KEYS
     primary = next(e for e in server.stun_endpoints if e["role"] == "primary")
     docs = [result.to_json(), run_probe(stun=f"{primary['ip']}:{primary['port']}").to_json(),
             run_probe(f"http://127.0.0.1:{_closed_port()}").to_json()]
@@ -321,9 +321,9 @@ def test_punch_profile_refuses_what_it_does_not_run(kw):
 def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_profile(server):
     """The server's connect-back timeout: 8 RTT, floored at 250 ms for the full probe and at
     100 ms for the punch profile (loopback's RTT is far below both); both decide filtering."""
-    from stunturn_diag.probe.endpoints import from_info
+    from stunturn_diag.sansio.probe.endpoints import from_info
     from stunturn_diag.probe.tcp import TcpRun, alloc_test, connect_back_ms, run_tcp_rest
-    from stunturn_diag.probe.tcp_classify import classify_tcp_filtering
+    from stunturn_diag.sansio.probe.tcp_classify import classify_tcp_filtering
     from stunturn_diag.signaling import SignalingClient
 
     assert connect_back_ms(0.0001) == 250 and connect_back_ms(0.0001, 100) == 100
@@ -349,7 +349,7 @@ def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_p
 def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(server):
     """Silence on a lossy path is asked again with twice the timeout; from a high-RTT path
     (1.5 s connect-back) that must still be a request the server accepts (<= 2000 ms)."""
-    from stunturn_diag.probe.endpoints import from_info
+    from stunturn_diag.sansio.probe.endpoints import from_info
     from stunturn_diag.probe.tcp import TcpRun, _filtering_test
     from stunturn_diag.signaling import SignalingClient
     from stunturn_server.probe_assist import parse_request

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from stunturn_diag.probe.endpoints import Endpoints
-from stunturn_diag.probe.engine import Engine, Outcome
-from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, lifetime_schedule, sockets_for
+from stunturn_diag.sansio.probe.endpoints import Endpoints
+from stunturn_diag.sansio.probe.engine import Engine, Outcome
+from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, UdpPlan, lifetime_schedule, sockets_for
 from stunturn_diag.sansio.stun import decode
 
 P = ("198.51.100.10", 3478)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
-from stunturn_diag.probe.classify import Verdict
-from stunturn_diag.probe.report import meaning, render
-from stunturn_diag.probe.result import ProbeResult
+from stunturn_diag.sansio.probe.classify import Verdict
+from stunturn_diag.sansio.probe.report import meaning, render
+from stunturn_diag.sansio.probe.result import ProbeResult
 
 
 def result(mapping, filtering, alloc=PortAllocation.PRESERVING, hairpin=True, moves=False,

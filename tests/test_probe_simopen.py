@@ -56,7 +56,7 @@ def test_watch_sees_only_the_expected_syn():
 
 
 def _ep(service):
-    from stunturn_diag.probe.endpoints import Endpoints
+    from stunturn_diag.sansio.probe.endpoints import Endpoints
     roles = {e.role: (e.ip, e.port) for e in service.endpoints}
     return Endpoints(roles["primary"], roles["alt-port"], roles["alt-ip"], roles["alt-both"])
 
@@ -72,7 +72,7 @@ def test_broken_scapy_is_an_error_at_once(monkeypatch, service):
     """Scapy that cannot be imported: the test records the error without waiting; the probe
     turns it into a failed (partial) verdict."""
     from stunturn_diag.probe.tcp import TcpRun
-    from stunturn_diag.probe.tcp_classify import classify_simopen
+    from stunturn_diag.sansio.probe.tcp_classify import classify_simopen
     monkeypatch.setattr(simopen, "_scapy", {"error": "Scapy is not usable here (ImportError: no scapy)"})
     monkeypatch.setattr(simopen, "_loaded", _set_event())
     run = TcpRun()

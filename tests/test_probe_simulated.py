@@ -14,10 +14,10 @@ import random
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
-from stunturn_diag.probe import classify as C
-from stunturn_diag.probe.endpoints import Endpoints
-from stunturn_diag.probe.engine import Engine
-from stunturn_diag.probe.plan import ALLOC_SOCKETS, UdpPlan, feed_outcome, sockets_for
+from stunturn_diag.sansio.probe import classify as C
+from stunturn_diag.sansio.probe.endpoints import Endpoints
+from stunturn_diag.sansio.probe.engine import Engine
+from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, UdpPlan, feed_outcome, sockets_for
 from stunturn_diag.sansio.stun import decode
 from stunturn_server.config import StunEndpoint
 from stunturn_server.stun.responder import StunResponder

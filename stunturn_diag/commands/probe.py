@@ -36,7 +36,7 @@ def command(server: str | None, stun: str | None, as_json: bool, no_tcp: bool, l
     """Diagnose NAT behaviour against SERVER (http://HOST:PORT of `stunturn-diag serve`)
     or --stun HOST:PORT."""
     from ..probe.dual_stack import run_dual_stack
-    from ..probe.report import render
+    from stunturn_diag.sansio.probe.report import render
 
     if (server is None) == (stun is None):
         raise click.UsageError("give a SERVER URL or --stun HOST:PORT (exactly one)")

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 from ..errors import ProbeError, SignalingError, StunturnError
 from ..signaling import SignalingClient, TlsOptions, parse_server_url
 from .assemble import build, unreachable
-from .endpoints import Endpoints, from_info, parse_hostport
-from .engine import Engine
-from .plan import PUNCH_LEFT_OUT
-from .result import ProbeResult
+from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
+from stunturn_diag.sansio.probe.engine import Engine
+from stunturn_diag.sansio.probe.plan import PUNCH_LEFT_OUT
+from stunturn_diag.sansio.probe.result import ProbeResult
 from .tcp import PUNCH_SKIP_REASON, TcpRun, alloc_test, has_root, run_tcp_rest
 from .udp_runner import resolve, route_source_ip, run_udp
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 
-from . import classify as C
-from .endpoints import Address, Endpoints, addr_dict
+from stunturn_diag.sansio.probe import classify as C
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints, addr_dict
 from .layers import analyse_hops
-from .plan import ALLOC_SOCKETS, lifetime_schedule
-from .result import TCP_EXTRA_KEYS, ProbeResult
+from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, lifetime_schedule
+from stunturn_diag.sansio.probe.result import TCP_EXTRA_KEYS, ProbeResult
 from .tcp import PUNCH_SKIP_REASON, TcpRun
-from .tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
+from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from .udp_runner import UdpRun
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from ..behaviour import Filtering, Mapping
 from ..errors import ProbeError, SignalingError, StunturnError
 from ..signaling import SignalingClient, parse_server_url
-from .result import ProbeResult
+from stunturn_diag.sansio.probe.result import ProbeResult
 
 #: longest wait for the IPv6 diagnosis once the first family's is done (seconds)
 JOIN_TIMEOUT = 120.0
@@ -106,7 +106,7 @@ def _url_is_ipv6(server: str) -> bool:
 
 
 def _stun_is_ipv6(stun: str) -> bool:
-    from .endpoints import parse_hostport
+    from stunturn_diag.sansio.probe.endpoints import parse_hostport
 
     try:
         return ipaddress.ip_address(parse_hostport(stun)[0]).version == 6

@@ -14,8 +14,8 @@ import socket
 import struct
 import time
 
-from stunturn_diag.sansio.stun import binding_request, decode, encode
-from .endpoints import Address
+from stunturn_diag.sansio.stun import decode, encode
+from stunturn_diag.sansio.probe.endpoints import Address
 from stunturn_diag.stun_requests import fresh_binding_request
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)

@@ -16,7 +16,7 @@ import os
 from stunturn_diag.sansio import bpf, pcapfile
 from ..hostaddr import interface_of
 from ..rawsock import PacketCapture
-from .endpoints import Endpoints
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 
 #: the documented reason --pcap is skipped (an expected skip: exit status unchanged)
 NO_ROOT = "capturing packets needs root (raw sockets, CAP_NET_RAW); run with sudo or drop --pcap"

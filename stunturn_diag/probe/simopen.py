@@ -29,7 +29,7 @@ import time
 
 from ..errors import SignalingError, StunDecodeError
 from ..rawsock import SynWatch, ip_sender
-from .endpoints import Address, Endpoints
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from .tcp import TcpRun, free_port, reuse_socket, stun_tcp
 
 _scapy: dict = {}

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
-from stunturn_diag.sansio.stun import binding_request, encode
+from stunturn_diag.sansio.stun import encode
 from ..stun_tcp import stun_tcp_transaction
-from .endpoints import Address, Endpoints
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.stun_requests import fresh_binding_request
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)

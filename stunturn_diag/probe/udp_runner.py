@@ -16,9 +16,9 @@ from typing import Callable
 
 from ..errors import ProbeError, StunDecodeError
 from stunturn_diag.sansio.stun import decode, looks_like_stun
-from .endpoints import Address, Endpoints
-from .engine import Engine, Outcome
-from .plan import UdpPlan, feed_outcome, sockets_for
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.probe.engine import Engine, Outcome
+from stunturn_diag.sansio.probe.plan import UdpPlan, feed_outcome, sockets_for
 
 
 @dataclass

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .endpoints import Address, addr_dict
+from stunturn_diag.sansio.probe.endpoints import Address, addr_dict
 
 
 @dataclass(frozen=True)

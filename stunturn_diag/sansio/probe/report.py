@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..behaviour import Filtering, Mapping
-from .result import ProbeResult
+from stunturn_diag.behaviour import Filtering, Mapping
+from stunturn_diag.sansio.probe.result import ProbeResult
 
 _RFC = {
     "mapping": "Mapping behaviour (RFC 4787 4.1, RFC 5780 4.3)",

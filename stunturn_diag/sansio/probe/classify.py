@@ -11,9 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..behaviour import Filtering, Mapping, PortAllocation
-from .endpoints import Address, Endpoints
-from .engine import Outcome
+from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.probe.engine import Outcome
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..behaviour import classic_label
-from .classify import Verdict
+from stunturn_diag.behaviour import classic_label
+from stunturn_diag.sansio.probe.classify import Verdict
 
 SCHEMA = "stunturn-diag/probe"
 SCHEMA_VERSION = 1

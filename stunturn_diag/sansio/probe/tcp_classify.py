@@ -3,9 +3,9 @@ unsolicited-SYN reaction from the server's probe-assist connects."""
 
 from __future__ import annotations
 
-from ..behaviour import Filtering, Mapping, UnsolicitedSyn
-from .classify import Verdict, _fmt
-from .endpoints import Address
+from stunturn_diag.behaviour import Filtering, Mapping, UnsolicitedSyn
+from stunturn_diag.sansio.probe.classify import Verdict, _fmt
+from stunturn_diag.sansio.probe.endpoints import Address
 
 #: what each connect outcome means for the SYN, in words
 _SAID = {"connected": "reached our listener (connected)", "rst": "was refused with a TCP RST",

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stunturn_diag.sansio.stun import binding_request, encode, new_transaction_id
-from .endpoints import Address, Endpoints
-from .engine import Engine, Outcome, Probe
+from stunturn_diag.sansio.stun import binding_request, encode
+from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.probe.engine import Engine, Outcome, Probe
 from stunturn_diag.stun_requests import fresh_transaction_id
 
 ALLOC_SOCKETS = 4
