@@ -308,7 +308,7 @@ def test_probe_does_not_ask_the_gateway_for_a_loopback_server():
 
 
 def test_probe_json_has_port_mapping_key_null_when_skipped():
-    from stunturn_diag.probe.assemble import unreachable
+    from stunturn_diag.sansio.probe.assemble import unreachable
 
     doc = unreachable("no route", {"url": "x"}, 0.0).to_json()
     assert "port_mapping" in doc and doc["port_mapping"] is None

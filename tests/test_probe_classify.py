@@ -8,7 +8,7 @@ from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, Unsolici
 from stunturn_diag.sansio.probe import classify as C
 from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
 from stunturn_diag.sansio.probe.engine import Outcome
-from stunturn_diag.probe.layers import analyse_hops
+from stunturn_diag.sansio.probe.hops import analyse_hops
 from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
 from stunturn_diag.sansio.stun import ErrorCode
 

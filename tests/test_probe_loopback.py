@@ -322,7 +322,8 @@ def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_p
     """The server's connect-back timeout: 8 RTT, floored at 250 ms for the full probe and at
     100 ms for the punch profile (loopback's RTT is far below both); both decide filtering."""
     from stunturn_diag.sansio.probe.endpoints import from_info
-    from stunturn_diag.probe.tcp import TcpRun, alloc_test, connect_back_ms, run_tcp_rest
+    from stunturn_diag.probe.tcp import alloc_test, connect_back_ms, run_tcp_rest
+    from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.sansio.probe.tcp_classify import classify_tcp_filtering
     from stunturn_diag.signaling import SignalingClient
 
@@ -337,9 +338,9 @@ def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_p
         def assist(body):
             bodies.append(body)
             return client.post("/v1/probe/tcp-connect", body)
-        run = TcpRun()
-        alloc_test(run, ep, "127.0.0.1")
-        run_tcp_rest(run, ep, "127.0.0.1", assist=assist, punch_profile=punch_profile)
+        run = TcpEvidence()
+        held = alloc_test(run, ep, "127.0.0.1")
+        run_tcp_rest(run, ep, "127.0.0.1", assist=assist, punch_profile=punch_profile, held=held)
         assert [b["timeout_ms"] for b in bodies] == [floor]
         assert classify_tcp_filtering(run.assist)[0].value.value == "endpoint-independent"
         why = {s["test"]: s["reason"] for s in run.skipped}["tcp.simultaneous_open"]
@@ -350,7 +351,8 @@ def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(serve
     """Silence on a lossy path is asked again with twice the timeout; from a high-RTT path
     (1.5 s connect-back) that must still be a request the server accepts (<= 2000 ms)."""
     from stunturn_diag.sansio.probe.endpoints import from_info
-    from stunturn_diag.probe.tcp import TcpRun, _filtering_test
+    from stunturn_diag.probe.tcp import _filtering_test
+    from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.signaling import SignalingClient
     from stunturn_server.probe_assist import parse_request
 
@@ -360,7 +362,7 @@ def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(serve
     def silent_server(body):  # what a NAT dropping every SYN looks like to the client
         bodies.append(body)
         return {"results": [{"from": f, "outcome": "timeout", "attempts": []} for f in body["from"]]}
-    run = TcpRun()
+    run = TcpEvidence()
     _filtering_test(run, ep, "127.0.0.1", silent_server, 3.0, 1500, loss_seen=lambda: True)
     assert [b["timeout_ms"] for b in bodies] == [1500, 2000]
     for body in bodies:

@@ -71,11 +71,11 @@ def _set_event():
 def test_broken_scapy_is_an_error_at_once(monkeypatch, service):
     """Scapy that cannot be imported: the test records the error without waiting; the probe
     turns it into a failed (partial) verdict."""
-    from stunturn_diag.probe.tcp import TcpRun
+    from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.sansio.probe.tcp_classify import classify_simopen
     monkeypatch.setattr(simopen, "_scapy", {"error": "Scapy is not usable here (ImportError: no scapy)"})
     monkeypatch.setattr(simopen, "_loaded", _set_event())
-    run = TcpRun()
+    run = TcpEvidence()
     simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: pytest.fail("asked the server"),
                          lambda: 2, timeout=3.0, rtt=0.01)
     assert "ImportError" in run.simopen["error"] and "connected" not in run.simopen
@@ -85,12 +85,12 @@ def test_broken_scapy_is_an_error_at_once(monkeypatch, service):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
 def test_refused_raw_socket_is_an_error(monkeypatch, service):
-    from stunturn_diag.probe.tcp import TcpRun
+    from stunturn_diag.sansio.probe.evidence import TcpEvidence
 
     def refuse(dport):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(simopen, "SynWatch", refuse)
-    run = TcpRun()
+    run = TcpEvidence()
     simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: pytest.fail("asked the server"),
                          lambda: 2, timeout=3.0, rtt=0.01)
     assert "raw sockets" in run.simopen["error"] and "Operation not permitted" in run.simopen["error"]
@@ -98,9 +98,9 @@ def test_refused_raw_socket_is_an_error(monkeypatch, service):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets and sniffing need root")
 def test_an_answer_without_source_is_an_error_not_an_exception(service):
-    from stunturn_diag.probe.tcp import TcpRun
+    from stunturn_diag.sansio.probe.evidence import TcpEvidence
 
-    run = TcpRun()
+    run = TcpEvidence()
     simopen.simopen_test(run, _ep(service), "127.0.0.1", lambda body: {"unexpected": True}, lambda: 2,
                          timeout=3.0, rtt=0.01)
     assert "names no source address" in run.simopen["error"]

@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 
 from ..errors import ProbeError, SignalingError, StunturnError
 from ..signaling import SignalingClient, TlsOptions, parse_server_url
-from .assemble import build, unreachable
+from stunturn_diag.sansio.probe.assemble import build, unreachable
 from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
 from stunturn_diag.sansio.probe.engine import Engine
-from stunturn_diag.sansio.probe.plan import PUNCH_LEFT_OUT
+from stunturn_diag.sansio.probe.evidence import TcpEvidence
+from stunturn_diag.sansio.probe.plan import PUNCH_LEFT_OUT, PUNCH_SKIP_REASON
 from stunturn_diag.sansio.probe.result import ProbeResult
-from .tcp import PUNCH_SKIP_REASON, TcpRun, alloc_test, has_root, run_tcp_rest
+from .tcp import Held, alloc_test, has_root, run_tcp_rest
 from .udp_runner import resolve, route_source_ip, run_udp
 
 
@@ -79,6 +80,11 @@ def run_probe(server: str | None = None, *, stun: str | None = None, tcp: bool =
     elif why_not is not None:
         result.skipped.append({"test": "port_mapping", "reason": why_not})
     return result
+
+
+def _ms_since(t0: float) -> float:
+    """Milliseconds since ``t0`` on the monotonic clock (the result's ``elapsed_ms``)."""
+    return round((time.monotonic() - t0) * 1000, 3)
 
 
 def _no_gateway_on_path(server: str | None, stun: str | None) -> str | None:
@@ -160,7 +166,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
         try:
             ep, info = _endpoints_from_server(server, client, given_info)
         except SignalingError as exc:
-            return unreachable(str(exc), {"url": server}, t0)
+            return unreachable(str(exc), {"url": server}, _ms_since(t0))
         server_desc = {"url": client.base_url, "kind": "stunturn", "endpoints": ep.as_dict()}
         for why in (info.get("stun") or {}).get("unavailable", []):
             notes.append(f"server: {why}")
@@ -174,7 +180,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
     try:
         local_ip = route_source_ip(ep.primary)
     except ProbeError as exc:  # no route: the server cannot be reached from here
-        return unreachable(str(exc), server_desc, t0)
+        return unreachable(str(exc), server_desc, _ms_since(t0))
 
     sniffer = None
     if pcap:
@@ -187,7 +193,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
     if tcp and server is None:
         skipped.append({"test": "tcp", "reason": "--stun servers are used for the UDP tests only; "
                                                  "TCP needs our server's TCP endpoints and probe assist"})
-    tcp_run = TcpRun() if tcp_ran else None
+    tcp_run = TcpEvidence() if tcp_ran else None
+    tcp_held = Held()
     if tcp_ran and ttl_walk and info.get("probe_assist") and has_root():  # simopen needs the walk's TTL
         from .simopen import preload
         preload()  # Scapy's import (~0.2 s of CPU) overlaps the tests that run before simopen
@@ -195,7 +202,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
     if tcp_run is not None:
         # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike
         say("probing TCP port allocation ...")
-        alloc_test(tcp_run, ep, local_ip)
+        tcp_held = alloc_test(tcp_run, ep, local_ip)
         if tcp_run.rtt is not None:
             engine_kw["rto_initial"] = min(0.2, max(0.05, 4 * tcp_run.rtt))
 
@@ -240,7 +247,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
                                  simopen=(lambda b: client.post("/v1/probe/tcp-simopen", b))
                                  if has else None,
                                  ttl_for_simopen=ttl_for_simopen, loss_seen=lambda: engine.loss_seen,
-                                 punch_profile=punch_profile)
+                                 punch_profile=punch_profile, held=tcp_held)
                 except Exception as exc:  # a thread must not die silently; becomes evidence
                     walk_box["tcp_error"] = f"{type(exc).__name__}: {exc}"
             background.append(threading.Thread(target=tcp_job, name="probe-tcp", daemon=True))
@@ -254,9 +261,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
                       punch_profile=punch_profile)
     except BaseException:  # e.g. out of descriptors: stop what runs beside the UDP tests
         walk_stop.set()
-        if tcp_run is not None and tcp_run._keep is not None:
-            tcp_run._keep.close()
-            tcp_run._keep = None
+        tcp_held.close()
         if sniffer is not None:
             from .pcap import stop_capture
             stop_capture(sniffer, pcap)
@@ -277,7 +282,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
         if why:
             failures.append({"test": "pcap", "reason": why})
     # the plan's endpoints: alternates learned from OTHER-ADDRESS during the UDP tests
-    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, t0, layers,
+    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, _ms_since(t0), layers,
                    left_out=PUNCH_LEFT_OUT if punch_profile else ())
     if punch_profile:
         skipped += [{"test": f"udp.{name}", "reason": PUNCH_SKIP_REASON} for name in PUNCH_LEFT_OUT]

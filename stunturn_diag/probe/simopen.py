@@ -30,7 +30,8 @@ import time
 from ..errors import SignalingError, StunDecodeError
 from ..rawsock import SynWatch, ip_sender
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
-from .tcp import TcpRun, free_port, reuse_socket, stun_tcp
+from stunturn_diag.sansio.probe.evidence import TcpEvidence
+from .tcp import free_port, reuse_socket, stun_tcp
 
 _scapy: dict = {}
 _loaded = threading.Event()
@@ -82,7 +83,7 @@ def send_packets(sender, packet, copies: int, dst_ip: str) -> None:
         sender.sendto(data, (dst_ip, 0))
 
 
-def simopen_test(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
+def simopen_test(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
                   rtt: float, loss_seen=None) -> None:
     """Run :func:`_simopen_once`; once more when it failed on a path known to lose packets."""
     _simopen_once(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt)
@@ -92,7 +93,7 @@ def simopen_test(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_sim
         run.simopen["rounds"] = 2
 
 
-def _simopen_once(run: TcpRun, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
+def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
                   rtt: float) -> None:
     """RFC 5382 section 4.2: a SYN out that dies just past our NAT (low TTL, crafted with
     Scapy: the kernel would abort its own connect on the ICMP time-exceeded), then the

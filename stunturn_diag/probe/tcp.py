@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
@@ -27,46 +26,23 @@ from stunturn_diag.sansio.stun import encode
 from ..stun_tcp import stun_tcp_transaction
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.stun_requests import fresh_binding_request
+from stunturn_diag.sansio.probe.evidence import TcpEvidence
+from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
-#: why the punch profile leaves a test out (``skipped``)
-PUNCH_SKIP_REASON = ("not part of the punch profile (punch reads only mapping, filtering and "
-                     "port allocation)")
 
 
-@dataclass
-class TcpRun:
-    """Raw TCP evidence for the classifier."""
+class Held:
+    """The runner's side of :class:`TcpEvidence`: the first allocation connection, kept open
+    (it holds the primary mapping) until the mapping test has run. ``close()`` is idempotent."""
 
-    local_map: Address | None = None
-    mapped: dict[str, Address | None] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    filt_local: Address | None = None
-    filt_mapped: Address | None = None
-    assist: dict[str, dict] | None = None
-    assist_error: str | None = None
-    accepted: list[dict] = field(default_factory=list)
-    simopen: dict | None = None
-    skipped: list[dict] = field(default_factory=list)
-    elapsed_ms: float = 0.0
-    alloc: list[tuple[Address, Address | None]] = field(default_factory=list)
-    rtts: list[float] = field(default_factory=list)
-    #: milliseconds per test, for the JSON timings
-    phase_ms: dict[str, float] = field(default_factory=dict)
-    _keep: socket.socket | None = None
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock
 
-    @property
-    def reachable(self) -> bool:
-        return any(m is not None for _, m in self.alloc)
-
-    @property
-    def loss_seen(self) -> bool:
-        """A TCP allocation exchange took a retransmission (>= 200 ms TCP RTO over the fastest)."""
-        return bool(self.rtts) and max(self.rtts) > min(self.rtts) + 0.15
-
-    @property
-    def rtt(self) -> float | None:
-        return min(self.rtts) / 2 if self.rtts else None  # connect + one STUN exchange ~ 2 RTT
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def reuse_socket(local: Address) -> socket.socket:
@@ -118,12 +94,14 @@ def connect_back_ms(rtt: float | None, floor_ms: int = CONNECT_FLOOR_MS) -> int:
     return int(min(CONNECT_MAX_MS, max(floor_ms, 8 * (rtt or 0.05) * 1000)))
 
 
-def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float = TCP_TIMEOUT,
-               count: int = 5) -> None:
+def alloc_test(run: TcpEvidence, ep: Endpoints, local_ip: str, timeout: float = TCP_TIMEOUT,
+               count: int = 5) -> Held:
     """Fresh mappings one after another (RFC 4787 section 4.2.1 applied to TCP): STUN over TCP
     from ``count`` fresh local ports to the primary. The first socket's port is reused by
-    the mapping test, and its connection is kept open until then."""
+    the mapping test, and its connection is kept open until then: the returned
+    :class:`Held`, for :func:`run_tcp_rest` (``held=``) to close."""
     started = time.monotonic()
+    held = Held()
     for i in range(count):
         s = reuse_socket((local_ip, 0))
         local = s.getsockname()[:2]
@@ -137,18 +115,20 @@ def alloc_test(run: "TcpRun", ep: Endpoints, local_ip: str, timeout: float = TCP
         run.alloc.append((local, mapped))
         if i == 0:
             run.local_map, run.mapped["primary"] = local, mapped
-            run._keep = s
+            held.sock = s
             if mapped is None:  # TCP does not reach the server: do not wait five times
                 break
         else:
             s.close()
     run.phase_ms["allocation"] = round((time.monotonic() - started) * 1000, 3)
     run.elapsed_ms += run.phase_ms["allocation"]
+    return held
 
 
-def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
+def mapping_test(run: TcpEvidence, ep: Endpoints, timeout: float, held: Held | None = None) -> None:
     """RFC 5382 section 4.1: from the first allocation socket's local port (SO_REUSEPORT) to the
-    alternate endpoints, concurrently, after the primary mapping exists."""
+    alternate endpoints, concurrently, after the primary mapping exists (``held``: the
+    primary connection, closed afterwards)."""
     roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
     socks: dict[str, socket.socket] = {}
@@ -168,9 +148,8 @@ def mapping_test(run: "TcpRun", ep: Endpoints, timeout: float) -> None:
     finally:
         for s in socks.values():
             s.close()
-        if run._keep is not None:  # the primary connection held the mapping until now
-            run._keep.close()
-            run._keep = None
+        if held is not None:  # the primary connection held the mapping until now
+            held.close()
 
 
 def _accept_loop(listener: socket.socket, stop: threading.Event, accepted: list[dict], token: bytes) -> None:
@@ -202,7 +181,7 @@ def _accept_loop(listener: socket.socket, stop: threading.Event, accepted: list[
 _OUTCOME_RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, "unavailable": 5}
 
 
-def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: float,
+def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, timeout: float,
                     connect_timeout_ms: int, loss_seen=None) -> None:
     local = free_port(local_ip)
     run.filt_local = local
@@ -253,10 +232,11 @@ def _filtering_test(run: TcpRun, ep: Endpoints, local_ip: str, assist, timeout: 
         conn.close()
 
 
-def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
+def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,
                  ttl_for_simopen=None, timeout: float = TCP_TIMEOUT, loss_seen=None,
-                 punch_profile: bool = False) -> None:
-    """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently.
+                 punch_profile: bool = False, held: Held | None = None) -> None:
+    """After :func:`alloc_test`: mapping, filtering and simultaneous open, concurrently
+    (``held``: what :func:`alloc_test` returned).
 
     ``assist(body)`` / ``simopen(body)`` post to the probe-assist routes (None when the
     server has none); ``ttl_for_simopen()`` returns the TTL that passes our NAT but not
@@ -271,7 +251,7 @@ def run_tcp_rest(run: TcpRun, ep: Endpoints, local_ip: str, *, assist=None, simo
     def any_loss() -> bool:  # TCP's own retransmissions, or the UDP engine's
         return run.loss_seen or bool(loss_seen and loss_seen())
 
-    jobs = [("mapping", lambda: mapping_test(run, ep, timeout))]
+    jobs = [("mapping", lambda: mapping_test(run, ep, timeout, held))]
     if assist is not None:
         jobs.append(("filtering", lambda: _filtering_test(run, ep, local_ip, assist, timeout, connect_ms,
                                                           any_loss)))

@@ -11,31 +11,14 @@ import errno
 import selectors
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ProbeError, StunDecodeError
 from stunturn_diag.sansio.stun import decode, looks_like_stun
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
-from stunturn_diag.sansio.probe.engine import Engine, Outcome
+from stunturn_diag.sansio.probe.engine import Engine
+from stunturn_diag.sansio.probe.evidence import UdpEvidence
 from stunturn_diag.sansio.probe.plan import UdpPlan, feed_outcome, sockets_for
-
-
-@dataclass
-class UdpRun:
-    """What the UDP phase produced: outcomes by name, socket addresses, the engine state."""
-
-    plan: UdpPlan
-    engine: Engine
-    locals: dict[str, Address]
-    local_ip: str
-    started: float
-    finished: float
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def outcomes(self) -> dict[str, Outcome]:
-        return dict(self.plan.outcomes)
 
 
 def _family(ip: str) -> int:
@@ -68,7 +51,7 @@ def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
             lifetime_max: float | None = None,
             clock: Callable[[], float] = time.monotonic, hard_limit: float = 20.0,
             engine: Engine | None = None, on_concurrent: Callable[[], None] | None = None,
-            punch_profile: bool = False) -> UdpRun:
+            punch_profile: bool = False) -> UdpEvidence:
     """Run the UDP plan to the end (bounded by ``hard_limit`` + lifetime) and return the evidence.
 
     ``on_concurrent`` is called once when the serial port-allocation phase is over (or
@@ -143,7 +126,7 @@ def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
                         feed_outcome(plan, engine, got, clock())
         if on_concurrent is not None:
             on_concurrent()
-        return UdpRun(plan, engine, locals_, local_ip, started, clock(), errors)
+        return UdpEvidence(plan, engine, locals_, local_ip, started, clock(), errors)
     finally:
         sel.close()
         for s in socks.values():

@@ -38,6 +38,9 @@ BASE_SOCKETS = ("map", "filt-both", "filt-port", "unsol", "hair-a", "hair-b") + 
 PUNCH_SOCKETS = ("map", "filt-both", "filt-port") + ALLOC_LABELS
 #: the UDP verdicts the punch profile leaves out (not read by the punch decision)
 PUNCH_LEFT_OUT = ("hairpin", "mapping_moves_on_unsolicited")
+#: why the punch profile leaves a test out (``skipped``)
+PUNCH_SKIP_REASON = ("not part of the punch profile (punch reads only mapping, filtering and "
+                     "port allocation)")
 SOFTWARE = "stunturn-diag probe"
 #: extra sends for transactions whose silence would only mean loss
 PATIENCE = 3

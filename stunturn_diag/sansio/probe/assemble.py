@@ -1,22 +1,19 @@
-"""Turn the runners' raw evidence into a :class:`ProbeResult` (pure: no I/O, no clock reads
-other than the caller's ``t0`` bookkeeping)."""
+"""Turn the runners' raw evidence into a :class:`ProbeResult` (pure: no I/O, no clock; the
+caller passes the elapsed time in)."""
 
 from __future__ import annotations
 
-import time
-
 from stunturn_diag.sansio.probe import classify as C
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints, addr_dict
-from .layers import analyse_hops
-from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, lifetime_schedule
+from stunturn_diag.sansio.probe.evidence import TcpEvidence, UdpEvidence
+from stunturn_diag.sansio.probe.hops import analyse_hops
+from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, PUNCH_SKIP_REASON, lifetime_schedule
 from stunturn_diag.sansio.probe.result import TCP_EXTRA_KEYS, ProbeResult
-from .tcp import PUNCH_SKIP_REASON, TcpRun
 from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
-from .udp_runner import UdpRun
 
 
-def unreachable(why: str, server_desc: dict, t0: float) -> ProbeResult:
-    r = ProbeResult(server_desc, None, None, None, round((time.monotonic() - t0) * 1000, 3), False)
+def unreachable(why: str, server_desc: dict, elapsed_ms: float) -> ProbeResult:
+    r = ProbeResult(server_desc, None, None, None, elapsed_ms, False)
     r.notes.append(why)
     for name in ("mapping", "filtering", "port_allocation", "hairpin"):
         r.udp[name] = C.Verdict(None, why)
@@ -36,9 +33,10 @@ def _na(why: str) -> C.Verdict:
     return C.Verdict(None, f"not applicable: {why}", applicable=False)
 
 
-def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None, server_desc: dict,
-           ep: Endpoints, t0: float, layers: dict | None, *, left_out: tuple[str, ...] = ()) -> ProbeResult:
-    """``left_out``: UDP verdicts not tested on purpose (the punch profile): null, "not
+def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: float | None,
+          server_desc: dict, ep: Endpoints, elapsed_ms: float, layers: dict | None, *,
+          left_out: tuple[str, ...] = ()) -> ProbeResult:
+    """``elapsed_ms``: the whole probe's time, read by the caller. ``left_out``: UDP verdicts not tested on purpose (the punch profile): null, "not
     tested", and never counted as undetermined."""
     o = {x.name: x for x in udp.engine.outcomes}
     x1 = C.mapped(o.get("map.primary"))
@@ -91,11 +89,10 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
         verdicts["binding_lifetime"] = C.classify_lifetime(o, lifetime_schedule(lifetime))
     if layers is not None:
         layers = analyse_hops(layers.get("hops", []), layers.get("server_hop"), nat, public_ip, udp.local_ip)
-    elapsed = round((time.monotonic() - t0) * 1000, 3)
     eng = udp.engine
     result = ProbeResult(
         server=server_desc | {"endpoints": ep.as_dict()}, local_ip=udp.local_ip,
-        public_ip=public_ip, nat=nat, elapsed_ms=elapsed, udp_reachable=reachable,
+        public_ip=public_ip, nat=nat, elapsed_ms=elapsed_ms, udp_reachable=reachable,
         tcp_reachable=bool(tcp and tcp.reachable),
         udp=verdicts, udp_extra=extra, tcp_ran=tcp_ran, layers=layers,
         probes=[x.as_dict() for x in udp.engine.outcomes],
@@ -115,7 +112,7 @@ def build(udp: UdpRun, tcp: TcpRun | None, tcp_ran: bool, lifetime: float | None
     return result
 
 
-def _add_tcp(result: ProbeResult, tcp: TcpRun | None) -> None:
+def _add_tcp(result: ProbeResult, tcp: TcpEvidence | None) -> None:
     if tcp is None or not tcp.reachable:
         why = "no STUN answer over TCP from the server"
         for name in ("mapping", "port_preservation", "port_allocation", "filtering", "unsolicited_syn",
