@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
@@ -193,7 +195,8 @@ def test_parse_hostport_rejects(text):
 def test_plan_requests_are_well_formed_stun():
     from stunturn_diag.sansio.probe.plan import UdpPlan, sockets_for
     from stunturn_diag.sansio.stun import decode
-    plan = UdpPlan(EP, {s: ("192.168.1.10", 40000 + i) for i, s in enumerate(sockets_for(None))})
+    plan = UdpPlan(EP, {s: ("192.168.1.10", 40000 + i) for i, s in enumerate(sockets_for(None))},
+                   rand=os.urandom)
     (first,) = plan.start(0.0)
     msg = decode(first.payload)
     assert msg.transaction_id == first.tid and msg.change_request == (False, False)

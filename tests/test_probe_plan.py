@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from stunturn_diag.sansio.probe.endpoints import Endpoints
@@ -29,7 +31,7 @@ def no_reply(probe):
 
 def new_plan(lifetime=None, ep=Endpoints(P)):
     return UdpPlan(ep, {s: ("192.168.1.10", 40000 + i) for i, s in enumerate(sockets_for(lifetime))},
-                   lifetime_max=lifetime)
+                   lifetime_max=lifetime, rand=os.urandom)
 
 
 def through_allocation(plan):
@@ -120,7 +122,7 @@ def test_punch_profile_keeps_the_serial_allocation_and_runs_only_mapping_and_fil
         f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1)}
     plan = UdpPlan(Endpoints(P), {s: ("192.168.1.10", 40000 + i)
                                   for i, s in enumerate(sockets_for(None, punch_profile=True))},
-                   punch_profile=True)
+                   punch_profile=True, rand=os.urandom)
     probes = through_allocation(plan)
     assert plan.concurrent
     assert {p.name for p in probes} == {"map.alt_ip", "map.alt_both", "map.alt_port",
@@ -133,4 +135,4 @@ def test_punch_profile_keeps_the_serial_allocation_and_runs_only_mapping_and_fil
 
 def test_punch_profile_measures_no_lifetime():
     with pytest.raises(ValueError):
-        UdpPlan(Endpoints(P), {}, lifetime_max=30, punch_profile=True)
+        UdpPlan(Endpoints(P), {}, lifetime_max=30, punch_profile=True, rand=os.urandom)

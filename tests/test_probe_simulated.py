@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import random
 
 import pytest
@@ -97,7 +98,7 @@ def simulate(nat: SimNat, *, loss=0.0, dup=0.0, jitter=0.0, seed=0, lifetime=Non
     by_addr = {a: lab for lab, a in locals_.items()}
     eng = Engine()
     plan = UdpPlan(Endpoints((S1, 3478), (S1, 3479), (S2, 3478), (S2, 3479), "info"), locals_,
-                   punch_profile=punch_profile)
+                   punch_profile=punch_profile, rand=os.urandom)
     queue: list = []
     seq = itertools.count()
 

@@ -8,6 +8,7 @@ The loop is bounded: it ends when the engine is idle, or at ``hard_deadline``.
 from __future__ import annotations
 
 import errno
+import os
 import selectors
 import socket
 import time
@@ -74,7 +75,8 @@ def run_udp(endpoints: Endpoints, local_ip: str | None = None, *,
             locals_[label] = s.getsockname()[:2]
             sel.register(s, selectors.EVENT_READ, label)
         engine = engine or Engine()
-        plan = UdpPlan(endpoints, locals_, lifetime_max=lifetime_max, punch_profile=punch_profile)
+        plan = UdpPlan(endpoints, locals_, lifetime_max=lifetime_max, punch_profile=punch_profile,
+                       rand=os.urandom)
         started = clock()
         deadline = started + hard_limit + (lifetime_max or 0)
         for p in plan.start(started):

@@ -25,11 +25,11 @@ decision reads: mapping and filtering (no hairpin, no move test, no lifetime).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.sansio.probe.engine import Engine, Outcome, Probe
-from stunturn_diag.stun_requests import fresh_transaction_id
 
 ALLOC_SOCKETS = 4
 ALLOC_LABELS = tuple(f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
@@ -44,6 +44,8 @@ PUNCH_SKIP_REASON = ("not part of the punch profile (punch reads only mapping, f
 SOFTWARE = "stunturn-diag probe"
 #: extra sends for transactions whose silence would only mean loss
 PATIENCE = 3
+#: bytes in a transaction ID (RFC 8489 section 5)
+TID_LENGTH = 12
 
 
 def lifetime_schedule(max_seconds: float) -> list[float]:
@@ -65,7 +67,10 @@ def sockets_for(lifetime_max: float | None, *, punch_profile: bool = False) -> t
 
 @dataclass
 class UdpPlan:
-    """State machine producing :class:`Probe`s; evidence accumulates in ``outcomes``."""
+    """State machine producing :class:`Probe`s; evidence accumulates in ``outcomes``.
+
+    ``rand(n)`` returns ``n`` random bytes (the runner passes ``os.urandom``): every
+    transaction ID (12 bytes, RFC 8489 section 5) is drawn from it."""
 
     endpoints: Endpoints
     locals: dict[str, Address]
@@ -83,6 +88,7 @@ class UdpPlan:
     concurrent: bool = False
     #: only the tests of the punch decision's verdicts (mapping, filtering, allocation)
     punch_profile: bool = False
+    rand: Callable[[int], bytes] = field(kw_only=True)
 
     def __post_init__(self) -> None:
         if self.punch_profile and self.lifetime_max:
@@ -94,7 +100,7 @@ class UdpPlan:
                response_port: int | None = None, prelude=(), patience: int | None = None) -> Probe:
         """A Binding request transaction. Plain requests after the server has answered once
         are expected to be answered: they get extra patience (silence is loss, not a verdict)."""
-        tid = fresh_transaction_id()
+        tid = self.rand(TID_LENGTH)
         msg = binding_request(tid, change_ip=change_ip, change_port=change_port,
                               response_port=response_port, software=SOFTWARE)
         if patience is None:
@@ -192,7 +198,7 @@ class UdpPlan:
         confirmed by a plain request sent right after it on every attempt. Four copies:
         with 10 % loss per direction all of them are lost with probability ~0.1 %."""
         ep = self.endpoints
-        tid = fresh_transaction_id()
+        tid = self.rand(TID_LENGTH)
         change = encode(binding_request(tid, change_ip=True, change_port=True, software=SOFTWARE))
         self._passive.append(("unsol.inbound", "unsol", tid))
         return self._probe("unsol.confirm", "unsol", ep.primary, prelude=((ep.primary, change),) * 4)
