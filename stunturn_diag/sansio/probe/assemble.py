@@ -7,6 +7,7 @@ from stunturn_diag.sansio.probe import classify as C
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints, addr_dict
 from stunturn_diag.sansio.probe.evidence import TcpEvidence, UdpEvidence
 from stunturn_diag.sansio.probe.hops import analyse_hops
+from stunturn_diag.sansio.probe import names
 from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, PUNCH_SKIP_REASON, lifetime_schedule
 from stunturn_diag.sansio.probe.result import TCP_EXTRA_KEYS, ProbeResult
 from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
@@ -39,7 +40,7 @@ def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: fl
     """``elapsed_ms``: the whole probe's time, read by the caller. ``left_out``: UDP verdicts not tested on purpose (the punch profile): null, "not
     tested", and never counted as undetermined."""
     o = {x.name: x for x in udp.engine.outcomes}
-    x1 = C.mapped(o.get("map.primary"))
+    x1 = C.mapped(o.get(names.Kind.MAP_PRIMARY))
     reachable = x1 is not None
     mapping = C.classify_mapping(o, udp.locals["map"])
     tcp_x1 = tcp.mapped.get("primary") if tcp else None
@@ -52,13 +53,13 @@ def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: fl
         nat, public_ip = None, None
     pairs = [(udp.locals["map"], x1)] if x1 else []
     for i in range(1, ALLOC_SOCKETS + 1):
-        m = C.mapped(o.get(f"alloc.{i}"))
+        m = C.mapped(o.get(names.alloc(i)))
         if m is not None:
             pairs.append((udp.locals[f"alloc{i}"], m))
-    first = o.get("map.primary")
+    first = o.get(names.Kind.MAP_PRIMARY)
     unreachable = C.Verdict(None, f"UDP to the STUN server gets no answer (Binding requests to "
                                   f"{C._fmt(ep.primary)}, {first.attempts if first else 0} tries)",
-                            ["map.primary"])
+                            [names.Kind.MAP_PRIMARY])
     if not reachable:
         verdicts = {k: unreachable for k in ("mapping", "filtering", "port_preservation", "port_allocation",
                                              "hairpin", "mapping_moves_on_unsolicited")}
@@ -70,7 +71,7 @@ def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: fl
             "mapping": mapping,
             "filtering": C.classify_filtering(o, ep),
             "port_preservation": C.Verdict(preserved, f"local port {udp.locals['map'][1]} was mapped to port "
-                                                      f"{x1[1]}", ["map.primary"]),
+                                                      f"{x1[1]}", [names.Kind.MAP_PRIMARY]),
             "port_allocation": alloc,
             "hairpin": C.classify_hairpin(o),
             "mapping_moves_on_unsolicited": C.classify_unsolicited(o, mapping.value),

@@ -14,6 +14,7 @@ from typing import Any
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.sansio.probe.engine import Outcome
+from stunturn_diag.sansio.probe.names import Kind, life_y
 
 
 @dataclass
@@ -58,19 +59,23 @@ def _error(out: Outcome | None):
     return getattr(out.message, "error", None)
 
 
+#: the mapping probes and the server endpoint each one is sent to, in words
+_MAP_TARGET = {Kind.MAP_PRIMARY: "primary", Kind.MAP_ALT_IP: "alt_ip", Kind.MAP_ALT_BOTH: "alt_both",
+               Kind.MAP_ALT_PORT: "alt_port"}
+
+
 def classify_mapping(o: dict[str, Outcome], local: Address) -> Verdict:
     """RFC 5780 section 4.3: compare the mapped addresses toward the four endpoints."""
-    x1 = mapped(o.get("map.primary"))
+    x1 = mapped(o.get(Kind.MAP_PRIMARY))
     if x1 is None:
-        return Verdict(None, "no answer from the STUN server's primary address", ["map.primary"])
+        return Verdict(None, "no answer from the STUN server's primary address", [Kind.MAP_PRIMARY])
     if x1 == local:
         return Verdict(Mapping.NO_NAT, f"mapped address {_fmt(x1)} equals the local address",
-                       ["map.primary"])
-    x2, x3, x4 = (mapped(o.get(n)) for n in ("map.alt_ip", "map.alt_both", "map.alt_port"))
-    seen = {n: mapped(o.get(n)) for n in ("map.primary", "map.alt_ip", "map.alt_both", "map.alt_port")
-            if mapped(o.get(n)) is not None}
+                       [Kind.MAP_PRIMARY])
+    x2, x3, x4 = (mapped(o.get(n)) for n in (Kind.MAP_ALT_IP, Kind.MAP_ALT_BOTH, Kind.MAP_ALT_PORT))
+    seen = {n: mapped(o.get(n)) for n in _MAP_TARGET if mapped(o.get(n)) is not None}
     probes = list(seen)
-    detail = ", ".join(f"{n.split('.', 1)[1]} -> {_fmt(a)}" for n, a in seen.items())
+    detail = ", ".join(f"{_MAP_TARGET[n]} -> {_fmt(a)}" for n, a in seen.items())
     if x4 is not None and x4 != x1:
         return Verdict(Mapping.ADDRESS_AND_PORT_DEPENDENT,
                        f"a new server port alone got a new mapping ({detail})", probes)
@@ -110,8 +115,8 @@ def _from_changed(out: Outcome, primary: Address, change_ip: bool) -> bool:
 
 def classify_filtering(o: dict[str, Outcome], ep: Endpoints) -> Verdict:
     """RFC 5780 section 4.4: does an answer from another IP / port reach the mapping."""
-    both, port = o.get("filt.change_both"), o.get("filt.change_port")
-    probes = ["filt.change_both", "filt.change_port"]
+    both, port = o.get(Kind.FILT_CHANGE_BOTH), o.get(Kind.FILT_CHANGE_PORT)
+    probes = [Kind.FILT_CHANGE_BOTH, Kind.FILT_CHANGE_PORT]
     if both is None or port is None:
         return Verdict(None, "not tested: the server has no alternate IP and port", [])
     for out in (both, port):
@@ -178,10 +183,10 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
 
 def classify_hairpin(o: dict[str, Outcome]) -> Verdict:
     """RFC 5780 section 3.4 (RFC 4787 section 6): a packet to our own mapped address comes back to us."""
-    a2b, b2a = o.get("hair.a_to_b"), o.get("hair.b_to_a")
+    a2b, b2a = o.get(Kind.HAIR_A_TO_B), o.get(Kind.HAIR_B_TO_A)
     if a2b is None or b2a is None:
-        return Verdict(None, "could not learn both mapped addresses", ["hair.a", "hair.b"])
-    probes = ["hair.a_to_b", "hair.b_to_a"]
+        return Verdict(None, "could not learn both mapped addresses", [Kind.HAIR_A, Kind.HAIR_B])
+    probes = [Kind.HAIR_A_TO_B, Kind.HAIR_B_TO_A]
     got = [x for x in (a2b, b2a) if x.answered]
     if got:
         return Verdict(True, f"a request sent to our own mapped address {_fmt(got[0].dest)} arrived "
@@ -197,17 +202,17 @@ def classify_unsolicited(o: dict[str, Outcome], mapping: Mapping | None) -> Verd
     that endpoint then collides and gets another port. Decidable when the mapping is
     endpoint-independent (the expected port is known).
     """
-    probes = ["unsol.bind", "unsol.confirm", "unsol.after"]
+    probes = [Kind.UNSOL_BIND, Kind.UNSOL_CONFIRM, Kind.UNSOL_AFTER]
     if mapping is Mapping.NO_NAT:
         return Verdict(False, "no NAT", [])
-    before, after = mapped(o.get("unsol.bind")), mapped(o.get("unsol.after"))
+    before, after = mapped(o.get(Kind.UNSOL_BIND)), mapped(o.get(Kind.UNSOL_AFTER))
     if before is None or after is None:
         return Verdict(None, "the unsolicited-packet test did not complete (no alternate address, or "
                              "no answer)", probes)
     if mapping is not Mapping.ENDPOINT_INDEPENDENT:
         return Verdict(None, "mapping is not endpoint-independent: every new destination gets a new "
                              "mapping anyway, so a move cannot be told apart", probes)
-    inbound = o.get("unsol.inbound")
+    inbound = o.get(Kind.UNSOL_INBOUND)
     passed = bool(inbound and inbound.answered)
     if after == before:
         return Verdict(False, f"after an unsolicited packet from the alternate address "
@@ -222,7 +227,7 @@ def classify_lifetime(o: dict[str, Outcome], schedule: list[float]) -> Verdict:
     """RFC 5780 section 4.6: the binding was alive after t if the RESPONSE-PORT answer arrived."""
     alive, dead = [], []
     for i, t in enumerate(schedule):
-        y = o.get(f"life.y{i}")
+        y = o.get(life_y(i))
         if y is None or y.status not in ("answered", "no-reply"):
             continue
         (alive if y.answered else dead).append(t)
@@ -233,5 +238,5 @@ def classify_lifetime(o: dict[str, Outcome], schedule: list[float]) -> Verdict:
     hi = min(later_dead) if later_dead else None
     text = f"alive after {lo:g} s" + (f", expired by {hi:g} s" if hi is not None else
                                        ", never expired within the test")
-    return Verdict({"min_s": lo, "max_s": hi}, text, [f"life.y{i}" for i in range(len(schedule))],
+    return Verdict({"min_s": lo, "max_s": hi}, text, [life_y(i) for i in range(len(schedule))],
                    extra={"alive_at": alive, "expired_at": dead})

@@ -30,6 +30,7 @@ from typing import Callable
 from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.sansio.probe.engine import Engine, Outcome, Probe
+from stunturn_diag.sansio.probe.names import Kind, ProbeName, alloc, life_x, life_y
 
 ALLOC_SOCKETS = 4
 ALLOC_LABELS = tuple(f"alloc{i}" for i in range(1, ALLOC_SOCKETS + 1))
@@ -95,16 +96,17 @@ class UdpPlan:
             raise ValueError("the punch profile measures no binding lifetime")
 
     # -- helpers -----------------------------------------------------------------
-    def _probe(self, name: str, sock: str, dest: Address, *, not_before: float = 0.0,
+    def _probe(self, name: ProbeName | Kind, sock: str, dest: Address, *, not_before: float = 0.0,
                change_ip: bool = False, change_port: bool = False,
                response_port: int | None = None, prelude=(), patience: int | None = None) -> Probe:
         """A Binding request transaction. Plain requests after the server has answered once
         are expected to be answered: they get extra patience (silence is loss, not a verdict)."""
+        name = name if isinstance(name, ProbeName) else ProbeName(name)
         tid = self.rand(TID_LENGTH)
         msg = binding_request(tid, change_ip=change_ip, change_port=change_port,
                               response_port=response_port, software=SOFTWARE)
         if patience is None:
-            patience = 0 if (change_ip or change_port or name == "map.primary") else PATIENCE
+            patience = 0 if (change_ip or change_port or name.kind is Kind.MAP_PRIMARY) else PATIENCE
         return Probe(name, sock, dest, encode(msg), tid, not_before=not_before, prelude=prelude,
                      patience=patience)
 
@@ -125,72 +127,72 @@ class UdpPlan:
     def start(self, now: float) -> list[Probe]:
         """The gate of everything: sent twice per attempt, so that before any RTT is known
         a lossy path does not read as "UDP blocked" (duplicates are harmless)."""
-        p = self._probe("map.primary", "map", self.endpoints.primary)
+        p = self._probe(Kind.MAP_PRIMARY, "map", self.endpoints.primary)
         return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, prelude=((p.dest, p.payload),))]
 
     def on_outcome(self, out: Outcome, now: float) -> list[Probe]:
         """React to one concluded transaction (answered or no reply)."""
-        name = out.name
-        first = name not in self.outcomes
+        name = ProbeName.of(out.name)
+        kind, first = name.kind, name not in self.outcomes
         self.outcomes[name] = out
-        if name == "map.primary":
+        if kind is Kind.MAP_PRIMARY:
             if not out.answered:
                 return []  # UDP unreachable: nothing else can be learned
             self.endpoints = self.endpoints.with_other_address(
                 getattr(out.message, "other_address", None))
-            return [self._probe("alloc.1", "alloc1", self.endpoints.primary)]
-        if name.startswith("alloc.") and first:
-            i = int(name.split(".")[1])
+            return [self._probe(alloc(1), "alloc1", self.endpoints.primary)]
+        if kind is Kind.ALLOC and first:
+            i = name.index
             if i < ALLOC_SOCKETS:
-                return [self._probe(f"alloc.{i + 1}", f"alloc{i + 1}", self.endpoints.primary)]
+                return [self._probe(alloc(i + 1), f"alloc{i + 1}", self.endpoints.primary)]
             return self._concurrent_phase(now)
-        if name == "unsol.bind" and out.answered:
+        if kind is Kind.UNSOL_BIND and out.answered:
             return [self._unsolicited_step(now)]
-        if name == "unsol.confirm" and out.answered:
+        if kind is Kind.UNSOL_CONFIRM and out.answered:
             delay = max(self.guard, self._srtt or 0.0)
-            return [self._probe("unsol.after", "unsol", self.endpoints.alt_both, not_before=now + delay)]
-        if name in ("hair.a", "hair.b"):
+            return [self._probe(Kind.UNSOL_AFTER, "unsol", self.endpoints.alt_both, not_before=now + delay)]
+        if kind in (Kind.HAIR_A, Kind.HAIR_B):
             return self._hairpin_step()
-        if name.startswith("life.x") and out.answered:
-            i = int(name[6:])
+        if kind is Kind.LIFE_X and out.answered:
+            i = name.index
             t = lifetime_schedule(self.lifetime_max or 0)[i]
             mapped = out.message.mapped_address
-            p = self._probe(f"life.y{i}", f"life-y{i}", self.endpoints.primary,
+            p = self._probe(life_y(i), f"life-y{i}", self.endpoints.primary,
                             not_before=out.replied_at + t, response_port=mapped[1], patience=0)
             self._life_y[i] = p.tid
             return [p]
-        if name.startswith("life.y") and out.status == "no-reply":
+        if kind is Kind.LIFE_Y and out.status == "no-reply":
             # expired by t_i: every later probe would only confirm it (RFC 5780 4.6 bracket)
-            i = int(name[6:])
+            i = name.index
             self._cancel += [tid for j, tid in self._life_y.items() if j > i]
         return []
 
     def _concurrent_phase(self, now: float) -> list[Probe]:
         ep = self.endpoints
         self.concurrent = True
-        probes = [] if self.punch_profile else [self._probe("hair.a", "hair-a", ep.primary),
-                                                self._probe("hair.b", "hair-b", ep.primary)]
-        for attr, name in (("alt_ip", "map.alt_ip"), ("alt_both", "map.alt_both"),
-                           ("alt_port", "map.alt_port")):
+        probes = [] if self.punch_profile else [self._probe(Kind.HAIR_A, "hair-a", ep.primary),
+                                                self._probe(Kind.HAIR_B, "hair-b", ep.primary)]
+        for attr, name in (("alt_ip", Kind.MAP_ALT_IP), ("alt_both", Kind.MAP_ALT_BOTH),
+                           ("alt_port", Kind.MAP_ALT_PORT)):
             dest = getattr(ep, attr)
             if dest is not None:
                 probes.append(self._probe(name, "map", dest))
         if ep.behaviour_tests:
             # each attempt sends two copies: each copy is answered on its own, so an attempt
             # fails only if both round trips are lost (a filtering verdict rests on silence)
-            for p in (self._probe("filt.change_both", "filt-both", ep.primary, change_ip=True,
+            for p in (self._probe(Kind.FILT_CHANGE_BOTH, "filt-both", ep.primary, change_ip=True,
                                   change_port=True),
-                      self._probe("filt.change_port", "filt-port", ep.primary, change_port=True)):
+                      self._probe(Kind.FILT_CHANGE_PORT, "filt-port", ep.primary, change_port=True)):
                 probes.append(Probe(p.name, p.sock, p.dest, p.payload, p.tid, prelude=((p.dest, p.payload),)))
             if not self.punch_profile:
-                probes.append(self._probe("unsol.bind", "unsol", ep.primary))
+                probes.append(self._probe(Kind.UNSOL_BIND, "unsol", ep.primary))
         else:
             self.notes.append("the server has no alternate address (no OTHER-ADDRESS): filtering "
                               + ("needs" if self.punch_profile else
                                  "and the unsolicited-packet test need") + " one")
         if self.lifetime_max:
             for i, _ in enumerate(lifetime_schedule(self.lifetime_max)):
-                probes.append(self._probe(f"life.x{i}", f"life-x{i}", ep.primary))
+                probes.append(self._probe(life_x(i), f"life-x{i}", ep.primary))
         return probes
 
     def _unsolicited_step(self, now: float) -> Probe:
@@ -200,19 +202,19 @@ class UdpPlan:
         ep = self.endpoints
         tid = self.rand(TID_LENGTH)
         change = encode(binding_request(tid, change_ip=True, change_port=True, software=SOFTWARE))
-        self._passive.append(("unsol.inbound", "unsol", tid))
-        return self._probe("unsol.confirm", "unsol", ep.primary, prelude=((ep.primary, change),) * 4)
+        self._passive.append((ProbeName(Kind.UNSOL_INBOUND), "unsol", tid))
+        return self._probe(Kind.UNSOL_CONFIRM, "unsol", ep.primary, prelude=((ep.primary, change),) * 4)
 
     def _hairpin_step(self) -> list[Probe]:
-        a, b = self.outcomes.get("hair.a"), self.outcomes.get("hair.b")
+        a, b = self.outcomes.get(Kind.HAIR_A), self.outcomes.get(Kind.HAIR_B)
         if a is None or b is None or self._hair_started or not (a.answered and b.answered):
             return []
         xa, xb = a.message.mapped_address, b.message.mapped_address
         self._hair_started = True
         # each socket sends to the other's mapped address, so an address(-and-port)-
         # dependent filter is opened from both sides (RFC 5780 section 3.4)
-        pa = self._probe("hair.b_to_a", "hair-b", xa, patience=0)
-        pb = self._probe("hair.a_to_b", "hair-a", xb, patience=0)
+        pa = self._probe(Kind.HAIR_B_TO_A, "hair-b", xa, patience=0)
+        pb = self._probe(Kind.HAIR_A_TO_B, "hair-a", xb, patience=0)
         return [Probe(p.name, p.sock, p.dest, p.payload, p.tid, expect="request") for p in (pa, pb)]
 
 
