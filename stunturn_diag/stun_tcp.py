@@ -2,11 +2,14 @@
 
 Over TCP a STUN message is framed by its own header: 20 bytes, whose length field
 gives the rest (RFC 8489 sections 5 and 6.2.2). There are no retransmissions: one
-request, one response, bounded by the caller's deadline. Shared by the probe
-(:mod:`stunturn_diag.probe.tcp`) and hole punching (:mod:`stunturn_diag.punch.tcp_stun`).
+request, one response, bounded by the caller's deadline. The one STUN-over-TCP module,
+shared by the probe (:mod:`stunturn_diag.probe.tcp_sockets`) and hole punching
+(:mod:`stunturn_diag.punch.tcp_stun`).
 
 Stable API::
 
+    binding_transaction(sock, dest, timeout, *, connect=True, software=None,
+                        fingerprint=False, clock=time.monotonic) -> StunMessage
     stun_tcp_transaction(sock, request_bytes, deadline, *, clock=time.monotonic) -> StunMessage
     recv_stun_message(sock, deadline, *, clock=time.monotonic) -> bytes
 
@@ -33,9 +36,10 @@ from typing import Callable
 
 from .errors import StunDecodeError
 from .netio import recv_exact
-from stunturn_diag.sansio.stun import HEADER_LENGTH, StunMessage, decode, message_length
+from stunturn_diag.sansio.stun import HEADER_LENGTH, StunMessage, decode, encode, message_length
+from stunturn_diag.stun_requests import fresh_binding_request
 
-__all__ = ["stun_tcp_transaction", "recv_stun_message"]
+__all__ = ["binding_transaction", "stun_tcp_transaction", "recv_stun_message"]
 
 
 def recv_stun_message(sock: socket.socket, deadline: float, *,
@@ -64,3 +68,17 @@ def stun_tcp_transaction(sock: socket.socket, request_bytes: bytes, deadline: fl
     if response.transaction_id != tid:
         raise StunDecodeError("STUN over TCP: the answer is for another transaction")
     return response
+
+
+def binding_transaction(sock: socket.socket, dest: tuple[str, int], timeout: float, *,
+                        connect: bool = True, software: str | None = None, fingerprint: bool = False,
+                        clock: Callable[[], float] = time.monotonic) -> StunMessage:
+    """Connect ``sock`` to ``dest`` (``connect=False``: it already is) and run one Binding
+    transaction (RFC 8489 section 7.3), connect included, within ``timeout`` seconds. Returns
+    the response, success or error; raises the errors listed in the module docstring."""
+    deadline = clock() + timeout
+    sock.settimeout(timeout)
+    if connect:
+        sock.connect(dest)
+    request = encode(fresh_binding_request(software=software), fingerprint=fingerprint)
+    return stun_tcp_transaction(sock, request, deadline, clock=clock)

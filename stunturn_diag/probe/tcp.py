@@ -22,12 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
-from stunturn_diag.sansio.stun import encode
-from ..stun_tcp import stun_tcp_transaction
+from ..stun_tcp import binding_transaction
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
-from stunturn_diag.stun_requests import fresh_binding_request
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
-from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON
+from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON, SOFTWARE
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 
@@ -56,11 +54,8 @@ def reuse_socket(local: Address) -> socket.socket:
 
 def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
     """Connect ``s`` to ``dest`` and return XOR-MAPPED-ADDRESS from one Binding transaction
-    (framing and matching: :func:`stunturn_diag.stun_tcp.stun_tcp_transaction`)."""
-    deadline = time.monotonic() + timeout
-    s.settimeout(timeout)
-    s.connect(dest)
-    msg = stun_tcp_transaction(s, encode(fresh_binding_request(software="stunturn-diag probe")), deadline)
+    (:func:`stunturn_diag.stun_tcp.binding_transaction`)."""
+    msg = binding_transaction(s, dest, timeout, software=SOFTWARE)
     if msg.mapped_address is None:
         raise StunDecodeError(f"STUN over TCP: no mapped address (error {msg.error})")
     return msg.mapped_address

@@ -9,12 +9,10 @@ for the punch.
 from __future__ import annotations
 
 import socket
-import time
 
 from ..errors import PunchError, StunDecodeError
-from stunturn_diag.sansio.stun import MessageClass, Method, binding_request, encode
-from ..stun_tcp import stun_tcp_transaction
-from stunturn_diag.stun_requests import fresh_binding_request
+from stunturn_diag.sansio.stun import MessageClass, Method
+from ..stun_tcp import binding_transaction
 
 Address = tuple[str, int]
 
@@ -36,14 +34,10 @@ def tcp_refresh(sock: socket.socket, server: Address, timeout: float) -> Address
 
 def _transaction(sock: socket.socket, server: Address, timeout: float, *,
                  connect: bool) -> Address:
-    deadline = time.monotonic() + timeout
     where = f"{server[0]}:{server[1]}"
-    request = fresh_binding_request(software="stunturn-diag")
     try:
-        sock.settimeout(timeout)
-        if connect:
-            sock.connect(server)
-        response = stun_tcp_transaction(sock, encode(request, fingerprint=True), deadline)
+        response = binding_transaction(sock, server, timeout, connect=connect, software="stunturn-diag",
+                                       fingerprint=True)
     except (socket.timeout, TimeoutError):
         raise PunchError(f"no STUN Binding response over TCP from {where} within {timeout:g}s",
                          hint="check that the server's STUN responder listens on TCP",
