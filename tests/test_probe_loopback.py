@@ -118,8 +118,8 @@ def test_cli_usage_errors():
 
 
 def test_without_root_tcp_simopen_and_pcap_are_skipped_with_reasons(server, monkeypatch, tmp_path):
-    from stunturn_diag.probe import pcap, tcp
-    monkeypatch.setattr(tcp, "has_root", lambda: False)
+    from stunturn_diag.probe import pcap, tcp_runner
+    monkeypatch.setattr(tcp_runner, "has_raw_socket_capability", lambda: False)
     monkeypatch.setattr(pcap.os, "geteuid", lambda: 1000)
     r = run_probe(server.http_url, pcap=str(tmp_path / "x.pcap"))
     skipped = {s["test"]: s["reason"] for s in r.to_json()["skipped"]}
@@ -156,7 +156,7 @@ def _walk_finds_a_router(monkeypatch):
 def test_broken_scapy_makes_the_result_partial_with_the_reason(server, monkeypatch):
     """Scapy that cannot be imported: reported at once (no start timeout waited), as a failed
     test, and the status is partial (exit 3) although every core verdict is decided."""
-    from stunturn_diag.probe import simopen
+    from stunturn_diag.probe import simopen_runner as simopen
     _walk_finds_a_router(monkeypatch)
     monkeypatch.setattr(simopen, "_scapy", {"error": "Scapy is not usable here (ImportError: broken)"})
     monkeypatch.setattr(simopen, "_loaded", __import__("threading").Event())
@@ -174,7 +174,7 @@ def test_broken_scapy_makes_the_result_partial_with_the_reason(server, monkeypat
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the simultaneous-open test needs root")
 def test_refused_raw_socket_makes_the_result_partial(server, monkeypatch):
-    from stunturn_diag.probe import simopen
+    from stunturn_diag.probe import simopen_runner as simopen
     _walk_finds_a_router(monkeypatch)
 
     def refuse(dport):
@@ -322,7 +322,7 @@ def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_p
     """The server's connect-back timeout: 8 RTT, floored at 250 ms for the full probe and at
     100 ms for the punch profile (loopback's RTT is far below both); both decide filtering."""
     from stunturn_diag.sansio.probe.endpoints import from_info
-    from stunturn_diag.probe.tcp import alloc_test, connect_back_ms, run_tcp_rest
+    from stunturn_diag.probe.tcp_runner import alloc_test, connect_back_ms, run_tcp_rest
     from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.sansio.probe.tcp_classify import classify_tcp_filtering
     from stunturn_diag.signaling import SignalingClient
@@ -351,7 +351,7 @@ def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(serve
     """Silence on a lossy path is asked again with twice the timeout; from a high-RTT path
     (1.5 s connect-back) that must still be a request the server accepts (<= 2000 ms)."""
     from stunturn_diag.sansio.probe.endpoints import from_info
-    from stunturn_diag.probe.tcp import _filtering_test
+    from stunturn_diag.probe.tcp_runner import _filtering_test
     from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.signaling import SignalingClient
     from stunturn_server.probe_assist import parse_request

@@ -10,7 +10,7 @@ import time
 import pytest
 from testlib import free_port
 
-from stunturn_diag.probe import simopen
+from stunturn_diag.probe import simopen_runner as simopen
 
 
 def test_crafted_syn_has_the_ttl_and_only_the_syn_flag():

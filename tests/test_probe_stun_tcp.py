@@ -90,7 +90,7 @@ def test_probe_stun_tcp_uses_it_against_the_real_responder():
     from stunturn_server.config import ServerConfig
     from stunturn_server.runner import start_server
 
-    from stunturn_diag.probe.tcp import reuse_socket, stun_tcp
+    from stunturn_diag.probe.tcp_sockets import reuse_socket, stun_tcp
 
     with start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0)) as handle:
         primary = next(e for e in handle.stun_endpoints if e["role"] == "primary")

@@ -6,7 +6,7 @@
 
 Pure parts live in :mod:`stunturn_diag.sansio.probe`: ``engine`` (transactions), ``plan``
 (which probes), ``classify`` and ``tcp_classify`` (verdicts). I/O: :mod:`.udp_runner`,
-:mod:`.tcp`, :mod:`.layers`.
+:mod:`.tcp_runner` (with :mod:`.simopen_runner`), :mod:`.layers`.
 """
 
 from .api import run_probe

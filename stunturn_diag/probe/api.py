@@ -28,7 +28,8 @@ from stunturn_diag.sansio.probe.engine import Engine
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
 from stunturn_diag.sansio.probe.plan import PUNCH_LEFT_OUT, PUNCH_SKIP_REASON
 from stunturn_diag.sansio.probe.result import ProbeResult
-from .tcp import Held, alloc_test, has_root, run_tcp_rest
+from .tcp_runner import Held, alloc_test, run_tcp_rest
+from .tcp_sockets import has_raw_socket_capability
 from .udp_runner import resolve, route_source_ip, run_udp
 
 
@@ -195,8 +196,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
                                                  "TCP needs our server's TCP endpoints and probe assist"})
     tcp_run = TcpEvidence() if tcp_ran else None
     tcp_held = Held()
-    if tcp_ran and ttl_walk and info.get("probe_assist") and has_root():  # simopen needs the walk's TTL
-        from .simopen import preload
+    if tcp_ran and ttl_walk and info.get("probe_assist") and has_raw_socket_capability():  # simopen needs the walk's TTL
+        from .simopen_runner import preload
         preload()  # Scapy's import (~0.2 s of CPU) overlaps the tests that run before simopen
     engine_kw = {}
     if tcp_run is not None:

@@ -30,8 +30,8 @@ def hosts(ep: Endpoints) -> list[str]:
 def start_capture(ep: Endpoints, local_ip: str) -> tuple[PacketCapture | None, str | None, bool]:
     """Start capturing: (capture, None, False), or (None, why, failed) where ``failed`` is
     False for the documented skip (no raw sockets) and True when it broke."""
-    from .tcp import has_root
-    if os.geteuid() != 0 or not has_root():
+    from .tcp_sockets import has_raw_socket_capability
+    if os.geteuid() != 0 or not has_raw_socket_capability():
         return None, NO_ROOT, False
     try:
         program = bpf.flows_program(hosts(ep))

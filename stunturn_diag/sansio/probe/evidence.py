@@ -1,6 +1,6 @@
 """What the runners measured, as plain records for the classifier (pure: no sockets, no clock).
 
-The runners (:mod:`stunturn_diag.probe.udp_runner`, :mod:`stunturn_diag.probe.tcp`) fill
+The runners (:mod:`stunturn_diag.probe.udp_runner`, :mod:`stunturn_diag.probe.tcp_runner`) fill
 these in; every time in them was read by the runner and is passed in as a number. A
 connection the TCP runner keeps open between two tests stays with the runner.
 """

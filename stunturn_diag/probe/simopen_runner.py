@@ -31,7 +31,7 @@ from ..errors import SignalingError, StunDecodeError
 from ..rawsock import SynWatch, ip_sender
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
-from .tcp import free_port, reuse_socket, stun_tcp
+from stunturn_diag.probe.tcp_sockets import free_port, reuse_socket, stun_tcp
 
 _scapy: dict = {}
 _loaded = threading.Event()

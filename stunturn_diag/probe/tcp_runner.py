@@ -7,8 +7,11 @@
   SO_REUSEPORT trick) while holding a connection to the primary; the server's
   probe-assist route then connects to our mapped port from its other IP and from
   another port of its primary IP and reports connected / rst / icmp / timeout.
-- Simultaneous open: see :mod:`.simopen` (our SYN crafted with Scapy, the server's watched by
-  a BPF-filtered raw socket; root).
+- Simultaneous open: see :mod:`.simopen_runner` (our SYN crafted with Scapy, the server's
+  watched by a BPF-filtered raw socket; root).
+
+The orchestrator: the socket helpers it shares with the simultaneous-open runner are in
+:mod:`.tcp_sockets`; the evidence it fills in is :class:`TcpEvidence`.
 """
 
 from __future__ import annotations
@@ -22,13 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
-from ..stun_tcp import binding_transaction
+from stunturn_diag.probe.simopen_runner import simopen_test
+from stunturn_diag.probe.tcp_sockets import free_port, has_raw_socket_capability, reuse_socket, stun_tcp
 from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
-from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON, SOFTWARE
-
-SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
-
+from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON
 
 class Held:
     """The runner's side of :class:`TcpEvidence`: the first allocation connection, kept open
@@ -41,31 +42,6 @@ class Held:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-
-def reuse_socket(local: Address) -> socket.socket:
-    fam = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
-    s.bind(local)
-    return s
-
-
-def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
-    """Connect ``s`` to ``dest`` and return XOR-MAPPED-ADDRESS from one Binding transaction
-    (:func:`stunturn_diag.stun_tcp.binding_transaction`)."""
-    msg = binding_transaction(s, dest, timeout, software=SOFTWARE)
-    if msg.mapped_address is None:
-        raise StunDecodeError(f"STUN over TCP: no mapped address (error {msg.error})")
-    return msg.mapped_address
-
-
-def free_port(local_ip: str) -> Address:
-    s = reuse_socket((local_ip, 0))
-    addr = s.getsockname()[:2]
-    s.close()
-    return addr
 
 
 #: seconds for one STUN-over-TCP exchange: covers SYN retransmissions at 1, 3 and 7 s
@@ -260,13 +236,12 @@ def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None,
     elif ":" in local_ip:
         run.skipped.append({"test": "tcp.simultaneous_open",
                             "reason": "IPv6: the low-TTL SYN and the SYN watch are built for IPv4 only"})
-    elif not has_root():
+    elif not has_raw_socket_capability():
         run.skipped.append({"test": "tcp.simultaneous_open",
                             "reason": "needs root (raw sockets, CAP_NET_RAW): the low-TTL SYN is sent on a raw socket (the "
                                       "kernel aborts a connect when the ICMP time-exceeded comes back) and "
                                       "a raw socket watches for the server's SYN"})
     else:
-        from .simopen import simopen_test
         jobs.append(("simultaneous_open",
                      lambda: simopen_test(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt,
                                            any_loss)))
@@ -283,15 +258,3 @@ def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None,
         for f in [pool.submit(timed(n, j)) for n, j in jobs]:
             f.result()
     run.elapsed_ms += round((time.monotonic() - started) * 1000, 3)
-
-
-def has_root() -> bool:
-    """Raw sockets are allowed here (root, or CAP_NET_RAW): what sending the crafted SYN,
-    the SYN watch and --pcap need. Tried, not guessed from the uid: root in a container without
-    CAP_NET_RAW cannot open them either. Opens and closes a raw IPv4 socket (no packet
-    is sent)."""
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
-        return True
-    except OSError:
-        return False
