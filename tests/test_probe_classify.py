@@ -8,7 +8,7 @@ import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation, UnsolicitedSyn
 from stunturn_diag.sansio.probe import classify as C
-from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
+from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, stun_hostport
 from stunturn_diag.sansio.probe.engine import Outcome
 from stunturn_diag.sansio.probe.hops import analyse_hops
 from stunturn_diag.sansio.probe.tcp_classify import classify_simopen, classify_tcp_filtering, classify_tcp_mapping
@@ -183,13 +183,13 @@ def test_endpoints_from_info_and_other_address():
     ("[2001:db8::1]:9", ("2001:db8::1", 9)), ("stun.example.org", ("stun.example.org", 3478)),
 ])
 def test_parse_hostport(text, expected):
-    assert parse_hostport(text) == expected
+    assert stun_hostport(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", ":80", "h:0", "h:70000", "h:x"])
 def test_parse_hostport_rejects(text):
     with pytest.raises(ValueError):
-        parse_hostport(text)
+        stun_hostport(text)
 
 
 def test_plan_requests_are_well_formed_stun():

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from ..errors import ProbeError, SignalingError, StunturnError
 from ..signaling import SignalingClient, TlsOptions, parse_server_url
 from stunturn_diag.sansio.probe.assemble import build, unreachable
-from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, parse_hostport
+from stunturn_diag.sansio.probe.endpoints import Endpoints, from_info, stun_hostport
 from stunturn_diag.sansio.probe.engine import Engine
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
 from stunturn_diag.sansio.probe.plan import PUNCH_LEFT_OUT, PUNCH_SKIP_REASON
@@ -93,7 +93,7 @@ def _no_gateway_on_path(server: str | None, stun: str | None) -> str | None:
     one (and a test run on this machine must not talk to its real gateway)."""
     try:
         host = (urlsplit(parse_server_url(server)).hostname if server is not None
-                else parse_hostport(stun or "")[0])
+                else stun_hostport(stun or "")[0])
     except (ValueError, StunturnError):     # bad input: _run_probe says so
         return None
     try:
@@ -173,7 +173,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
             notes.append(f"server: {why}")
     else:
         try:
-            host, port = parse_hostport(stun)
+            host, port = stun_hostport(stun)
         except ValueError as exc:
             raise ProbeError(f"bad --stun address: {exc}", hint="use HOST:PORT, e.g. 192.0.2.1:3478") from None
         ep = Endpoints(resolve(host, port))

@@ -106,10 +106,10 @@ def _url_is_ipv6(server: str) -> bool:
 
 
 def _stun_is_ipv6(stun: str) -> bool:
-    from stunturn_diag.sansio.probe.endpoints import parse_hostport
+    from stunturn_diag.sansio.probe.endpoints import stun_hostport
 
     try:
-        return ipaddress.ip_address(parse_hostport(stun)[0]).version == 6
+        return ipaddress.ip_address(stun_hostport(stun)[0]).version == 6
     except ValueError:
         return False
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import select
 import selectors
 import socket
-import struct
 import time
 
 from stunturn_diag.sansio.stun import decode, encode
-from stunturn_diag.sansio.probe.endpoints import Address
+from stunturn_diag.sansio.netaddr import Address, parse_queued_error
 from stunturn_diag.stun_requests import fresh_binding_request
 from stunturn_diag.sansio.probe.hops import analyse_hops
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+
+
 def _send(s: socket.socket, data: bytes, dest: Address) -> None:
     """Send, ignoring a pending error: with IP_RECVERR an ICMP error not yet read from the
     error queue (the time-exceeded we are waiting for) fails the next ``sendto``."""
@@ -75,10 +76,10 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
                 try:
                     _, anc, _, _ = s.recvmsg(1, 512, MSG_ERRQUEUE)
                     for _lvl, _typ, data in anc:
-                        # struct sock_extended_err: ee_origin 2 = ICMP, ee_type 11 = time
-                        # exceeded (a port unreachable from the server itself is no hop)
-                        if len(data) >= 24 and data[4] == 2 and data[5] == 11:
-                            hops[ttl] = socket.inet_ntoa(data[20:24])
+                        # a time exceeded is a hop (a port unreachable from the server is not)
+                        err = parse_queued_error(data)
+                        if err is not None and err.is_time_exceeded and err.offender is not None:
+                            hops[ttl] = err.offender
                 except (BlockingIOError, OSError):
                     pass
                 try:

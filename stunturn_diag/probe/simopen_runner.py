@@ -29,7 +29,8 @@ import time
 
 from ..errors import SignalingError, StunDecodeError
 from ..rawsock import SynWatch, ip_sender
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
 from stunturn_diag.probe.tcp_sockets import free_port, reuse_socket, stun_tcp
 

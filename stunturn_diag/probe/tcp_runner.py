@@ -27,7 +27,8 @@ from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
 from stunturn_diag.probe.simopen_runner import simopen_test
 from stunturn_diag.probe.tcp_sockets import free_port, has_raw_socket_capability, reuse_socket, stun_tcp
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
 from stunturn_diag.sansio.probe.plan import PUNCH_SKIP_REASON
 

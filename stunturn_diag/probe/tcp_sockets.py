@@ -8,7 +8,7 @@ import socket
 
 from ..errors import StunDecodeError
 from ..stun_tcp import binding_transaction
-from stunturn_diag.sansio.probe.endpoints import Address
+from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.plan import SOFTWARE
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)

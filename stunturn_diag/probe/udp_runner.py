@@ -16,7 +16,8 @@ from typing import Callable
 
 from ..errors import ProbeError, StunDecodeError
 from stunturn_diag.sansio.stun import decode, looks_like_stun
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.engine import Engine
 from stunturn_diag.sansio.probe.evidence import UdpEvidence
 from stunturn_diag.sansio.probe.plan import UdpPlan, feed_outcome, sockets_for

@@ -4,7 +4,8 @@ caller passes the elapsed time in)."""
 from __future__ import annotations
 
 from stunturn_diag.sansio.probe import classify as C
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints, addr_dict
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import Endpoints, addr_dict
 from stunturn_diag.sansio.probe.evidence import TcpEvidence, UdpEvidence
 from stunturn_diag.sansio.probe.hops import analyse_hops
 from stunturn_diag.sansio.probe import names

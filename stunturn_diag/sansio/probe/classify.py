@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.netaddr import Address, format_hostport
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.engine import Outcome
 from stunturn_diag.sansio.probe.names import Kind, life_y
 
@@ -41,9 +42,7 @@ class Verdict:
 
 
 def _fmt(a: Address | None) -> str:
-    if a is None:
-        return "?"
-    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+    return "?" if a is None else format_hostport(*a)
 
 
 def mapped(out: Outcome | None) -> Address | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-Address = tuple[str, int]
+from stunturn_diag.sansio.netaddr import Address, parse_hostport
+
+#: the STUN port when a server is given without one (RFC 8489 section 18.5)
+STUN_PORT = 3478
 
 
 def addr_dict(a: Address | None) -> dict | None:
@@ -62,19 +65,7 @@ def from_info(info: dict) -> Endpoints | None:
                      _addr(stun.get("alt_both")), "info" if stun.get("alt_both") else None)
 
 
-def parse_hostport(text: str, default_port: int = 3478) -> Address:
-    """``HOST[:PORT]`` / ``[V6]:PORT`` -> (host, port); ValueError when malformed."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    p = int(port) if port else default_port
-    if not 0 < p < 65536:
-        raise ValueError(f"port out of range in {text!r}")
-    return host, p
+def stun_hostport(text: str) -> Address:
+    """``HOST[:PORT]`` / ``[V6]:PORT`` of a STUN server -> (host, port), port 3478 when none is
+    given (:func:`stunturn_diag.sansio.netaddr.parse_hostport`); ValueError when malformed."""
+    return parse_hostport(text, STUN_PORT)

@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from stunturn_diag.sansio.probe.endpoints import Address, addr_dict
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import addr_dict
 
 
 @dataclass(frozen=True)

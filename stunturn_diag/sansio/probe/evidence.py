@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stunturn_diag.sansio.probe.endpoints import Address
+from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.engine import Engine, Outcome
 from stunturn_diag.sansio.probe.plan import UdpPlan
 

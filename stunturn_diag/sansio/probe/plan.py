@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from stunturn_diag.sansio.stun import binding_request, encode
-from stunturn_diag.sansio.probe.endpoints import Address, Endpoints
+from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.engine import Engine, Outcome, Probe
 from stunturn_diag.sansio.probe.names import Kind, ProbeName, alloc, life_x, life_y
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from stunturn_diag.behaviour import Filtering, Mapping, UnsolicitedSyn
 from stunturn_diag.sansio.probe.classify import Verdict, _fmt
-from stunturn_diag.sansio.probe.endpoints import Address
+from stunturn_diag.sansio.netaddr import Address
 
 #: what each connect outcome means for the SYN, in words
 _SAID = {"connected": "reached our listener (connected)", "rst": "was refused with a TCP RST",
