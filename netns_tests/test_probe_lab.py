@@ -215,10 +215,10 @@ def test_pcap_in_the_lab_holds_both_protocols(tmp_path):
 PUNCH_PROFILE = r"""
 import json, sys
 from stunturn_diag.probe import run_probe
-from stunturn_diag.punch.api import probe_profile
+from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import profile_from_details
 r = run_probe(sys.argv[1], punch_profile=True)
-shared = probe_profile(r)
+shared = punch_profile(r)
 out = {"nat": r.nat, "status": r.status, "skipped": [s["test"] for s in r.skipped],
        "elapsed_ms": r.elapsed_ms}
 for proto, reachable in (("udp", r.udp_reachable), ("tcp", r.tcp_reachable)):

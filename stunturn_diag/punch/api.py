@@ -51,6 +51,7 @@ from ..signaling import SignalingClient, TlsOptions
 from .auth import Handshake, StartedPake, start_pake
 from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
 from stunturn_diag.sansio.punch.counter import Reading, promise as counter_promise, rate as counter_rate
+from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
 from .engine import DEFAULT_PRIME_TTL
 from .keys import rendezvous_id
@@ -213,37 +214,6 @@ def _runner_prime_ttl(plan: Plan, prime_ttl: int | None) -> int:
     return int(prime_ttl)
 
 
-def _compact_profile(profile: dict | None) -> dict:
-    """The parts of a probe report that punching needs (keeps details.nat small)."""
-    out: dict = {}
-    if not isinstance(profile, dict):
-        return out
-    for proto in PROTOCOLS:
-        section = profile.get(proto) if isinstance(profile.get(proto), dict) else None
-        if section is None and "mapping" in profile and proto == "udp":
-            section = profile
-        if section:
-            out[proto] = {k: section.get(k) for k in ("mapping", "filtering", "port_allocation")
-                          if isinstance(section.get(k), str)}
-    return out
-
-
-def probe_profile(result) -> dict:
-    """What a probe result tells the punch decision (:func:`.decision.profile_from_details`):
-    ``{protocol: {"mapping", "filtering", "port_allocation"}}``, the decided ones as text."""
-    profile: dict = {}
-    for proto in PROTOCOLS:
-        section = {}
-        for name in ("mapping", "filtering", "port_allocation"):
-            value = result.value(proto, name)
-            value = getattr(value, "value", value)      # an enum member -> its text
-            if isinstance(value, str):
-                section[name] = value
-        if section:
-            profile[proto] = section
-    return profile
-
-
 def _peer_details(match: dict) -> dict:
     peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
     return peer.get("details") if isinstance(peer.get("details"), dict) else {}
@@ -336,7 +306,7 @@ class _Side:
 
     def _details(self) -> dict:
         """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
-        nat = _compact_profile(self.profile)
+        nat = punch_profile(self.profile)
         first_proto = next(iter(self.prepared), None)
         punch: dict = {"birthday": bool(self.opts.birthday),
                        "flows_after_stun": self.flows_after_stun(first_proto) if first_proto
@@ -459,7 +429,7 @@ class _Side:
             if reachable.get(proto) is False:
                 self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
                                             f"from the server (is {proto.upper()} blocked here?)")
-        profile = probe_profile(result)
+        profile = punch_profile(result)
         if isinstance(result.port_mapping, dict):     # for portmap_path (not sent as such)
             profile["port_mapping"] = {k: result.port_mapping.get(k)
                                        for k in ("pcp", "nat_pmp", "upnp", "usable")}
@@ -645,7 +615,7 @@ class _Side:
     def _sequential(self) -> bool:
         """Our NAT (per our profile) maps per destination with sequential ports for
         a prepared protocol: the peer will aim at a predicted window of ours."""
-        nat = _compact_profile(self.profile)
+        nat = punch_profile(self.profile)
         return any(profile_from_details(nat, proto).predictable for proto in self.prepared)
 
     def _refresh_promise(self, horizon: float) -> bool:
