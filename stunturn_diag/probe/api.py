@@ -196,7 +196,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
                                                  "TCP needs our server's TCP endpoints and probe assist"})
     tcp_run = TcpEvidence() if tcp_ran else None
     tcp_held = Held()
-    if tcp_ran and ttl_walk and info.get("probe_assist") and has_raw_socket_capability():  # simopen needs the walk's TTL
+    # simopen needs the walk's TTL
+    if tcp_ran and ttl_walk and info.get("probe_assist") and has_raw_socket_capability():
         from .simopen_runner import preload
         preload()  # Scapy's import (~0.2 s of CPU) overlaps the tests that run before simopen
     engine_kw = {}
@@ -283,8 +284,8 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
         if why:
             failures.append({"test": "pcap", "reason": why})
     # the plan's endpoints: alternates learned from OTHER-ADDRESS during the UDP tests
-    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, _ms_since(t0), layers,
-                   left_out=PUNCH_LEFT_OUT if punch_profile else ())
+    result = build(udp, tcp_run, tcp_ran, lifetime, server_desc, udp.plan.endpoints, _ms_since(t0),
+                   layers, left_out=PUNCH_LEFT_OUT if punch_profile else ())
     if punch_profile:
         skipped += [{"test": f"udp.{name}", "reason": PUNCH_SKIP_REASON} for name in PUNCH_LEFT_OUT]
         skipped.append({"test": "nat_layers", "reason": PUNCH_SKIP_REASON})

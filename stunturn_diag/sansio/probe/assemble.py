@@ -38,8 +38,9 @@ def _na(why: str) -> C.Verdict:
 def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: float | None,
           server_desc: dict, ep: Endpoints, elapsed_ms: float, layers: dict | None, *,
           left_out: tuple[str, ...] = ()) -> ProbeResult:
-    """``elapsed_ms``: the whole probe's time, read by the caller. ``left_out``: UDP verdicts not tested on purpose (the punch profile): null, "not
-    tested", and never counted as undetermined."""
+    """``elapsed_ms``: the whole probe's time, read by the caller. ``left_out``: UDP verdicts
+    not tested on purpose (the punch profile): null, "not tested", and never counted as
+    undetermined."""
     o = {x.name: x for x in udp.engine.outcomes}
     x1 = C.mapped(o.get(names.Kind.MAP_PRIMARY))
     reachable = x1 is not None
