@@ -134,14 +134,14 @@ def _natdiscovery(name: str) -> dict:
 
 def _serve_unthrottled(lab: Lab) -> str:
     """Our dual-stack server with the probe-assist rate and per-source concurrency limits raised
-    (config.extra), so back-to-back runs from one address are never answered 429 (the previous
+    (config.probe_assist), so back-to-back runs from one address are never answered 429 (the previous
     run's silent connect-backs may still be running), which would skew the times."""
-    code = ("import json;from stunturn_server.config import ServerConfig;"
+    code = ("import json;from stunturn_server.config import ProbeAssistConfig, ServerConfig;"
             "from stunturn_server.runner import serve_forever;"
             f"serve_forever(ServerConfig(http_host={lab.server_ip!r}, http_port={PORT}, "
             f"alt_ip={lab.server_alt_ip!r}, http_host6={lab.server_ip6!r}, alt_ip6={lab.server_alt_ip6!r}, "
-            "log_level='WARNING', extra={'probe_assist_burst': 1000, 'probe_assist_rate': 1000, "
-            "'probe_assist_concurrency_per_source': 32}), "
+            "log_level='WARNING', probe_assist=ProbeAssistConfig(burst=1000, rate=1000, "
+            "concurrency_per_source=32)), "
             "on_ready=lambda h: print(json.dumps({'http_url': h.http_url}), flush=True))")
     proc = lab.popen("srv", ["python3", "-c", code])
     if not select.select([proc.stdout], [], [], 20)[0]:

@@ -1,9 +1,10 @@
 """The signaling blueprint: ``/healthz``, ``/v1/info``, ``/v1/initiate`` (long-poll), ``/v1/checkin``.
 
-Thin I/O around the pure :mod:`matching` logic: read and validate the body, read
-the client's observed address (``REMOTE_ADDR``/``REMOTE_PORT``: the gevent runner
-sets them from a trusted proxy's headers, see :mod:`stunturn_server.proxy`), call
-the matcher with the injected clock, wait in the mailbox.
+Thin I/O around the pure :mod:`~stunturn_server.sansio.matching` logic: read and
+validate the body (:func:`~stunturn_server.http.json_body` with the pure validators of
+:mod:`~stunturn_server.sansio.validation`), read the client's observed address
+(:func:`~stunturn_server.http.observed_address`), call the matcher with the injected
+clock, wait in the mailbox.
 
 No guessing (README "Security model"): failed attempts (initiate 408/409, check-in
 404) spend tokens of the pure :class:`~stunturn_server.limits.FailureLimiter`, per
@@ -12,13 +13,13 @@ Retry-After. A second initiator for an occupied (rendezvous, target IP) learns o
 conflict (409) only when it comes from the same source as the waiting one; from any
 other source it is held exactly like a waiter nobody answers (408 after its
 timeout, counted in /healthz alike), so the answer is no oracle for "someone waits".
-Per-app state lives in ``app.extensions["stunturn"]`` (a :class:`SignalingState`).
-Every failure is an :class:`ApiError`, rendered by the app's one JSON error handler.
+Per-app state lives in ``app.extensions["stunturn"]`` (a :class:`SignalingState`, made
+by :func:`init_app`). Every failure is an :class:`~stunturn_server.http.ApiError`,
+rendered by the app's one JSON error handler.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import threading
@@ -26,16 +27,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from stunturn_diag import __version__
 
-from . import probe_assist, turn_offer, validation
+from . import turn_offer
 from .config import ServerConfig, format_address
-from .limits import FailureLimiter, LogThrottle, source_of
-from .matching import Conflict, Matcher
+from .http import ApiError, app_context, json_body, observed_address
 from .observe import observer
-from .store import Mailbox
+from .sansio import validation
+from .sansio.limits import FailureLimiter, LogThrottle, source_of
+from .sansio.matching import Conflict, Mailbox, Matcher
 
 #: a receiver took the waiter just as the initiator's wait ended: how long to await its match
 LATE_DELIVERY_GRACE = 5.0
@@ -49,22 +50,9 @@ def no_hangup_watch(environ: dict, on_hangup: Callable[[], None]) -> Callable[[]
     return lambda: None
 
 
-class ApiError(HTTPException):
-    """An API failure with a stable ``error`` code and extra JSON fields."""
-
-    def __init__(self, status: int, error: str, message: str, *, headers: dict | None = None,
-                 **extra) -> None:
-        super().__init__(description=message)
-        self.code = status
-        self.error = error
-        self.extra = extra
-        #: extra response headers (e.g. Retry-After), set by the app's error handler
-        self.response_headers = dict(headers or {})
-
-
 @dataclass
 class SignalingState:
-    """Everything the routes need, created by :func:`stunturn_server.app.create_app`."""
+    """Everything the signaling routes need, made by :func:`init_app`."""
 
     config: ServerConfig
     matcher: Matcher
@@ -83,7 +71,7 @@ class SignalingState:
     held_apart: int = 0
     #: initiators waiting on this instance, capped by ``config.max_waiters``
     waiting_total: int = 0
-    log_throttle: LogThrottle = field(default_factory=LogThrottle)
+    log_throttle: LogThrottle = field(default_factory=lambda: LogThrottle(lock=threading.Lock()))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +79,7 @@ class SignalingState:
             cfg = self.config
             self.failures = FailureLimiter(source_burst=cfg.failure_burst, source_rate=cfg.failure_rate,
                                            target_burst=cfg.target_failure_burst,
-                                           target_rate=cfg.target_failure_rate)
+                                           target_rate=cfg.target_failure_rate, lock=threading.Lock())
 
     def admit(self, source: str) -> object | str:
         """Count one more waiting initiator from ``source`` (across every instance sharing the
@@ -146,54 +134,24 @@ class SignalingState:
 
 
 bp = Blueprint("signaling", __name__)
-PROBE_ASSIST = bool(probe_assist.register(bp))
+
+
+def init_app(app, matcher: Matcher, *, watch_hangup: HangupWatcher | None = None,
+             stun_endpoints: list[dict] | None = None, stun6_endpoints: list[dict] | None = None,
+             stun_unavailable: list[str] | None = None) -> SignalingState:
+    """Register the signaling routes on ``app`` with their :class:`SignalingState`."""
+    context = app_context(app)
+    state = SignalingState(config=context.config, matcher=matcher, clock=context.clock,
+                           watch_hangup=watch_hangup or no_hangup_watch,
+                           stun_endpoints=stun_endpoints, stun6_endpoints=stun6_endpoints,
+                           stun_unavailable=list(stun_unavailable or []))
+    app.extensions["stunturn"] = state
+    app.register_blueprint(bp)
+    return state
 
 
 def signaling_state() -> SignalingState:
     return current_app.extensions["stunturn"]
-
-
-def json_body(parse: Callable[[dict], object] | None = None):
-    """The request's JSON object, or what ``parse`` makes of it; 415 for other media types,
-    413 before reading an oversized body, 400 when the body or ``parse`` raises
-    :class:`validation.BadRequest`."""
-    if request.mimetype != "application/json":
-        raise ApiError(415, "unsupported-media-type",
-                       f"send the body as application/json (got {request.mimetype or 'no content type'!r})")
-    limit = signaling_state().config.max_body
-    length = request.content_length
-    if length is not None and length > limit:
-        raise ApiError(413, "payload-too-large", f"body of {length} bytes exceeds the {limit} byte limit")
-    try:
-        body = request.get_data(cache=False)  # werkzeug stops at MAX_CONTENT_LENGTH (chunked bodies)
-    except (OSError, ClientDisconnected):  # the whole-request deadline passed, or the client left
-        raise ApiError(408, "request-timeout", "the request body did not arrive in time; send the "
-                       "whole request at once", headers={"Connection": "close"}) from None
-    if len(body) > limit:
-        raise ApiError(413, "payload-too-large", f"body exceeds the {limit} byte limit")
-    try:
-        obj = validation.parse_json_object(body)
-        return parse(obj) if parse else obj
-    except validation.BadRequest as exc:
-        raise ApiError(400, "bad-request", str(exc)) from None
-
-
-def observed_address() -> tuple[str, int]:
-    """The client's address as this server sees it (a trusted proxy's word, set by the runner)."""
-    environ = request.environ
-    try:
-        ip = canonical_remote(environ.get("REMOTE_ADDR") or "")
-    except ValueError:
-        raise ApiError(400, "no-client-address", "cannot tell the client's IP address") from None
-    try:
-        port = int(environ.get("REMOTE_PORT") or 0)
-    except ValueError:
-        port = 0
-    return ip, port
-
-
-#: canonical_ip of client addresses, parsed once per address rather than once per request
-canonical_remote = functools.lru_cache(maxsize=8192)(validation.canonical_ip)
 
 
 @bp.get("/healthz")
@@ -256,7 +214,7 @@ def info():
     state = signaling_state()
     return jsonify({"version": __version__, "wait_timeout": state.config.wait_timeout,
                     "stun": _stun_info(state), "families": _families(state),
-                    "probe_assist": PROBE_ASSIST,
+                    "probe_assist": state.config.probe_assist.enabled,
                     "turn": turn_offer.info()})
 
 

@@ -1,13 +1,22 @@
-"""Server settings shared by the Flask app factory, the STUN responder and ``serve``."""
+"""Server settings shared by the Flask app factory, the STUN responder and ``serve``.
+
+:class:`ServerConfig` holds the listen addresses and limits as typed fields, and each
+optional part its own typed section, checked when it is made (a bad value is a
+:class:`ConfigError` at start): :class:`TlsConfig` (HTTPS), :class:`TurnConfig` (the relay
+offered to matched peers), :class:`ProbeAssistConfig` (the connect-back routes) and
+:class:`StunLimits` (the STUN service's per-source and per-connection bounds).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
 
 from stunturn_diag.errors import ConfigError
+
+from .sansio.stun_responder import StunEndpoint
 
 
 def format_address(ip: str, port: int) -> str:
@@ -24,16 +33,129 @@ def bind_error(what: str, ip: str, port: int, exc: OSError, hints: dict[int, str
     return error
 
 
+def _positive(section: str, name: str, value, *, integer: bool = False, low: float = 0) -> None:
+    """``value`` must be a number above ``low`` (at least ``low`` for ``low`` > 0), an integer
+    when ``integer``; else a :class:`ConfigError` naming ``section.name``."""
+    kind = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (
+            value >= low if low > 0 else value > 0):
+        what = "an integer" if integer else "a number"
+        bound = f">= {low:g}" if low > 0 else "above 0"
+        raise ConfigError(f"{section}.{name} must be {what} {bound}, got {value!r}")
+
+
 @dataclass(frozen=True)
-class StunEndpoint:
-    """One address:port the STUN responder answers on (RFC 5780 section 7)."""
+class TlsConfig:
+    """Serve HTTPS (``serve --tls-cert/--tls-key``): a PEM certificate chain and its
+    private key, both or neither."""
 
-    ip: str
-    port: int
-    role: str  # "primary" | "alt-port" | "alt-ip" | "alt-both"
+    cert: str | None = None
+    key: str | None = None
 
-    def as_dict(self) -> dict:
-        return {"ip": self.ip, "port": self.port, "role": self.role}
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("give both a TLS certificate and its key (--tls-cert and --tls-key)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """The TURN relay offered to matched peers (``serve --turn-server/--turn-secret/--turn-realm``).
+
+    ``server`` is "IP:PORT" of a TURN server (e.g. coturn) that shares ``secret`` through
+    ``use-auth-secret`` / ``static-auth-secret``; ``realm`` is told to clients; ``ttl`` is
+    how long a credential lives (seconds, 60..86400). No server and no secret: no relay.
+    """
+
+    server: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    realm: str | None = None
+    ttl: int = 600
+    #: ``(ip, port)`` of ``server`` (None without a relay), parsed when the section is made
+    address: tuple[str, int] | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.server is None and self.secret is None:
+            return
+        if not self.server or not self.secret:
+            raise ConfigError("a TURN relay needs both --turn-server IP:PORT and --turn-secret",
+                              hint="the secret is coturn's static-auth-secret")
+        host, sep, port_text = str(self.server).rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = str(ipaddress.ip_address(host))
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"--turn-server must be IP:PORT, got {self.server!r}",
+                              hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
+        if not sep or not 1 <= port <= 65535:
+            raise ConfigError(f"--turn-server port must be 1..65535, got {self.server!r}")
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 60 <= self.ttl <= 86400:
+            raise ConfigError(f"turn.ttl must be 60..86400 seconds, got {self.ttl!r}")
+        object.__setattr__(self, "address", (ip, port))
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+
+@dataclass(frozen=True)
+class ProbeAssistConfig:
+    """The probe-assist routes (server-initiated TCP back to the caller: ``/v1/probe/*``).
+
+    ``enabled``: ``create_app`` registers them (``/v1/info`` says ``"probe_assist"``);
+    ``burst`` requests per source (IPv4 address / IPv6 /64) refilled at ``rate`` per
+    second (429 beyond); ``concurrency`` connects in all (503 beyond) and at most
+    ``concurrency_per_source`` of them for one source (429 beyond); ``allowed_hosts``:
+    Host header values accepted besides this server's own addresses (``serve
+    --allowed-host``, the DNS-rebinding guard).
+    """
+
+    enabled: bool = True
+    burst: float = 10
+    rate: float = 0.5
+    concurrency: int = 32
+    concurrency_per_source: int = 8
+    allowed_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"probe_assist.enabled must be true or false, got {self.enabled!r}")
+        _positive("probe_assist", "burst", self.burst, low=1)
+        _positive("probe_assist", "rate", self.rate)
+        _positive("probe_assist", "concurrency", self.concurrency, integer=True, low=1)
+        _positive("probe_assist", "concurrency_per_source", self.concurrency_per_source,
+                  integer=True, low=1)
+
+    @property
+    def per_source(self) -> int:
+        """Connects one source may hold (never more than all of them)."""
+        return min(self.concurrency, self.concurrency_per_source)
+
+
+@dataclass(frozen=True)
+class StunLimits:
+    """Bounds of the STUN service (TCP connections, UDP answers); every value above 0."""
+
+    max_connections: int = 256
+    #: most connections one source (IPv4 address / IPv6 /64) may hold
+    max_per_source: int = 16
+    #: seconds a message may take from its first byte to its last
+    message_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    max_lifetime: float = 300.0
+    max_bytes: int = 64 * 1024
+    max_pending_out: int = 64 * 1024
+    #: STUN over UDP: answers per source, burst and per second (the rest is dropped)
+    udp_burst: int = 200
+    udp_rate: float = 50.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _positive("stun_limits", f.name, getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -64,13 +186,10 @@ class ServerConfig:
     #: run the STUN responder beside HTTP
     stun_enabled: bool = True
     # -- trust (issue 10): TLS, trusted proxies, fair sharing; see README "Security model" --
-    #: PEM certificate chain and private key: serve HTTPS (both or neither)
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    #: serve HTTPS (a certificate chain and its key)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     #: networks (CIDR) whose peers may name the client: Forwarded / X-Forwarded-For / PROXY protocol
     trusted_proxies: tuple[str, ...] = ()
-    #: Host header values probe-assist accepts besides our own IP literals (DNS rebinding guard)
-    allowed_hosts: tuple[str, ...] = ()
     #: most HTTP connections in all; more are closed at once, nothing read
     max_connections: int = 25_000
     #: most initiators waiting in all (every source together); more get 429
@@ -84,8 +203,12 @@ class ServerConfig:
     target_failure_burst: int = 60
     target_failure_rate: float = 2.0
     log_level: str = "INFO"
-    #: extra settings for extensions (store URL, rate limits...)
-    extra: dict = field(default_factory=dict)
+    #: the TURN relay offered to matched peers (none by default)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    #: the probe-assist routes (on by default) and their limits
+    probe_assist: ProbeAssistConfig = field(default_factory=ProbeAssistConfig)
+    #: the STUN service's limits
+    stun_limits: StunLimits = field(default_factory=StunLimits)
     #: ``redis://[:PASSWORD@]HOST:PORT/DB`` or ``rediss://`` (TLS): pair through a Redis shared
     #: by several instances; ``None`` keeps pairing in this process's memory
     redis_url: str | None = field(default=None, repr=False)
@@ -145,8 +268,10 @@ class ServerConfig:
             raise ConfigError(f"max_connections_per_ip ({self.max_connections_per_ip}) must be at least "
                               f"max_waiters_per_ip ({self.max_waiters_per_ip})",
                               hint="every waiting initiator holds a connection")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("give both a TLS certificate and its key (--tls-cert and --tls-key)")
+        for name, kind in (("tls", TlsConfig), ("turn", TurnConfig), ("probe_assist", ProbeAssistConfig),
+                           ("stun_limits", StunLimits)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         for name in ("max_connections", "max_waiters", "failure_burst", "target_failure_burst"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
@@ -290,7 +415,23 @@ def read_password_file(path: str) -> str:
         raise ConfigError(f"cannot read the Redis password file {path}: {exc}") from None
 
 
-#: environment variables read by :func:`config_from_env` (the WSGI entry) -> field, type
+def _flag(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+#: environment variables read by :func:`config_from_env` (the WSGI entry) -> field, type; a
+#: field ``section.name`` is that field of a typed section (``turn.server``: TurnConfig.server)
 ENV_SETTINGS = {
     "STUNTURN_REDIS_URL": ("redis_url", str),
     "STUNTURN_REDIS_POOL_SIZE": ("redis_pool_size", int),
@@ -301,7 +442,15 @@ ENV_SETTINGS = {
     "STUNTURN_MAX_BODY": ("max_body", int),
     "STUNTURN_LOG_LEVEL": ("log_level", str),
     "STUNTURN_LOG_FORMAT": ("log_format", str),
+    "STUNTURN_TURN_SERVER": ("turn.server", str),
+    "STUNTURN_TURN_SECRET": ("turn.secret", str),
+    "STUNTURN_TURN_REALM": ("turn.realm", str),
+    "STUNTURN_TURN_TTL": ("turn.ttl", int),
+    "STUNTURN_PROBE_ASSIST": ("probe_assist.enabled", _flag),
+    "STUNTURN_ALLOWED_HOSTS": ("probe_assist.allowed_hosts", _names),
 }
+#: the typed sections :data:`ENV_SETTINGS` may fill
+_SECTIONS = {"turn": TurnConfig, "probe_assist": ProbeAssistConfig}
 
 
 def config_from_env(environ=os.environ) -> ServerConfig:
@@ -309,13 +458,20 @@ def config_from_env(environ=os.environ) -> ServerConfig:
     the secret (``STUNTURN_SERVER_SECRET_FILE`` or ``STUNTURN_SERVER_SECRET``) and the Redis
     password file (``STUNTURN_REDIS_PASSWORD_FILE``). STUN is off: a WSGI server runs HTTP only."""
     values: dict = {"stun_enabled": False}
+    sections: dict[str, dict] = {name: {} for name in _SECTIONS}
     for name, (field_name, kind) in ENV_SETTINGS.items():
         text = environ.get(name)
         if text:
             try:
-                values[field_name] = kind(text)
+                value = kind(text)
             except ValueError:
-                raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+                raise ConfigError(f"{name}={text!r} is not a valid "
+                                  f"{getattr(kind, '__name__', 'value').strip('_')}") from None
+            section, _, key = field_name.rpartition(".")
+            (sections[section] if section else values)[key] = value
+    for section, given in sections.items():
+        if given:
+            values[section] = _SECTIONS[section](**given)
     values["key_secret"] = load_secret(environ.get("STUNTURN_SERVER_SECRET_FILE"), environ)
     if environ.get("STUNTURN_REDIS_PASSWORD_FILE"):
         values["redis_password"] = read_password_file(environ["STUNTURN_REDIS_PASSWORD_FILE"])

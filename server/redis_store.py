@@ -54,8 +54,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from stunturn_diag.errors import ConfigError, StoreUnavailable
 
 from .config import ServerConfig, redact_url
-from .matching import Address, Match, Slot, Waiter
-from .store import Mailbox, MatchStore, RelayPost
+from .sansio.matching import Address, Mailbox, Match, MatchStore, RelayPost, Slot, Waiter
 
 log = logging.getLogger("stunturn_server.redis")
 

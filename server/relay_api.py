@@ -15,31 +15,19 @@ reads the other's here::
 Only the two peers of a match can post or read: the token (from the match answer's
 ``turn.exchange``) names the role and expiry and is MAC'd over the match id. The
 store keeps at most one address per role, until the token's expiry (the match's TURN
-credential's), and a bounded number overall (:meth:`.store.MatchStore.put_relay_address`).
+credential's), and a bounded number overall
+(:meth:`stunturn_server.sansio.matching.MatchStore.put_relay_address`).
 """
 
 from __future__ import annotations
 
+from flask import Blueprint, jsonify
 
-from flask import Blueprint, current_app, jsonify
-
-from . import turn_offer, validation
-from .api import ApiError, json_body, signaling_state
+from . import turn_offer
+from .http import ApiError, app_context, json_body
+from .sansio.validation import exchange_request
 
 bp = Blueprint("relay", __name__)
-MATCH_ID_MAX, TOKEN_MAX = 64, 200
-
-
-def exchange_request(obj: dict) -> tuple[str, str, tuple[str, int] | None]:
-    """``(match_id, token, relayed or None)`` of a request body (pure)."""
-    validation._check_fields(obj, {"match_id", "token"}, {"relayed"}, "relay exchange")
-    match_id = validation._of_kind(obj["match_id"], str, "match_id", MATCH_ID_MAX)
-    token = validation._of_kind(obj["token"], str, "token", TOKEN_MAX)
-    relayed = obj.get("relayed")
-    if relayed is not None:
-        ep = validation.endpoint(relayed, "relayed")
-        relayed = (ep["ip"], ep["port"])
-    return match_id, token, relayed
 
 
 def _addr(address) -> dict | None:
@@ -48,19 +36,19 @@ def _addr(address) -> dict | None:
 
 @bp.post(turn_offer.EXCHANGE_PATH)
 def exchange():
-    offer = current_app.extensions.get("stunturn_turn")
-    match_id, token, relayed = json_body(exchange_request)
+    offer = turn_offer.current_offer()
+    req = json_body(exchange_request)
     if offer is None:
         raise ApiError(404, "no-relay", "this server offers no TURN relay (serve --turn-server)")
-    checked = offer.check_token(match_id, token)
+    checked = offer.check_token(req.match_id, req.token)
     if isinstance(checked, str):
         raise ApiError(403, checked, "this token is not one this server issued for this match"
                        if checked == "forbidden" else "this match's relay exchange has expired")
     role, expires = checked
-    store = signaling_state().matcher.store
+    store = app_context().store
     now = offer.wall_clock()    # the token's expiry is wall-clock time (the TURN server's)
-    if relayed is not None:
-        outcome = store.put_relay_address(match_id, role, relayed, float(expires), now)
+    if req.relayed is not None:
+        outcome = store.put_relay_address(req.match_id, role, req.relayed, float(expires), now)
         if outcome == "conflict":
             raise ApiError(409, "conflict", f"the {role} of this match already posted another "
                            "relayed address")
@@ -69,4 +57,4 @@ def exchange():
                            "try again shortly")
     other = "receiver" if role == "initiator" else "initiator"
     return jsonify({"role": role, "expires": expires,
-                    "peer": _addr(store.relay_address(match_id, other, now))})
+                    "peer": _addr(store.relay_address(req.match_id, other, now))})

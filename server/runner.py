@@ -28,10 +28,11 @@ from stunturn_diag.errors import ConfigError, StunturnError
 
 from .app import create_app, make_store
 from .config import ServerConfig, bind_error, format_address
-from .limits import LogThrottle, source_of
+from .http import canonical_remote
 from .observe import metrics_app
-from .proxy import (V1_MAX, ProxyHeaderError, TrustedProxies, forwarded_client, parse_proxy_header,
-                    proxy_header_possible)
+from .sansio.limits import LogThrottle, source_of
+from .sansio.proxy import (V1_MAX, ProxyHeaderError, TrustedProxies, forwarded_client, parse_proxy_header,
+                           proxy_header_possible)
 
 log = logging.getLogger("stunturn_server.runner")
 
@@ -242,8 +243,6 @@ def _server_class(config: ServerConfig, trusted: TrustedProxies, tls_context, th
     Counting needs no lock: every connection greenlet runs in this server's one hub.
     """
     from gevent.pywsgi import WSGIServer
-
-    from .api import canonical_remote
 
     per_source, total = config.max_connections_per_ip, config.max_connections
     request_timeout = config.http_request_timeout
@@ -618,19 +617,20 @@ def _start_stun(config: ServerConfig):
 
 
 def tls_server_context(config: ServerConfig):
-    """A server-side TLS context (gevent's, cooperative) from ``config.tls_cert``/``tls_key``;
-    ``None`` without them. An unreadable or mismatched pair is a :class:`ConfigError`."""
-    if not config.tls_cert:
+    """A server-side TLS context (gevent's, cooperative) from ``config.tls`` (its ``cert`` and
+    ``key``); ``None`` without them. An unreadable or mismatched pair is a :class:`ConfigError`."""
+    tls = config.tls
+    if not tls.enabled:
         return None
     from gevent import ssl as gssl
 
     context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = gssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
+        context.load_cert_chain(tls.cert, tls.key)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ConfigError(f"cannot load the TLS certificate {config.tls_cert} with key "
-                          f"{config.tls_key}: {exc}",
+        raise ConfigError(f"cannot load the TLS certificate {tls.cert} with key "
+                          f"{tls.key}: {exc}",
                           hint="give a PEM certificate chain and its matching PEM private key") from None
     return context
 

@@ -1,26 +1,18 @@
-"""Matching store: the atomic operations pairing needs, plus waking a waiting initiator.
+"""The in-memory match store: :class:`~stunturn_server.sansio.matching.MatchStore` for one process.
 
-:class:`MatchStore` is the interface; :class:`InMemoryStore` is the single-process
-implementation. A shared store (e.g. Redis, so several server instances pair with
-each other) maps the operations onto ``SET NX PX`` (put), ``GETDEL`` (take), a
-compare-and-delete script (remove) and a per-waiter list or channel (mailbox:
-``deliver`` = ``LPUSH``/``PUBLISH``, ``wait`` = ``BLPOP``/subscribe).
-
-Waking is pluggable: the in-memory store gets a *signal factory* (``threading.Event``
-for threads and Flask's test client, ``gevent.event.Event`` inside the gevent server).
-The store never reads a clock; ``now`` comes from the caller.
+A lock makes each operation atomic across threads. Waking is pluggable: the store gets a
+*signal factory* (``threading.Event`` for threads and Flask's test client,
+``gevent.event.Event`` inside the gevent server). The store never reads a clock; ``now``
+comes from the caller.
 """
 
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
-from typing import Callable, Literal, Protocol
+from typing import Callable, Protocol
 
-from .matching import Address, Match, Slot, Waiter
+from .sansio.matching import Address, Mailbox, Match, MatchStore, RelayPost, Slot, Waiter
 
-#: outcome of :meth:`MatchStore.put_relay_address`
-RelayPost = Literal["stored", "conflict", "full"]
 #: relay addresses the in-memory store holds at most (two per match)
 RELAY_CAPACITY = 8192
 
@@ -31,86 +23,6 @@ class Signal(Protocol):
     def set(self) -> None: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class Mailbox(ABC):
-    """Where one initiator's match arrives."""
-
-    @abstractmethod
-    def wait(self, timeout: float) -> Match | None:
-        """Block (cooperatively) until a match arrives, :meth:`interrupt` is called or ``timeout``."""
-
-    @abstractmethod
-    def interrupt(self) -> None:
-        """Wake :meth:`wait` without a match (the client hung up)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Forget the mailbox; later deliveries to it are dropped."""
-
-
-class MatchStore(ABC):
-    """Atomic pairing storage. Every method is atomic with respect to the others."""
-
-    @abstractmethod
-    def put_waiter(self, waiter: Waiter, now: float) -> bool:
-        """Store ``waiter`` in its slot unless a live (unexpired at ``now``) waiter is there."""
-
-    @abstractmethod
-    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
-        """Remove and return the live waiter in ``slot`` (expired ones are dropped, not returned)."""
-
-    @abstractmethod
-    def remove_waiter(self, waiter: Waiter) -> bool:
-        """Remove exactly this waiter (same slot, same id); ``False`` if it is no longer there."""
-
-    @abstractmethod
-    def open_mailbox(self, waiter_id: str) -> Mailbox:
-        """Create the mailbox a match for ``waiter_id`` will be delivered to."""
-
-    @abstractmethod
-    def deliver(self, match: Match) -> bool:
-        """Hand ``match`` to its initiator's mailbox and wake it; ``False`` if nobody listens."""
-
-    @abstractmethod
-    def waiting_count(self) -> int:
-        """Number of waiters this server holds now (expired but not yet removed ones included)."""
-
-    @abstractmethod
-    def admit_source(self, source: str, limit: int) -> object | None:
-        """Count one more waiting initiator from ``source`` unless ``limit`` wait already;
-        returns a token for :meth:`release_source`, or ``None`` at the limit."""
-
-    @abstractmethod
-    def release_source(self, source: str, token: object) -> None:
-        """The initiator admitted with ``token`` has stopped waiting."""
-
-    def occupant(self, slot: Slot, now: float) -> tuple[str, int] | None:
-        """The observed address of the live waiter in ``slot`` (a read, nothing changes), or
-        ``None``: tells a second initiator from the first one's source apart (409) from any
-        other (held apart, no oracle). A store that cannot say returns ``None``."""
-        return None
-
-    def start(self) -> None:
-        """Connect and start background work; called once in the thread (hub) that serves."""
-
-    def stop(self) -> None:
-        """Forget this server's waiters and stop background work (idempotent)."""
-
-    # -- the per-match relay address exchange (server/relay_api.py) -------------------------
-    @abstractmethod
-    def put_relay_address(self, match_id: str, role: str, address: Address, expires: float,
-                          now: float) -> RelayPost:
-        """Keep ``role``'s TURN relayed address for ``match_id`` until ``expires``.
-
-        ``"conflict"`` when that role already posted another address (the first one
-        stays), ``"full"`` when the store holds its limit of live entries. Expired entries
-        are dropped, never returned. A shared store: ``SET NX PXAT`` on
-        ``relay:<match_id>:<role>`` (``"conflict"`` when it exists with another value)."""
-
-    @abstractmethod
-    def relay_address(self, match_id: str, role: str, now: float) -> Address | None:
-        """``role``'s live relayed address for ``match_id``, None when none was posted."""
 
 
 class _MemoryMailbox(Mailbox):

@@ -1,10 +1,10 @@
 """The TURN relay a server offers its matched peers (``serve --turn-server/--turn-secret``).
 
-Settings in ``ServerConfig.extra``: ``turn_server`` ("HOST:PORT" of a TURN server, e.g.
-coturn, that shares ``turn_secret`` through ``use-auth-secret`` /
-``static-auth-secret``), ``turn_realm`` (optional, told to clients), ``turn_ttl``
-(seconds a credential lives, default 600, 60..86400). :func:`init_app` checks them once
-(a bad value is a ConfigError at start).
+Settings in ``ServerConfig.turn`` (a :class:`~stunturn_server.config.TurnConfig`, checked
+when it is made: a bad value is a ConfigError at start): ``server`` ("IP:PORT" of a TURN
+server, e.g. coturn, that shares ``secret`` through ``use-auth-secret`` /
+``static-auth-secret``), ``realm`` (optional, told to clients), ``ttl`` (seconds a
+credential lives, default 600, 60..86400).
 
 Both peers of a match, and nobody else, get their own short-lived TURN REST API
 credential in the match answer (``"turn": {"server", "urls", "username", "password",
@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,12 +30,11 @@ from typing import Callable
 
 from flask import current_app
 
-from stunturn_diag.errors import ConfigError
 from stunturn_diag.sansio.turn.rest import rest_credentials
 
-from .config import format_address
+from .config import TurnConfig, format_address
+from .http import app_context
 
-DEFAULT_TTL = 600
 #: where the peers of a match post and read their relayed addresses (server/relay_api.py)
 EXCHANGE_PATH = "/v1/relay"
 ROLES = ("initiator", "receiver")
@@ -91,50 +89,34 @@ class TurnOffer:
         return role, expires
 
 
-def parse_offer(extra: dict, wall_clock: Callable[[], float] = time.time) -> TurnOffer | None:
-    """The offer from ``config.extra``, None when no relay is configured (pure)."""
-    server, secret = extra.get("turn_server"), extra.get("turn_secret")
-    if server is None and secret is None:
+def offer_of(turn: TurnConfig, wall_clock: Callable[[], float] = time.time) -> TurnOffer | None:
+    """The offer a configuration makes, None when no relay is configured."""
+    if turn.address is None:
         return None
-    if not server or not secret:
-        raise ConfigError("a TURN relay needs both --turn-server IP:PORT and --turn-secret",
-                          hint="the secret is coturn's static-auth-secret")
-    host, sep, port_text = str(server).rpartition(":")
-    host = host.strip("[]")
-    try:
-        ip = str(ipaddress.ip_address(host))
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"--turn-server must be IP:PORT, got {server!r}",
-                          hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
-    if not sep or not 1 <= port <= 65535:
-        raise ConfigError(f"--turn-server port must be 1..65535, got {server!r}")
-    ttl = extra.get("turn_ttl", DEFAULT_TTL)
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= 86400:
-        raise ConfigError(f"turn_ttl must be 60..86400 seconds, got {ttl!r}")
-    realm = extra.get("turn_realm")
-    return TurnOffer(ip, port, str(secret), str(realm) if realm else None, ttl, wall_clock)
+    ip, port = turn.address
+    return TurnOffer(ip, port, str(turn.secret), str(turn.realm) if turn.realm else None, turn.ttl,
+                     wall_clock)
 
 
 def init_app(app) -> None:
-    config = app.extensions["stunturn"].config
-    app.extensions["stunturn_turn"] = parse_offer(config.extra or {})
+    app.extensions["stunturn_turn"] = offer_of(app_context(app).config.turn)
 
 
-def _offer() -> TurnOffer | None:
+def current_offer() -> TurnOffer | None:
+    """The relay this app offers (None: none)."""
     return current_app.extensions.get("stunturn_turn")
 
 
 def info() -> dict:
     """``/v1/info``'s ``turn``: whether a relay is offered (no address, no credential)."""
-    offer = _offer()
+    offer = current_offer()
     return {"enabled": offer is not None, "transports": ["udp"] if offer else []}
 
 
 def with_credentials(answer: dict) -> dict:
     """A match answer plus this peer's TURN credential (and exchange token) when a relay
     is offered."""
-    offer = _offer()
+    offer = current_offer()
     if offer is None:
         return answer
     return answer | {"turn": offer.credentials(str(answer.get("match_id", "")),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 
 import pytest
 
 from stunturn_diag.sansio.assist_frame import ASSIST_MAGIC
-from stunturn_server import probe_assist
-from stunturn_server.limits import TokenBucket
+from stunturn_server import probe_assist_runner
 from stunturn_server.app import create_app
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ProbeAssistConfig, ServerConfig
+from stunturn_server.sansio.limits import TokenBucket
 
 
 class Clock:
@@ -30,7 +31,7 @@ def clock():
 @pytest.fixture
 def client(clock):
     app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
-                                  extra={"probe_assist_burst": 3, "probe_assist_rate": 1.0}), clock=clock)
+                                  probe_assist=ProbeAssistConfig(burst=3, rate=1.0)), clock=clock)
     return app.test_client()
 
 
@@ -122,7 +123,7 @@ def test_token_bucket_is_per_key():
 
 def test_concurrency_cap_gives_503(clock, listener):
     app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
-                                  extra={"probe_assist_concurrency": 1}), clock=clock)
+                                  probe_assist=ProbeAssistConfig(concurrency=1)), clock=clock)
     r = app.test_client().post("/v1/probe/tcp-connect", json={"port": listener.getsockname()[1]})
     assert r.status_code == 503 and r.json["error"] == "busy"
 
@@ -147,6 +148,25 @@ def test_simopen_reserves_a_source_and_connects_later(client, listener):
     conn.close()
 
 
+def test_a_finished_simopen_gives_its_sources_place_back(clock, listener):
+    """Its connect place is the caller's source's: once the delayed connect is done, that
+    source holds none (the place was once given back under the reserved port's address, so
+    every simultaneous open kept one of the source's 8 and the ninth probe got 429 busy)."""
+    app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
+                                  probe_assist=ProbeAssistConfig(burst=1000)), clock=clock)
+    slots = app.extensions["stunturn_probe_assist"].limits.slots
+    c = app.test_client()
+    listener.settimeout(3)
+    for _ in range(slots.per_source + 1):
+        r = c.post("/v1/probe/tcp-simopen", json={"port": listener.getsockname()[1], "delay_ms": 0})
+        assert r.status_code == 200, r.json
+        listener.accept()[0].close()
+        deadline = time.monotonic() + 3
+        while slots.count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert slots.held == {} and slots.count == 0
+
+
 @pytest.mark.parametrize("body", [{"port": 80, "delay_ms": -1}, {"port": 80, "delay_ms": 5000},
                                   {"port": 80, "attempts": 1}, {"delay_ms": 1}])
 def test_simopen_bad_requests(client, body):
@@ -156,14 +176,14 @@ def test_simopen_bad_requests(client, body):
 def test_icmp_error_is_read_from_the_error_queue():
     """A UDP socket with IP_RECVERR gets the ICMP port unreachable of a closed loopback port."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, probe_assist._IP_RECVERR, 1)
+    s.setsockopt(socket.IPPROTO_IP, probe_assist_runner.IP_RECVERR, 1)
     closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
     s.sendto(b"x", ("127.0.0.1", port))
     select.select([s], [], [], 2.0)  # a queued error makes the socket readable (POLLERR)
-    err = probe_assist._icmp_error(s)
+    err = probe_assist_runner.icmp_error(s)
     s.close()
     assert err is not None and err["type"] == 3 and err["code"] == 3
 
@@ -171,7 +191,7 @@ def test_icmp_error_is_read_from_the_error_queue():
 def test_random_bodies_never_500(clock):
     import random
     app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
-                                  extra={"probe_assist_burst": 1000}), clock=clock)
+                                  probe_assist=ProbeAssistConfig(burst=1000)), clock=clock)
     c = app.test_client()
     rng = random.Random(7)
     values = [None, True, -1, 0, 1, 65536, 3.5, "x", "", [], ["alt-ip"], {}, "ab" * 20, 10 ** 30]
@@ -194,22 +214,21 @@ def test_token_bucket_forgets_refilled_buckets_only():
     assert not b.take("d", 10)  # a drained bucket is kept
 
 
-@pytest.mark.parametrize("extra", [{"probe_assist_rate": "fast"}, {"probe_assist_burst": 0},
-                                   {"probe_assist_concurrency": 0.5}])
-def test_bad_probe_assist_setting_is_a_config_error_at_app_creation(extra):
+@pytest.mark.parametrize("setting", [{"rate": "fast"}, {"burst": 0}, {"concurrency": 0.5}])
+def test_bad_probe_assist_setting_is_a_config_error_at_start(setting):
     from stunturn_diag.errors import ConfigError
-    with pytest.raises(ConfigError, match="probe_assist_"):
-        create_app(ServerConfig(http_port=0, extra=extra))
+    with pytest.raises(ConfigError, match=r"probe_assist\."):
+        create_app(ServerConfig(http_port=0, probe_assist=ProbeAssistConfig(**setting)))
 
 
 def test_simopen_without_a_thread_is_503_and_gives_the_slot_back(clock, listener, monkeypatch):
     app = create_app(ServerConfig(http_port=0, alt_ip="127.0.0.2",
-                                  extra={"probe_assist_concurrency": 1}), clock=clock)
+                                  probe_assist=ProbeAssistConfig(concurrency=1)), clock=clock)
     body = {"port": listener.getsockname()[1], "delay_ms": 0}
 
     def no_thread(self):
         raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(probe_assist.threading.Thread, "start", no_thread)
+    monkeypatch.setattr(probe_assist_runner.threading.Thread, "start", no_thread)
     r = app.test_client().post("/v1/probe/tcp-simopen", json=body)
     assert r.status_code == 503 and r.json["error"] == "busy"
-    assert app.extensions["stunturn_probe_assist"].slots.count == 0
+    assert app.extensions["stunturn_probe_assist"].limits.slots.count == 0

@@ -354,7 +354,7 @@ def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(serve
     from stunturn_diag.probe.tcp_runner import _filtering_test
     from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.signaling import SignalingClient
-    from stunturn_server.probe_assist import parse_request
+    from stunturn_server.sansio.validation import connect_back_request
 
     ep = from_info(SignalingClient(server.http_url).info())
     bodies: list[dict] = []
@@ -366,4 +366,4 @@ def test_the_second_filtering_round_stays_within_the_servers_timeout_bound(serve
     _filtering_test(run, ep, "127.0.0.1", silent_server, 3.0, 1500, loss_seen=lambda: True)
     assert [b["timeout_ms"] for b in bodies] == [1500, 2000]
     for body in bodies:
-        parse_request(body)  # the server's own validation: no BadRequest
+        connect_back_request(body)  # the server's own validation: no BadRequest

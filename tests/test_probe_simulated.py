@@ -20,8 +20,7 @@ from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.engine import Engine
 from stunturn_diag.sansio.probe.plan import ALLOC_SOCKETS, UdpPlan, feed_outcome, sockets_for
 from stunturn_diag.sansio.stun import decode
-from stunturn_server.config import StunEndpoint
-from stunturn_server.stun.responder import StunResponder
+from stunturn_server.sansio.stun_responder import StunEndpoint, StunResponder
 
 S1, S2, PUB, HOST = "198.51.100.10", "198.51.100.20", "203.0.113.2", "192.168.1.10"
 EPS = [StunEndpoint(S1, 3478, "primary"), StunEndpoint(S1, 3479, "alt-port"),

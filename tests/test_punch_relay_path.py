@@ -14,7 +14,7 @@ import pytest
 from stunturn_diag.errors import PunchError
 from stunturn_diag.punch.relay_path import RelayPath, TurnTransport
 from stunturn_diag.signaling import SignalingClient
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ServerConfig, TurnConfig
 from stunturn_server.runner import start_server
 from test_turn_coturn import REALM, SECRET, coturn  # noqa: F401 - the fixture
 from testlib import wait_for
@@ -28,8 +28,7 @@ RENDEZVOUS = "5a" * 32            # what the server sees instead of the key (iss
 def matched(coturn):  # noqa: F811
     """A real server offering the loopback coturn; both match answers."""
     config = ServerConfig(http_host="127.0.0.1", http_port=0, stun_enabled=False, wait_timeout=10,
-                          extra={"turn_server": f"{coturn[0]}:{coturn[1]}", "turn_secret": SECRET,
-                                 "turn_realm": REALM})
+                          turn=TurnConfig(server=f"{coturn[0]}:{coturn[1]}", secret=SECRET, realm=REALM))
     with start_server(config) as handle:
         client = SignalingClient(handle.http_url)
         box = {}

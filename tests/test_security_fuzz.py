@@ -18,8 +18,8 @@ from stunturn_diag.errors import StunDecodeError  # noqa: E402
 from stunturn_diag.sansio.stun import (MAGIC_COOKIE, AttrType, MessageClass, Method, StunMessage,  # noqa: E402
                                 decode, encode, looks_like_stun)
 from stunturn_server.app import create_app  # noqa: E402
-from stunturn_server.config import ServerConfig, StunEndpoint  # noqa: E402
-from stunturn_server.stun.responder import StunResponder  # noqa: E402
+from stunturn_server.config import ServerConfig  # noqa: E402
+from stunturn_server.sansio.stun_responder import StunEndpoint, StunResponder  # noqa: E402
 
 BOUNDED = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,7 +8,7 @@ import pytest
 
 from securitylib import call
 from stunturn_diag.sansio.assist_frame import ASSIST_MAGIC
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ProbeAssistConfig, ServerConfig
 from stunturn_server.runner import start_server
 from testlib import in_background, wait_for
 
@@ -16,8 +16,8 @@ from testlib import in_background, wait_for
 @pytest.fixture
 def server():
     config = ServerConfig(http_port=0, stun_port=0, alt_port=0, alt_ip="127.0.0.2",
-                          allowed_hosts=("stun.example.test",),
-                          extra={"probe_assist_burst": 50, "probe_assist_rate": 10.0})
+                          probe_assist=ProbeAssistConfig(burst=50, rate=10.0,
+                                                         allowed_hosts=("stun.example.test",)))
     with start_server(config) as handle:
         yield handle
 
@@ -87,7 +87,7 @@ def test_one_source_cannot_take_every_probe_slot(server):
         body = {"port": port, "attempts": 3, "timeout_ms": 1500}
         hogs = [in_background(call, server.http_address, "POST", "/v1/probe/tcp-connect", body)
                 for _ in range(6)]
-        stats = server.app.extensions["stunturn_probe_assist"].slots
+        stats = server.app.extensions["stunturn_probe_assist"].limits.slots
         wait_for(lambda: stats.held.get("127.0.0.1", 0) > 0, what="the first hog request to run")
         legit = socket.socket()
         legit.bind(("127.0.0.3", 0))
@@ -112,13 +112,13 @@ def test_one_source_cannot_take_every_probe_slot(server):
     ("evil.example", False), ("", False), ("127.0.0.1.nip.io", False),
 ])
 def test_host_allow_list_is_pure_and_exact(host, ok):
-    from stunturn_server.probe_assist import host_allowed
+    from stunturn_server.sansio.probe_assist import host_allowed
 
     assert host_allowed(host, frozenset({"127.0.0.1", "stun.example.test"}), False) is ok
 
 
 def test_wildcard_listen_accepts_any_ip_literal_but_no_foreign_name():
-    from stunturn_server.probe_assist import host_allowed
+    from stunturn_server.sansio.probe_assist import host_allowed
 
     assert host_allowed("203.0.113.5:80", frozenset(), True)
     assert not host_allowed("rebind.evil.example", frozenset(), True)

@@ -6,16 +6,16 @@ import socket
 import time
 
 from stunturn_diag.sansio.stun import binding_request, decode, encode
-from stunturn_server.config import ServerConfig
-from stunturn_server.stun.service import TcpLimits, start_stun_service
+from stunturn_server.config import ServerConfig, StunLimits
+from stunturn_server.stun.service import start_stun_service
 from stunturn_diag.stun_tcp import stun_tcp_transaction
 from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import is_closed, wait_for
 
 
 def _service(**limits):
-    return start_stun_service(ServerConfig(stun_host="127.0.0.1", stun_port=0, alt_port=0),
-                              limits=TcpLimits(**limits))
+    return start_stun_service(ServerConfig(stun_host="127.0.0.1", stun_port=0, alt_port=0,
+                                           stun_limits=StunLimits(**limits)))
 
 
 def _binding_over_tcp(address, source: str):

@@ -16,9 +16,9 @@ from securitylib import call, rv
 from stunturn_diag.commands._common import tls_settings
 from stunturn_diag.errors import ConfigError, SignalingTlsError
 from stunturn_diag.signaling import SignalingClient, TlsOptions
-from stunturn_server.config import ServerConfig
-from stunturn_server.proxy import V2_SIGNATURE
+from stunturn_server.config import ServerConfig, TlsConfig
 from stunturn_server.runner import start_server
+from stunturn_server.sansio.proxy import V2_SIGNATURE
 from testlib import in_background, wait_for
 
 trustme = pytest.importorskip("trustme")
@@ -46,7 +46,7 @@ def cert_files(ca, tmp_path_factory):
 @pytest.fixture
 def tls_server(cert_files):
     cert, key, _ = cert_files
-    config = ServerConfig(http_port=0, stun_enabled=False, tls_cert=cert, tls_key=key,
+    config = ServerConfig(http_port=0, stun_enabled=False, tls=TlsConfig(cert=cert, key=key),
                           trusted_proxies=(f"{PROXY_IP}/32",))
     with start_server(config) as handle:
         yield handle
@@ -95,8 +95,8 @@ def test_bad_ca_file_and_bad_certificate_are_config_errors(tmp_path, cert_files)
     with pytest.raises(ConfigError, match="CA file"):
         SignalingClient("https://127.0.0.1:1", tls=TlsOptions(ca_file=str(junk)))
     with pytest.raises(ConfigError, match="TLS certificate"):
-        start_server(ServerConfig(http_port=0, stun_enabled=False, tls_cert=str(junk),
-                                  tls_key=cert_files[1]))
+        start_server(ServerConfig(http_port=0, stun_enabled=False,
+                                  tls=TlsConfig(cert=str(junk), key=cert_files[1])))
 
 
 def _tls_request(address, path: str, *, prefix: bytes = b"", source: str = PROXY_IP, ca_file: str,

@@ -4,14 +4,16 @@ No sockets: the Flask test client and the pure matcher."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_server.app import create_app
 from stunturn_server.config import ServerConfig
-from stunturn_server.matching import Conflict, KeyHasher, Matcher
+from stunturn_server.sansio.matching import Conflict, KeyHasher, Matcher
+from stunturn_server.sansio.validation import BadRequest, initiate_request
 from stunturn_server.store import InMemoryStore
-from stunturn_server.validation import BadRequest, initiate_request
 
 V4, ALT4 = "198.51.100.10", "198.51.100.20"
 V6, ALT6 = "2001:db8:0:100::10", "2001:db8:0:100::20"
@@ -79,7 +81,8 @@ def test_target_ip_forms():
 
 @pytest.fixture
 def matcher():
-    return Matcher(InMemoryStore(), KeyHasher(b"s" * 32))
+    ids = itertools.count(1)
+    return Matcher(InMemoryStore(), KeyHasher(b"s" * 32), new_id=lambda: f"id{next(ids)}")
 
 
 def test_a_receiver_of_either_family_takes_the_initiator(matcher):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stunturn_server.limits import ConcurrencyLimiter, FailureLimiter, LogThrottle, TokenBucket
+from stunturn_server.sansio.limits import ConcurrencyLimiter, FailureLimiter, LogThrottle, TokenBucket
 
 
 def test_bucket_refills_at_its_rate_and_says_when():

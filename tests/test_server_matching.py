@@ -1,4 +1,4 @@
-"""Pure pairing logic (server/matching.py + the in-memory store) with a fake clock."""
+"""Pure pairing logic (server/sansio/matching.py + the in-memory store) with a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from stunturn_server.matching import Conflict, KeyHasher, Matcher, Slot
+from stunturn_server.app import key_hasher
+from stunturn_server.sansio.matching import Conflict, KeyHasher, Matcher, Slot
 from stunturn_server.store import InMemoryStore
 
 KEY = "correct horse battery"
@@ -139,7 +140,7 @@ def test_keys_are_stored_hashed(matcher, clock, store):
 
 
 def test_hash_is_keyed_per_process():
-    assert KeyHasher().digest(KEY) != KeyHasher().digest(KEY)
+    assert key_hasher(None).digest(KEY) != key_hasher(None).digest(KEY)
     assert KeyHasher(b"x" * 32).digest(KEY) == KeyHasher(b"x" * 32).digest(KEY)
     with pytest.raises(ValueError):
         KeyHasher(b"short")

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from stunturn_diag.errors import ConfigError, ProxyHeaderError
-from stunturn_server.proxy import (V2_SIGNATURE, TrustedProxies, forwarded_client, parse_proxy_header,
+from stunturn_server.sansio.proxy import (V2_SIGNATURE, TrustedProxies, forwarded_client, parse_proxy_header,
                                    proxy_header_possible)
 
 TRUSTED = TrustedProxies(["10.0.0.0/8", "2001:db8:ffff::/48"])

@@ -332,7 +332,7 @@ def test_tls_and_a_password_from_a_file(tmp_path):
 def test_a_cancel_never_deletes_a_newer_waiter_and_expired_ones_are_never_taken(redis_server):
     """The store's Lua steps on their own (in this thread's gevent hub): W1 lapses, W2 takes
     the slot, W1's late cancel must leave W2 alone; a lapsed record is not taken."""
-    from stunturn_server.matching import Slot, Waiter
+    from stunturn_server.sansio.matching import Slot, Waiter
     from stunturn_server.redis_store import RedisStore, secret_fingerprint
 
     store = RedisStore(config(redis_server), fingerprint=secret_fingerprint(SECRET))

@@ -13,8 +13,8 @@ from test_server_turn_offer import TURN, _post, pair
 A_RELAY, B_RELAY = {"ip": "198.51.100.10", "port": 50001}, {"ip": "198.51.100.10", "port": 50002}
 
 
-def _app(store=None, **extra):
-    return create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra=TURN | extra),
+def _app(store=None):
+    return create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=TURN),
                       store=store)
 
 
@@ -57,7 +57,7 @@ def test_only_the_matchs_tokens_are_accepted():
     other = _x(c, init, A_RELAY, match_id="00" * 16)
     assert other.status_code == 403
     body = json.dumps(_x(c, init, A_RELAY).get_json())
-    assert TURN["turn_secret"] not in body
+    assert TURN.secret not in body
 
 
 def test_tokens_expire_with_the_credential():

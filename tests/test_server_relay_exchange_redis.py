@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 
 from redislib import RedisServer
+from stunturn_server.config import TurnConfig
 from stunturn_server.runner import start_server
 from test_server_longpoll import checkin, in_background, initiate, request
 from test_server_redis import config
 from testlib import wait_for
 
-TURN = {"turn_server": "198.51.100.10:3478", "turn_secret": "relay-secret"}
+TURN = TurnConfig(server="198.51.100.10:3478", secret="relay-secret")
 A_RELAY, B_RELAY = {"ip": "198.51.100.10", "port": 50001}, {"ip": "2001:db8::1", "port": 50002}
 
 
@@ -31,8 +32,8 @@ def _post(server, answer, relayed=None):
 
 
 def test_the_exchange_works_across_instances(redis_server):
-    a = start_server(config(redis_server, extra=TURN))
-    b = start_server(config(redis_server, extra=TURN))
+    a = start_server(config(redis_server, turn=TURN))
+    b = start_server(config(redis_server, turn=TURN))
     try:
         thread, result = in_background(initiate, a)
         wait_for(lambda: request(a, "GET", "/healthz")[1]["waiting"] == 1, what="waiting on A")

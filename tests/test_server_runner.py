@@ -273,7 +273,7 @@ def test_config_allows_the_same_port_on_other_hosts_or_without_stun():
     ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4-mapped IPv6 counts as the IPv4 address
 ])
 def test_waiter_cap_counts_ipv4_addresses_and_ipv6_slash_64s(ip, source):
-    from stunturn_server.limits import source_of
+    from stunturn_server.sansio.limits import source_of
     assert source_of(ip) == source
 
 

@@ -134,5 +134,20 @@ def test_config_from_env_and_the_secret(tmp_path):
         load_secret(None, {"STUNTURN_SERVER_SECRET": "short"})
     with pytest.raises(ConfigError, match="not a valid int"):
         config_from_env({"STUNTURN_MAX_WAITERS_PER_IP": "many"})
+    assert config.probe_assist.enabled and not config.turn.enabled
+
+
+def test_config_from_env_fills_the_typed_sections():
+    config = config_from_env({"STUNTURN_TURN_SERVER": "198.51.100.10:3478", "STUNTURN_TURN_SECRET": "s3",
+                              "STUNTURN_TURN_TTL": "120", "STUNTURN_PROBE_ASSIST": "off",
+                              "STUNTURN_ALLOWED_HOSTS": "stun.example.test, other.example.test"})
+    assert config.turn.address == ("198.51.100.10", 3478) and config.turn.ttl == 120
+    assert config.turn.secret == "s3" and "s3" not in repr(config)
+    assert not config.probe_assist.enabled
+    assert config.probe_assist.allowed_hosts == ("stun.example.test", "other.example.test")
+    with pytest.raises(ConfigError, match="STUNTURN_PROBE_ASSIST"):
+        config_from_env({"STUNTURN_PROBE_ASSIST": "maybe"})
+    with pytest.raises(ConfigError, match="--turn-secret"):
+        config_from_env({"STUNTURN_TURN_SERVER": "198.51.100.10:3478"})
     with pytest.raises(ConfigError, match="invalid Redis URL"):
         ServerConfig(redis_url="http://127.0.0.1:6379", key_secret=b"s" * 16)

@@ -14,12 +14,12 @@ import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_server.app import create_app
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ServerConfig, TurnConfig
 
 KEY = "7e" * 32          # a rendezvous identifier (64 hex digits)
 RECEIVER_IP, INITIATOR_IP = "203.0.113.7", "198.51.100.10"
 SECRET = "relay-secret"
-TURN = {"turn_server": "198.51.100.10:3478", "turn_secret": SECRET, "turn_realm": "stunturn.test"}
+TURN = TurnConfig(server="198.51.100.10:3478", secret=SECRET, realm="stunturn.test")
 
 
 def _post(client, path, body, remote):
@@ -48,14 +48,14 @@ def pair(app, receiver_ip: str = RECEIVER_IP, initiator_ip: str = INITIATOR_IP) 
 def test_info_says_whether_a_relay_is_offered():
     plain = create_app(ServerConfig(stun_enabled=False)).test_client().get("/v1/info").get_json()
     assert plain["turn"] == {"enabled": False, "transports": []}
-    offered = create_app(ServerConfig(stun_enabled=False, extra=TURN)).test_client()
+    offered = create_app(ServerConfig(stun_enabled=False, turn=TURN)).test_client()
     info = offered.get("/v1/info").get_json()
     assert info["turn"] == {"enabled": True, "transports": ["udp"]}
     assert SECRET not in json.dumps(info) and "password" not in json.dumps(info)
 
 
 def test_both_peers_get_their_own_short_lived_credentials():
-    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra=TURN))
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=TURN))
     before = int(time.time())
     init, recv = pair(app)
     for answer in (init, recv):
@@ -73,7 +73,7 @@ def test_both_peers_get_their_own_short_lived_credentials():
 
 
 def test_no_credentials_without_a_match_or_without_a_relay():
-    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=0.05, extra=TURN))
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=0.05, turn=TURN))
     client = app.test_client()
     miss = _post(client, "/v1/checkin", {"rendezvous": KEY}, RECEIVER_IP)
     late = _post(client, "/v1/initiate", {"rendezvous": KEY, "target_ip": RECEIVER_IP,
@@ -84,13 +84,13 @@ def test_no_credentials_without_a_match_or_without_a_relay():
     assert "turn" not in init and "turn" not in recv
 
 
-@pytest.mark.parametrize("extra,why", [
-    ({"turn_server": "198.51.100.10:3478"}, "both"),
-    ({"turn_secret": "x"}, "both"),
-    ({"turn_server": "relay.example:3478", "turn_secret": "x"}, "IP:PORT"),
-    ({"turn_server": "198.51.100.10:0", "turn_secret": "x"}, "1..65535"),
-    ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_ttl": 5}, "turn_ttl"),
+@pytest.mark.parametrize("setting,why", [
+    ({"server": "198.51.100.10:3478"}, "both"),
+    ({"secret": "x"}, "both"),
+    ({"server": "relay.example:3478", "secret": "x"}, "IP:PORT"),
+    ({"server": "198.51.100.10:0", "secret": "x"}, "1..65535"),
+    ({"server": "198.51.100.10:3478", "secret": "x", "ttl": 5}, r"turn\.ttl"),
 ])
-def test_bad_relay_settings_fail_at_start(extra, why):
+def test_bad_relay_settings_fail_at_start(setting, why):
     with pytest.raises(ConfigError, match=why):
-        create_app(ServerConfig(stun_enabled=False, extra=extra))
+        create_app(ServerConfig(stun_enabled=False, turn=TurnConfig(**setting)))

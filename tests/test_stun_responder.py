@@ -20,11 +20,12 @@ from stunturn_diag.sansio.stun import (
     decode,
     encode,
 )
-from stunturn_server.config import ServerConfig, StunEndpoint
-from stunturn_server.stun.responder import (
+from stunturn_server.config import ServerConfig
+from stunturn_server.sansio.stun_responder import (
     MAX_PADDING,
     MAX_REQUEST_BYTES,
     ROLES,
+    StunEndpoint,
     StunResponder,
 )
 from stunturn_diag.stun_requests import fresh_binding_request

@@ -9,8 +9,8 @@ import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_diag.sansio.stun import AttrType, MessageClass, binding_request, decode, encode
-from stunturn_server.config import ServerConfig
-from stunturn_server.stun.service import TcpLimits, start_stun_service
+from stunturn_server.config import ServerConfig, StunLimits
+from stunturn_server.stun.service import start_stun_service
 from stunturn_diag.stun_requests import fresh_binding_request
 from testlib import A1, A2, is_closed, wait_for
 
@@ -169,8 +169,8 @@ def test_tcp_garbage_closes_the_connection(service, junk):
 
 
 def limited(**limits):
-    return start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0),
-                              limits=TcpLimits(**limits))
+    return start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0,
+                                           stun_limits=StunLimits(**limits)))
 
 
 def test_tcp_idle_connection_is_closed():
@@ -272,10 +272,10 @@ def test_inconsistent_alternate_ip_is_rejected(stun_host, alt_ip):
                                         alt_port=0))
 
 
-def test_bad_tcp_limit_in_config_extra():
-    with pytest.raises(ConfigError, match="stun_tcp_idle_timeout"):
+def test_bad_tcp_limit_in_config():
+    with pytest.raises(ConfigError, match=r"stun_limits\.idle_timeout"):
         start_stun_service(ServerConfig(stun_host=A1, stun_port=0, alt_port=0,
-                                        extra={"stun_tcp_idle_timeout": -1}))
+                                        stun_limits=StunLimits(idle_timeout=-1)))
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])

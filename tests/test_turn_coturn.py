@@ -125,11 +125,11 @@ def test_the_credentials_serve_hands_out_relay_between_both_peers(coturn):
     """Both peers of a match allocate on coturn with the credentials from their match
     answers and talk relay to relay."""
     from stunturn_server.app import create_app
-    from stunturn_server.config import ServerConfig
+    from stunturn_server.config import ServerConfig, TurnConfig
     from test_server_turn_offer import pair
 
-    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra={
-        "turn_server": f"{coturn[0]}:{coturn[1]}", "turn_secret": SECRET, "turn_realm": REALM}))
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=TurnConfig(
+        server=f"{coturn[0]}:{coturn[1]}", secret=SECRET, realm=REALM)))
     init, recv = pair(app)
     sessions = [TurnSession((a["turn"]["server"]["ip"], a["turn"]["server"]["port"]),
                             a["turn"]["username"], a["turn"]["password"]) for a in (init, recv)]

@@ -1,9 +1,6 @@
-"""STUN responder of the server (RFC 8489 Binding, RFC 5780 behaviour discovery, RFC 3489).
+"""STUN service of the server (RFC 8489 Binding, RFC 5780 behaviour discovery, RFC 3489).
 
-- :mod:`.responder`  pure: one received message -> replies (no sockets, no clocks)
-- :mod:`.service`    UDP sockets and TCP listeners on every endpoint, one background thread
+- :mod:`.service`  UDP sockets and TCP listeners on every endpoint, one background thread;
+  what to answer is decided by the pure
+  :class:`stunturn_server.sansio.stun_responder.StunResponder`
 """
-
-from .responder import Outcome, Reply, StunResponder
-
-__all__ = ["Outcome", "Reply", "StunResponder"]

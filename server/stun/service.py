@@ -2,14 +2,14 @@
 
 The thread multiplexes everything with :mod:`selectors` (no gevent, so it works
 whatever hub the HTTP server runs) and hands each message to the pure
-:class:`~stunturn_server.stun.responder.StunResponder`.
+:class:`~stunturn_server.sansio.stun_responder.StunResponder`.
 
 UDP is read and answered in place: no queue of its own, so a datagram flood costs
 at most the kernel's receive buffer; what overflows it is dropped by the kernel and
 counted (``dropped_rx_overflow``, SO_RXQ_OVFL, learnt with the next datagram read).
 
 UDP is answered only up to a per-source rate (a token bucket per IPv4 address /
-IPv6 /64, ``stun_udp_burst``/``stun_udp_rate``): a spoofed flood cannot turn the
+IPv6 /64, ``StunLimits.udp_burst``/``udp_rate``): a spoofed flood cannot turn the
 responder into a reflector; what is over the rate is dropped and counted
 (``dropped_rate_limited``).
 
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from stunturn_diag.errors import ConfigError, StunDecodeError
 from stunturn_diag.sansio.stun import HEADER_LENGTH, message_length
 
-from ..config import ServerConfig, StunEndpoint, bind_error
-from ..limits import TokenBucket, source_of
-from .responder import MAX_REQUEST_BYTES, StunResponder, plain_ip
+from ..config import ServerConfig, StunLimits, bind_error
+from ..sansio.limits import TokenBucket, source_of
+from ..sansio.stun_responder import MAX_REQUEST_BYTES, StunEndpoint, StunResponder, plain_ip
 
 log = logging.getLogger("stunturn_server.stun")
 
@@ -62,38 +62,6 @@ SERVICE_COUNTERS = ("udp_datagrams", "send_errors", "internal_errors", "tcp_conn
                     "tcp_open", "tcp_rejected", "tcp_closed_idle", "tcp_closed_garbage",
                     "tcp_closed_limit", "tcp_closed_by_peer", "dropped_rx_overflow",
                     "tcp_rejected_source", "tcp_closed_slow", "dropped_rate_limited")
-
-
-@dataclass(frozen=True)
-class TcpLimits:
-    """Bounds on TCP clients (RFC 8489 section 6.2.2 leaves them to the server)."""
-
-    max_connections: int = 256
-    #: most connections one source (IPv4 address / IPv6 /64) may hold
-    max_per_source: int = 16
-    #: seconds a message may take from its first byte to its last
-    message_timeout: float = 5.0
-    idle_timeout: float = 30.0
-    max_lifetime: float = 300.0
-    max_bytes: int = 64 * 1024
-    max_pending_out: int = 64 * 1024
-    #: STUN over UDP: answers per source, burst and per second (the rest is dropped)
-    udp_burst: int = 200
-    udp_rate: float = 50.0
-
-    @classmethod
-    def from_config(cls, config: ServerConfig) -> "TcpLimits":
-        """Defaults, overridden by ``config.extra["stun_tcp_<field>"]`` when present
-        (``stun_udp_burst`` / ``stun_udp_rate`` for the UDP rate)."""
-        values = {}
-        for name in cls.__dataclass_fields__:
-            key = f"stun_{name}" if name.startswith("udp_") else f"stun_tcp_{name}"
-            if key in config.extra:
-                value = config.extra[key]
-                if not isinstance(value, (int, float)) or value <= 0:
-                    raise ConfigError(f"{key} must be a positive number, got {value!r}")
-                values[name] = value
-        return cls(**values)
 
 
 @dataclass
@@ -120,7 +88,7 @@ class StunService:
     """
 
     def __init__(self, endpoints: list[StunEndpoint], udp: dict[str, socket.socket],
-                 tcp: dict[str, socket.socket], limits: TcpLimits,
+                 tcp: dict[str, socket.socket], limits: StunLimits,
                  responder: StunResponder | None = None) -> None:
         self.endpoints = endpoints
         self.limits = limits
@@ -418,7 +386,7 @@ def _rx_overflow(ancillary) -> int | None:
 
 
 def _source_key(ip: str) -> str:
-    """What the per-source limits count (see :func:`stunturn_server.limits.source_of`)."""
+    """What the per-source limits count (see :func:`stunturn_server.sansio.limits.source_of`)."""
     try:
         return source_of(ip.split("%", 1)[0])
     except ValueError:
@@ -540,13 +508,13 @@ def _check(config: ServerConfig) -> None:
                           hint="responses must come from a known address (RFC 5780 section 6.1)")
 
 
-def start_stun_service(config: ServerConfig, *, limits: TcpLimits | None = None) -> StunService:
-    """Bind UDP and TCP on every endpoint of ``config`` and start answering (non-blocking).
+def start_stun_service(config: ServerConfig) -> StunService:
+    """Bind UDP and TCP on every endpoint of ``config`` and start answering (non-blocking),
+    within ``config.stun_limits``.
 
     Raises :class:`ConfigError` naming the address:port it could not bind.
     """
     _check(config)
-    limits = limits or TcpLimits.from_config(config)
     for attempt in range(_PORT_ATTEMPTS):
         try:
             endpoints, udp, tcp = _bind_layout(config)
@@ -558,7 +526,7 @@ def start_stun_service(config: ServerConfig, *, limits: TcpLimits | None = None)
                           f"{' and ' + config.alt_ip if config.alt_ip else ''} after "
                           f"{_PORT_ATTEMPTS} attempts", hint="give explicit --stun-port/--alt-port")
     try:
-        service = StunService(endpoints, udp, tcp, limits)
+        service = StunService(endpoints, udp, tcp, config.stun_limits)
     except BaseException:
         for sock in [*udp.values(), *tcp.values()]:
             sock.close()

@@ -109,7 +109,8 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
     """
-    from stunturn_server.config import ServerConfig, format_address, load_secret, read_password_file
+    from stunturn_server.config import (ProbeAssistConfig, ServerConfig, TlsConfig, TurnConfig,
+                                        format_address, load_secret, read_password_file)
     from stunturn_server.logs import configure_logging
     from stunturn_server.runner import serve_forever
 
@@ -124,11 +125,9 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
                           redis_password=read_password_file(redis_password_file) if redis_password_file
                           else None, redis_pool_size=redis_pool_size, key_secret=load_secret(secret_file),
                           metrics_listen=parse_listen(metrics_listen) if metrics_listen else None,
-                          tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
-                          allowed_hosts=allowed_hosts,
-                          extra={k: v for k, v in (("turn_server", turn_server),
-                                                   ("turn_secret", turn_secret),
-                                                   ("turn_realm", turn_realm)) if v is not None})
+                          tls=TlsConfig(cert=tls_cert, key=tls_key), trusted_proxies=trusted_proxies,
+                          probe_assist=ProbeAssistConfig(allowed_hosts=allowed_hosts),
+                          turn=TurnConfig(server=turn_server, secret=turn_secret, realm=turn_realm))
 
     def ready(handle) -> None:
         if as_json:

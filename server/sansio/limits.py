@@ -1,4 +1,4 @@
-"""Pure rate and concurrency limits: no sockets, no clocks (every call takes ``now``).
+"""Pure rate and concurrency limits: no sockets, no clocks (every call takes ``now``), no threads.
 
 - :func:`source_of`: what a per-source limit counts (an IPv4 address, an IPv6 /64);
 - :class:`TokenBucket`: keyed token buckets with bounded memory;
@@ -7,8 +7,10 @@
 - :class:`ConcurrencyLimiter`: at most N things per source and M in all;
 - :class:`LogThrottle`: one log line per key and interval, with the count of what it stood for.
 
-Counting needs a lock only where threads share an instance (Flask's threaded test server);
-under gevent every caller runs in one hub and the lock is never contended.
+Counting needs a lock only where threads share an instance (Flask's threaded test server,
+probe-assist's simultaneous-open thread): the caller that has threads passes one
+(``lock=threading.Lock()``); under gevent every caller runs in one hub, and the STUN service
+in one thread, so the default is no lock at all.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+
+#: what a limit holds while it counts: a ``threading.Lock`` where threads share it, else nothing
+Lock = AbstractContextManager
 
 
 @functools.lru_cache(maxsize=8192)
@@ -44,8 +49,8 @@ class TokenBucket:
     burst: float
     rate: float
     sweep_at: int = 100_000
+    lock: Lock = field(default_factory=nullcontext, repr=False)
     _state: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.burst >= 1 and self.rate > 0):
@@ -57,12 +62,12 @@ class TokenBucket:
 
     def tokens(self, key: str, now: float) -> float:
         """Tokens ``key`` holds at ``now``."""
-        with self._lock:
+        with self.lock:
             return self._refilled(key, now)
 
     def take(self, key: str, now: float) -> bool:
         """Spend one token of ``key``; ``False`` (nothing spent) when it has none."""
-        with self._lock:
+        with self.lock:
             tokens = self._refilled(key, now)
             ok = tokens >= 1.0
             self._store(key, tokens - 1.0 if ok else tokens, now)
@@ -70,12 +75,12 @@ class TokenBucket:
 
     def charge(self, key: str, now: float) -> None:
         """Spend one token of ``key`` if it has one (an event already happened: count it)."""
-        with self._lock:
+        with self.lock:
             self._store(key, max(0.0, self._refilled(key, now) - 1.0), now)
 
     def retry_after(self, key: str, now: float) -> float:
         """Seconds until ``key`` holds a whole token again (0 when it has one)."""
-        with self._lock:
+        with self.lock:
             missing = 1.0 - self._refilled(key, now)
         return max(0.0, missing / self.rate)
 
@@ -96,9 +101,10 @@ class FailureLimiter:
     """
 
     def __init__(self, *, source_burst: float, source_rate: float, target_burst: float,
-                 target_rate: float) -> None:
-        self.sources = TokenBucket(source_burst, source_rate)
-        self.targets = TokenBucket(target_burst, target_rate)
+                 target_rate: float, lock: Lock | None = None) -> None:
+        lock = lock or nullcontext()
+        self.sources = TokenBucket(source_burst, source_rate, lock=lock)
+        self.targets = TokenBucket(target_burst, target_rate, lock=lock)
 
     def retry_after(self, source: str, target: str | None, now: float) -> float | None:
         """``None`` when a request from ``source`` naming ``target`` may go on; else the
@@ -117,18 +123,18 @@ class FailureLimiter:
 class ConcurrencyLimiter:
     """At most ``per_source`` holders per key and ``total`` in all."""
 
-    def __init__(self, per_source: int, total: int) -> None:
+    def __init__(self, per_source: int, total: int, lock: Lock | None = None) -> None:
         if not 1 <= per_source <= total:
             raise ValueError(f"need 1 <= per_source <= total, got {per_source}, {total}")
         self.per_source, self.total = per_source, total
         self.held: dict[str, int] = {}
         self.count = 0
-        self._lock = threading.Lock()
+        self.lock = lock or nullcontext()
 
     def acquire(self, key: str, n: int = 1) -> str | None:
         """Take ``n`` places for ``key``; ``None`` on success, else which cap refused:
         ``"source"`` or ``"total"`` (nothing is taken then)."""
-        with self._lock:
+        with self.lock:
             have = self.held.get(key, 0)
             if self.count + n > self.total:
                 return "total"
@@ -139,7 +145,7 @@ class ConcurrencyLimiter:
             return None
 
     def release(self, key: str, n: int = 1) -> None:
-        with self._lock:
+        with self.lock:
             left = self.held.get(key, 0) - n
             if left > 0:
                 self.held[key] = left
@@ -152,13 +158,13 @@ class LogThrottle:
     """``note(key, now)`` returns how many events to report in one log line, at most once per
     ``interval`` per key (the first event at once), else ``None``. Bounded memory."""
 
-    def __init__(self, interval: float = 60.0, max_keys: int = 10_000) -> None:
+    def __init__(self, interval: float = 60.0, max_keys: int = 10_000, lock: Lock | None = None) -> None:
         self.interval, self.max_keys = interval, max_keys
         self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged, events since)
-        self._lock = threading.Lock()
+        self.lock = lock or nullcontext()
 
     def note(self, key: str, now: float) -> int | None:
-        with self._lock:
+        with self.lock:
             last, count = self._seen.get(key, (None, 0))
             count += 1
             if last is None or now - last >= self.interval:

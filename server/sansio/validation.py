@@ -1,7 +1,15 @@
-"""Request body validation for the signaling API (pure: bytes in, typed values out).
+"""Request body validation for every route (pure: bytes in, typed values out).
 
-Every function raises :class:`BadRequest` with a message that names the offending
-field; the API turns it into ``400 {"error": "bad-request", "message": ...}``.
+One style for all of them: a ``*_request(obj)`` function per route checks the decoded
+JSON object's fields (:func:`_check_fields`: missing and unknown ones), validates each
+with a field function (``*_field(value, name)``) and returns a frozen dataclass;
+anything wrong raises :class:`BadRequest` with a message naming the offending field,
+which the routes answer with ``400 {"error": "bad-request", "message": ...}``.
+
+- signaling: :func:`initiate_request`, :func:`checkin_request`;
+- probe-assist: :func:`connect_back_request`, :func:`simopen_request`;
+- the relay exchange: :func:`exchange_request`.
+
 Nothing here touches sockets, clocks or Flask.
 """
 
@@ -11,6 +19,8 @@ import ipaddress
 import json
 import math
 from dataclasses import dataclass, field
+
+from stunturn_diag.sansio.assist_frame import MAX_TOKEN
 
 #: rendezvous identifier: hex of 16..64 bytes (clients send scrypt(key) as 32 bytes, 64 digits)
 RENDEZVOUS_MIN = 32
@@ -22,6 +32,15 @@ LOCAL_MAX = 8
 NAT_MAX_BYTES = 2048
 SOFTWARE_MAX = 64
 MAX_JSON_DEPTH = 16
+#: probe-assist: the server's sources a connect-back may come from, attempts per source,
+#: connect timeout bounds (ms), the simultaneous-open delay bound (ms)
+ASSIST_SOURCES = ("alt-ip", "alt-port")
+MAX_ATTEMPTS = 3
+MIN_TIMEOUT_MS = 50
+MAX_TIMEOUT_MS = 2000
+MAX_DELAY_MS = 1000
+#: relay exchange: longest match id and token
+MATCH_ID_MAX, TOKEN_MAX = 64, 200
 
 
 class BadRequest(ValueError):
@@ -43,6 +62,36 @@ class InitiateRequest:
 class CheckinRequest:
     rendezvous: str
     details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectBackRequest:
+    """``POST /v1/probe/tcp-connect``: connect back to the caller's ``port``."""
+
+    port: int
+    sources: tuple[str, ...] = ASSIST_SOURCES  # of ASSIST_SOURCES, distinct
+    attempts: int = 2
+    timeout_ms: int = 500
+    token: bytes = b""
+
+
+@dataclass(frozen=True)
+class SimopenRequest:
+    """``POST /v1/probe/tcp-simopen``: connect to the caller's ``port`` ``delay_ms`` later."""
+
+    port: int
+    delay_ms: int = 100
+    timeout_ms: int = 500
+    token: bytes = b""
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """``POST /v1/relay``: this peer's match token, and its relayed address to post."""
+
+    match_id: str
+    token: str
+    relayed: tuple[str, int] | None = None
 
 
 def canonical_ip(text: str) -> str:
@@ -137,18 +186,23 @@ def _of_kind(value, kind: type, name: str, max_len: int | None = None, what: str
     return value
 
 
+def hex_field(value, name: str, min_digits: int, max_digits: int) -> str:
+    """An even number of ``min_digits``..``max_digits`` lowercase hex digits."""
+    _of_kind(value, str, name)
+    if not min_digits <= len(value) <= max_digits or len(value) % 2 or \
+            not all(ch in "0123456789abcdef" for ch in value):
+        raise BadRequest(f"{name} must be {min_digits}-{max_digits} lowercase hex "
+                         f"digits (an even number), got {len(value)} characters")
+    return value
+
+
 def rendezvous(value) -> str:
     """Lowercase hex, 32-128 digits: an identifier the client derived from its key.
 
     The server never sees the access key itself (the client's scrypt of it,
     stunturn_diag.punch.keys); it keys-hashes whatever identifier it receives.
     """
-    _of_kind(value, str, "rendezvous")
-    if not RENDEZVOUS_MIN <= len(value) <= RENDEZVOUS_MAX or len(value) % 2 or \
-            not all(ch in "0123456789abcdef" for ch in value):
-        raise BadRequest(f"rendezvous must be {RENDEZVOUS_MIN}-{RENDEZVOUS_MAX} lowercase hex "
-                         f"digits (an even number), got {len(value)} characters")
-    return value
+    return hex_field(value, "rendezvous", RENDEZVOUS_MIN, RENDEZVOUS_MAX)
 
 
 def _no_access_key(obj: dict) -> None:
@@ -171,11 +225,25 @@ def ip_field(value, name: str) -> str:
         raise BadRequest(f"{name} is not a valid IPv4/IPv6 address: {value!r}") from None
 
 
-def port_field(value, name: str) -> int:
+def int_field(value, name: str, low: int, high: int, what: str = "") -> int:
+    """An integer (not a boolean) in ``low..high`` (``what`` names it in the message)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be an integer, got {_type_name(value)}")
-    if not 1 <= value <= 65535:
-        raise BadRequest(f"{name} must be a port 1-65535, got {value}")
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be {what}{low}-{high}, got {value}")
+    return value
+
+
+def port_field(value, name: str) -> int:
+    return int_field(value, name, 1, 65535, "a port ")
+
+
+def number_field(value, name: str, low: float, high: float) -> float:
+    """A number (not a boolean) in ``low..high`` (NaN and the infinities are outside)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{name} must be a number, got {_type_name(value)}")
+    if not low <= value <= high:  # compared before any float(): a huge int stays exact
+        raise BadRequest(f"{name} must be a number {low:g}..{high:g}, got {value!r}"[:200])
     return value
 
 
@@ -270,3 +338,50 @@ def checkin_request(obj: dict) -> CheckinRequest:
     _check_fields(obj, {"rendezvous"}, {"details"}, "checkin")
     return CheckinRequest(rendezvous=rendezvous(obj["rendezvous"]),
                           details=details_field(obj.get("details")))
+
+
+def _assist_fields(obj: dict, where: str, optional: set[str]) -> tuple[int, int, bytes]:
+    """The fields both probe-assist routes share: ``port``, ``timeout_ms``, ``token``."""
+    _check_fields(obj, {"port"}, {"timeout_ms", "token"} | optional, where)
+    port = port_field(obj["port"], "port")
+    timeout_ms = int(number_field(obj.get("timeout_ms", 500), "timeout_ms", MIN_TIMEOUT_MS,
+                                  MAX_TIMEOUT_MS))
+    token = bytes.fromhex(hex_field(obj.get("token", ""), "token", 0, 2 * MAX_TOKEN))
+    return port, timeout_ms, token
+
+
+def sources_field(value) -> tuple[str, ...]:
+    """Probe-assist's ``from``: a non-empty list of distinct :data:`ASSIST_SOURCES`."""
+    if (not isinstance(value, list) or not value or len(value) > len(ASSIST_SOURCES)
+            or any(s not in ASSIST_SOURCES for s in value) or len(set(value)) != len(value)):
+        raise BadRequest(f"from must be a non-empty list of distinct values from {list(ASSIST_SOURCES)}")
+    return tuple(value)
+
+
+def connect_back_request(obj: dict) -> ConnectBackRequest:
+    """Validate a decoded ``POST /v1/probe/tcp-connect`` body
+    ``{"port", "from"?, "attempts"?, "timeout_ms"?, "token"?}``."""
+    port, timeout_ms, token = _assist_fields(obj, "tcp-connect", {"from", "attempts"})
+    return ConnectBackRequest(port, sources_field(obj.get("from", list(ASSIST_SOURCES))),
+                              int_field(obj.get("attempts", 2), "attempts", 1, MAX_ATTEMPTS),
+                              timeout_ms, token)
+
+
+def simopen_request(obj: dict) -> SimopenRequest:
+    """Validate a decoded ``POST /v1/probe/tcp-simopen`` body
+    ``{"port", "delay_ms"?, "timeout_ms"?, "token"?}``."""
+    port, timeout_ms, token = _assist_fields(obj, "tcp-simopen", {"delay_ms"})
+    delay_ms = int(number_field(obj.get("delay_ms", 100), "delay_ms", 0, MAX_DELAY_MS))
+    return SimopenRequest(port, delay_ms, timeout_ms, token)
+
+
+def exchange_request(obj: dict) -> ExchangeRequest:
+    """Validate a decoded ``POST /v1/relay`` body ``{"match_id", "token", "relayed"?}``."""
+    _check_fields(obj, {"match_id", "token"}, {"relayed"}, "relay exchange")
+    match_id = _of_kind(obj["match_id"], str, "match_id", MATCH_ID_MAX)
+    token = _of_kind(obj["token"], str, "token", TOKEN_MAX)
+    relayed = obj.get("relayed")
+    if relayed is not None:
+        ep = endpoint(relayed, "relayed")
+        relayed = (ep["ip"], ep["port"])
+    return ExchangeRequest(match_id, token, relayed)

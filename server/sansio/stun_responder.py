@@ -64,8 +64,6 @@ from stunturn_diag.sansio.stun import (
     looks_like_stun,
 )
 
-from ..config import StunEndpoint
-
 #: SOFTWARE value of our responses (RFC 8489 section 14.14).
 DEFAULT_SOFTWARE = f"stunturn-diag {__version__}"
 #: Largest request we decode; anything bigger is dropped (no legitimate Binding
@@ -102,6 +100,18 @@ COUNTERS = ("requests", "classic_requests", "responses", "errors_sent",
             "dropped_oversize", "dropped_bad_source", "dropped_change_unavailable")
 
 _REASONS = {400: "Bad Request", 420: "Unknown Attribute"}
+
+
+@dataclass(frozen=True)
+class StunEndpoint:
+    """One address:port the STUN responder answers on (RFC 5780 section 7)."""
+
+    ip: str
+    port: int
+    role: str  # "primary" | "alt-port" | "alt-ip" | "alt-both"
+
+    def as_dict(self) -> dict:
+        return {"ip": self.ip, "port": self.port, "role": self.role}
 
 
 @dataclass(frozen=True)

@@ -8,22 +8,25 @@ target IP)``; a :class:`Waiter` carries its own :class:`Slot`, so an entry is
 always removed under the very key it was stored with (the original Go server
 leaked timed-out entries by deleting under a different key).
 
-No sockets, no clocks: every call takes ``now`` (monotonic seconds) from the caller;
-atomic storage and waking live behind :class:`stunturn_server.store.MatchStore`.
+No sockets, no clocks, no random source: every call takes ``now`` (monotonic seconds)
+from the caller, and the ids and the hashing secret are drawn by whoever builds the
+:class:`Matcher`. Atomic storage and waking live behind :class:`MatchStore`, the
+interface defined here beside the logic that uses it; its implementations do the I/O:
+:class:`stunturn_server.store.InMemoryStore` (one process) and
+:class:`stunturn_server.redis_store.RedisStore` (instances sharing a Redis).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import Mailbox, MatchStore
+from typing import Callable, Literal
 
 Address = tuple[str, int]
+#: outcome of :meth:`MatchStore.put_relay_address`
+RelayPost = Literal["stored", "conflict", "full"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,98 @@ def _addr(address: Address) -> dict:
     return {"ip": address[0], "port": address[1]}
 
 
+# -- the store interface: what Matcher (and the relay exchange) need of a store --------------
+
+class Mailbox(ABC):
+    """Where one initiator's match arrives."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> Match | None:
+        """Block (cooperatively) until a match arrives, :meth:`interrupt` is called or ``timeout``."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Wake :meth:`wait` without a match (the client hung up)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Forget the mailbox; later deliveries to it are dropped."""
+
+
+class MatchStore(ABC):
+    """Atomic pairing storage, plus waking a waiting initiator. Every method is atomic with
+    respect to the others, and none reads a clock: ``now`` comes from the caller.
+
+    A shared store (Redis, so several server instances pair with each other) maps the
+    operations onto ``SET NX PX`` (put), ``GETDEL`` (take), a compare-and-delete script
+    (remove) and a per-waiter list or channel (mailbox: ``deliver`` = ``LPUSH``/``PUBLISH``,
+    ``wait`` = ``BLPOP``/subscribe).
+    """
+
+    @abstractmethod
+    def put_waiter(self, waiter: Waiter, now: float) -> bool:
+        """Store ``waiter`` in its slot unless a live (unexpired at ``now``) waiter is there."""
+
+    @abstractmethod
+    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
+        """Remove and return the live waiter in ``slot`` (expired ones are dropped, not returned)."""
+
+    @abstractmethod
+    def remove_waiter(self, waiter: Waiter) -> bool:
+        """Remove exactly this waiter (same slot, same id); ``False`` if it is no longer there."""
+
+    @abstractmethod
+    def open_mailbox(self, waiter_id: str) -> Mailbox:
+        """Create the mailbox a match for ``waiter_id`` will be delivered to."""
+
+    @abstractmethod
+    def deliver(self, match: Match) -> bool:
+        """Hand ``match`` to its initiator's mailbox and wake it; ``False`` if nobody listens."""
+
+    @abstractmethod
+    def waiting_count(self) -> int:
+        """Number of waiters this server holds now (expired but not yet removed ones included)."""
+
+    @abstractmethod
+    def admit_source(self, source: str, limit: int) -> object | None:
+        """Count one more waiting initiator from ``source`` unless ``limit`` wait already;
+        returns a token for :meth:`release_source`, or ``None`` at the limit."""
+
+    @abstractmethod
+    def release_source(self, source: str, token: object) -> None:
+        """The initiator admitted with ``token`` has stopped waiting."""
+
+    def occupant(self, slot: Slot, now: float) -> tuple[str, int] | None:
+        """The observed address of the live waiter in ``slot`` (a read, nothing changes), or
+        ``None``: tells a second initiator from the first one's source apart (409) from any
+        other (held apart, no oracle). A store that cannot say returns ``None``."""
+        return None
+
+    def start(self) -> None:
+        """Connect and start background work; called once in the thread (hub) that serves."""
+
+    def stop(self) -> None:
+        """Forget this server's waiters and stop background work (idempotent)."""
+
+    # -- the per-match relay address exchange (server/relay_api.py) -------------------------
+    @abstractmethod
+    def put_relay_address(self, match_id: str, role: str, address: Address, expires: float,
+                          now: float) -> RelayPost:
+        """Keep ``role``'s TURN relayed address for ``match_id`` until ``expires``.
+
+        ``"conflict"`` when that role already posted another address (the first one
+        stays), ``"full"`` when the store holds its limit of live entries. Expired entries
+        are dropped, never returned. A shared store: ``SET NX PXAT`` on
+        ``relay:<match_id>:<role>`` (``"conflict"`` when it exists with another value)."""
+
+    @abstractmethod
+    def relay_address(self, match_id: str, role: str, now: float) -> Address | None:
+        """``role``'s live relayed address for ``match_id``, None when none was posted."""
+
+
 class KeyHasher:
-    """Keyed BLAKE2b of rendezvous identifiers; the secret is per process unless shared on purpose.
+    """Keyed BLAKE2b of rendezvous identifiers under ``secret`` (16-64 bytes): random per
+    process unless shared on purpose (:func:`stunturn_server.app.key_hasher` draws it).
 
     Clients send ``rendezvous`` (a slow KDF of the access key, never the key); the
     ``access_key`` parameter names below are that identifier.
@@ -101,8 +194,8 @@ class KeyHasher:
     Instances sharing a store (e.g. Redis) must share the secret too.
     """
 
-    def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret if secret is not None else secrets.token_bytes(32)
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
         if not 16 <= len(self._secret) <= 64:
             raise ValueError("key hashing secret must be 16-64 bytes")
 
@@ -124,17 +217,17 @@ class Registration:
     """What :meth:`Matcher.register` hands back: the waiter and the mailbox its match arrives in."""
 
     waiter: Waiter
-    mailbox: "Mailbox"
+    mailbox: Mailbox
 
 
 class Matcher:
-    """Pairing decisions over a :class:`MatchStore`. Time is always passed in."""
+    """Pairing decisions over a :class:`MatchStore`. Time is always passed in; ``new_id``
+    draws the waiter and match ids (unguessable: the server passes ``secrets.token_hex``)."""
 
-    def __init__(self, store: "MatchStore", hasher: KeyHasher | None = None, *,
-                 new_id: Callable[[], str] | None = None) -> None:
+    def __init__(self, store: MatchStore, hasher: KeyHasher, *, new_id: Callable[[], str]) -> None:
         self.store = store
-        self.hasher = hasher or KeyHasher()
-        self._new_id = new_id or (lambda: secrets.token_hex(8))
+        self.hasher = hasher
+        self._new_id = new_id
 
     def slot(self, access_key: str, ip: str) -> Slot:
         return Slot(self.hasher.digest(access_key), ip)
