@@ -29,9 +29,10 @@ from typing import Callable
 from flask import Blueprint, current_app, jsonify, request
 
 from stunturn_diag import __version__
+from stunturn_diag.sansio.netaddr import format_hostport
 
 from . import turn_offer
-from .config import ServerConfig, format_address
+from .config import ServerConfig
 from .http import ApiError, app_context, json_body, observed_address
 from .observe import observer
 from .sansio import validation
@@ -234,7 +235,7 @@ def initiate():
         limit = state.config.max_waiters_per_ip if per_source else state.config.max_waiters
         state.pairing_failure("refused" if per_source else "refused-total", source,
                               f"{limit} initiators {'from there' if per_source else 'in all'} already "
-                              "waiting", from_=format_address(*observed), limit=limit)
+                              "waiting", from_=format_hostport(*observed), limit=limit)
         where = f"from {source}" if per_source else "in all"
         raise ApiError(429, "too-many-waiters", f"{limit} initiators {where} are already "
                        "waiting, the most this server allows; let some finish first", limit=limit,
@@ -250,7 +251,7 @@ def _check_failures(state: SignalingState, source: str, target: str, observed: t
     wait = state.failures.retry_after(source, target, state.clock())
     if wait is None:
         return
-    state.pairing_failure("rate-limited", source, from_=format_address(*observed), target=target,
+    state.pairing_failure("rate-limited", source, from_=format_hostport(*observed), target=target,
                           retry_after=wait)
     raise ApiError(429, "rate-limited", f"too many failed pairing attempts from {source} or for "
                    f"{target}; retry in {wait:g}s (check the access key and the target IP)",
@@ -277,7 +278,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         if occupant is not None and source_of(occupant[0]) == source:  # its own source: tell it
             state.failures.failed(source, req.target_ip, started)
             state.pairing_failure("conflict", source, key=slot.label, target=req.target_ip,
-                                  from_=format_address(*observed))
+                                  from_=format_hostport(*observed))
             raise ApiError(409, "conflict", "another initiator from your address is already waiting "
                            "for this access key and target IP; wait for it to finish or use another "
                            "key") from None
@@ -286,7 +287,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         state.hold_apart(1)
     else:
         waiter, mailbox, slot = reg.waiter, reg.mailbox, reg.waiter.slot
-    obs.pairing("waiting", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
+    obs.pairing("waiting", key=slot.label, target=slot.target_ip, from_=format_hostport(*observed),
                 protocol=req.protocol, timeout=timeout, log_level=logging.DEBUG)
     hung_up = False
 
@@ -317,17 +318,17 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
         obs.initiator_wait.observe(waited)
         return jsonify(turn_offer.with_credentials(match.initiator_answer()))
     if hung_up:
-        obs.pairing("hangup", key=slot.label, target=slot.target_ip, from_=format_address(*observed),
+        obs.pairing("hangup", key=slot.label, target=slot.target_ip, from_=format_hostport(*observed),
                     waited=waited, log_level=logging.DEBUG)
         raise ApiError(408, "client-gone", "the client closed the connection while waiting",
                        waited=waited)
     if state.closing:
         obs.pairing("stopped", "server stopping", key=slot.label, target=slot.target_ip,
-                    from_=format_address(*observed), waited=waited)
+                    from_=format_hostport(*observed), waited=waited)
         raise _shutting_down()
     state.failures.failed(source, slot.target_ip, state.clock())
     state.pairing_failure("timeout", source, key=slot.label, target=slot.target_ip,
-                          from_=format_address(*observed), waited=waited)
+                          from_=format_hostport(*observed), waited=waited)
     raise ApiError(408, "timeout", f"no receiver from {slot.target_ip} checked in with this access key "
                    f"within {timeout:g}s; start the receiver (checkin) while the initiator waits",
                    waited=waited)
@@ -348,13 +349,13 @@ def checkin():
     if match is None:
         state.failures.failed(source, observed[0], started)
         label = state.matcher.slot(req.rendezvous, observed[0]).label
-        state.pairing_failure("no-initiator", source, key=label, from_=format_address(*observed))
+        state.pairing_failure("no-initiator", source, key=label, from_=format_hostport(*observed))
         raise ApiError(404, "no-initiator", f"no initiator is waiting for this access key and your IP "
                        f"{observed[0]}; start the initiator first (it must name {observed[0]} as "
                        f"target_ip) and check in while it waits")
     obs.pairing_latency.observe(state.clock() - started)
     obs.matches.inc()
     obs.pairing("matched", key=match.initiator.slot.label, match=match.match_id,
-                initiator=format_address(*match.initiator.observed), receiver=format_address(*observed),
+                initiator=format_hostport(*match.initiator.observed), receiver=format_hostport(*observed),
                 protocol=match.protocol)
     return jsonify(turn_offer.with_credentials(match.receiver_answer()))

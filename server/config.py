@@ -15,19 +15,15 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
 
 from stunturn_diag.errors import ConfigError
+from stunturn_diag.sansio.netaddr import format_hostport, parse_hostport
 
 from .sansio.stun_responder import StunEndpoint
-
-
-def format_address(ip: str, port: int) -> str:
-    """``ip:port``, or ``[ip]:port`` for IPv6 (RFC 3986 section 3.2.2)."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def bind_error(what: str, ip: str, port: int, exc: OSError, hints: dict[int, str]) -> ConfigError:
     """The :class:`ConfigError` for a failed bind of ``what`` on ``ip:port``; ``hints`` maps
     errno values to what to do. The error keeps ``exc.errno`` as ``.errno``."""
-    error = ConfigError(f"cannot bind the {what} on {format_address(ip, port)}: {exc.strerror or exc}",
+    error = ConfigError(f"cannot bind the {what} on {format_hostport(ip, port)}: {exc.strerror or exc}",
                         hint=hints.get(exc.errno))
     error.errno = exc.errno  # type: ignore[attr-defined]
     return error
@@ -83,16 +79,12 @@ class TurnConfig:
         if not self.server or not self.secret:
             raise ConfigError("a TURN relay needs both --turn-server IP:PORT and --turn-secret",
                               hint="the secret is coturn's static-auth-secret")
-        host, sep, port_text = str(self.server).rpartition(":")
-        host = host.strip("[]")
         try:
+            host, port = parse_hostport(str(self.server))
             ip = str(ipaddress.ip_address(host))
-            port = int(port_text)
         except ValueError:
-            raise ConfigError(f"--turn-server must be IP:PORT, got {self.server!r}",
+            raise ConfigError(f"--turn-server must be IP:PORT with a port 1..65535, got {self.server!r}",
                               hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
-        if not sep or not 1 <= port <= 65535:
-            raise ConfigError(f"--turn-server port must be 1..65535, got {self.server!r}")
         if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 60 <= self.ttl <= 86400:
             raise ConfigError(f"turn.ttl must be 60..86400 seconds, got {self.ttl!r}")
         object.__setattr__(self, "address", (ip, port))

@@ -18,36 +18,32 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 import threading
 import time
 from typing import Callable
 
 from stunturn_diag.sansio.assist_frame import assist_frame
+from stunturn_diag.sansio.netaddr import parse_queued_error
 
 from .sansio.probe_assist import DEFINITIVE
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
 
 
 def icmp_error(sock) -> dict | None:
-    """An ICMP error queued by IP_RECVERR (struct sock_extended_err), if any."""
+    """An ICMP error queued by IP_RECVERR (:func:`~stunturn_diag.sansio.netaddr.parse_queued_error`),
+    if any: its ``type``, ``code``, ``errno`` and the node that sent it (``from``)."""
     raw = getattr(sock, "_sock", sock)  # gevent wraps the kernel socket; ask it directly
     try:
         _, anc, _, _ = raw.recvmsg(1, 512, _MSG_ERRQUEUE | socket.MSG_DONTWAIT)
     except OSError:
         return None
     for _level, _type, data in anc:
-        if len(data) >= 16:
-            ee_errno, origin, etype, code = struct.unpack_from("=IBBB", data, 0)
-            if origin in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
-                offender = None
-                if len(data) >= 24 and struct.unpack_from("=H", data, 16)[0] == socket.AF_INET:
-                    offender = socket.inet_ntoa(data[20:24])
-                return {"type": etype, "code": code, "errno": ee_errno, "from": offender}
+        err = parse_queued_error(data)
+        if err is not None and err.is_icmp:
+            return {"type": err.type, "code": err.code, "errno": err.errno, "from": err.offender}
     return None
 
 

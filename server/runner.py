@@ -25,9 +25,10 @@ import time
 from typing import Callable
 
 from stunturn_diag.errors import ConfigError, StunturnError
+from stunturn_diag.sansio.netaddr import format_hostport
 
 from .app import create_app, make_store
-from .config import ServerConfig, bind_error, format_address
+from .config import ServerConfig, bind_error
 from .http import canonical_remote
 from .observe import metrics_app
 from .sansio.limits import LogThrottle, source_of
@@ -429,18 +430,18 @@ class ServerHandle:
         self._listener6 = listener6
         self.stun6_service = stun6_service
         self.http6_url = ("http{}://{}".format("s" if tls_context is not None else "",
-                                               format_address(*listener6.getsockname()[:2]))
+                                               format_hostport(*listener6.getsockname()[:2]))
                           if listener6 is not None else None)
         self.stun6_endpoints: list[dict] = [ep.as_dict() for ep in stun6_service.endpoints
                                             ] if stun6_service else []
         self._metrics_listener = metrics_listener
         self.metrics_url = None
         if metrics_listener is not None:
-            self.metrics_url = "http://{}/metrics".format(format_address(*metrics_listener.getsockname()[:2]))
+            self.metrics_url = "http://{}/metrics".format(format_hostport(*metrics_listener.getsockname()[:2]))
         self.stun_service = stun_service
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)
-        self.http_url = f"{'https' if tls_context else 'http'}://{format_address(host, port)}"
+        self.http_url = f"{'https' if tls_context else 'http'}://{format_hostport(host, port)}"
         self.stun_endpoints: list[dict] = [ep.as_dict() for ep in stun_service.endpoints
                                            ] if stun_service else []
         # started in the server's hub (_run): a Redis store's sockets belong to that hub

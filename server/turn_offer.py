@@ -30,9 +30,10 @@ from typing import Callable
 
 from flask import current_app
 
+from stunturn_diag.sansio.netaddr import format_hostport
 from stunturn_diag.sansio.turn.rest import rest_credentials
 
-from .config import TurnConfig, format_address
+from .config import TurnConfig
 from .http import app_context
 
 #: where the peers of a match post and read their relayed addresses (server/relay_api.py)
@@ -54,7 +55,7 @@ class TurnOffer:
         and role, its exchange token too."""
         cred = rest_credentials(self.secret, now=self.wall_clock(), ttl=self.ttl,
                                 random_id=secrets.token_hex(8))
-        host = format_address(self.ip, self.port)
+        host = format_hostport(self.ip, self.port)
         out = cred | {"server": {"ip": self.ip, "port": self.port},
                       "urls": [f"turn:{host}?transport=udp"], "realm": self.realm}
         if match_id and role in ROLES:

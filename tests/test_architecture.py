@@ -19,8 +19,9 @@ SANSIO_DIRS = [ROOT / "stunturn_diag" / "sansio", ROOT / "server" / "sansio"]
 FORBIDDEN = {"socket", "select", "selectors", "time", "threading", "random", "secrets", "os",
              "subprocess", "signal", "asyncio", "gevent", "flask", "werkzeug", "redis",
              "scapy", "urllib.request", "http.client", "ifaddr", "multiprocessing"}
-#: Project modules outside sansio/ that a pure core may use: shared vocabulary only.
-ALLOWED_PROJECT = {"stunturn_diag.errors", "stunturn_diag.behaviour"}
+#: Project modules outside sansio/ that a pure core may use: shared vocabulary only (and the
+#: package's version string, which the STUN responder's SOFTWARE names).
+ALLOWED_PROJECT = {"stunturn_diag.errors", "stunturn_diag.behaviour", "stunturn_diag.__version__"}
 
 
 def _sansio_files() -> list[Path]:

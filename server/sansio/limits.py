@@ -21,6 +21,8 @@ import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from stunturn_diag.sansio.netaddr import unmapped_address
+
 #: what a limit holds while it counts: a ``threading.Lock`` where threads share it, else nothing
 Lock = AbstractContextManager
 
@@ -29,10 +31,8 @@ Lock = AbstractContextManager
 def source_of(ip: str) -> str:
     """What a per-source limit counts: an IPv4 address, or an IPv6 address's /64 (one host
     usually holds a whole /64, RFC 4291 section 2.5.1). IPv4-mapped IPv6 counts as IPv4."""
-    address = ipaddress.ip_address(ip)
+    address = unmapped_address(ipaddress.ip_address(ip))
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
 

@@ -21,6 +21,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from stunturn_diag.sansio.netaddr import parse_hostport
+
 from .limits import ConcurrencyLimiter, Lock, TokenBucket
 
 #: outcomes that settle a source: further attempts from it would only repeat the answer
@@ -57,12 +59,14 @@ class AssistLimits:
 
 
 def host_key(host: str) -> str:
-    """A Host header value (or an address) without its port, lower case, IPs canonical."""
+    """A Host header value (or an address) without its port, lower case, IPs canonical; a
+    value that is no ``host[:port]`` (:func:`~stunturn_diag.sansio.netaddr.parse_hostport`)
+    stays as it is, and so names no server."""
     host = host.strip().lower()
-    if host.startswith("["):
-        host = host[1:host.find("]")] if "]" in host else host[1:]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+    try:
+        host = parse_hostport(host, default_port=0)[0]
+    except ValueError:
+        return host
     host = host.rstrip(".")
     try:
         return str(ipaddress.ip_address(host))

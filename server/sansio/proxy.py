@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from stunturn_diag.errors import ConfigError, ProxyHeaderError
+from stunturn_diag.sansio.netaddr import unmapped_address
 
 Address = tuple[str, int]
 
@@ -43,7 +44,7 @@ class TrustedProxies:
             address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
             return False
-        address = _unmapped(address)
+        address = unmapped_address(address)
         return any(address in net for net in self.networks if net.version == address.version)
 
 
@@ -74,7 +75,7 @@ def _node(text: str) -> Address | None:
         return None
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         port = "0"  # "_obfuscated" ports and junk: the address still counts
-    return str(_unmapped(ip)), int(port)
+    return str(unmapped_address(ip)), int(port)
 
 
 def forwarded_chain(forwarded: list[str], x_forwarded_for: list[str]) -> list[Address | None]:
@@ -212,20 +213,9 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(total, None)
     else:  # AF_UNIX: no IP to take
         return ProxyHeader(total, None)
-    source = _plain(ipaddress.ip_address(src)), sport
-    return ProxyHeader(total, source, (_plain(ipaddress.ip_address(dst)), dport))
+    source = str(unmapped_address(ipaddress.ip_address(src))), sport
+    return ProxyHeader(total, source, (str(unmapped_address(ipaddress.ip_address(dst))), dport))
 
 
 def _bad_family(fam: int):
     raise ProxyHeaderError(f"PROXY v2 header with unknown address family/transport 0x{fam:02x}")
-
-
-def _unmapped(ip):
-    """An IPv4-mapped IPv6 address as the IPv4 address it carries; any other unchanged."""
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _plain(ip) -> str:
-    return str(_unmapped(ip))

@@ -47,7 +47,6 @@ Behaviour (each rule cites the RFC text it follows):
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from stunturn_diag import __version__
@@ -63,6 +62,7 @@ from stunturn_diag.sansio.stun import (
     encode,
     looks_like_stun,
 )
+from stunturn_diag.sansio.netaddr import unmapped
 
 #: SOFTWARE value of our responses (RFC 8489 section 14.14).
 DEFAULT_SOFTWARE = f"stunturn-diag {__version__}"
@@ -307,21 +307,12 @@ def _wants_fingerprint(request: StunMessage) -> bool:
     return not request.classic and request.get(AttrType.FINGERPRINT) is not None
 
 
-def plain_ip(ip: str) -> str:
-    """IPv4-mapped IPv6 text -> IPv4 text (what a dual-stack socket reports for IPv4 peers);
-    any other IP unchanged. ``ValueError`` if ``ip`` is no IP address."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return ip
-
-
 def _normalise(source: Address) -> Address:
     """``(ip, port)`` with IPv4-mapped IPv6 turned into IPv4 (the client's real family)."""
     host, port = source[0], source[1]
     if not isinstance(host, str):
         raise ValueError(f"source address {source!r} is not (ip, port)")
-    ip = plain_ip(host)
+    ip = unmapped(host)
     if not isinstance(port, int) or not 0 < port <= 0xFFFF:
         raise ValueError(f"source port {port!r} cannot be answered")
     return (ip, port)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from stunturn_diag.sansio.assist_frame import MAX_TOKEN
+from stunturn_diag.sansio.netaddr import unmapped_address
 
 #: rendezvous identifier: hex of 16..64 bytes (clients send scrypt(key) as 32 bytes, 64 digits)
 RENDEZVOUS_MIN = 32
@@ -99,12 +100,9 @@ def canonical_ip(text: str) -> str:
 
     Raises ``ValueError`` for anything that is not a numeric IPv4/IPv6 address.
     """
-    addr = ipaddress.ip_address(text)
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        if addr.scope_id:
-            raise ValueError("scoped IPv6 addresses are not accepted")
+    addr = unmapped_address(ipaddress.ip_address(text))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+        raise ValueError("scoped IPv6 addresses are not accepted")
     return str(addr)
 
 

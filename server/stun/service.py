@@ -44,11 +44,12 @@ import time
 from dataclasses import dataclass, field
 
 from stunturn_diag.errors import ConfigError, StunDecodeError
+from stunturn_diag.sansio.netaddr import unmapped
 from stunturn_diag.sansio.stun import HEADER_LENGTH, message_length
 
 from ..config import ServerConfig, StunLimits, bind_error
 from ..sansio.limits import TokenBucket, source_of
-from ..sansio.stun_responder import MAX_REQUEST_BYTES, StunEndpoint, StunResponder, plain_ip
+from ..sansio.stun_responder import MAX_REQUEST_BYTES, StunEndpoint, StunResponder
 
 log = logging.getLogger("stunturn_server.stun")
 
@@ -250,7 +251,7 @@ class StunService:
             now = time.monotonic()
             local: StunEndpoint | str = role
             if role in self._wildcard:
-                local = StunEndpoint(plain_ip(sock.getsockname()[0]), self._wildcard[role], role)
+                local = StunEndpoint(unmapped(sock.getsockname()[0]), self._wildcard[role], role)
             conn = _Conn(sock, (peer[0], peer[1]), role, local, now, now, source)
             self._conns[sock.fileno()] = conn
             self._per_source[source] = self._per_source.get(source, 0) + 1
@@ -410,7 +411,7 @@ def _pktinfo_destination(ancillary) -> str | None:
         if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
             return socket.inet_ntop(socket.AF_INET, data[8:12])  # in_pktinfo.ipi_addr
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-            return plain_ip(socket.inet_ntop(socket.AF_INET6, data[:16]))  # in6_pktinfo.ipi6_addr
+            return unmapped(socket.inet_ntop(socket.AF_INET6, data[:16]))  # in6_pktinfo.ipi6_addr
     return None
 
 

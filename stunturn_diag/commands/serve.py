@@ -7,6 +7,7 @@ import ipaddress
 import click
 
 from ..errors import ConfigError
+from ..sansio.netaddr import format_hostport
 from ._common import emit_json, progress
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -110,7 +111,7 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
     """
     from stunturn_server.config import (ProbeAssistConfig, ServerConfig, TlsConfig, TurnConfig,
-                                        format_address, load_secret, read_password_file)
+                                        load_secret, read_password_file)
     from stunturn_server.logs import configure_logging
     from stunturn_server.runner import serve_forever
 
@@ -137,7 +138,7 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
         if handle.http6_url:
             click.echo(f"signaling server: {handle.http6_url}  (IPv6)")
         for ep in handle.stun_endpoints + handle.stun6_endpoints:  # each answers on UDP and TCP
-            click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_address(ep['ip'], ep['port'])}")
+            click.echo(f"STUN {ep['role']:9} {'udp+tcp':8} {format_hostport(ep['ip'], ep['port'])}")
         if no_stun:
             click.echo("STUN responder: disabled (--no-stun)")
         elif not alt_ip:
