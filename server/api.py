@@ -7,7 +7,7 @@ validate the body (:func:`~stunturn_server.http.json_body` with the pure validat
 clock, wait in the mailbox.
 
 No guessing (README "Security model"): failed attempts (initiate 408/409, check-in
-404) spend tokens of the pure :class:`~stunturn_server.limits.FailureLimiter`, per
+404) spend tokens of the pure :class:`~stunturn_server.sansio.limits.FailureLimiter`, per
 source and per target IP; an empty bucket answers 429 ``rate-limited`` with
 Retry-After. A second initiator for an occupied (rendezvous, target IP) learns of the
 conflict (409) only when it comes from the same source as the waiting one; from any

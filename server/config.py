@@ -29,15 +29,15 @@ def bind_error(what: str, ip: str, port: int, exc: OSError, hints: dict[int, str
     return error
 
 
-def _positive(section: str, name: str, value, *, integer: bool = False, low: float = 0) -> None:
-    """``value`` must be a number above ``low`` (at least ``low`` for ``low`` > 0), an integer
-    when ``integer``; else a :class:`ConfigError` naming ``section.name``."""
-    kind = (int,) if integer else (int, float)
+def _number(section: str, name: str, value, *, integer: bool = False, minimum: float | None = None) -> None:
+    """``value`` must be a number (an integer when ``integer``) above 0, or at least ``minimum``;
+    else a :class:`ConfigError` naming ``section.name``."""
+    kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not (
-            value >= low if low > 0 else value > 0):
-        what = "an integer" if integer else "a number"
-        bound = f">= {low:g}" if low > 0 else "above 0"
-        raise ConfigError(f"{section}.{name} must be {what} {bound}, got {value!r}")
+            value > 0 if minimum is None else value >= minimum):
+        bound = "above 0" if minimum is None else f"at least {minimum:g}"
+        raise ConfigError(f"{section}.{name} must be {'an integer' if integer else 'a number'} {bound}, "
+                          f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,10 @@ class ProbeAssistConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"probe_assist.enabled must be true or false, got {self.enabled!r}")
-        _positive("probe_assist", "burst", self.burst, low=1)
-        _positive("probe_assist", "rate", self.rate)
-        _positive("probe_assist", "concurrency", self.concurrency, integer=True, low=1)
-        _positive("probe_assist", "concurrency_per_source", self.concurrency_per_source,
-                  integer=True, low=1)
+        _number("probe_assist", "burst", self.burst, minimum=1)
+        _number("probe_assist", "rate", self.rate)
+        _number("probe_assist", "concurrency", self.concurrency, integer=True)
+        _number("probe_assist", "concurrency_per_source", self.concurrency_per_source, integer=True)
 
     @property
     def per_source(self) -> int:
@@ -147,7 +146,7 @@ class StunLimits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _positive("stun_limits", f.name, getattr(self, f.name))
+            _number("stun_limits", f.name, getattr(self, f.name))
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ bp = Blueprint("probe_assist", __name__)
 
 @dataclass
 class AssistState:
+    """The app's probe-assist state (``app.extensions["stunturn_probe_assist"]``)."""
+
     limits: AssistLimits
     hosts: HostCheck
     clock: Callable[[], float]
