@@ -437,7 +437,7 @@ class ServerHandle:
         self._metrics_listener = metrics_listener
         self.metrics_url = None
         if metrics_listener is not None:
-            self.metrics_url = "http://{}/metrics".format(format_hostport(*metrics_listener.getsockname()[:2]))
+            self.metrics_url = f"http://{format_hostport(*metrics_listener.getsockname()[:2])}/metrics"
         self.stun_service = stun_service
         host, port = listener.getsockname()[:2]
         self.http_address: tuple[str, int] = (host, port)

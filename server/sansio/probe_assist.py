@@ -100,7 +100,8 @@ class HostCheck:
     any_ip_literal: bool
 
     @classmethod
-    def of(cls, own_ips: Iterable[str | None], listen_ips: Iterable[str], names: Iterable[str]) -> "HostCheck":
+    def of(cls, own_ips: Iterable[str | None], listen_ips: Iterable[str],
+           names: Iterable[str]) -> "HostCheck":
         ours = {host_key(ip) for ip in own_ips if ip}
         if any(ipaddress.ip_address(ip).is_loopback for ip in ours):
             ours.add("localhost")

@@ -40,6 +40,8 @@ MAX_ATTEMPTS = 3
 MIN_TIMEOUT_MS = 50
 MAX_TIMEOUT_MS = 2000
 MAX_DELAY_MS = 1000
+#: what an omitted probe-assist field means
+DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_MS, DEFAULT_DELAY_MS = 2, 500, 100
 #: relay exchange: longest match id and token
 MATCH_ID_MAX, TOKEN_MAX = 64, 200
 
@@ -70,10 +72,10 @@ class ConnectBackRequest:
     """``POST /v1/probe/tcp-connect``: connect back to the caller's ``port``."""
 
     port: int
-    sources: tuple[str, ...] = ASSIST_SOURCES  # of ASSIST_SOURCES, distinct
-    attempts: int = 2
-    timeout_ms: int = 500
-    token: bytes = b""
+    sources: tuple[str, ...]  # of ASSIST_SOURCES, distinct
+    attempts: int
+    timeout_ms: int
+    token: bytes
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ class SimopenRequest:
     """``POST /v1/probe/tcp-simopen``: connect to the caller's ``port`` ``delay_ms`` later."""
 
     port: int
-    delay_ms: int = 100
-    timeout_ms: int = 500
-    token: bytes = b""
+    delay_ms: int
+    timeout_ms: int
+    token: bytes
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,7 @@ def _assist_fields(obj: dict, where: str, optional: set[str]) -> tuple[int, int,
     """The fields both probe-assist routes share: ``port``, ``timeout_ms``, ``token``."""
     _check_fields(obj, {"port"}, {"timeout_ms", "token"} | optional, where)
     port = port_field(obj["port"], "port")
-    timeout_ms = int(number_field(obj.get("timeout_ms", 500), "timeout_ms", MIN_TIMEOUT_MS,
+    timeout_ms = int(number_field(obj.get("timeout_ms", DEFAULT_TIMEOUT_MS), "timeout_ms", MIN_TIMEOUT_MS,
                                   MAX_TIMEOUT_MS))
     token = bytes.fromhex(hex_field(obj.get("token", ""), "token", 0, 2 * MAX_TOKEN))
     return port, timeout_ms, token
@@ -361,7 +363,7 @@ def connect_back_request(obj: dict) -> ConnectBackRequest:
     ``{"port", "from"?, "attempts"?, "timeout_ms"?, "token"?}``."""
     port, timeout_ms, token = _assist_fields(obj, "tcp-connect", {"from", "attempts"})
     return ConnectBackRequest(port, sources_field(obj.get("from", list(ASSIST_SOURCES))),
-                              int_field(obj.get("attempts", 2), "attempts", 1, MAX_ATTEMPTS),
+                              int_field(obj.get("attempts", DEFAULT_ATTEMPTS), "attempts", 1, MAX_ATTEMPTS),
                               timeout_ms, token)
 
 
@@ -369,7 +371,7 @@ def simopen_request(obj: dict) -> SimopenRequest:
     """Validate a decoded ``POST /v1/probe/tcp-simopen`` body
     ``{"port", "delay_ms"?, "timeout_ms"?, "token"?}``."""
     port, timeout_ms, token = _assist_fields(obj, "tcp-simopen", {"delay_ms"})
-    delay_ms = int(number_field(obj.get("delay_ms", 100), "delay_ms", 0, MAX_DELAY_MS))
+    delay_ms = int(number_field(obj.get("delay_ms", DEFAULT_DELAY_MS), "delay_ms", 0, MAX_DELAY_MS))
     return SimopenRequest(port, delay_ms, timeout_ms, token)
 
 
