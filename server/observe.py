@@ -105,7 +105,7 @@ class Observer:
         self.initiator_wait = Histogram("stunturn_initiator_wait_seconds", "how long matched initiators "
                                         "waited for their receiver", buckets=_WAIT_BUCKETS, registry=r)
         self.responses = Counter("stunturn_http_responses", "HTTP answers by route and status "
-                                 "(probe-assist actions are the probe_* routes)", ["route", "status"],
+                                 "(probe-assist actions are the probe_assist.* routes)", ["route", "status"],
                                  registry=r)
         self.callbacks = _Callbacks()
         r.register(self.callbacks)
