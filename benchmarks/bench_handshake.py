@@ -12,9 +12,9 @@ import json
 import statistics
 import time
 
-from stunturn_diag.punch import auth, cpace
-from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.keys import _scrypt
+from stunturn_diag.sansio.punch import handshake, cpace
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
+from stunturn_diag.sansio.punch.keys import _scrypt
 from stunturn_diag.sansio.punch.wire import Kind
 
 KEY = "bench-key-J8x#kq2Lm9pZ4vR7"
@@ -55,8 +55,8 @@ def main() -> None:
         "handshake_both_sides_ms": round(statistics.median(f[0] for f in full), 3),
         "handshake_start_one_side_ms": round(statistics.median(f[1] for f in full), 3),
         "generator_elligator2_ms": _median_ms(
-            lambda: cpace.calculate_generator(auth.pake_password(KEY), auth.CHANNEL_ID,
-                                              auth.session_id("bench-match")), args.rounds),
+            lambda: cpace.calculate_generator(handshake.pake_password(KEY), handshake.CHANNEL_ID,
+                                              handshake.session_id("bench-match")), args.rounds),
         "rendezvous_scrypt_ms": _median_ms(lambda: _scrypt.__wrapped__(b"bench key"),
                                            max(3, args.rounds // 10)),
         "seal_open_1200B_frame_ms": _median_ms(lambda: sr.open(si.seal(Kind.DATA, payload)),

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.netns
 ATTACKER = r"""
 import os, sys, time
 from scapy.all import IP, UDP, Raw, conf, get_if_list, sniff
-from stunturn_diag.punch.auth import Handshake
+from stunturn_diag.sansio.punch.handshake import Handshake
 conf.verb = 0
 MAGIC = b"\x8fSTP"
 duration, limit, mode, match_id = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]

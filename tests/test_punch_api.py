@@ -299,7 +299,7 @@ def test_details_carry_each_transports_own_flow_count():
     """UDP's binding came first, then TCP's, then two check-ins: a sequential NAT moved
     UDP's port counter by 3 and TCP's by 2 before the punch."""
     from stunturn_diag.punch.api import _Side
-    from stunturn_diag.punch.candidates import peer_addresses, peer_transports
+    from stunturn_diag.sansio.punch.candidates import peer_addresses, peer_transports
 
     side = _Side("http://127.0.0.1:9", KEY, PunchOptions(), "receiver", protocols=["udp", "tcp"])
     side.prepared = {"udp": (None, ("203.0.113.18", 20000), [("192.168.2.10", 5000)]),

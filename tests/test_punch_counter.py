@@ -1,7 +1,7 @@
 """Pure port-counter reasoning for sequential NATs (stunturn_diag.sansio.punch.counter)."""
 
 from stunturn_diag.sansio.punch import counter
-from stunturn_diag.punch.candidates import build_targets, promised_port
+from stunturn_diag.sansio.punch.candidates import build_targets, promised_port
 from stunturn_diag.sansio.punch.counter import Reading, lead, promise, rate, steer, too_fast_message
 from stunturn_diag.sansio.punch.decision import Plan
 

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.engine import MAX_PACKETS, UdpPunchEngine
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
+from stunturn_diag.sansio.punch.engine import MAX_PACKETS, UdpPunchEngine
 
 HOP = 0.002          # one-way delay per hop (host-NAT, NAT-core, core-NAT, NAT-host)
 

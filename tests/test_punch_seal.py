@@ -1,12 +1,12 @@
-"""AEAD sealing after the handshake: UDP frames and TCP records (stunturn_diag.punch.seal)."""
+"""AEAD sealing after the handshake: UDP frames and TCP records (stunturn_diag.sansio.punch.seal)."""
 
 from __future__ import annotations
 
 import pytest
 
 from stunturn_diag.errors import AuthenticationError
-from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.seal import (FRAME_OVERHEAD, MAX_RECORD, RecordReader, RecordSealer,
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
+from stunturn_diag.sansio.punch.seal import (FRAME_OVERHEAD, MAX_RECORD, RecordReader, RecordSealer,
                                       ReplayWindow, Session)
 from stunturn_diag.sansio.punch.wire import Kind
 

@@ -39,6 +39,7 @@ candidates are vetted (:func:`.candidates.vet_peer_candidates`) before we send t
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,13 +49,13 @@ from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, RateLimited,
                       SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
-from .auth import Handshake, StartedPake, start_pake
-from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
+from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_pake
+from stunturn_diag.sansio.punch.candidates import address_of, build_targets, peer_transports, vet_peer_candidates
 from stunturn_diag.sansio.punch.counter import Reading, promise as counter_promise, rate as counter_rate
 from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
-from .engine import DEFAULT_PRIME_TTL
-from .keys import rendezvous_id
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
+from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 from . import portmap_path, relay_path
 from .secure_stream import authenticate_stream
@@ -772,7 +773,8 @@ class _Side:
                 t_match: float, plan: Plan, deadline: float, vetted) -> PunchResult:
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
-            targets = build_targets(plan, self.role, details, protocol=protocol, vetted=vetted)
+            targets = build_targets(plan, self.role, details, protocol=protocol,
+                                    rng=random.Random(), vetted=vetted)
             if self.next_port is not None and plan.predict_for(self.role):
                 skip = self._steer_counter(plan)
                 if skip and len(targets.targets) > skip:

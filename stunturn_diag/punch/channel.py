@@ -1,6 +1,6 @@
 """The authenticated UDP endpoint handed to the user after a successful punch.
 
-Every datagram is an encrypted, authenticated frame (:class:`stunturn_diag.punch.seal.Session`,
+Every datagram is an encrypted, authenticated frame (:class:`stunturn_diag.sansio.punch.seal.Session`,
 ChaCha20-Poly1305 under per-direction keys from the PAKE); forged, replayed or
 foreign datagrams are dropped and counted, never delivered. The peer's address is
 pinned when the handshake completes: datagrams from any other source are
@@ -19,8 +19,8 @@ import threading
 import time
 
 from ..errors import PunchError
-from .auth import Handshake
-from .seal import FRAME_OVERHEAD, Session
+from stunturn_diag.sansio.punch.handshake import Handshake
+from stunturn_diag.sansio.punch.seal import FRAME_OVERHEAD, Session
 from stunturn_diag.sansio.punch.wire import Kind, is_handshake
 
 Address = tuple[str, int]

@@ -24,7 +24,7 @@ from typing import Callable
 from ..errors import PunchError, SignalingError, TurnError
 from stunturn_diag.sansio.turn import client as turn
 from ..turn.runner import TurnSession
-from .auth import StartedPake, start_pake
+from stunturn_diag.sansio.punch.handshake import StartedPake, start_pake
 from .channel import UdpChannel
 from .udp import UdpRendezvous
 

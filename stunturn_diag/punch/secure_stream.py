@@ -17,8 +17,8 @@ import time
 
 from ..errors import AuthenticationError, PunchError
 from ..netio import PeerClosed, recv_exact
-from .auth import HELLO_LEN, PROOF_LEN, Handshake
-from .seal import RecordReader, RecordSealer
+from stunturn_diag.sansio.punch.handshake import HELLO_LEN, PROOF_LEN, Handshake
+from stunturn_diag.sansio.punch.seal import RecordReader, RecordSealer
 from stunturn_diag.sansio.punch.wire import HEADER, VERSION, Kind, Role, has_magic, version_mismatch_message
 
 RECV_CHUNK = 65536

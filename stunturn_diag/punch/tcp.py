@@ -107,7 +107,7 @@ import socket
 import threading
 
 from ..errors import ConfigError, PunchError
-from .engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
 from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
                          STRATEGY_SIMULTANEOUS, PunchLoop)
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket

@@ -19,10 +19,10 @@ from typing import Callable
 
 from stunturn_diag.sansio import stun
 from ..errors import AuthenticationError, PunchError
-from .auth import Handshake, StartedPake
+from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
-from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
 from stunturn_diag.stun_requests import fresh_binding_request
 

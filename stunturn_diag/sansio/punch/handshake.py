@@ -2,8 +2,8 @@
 
 Pure: no sockets, no clocks; randomness comes from the ``entropy`` callable the
 runner passes (``os.urandom``): this side's 32-byte CPace scalar. The socket driver
-for TCP streams is :mod:`.secure_stream`; the UDP runner feeds datagrams through
-:mod:`.engine`.
+for TCP streams is :mod:`stunturn_diag.punch.secure_stream`; the UDP runner feeds
+datagrams through :mod:`.engine`.
 
 Both peers know the access key ``K``; the signaling server gave both the same
 ``match_id`` and never saw ``K`` (it saw only the rendezvous identifier of
@@ -53,9 +53,9 @@ from typing import Callable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import cpace
-from ..errors import AuthenticationError
-from .seal import KEY_LEN, ReplayWindow, Session
+from stunturn_diag.sansio.punch import cpace
+from stunturn_diag.errors import AuthenticationError
+from stunturn_diag.sansio.punch.seal import KEY_LEN, ReplayWindow, Session
 from stunturn_diag.sansio.punch.wire import (FRAME_KINDS, HEADER, MAGIC, VERSION, Counters, Kind, Role, has_magic,
                    header, is_handshake, kind_of, version_mismatch_message)
 

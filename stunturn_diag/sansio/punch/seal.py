@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..errors import AuthenticationError
+from stunturn_diag.errors import AuthenticationError
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, HEADER, Counters, Kind, Role, header, is_handshake
 
 KEY_LEN = 32

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .auth import Handshake
+from stunturn_diag.sansio.punch.handshake import Handshake
 from stunturn_diag.sansio.punch.wire import VERSION, Kind, has_magic, is_handshake
 
 Address = tuple[str, int]
