@@ -66,7 +66,7 @@ Hence the sequence, per candidate, on both peers:
    matrix passes unprivileged too).
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
    ICMP unreachable starts a new round: prime again at once, connect after the
-   back-off (``tcp_engine.retry_delay``: 20 ms for three rounds, then doubling up
+   back-off (``tcp_machine.retry_delay``: 20 ms for three rounds, then doubling up
    to :data:`RETRY_INTERVAL`); the receiver shifts its rounds by a zig-zag of
    guard-sized steps so that two peers a constant skew apart stop meeting each
    other's RST; at most :data:`MAX_CONNECTS` per candidate, never past the deadline.
@@ -108,8 +108,9 @@ import threading
 
 from ..errors import ConfigError, PunchError
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
-from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
-                         STRATEGY_SIMULTANEOUS, PunchLoop)
+from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE,
+                                                    STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
+from .tcp_runner import TcpPunchRunner
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
 
@@ -290,11 +291,11 @@ class TcpRendezvous:
                              attempts=skipped)
         self._punched = True
         self._stop_keepalive(wait=False)  # the punch does not touch the STUN socket
-        loop = PunchLoop((self.local_ip, self.local_port), self._listener, candidates,
-                         role=role, deadline=deadline, prime_ttl=prime_ttl or None,
-                         strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
-                         else STRATEGY_SIMULTANEOUS, label=str(strategy),
-                         max_connects=max_connects)
+        loop = TcpPunchRunner((self.local_ip, self.local_port), self._listener, candidates,
+                              role=role, deadline=deadline, prime_ttl=prime_ttl or None,
+                              strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
+                              else STRATEGY_SIMULTANEOUS, label=str(strategy),
+                              max_connects=max_connects)
         try:
             return loop.run()
         except PunchError as exc:
