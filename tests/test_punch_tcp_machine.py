@@ -11,7 +11,7 @@ import pytest
 from stunturn_diag.sansio.punch import tcp_machine as tm
 from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, Close, DrainAccepts,
                                                     FilterListener, Listen, OpenConnect,
-                                                    OpenListener, Recv, Resume, Send, SetTtl,
+                                                    OpenListener, StreamRecv, Resume, StreamSend, SetTtl,
                                                     TcpPunchMachine)
 from stunturn_diag.sansio.punch.wire import Role
 
@@ -126,12 +126,12 @@ def test_initiator_nominates_and_wins_on_ready_and_ack():
     m.start(0.0)
     (connect,) = started(m, resume_all(m, m.on_timers(0.0), 0.0))
     h = connect.handle
-    assert m.on_connect_result(h, 0, 0.01) == [Send(h, tm.NOMINATE)]
+    assert m.on_connect_result(h, 0, 0.01) == [StreamSend(h, tm.NOMINATE)]
     assert m.on_send_result(h, None, 0.01) == [] and m.candidates[0].up
     assert m.wait(0.01)[:2] == ([tm.LISTENER, h], [])
-    assert m.on_readable(h, 0.02) == [Recv(h, 16)]
+    assert m.on_readable(h, 0.02) == [StreamRecv(h, 16)]
     assert m.on_data(h, tm.READY, "", 0.02) == [] and m.winner is None
-    assert m.on_readable(h, 0.02) == [Recv(h, 8)]
+    assert m.on_readable(h, 0.02) == [StreamRecv(h, 8)]
     assert m.on_data(h, tm.NOMINATE_ACK, "", 0.03) == [] and m.winner == h
     assert m.leftover() == []
 
@@ -140,9 +140,9 @@ def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
     m = machine(Role.RECEIVER, prime_ttl=None)
     m.start(0.0)
     h = m.allocate()
-    assert m.on_accepted(h, PEER, 0.5) == [Send(h, tm.READY)]
+    assert m.on_accepted(h, PEER, 0.5) == [StreamSend(h, tm.READY)]
     m.on_send_result(h, None, 0.5)
-    assert m.on_data(h, tm.NOMINATE, "", 0.6) == [Send(h, tm.NOMINATE_ACK)]
+    assert m.on_data(h, tm.NOMINATE, "", 0.6) == [StreamSend(h, tm.NOMINATE_ACK)]
     assert m.winner is None
     assert m.on_send_result(h, None, 0.6) == [] and m.winner == h
 
@@ -183,7 +183,7 @@ def test_eaddrnotavail_takes_the_listener_connection_and_is_no_connect_attempt()
     actions = m.on_connect_started(connect.handle, errno.EADDRNOTAVAIL, 64, 0.0)
     assert actions[:2] == [Close(connect.handle), DrainAccepts(tm.LISTENER)]
     h = m.allocate()                            # the runner drains: the listener had it
-    assert m.on_accepted(h, PEER, 0.0) == [Send(h, tm.NOMINATE)]
+    assert m.on_accepted(h, PEER, 0.0) == [StreamSend(h, tm.NOMINATE)]
     m.on_send_result(h, None, 0.0)
     assert resume_all(m, actions[2:], 0.001) == []
     cand = m.candidates[0]

@@ -96,14 +96,14 @@ class TcpPunchRunner:
         if isinstance(action, m.Abort):
             _abort(self.socks.pop(action.handle))
             return []
-        if isinstance(action, m.Send):
+        if isinstance(action, m.StreamSend):
             try:
                 self.socks[action.handle].send(action.data)
             except OSError as exc:
                 return mach.on_send_result(action.handle, exc.strerror or str(exc),
                                            self.clock())
             return mach.on_send_result(action.handle, None, self.clock())
-        if isinstance(action, m.Recv):
+        if isinstance(action, m.StreamRecv):
             try:
                 data = self.socks[action.handle].recv(action.size)
             except BlockingIOError:

@@ -22,7 +22,7 @@ from ..errors import AuthenticationError, PunchError
 from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
-from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, DatagramSend, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
 from stunturn_diag.stun_requests import fresh_binding_request
 
@@ -189,7 +189,7 @@ class UdpRendezvous:
     def _sock_for(self, index: int) -> socket.socket:
         return self.sock if index == 0 else self._extra[index - 1]
 
-    def _send(self, item: Send, errors: dict) -> None:
+    def _send(self, item: DatagramSend, errors: dict) -> None:
         sock = self._sock_for(item.sock)
         level, option = ((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS)
                          if self.family == socket.AF_INET6 else (socket.IPPROTO_IP, socket.IP_TTL))

@@ -137,7 +137,7 @@ def schedule(pake_key: bytes, transcript: bytes) -> dict[str, bytes]:
 
 
 @dataclass
-class Outcome:
+class HandshakeOutcome:
     """What :meth:`Handshake.handle` made of one message."""
 
     accepted: bool
@@ -206,43 +206,43 @@ class Handshake:
         self._keys = schedule(isk, self._transcript)
         return None
 
-    def handle(self, data: bytes) -> Outcome:
+    def handle(self, data: bytes) -> HandshakeOutcome:
         """Process one received message; stray or forged input is dropped and counted."""
         if has_magic(data) and data[4] != VERSION:
             self.counters.old_version += 1
             self.peer_version = data[4]
-            return Outcome(False, why=f"version-{data[4]}")
+            return HandshakeOutcome(False, why=f"version-{data[4]}")
         if not is_handshake(data) or data[5] not in (Kind.HELLO, Kind.PROOF):
             self.counters.malformed += 1
-            return Outcome(False, why="malformed")
+            return HandshakeOutcome(False, why="malformed")
         _, _, kind, role_byte, flags = HEADER.unpack_from(data)
         if role_byte != self.role.other.byte:
             self.counters.wrong_role += 1
-            return Outcome(False, why="wrong-role")
+            return HandshakeOutcome(False, why="wrong-role")
         if len(data) != (HELLO_LEN if kind == Kind.HELLO else PROOF_LEN):
             self.counters.malformed += 1
-            return Outcome(False, why="malformed")
+            return HandshakeOutcome(False, why="malformed")
         why = self._absorb(data[HEADER.size:HEADER.size + SHARE_LEN])
         if why == "bad-share":
             self.counters.malformed += 1
-            return Outcome(False, why=why)
+            return HandshakeOutcome(False, why=why)
         if why is not None:
             self.counters.stale += 1
-            return Outcome(False, why=why)
+            return HandshakeOutcome(False, why=why)
         if kind == Kind.HELLO:
-            return Outcome(True, reply=self.proof(), why="hello")
+            return HandshakeOutcome(True, reply=self.proof(), why="hello")
         mac = data[HEADER.size + SHARE_LEN:]
         if not hmac.compare_digest(mac, self._proof_mac(self.role.other, flags)):
             self.counters.bad_proof += 1
-            return Outcome(False, why="bad-proof")
+            return HandshakeOutcome(False, why="bad-proof")
         completed_now = not self.complete
         self.complete = True
         if flags & FLAG_VERIFIED:
             self.confirmed = True
             # the peer is done; answer only if it cannot know we are
-            return Outcome(True, reply=self.proof() if completed_now else None,
+            return HandshakeOutcome(True, reply=self.proof() if completed_now else None,
                            completed_now=completed_now, why="proof")
-        return Outcome(True, reply=self.proof(), completed_now=completed_now, why="proof")
+        return HandshakeOutcome(True, reply=self.proof(), completed_now=completed_now, why="proof")
 
     def failure_reason(self) -> tuple[str, str] | None:
         """(reason, message) if the input seen so far explains a failure, else None."""
@@ -271,7 +271,7 @@ class Handshake:
         return Session(self.role, send, recv)
 
 
-__all__ = ["Handshake", "StartedPake", "start_pake", "session_id", "pake_password", "Outcome",
+__all__ = ["Handshake", "StartedPake", "start_pake", "session_id", "pake_password", "HandshakeOutcome",
            "Role", "Kind", "Counters", "Session", "ReplayWindow",
            "FRAME_KINDS", "HELLO_LEN", "PROOF_LEN", "MAGIC", "VERSION", "is_handshake",
            "kind_of", "has_magic"]

@@ -5,8 +5,8 @@ No sockets, no clock, no random source: :mod:`stunturn_diag.punch.tcp_runner` ow
 them. Sockets are named by integer handles (:data:`LISTENER` is the caller's
 listener; the machine allocates the others). Every method takes the event and
 ``now`` (monotonic seconds) and returns the actions to carry out, in order. An
-action whose result the machine needs at once (:class:`OpenConnect`, :class:`Send`,
-:class:`Recv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`OpenListener`,
+action whose result the machine needs at once (:class:`OpenConnect`, :class:`StreamSend`,
+:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`OpenListener`,
 :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
 before it carries out the next action (the actions that event returns go first), so
 the sequence is the one a direct socket loop would run. The sequence and its reasons
@@ -132,15 +132,15 @@ class Abort:
 
 
 @dataclass(frozen=True)
-class Send:
-    """Send ``data``; answer ``on_send_result(handle, error)`` (error None: sent)."""
+class StreamSend:
+    """StreamSend ``data``; answer ``on_send_result(handle, error)`` (error None: sent)."""
 
     handle: int
     data: bytes
 
 
 @dataclass(frozen=True)
-class Recv:
+class StreamRecv:
     """Receive up to ``size`` bytes; answer ``on_data`` (nothing if it would block)."""
 
     handle: int
@@ -188,7 +188,7 @@ class Resume:
     index: int
 
 
-Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, Send, Recv, DrainAccepts,
+Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv, DrainAccepts,
                OpenListener, FilterListener, Listen, Resume]
 
 
@@ -505,7 +505,7 @@ class TcpPunchMachine:
         if cand is not None:
             cand.up = True
         self._greeting[handle] = conn
-        return [Send(handle, NOMINATE if self.role is Role.INITIATOR else READY)]
+        return [StreamSend(handle, NOMINATE if self.role is Role.INITIATOR else READY)]
 
     def on_send_result(self, handle: int, error: str | None, now: float) -> list[Action]:
         """``error``: None when sent, else why not (strerror)."""
@@ -523,7 +523,7 @@ class TcpPunchMachine:
 
     def on_readable(self, handle: int, now: float) -> list[Action]:
         conn = self._conn(handle)
-        return [Recv(handle, len(self._expect()) - len(conn.buf))]
+        return [StreamRecv(handle, len(self._expect()) - len(conn.buf))]
 
     def _expect(self) -> bytes:
         return READY + NOMINATE_ACK if self.role is Role.INITIATOR else NOMINATE
@@ -544,7 +544,7 @@ class TcpPunchMachine:
             return []
         if self.role is Role.RECEIVER:
             self._acking[handle] = conn
-            return [Send(handle, NOMINATE_ACK)]
+            return [StreamSend(handle, NOMINATE_ACK)]
         self.winner = handle
         return []
 
