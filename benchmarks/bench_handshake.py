@@ -7,6 +7,7 @@ CPace generator, the rendezvous scrypt, and sealing/opening a 1200-byte UDP fram
 
 from __future__ import annotations
 
+import os
 import argparse
 import json
 import statistics
@@ -22,9 +23,9 @@ KEY = "bench-key-J8x#kq2Lm9pZ4vR7"
 
 def _full_handshake() -> tuple[float, float]:
     t0 = time.perf_counter()
-    i = Handshake(KEY, "bench-match", Role.INITIATOR)
+    i = Handshake(KEY, "bench-match", Role.INITIATOR, entropy=os.urandom)
     t1 = time.perf_counter()
-    r = Handshake(KEY, "bench-match", Role.RECEIVER)
+    r = Handshake(KEY, "bench-match", Role.RECEIVER, entropy=os.urandom)
     proof_r = r.handle(i.hello()).reply
     proof_i = i.handle(proof_r).reply
     r.handle(proof_i)
@@ -47,7 +48,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50)
     args = ap.parse_args()
     full = [_full_handshake() for _ in range(args.rounds)]
-    i, r = Handshake(KEY, "m", Role.INITIATOR), Handshake(KEY, "m", Role.RECEIVER)
+    i, r = Handshake(KEY, "m", Role.INITIATOR, entropy=os.urandom), Handshake(KEY, "m", Role.RECEIVER, entropy=os.urandom)
     r.handle(i.handle(r.handle(i.hello()).reply).reply)
     si, sr = i.session(), r.session()
     payload = bytes(1200)

@@ -7,6 +7,7 @@ knows all addresses but not the access key.
 
 from __future__ import annotations
 
+import os
 import json
 import sys
 
@@ -49,7 +50,7 @@ def fake_peer(data):
     if data[5] not in (1, 2):
         return []
     role = "initiator" if data[6] == 1 else "receiver"      # pose as the other role
-    hs = fakes.setdefault(role, Handshake("a-guessed-key-42", match_id, role))
+    hs = fakes.setdefault(role, Handshake("a-guessed-key-42", match_id, role, entropy=os.urandom))
     count["hello" if data[5] == 1 else "proof"] += 1
     reply = hs.handle(data).reply
     return [hs.hello()] + ([reply] if reply else [])

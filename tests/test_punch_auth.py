@@ -41,7 +41,8 @@ LOW_ORDER_BIT255 = "cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49
 
 
 def pair(key_i=KEY, key_r=KEY, match_i=MATCH, match_r=MATCH):
-    return Handshake(key_i, match_i, Role.INITIATOR), Handshake(key_r, match_r, Role.RECEIVER)
+    return (Handshake(key_i, match_i, Role.INITIATOR, entropy=os.urandom),
+            Handshake(key_r, match_r, Role.RECEIVER, entropy=os.urandom))
 
 
 def run(a: Handshake, b: Handshake, first: bytes, to_b=True, limit=10):
@@ -196,7 +197,7 @@ def test_an_invalid_share_does_not_use_up_the_handshake():
 def test_one_share_per_handshake_bounds_online_guessing():
     """A second, different share is refused: one online guess per attempt at most."""
     i, r = pair()
-    evil = Handshake("guess-1", MATCH, Role.RECEIVER).hello()
+    evil = Handshake("guess-1", MATCH, Role.RECEIVER, entropy=os.urandom).hello()
     assert i.handle(evil).accepted                       # first share: the one guess
     out = i.handle(r.hello())
     assert not out.accepted and out.why == "another-share" and i.counters.stale == 1
@@ -208,7 +209,7 @@ def test_one_share_per_handshake_bounds_online_guessing():
 def test_after_completion_only_the_verified_peer_is_answered():
     i, r = pair()
     run(i, r, i.hello())
-    other = Handshake(KEY, MATCH, Role.RECEIVER)     # a second "receiver" replaying later
+    other = Handshake(KEY, MATCH, Role.RECEIVER, entropy=os.urandom)     # a second "receiver" replaying later
     assert not i.handle(other.hello()).accepted
     assert i.handle(r.hello()).reply is not None     # the real peer's retransmission
 
@@ -227,7 +228,7 @@ def test_randomness_comes_from_the_runner():
 
 def test_session_before_completion_raises():
     with pytest.raises(AuthenticationError):
-        Handshake(KEY, MATCH, Role.INITIATOR).session()
+        Handshake(KEY, MATCH, Role.INITIATOR, entropy=os.urandom).session()
 
 
 # --- (c) an old peer gets a clear error, never a downgrade --------------------------------
@@ -324,17 +325,17 @@ def test_the_prepared_scalar_is_the_runners_randomness():
 def test_a_share_started_before_the_match_is_bound_to_the_match_by_the_transcript():
     """The prepared handshake completes for its match; the same key under another match
     id (a server lying about the match to each side) does not (sid and transcript)."""
-    i = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR))
-    r = Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, "receiver"))
+    i = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))
+    r = Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, "receiver", entropy=os.urandom))
     run(i, r, i.hello())
     assert i.confirmed and r.confirmed
-    j = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR))
-    s = Handshake(KEY, "another-match", Role.RECEIVER)
+    j = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))
+    s = Handshake(KEY, "another-match", Role.RECEIVER, entropy=os.urandom)
     run(j, s, j.hello())
     assert not j.complete and not s.complete and j.counters.bad_proof == 1
-    started = handshake.start_pake(KEY, Role.INITIATOR)
+    started = handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom)
     Handshake(KEY, MATCH, Role.INITIATOR, started=started)
     with pytest.raises(ValueError):
         Handshake(KEY, MATCH, Role.INITIATOR, started=started)      # single use
     with pytest.raises(ValueError):
-        Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, Role.INITIATOR))
+        Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))

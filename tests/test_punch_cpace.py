@@ -122,7 +122,7 @@ def test_both_sides_derive_the_same_isk_and_a_wrong_key_another():
 
 
 def test_a_wrong_key_fails_the_key_confirmation():
-    i, r = Handshake("k", "m-1", Role.INITIATOR), Handshake("not k", "m-1", Role.RECEIVER)
+    i, r = Handshake("k", "m-1", Role.INITIATOR, entropy=os.urandom), Handshake("not k", "m-1", Role.RECEIVER, entropy=os.urandom)
     proof_r = r.handle(i.hello()).reply                  # r derived its (different) ISK
     out = i.handle(proof_r)
     assert not out.accepted and out.why == "bad-proof" and not i.complete

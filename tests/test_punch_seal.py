@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 
 from stunturn_diag.errors import AuthenticationError
@@ -15,7 +16,7 @@ SECRET = b"attack at dawn, the vault code is 4711"
 
 
 def sessions() -> tuple[Session, Session]:
-    i, r = Handshake(KEY, "m-seal", Role.INITIATOR), Handshake(KEY, "m-seal", Role.RECEIVER)
+    i, r = Handshake(KEY, "m-seal", Role.INITIATOR, entropy=os.urandom), Handshake(KEY, "m-seal", Role.RECEIVER, entropy=os.urandom)
     i.handle(r.handle(i.hello()).reply)
     r.handle(i.proof())
     assert i.complete and r.complete

@@ -5,10 +5,12 @@ Pure modules (no sockets, clocks or random sources) are in
 ``handshake`` (CPace handshake), ``cpace`` (CPace on X25519: Elligator 2, ISK), ``seal``
 (AEAD sealing: UDP frames, TCP records), ``keys`` (rendezvous identifier, key
 generation and strength), ``decision`` (strategy choice), ``candidates`` (target
-lists), ``counter`` (a sequential NAT's port counter), ``engine`` (UDP punch schedule).
-Here: ``udp`` / ``tcp`` (socket runners), ``secure_stream`` (TCP handshake driver and
-the encrypted stream), ``channel`` (the encrypted UDP endpoint), ``api`` (the library
-entry points), ``relay`` (stdin/stdout, forward and listen plumbing for the CLI).
+lists), ``counter`` (a sequential NAT's port counter), ``engine`` (UDP punch schedule),
+``tcp_machine`` (TCP punch rounds and nomination). Here: ``udp`` / ``tcp`` /
+``tcp_runner`` (socket runners), ``handshake_runner`` (TCP handshake driver),
+``secure_stream`` (the encrypted stream), ``channel`` (the encrypted UDP endpoint),
+``api`` (the library entry points), ``relay`` (stdin/stdout, forward and listen
+plumbing for the CLI).
 
 Library use::
 

@@ -39,6 +39,7 @@ candidates are vetted (:func:`.candidates.vet_peer_candidates`) before we send t
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -58,7 +59,7 @@ from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
 from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 from . import portmap_path, relay_path
-from .secure_stream import authenticate_stream
+from .handshake_runner import authenticate_stream
 from stunturn_diag.sansio.punch.wire import Role
 
 Address = tuple[str, int]
@@ -144,7 +145,7 @@ class PunchResult:
 
     connection: object            # UdpChannel (udp) or SecureStream (tcp)
     protocol: str
-    role: str
+    role: Role
     match_id: str
     local: Address                # our socket's address
     mapped: Address | None        # our server-reflexive address
@@ -220,7 +221,7 @@ def _peer_details(match: dict) -> dict:
     return peer.get("details") if isinstance(peer.get("details"), dict) else {}
 
 
-def transport_problem(role: str, protocol: str, prepared: list[str], unavailable: dict[str, str],
+def transport_problem(role: Role | str, protocol: str, prepared: list[str], unavailable: dict[str, str],
                       peer_details: object) -> PunchError | None:
     """After the match: can ``protocol`` (the initiator's choice) be punched? Pure.
 
@@ -229,7 +230,8 @@ def transport_problem(role: str, protocol: str, prepared: list[str], unavailable
     ``protocol-unavailable`` when the receiver tried and failed (e.g. UDP blocked), and
     ``protocol-mismatch`` when it was told to prepare only another one (``--protocol``).
     """
-    if role == "receiver":
+    role = Role(role)
+    if role is Role.RECEIVER:
         have, why = prepared, unavailable
     else:
         have, why = peer_transports(peer_details)
@@ -242,10 +244,10 @@ def transport_problem(role: str, protocol: str, prepared: list[str], unavailable
            "neither transport reaches the signaling server's STUN responder from the receiver's "
            "network: check its firewall, or use a relay (TURN)")
     if protocol in why:
-        who = "this side" if role == "receiver" else "the receiver"
+        who = "this side" if role is Role.RECEIVER else "the receiver"
         return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
                           f"prepare: {why[protocol]}", hint=use, reason="protocol-unavailable")
-    if role == "receiver":
+    if role is Role.RECEIVER:
         return PunchError(f"the initiator asked for {protocol} but this side prepared "
                           f"{', '.join(have) or 'nothing'}",
                           hint=f"run the receiver with --protocol {protocol} or without --protocol",
@@ -258,7 +260,7 @@ def transport_problem(role: str, protocol: str, prepared: list[str], unavailable
 class _Side:
     """One side's run: NAT profile, rendezvous, pairing, decision, punch, authentication."""
 
-    def __init__(self, server_url: str, key: str, opts: PunchOptions, role: str, *,
+    def __init__(self, server_url: str, key: str, opts: PunchOptions, role: Role | str, *,
                  target_ip: str | None = None, protocols: list[str] | None = None) -> None:
         if not isinstance(key, str) or not 8 <= len(key) <= 256:
             raise ConfigError("the access key must be 8 to 256 printable characters",
@@ -266,7 +268,7 @@ class _Side:
         self.client = SignalingClient(server_url, tls=opts.tls)
         self.key = key
         self.opts = opts
-        self.role = role
+        self.role = Role(role)
         self.target_ip = target_ip
         self.protocols = protocols or [opts.protocol]
         #: flows (HTTP requests) opened after the last STUN binding, for port prediction
@@ -534,7 +536,7 @@ class _Side:
             try:
                 self._bound[proto] = self._rendezvous(proto)
             except StunturnError as exc:
-                if self.role == "initiator":
+                if self.role is Role.INITIATOR:
                     raise
                 self._bound[proto] = exc
 
@@ -550,7 +552,7 @@ class _Side:
     # -- pairing -------------------------------------------------------------------------
 
     def _pair(self) -> dict:
-        if self.role == "initiator":
+        if self.role is Role.INITIATOR:
             return self._long_poll()
         end = time.monotonic() + self.opts.wait
         attempt = 0
@@ -679,8 +681,9 @@ class _Side:
             finally:
                 kdf.join()
             self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
-            self.pake = start_pake(self.key, self.role)     # CPace scalar and PRS: before the match
-            if self.role == "initiator" and self.opts.protocol not in self.prepared:
+            # CPace scalar and PRS: before the match
+            self.pake = start_pake(self.key, self.role, entropy=os.urandom)
+            if self.role is Role.INITIATOR and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
             self._portmap = portmap_path.offer(self)
             match = self._pair()
@@ -721,9 +724,9 @@ class _Side:
         match_id = str(match.get("match_id", ""))
         details = _peer_details(match)
         mine = mine if mine is not None else self._details()
-        sides = {self.role: mine, Role(self.role).other.value: details}
-        init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
-        recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)
+        sides = {self.role: mine, self.role.other: details}
+        init_p = profile_from_details(sides[Role.INITIATOR].get("nat"), protocol)
+        recv_p = profile_from_details(sides[Role.RECEIVER].get("nat"), protocol)
         peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
         observed = address_of(peer.get("observed"))    # where the server saw the peer
         vetted = vet_peer_candidates(details, protocol, my_public_ip=mapped[0],
@@ -805,7 +808,7 @@ class _Side:
         except PunchError as exc:
             peer_rate = ((details.get("nat") or {}).get("punch") or {}).get("counter_rate") \
                 if isinstance(details.get("nat"), dict) else None
-            if plan.predict_for(Role(self.role).other.value) and exc.reason == "timeout" \
+            if plan.predict_for(self.role.other) and exc.reason == "timeout" \
                     and isinstance(peer_rate, (int, float)):
                 exc.message += (f" (the peer's sequential NAT handed out ports at "
                                 f"{peer_rate:g} flows/s besides the punch: a fast counter "

@@ -110,6 +110,7 @@ from ..errors import ConfigError, PunchError
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
 from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE,
                                                     STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
+from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
@@ -265,7 +266,7 @@ class TcpRendezvous:
 
     # -- after signaling -----------------------------------------------------
 
-    def punch(self, peer_candidates: list[tuple[str, int]], *, role: str, deadline: float,
+    def punch(self, peer_candidates: list[tuple[str, int]], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS,
               max_connects: int = MAX_CONNECTS) -> socket.socket:
         """Connected TCP socket to the peer (not yet authenticated), or PunchError.
@@ -276,8 +277,10 @@ class TcpRendezvous:
         full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`).
         """
         self._check_open()
-        if role not in ("initiator", "receiver"):
-            raise ConfigError(f"role must be 'initiator' or 'receiver', got {role!r}")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise ConfigError(f"role must be 'initiator' or 'receiver', got {role!r}") from None
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
         if not isinstance(prime_ttl, int) or not 0 <= prime_ttl <= 255:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import random
 import select
 import socket
@@ -204,7 +205,7 @@ class UdpRendezvous:
             if item.ttl:
                 sock.setsockopt(level, option, -1 if level == socket.IPPROTO_IPV6 else 64)
 
-    def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
+    def punch(self, peer_candidates: list[Address], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
@@ -226,7 +227,7 @@ class UdpRendezvous:
             s = socket.socket(self.family, socket.SOCK_DGRAM)
             s.bind((self.local_address[0], 0))
             self._extra.append(s)
-        hs = Handshake(key, match_id, Role(role), started=pake)
+        hs = Handshake(key, match_id, Role(role), entropy=os.urandom, started=pake)
         engine = UdpPunchEngine(hs, list(peer_candidates), start=time.monotonic(), deadline=deadline,
                                 prime_ttl=prime_ttl, prime_targets=list(peer_candidates
                                                                     if prime_targets is None

@@ -174,7 +174,7 @@ def promised_port(details: object) -> int | None:
         and 0 < port < 65536 else None
 
 
-def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: str = "udp",
+def build_targets(plan: Plan, my_role: Role | str, peer_details: object, *, protocol: str = "udp",
                   rng: Sampler | None = None,
                   vetted: PeerCandidates | None = None) -> Targets:
     """Targets (in send order), prime list, spray list and extra sockets for our side.
@@ -188,7 +188,8 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
         srflx, local, shift = vetted.srflx, vetted.local, vetted.shift
     else:
         srflx, local, shift = peer_addresses(peer_details, protocol)
-    peer_role = Role(my_role).other.value
+    my_role = Role(my_role)
+    peer_role = my_role.other
     if plan.strategy == "lan":
         targets = list(dict.fromkeys(local + ([srflx] if srflx else [])))
         if not targets:

@@ -1,8 +1,9 @@
 """The punch handshake (wire version 3): CPace keyed on the access key, bound to the match.
 
-Pure: no sockets, no clocks; randomness comes from the ``entropy`` callable the
-runner passes (``os.urandom``): this side's 32-byte CPace scalar. The socket driver
-for TCP streams is :mod:`stunturn_diag.punch.secure_stream`; the UDP runner feeds
+Pure: no sockets, no clocks, no random source of its own: the caller passes
+``entropy`` (the runners pass ``os.urandom``), the source of this side's 32-byte CPace
+scalar. The socket driver
+for TCP streams is :mod:`stunturn_diag.punch.handshake_runner`; the UDP runner feeds
 datagrams through :mod:`.engine`.
 
 Both peers know the access key ``K``; the signaling server gave both the same
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -101,7 +101,7 @@ class StartedPake:
     """
 
     def __init__(self, key: str | bytes, role: Role | str, *,
-                 entropy: Callable[[int], bytes] = os.urandom) -> None:
+                 entropy: Callable[[int], bytes]) -> None:
         self.role = Role(role)
         self.prs = pake_password(key)
         self._scalar = bytes(entropy(SCALAR_LEN))
@@ -119,7 +119,7 @@ class StartedPake:
 
 
 def start_pake(key: str | bytes, role: Role | str, *,
-               entropy: Callable[[int], bytes] = os.urandom) -> StartedPake:
+               entropy: Callable[[int], bytes]) -> StartedPake:
     return StartedPake(key, role, entropy=entropy)
 
 
@@ -150,12 +150,16 @@ class Handshake:
     """The pure handshake state machine of one side (no sockets, no clocks)."""
 
     def __init__(self, key: str | bytes, match_id: str, role: Role | str, *,
-                 entropy: Callable[[int], bytes] = os.urandom,
+                 entropy: Callable[[int], bytes] | None = None,
                  started: StartedPake | None = None) -> None:
-        """``started``: this side's :func:`start_pake` for ``key`` (else computed now)."""
+        """``started``: this side's :func:`start_pake` for ``key``; else one is started
+        now from ``entropy`` (one of the two is needed)."""
         self.role = Role(role)
         self.match_id = match_id
-        started = started or StartedPake(key, self.role, entropy=entropy)
+        if started is None:
+            if entropy is None:
+                raise TypeError("Handshake needs entropy (e.g. os.urandom) or started")
+            started = StartedPake(key, self.role, entropy=entropy)
         if started.role is not self.role:
             raise ValueError("the started PAKE is for the other role")
         prs, self._scalar = started.take()
