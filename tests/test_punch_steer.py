@@ -1,4 +1,4 @@
-"""Counter steering I/O (stunturn_diag.punch.steer): where the flows go, fresh ports, and
+"""Counter steering I/O (stunturn_diag.punch.steer_runner): where the flows go, fresh ports, and
 the steering loop over a simulated sequential counter (clock injected)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import socket
 import pytest
 
 from stunturn_diag.errors import PunchError
-from stunturn_diag.punch import steer
+from stunturn_diag.punch import steer_runner
 from stunturn_diag.sansio.punch import counter
 from stunturn_diag.sansio.punch.counter import Reading
-from stunturn_diag.punch.steer import CounterSteer
+from stunturn_diag.punch.steer_runner import CounterSteer
 from testlib import wait_for
 
 
@@ -46,7 +46,7 @@ def test_burns_spare_the_stun_budget_and_use_a_new_port_each(service):
 
 
 def test_burns_go_to_the_discard_port_of_the_stun_host_by_default():
-    assert CounterSteer(("198.51.100.10", 3478)).burn_to == ("198.51.100.10", steer.DISCARD_PORT)
+    assert CounterSteer(("198.51.100.10", 3478)).burn_to == ("198.51.100.10", steer_runner.DISCARD_PORT)
 
 
 class _Sock:

@@ -629,7 +629,7 @@ class _Side:
         """
         if not self._sequential():
             return False
-        from .steer import CounterSteer
+        from .steer_runner import CounterSteer
         if self._steer is None:
             self._steer = CounterSteer(self._stun_endpoint("udp"),
                                        timeout=min(1.0, self.opts.stun_timeout))

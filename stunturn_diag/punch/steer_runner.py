@@ -1,5 +1,8 @@
 """I/O for :mod:`stunturn_diag.sansio.punch.counter`: read and steer a sequential NAT's counter.
 
+Every decision (how many flows to burn, when to read again, when to give up) is
+:func:`counter.after_reading`'s; this module opens the flows and reads the clock.
+
 A reading is one STUN Binding over UDP from a fresh socket (one new flow through
 the NAT; its mapped port is the counter's value); a burn is one datagram from
 each of ``n`` fresh sockets. Time is injected (``clock``), every loop is bounded
@@ -35,7 +38,7 @@ from typing import Callable
 from ..errors import PunchError
 from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.punch import counter
-from stunturn_diag.sansio.punch.counter import Reading
+from stunturn_diag.sansio.punch.counter import Reading, UsedPorts
 from .udp import UdpRendezvous
 
 Address = tuple[str, int]
@@ -61,8 +64,8 @@ class CounterSteer:
         self.readings: list[Reading] = []
         #: flows this object opened (readings and burns)
         self.flows = 0
-        #: destination -> local ports used toward it (each one mapping on the NAT)
-        self._used: dict[Address, set[int]] = {}
+        #: local ports used toward each destination (each one a mapping on the NAT)
+        self._used = UsedPorts()
 
     def _fresh(self, make: Callable[[], object], port_of: Callable[[object], int],
                destination: Address, held: list) -> object:
@@ -70,12 +73,9 @@ class CounterSteer:
 
         Rejected ones are appended to ``held`` (kept open so the kernel does not hand
         the same port out again; the caller closes them)."""
-        used = self._used.setdefault(destination, set())
         for _ in range(FRESH_TRIES):
             sock = make()
-            port = port_of(sock)
-            if port not in used:
-                used.add(port)
+            if self._used.take(destination, port_of(sock)):
                 return sock
             held.append(sock)
         return held.pop()      # every try was a used port (not seen in practice): take it
@@ -139,29 +139,25 @@ class CounterSteer:
         PunchError(reason ``port-counter-too-fast``) when the counter is already
         past the window, naming the rate observed since ``first`` (a reading taken
         before ``own_flows_since_first`` flows of ours, not counting these here).
-        A reading whose answer came late counts what others opened since its request
-        left (the rate times its age): a burn leaves those out, and a confirming
-        reading after which they may have taken the rest of the window is taken again.
+        The steps are :func:`counter.after_reading`'s.
         """
         before = self.flows
         for step_no in range(counter.MAX_STEPS):
             reading = self.read()
             own = own_flows_since_first + (self.flows - before) - 1
-            flows_per_s = counter.rate(first, reading, own)
             age = max(0.0, self.clock() - reading.t)
-            step = counter.steer(reading, next_port, window, counter.drift(flows_per_s, age))
-            if step.action == "go":
-                if not counter.outruns_window(flows_per_s, window, step.count, age):
-                    return step.count
-                if not counter.outruns_window(flows_per_s, window, step.count) and \
-                        step_no + 1 < counter.MAX_STEPS:
-                    continue      # a stale reading, not a fast counter: read again
-            if step.action in ("go", "late"):
+            move = counter.after_reading(first, reading, own, age, next_port, window,
+                                         last_step=step_no + 1 >= counter.MAX_STEPS)
+            if move.action == "go":
+                return move.count
+            if move.action == "read":
+                continue      # a stale reading, not a fast counter: read again
+            if move.action == "too-fast":
                 raise PunchError(counter.too_fast_message(first, reading, own, next_port,
                                                           window),
                                  hint="a relay (TURN) is needed while the NAT hands out "
                                       "ports this fast; fewer parallel flows behind this "
                                       "NAT make prediction possible",
                                  reason="port-counter-too-fast")
-            self.burn(step.count)
+            self.burn(move.count)
         return 0    # could not confirm within MAX_STEPS: punch anyway
