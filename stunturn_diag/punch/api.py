@@ -61,8 +61,8 @@ from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, de
 from . import portmap_path, relay_path
 from .handshake_runner import authenticate_stream
 from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
 #: sequential NATs: seconds from a counter reading to the punch, receiver (one
 #: check-in away) and how often a waiting initiator renews its promise

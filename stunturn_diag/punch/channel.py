@@ -22,8 +22,8 @@ from ..errors import PunchError
 from stunturn_diag.sansio.punch.handshake import Handshake
 from stunturn_diag.sansio.punch.seal import FRAME_OVERHEAD, Session
 from stunturn_diag.sansio.punch.wire import Kind, is_handshake
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: largest payload of one datagram: a frame must fit one UDP datagram over IPv4
 #: (65507 bytes); frames above the path MTU travel as IP fragments
 MAX_PAYLOAD = 65507 - FRAME_OVERHEAD

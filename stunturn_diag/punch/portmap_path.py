@@ -17,8 +17,8 @@ import time
 from typing import Callable
 
 from ..portmap import mapper
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: the mapping's lifetime (seconds) and the watcher's bounds
 LIFETIME = 120
 MAX_SESSION = 24 * 3600.0

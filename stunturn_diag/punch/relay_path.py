@@ -28,8 +28,8 @@ from stunturn_diag.sansio.punch.handshake import StartedPake, start_pake
 from stunturn_diag.sansio.punch.wire import Role
 from .channel import UdpChannel
 from .udp import UdpRendezvous
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: exchange polling: first gap, growth, largest gap, most requests (bounded loop)
 POLL_FIRST, POLL_GROWTH, POLL_MAX, POLL_COUNT = 0.01, 1.5, 0.25, 200
 #: the channel keeps its allocation alive: refresh/ChannelBind at most this often

@@ -40,8 +40,8 @@ from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.punch import counter
 from stunturn_diag.sansio.punch.counter import Reading, UsedPorts
 from .udp import UdpRendezvous
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: where burns go, on the STUN server's host: the discard service (RFC 863)
 DISCARD_PORT = 9
 #: binds tried for one fresh local port before taking what the kernel gave

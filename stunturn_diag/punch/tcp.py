@@ -114,8 +114,8 @@ from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: seconds between Binding refreshes on the kept STUN connection (the server closes
 #: TCP clients idle for 30 s) and the most refreshes one rendezvous sends

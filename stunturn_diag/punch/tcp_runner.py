@@ -23,8 +23,8 @@ from stunturn_diag.sansio.punch.wire import Role
 
 from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, set_ttl,
                           shared_port_socket, tcp_state)
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 __all__ = ["TcpPunchRunner", "MAX_CONNECTS", "NOMINATE", "STRATEGY_LISTEN",
            "STRATEGY_SIMULTANEOUS", "retry_delay"]

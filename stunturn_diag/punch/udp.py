@@ -26,8 +26,8 @@ from .channel import UdpChannel
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, DatagramSend, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
 from stunturn_diag.stun_requests import fresh_binding_request
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 MAX_LOCAL_CANDIDATES = 8
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0

@@ -26,6 +26,7 @@ from typing import Protocol, Sequence
 
 from stunturn_diag.errors import PunchError
 from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.punch.decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
 
@@ -34,7 +35,6 @@ class Sampler(Protocol):
 
     def sample(self, population: Sequence[int], k: int) -> list[int]: ...
 
-Address = tuple[str, int]
 MAX_LOCAL = 8
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from stunturn_diag.sansio.punch.handshake import Handshake
 from stunturn_diag.sansio.punch.wire import VERSION, Kind, has_magic, is_handshake
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: (rounds, interval seconds): 20 fast rounds, then a steady pace
 SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))

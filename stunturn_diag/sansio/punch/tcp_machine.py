@@ -30,8 +30,8 @@ from typing import Callable, Union
 
 from stunturn_diag.errors import PunchError
 from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: pinned ISNs: the full-TTL SYN leaves when the prime's ICMP Time Exceeded came back
 #: (it passed our NAT) and at least this long after the prime: the skew between the
