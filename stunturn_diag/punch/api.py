@@ -25,7 +25,7 @@ learns its UDP and TCP mappings concurrently and keeps whichever it got); send i
 local addresses, the transports it has and the NAT profile; get matched; both sides
 check that the initiator's protocol is one the receiver has (else both fail at once
 with ``protocol-unavailable``); derive the same plan as the peer
-(:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
+(:func:`stunturn_diag.sansio.punch.decision.decide`), punch, authenticate (:mod:`stunturn_diag.sansio.punch.handshake`).
 
 Port prediction and the probe: a sequentially allocating NAT hands every new flow the
 next port, so the flows opened after a STUN binding are counted (``flows_after_stun``,
@@ -33,8 +33,8 @@ per transport). The probe's own flows all end before the punch sockets' STUN bin
 (the probe runs first, its result is needed before pairing anyway), so they never
 enter that count; the UDP binding's first datagram leaves before the TCP SYN, so the
 two bindings' order is known too.
-The server only ever sees :func:`.keys.rendezvous_id` of the key; the peer's
-candidates are vetted (:func:`.candidates.vet_peer_candidates`) before we send to them.
+The server only ever sees :func:`stunturn_diag.sansio.punch.keys.rendezvous_id` of the key; the peer's
+candidates are vetted (:func:`stunturn_diag.sansio.punch.candidates.vet_peer_candidates`) before we send to them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The port-mapped path: where the probe found the gateway's port mapping usable, ask it
 (PCP RFC 6887, NAT-PMP RFC 6886 or UPnP IGD; :mod:`stunturn_diag.portmap.mapper`) to map
 the UDP punch port before pairing and offer the mapped address to the peer
-(``details.nat.punch.portmap``); :func:`.decision.decide` then knows this side is
+(``details.nat.punch.portmap``); :func:`stunturn_diag.sansio.punch.decision.decide` then knows this side is
 reachable there (strategy ``portmap``).
 
 The mapping is short-lived (:data:`LIFETIME`, within any session's first minutes),

@@ -2,7 +2,7 @@
 
 The socket that asks STUN for its server-reflexive address (RFC 8489 section 6)
 is the very socket that punches, so the learned mapping is the one the peer aims
-at. All decisions live in the pure :mod:`.engine` and :mod:`.auth`; this module
+at. All decisions live in the pure :mod:`stunturn_diag.sansio.punch.engine` and :mod:`stunturn_diag.sansio.punch.handshake`; this module
 only moves datagrams and reads the clock.
 """
 
@@ -218,7 +218,7 @@ class UdpRendezvous:
         ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
         ``pake``: our CPace scalar and PRS, prepared before the match
-        (:func:`.auth.start_pake`).
+        (:func:`stunturn_diag.sansio.punch.handshake.start_pake`).
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
