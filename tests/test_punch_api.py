@@ -333,7 +333,7 @@ def test_details_carry_each_transports_own_flow_count():
 ])
 def test_both_sides_judge_the_initiators_protocol_alike(role, prepared, unavailable, peer,
                                                         reason):
-    from stunturn_diag.punch.api import transport_problem
+    from stunturn_diag.sansio.punch.details import transport_problem
 
     problem = transport_problem(role, "udp", prepared, unavailable, peer)
     assert (problem.reason if problem else None) == reason
@@ -342,7 +342,7 @@ def test_both_sides_judge_the_initiators_protocol_alike(role, prepared, unavaila
 
 
 def test_a_receiver_with_no_transport_at_all_says_what_to_do():
-    from stunturn_diag.punch.api import transport_problem
+    from stunturn_diag.sansio.punch.details import transport_problem
 
     peer = {"nat": {"punch": {"transports": [], "unavailable": {"udp": "x", "tcp": "y"}}}}
     problem = transport_problem("initiator", "tcp", ["tcp"], {}, peer)

@@ -51,15 +51,17 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
                       SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
 from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_pake
-from stunturn_diag.sansio.punch.candidates import address_of, build_targets, peer_transports, vet_peer_candidates
-from stunturn_diag.sansio.punch.counter import Reading, promise as counter_promise, rate as counter_rate
+from stunturn_diag.sansio.punch.candidates import address_of, build_targets, vet_peer_candidates
 from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
+from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
+                                               transport_problem)
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
 from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
 from . import portmap_path, relay_path
 from .handshake_runner import authenticate_stream
+from .steer_runner import PortPromise
 from stunturn_diag.sansio.punch.wire import Role
 from stunturn_diag.sansio.netaddr import Address
 
@@ -68,8 +70,6 @@ PROTOCOLS = ("udp", "tcp")
 #: check-in away) and how often a waiting initiator renews its promise
 RECEIVER_HORIZON = 0.5
 PROMISE_REFRESH = 1.0
-#: seconds between the first two counter readings (the first rate estimate)
-RATE_SAMPLE = 0.2
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 #: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
@@ -78,8 +78,6 @@ _RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one directio
                  "packet-budget": "the packet budget ran out",
                  "refused": "the peer's NAT answered with RST",
                  "unreachable": "ICMP unreachable"}
-#: longest text of one transport's failure sent to the peer (details.nat is <= 2 KiB)
-_WHY_MAX = 160
 
 
 @dataclass
@@ -216,45 +214,6 @@ def _runner_prime_ttl(plan: Plan, prime_ttl: int | None) -> int:
     return int(prime_ttl)
 
 
-def _peer_details(match: dict) -> dict:
-    peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
-    return peer.get("details") if isinstance(peer.get("details"), dict) else {}
-
-
-def transport_problem(role: Role | str, protocol: str, prepared: list[str], unavailable: dict[str, str],
-                      peer_details: object) -> PunchError | None:
-    """After the match: can ``protocol`` (the initiator's choice) be punched? Pure.
-
-    Both sides reach the same verdict from the receiver's ``transports``: the receiver from
-    what it prepared, the initiator from what the receiver's details say. ``reason`` is
-    ``protocol-unavailable`` when the receiver tried and failed (e.g. UDP blocked), and
-    ``protocol-mismatch`` when it was told to prepare only another one (``--protocol``).
-    """
-    role = Role(role)
-    if role is Role.RECEIVER:
-        have, why = prepared, unavailable
-    else:
-        have, why = peer_transports(peer_details)
-        if have is None:           # an older receiver: it does not say, so try
-            return None
-    if protocol in have:
-        return None
-    others = [p for p in have if p != protocol]
-    use = (f"run the initiator with --protocol {others[0]}" if others else
-           "neither transport reaches the signaling server's STUN responder from the receiver's "
-           "network: check its firewall, or use a relay (TURN)")
-    if protocol in why:
-        who = "this side" if role is Role.RECEIVER else "the receiver"
-        return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
-                          f"prepare: {why[protocol]}", hint=use, reason="protocol-unavailable")
-    if role is Role.RECEIVER:
-        return PunchError(f"the initiator asked for {protocol} but this side prepared "
-                          f"{', '.join(have) or 'nothing'}",
-                          hint=f"run the receiver with --protocol {protocol} or without --protocol",
-                          reason="protocol-mismatch")
-    return PunchError(f"the receiver prepared only {', '.join(have) or 'nothing'} (its --protocol), "
-                      f"not {protocol}", hint=f"{use}, or the receiver without --protocol",
-                      reason="protocol-mismatch")
 
 
 class _Side:
@@ -275,10 +234,8 @@ class _Side:
         self.pair_flows = 0
         #: protocol -> (rendezvous, mapped, local), in the order their bindings were made
         #: sequential NAT: the port our first punch flow is promised (see counter.py)
-        self.next_port: int | None = None
-        self.counter_rate: float | None = None
-        self._steer = None
-        self._marks: list[tuple[Reading, int]] = []   # (reading, our flows so far)
+        self.promise = PortPromise(lambda: self._stun_endpoint("udp"),
+                                   timeout=min(1.0, opts.stun_timeout), say=self._say)
         self.prepared: dict = {}
         #: protocol -> why it could not be prepared (also told to the peer)
         self.unavailable: dict[str, str] = {}
@@ -303,38 +260,16 @@ class _Side:
 
     def flows_after_stun(self, protocol: str) -> int:
         """Flows our NAT saw after ``protocol``'s STUN binding: the later bindings + pairing."""
-        order = list(self.prepared)
-        later = len(order) - 1 - order.index(protocol) if protocol in order else 0
-        return later + self.pair_flows
+        return flows_after_stun(list(self.prepared), protocol, self.pair_flows)
 
     def _details(self) -> dict:
-        """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
-        nat = punch_profile(self.profile)
-        first_proto = next(iter(self.prepared), None)
-        punch: dict = {"birthday": bool(self.opts.birthday),
-                       "flows_after_stun": self.flows_after_stun(first_proto) if first_proto
-                       else self.pair_flows,
-                       "transports": list(self.prepared)}
-        if self.unavailable:
-            punch["unavailable"] = {p: why[:_WHY_MAX] for p, why in self.unavailable.items()}
-        mapped = self._portmap.address if self._portmap is not None else None
-        if mapped is not None:
-            punch["portmap"] = {"ip": mapped[0], "port": mapped[1]}
-        if self.next_port is not None:
-            punch["next_port"] = self.next_port
-            if self.counter_rate is not None:
-                punch["counter_rate"] = round(self.counter_rate, 2)
-        nat["punch"] = punch
-        out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
-        for proto, (_rv, mapped, local) in self.prepared.items():
-            entry = {"srflx": {"ip": mapped[0], "port": mapped[1]},
-                     "local": [{"ip": ip, "port": port} for ip, port in local[:8]]}
-            if proto == first_proto:
-                out.update(entry)
-            else:
-                entry["flows_after_stun"] = self.flows_after_stun(proto)
-                punch.setdefault("alt", {})[proto] = entry
-        return out
+        """Our signaling details (:func:`details.signaling_details`)."""
+        return signaling_details(
+            self.profile, {p: (mapped, local) for p, (_rv, mapped, local) in self.prepared.items()},
+            pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
+            portmap=self._portmap.address if self._portmap is not None else None,
+            next_port=self.promise.next_port, counter_rate=self.promise.counter_rate,
+            software=f"stunturn-diag/{__version__}")
 
     def _stun_endpoint(self, protocol: str) -> Address:
         info = self._info if self._info is not None else self.client.info()
@@ -611,7 +546,7 @@ class _Side:
             except PairingTimeout:
                 if end is None or end - time.monotonic() <= 0.1:
                     raise
-                if self.next_port is not None:
+                if self.promise.next_port is not None:
                     continue    # renewing the port promise, not worth a progress line
                 self._say(f"still waiting for the receiver ({end - time.monotonic():.0f}s left)")
 
@@ -622,38 +557,11 @@ class _Side:
         return any(profile_from_details(nat, proto).predictable for proto in self.prepared)
 
     def _refresh_promise(self, horizon: float) -> bool:
-        """Read our NAT's counter and renew ``next_port`` (sequential NATs only).
-
-        One STUN reading per signaling request (a new flow); the rate comes from the
-        last two readings minus our own flows in between. False when not promising.
-        """
+        """Renew our port promise (sequential NATs only, :class:`steer_runner.PortPromise`);
+        False when not promising."""
         if not self._sequential():
             return False
-        from .steer_runner import CounterSteer
-        if self._steer is None:
-            self._steer = CounterSteer(self._stun_endpoint("udp"),
-                                       timeout=min(1.0, self.opts.stun_timeout))
-        own = self.pair_flows             # our HTTP requests so far
-        try:
-            if not self._marks:
-                # a first rate: two readings RATE_SAMPLE apart, before the first promise
-                self._marks.append((self._steer.read(), own + self._steer.flows))
-                time.sleep(RATE_SAMPLE)
-            reading = self._steer.read()
-        except StunturnError as exc:
-            self._say(f"cannot read the NAT's port counter ({exc.message}); "
-                      "the peer predicts from flows_after_stun")
-            self.next_port = None
-            return False
-        self._marks.append((reading, own + self._steer.flows))
-        if len(self._marks) >= 2:
-            (r0, f0), (r1, f1) = self._marks[-2], self._marks[-1]
-            measured = counter_rate(r0, r1, own_flows=f1 - f0 - 1)
-            if measured is not None:
-                self.counter_rate = measured
-        # after this reading: the signaling request itself, then the first punch flow
-        self.next_port = counter_promise(reading, 1, self.counter_rate, horizon)
-        return True
+        return self.promise.refresh(self.pair_flows, horizon)
 
     def run(self) -> PunchResult:
         try:
@@ -690,7 +598,7 @@ class _Side:
             t_match = time.monotonic()
             protocol = match.get("protocol", self.protocols[0])
             problem = transport_problem(self.role, protocol, list(self.prepared),
-                                        self.unavailable, _peer_details(match))
+                                        self.unavailable, peer_details(match))
             if problem is not None:
                 problem.context = {"protocol": protocol, "role": self.role,
                                    "match_id": str(match.get("match_id", ""))}
@@ -715,14 +623,12 @@ class _Side:
     def _steer_counter(self, plan: Plan) -> int:
         """After the match: bring our NAT's counter to the promised port (burning
         the gap); the number of our targets to skip. PunchError when it is past."""
-        first, _flows = self._marks[-1]
-        # since that reading: our signaling request (the one that was answered)
-        return self._steer.steer_to(self.next_port, plan.predict_for(self.role), first, 1)
+        return self.promise.steer(plan.predict_for(self.role))
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
                t_match: float, mine: dict | None = None) -> PunchResult:
         match_id = str(match.get("match_id", ""))
-        details = _peer_details(match)
+        details = peer_details(match)
         mine = mine if mine is not None else self._details()
         sides = {self.role: mine, self.role.other: details}
         init_p = profile_from_details(sides[Role.INITIATOR].get("nat"), protocol)
@@ -778,7 +684,7 @@ class _Side:
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol,
                                     rng=random.Random(), vetted=vetted)
-            if self.next_port is not None and plan.predict_for(self.role):
+            if self.promise.next_port is not None and plan.predict_for(self.role):
                 skip = self._steer_counter(plan)
                 if skip and len(targets.targets) > skip:
                     targets.targets = targets.targets[skip:]
@@ -824,9 +730,9 @@ class _Side:
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
         reached = plan.strategy == "portmap" and plan.portmap_side == self.role
-        if self.next_port is not None and plan.predict_for(self.role):
-            self._say(f"port counter steered to {self.next_port} "
-                      f"(observed {self.counter_rate or 0:.1f} flows/s besides ours)")
+        if self.promise.next_port is not None and plan.predict_for(self.role):
+            self._say(f"port counter steered to {self.promise.next_port} "
+                      f"(observed {self.promise.counter_rate or 0:.1f} flows/s besides ours)")
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
                            plan.strategy, connect_ms, plan.explanation, plan.notes,
                            portmap=self._portmap.address if reached and self._portmap else None)

@@ -35,7 +35,7 @@ import socket
 import time
 from typing import Callable
 
-from ..errors import PunchError
+from ..errors import PunchError, StunturnError
 from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.punch import counter
 from stunturn_diag.sansio.punch.counter import Reading, UsedPorts
@@ -161,3 +161,64 @@ class CounterSteer:
                                  reason="port-counter-too-fast")
             self.burn(move.count)
         return 0    # could not confirm within MAX_STEPS: punch anyway
+
+
+#: seconds between the first two counter readings (the first rate estimate)
+RATE_SAMPLE = 0.2
+
+
+class PortPromise:
+    """A sequential NAT's port promise while pairing, and the steering after the match.
+
+    Before each signaling request :meth:`refresh` reads our NAT's counter (one STUN
+    reading, a new flow) and renews :attr:`next_port`; the rate comes from the last
+    two readings minus our own flows in between. After the match :meth:`steer` brings
+    the counter to the promise. ``stun_server`` is called once, at the first reading.
+    """
+
+    def __init__(self, stun_server: Callable[[], Address], *, timeout: float,
+                 say: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
+        self._stun_server = stun_server
+        self._timeout = timeout
+        self._say = say
+        self._sleep = sleep
+        #: the port our first punch flow is promised (None: no promise)
+        self.next_port: int | None = None
+        #: flows per second others opened, as last measured
+        self.counter_rate: float | None = None
+        self._steer: CounterSteer | None = None
+        self._marks: list[tuple[Reading, int]] = []   # (reading, our flows so far)
+
+    def refresh(self, own_flows: int, horizon: float) -> bool:
+        """Read the counter and renew :attr:`next_port` for a punch ``horizon`` seconds
+        away; ``own_flows``: our signaling requests so far. False when it cannot be read."""
+        if self._steer is None:
+            self._steer = CounterSteer(self._stun_server(), timeout=self._timeout)
+        try:
+            if not self._marks:
+                # a first rate: two readings RATE_SAMPLE apart, before the first promise
+                self._marks.append((self._steer.read(), own_flows + self._steer.flows))
+                self._sleep(RATE_SAMPLE)
+            reading = self._steer.read()
+        except StunturnError as exc:
+            self._say(f"cannot read the NAT's port counter ({exc.message}); "
+                      "the peer predicts from flows_after_stun")
+            self.next_port = None
+            return False
+        self._marks.append((reading, own_flows + self._steer.flows))
+        if len(self._marks) >= 2:
+            (r0, f0), (r1, f1) = self._marks[-2], self._marks[-1]
+            measured = counter.rate(r0, r1, own_flows=f1 - f0 - 1)
+            if measured is not None:
+                self.counter_rate = measured
+        # after this reading: the signaling request itself, then the first punch flow
+        self.next_port = counter.promise(reading, 1, self.counter_rate, horizon)
+        return True
+
+    def steer(self, window: int) -> int:
+        """After the match: steer to :attr:`next_port` (``window`` ports); the number of
+        our targets to skip. PunchError(port-counter-too-fast) when it is past."""
+        assert self._steer is not None and self.next_port is not None
+        first, _flows = self._marks[-1]
+        # since that reading: our signaling request (the one that was answered)
+        return self._steer.steer_to(self.next_port, window, first, 1)
