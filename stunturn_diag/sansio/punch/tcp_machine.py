@@ -614,6 +614,9 @@ class TcpPunchMachine:
         """Handles to close when the run ends (all but the winner and the caller's
         listener)."""
         out = [self.listener] if self.renewed else []
+        if self._new_listener is not None:      # a renewal cut short by an error
+            out.append(self._new_listener)
+            self._new_listener = None
         for cand in self.candidates:
             if cand.handle is not None:
                 out.append(cand.handle)
