@@ -177,7 +177,7 @@ def initiate(server_url: str, key: str, target_ip: str, *, protocol: str = "udp"
              options: PunchOptions | None = None, **overrides) -> PunchResult:
     """Initiator: long-poll until the receiver at ``target_ip`` checks in, then punch."""
     opts = _options(options, protocol, overrides)
-    return _Side(server_url, key, opts, "initiator", target_ip=target_ip).run()
+    return _Side(server_url, key, opts, Role.INITIATOR, target_ip=target_ip).run()
 
 
 def receive(server_url: str, key: str, *, protocol: str | None = None,
@@ -191,7 +191,7 @@ def receive(server_url: str, key: str, *, protocol: str | None = None,
     """
     opts = _options(options, protocol or "udp", overrides)
     protocols = [protocol] if protocol else ["udp", "tcp"]
-    return _Side(server_url, key, opts, "receiver", protocols=protocols).run()
+    return _Side(server_url, key, opts, Role.RECEIVER, protocols=protocols).run()
 
 
 def _options(options: PunchOptions | None, protocol: str, overrides: dict) -> PunchOptions:
