@@ -58,7 +58,8 @@ from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, 
                                                transport_problem)
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
 from stunturn_diag.sansio.punch.keys import rendezvous_id
-from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
+from .profile_cache import DEFAULT_MAX_AGE
+from .profile_runner import NatProfileSource
 from . import portmap_path, relay_path
 from .handshake_runner import authenticate_stream
 from .steer_runner import PortPromise
@@ -242,13 +243,10 @@ class _Side:
         self._errors: dict[str, PunchError] = {}
         #: protocol -> its bound rendezvous (or why it could not bind), before any packet
         self._bound: dict[str, object] = {}
-        self.profile = opts.nat_profile
+        #: this side's NAT profile: given, cached for this network, or probed
+        self.nat = NatProfileSource(self.client, opts, self.protocols, self._stun_endpoint,
+                                    self._say)
         self._info: dict | None = None
-        #: protocol -> why the probe found it unreachable (its STUN binding is then skipped)
-        self._unreachable: dict[str, str] = {}
-        self._cache: ProfileCache | None = None
-        self._cache_key: str | None = None
-        self._cached_public_ip: str | None = None
         self.rendezvous = ""
         self.pake: StartedPake | None = None
         #: the gateway's mapping of the UDP punch port (portmap_path), when usable
@@ -265,7 +263,7 @@ class _Side:
     def _details(self) -> dict:
         """Our signaling details (:func:`details.signaling_details`)."""
         return signaling_details(
-            self.profile, {p: (mapped, local) for p, (_rv, mapped, local) in self.prepared.items()},
+            self.nat.profile, {p: (mapped, local) for p, (_rv, mapped, local) in self.prepared.items()},
             pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
             portmap=self._portmap.address if self._portmap is not None else None,
             next_port=self.promise.next_port, counter_rate=self.promise.counter_rate,
@@ -305,96 +303,19 @@ class _Side:
     # -- the NAT profile -----------------------------------------------------------------
 
     def _learn_profile(self) -> None:
-        """A profile for the peer's plan: given, cached for this network, or probed now."""
-        if self.profile or not self.opts.probe:
-            return
-        if self.opts.cache:
-            self._open_cache()
-        if self._cache is not None and self._cache_key is not None:
-            entry = self._cache.get(self._cache_key)
-            probed = entry.get("probed") if entry else None
-            if entry and isinstance(probed, list) and set(self.protocols) <= set(probed):
-                self.profile = entry["profile"]
-                self._cached_public_ip = entry.get("public_ip")
-                unreachable = entry.get("unreachable")
-                if isinstance(unreachable, dict):
-                    self._unreachable = {p: str(why) for p, why in unreachable.items()
-                                         if p in self.protocols}
-                self._say(f"NAT profile from the cache (probed {time.time() - entry['saved_at']:.0f}s "
-                          f"ago; --no-cache to probe again): {self.profile}")
-                return
-        self._quick_probe()
-
-    def _open_cache(self) -> None:
-        """The cache and this network's entry name (none when the network cannot be named)."""
-        from .udp import route_source_ip
-
-        try:
-            primary = self._stun_endpoint("udp")
-        except PunchError:
-            return
-        local_ip = route_source_ip(primary)
-        gateway_ip, gateway_mac = default_gateway()
-        network = Network(local_ip or "", gateway_ip, gateway_mac)
-        if not network.identified:
-            return
-        self._cache = ProfileCache(self.opts.cache_dir, max_age=self.opts.cache_max_age)
-        self._cache_key = cache_key(self.client.base_url, network)
-
-    def _quick_probe(self) -> None:
-        """Diagnose our NAT (stunturn_diag.probe's punch profile: only the tests behind the
-        verdicts the decision reads) so the peer can plan with it.
-
-        Runs before the punch sockets' STUN bindings, so none of the probe's flows falls
-        between a binding and the punch (see the module docstring)."""
-        from ..probe import run_probe
-
-        self._say("probing this NAT (--no-probe skips it) ...")
-        started = time.monotonic()
-        try:
-            result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
-                               punch_profile=True, info=self._info, tls=self.opts.tls)
-        except StunturnError as exc:
-            self._say(f"probe failed ({exc}); punching without a NAT profile")
-            return
-        if result.status == "unreachable":
-            self._say(f"probe found no STUN answer ({'; '.join(result.notes[:1])}); "
-                      "punching without a NAT profile")
-            return
-        reachable = {"udp": result.udp_reachable,
-                     "tcp": result.tcp_reachable if result.tcp_ran else None}
-        for proto in self.protocols:
-            if reachable.get(proto) is False:
-                self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
-                                            f"from the server (is {proto.upper()} blocked here?)")
-        profile = punch_profile(result)
-        if isinstance(result.port_mapping, dict):     # for portmap_path (not sent as such)
-            profile["port_mapping"] = {k: result.port_mapping.get(k)
-                                       for k in ("pcp", "nat_pmp", "upnp", "usable")}
-        self.profile = profile
-        self._say(f"NAT profile ({(time.monotonic() - started) * 1000:.0f} ms): {profile}")
-        if self._cache is not None and self._cache_key is not None and profile:
-            self._cache.put(self._cache_key, {
-                "profile": profile, "public_ip": result.public_ip,
-                "probed": [p for p in self.protocols if reachable.get(p) is not None],
-                "unreachable": dict(self._unreachable)})
+        """A profile for the peer's plan (:meth:`NatProfileSource.learn`)."""
+        self.nat.learn(self._info)
 
     def _check_cached_network(self) -> None:
         """A cached profile whose public IP is not the one STUN just saw is from elsewhere:
         drop it, probe now and learn the mappings again (so the probe's flows come first)."""
-        if self._cached_public_ip is None or not self.prepared:
+        if not self.prepared:
             return
         seen = next(iter(self.prepared.values()))[1][0]
-        if seen == self._cached_public_ip:
+        if not self.nat.forget_if_moved(seen):
             return
-        self._say(f"the cached NAT profile was measured behind {self._cached_public_ip}, "
-                  f"now {seen}: probing again")
-        if self._cache is not None and self._cache_key is not None:
-            self._cache.drop(self._cache_key)
-        self._cached_public_ip = None
         self._close_prepared()
-        self.profile = None
-        self._quick_probe()
+        self.nat.probe(self._info)
         self._prepare(self.protocols)
 
     # -- the mappings --------------------------------------------------------------------
@@ -402,8 +323,8 @@ class _Side:
     def _prepare_one(self, proto: str, udp_sent: threading.Event) -> tuple:
         """Learn ``proto``'s mapping; raises PunchError. TCP waits until the UDP binding's
         first datagram left, so a sequential NAT sees the two flows in a known order."""
-        if proto in self._unreachable:
-            raise PunchError(self._unreachable[proto], reason="stun-failed",
+        if proto in self.nat.unreachable:
+            raise PunchError(self.nat.unreachable[proto], reason="stun-failed",
                              hint="--no-probe tries the STUN binding anyway")
         stun_server = self._stun_endpoint(proto)
         rv = self._bound.pop(proto, None) or self._rendezvous(proto)
@@ -553,7 +474,7 @@ class _Side:
     def _sequential(self) -> bool:
         """Our NAT (per our profile) maps per destination with sequential ports for
         a prepared protocol: the peer will aim at a predicted window of ours."""
-        nat = punch_profile(self.profile)
+        nat = punch_profile(self.nat.profile)
         return any(profile_from_details(nat, proto).predictable for proto in self.prepared)
 
     def _refresh_promise(self, horizon: float) -> bool:

@@ -96,7 +96,7 @@ class PortMapping:
 def offer(side) -> PortMapping | None:
     """The hook of :mod:`.api` before pairing: map the UDP punch port when our profile
     says the gateway's mapping is usable (None otherwise, or when the gateway refused)."""
-    method = usable_method(side.profile)
+    method = usable_method(side.nat.profile)
     prepared = side.prepared.get("udp")
     if method is None or prepared is None:
         return None
