@@ -7,6 +7,7 @@ knows all addresses but not the access key.
 
 from __future__ import annotations
 
+import os
 import json
 import sys
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.netns
 ATTACKER = r"""
 import os, sys, time
 from scapy.all import IP, UDP, Raw, conf, get_if_list, sniff
-from stunturn_diag.punch.auth import Handshake
+from stunturn_diag.sansio.punch.handshake import Handshake
 conf.verb = 0
 MAGIC = b"\x8fSTP"
 duration, limit, mode, match_id = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -49,7 +50,7 @@ def fake_peer(data):
     if data[5] not in (1, 2):
         return []
     role = "initiator" if data[6] == 1 else "receiver"      # pose as the other role
-    hs = fakes.setdefault(role, Handshake("a-guessed-key-42", match_id, role))
+    hs = fakes.setdefault(role, Handshake("a-guessed-key-42", match_id, role, entropy=os.urandom))
     count["hello" if data[5] == 1 else "proof"] += 1
     reply = hs.handle(data).reply
     return [hs.hello()] + ([reply] if reply else [])

@@ -152,7 +152,7 @@ def test_tcp_punch_without_cap_net_admin(a, b):
 
 #: the receiver's start skew in the control below: far more than the lab's one-way delay
 #: (well under 1 ms), so neither side's first SYN can cross the other's in flight, and
-#: less than tcp_engine.SETTLE (12 ms), so the TTL-2 prime still opens both NATs before
+#: less than tcp_machine.SETTLE (12 ms), so the TTL-2 prime still opens both NATs before
 #: either full-TTL SYN arrives
 CONTROL_SKEW = "0.005"
 

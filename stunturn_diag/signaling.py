@@ -1,7 +1,7 @@
 """HTTP client for the signaling server (``stunturn-diag serve``); urllib only.
 
 >>> client = SignalingClient("http://127.0.0.1:8080")
->>> rv = rendezvous_id(access_key)          # stunturn_diag.punch.keys: never the key itself
+>>> rv = rendezvous_id(access_key)          # stunturn_diag.sansio.punch.keys: never the key itself
 >>> client.initiate(rv, "203.0.113.7", "udp")   # waits for the receiver
 >>> client.checkin(rv)                          # on the receiver, meanwhile
 
@@ -38,7 +38,7 @@ from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTi
 DEFAULT_PORT = 8080
 #: extra seconds the HTTP read may take beyond the long-poll's own timeout
 LONG_POLL_MARGIN = 10.0
-#: what a rendezvous identifier looks like (stunturn_diag.punch.keys.rendezvous_id)
+#: what a rendezvous identifier looks like (stunturn_diag.sansio.punch.keys.rendezvous_id)
 RENDEZVOUS_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -46,7 +46,7 @@ def _rendezvous(value: str) -> str:
     if not isinstance(value, str) or not RENDEZVOUS_RE.fullmatch(value):
         raise ConfigError("the signaling request needs a rendezvous identifier (64 hex digits), "
                           "not an access key", hint="derive it with "
-                          "stunturn_diag.punch.keys.rendezvous_id(key); the key stays local")
+                          "stunturn_diag.sansio.punch.keys.rendezvous_id(key); the key stays local")
     return value
 
 

@@ -299,7 +299,7 @@ def test_details_carry_each_transports_own_flow_count():
     """UDP's binding came first, then TCP's, then two check-ins: a sequential NAT moved
     UDP's port counter by 3 and TCP's by 2 before the punch."""
     from stunturn_diag.punch.api import _Side
-    from stunturn_diag.punch.candidates import peer_addresses, peer_transports
+    from stunturn_diag.sansio.punch.candidates import peer_addresses, peer_transports
 
     side = _Side("http://127.0.0.1:9", KEY, PunchOptions(), "receiver", protocols=["udp", "tcp"])
     side.prepared = {"udp": (None, ("203.0.113.18", 20000), [("192.168.2.10", 5000)]),
@@ -333,7 +333,7 @@ def test_details_carry_each_transports_own_flow_count():
 ])
 def test_both_sides_judge_the_initiators_protocol_alike(role, prepared, unavailable, peer,
                                                         reason):
-    from stunturn_diag.punch.api import transport_problem
+    from stunturn_diag.sansio.punch.details import transport_problem
 
     problem = transport_problem(role, "udp", prepared, unavailable, peer)
     assert (problem.reason if problem else None) == reason
@@ -342,7 +342,7 @@ def test_both_sides_judge_the_initiators_protocol_alike(role, prepared, unavaila
 
 
 def test_a_receiver_with_no_transport_at_all_says_what_to_do():
-    from stunturn_diag.punch.api import transport_problem
+    from stunturn_diag.sansio.punch.details import transport_problem
 
     peer = {"nat": {"punch": {"transports": [], "unavailable": {"udp": "x", "tcp": "y"}}}}
     problem = transport_problem("initiator", "tcp", ["tcp"], {}, peer)

@@ -1,4 +1,4 @@
-"""The pure punch handshake, wire version 3: CPace bound to the match (stunturn_diag.punch.auth)."""
+"""The pure punch handshake, wire version 3: CPace bound to the match (stunturn_diag.sansio.punch.handshake)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import random
 
 import pytest
 from stunturn_diag.errors import AuthenticationError
-from stunturn_diag.punch import auth, cpace
-from stunturn_diag.punch.auth import Handshake, Role
+from stunturn_diag.sansio.punch import handshake, cpace
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
 from stunturn_diag.sansio.punch.wire import HEADER, MAGIC, VERSION, Kind, header
 
 KEY = "correct horse battery"
@@ -20,8 +20,8 @@ MATCH = "5f1e0c"
 def cpace_share(guess: str, match_id: str = MATCH) -> tuple[bytes, bytes]:
     """(scalar, share) of a third party running CPace with a guessed key."""
     scalar = os.urandom(32)
-    g = cpace.calculate_generator(auth.pake_password(guess), auth.CHANNEL_ID,
-                                  auth.session_id(match_id))
+    g = cpace.calculate_generator(handshake.pake_password(guess), handshake.CHANNEL_ID,
+                                  handshake.session_id(match_id))
     return scalar, cpace.share(scalar, g)
 
 
@@ -41,7 +41,8 @@ LOW_ORDER_BIT255 = "cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49
 
 
 def pair(key_i=KEY, key_r=KEY, match_i=MATCH, match_r=MATCH):
-    return Handshake(key_i, match_i, Role.INITIATOR), Handshake(key_r, match_r, Role.RECEIVER)
+    return (Handshake(key_i, match_i, Role.INITIATOR, entropy=os.urandom),
+            Handshake(key_r, match_r, Role.RECEIVER, entropy=os.urandom))
 
 
 def run(a: Handshake, b: Handshake, first: bytes, to_b=True, limit=10):
@@ -165,7 +166,7 @@ def test_tampered_proof_is_refused():
     proof[-1] ^= 1
     assert not i.handle(bytes(proof)).accepted and i.counters.bad_proof == 1
     flipped = bytearray(r.handle(i.hello()).reply)
-    flipped[7] |= auth.FLAG_VERIFIED                 # claim "verified" without the key
+    flipped[7] |= handshake.FLAG_VERIFIED                 # claim "verified" without the key
     assert not i.handle(bytes(flipped)).accepted and not i.confirmed
 
 
@@ -196,7 +197,7 @@ def test_an_invalid_share_does_not_use_up_the_handshake():
 def test_one_share_per_handshake_bounds_online_guessing():
     """A second, different share is refused: one online guess per attempt at most."""
     i, r = pair()
-    evil = Handshake("guess-1", MATCH, Role.RECEIVER).hello()
+    evil = Handshake("guess-1", MATCH, Role.RECEIVER, entropy=os.urandom).hello()
     assert i.handle(evil).accepted                       # first share: the one guess
     out = i.handle(r.hello())
     assert not out.accepted and out.why == "another-share" and i.counters.stale == 1
@@ -208,7 +209,7 @@ def test_one_share_per_handshake_bounds_online_guessing():
 def test_after_completion_only_the_verified_peer_is_answered():
     i, r = pair()
     run(i, r, i.hello())
-    other = Handshake(KEY, MATCH, Role.RECEIVER)     # a second "receiver" replaying later
+    other = Handshake(KEY, MATCH, Role.RECEIVER, entropy=os.urandom)     # a second "receiver" replaying later
     assert not i.handle(other.hello()).accepted
     assert i.handle(r.hello()).reply is not None     # the real peer's retransmission
 
@@ -227,7 +228,7 @@ def test_randomness_comes_from_the_runner():
 
 def test_session_before_completion_raises():
     with pytest.raises(AuthenticationError):
-        Handshake(KEY, MATCH, Role.INITIATOR).session()
+        Handshake(KEY, MATCH, Role.INITIATOR, entropy=os.urandom).session()
 
 
 # --- (c) an old peer gets a clear error, never a downgrade --------------------------------
@@ -262,15 +263,15 @@ def _offline_check(messages, guess: str) -> bool:
     """
     hello_i = next(m for m in messages if m[5] == Kind.HELLO and m[6] == 0)
     proof_r = next(m for m in messages if m[5] == Kind.PROOF and m[6] == 1)
-    share_i, share_r = hello_i[HEADER.size:], proof_r[HEADER.size:HEADER.size + auth.SHARE_LEN]
+    share_i, share_r = hello_i[HEADER.size:], proof_r[HEADER.size:HEADER.size + handshake.SHARE_LEN]
     scalar, _ = cpace_share(guess)           # a fresh scalar: the recorded one is unknown
-    isk = cpace.isk(auth.session_id(MATCH), cpace.shared_point(scalar, share_r),
-                    share_i, auth.AD, share_r, auth.AD)
-    keys = auth.schedule(isk, auth.transcript_hash(MATCH, share_i, share_r))
+    isk = cpace.isk(handshake.session_id(MATCH), cpace.shared_point(scalar, share_r),
+                    share_i, handshake.AD, share_r, handshake.AD)
+    keys = handshake.schedule(isk, handshake.transcript_hash(MATCH, share_i, share_r))
     flags = proof_r[7]
     mac = hmac.new(keys["confirm_receiver"], b"proof" + bytes([1, flags]) +
-                   auth.transcript_hash(MATCH, share_i, share_r), hashlib.sha256).digest()
-    return hmac.compare_digest(mac, proof_r[HEADER.size + auth.SHARE_LEN:])
+                   handshake.transcript_hash(MATCH, share_i, share_r), hashlib.sha256).digest()
+    return hmac.compare_digest(mac, proof_r[HEADER.size + handshake.SHARE_LEN:])
 
 
 def test_a_recorded_transcript_gives_the_right_key_no_advantage_over_a_wrong_one():
@@ -280,8 +281,8 @@ def test_a_recorded_transcript_gives_the_right_key_no_advantage_over_a_wrong_one
     assert _offline_check(messages, "wrong guess") is False
     # nothing in the transcript is a function of the key alone (v1 sent an HMAC tag of it)
     blob = b"".join(messages)
-    for derived in (KEY.encode(), auth.pake_password(KEY),
-                    hashlib.sha256(auth.pake_password(KEY)).digest()):
+    for derived in (KEY.encode(), handshake.pake_password(KEY),
+                    hashlib.sha256(handshake.pake_password(KEY)).digest()):
         assert derived not in blob
 
 
@@ -292,7 +293,7 @@ def test_a_mitm_substituting_its_own_pake_messages_fails_on_both_sides():
     _, fake_i_share = cpace_share("mitm guess")           # poses as the initiator to r
 
     def swap(msg: bytes, share: bytes) -> bytes:
-        return msg[:HEADER.size] + share + msg[HEADER.size + auth.SHARE_LEN:]
+        return msg[:HEADER.size] + share + msg[HEADER.size + handshake.SHARE_LEN:]
 
     queue = [("r", swap(i.hello(), fake_i_share)), ("i", swap(r.hello(), fake_r_share))]
     for _ in range(20):
@@ -314,7 +315,7 @@ def test_the_prepared_scalar_is_the_runners_randomness():
     for the same match; another match gives another generator and so another share."""
     fixed = bytes(range(32))
     a = Handshake(KEY, MATCH, Role.INITIATOR,
-                  started=auth.start_pake(KEY, Role.INITIATOR, entropy=lambda n: fixed))
+                  started=handshake.start_pake(KEY, Role.INITIATOR, entropy=lambda n: fixed))
     b = Handshake(KEY, MATCH, Role.INITIATOR, entropy=lambda n: fixed)
     c = Handshake(KEY, "other", Role.INITIATOR, entropy=lambda n: fixed)
     d = Handshake("other key", MATCH, Role.INITIATOR, entropy=lambda n: fixed)
@@ -324,17 +325,17 @@ def test_the_prepared_scalar_is_the_runners_randomness():
 def test_a_share_started_before_the_match_is_bound_to_the_match_by_the_transcript():
     """The prepared handshake completes for its match; the same key under another match
     id (a server lying about the match to each side) does not (sid and transcript)."""
-    i = Handshake(KEY, MATCH, Role.INITIATOR, started=auth.start_pake(KEY, Role.INITIATOR))
-    r = Handshake(KEY, MATCH, Role.RECEIVER, started=auth.start_pake(KEY, "receiver"))
+    i = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))
+    r = Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, "receiver", entropy=os.urandom))
     run(i, r, i.hello())
     assert i.confirmed and r.confirmed
-    j = Handshake(KEY, MATCH, Role.INITIATOR, started=auth.start_pake(KEY, Role.INITIATOR))
-    s = Handshake(KEY, "another-match", Role.RECEIVER)
+    j = Handshake(KEY, MATCH, Role.INITIATOR, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))
+    s = Handshake(KEY, "another-match", Role.RECEIVER, entropy=os.urandom)
     run(j, s, j.hello())
     assert not j.complete and not s.complete and j.counters.bad_proof == 1
-    started = auth.start_pake(KEY, Role.INITIATOR)
+    started = handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom)
     Handshake(KEY, MATCH, Role.INITIATOR, started=started)
     with pytest.raises(ValueError):
         Handshake(KEY, MATCH, Role.INITIATOR, started=started)      # single use
     with pytest.raises(ValueError):
-        Handshake(KEY, MATCH, Role.RECEIVER, started=auth.start_pake(KEY, Role.INITIATOR))
+        Handshake(KEY, MATCH, Role.RECEIVER, started=handshake.start_pake(KEY, Role.INITIATOR, entropy=os.urandom))

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from stunturn_diag.punch.candidates import MAX_LOCAL, build_targets, vet_peer_candidates
+from stunturn_diag.sansio.punch.candidates import MAX_LOCAL, build_targets, vet_peer_candidates
 from stunturn_diag.sansio.punch.decision import decide, profile_from_details
 
 OURS = "203.0.113.2"

@@ -1,7 +1,7 @@
 """Pure port-counter reasoning for sequential NATs (stunturn_diag.sansio.punch.counter)."""
 
 from stunturn_diag.sansio.punch import counter
-from stunturn_diag.punch.candidates import build_targets, promised_port
+from stunturn_diag.sansio.punch.candidates import build_targets, promised_port
 from stunturn_diag.sansio.punch.counter import Reading, lead, promise, rate, steer, too_fast_message
 from stunturn_diag.sansio.punch.decision import Plan
 
@@ -55,3 +55,25 @@ def test_a_counter_that_outruns_the_window_during_the_punch_is_too_fast():
     assert not counter.outruns_window(100.0, 8, age=0.01)
     text = too_fast_message(Reading(20000, 0.0), Reading(20100, 0.2), 0, 20090, 16)
     assert "too fast" in text and "495.0 flows/s" in text and "20090-20105" in text
+
+
+def test_after_reading_steps_burn_go_read_again_and_too_fast():
+    from stunturn_diag.sansio.punch.counter import Move, UsedPorts, after_reading
+    first = Reading(20000, 0.0)
+    # slow counter (10 flows/s), far below the window: burn all but one of the gap
+    assert after_reading(first, Reading(20010, 1.0), 0, 0.0, 20100, 8, False) == \
+        Move("burn", 20100 - 20011 - 1)
+    # right in front of the window, fresh reading: go
+    assert after_reading(first, Reading(20101, 10.0), 0, 0.0, 20100, 8, False) == \
+        Move("go", 2)
+    # inside, but the answer is late and others moved meanwhile: read again, unless
+    # that was the last step
+    late = Reading(21000, 10.0)              # 100 flows/s
+    assert after_reading(first, late, 0, 0.05, 20999, 8, False) == Move("read")
+    assert after_reading(first, late, 0, 0.05, 20999, 8, True) == Move("too-fast")
+    # past the window
+    assert after_reading(first, Reading(20200, 2.0), 0, 0.0, 20100, 8, False) == \
+        Move("too-fast")
+    used = UsedPorts()
+    assert used.take(("192.0.2.1", 3478), 5000) and not used.take(("192.0.2.1", 3478), 5000)
+    assert used.take(("192.0.2.1", 9), 5000)

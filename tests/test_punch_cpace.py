@@ -1,4 +1,4 @@
-"""CPace on X25519 against draft-irtf-cfrg-cpace's test vectors (stunturn_diag.punch.cpace).
+"""CPace on X25519 against draft-irtf-cfrg-cpace's test vectors (stunturn_diag.sansio.punch.cpace).
 
 The vectors are the draft's "Test vector for CPace using group X25519 and hash
 SHA-512" (generator, MSGa/MSGb, K, ISK initiator/responder, low-order points), plus
@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from stunturn_diag.punch import auth, cpace
-from stunturn_diag.punch.auth import Handshake, Role
+from stunturn_diag.sansio.punch import handshake, cpace
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
 
 H = bytes.fromhex
 PRS = b"Password"
@@ -106,13 +106,13 @@ def test_elligator2_lands_on_the_curve_for_random_inputs():
 
 
 def _isk(sid: bytes, ya: bytes, yb: bytes, scalar: bytes, peer: bytes) -> bytes:
-    return cpace.isk(sid, cpace.shared_point(scalar, peer), ya, auth.AD, yb, auth.AD)
+    return cpace.isk(sid, cpace.shared_point(scalar, peer), ya, handshake.AD, yb, handshake.AD)
 
 
 def test_both_sides_derive_the_same_isk_and_a_wrong_key_another():
-    sid = auth.session_id("m-1")
-    ga = cpace.calculate_generator(auth.pake_password("k"), auth.CHANNEL_ID, sid)
-    gwrong = cpace.calculate_generator(auth.pake_password("not k"), auth.CHANNEL_ID, sid)
+    sid = handshake.session_id("m-1")
+    ga = cpace.calculate_generator(handshake.pake_password("k"), handshake.CHANNEL_ID, sid)
+    gwrong = cpace.calculate_generator(handshake.pake_password("not k"), handshake.CHANNEL_ID, sid)
     a, b, w = os.urandom(32), os.urandom(32), os.urandom(32)
     ya, yb, yw = cpace.share(a, ga), cpace.share(b, ga), cpace.share(w, gwrong)
     assert ga != gwrong
@@ -122,7 +122,7 @@ def test_both_sides_derive_the_same_isk_and_a_wrong_key_another():
 
 
 def test_a_wrong_key_fails_the_key_confirmation():
-    i, r = Handshake("k", "m-1", Role.INITIATOR), Handshake("not k", "m-1", Role.RECEIVER)
+    i, r = Handshake("k", "m-1", Role.INITIATOR, entropy=os.urandom), Handshake("not k", "m-1", Role.RECEIVER, entropy=os.urandom)
     proof_r = r.handle(i.hello()).reply                  # r derived its (different) ISK
     out = i.handle(proof_r)
     assert not out.accepted and out.why == "bad-proof" and not i.complete

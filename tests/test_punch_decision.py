@@ -9,7 +9,7 @@ import pytest
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.errors import PunchError
 from stunturn_diag.lab import CATALOGUE
-from stunturn_diag.punch.candidates import build_targets, peer_addresses
+from stunturn_diag.sansio.punch.candidates import build_targets, peer_addresses
 from stunturn_diag.sansio.punch.decision import (BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, PREDICT_WINDOW,
                                           NatProfile, decide, profile_from_details)
 

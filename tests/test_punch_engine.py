@@ -6,13 +6,14 @@ port collision) sits between two engines; time only moves in the event loop.
 
 from __future__ import annotations
 
+import os
 import heapq
 import random
 
 import pytest
 
-from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.engine import MAX_PACKETS, UdpPunchEngine
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
+from stunturn_diag.sansio.punch.engine import MAX_PACKETS, UdpPunchEngine
 
 HOP = 0.002          # one-way delay per hop (host-NAT, NAT-core, core-NAT, NAT-host)
 
@@ -118,9 +119,9 @@ def make(world, *, prime=2, skew=0.0, targets=None, deadline=3.0, key_b="k" * 10
     ma, mb = world.mapped("a"), world.mapped("b")
     t = targets or {"a": [mb], "b": [ma]}
     world.engines = {
-        "a": UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR), t["a"], start=0.0,
+        "a": UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR, entropy=os.urandom), t["a"], start=0.0,
                             deadline=deadline, prime_ttl=prime, prime_targets=list(t["a"])),
-        "b": UdpPunchEngine(Handshake(key_b, "m", Role.RECEIVER), t["b"], start=skew,
+        "b": UdpPunchEngine(Handshake(key_b, "m", Role.RECEIVER, entropy=os.urandom), t["b"], start=skew,
                             deadline=deadline + skew, prime_ttl=prime,
                             prime_targets=list(t["b"])),
     }
@@ -184,7 +185,7 @@ def test_wrong_key_fails_as_auth_failed_and_the_loop_is_bounded():
 
 
 def test_silent_peer_times_out_with_attempts_listed():
-    h = Handshake("k" * 10, "m", Role.INITIATOR)
+    h = Handshake("k" * 10, "m", Role.INITIATOR, entropy=os.urandom)
     eng = UdpPunchEngine(h, [("203.0.113.18", 4000)], start=0.0, deadline=1.0,
                          prime_targets=[("203.0.113.18", 4000)])
     now, sent = 0.0, 0
@@ -198,7 +199,7 @@ def test_silent_peer_times_out_with_attempts_listed():
 
 
 def test_non_handshake_datagrams_are_ignored():
-    h = Handshake("k" * 10, "m", Role.INITIATOR)
+    h = Handshake("k" * 10, "m", Role.INITIATOR, entropy=os.urandom)
     eng = UdpPunchEngine(h, [("203.0.113.18", 4000)], start=0.0, deadline=1.0)
     assert eng.receive(b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + bytes(12), ("1.2.3.4", 3478),
                        0.1) == []
@@ -211,7 +212,7 @@ def test_an_old_version_peer_is_named_in_the_failure_not_silently_ignored():
 
     from stunturn_diag.sansio.punch.wire import MAGIC, Kind
 
-    eng = UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR), [("203.0.113.18", 4000)],
+    eng = UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR, entropy=os.urandom), [("203.0.113.18", 4000)],
                          start=0.0, deadline=1.0)
     v1_hello = MAGIC + bytes([1, Kind.HELLO, 1, 0]) + os.urandom(32)
     assert eng.receive(v1_hello, ("203.0.113.18", 4000), 0.1) == []

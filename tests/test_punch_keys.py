@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stunturn_diag.cli import main
-from stunturn_diag.punch import keys
+from stunturn_diag.sansio.punch import keys
 
 
 def test_the_rendezvous_identifier_is_scrypt_of_the_key_under_its_label():

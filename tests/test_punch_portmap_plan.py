@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
-from stunturn_diag.punch.candidates import build_targets
+from stunturn_diag.sansio.punch.candidates import build_targets
 from stunturn_diag.sansio.punch.decision import NatProfile, decide, profile_from_details
 from stunturn_diag.punch.portmap_path import usable_method
 

@@ -1,12 +1,13 @@
-"""AEAD sealing after the handshake: UDP frames and TCP records (stunturn_diag.punch.seal)."""
+"""AEAD sealing after the handshake: UDP frames and TCP records (stunturn_diag.sansio.punch.seal)."""
 
 from __future__ import annotations
 
+import os
 import pytest
 
 from stunturn_diag.errors import AuthenticationError
-from stunturn_diag.punch.auth import Handshake, Role
-from stunturn_diag.punch.seal import (FRAME_OVERHEAD, MAX_RECORD, RecordReader, RecordSealer,
+from stunturn_diag.sansio.punch.handshake import Handshake, Role
+from stunturn_diag.sansio.punch.seal import (FRAME_OVERHEAD, MAX_RECORD, RecordReader, RecordSealer,
                                       ReplayWindow, Session)
 from stunturn_diag.sansio.punch.wire import Kind
 
@@ -15,7 +16,7 @@ SECRET = b"attack at dawn, the vault code is 4711"
 
 
 def sessions() -> tuple[Session, Session]:
-    i, r = Handshake(KEY, "m-seal", Role.INITIATOR), Handshake(KEY, "m-seal", Role.RECEIVER)
+    i, r = Handshake(KEY, "m-seal", Role.INITIATOR, entropy=os.urandom), Handshake(KEY, "m-seal", Role.RECEIVER, entropy=os.urandom)
     i.handle(r.handle(i.hello()).reply)
     r.handle(i.proof())
     assert i.complete and r.complete

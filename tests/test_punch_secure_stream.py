@@ -10,8 +10,9 @@ import time
 import pytest
 
 from stunturn_diag.errors import AuthenticationError, PunchError
-from stunturn_diag.punch.auth import HELLO_LEN, PROOF_LEN
-from stunturn_diag.punch.secure_stream import SecureStream, authenticate_stream
+from stunturn_diag.sansio.punch.handshake import HELLO_LEN, PROOF_LEN
+from stunturn_diag.punch.handshake_runner import authenticate_stream
+from stunturn_diag.punch.secure_stream import SecureStream
 from stunturn_diag.sansio.punch.wire import MAGIC, Kind, Role
 
 KEY = "correct horse battery"

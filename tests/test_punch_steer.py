@@ -1,4 +1,4 @@
-"""Counter steering I/O (stunturn_diag.punch.steer): where the flows go, fresh ports, and
+"""Counter steering I/O (stunturn_diag.punch.steer_runner): where the flows go, fresh ports, and
 the steering loop over a simulated sequential counter (clock injected)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import socket
 import pytest
 
 from stunturn_diag.errors import PunchError
-from stunturn_diag.punch import steer
+from stunturn_diag.punch import steer_runner
 from stunturn_diag.sansio.punch import counter
 from stunturn_diag.sansio.punch.counter import Reading
-from stunturn_diag.punch.steer import CounterSteer
+from stunturn_diag.punch.steer_runner import CounterSteer
 from testlib import wait_for
 
 
@@ -46,7 +46,7 @@ def test_burns_spare_the_stun_budget_and_use_a_new_port_each(service):
 
 
 def test_burns_go_to_the_discard_port_of_the_stun_host_by_default():
-    assert CounterSteer(("198.51.100.10", 3478)).burn_to == ("198.51.100.10", steer.DISCARD_PORT)
+    assert CounterSteer(("198.51.100.10", 3478)).burn_to == ("198.51.100.10", steer_runner.DISCARD_PORT)
 
 
 class _Sock:
@@ -159,3 +159,35 @@ def test_a_counter_that_really_is_too_fast_still_fails_with_its_rate():
     with pytest.raises(PunchError) as err:
         sim.steer_to(promised, 8, first, 1)
     assert err.value.reason == "port-counter-too-fast" and "flows/s" in err.value.message
+
+
+def test_port_promise_reads_twice_first_then_once_per_request(monkeypatch):
+    """PortPromise (the API's promise while pairing): a first rate from two readings
+    RATE_SAMPLE apart, then one reading per signaling request; a failed reading
+    withdraws the promise."""
+    readings = iter([Reading(20000, 0.0), Reading(20021, 0.2), Reading(20042, 0.4)])
+
+    class FakeSteer:
+        def __init__(self, server, timeout):
+            self.server, self.timeout, self.flows = server, timeout, 0
+
+        def read(self):
+            self.flows += 1
+            try:
+                return next(readings)
+            except StopIteration:
+                raise PunchError("no answer", reason="stun-failed") from None
+
+    monkeypatch.setattr(steer_runner, "CounterSteer", FakeSteer)
+    said, slept = [], []
+    promise = steer_runner.PortPromise(lambda: ("192.0.2.1", 3478), timeout=0.5,
+                                       say=said.append, sleep=slept.append)
+    assert promise.refresh(own_flows=1, horizon=0.5)
+    assert slept == [steer_runner.RATE_SAMPLE]
+    assert promise.counter_rate == pytest.approx(100.0)     # 20 others' flows in 0.2 s
+    assert promise.next_port == counter.promise(Reading(20021, 0.2), 1, 100.0, 0.5)
+    assert promise.refresh(own_flows=2, horizon=0.5) and slept == [steer_runner.RATE_SAMPLE]
+    assert promise.next_port == counter.promise(Reading(20042, 0.4), 1, promise.counter_rate,
+                                                0.5)
+    assert not promise.refresh(own_flows=3, horizon=0.5)
+    assert promise.next_port is None and "port counter" in said[0]

@@ -15,7 +15,8 @@ from testlib import wait_for
 
 from stunturn_server.config import ServerConfig
 from stunturn_diag.errors import ConfigError, PunchError
-from stunturn_diag.punch import tcp_engine
+from stunturn_diag.punch import tcp_runner
+from stunturn_diag.sansio.punch import tcp_machine
 from stunturn_diag.punch.tcp import DEFAULT_PRIME_TTL, TcpRendezvous
 from stunturn_diag.punch.tcp_sockets import (attach_blackhole, blackhole_program, can_pin_isn,
                                              shared_port_socket)
@@ -85,7 +86,7 @@ def test_simultaneous_open_on_loopback_exchanges_bytes(pair):
 
 def test_kernel_isn_fallback_without_tcp_repair(pair, monkeypatch):
     """Without CAP_NET_ADMIN the engine keeps kernel ISNs (priming socket goes on)."""
-    monkeypatch.setattr(tcp_engine, "can_pin_isn", lambda: False)
+    monkeypatch.setattr(tcp_runner, "can_pin_isn", lambda: False)
     a, b = pair
     sa, sb = punch_both(a, b, [(LO, b.local_port)], [(LO, a.local_port)])
     assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
@@ -131,7 +132,7 @@ def test_listen_connect_strategy(pair):
 @pytest.mark.parametrize("pin", [True, False], ids=["pinned-isn", "kernel-isn"])
 def test_peer_that_never_punches_fails_within_deadline_naming_rst(pair, pin, monkeypatch):
     if not pin:
-        monkeypatch.setattr(tcp_engine, "can_pin_isn", lambda: False)
+        monkeypatch.setattr(tcp_runner, "can_pin_isn", lambda: False)
     a, b = pair
     closed = socket.socket()
     closed.bind((LO, 0))            # a port nobody listens on: the kernel answers RST
@@ -147,10 +148,10 @@ def test_peer_that_never_punches_fails_within_deadline_naming_rst(pair, pin, mon
     (attempt,) = err.attempts
     assert attempt["candidate"] == f"{LO}:{port}"
     assert "ECONNREFUSED" in attempt["error"]
-    # retries are paced by the back-off (tcp_engine.retry_delay), never a storm
+    # retries are paced by the back-off (tcp_machine.retry_delay), never a storm
     rounds, t = 1, 0.0
-    while t + tcp_engine.retry_delay(rounds) < 1.0:
-        t += tcp_engine.retry_delay(rounds)
+    while t + tcp_machine.retry_delay(rounds) < 1.0:
+        t += tcp_machine.retry_delay(rounds)
         rounds += 1
     assert 1 < attempt["connects"] <= rounds + 1
 
@@ -364,18 +365,20 @@ def test_a_4tuple_held_by_the_listener_is_taken_from_the_accept_queue():
     try:
         peer.setblocking(True)
         peer.connect(listener.getsockname())          # established, waiting in the queue
-        loop = tcp_engine.PunchLoop(listener.getsockname()[:2], listener, [peer_addr],
-                                    role="initiator", deadline=time.monotonic() + 5,
-                                    prime_ttl=None, strategy=tcp_engine.STRATEGY_SIMULTANEOUS)
-        cand = loop.candidates[0]
-        loop._connect(cand)
+        loop = tcp_runner.TcpPunchRunner(listener.getsockname()[:2], listener, [peer_addr],
+                                         role="initiator", deadline=time.monotonic() + 5,
+                                         prime_ttl=None,
+                                         strategy=tcp_machine.STRATEGY_SIMULTANEOUS)
+        cand = loop.machine.candidates[0]
+        loop.execute(loop.machine.connect(cand, time.monotonic()))
         assert cand.errors == {"connect EADDRNOTAVAIL": 1}
         assert cand.up and cand.connects == 0 and cand.busy == 1
-        assert [c.via for c in loop.conns] == ["accept"] and loop.conns[0].cand is cand
-        assert peer.recv(8) == tcp_engine.NOMINATE       # the nomination runs on it
+        assert [c.via for c in loop.machine.conns] == ["accept"] and \
+            loop.machine.conns[0].cand is cand
+        assert peer.recv(8) == tcp_machine.NOMINATE       # the nomination runs on it
     finally:
-        for conn in getattr(loop, "conns", []):
-            conn.sock.close()
+        for conn in getattr(getattr(loop, "machine", None), "conns", []):
+            loop.socks[conn.handle].close()
         peer.close()
         listener.close()
 

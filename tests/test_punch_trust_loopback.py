@@ -14,7 +14,7 @@ import pytest
 
 from stunturn_diag.punch import PunchResult, initiate, receive
 from stunturn_diag.punch.channel import UdpChannel
-from stunturn_diag.punch.keys import rendezvous_id
+from stunturn_diag.sansio.punch.keys import rendezvous_id
 from stunturn_diag.punch.secure_stream import SecureStream
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server

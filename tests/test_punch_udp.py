@@ -10,7 +10,7 @@ import pytest
 from testlib import wait_for
 
 from stunturn_diag.errors import AuthenticationError, PunchError
-from stunturn_diag.punch.auth import Kind
+from stunturn_diag.sansio.punch.handshake import Kind
 from stunturn_diag.punch.channel import MAX_PAYLOAD
 from stunturn_diag.punch.udp import UdpRendezvous
 from stunturn_server.config import ServerConfig

@@ -10,7 +10,7 @@ import pytest
 
 from stunturn_diag.errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout,
                                   ServerUnreachable, SignalingError)
-from stunturn_diag.punch.keys import rendezvous_id
+from stunturn_diag.sansio.punch.keys import rendezvous_id
 from stunturn_diag.signaling import SignalingClient, parse_server_url
 from stunturn_server.config import ServerConfig
 from stunturn_server.runner import start_server

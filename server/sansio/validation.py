@@ -200,7 +200,7 @@ def rendezvous(value) -> str:
     """Lowercase hex, 32-128 digits: an identifier the client derived from its key.
 
     The server never sees the access key itself (the client's scrypt of it,
-    stunturn_diag.punch.keys); it keys-hashes whatever identifier it receives.
+    stunturn_diag.sansio.punch.keys); it keys-hashes whatever identifier it receives.
     """
     return hex_field(value, "rendezvous", RENDEZVOUS_MIN, RENDEZVOUS_MAX)
 

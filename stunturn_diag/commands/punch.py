@@ -4,7 +4,7 @@ Initiator: ``punch URL --key-file FILE --target-ip RECEIVER_IP [--protocol udp|t
 Receiver:  ``punch URL --key-file FILE [--wait SECONDS]``.
 The key comes from ``--key-file``, ``STUNTURN_KEY`` or (warned: visible in ``ps``)
 ``--key``; ``punch --generate-key`` prints a fresh one. A thin layer over
-:mod:`stunturn_diag.punch.api`, :mod:`stunturn_diag.punch.keys` and
+:mod:`stunturn_diag.punch.api`, :mod:`stunturn_diag.sansio.punch.keys` and
 :mod:`stunturn_diag.punch.relay`.
 """
 
@@ -38,7 +38,7 @@ def _load_profile(path: str | None) -> dict | None:
 def _generate_key(ctx: click.Context, _param, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from ..punch.keys import generate_key
+    from stunturn_diag.sansio.punch.keys import generate_key
 
     click.echo(generate_key(secrets.token_bytes))
     ctx.exit(0)
@@ -61,7 +61,7 @@ def _read_key_file(path: str) -> str:
 def resolve_key(ctx: click.Context, key: str | None, key_file: str | None,
                 say) -> str:
     """The access key from --key-file, STUNTURN_KEY or --key; warnings go to ``say``."""
-    from ..punch.keys import key_warnings
+    from stunturn_diag.sansio.punch.keys import key_warnings
 
     if key_file and key and ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
         raise click.UsageError("--key and --key-file exclude each other")

@@ -1,13 +1,16 @@
 """UDP/TCP hole punching between two peers paired by the signaling server.
 
-Modules: ``wire`` (roles, kinds, the versioned header), ``auth`` (pure CPace
-handshake), ``cpace`` (pure CPace on X25519: Elligator 2, ISK), ``seal`` (pure AEAD
-sealing: UDP frames, TCP records), ``keys`` (rendezvous identifier, key generation
-and strength), ``decision`` (pure strategy
-choice), ``engine`` (pure UDP punch schedule), ``udp`` / ``tcp`` (socket runners),
-``secure_stream`` (TCP handshake driver and the encrypted stream), ``channel`` (the
-encrypted UDP endpoint), ``api`` (the library entry points), ``relay``
-(stdin/stdout, forward and listen plumbing for the CLI).
+Pure modules (no sockets, clocks or random sources) are in
+:mod:`stunturn_diag.sansio.punch`: ``wire`` (roles, kinds, the versioned header),
+``handshake`` (CPace handshake), ``cpace`` (CPace on X25519: Elligator 2, ISK), ``seal``
+(AEAD sealing: UDP frames, TCP records), ``keys`` (rendezvous identifier, key
+generation and strength), ``decision`` (strategy choice), ``candidates`` (target
+lists), ``counter`` (a sequential NAT's port counter), ``engine`` (UDP punch schedule),
+``tcp_machine`` (TCP punch rounds and nomination). Here: ``udp`` / ``tcp`` /
+``tcp_runner`` (socket runners), ``handshake_runner`` (TCP handshake driver),
+``secure_stream`` (the encrypted stream), ``channel`` (the encrypted UDP endpoint),
+``api`` (the library entry points), ``relay`` (stdin/stdout, forward and listen
+plumbing for the CLI).
 
 Library use::
 
@@ -24,7 +27,7 @@ __all__ = ["AuthenticationError", "PunchError", "initiate", "receive", "PunchRes
 
 
 def __getattr__(name: str):
-    # lazy: keeps ``import stunturn_diag.punch.auth`` free of socket/HTTP imports
+    # lazy: keeps ``import stunturn_diag.sansio.punch.handshake`` free of socket/HTTP imports
     if name in ("initiate", "receive", "PunchResult", "PunchOptions"):
         from . import api
         return getattr(api, name)

@@ -25,7 +25,7 @@ learns its UDP and TCP mappings concurrently and keeps whichever it got); send i
 local addresses, the transports it has and the NAT profile; get matched; both sides
 check that the initiator's protocol is one the receiver has (else both fail at once
 with ``protocol-unavailable``); derive the same plan as the peer
-(:func:`.decision.decide`), punch, authenticate (:mod:`.auth`).
+(:func:`stunturn_diag.sansio.punch.decision.decide`), punch, authenticate (:mod:`stunturn_diag.sansio.punch.handshake`).
 
 Port prediction and the probe: a sequentially allocating NAT hands every new flow the
 next port, so the flows opened after a STUN binding are counted (``flows_after_stun``,
@@ -33,12 +33,14 @@ per transport). The probe's own flows all end before the punch sockets' STUN bin
 (the probe runs first, its result is needed before pairing anyway), so they never
 enter that count; the UDP binding's first datagram leaves before the TCP SYN, so the
 two bindings' order is known too.
-The server only ever sees :func:`.keys.rendezvous_id` of the key; the peer's
-candidates are vetted (:func:`.candidates.vet_peer_candidates`) before we send to them.
+The server only ever sees :func:`stunturn_diag.sansio.punch.keys.rendezvous_id` of the key; the peer's
+candidates are vetted (:func:`stunturn_diag.sansio.punch.candidates.vet_peer_candidates`) before we send to them.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,26 +50,27 @@ from .. import __version__
 from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchError, RateLimited,
                       SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
-from .auth import Handshake, StartedPake, start_pake
-from .candidates import address_of, build_targets, peer_transports, vet_peer_candidates
-from stunturn_diag.sansio.punch.counter import Reading, promise as counter_promise, rate as counter_rate
+from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_pake
+from stunturn_diag.sansio.punch.candidates import address_of, build_targets, vet_peer_candidates
 from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
-from .engine import DEFAULT_PRIME_TTL
-from .keys import rendezvous_id
-from .profile_cache import DEFAULT_MAX_AGE, Network, ProfileCache, cache_key, default_gateway
+from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
+                                               transport_problem)
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
+from stunturn_diag.sansio.punch.keys import rendezvous_id
+from .profile_cache import DEFAULT_MAX_AGE
+from .profile_runner import NatProfileSource
 from . import portmap_path, relay_path
-from .secure_stream import authenticate_stream
+from .handshake_runner import authenticate_stream
+from .steer_runner import PortPromise
 from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 PROTOCOLS = ("udp", "tcp")
 #: sequential NATs: seconds from a counter reading to the punch, receiver (one
 #: check-in away) and how often a waiting initiator renews its promise
 RECEIVER_HORIZON = 0.5
 PROMISE_REFRESH = 1.0
-#: seconds between the first two counter readings (the first rate estimate)
-RATE_SAMPLE = 0.2
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 #: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
@@ -76,8 +79,6 @@ _RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one directio
                  "packet-budget": "the packet budget ran out",
                  "refused": "the peer's NAT answered with RST",
                  "unreachable": "ICMP unreachable"}
-#: longest text of one transport's failure sent to the peer (details.nat is <= 2 KiB)
-_WHY_MAX = 160
 
 
 @dataclass
@@ -143,7 +144,7 @@ class PunchResult:
 
     connection: object            # UdpChannel (udp) or SecureStream (tcp)
     protocol: str
-    role: str
+    role: Role
     match_id: str
     local: Address                # our socket's address
     mapped: Address | None        # our server-reflexive address
@@ -177,7 +178,7 @@ def initiate(server_url: str, key: str, target_ip: str, *, protocol: str = "udp"
              options: PunchOptions | None = None, **overrides) -> PunchResult:
     """Initiator: long-poll until the receiver at ``target_ip`` checks in, then punch."""
     opts = _options(options, protocol, overrides)
-    return _Side(server_url, key, opts, "initiator", target_ip=target_ip).run()
+    return _Side(server_url, key, opts, Role.INITIATOR, target_ip=target_ip).run()
 
 
 def receive(server_url: str, key: str, *, protocol: str | None = None,
@@ -191,7 +192,7 @@ def receive(server_url: str, key: str, *, protocol: str | None = None,
     """
     opts = _options(options, protocol or "udp", overrides)
     protocols = [protocol] if protocol else ["udp", "tcp"]
-    return _Side(server_url, key, opts, "receiver", protocols=protocols).run()
+    return _Side(server_url, key, opts, Role.RECEIVER, protocols=protocols).run()
 
 
 def _options(options: PunchOptions | None, protocol: str, overrides: dict) -> PunchOptions:
@@ -214,50 +215,12 @@ def _runner_prime_ttl(plan: Plan, prime_ttl: int | None) -> int:
     return int(prime_ttl)
 
 
-def _peer_details(match: dict) -> dict:
-    peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
-    return peer.get("details") if isinstance(peer.get("details"), dict) else {}
-
-
-def transport_problem(role: str, protocol: str, prepared: list[str], unavailable: dict[str, str],
-                      peer_details: object) -> PunchError | None:
-    """After the match: can ``protocol`` (the initiator's choice) be punched? Pure.
-
-    Both sides reach the same verdict from the receiver's ``transports``: the receiver from
-    what it prepared, the initiator from what the receiver's details say. ``reason`` is
-    ``protocol-unavailable`` when the receiver tried and failed (e.g. UDP blocked), and
-    ``protocol-mismatch`` when it was told to prepare only another one (``--protocol``).
-    """
-    if role == "receiver":
-        have, why = prepared, unavailable
-    else:
-        have, why = peer_transports(peer_details)
-        if have is None:           # an older receiver: it does not say, so try
-            return None
-    if protocol in have:
-        return None
-    others = [p for p in have if p != protocol]
-    use = (f"run the initiator with --protocol {others[0]}" if others else
-           "neither transport reaches the signaling server's STUN responder from the receiver's "
-           "network: check its firewall, or use a relay (TURN)")
-    if protocol in why:
-        who = "this side" if role == "receiver" else "the receiver"
-        return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
-                          f"prepare: {why[protocol]}", hint=use, reason="protocol-unavailable")
-    if role == "receiver":
-        return PunchError(f"the initiator asked for {protocol} but this side prepared "
-                          f"{', '.join(have) or 'nothing'}",
-                          hint=f"run the receiver with --protocol {protocol} or without --protocol",
-                          reason="protocol-mismatch")
-    return PunchError(f"the receiver prepared only {', '.join(have) or 'nothing'} (its --protocol), "
-                      f"not {protocol}", hint=f"{use}, or the receiver without --protocol",
-                      reason="protocol-mismatch")
 
 
 class _Side:
     """One side's run: NAT profile, rendezvous, pairing, decision, punch, authentication."""
 
-    def __init__(self, server_url: str, key: str, opts: PunchOptions, role: str, *,
+    def __init__(self, server_url: str, key: str, opts: PunchOptions, role: Role | str, *,
                  target_ip: str | None = None, protocols: list[str] | None = None) -> None:
         if not isinstance(key, str) or not 8 <= len(key) <= 256:
             raise ConfigError("the access key must be 8 to 256 printable characters",
@@ -265,30 +228,25 @@ class _Side:
         self.client = SignalingClient(server_url, tls=opts.tls)
         self.key = key
         self.opts = opts
-        self.role = role
+        self.role = Role(role)
         self.target_ip = target_ip
         self.protocols = protocols or [opts.protocol]
         #: flows (HTTP requests) opened after the last STUN binding, for port prediction
         self.pair_flows = 0
         #: protocol -> (rendezvous, mapped, local), in the order their bindings were made
         #: sequential NAT: the port our first punch flow is promised (see counter.py)
-        self.next_port: int | None = None
-        self.counter_rate: float | None = None
-        self._steer = None
-        self._marks: list[tuple[Reading, int]] = []   # (reading, our flows so far)
+        self.promise = PortPromise(lambda: self._stun_endpoint("udp"),
+                                   timeout=min(1.0, opts.stun_timeout), say=self._say)
         self.prepared: dict = {}
         #: protocol -> why it could not be prepared (also told to the peer)
         self.unavailable: dict[str, str] = {}
         self._errors: dict[str, PunchError] = {}
         #: protocol -> its bound rendezvous (or why it could not bind), before any packet
         self._bound: dict[str, object] = {}
-        self.profile = opts.nat_profile
+        #: this side's NAT profile: given, cached for this network, or probed
+        self.nat = NatProfileSource(self.client, opts, self.protocols, self._stun_endpoint,
+                                    self._say)
         self._info: dict | None = None
-        #: protocol -> why the probe found it unreachable (its STUN binding is then skipped)
-        self._unreachable: dict[str, str] = {}
-        self._cache: ProfileCache | None = None
-        self._cache_key: str | None = None
-        self._cached_public_ip: str | None = None
         self.rendezvous = ""
         self.pake: StartedPake | None = None
         #: the gateway's mapping of the UDP punch port (portmap_path), when usable
@@ -300,38 +258,16 @@ class _Side:
 
     def flows_after_stun(self, protocol: str) -> int:
         """Flows our NAT saw after ``protocol``'s STUN binding: the later bindings + pairing."""
-        order = list(self.prepared)
-        later = len(order) - 1 - order.index(protocol) if protocol in order else 0
-        return later + self.pair_flows
+        return flows_after_stun(list(self.prepared), protocol, self.pair_flows)
 
     def _details(self) -> dict:
-        """Our signaling details: the first prepared protocol's addresses, others in nat.punch.alt."""
-        nat = punch_profile(self.profile)
-        first_proto = next(iter(self.prepared), None)
-        punch: dict = {"birthday": bool(self.opts.birthday),
-                       "flows_after_stun": self.flows_after_stun(first_proto) if first_proto
-                       else self.pair_flows,
-                       "transports": list(self.prepared)}
-        if self.unavailable:
-            punch["unavailable"] = {p: why[:_WHY_MAX] for p, why in self.unavailable.items()}
-        mapped = self._portmap.address if self._portmap is not None else None
-        if mapped is not None:
-            punch["portmap"] = {"ip": mapped[0], "port": mapped[1]}
-        if self.next_port is not None:
-            punch["next_port"] = self.next_port
-            if self.counter_rate is not None:
-                punch["counter_rate"] = round(self.counter_rate, 2)
-        nat["punch"] = punch
-        out: dict = {"nat": nat, "software": f"stunturn-diag/{__version__}"}
-        for proto, (_rv, mapped, local) in self.prepared.items():
-            entry = {"srflx": {"ip": mapped[0], "port": mapped[1]},
-                     "local": [{"ip": ip, "port": port} for ip, port in local[:8]]}
-            if proto == first_proto:
-                out.update(entry)
-            else:
-                entry["flows_after_stun"] = self.flows_after_stun(proto)
-                punch.setdefault("alt", {})[proto] = entry
-        return out
+        """Our signaling details (:func:`details.signaling_details`)."""
+        return signaling_details(
+            self.nat.profile, {p: (mapped, local) for p, (_rv, mapped, local) in self.prepared.items()},
+            pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
+            portmap=self._portmap.address if self._portmap is not None else None,
+            next_port=self.promise.next_port, counter_rate=self.promise.counter_rate,
+            software=f"stunturn-diag/{__version__}")
 
     def _stun_endpoint(self, protocol: str) -> Address:
         info = self._info if self._info is not None else self.client.info()
@@ -367,96 +303,19 @@ class _Side:
     # -- the NAT profile -----------------------------------------------------------------
 
     def _learn_profile(self) -> None:
-        """A profile for the peer's plan: given, cached for this network, or probed now."""
-        if self.profile or not self.opts.probe:
-            return
-        if self.opts.cache:
-            self._open_cache()
-        if self._cache is not None and self._cache_key is not None:
-            entry = self._cache.get(self._cache_key)
-            probed = entry.get("probed") if entry else None
-            if entry and isinstance(probed, list) and set(self.protocols) <= set(probed):
-                self.profile = entry["profile"]
-                self._cached_public_ip = entry.get("public_ip")
-                unreachable = entry.get("unreachable")
-                if isinstance(unreachable, dict):
-                    self._unreachable = {p: str(why) for p, why in unreachable.items()
-                                         if p in self.protocols}
-                self._say(f"NAT profile from the cache (probed {time.time() - entry['saved_at']:.0f}s "
-                          f"ago; --no-cache to probe again): {self.profile}")
-                return
-        self._quick_probe()
-
-    def _open_cache(self) -> None:
-        """The cache and this network's entry name (none when the network cannot be named)."""
-        from .udp import route_source_ip
-
-        try:
-            primary = self._stun_endpoint("udp")
-        except PunchError:
-            return
-        local_ip = route_source_ip(primary)
-        gateway_ip, gateway_mac = default_gateway()
-        network = Network(local_ip or "", gateway_ip, gateway_mac)
-        if not network.identified:
-            return
-        self._cache = ProfileCache(self.opts.cache_dir, max_age=self.opts.cache_max_age)
-        self._cache_key = cache_key(self.client.base_url, network)
-
-    def _quick_probe(self) -> None:
-        """Diagnose our NAT (stunturn_diag.probe's punch profile: only the tests behind the
-        verdicts the decision reads) so the peer can plan with it.
-
-        Runs before the punch sockets' STUN bindings, so none of the probe's flows falls
-        between a binding and the punch (see the module docstring)."""
-        from ..probe import run_probe
-
-        self._say("probing this NAT (--no-probe skips it) ...")
-        started = time.monotonic()
-        try:
-            result = run_probe(self.client.base_url, tcp="tcp" in self.protocols,
-                               punch_profile=True, info=self._info, tls=self.opts.tls)
-        except StunturnError as exc:
-            self._say(f"probe failed ({exc}); punching without a NAT profile")
-            return
-        if result.status == "unreachable":
-            self._say(f"probe found no STUN answer ({'; '.join(result.notes[:1])}); "
-                      "punching without a NAT profile")
-            return
-        reachable = {"udp": result.udp_reachable,
-                     "tcp": result.tcp_reachable if result.tcp_ran else None}
-        for proto in self.protocols:
-            if reachable.get(proto) is False:
-                self._unreachable[proto] = (f"the NAT probe got no STUN answer over {proto} "
-                                            f"from the server (is {proto.upper()} blocked here?)")
-        profile = punch_profile(result)
-        if isinstance(result.port_mapping, dict):     # for portmap_path (not sent as such)
-            profile["port_mapping"] = {k: result.port_mapping.get(k)
-                                       for k in ("pcp", "nat_pmp", "upnp", "usable")}
-        self.profile = profile
-        self._say(f"NAT profile ({(time.monotonic() - started) * 1000:.0f} ms): {profile}")
-        if self._cache is not None and self._cache_key is not None and profile:
-            self._cache.put(self._cache_key, {
-                "profile": profile, "public_ip": result.public_ip,
-                "probed": [p for p in self.protocols if reachable.get(p) is not None],
-                "unreachable": dict(self._unreachable)})
+        """A profile for the peer's plan (:meth:`NatProfileSource.learn`)."""
+        self.nat.learn(self._info)
 
     def _check_cached_network(self) -> None:
         """A cached profile whose public IP is not the one STUN just saw is from elsewhere:
         drop it, probe now and learn the mappings again (so the probe's flows come first)."""
-        if self._cached_public_ip is None or not self.prepared:
+        if not self.prepared:
             return
         seen = next(iter(self.prepared.values()))[1][0]
-        if seen == self._cached_public_ip:
+        if not self.nat.forget_if_moved(seen):
             return
-        self._say(f"the cached NAT profile was measured behind {self._cached_public_ip}, "
-                  f"now {seen}: probing again")
-        if self._cache is not None and self._cache_key is not None:
-            self._cache.drop(self._cache_key)
-        self._cached_public_ip = None
         self._close_prepared()
-        self.profile = None
-        self._quick_probe()
+        self.nat.probe(self._info)
         self._prepare(self.protocols)
 
     # -- the mappings --------------------------------------------------------------------
@@ -464,8 +323,8 @@ class _Side:
     def _prepare_one(self, proto: str, udp_sent: threading.Event) -> tuple:
         """Learn ``proto``'s mapping; raises PunchError. TCP waits until the UDP binding's
         first datagram left, so a sequential NAT sees the two flows in a known order."""
-        if proto in self._unreachable:
-            raise PunchError(self._unreachable[proto], reason="stun-failed",
+        if proto in self.nat.unreachable:
+            raise PunchError(self.nat.unreachable[proto], reason="stun-failed",
                              hint="--no-probe tries the STUN binding anyway")
         stun_server = self._stun_endpoint(proto)
         rv = self._bound.pop(proto, None) or self._rendezvous(proto)
@@ -533,7 +392,7 @@ class _Side:
             try:
                 self._bound[proto] = self._rendezvous(proto)
             except StunturnError as exc:
-                if self.role == "initiator":
+                if self.role is Role.INITIATOR:
                     raise
                 self._bound[proto] = exc
 
@@ -549,7 +408,7 @@ class _Side:
     # -- pairing -------------------------------------------------------------------------
 
     def _pair(self) -> dict:
-        if self.role == "initiator":
+        if self.role is Role.INITIATOR:
             return self._long_poll()
         end = time.monotonic() + self.opts.wait
         attempt = 0
@@ -608,49 +467,22 @@ class _Side:
             except PairingTimeout:
                 if end is None or end - time.monotonic() <= 0.1:
                     raise
-                if self.next_port is not None:
+                if self.promise.next_port is not None:
                     continue    # renewing the port promise, not worth a progress line
                 self._say(f"still waiting for the receiver ({end - time.monotonic():.0f}s left)")
 
     def _sequential(self) -> bool:
         """Our NAT (per our profile) maps per destination with sequential ports for
         a prepared protocol: the peer will aim at a predicted window of ours."""
-        nat = punch_profile(self.profile)
+        nat = punch_profile(self.nat.profile)
         return any(profile_from_details(nat, proto).predictable for proto in self.prepared)
 
     def _refresh_promise(self, horizon: float) -> bool:
-        """Read our NAT's counter and renew ``next_port`` (sequential NATs only).
-
-        One STUN reading per signaling request (a new flow); the rate comes from the
-        last two readings minus our own flows in between. False when not promising.
-        """
+        """Renew our port promise (sequential NATs only, :class:`steer_runner.PortPromise`);
+        False when not promising."""
         if not self._sequential():
             return False
-        from .steer import CounterSteer
-        if self._steer is None:
-            self._steer = CounterSteer(self._stun_endpoint("udp"),
-                                       timeout=min(1.0, self.opts.stun_timeout))
-        own = self.pair_flows             # our HTTP requests so far
-        try:
-            if not self._marks:
-                # a first rate: two readings RATE_SAMPLE apart, before the first promise
-                self._marks.append((self._steer.read(), own + self._steer.flows))
-                time.sleep(RATE_SAMPLE)
-            reading = self._steer.read()
-        except StunturnError as exc:
-            self._say(f"cannot read the NAT's port counter ({exc.message}); "
-                      "the peer predicts from flows_after_stun")
-            self.next_port = None
-            return False
-        self._marks.append((reading, own + self._steer.flows))
-        if len(self._marks) >= 2:
-            (r0, f0), (r1, f1) = self._marks[-2], self._marks[-1]
-            measured = counter_rate(r0, r1, own_flows=f1 - f0 - 1)
-            if measured is not None:
-                self.counter_rate = measured
-        # after this reading: the signaling request itself, then the first punch flow
-        self.next_port = counter_promise(reading, 1, self.counter_rate, horizon)
-        return True
+        return self.promise.refresh(self.pair_flows, horizon)
 
     def run(self) -> PunchResult:
         try:
@@ -678,15 +510,16 @@ class _Side:
             finally:
                 kdf.join()
             self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
-            self.pake = start_pake(self.key, self.role)     # CPace scalar and PRS: before the match
-            if self.role == "initiator" and self.opts.protocol not in self.prepared:
+            # CPace scalar and PRS: before the match
+            self.pake = start_pake(self.key, self.role, entropy=os.urandom)
+            if self.role is Role.INITIATOR and self.opts.protocol not in self.prepared:
                 raise self._errors[self.opts.protocol]
             self._portmap = portmap_path.offer(self)
             match = self._pair()
             t_match = time.monotonic()
             protocol = match.get("protocol", self.protocols[0])
             problem = transport_problem(self.role, protocol, list(self.prepared),
-                                        self.unavailable, _peer_details(match))
+                                        self.unavailable, peer_details(match))
             if problem is not None:
                 problem.context = {"protocol": protocol, "role": self.role,
                                    "match_id": str(match.get("match_id", ""))}
@@ -711,18 +544,16 @@ class _Side:
     def _steer_counter(self, plan: Plan) -> int:
         """After the match: bring our NAT's counter to the promised port (burning
         the gap); the number of our targets to skip. PunchError when it is past."""
-        first, _flows = self._marks[-1]
-        # since that reading: our signaling request (the one that was answered)
-        return self._steer.steer_to(self.next_port, plan.predict_for(self.role), first, 1)
+        return self.promise.steer(plan.predict_for(self.role))
 
     def _punch(self, rv, match: dict, protocol: str, mapped: Address,
                t_match: float, mine: dict | None = None) -> PunchResult:
         match_id = str(match.get("match_id", ""))
-        details = _peer_details(match)
+        details = peer_details(match)
         mine = mine if mine is not None else self._details()
-        sides = {self.role: mine, Role(self.role).other.value: details}
-        init_p = profile_from_details(sides["initiator"].get("nat"), protocol)
-        recv_p = profile_from_details(sides["receiver"].get("nat"), protocol)
+        sides = {self.role: mine, self.role.other: details}
+        init_p = profile_from_details(sides[Role.INITIATOR].get("nat"), protocol)
+        recv_p = profile_from_details(sides[Role.RECEIVER].get("nat"), protocol)
         peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
         observed = address_of(peer.get("observed"))    # where the server saw the peer
         vetted = vet_peer_candidates(details, protocol, my_public_ip=mapped[0],
@@ -772,8 +603,9 @@ class _Side:
                 t_match: float, plan: Plan, deadline: float, vetted) -> PunchResult:
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
-            targets = build_targets(plan, self.role, details, protocol=protocol, vetted=vetted)
-            if self.next_port is not None and plan.predict_for(self.role):
+            targets = build_targets(plan, self.role, details, protocol=protocol,
+                                    rng=random.Random(), vetted=vetted)
+            if self.promise.next_port is not None and plan.predict_for(self.role):
                 skip = self._steer_counter(plan)
                 if skip and len(targets.targets) > skip:
                     targets.targets = targets.targets[skip:]
@@ -803,7 +635,7 @@ class _Side:
         except PunchError as exc:
             peer_rate = ((details.get("nat") or {}).get("punch") or {}).get("counter_rate") \
                 if isinstance(details.get("nat"), dict) else None
-            if plan.predict_for(Role(self.role).other.value) and exc.reason == "timeout" \
+            if plan.predict_for(self.role.other) and exc.reason == "timeout" \
                     and isinstance(peer_rate, (int, float)):
                 exc.message += (f" (the peer's sequential NAT handed out ports at "
                                 f"{peer_rate:g} flows/s besides the punch: a fast counter "
@@ -819,9 +651,9 @@ class _Side:
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
         reached = plan.strategy == "portmap" and plan.portmap_side == self.role
-        if self.next_port is not None and plan.predict_for(self.role):
-            self._say(f"port counter steered to {self.next_port} "
-                      f"(observed {self.counter_rate or 0:.1f} flows/s besides ours)")
+        if self.promise.next_port is not None and plan.predict_for(self.role):
+            self._say(f"port counter steered to {self.promise.next_port} "
+                      f"(observed {self.promise.counter_rate or 0:.1f} flows/s besides ours)")
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
                            plan.strategy, connect_ms, plan.explanation, plan.notes,
                            portmap=self._portmap.address if reached and self._portmap else None)

@@ -1,6 +1,6 @@
 """The authenticated UDP endpoint handed to the user after a successful punch.
 
-Every datagram is an encrypted, authenticated frame (:class:`stunturn_diag.punch.seal.Session`,
+Every datagram is an encrypted, authenticated frame (:class:`stunturn_diag.sansio.punch.seal.Session`,
 ChaCha20-Poly1305 under per-direction keys from the PAKE); forged, replayed or
 foreign datagrams are dropped and counted, never delivered. The peer's address is
 pinned when the handshake completes: datagrams from any other source are
@@ -19,11 +19,11 @@ import threading
 import time
 
 from ..errors import PunchError
-from .auth import Handshake
-from .seal import FRAME_OVERHEAD, Session
+from stunturn_diag.sansio.punch.handshake import Handshake
+from stunturn_diag.sansio.punch.seal import FRAME_OVERHEAD, Session
 from stunturn_diag.sansio.punch.wire import Kind, is_handshake
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: largest payload of one datagram: a frame must fit one UDP datagram over IPv4
 #: (65507 bytes); frames above the path MTU travel as IP fragments
 MAX_PAYLOAD = 65507 - FRAME_OVERHEAD

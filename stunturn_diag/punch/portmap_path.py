@@ -1,7 +1,7 @@
 """The port-mapped path: where the probe found the gateway's port mapping usable, ask it
 (PCP RFC 6887, NAT-PMP RFC 6886 or UPnP IGD; :mod:`stunturn_diag.portmap.mapper`) to map
 the UDP punch port before pairing and offer the mapped address to the peer
-(``details.nat.punch.portmap``); :func:`.decision.decide` then knows this side is
+(``details.nat.punch.portmap``); :func:`stunturn_diag.sansio.punch.decision.decide` then knows this side is
 reachable there (strategy ``portmap``).
 
 The mapping is short-lived (:data:`LIFETIME`, within any session's first minutes),
@@ -17,8 +17,8 @@ import time
 from typing import Callable
 
 from ..portmap import mapper
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: the mapping's lifetime (seconds) and the watcher's bounds
 LIFETIME = 120
 MAX_SESSION = 24 * 3600.0
@@ -96,7 +96,7 @@ class PortMapping:
 def offer(side) -> PortMapping | None:
     """The hook of :mod:`.api` before pairing: map the UDP punch port when our profile
     says the gateway's mapping is usable (None otherwise, or when the gateway refused)."""
-    method = usable_method(side.profile)
+    method = usable_method(side.nat.profile)
     prepared = side.prepared.get("udp")
     if method is None or prepared is None:
         return None

@@ -23,8 +23,7 @@ import threading
 
 from ..errors import ConfigError, PunchError
 from .channel import MAX_PAYLOAD, STREAM_CHUNK, UdpChannel
-
-Address = tuple[str, int]
+from stunturn_diag.sansio.netaddr import Address
 
 
 class _Peer:

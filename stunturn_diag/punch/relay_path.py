@@ -24,11 +24,12 @@ from typing import Callable
 from ..errors import PunchError, SignalingError, TurnError
 from stunturn_diag.sansio.turn import client as turn
 from ..turn.runner import TurnSession
-from .auth import StartedPake, start_pake
+from stunturn_diag.sansio.punch.handshake import StartedPake, start_pake
+from stunturn_diag.sansio.punch.wire import Role
 from .channel import UdpChannel
 from .udp import UdpRendezvous
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: exchange polling: first gap, growth, largest gap, most requests (bounded loop)
 POLL_FIRST, POLL_GROWTH, POLL_MAX, POLL_COUNT = 0.01, 1.5, 0.25, 200
 #: the channel keeps its allocation alive: refresh/ChannelBind at most this often
@@ -124,10 +125,10 @@ class TurnTransport:
 class RelayPath:
     """One side's relay: allocate, exchange relayed addresses, bind, then connect."""
 
-    def __init__(self, signaling, turn_offer: dict, match_id: str, role: str, *,
+    def __init__(self, signaling, turn_offer: dict, match_id: str, role: Role | str, *,
                  key: str | bytes = b"", say: Callable[[str], None] | None = None) -> None:
         self.signaling, self.offer = signaling, turn_offer
-        self.match_id, self.role = match_id, role
+        self.match_id, self.role = match_id, Role(role)
         self.server = _addr(turn_offer.get("server"))
         self.token = str((turn_offer.get("exchange") or {}).get("token", ""))
         self.path = str((turn_offer.get("exchange") or {}).get("path", "/v1/relay"))
@@ -149,7 +150,7 @@ class RelayPath:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def offered(cls, signaling, match: dict, role: str, **kw) -> "RelayPath | None":
+    def offered(cls, signaling, match: dict, role: Role | str, **kw) -> "RelayPath | None":
         """The relay of this match's answer, None when the server offers none."""
         offer = match.get("turn")
         if not isinstance(offer, dict) or _addr(offer.get("server")) is None or \
@@ -199,7 +200,7 @@ class RelayPath:
                 return self._fail(f"the relay did not bind a channel to the peer's relayed "
                                   f"address {self.peer[0]}:{self.peer[1]} ({bound})")
             if self._key:
-                self.pake = start_pake(self._key, self.role)
+                self.pake = start_pake(self._key, self.role, entropy=os.urandom)
             self.ready_ms = (time.monotonic() - started) * 1000.0
         except SignalingError as exc:
             self._fail(f"relayed address exchange failed: {exc.message}", hint=exc.hint)
@@ -249,7 +250,7 @@ class RelayPath:
             return rv.punch([self.peer], role=self.role, deadline=deadline, prime_ttl=0,
                             strategy="relay", key=key, match_id=self.match_id,
                             keepalive_interval=keepalive_interval, peer_timeout=peer_timeout,
-                            pake=self.pake or start_pake(key, self.role))
+                            pake=self.pake or start_pake(key, self.role, entropy=os.urandom))
         except BaseException:
             transport.close()
             raise

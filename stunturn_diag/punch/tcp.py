@@ -66,7 +66,7 @@ Hence the sequence, per candidate, on both peers:
    matrix passes unprivileged too).
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
    ICMP unreachable starts a new round: prime again at once, connect after the
-   back-off (``tcp_engine.retry_delay``: 20 ms for three rounds, then doubling up
+   back-off (``tcp_machine.retry_delay``: 20 ms for three rounds, then doubling up
    to :data:`RETRY_INTERVAL`); the receiver shifts its rounds by a zig-zag of
    guard-sized steps so that two peers a constant skew apart stop meeting each
    other's RST; at most :data:`MAX_CONNECTS` per candidate, never past the deadline.
@@ -107,13 +107,15 @@ import socket
 import threading
 
 from ..errors import ConfigError, PunchError
-from .engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
-from .tcp_engine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE, STRATEGY_LISTEN,
-                         STRATEGY_SIMULTANEOUS, PunchLoop)
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
+from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE,
+                                                    STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
+from stunturn_diag.sansio.punch.wire import Role
+from .tcp_runner import TcpPunchRunner
 from .tcp_sockets import host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: seconds between Binding refreshes on the kept STUN connection (the server closes
 #: TCP clients idle for 30 s) and the most refreshes one rendezvous sends
@@ -264,7 +266,7 @@ class TcpRendezvous:
 
     # -- after signaling -----------------------------------------------------
 
-    def punch(self, peer_candidates: list[tuple[str, int]], *, role: str, deadline: float,
+    def punch(self, peer_candidates: list[tuple[str, int]], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS,
               max_connects: int = MAX_CONNECTS) -> socket.socket:
         """Connected TCP socket to the peer (not yet authenticated), or PunchError.
@@ -275,8 +277,10 @@ class TcpRendezvous:
         full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`).
         """
         self._check_open()
-        if role not in ("initiator", "receiver"):
-            raise ConfigError(f"role must be 'initiator' or 'receiver', got {role!r}")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise ConfigError(f"role must be 'initiator' or 'receiver', got {role!r}") from None
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
         if not isinstance(prime_ttl, int) or not 0 <= prime_ttl <= 255:
@@ -290,11 +294,11 @@ class TcpRendezvous:
                              attempts=skipped)
         self._punched = True
         self._stop_keepalive(wait=False)  # the punch does not touch the STUN socket
-        loop = PunchLoop((self.local_ip, self.local_port), self._listener, candidates,
-                         role=role, deadline=deadline, prime_ttl=prime_ttl or None,
-                         strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
-                         else STRATEGY_SIMULTANEOUS, label=str(strategy),
-                         max_connects=max_connects)
+        loop = TcpPunchRunner((self.local_ip, self.local_port), self._listener, candidates,
+                              role=role, deadline=deadline, prime_ttl=prime_ttl or None,
+                              strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
+                              else STRATEGY_SIMULTANEOUS, label=str(strategy),
+                              max_connects=max_connects)
         try:
             return loop.run()
         except PunchError as exc:

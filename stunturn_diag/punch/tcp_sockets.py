@@ -14,8 +14,8 @@ import struct
 from stunturn_diag.sansio import bpf
 from ..hostaddr import host_addresses
 from ..rawsock import attach_filter
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: most candidates one listener filter holds (jump offsets are 8 bits)
 MAX_FILTERED = 60

@@ -2,7 +2,7 @@
 
 The socket that asks STUN for its server-reflexive address (RFC 8489 section 6)
 is the very socket that punches, so the learned mapping is the one the peer aims
-at. All decisions live in the pure :mod:`.engine` and :mod:`.auth`; this module
+at. All decisions live in the pure :mod:`stunturn_diag.sansio.punch.engine` and :mod:`stunturn_diag.sansio.punch.handshake`; this module
 only moves datagrams and reads the clock.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import random
+import os
 import select
 import socket
 import threading
@@ -19,14 +19,14 @@ from typing import Callable
 
 from stunturn_diag.sansio import stun
 from ..errors import AuthenticationError, PunchError
-from .auth import Handshake, StartedPake
+from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
-from .engine import DEFAULT_PRIME_TTL, Send, UdpPunchEngine
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, DatagramSend, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
 from stunturn_diag.stun_requests import fresh_binding_request
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 MAX_LOCAL_CANDIDATES = 8
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0
@@ -189,7 +189,7 @@ class UdpRendezvous:
     def _sock_for(self, index: int) -> socket.socket:
         return self.sock if index == 0 else self._extra[index - 1]
 
-    def _send(self, item: Send, errors: dict) -> None:
+    def _send(self, item: DatagramSend, errors: dict) -> None:
         sock = self._sock_for(item.sock)
         level, option = ((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS)
                          if self.family == socket.AF_INET6 else (socket.IPPROTO_IP, socket.IP_TTL))
@@ -204,7 +204,7 @@ class UdpRendezvous:
             if item.ttl:
                 sock.setsockopt(level, option, -1 if level == socket.IPPROTO_IPV6 else 64)
 
-    def punch(self, peer_candidates: list[Address], *, role: str, deadline: float,
+    def punch(self, peer_candidates: list[Address], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = "simultaneous", key: str | bytes = "",
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
@@ -217,7 +217,7 @@ class UdpRendezvous:
         ``prime_ttl``: as for :meth:`TcpRendezvous.punch`, ``None`` means
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
         ``pake``: our CPace scalar and PRS, prepared before the match
-        (:func:`.auth.start_pake`).
+        (:func:`stunturn_diag.sansio.punch.handshake.start_pake`).
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
@@ -226,7 +226,7 @@ class UdpRendezvous:
             s = socket.socket(self.family, socket.SOCK_DGRAM)
             s.bind((self.local_address[0], 0))
             self._extra.append(s)
-        hs = Handshake(key, match_id, Role(role), started=pake)
+        hs = Handshake(key, match_id, Role(role), entropy=os.urandom, started=pake)
         engine = UdpPunchEngine(hs, list(peer_candidates), start=time.monotonic(), deadline=deadline,
                                 prime_ttl=prime_ttl, prime_targets=list(peer_candidates
                                                                     if prime_targets is None
@@ -303,10 +303,3 @@ class UdpRendezvous:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def random_ports(count: int, rng: random.Random | None = None, low: int = 1024,
-                 high: int = 65535) -> list[int]:
-    """``count`` distinct random ports for the birthday spray."""
-    rng = rng or random.Random()
-    return rng.sample(range(low, high + 1), min(count, high - low + 1))

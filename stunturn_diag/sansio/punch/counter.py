@@ -114,6 +114,54 @@ def outruns_window(flows_per_s: float | None, window: int, skip: int = 0,
         flows_per_s * (PUNCH_SPAN + max(0.0, age)) >= max(1, window - skip)
 
 
+@dataclass(frozen=True)
+class Move:
+    """What steering does after one reading: ``go`` (skip ``count`` targets), ``read``
+    again (a stale reading, not a fast counter), ``too-fast`` (give up: the counter
+    is past the window or will outrun it) or ``burn`` ``count`` flows, then read."""
+
+    action: str          # "go" | "read" | "too-fast" | "burn"
+    count: int = 0
+
+
+def after_reading(first: Reading, reading: Reading, own_flows: int, age: float,
+                  next_port: int, window: int, last_step: bool) -> Move:
+    """One step of steering toward ``next_port .. +window-1`` (pure; the runner reads
+    and burns). ``own_flows``: ours between ``first`` and ``reading``; ``age``: seconds
+    since ``reading``'s request left; ``last_step``: no further reading is allowed.
+
+    A reading whose answer came late counts what others opened since its request left
+    (the rate times its age): a burn leaves those out, and a confirming reading after
+    which they may have taken the rest of the window is taken again.
+    """
+    flows_per_s = rate(first, reading, own_flows)
+    step = steer(reading, next_port, window, drift(flows_per_s, age))
+    if step.action == "go":
+        if not outruns_window(flows_per_s, window, step.count, age):
+            return Move("go", step.count)
+        if not outruns_window(flows_per_s, window, step.count) and not last_step:
+            return Move("read")
+    if step.action in ("go", "late"):
+        return Move("too-fast")
+    return Move("burn", step.count)
+
+
+class UsedPorts:
+    """Local ports used toward each destination (each one a mapping on the NAT while
+    it remembers it): a flow needs a port not used toward its destination yet."""
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, int], set[int]] = {}
+
+    def take(self, destination: tuple[str, int], port: int) -> bool:
+        """Record ``port`` toward ``destination``; False if it was used already."""
+        used = self._used.setdefault(destination, set())
+        if port in used:
+            return False
+        used.add(port)
+        return True
+
+
 def too_fast_message(first: Reading, last: Reading, own_flows: int, next_port: int,
                      window: int) -> str:
     """Why the prediction failed, with the observed rate (overrun, or about to be)."""

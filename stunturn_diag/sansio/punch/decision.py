@@ -132,13 +132,13 @@ class Plan:
     explanation: str
     predict_initiator: int = 0
     predict_receiver: int = 0
-    birthday_side: str | None = None
+    birthday_side: Role | None = None
     notes: list[str] = field(default_factory=list)
     #: portmap: the role reached at its mapped address (it only answers)
-    portmap_side: str | None = None
+    portmap_side: Role | None = None
 
-    def predict_for(self, role: str) -> int:
-        return self.predict_initiator if role == "initiator" else self.predict_receiver
+    def predict_for(self, role: Role | str) -> int:
+        return self.predict_initiator if Role(role) is Role.INITIATOR else self.predict_receiver
 
 
 def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool = False,
@@ -153,10 +153,10 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
     plan = _decide_punch(initiator, receiver, same_public_ip=same_public_ip, protocol=protocol)
     if plan.strategy not in ("relay-needed", "birthday") or protocol != "udp":
         return plan
-    side = "receiver" if receiver.portmap else "initiator" if initiator.portmap else None
+    side = Role.RECEIVER if receiver.portmap else Role.INITIATOR if initiator.portmap else None
     if side is None:
         return plan
-    other = Role(side).other.value
+    other = side.other
     return Plan("portmap", True, f"the {side}'s gateway mapped its punch port (PCP, NAT-PMP or "
                 f"UPnP): the {other} sends to the mapped address, the {side} answers from it "
                 f"(else: {plan.explanation})", notes=plan.notes, portmap_side=side)
@@ -168,7 +168,7 @@ def _decide_punch(initiator: NatProfile, receiver: NatProfile, *, same_public_ip
     if same_public_ip:
         return Plan("lan", True, "both peers share a public address: connect over the LAN "
                                  "(and the NAT's hairpin, if any)")
-    sides = {"initiator": initiator, "receiver": receiver}
+    sides = {Role.INITIATOR: initiator, Role.RECEIVER: receiver}
     notes = [f"{role}: {p.describe()}" for role, p in sides.items()]
     if not initiator.known or not receiver.known:
         return Plan("simultaneous", True, "a NAT profile is unknown: punch the reflexive "
@@ -179,7 +179,7 @@ def _decide_punch(initiator: NatProfile, receiver: NatProfile, *, same_public_ip
                     "(address-and-port-dependent mapping); no punching strategy can find "
                     "the ports, use a relay (TURN)", notes=notes)
     for role, me in sides.items():
-        other_role = Role(role).other.value
+        other_role = role.other
         other = sides[other_role]
         if not me.random:
             continue
@@ -207,7 +207,7 @@ def _decide_punch(initiator: NatProfile, receiver: NatProfile, *, same_public_ip
         return Plan("predict", True, "both NATs map per destination with sequential ports: "
                     "both aim at predicted windows in the same order", pi, pr, notes=notes)
     if pi or pr:
-        dep_role, other = ("initiator", receiver) if pi else ("receiver", initiator)
+        dep_role, other = (Role.INITIATOR, receiver) if pi else (Role.RECEIVER, initiator)
         if other.open_filter:
             return Plan("simultaneous", True, f"the {dep_role}'s new port is admitted by the "
                         "other NAT's filtering; replies go to the port packets arrive from",

@@ -25,8 +25,8 @@ VERSION = 3
 HEADER = struct.Struct("!4sBBBB")
 
 
-class Role(str, enum.Enum):
-    """The two roles of a match (the signaling API's ``role``)."""
+class Role(enum.StrEnum):
+    """The two roles of a match (the signaling API's ``role``; formats as its value)."""
 
     INITIATOR = "initiator"
     RECEIVER = "receiver"

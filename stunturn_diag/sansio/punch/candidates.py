@@ -21,14 +21,20 @@ cannot aim our punch packets at our LAN or at third parties.
 from __future__ import annotations
 
 import ipaddress
-import random
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
-from ..errors import PunchError
+from stunturn_diag.errors import PunchError
 from stunturn_diag.sansio.punch.wire import Role
+from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.punch.decision import BIRTHDAY_HOLD, BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, Plan
 
-Address = tuple[str, int]
+
+class Sampler(Protocol):
+    """The randomness :func:`build_targets` needs (``random.Random`` fits): passed in."""
+
+    def sample(self, population: Sequence[int], k: int) -> list[int]: ...
+
 MAX_LOCAL = 8
 
 
@@ -168,11 +174,13 @@ def promised_port(details: object) -> int | None:
         and 0 < port < 65536 else None
 
 
-def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: str = "udp",
-                  rng: random.Random | None = None,
+def build_targets(plan: Plan, my_role: Role | str, peer_details: object, *, protocol: str = "udp",
+                  rng: Sampler | None = None,
                   vetted: PeerCandidates | None = None) -> Targets:
     """Targets (in send order), prime list, spray list and extra sockets for our side.
 
+    ``rng``: the spray's port source (the birthday sprayer side needs it; the runner
+    passes ``random.Random()``).
     ``vetted``: the peer's candidates after :func:`vet_peer_candidates` (used instead of
     the raw ``peer_details`` addresses).
     """
@@ -180,7 +188,8 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
         srflx, local, shift = vetted.srflx, vetted.local, vetted.shift
     else:
         srflx, local, shift = peer_addresses(peer_details, protocol)
-    peer_role = Role(my_role).other.value
+    my_role = Role(my_role)
+    peer_role = my_role.other
     if plan.strategy == "lan":
         targets = list(dict.fromkeys(local + ([srflx] if srflx else [])))
         if not targets:
@@ -208,7 +217,8 @@ def build_targets(plan: Plan, my_role: str, peer_details: object, *, protocol: s
         return Targets(targets, prime=list(targets))
     if plan.strategy == "birthday":
         if plan.birthday_side == peer_role:
-            rng = rng or random.Random()
+            if rng is None:
+                raise ValueError("the birthday sprayer needs rng (random ports)")
             ports = [p for p in rng.sample(range(1024, 65536), BIRTHDAY_PORTS + 1) if p != port]
             spray = [(ip, p) for p in ports[:BIRTHDAY_PORTS]]
             return Targets([srflx], prime=[srflx], spray=spray)

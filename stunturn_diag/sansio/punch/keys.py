@@ -11,7 +11,7 @@ match; a server (or anyone reading the HTTP bodies, hence TLS) can therefore tes
 guesses of a *weak* key against the identifier at the cost of one scrypt each
 (about 32 MiB and 50-150 ms). That is why :func:`generate_key` exists and weak keys
 get a warning. The identifier is useless for the punch itself: the PAKE
-(:mod:`.auth`) is keyed on the access key under another label.
+(:mod:`.handshake`) is keyed on the access key under another label.
 """
 
 from __future__ import annotations

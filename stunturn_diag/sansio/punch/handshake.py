@@ -1,9 +1,10 @@
 """The punch handshake (wire version 3): CPace keyed on the access key, bound to the match.
 
-Pure: no sockets, no clocks; randomness comes from the ``entropy`` callable the
-runner passes (``os.urandom``): this side's 32-byte CPace scalar. The socket driver
-for TCP streams is :mod:`.secure_stream`; the UDP runner feeds datagrams through
-:mod:`.engine`.
+Pure: no sockets, no clocks, no random source of its own: the caller passes
+``entropy`` (the runners pass ``os.urandom``), the source of this side's 32-byte CPace
+scalar. The socket driver
+for TCP streams is :mod:`stunturn_diag.punch.handshake_runner`; the UDP runner feeds
+datagrams through :mod:`.engine`.
 
 Both peers know the access key ``K``; the signaling server gave both the same
 ``match_id`` and never saw ``K`` (it saw only the rendezvous identifier of
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -53,9 +53,9 @@ from typing import Callable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import cpace
-from ..errors import AuthenticationError
-from .seal import KEY_LEN, ReplayWindow, Session
+from stunturn_diag.sansio.punch import cpace
+from stunturn_diag.errors import AuthenticationError
+from stunturn_diag.sansio.punch.seal import KEY_LEN, ReplayWindow, Session
 from stunturn_diag.sansio.punch.wire import (FRAME_KINDS, HEADER, MAGIC, VERSION, Counters, Kind, Role, has_magic,
                    header, is_handshake, kind_of, version_mismatch_message)
 
@@ -101,7 +101,7 @@ class StartedPake:
     """
 
     def __init__(self, key: str | bytes, role: Role | str, *,
-                 entropy: Callable[[int], bytes] = os.urandom) -> None:
+                 entropy: Callable[[int], bytes]) -> None:
         self.role = Role(role)
         self.prs = pake_password(key)
         self._scalar = bytes(entropy(SCALAR_LEN))
@@ -119,7 +119,7 @@ class StartedPake:
 
 
 def start_pake(key: str | bytes, role: Role | str, *,
-               entropy: Callable[[int], bytes] = os.urandom) -> StartedPake:
+               entropy: Callable[[int], bytes]) -> StartedPake:
     return StartedPake(key, role, entropy=entropy)
 
 
@@ -137,7 +137,7 @@ def schedule(pake_key: bytes, transcript: bytes) -> dict[str, bytes]:
 
 
 @dataclass
-class Outcome:
+class HandshakeOutcome:
     """What :meth:`Handshake.handle` made of one message."""
 
     accepted: bool
@@ -150,12 +150,16 @@ class Handshake:
     """The pure handshake state machine of one side (no sockets, no clocks)."""
 
     def __init__(self, key: str | bytes, match_id: str, role: Role | str, *,
-                 entropy: Callable[[int], bytes] = os.urandom,
+                 entropy: Callable[[int], bytes] | None = None,
                  started: StartedPake | None = None) -> None:
-        """``started``: this side's :func:`start_pake` for ``key`` (else computed now)."""
+        """``started``: this side's :func:`start_pake` for ``key``; else one is started
+        now from ``entropy`` (one of the two is needed)."""
         self.role = Role(role)
         self.match_id = match_id
-        started = started or StartedPake(key, self.role, entropy=entropy)
+        if started is None:
+            if entropy is None:
+                raise TypeError("Handshake needs entropy (e.g. os.urandom) or started")
+            started = StartedPake(key, self.role, entropy=entropy)
         if started.role is not self.role:
             raise ValueError("the started PAKE is for the other role")
         prs, self._scalar = started.take()
@@ -206,43 +210,43 @@ class Handshake:
         self._keys = schedule(isk, self._transcript)
         return None
 
-    def handle(self, data: bytes) -> Outcome:
+    def handle(self, data: bytes) -> HandshakeOutcome:
         """Process one received message; stray or forged input is dropped and counted."""
         if has_magic(data) and data[4] != VERSION:
             self.counters.old_version += 1
             self.peer_version = data[4]
-            return Outcome(False, why=f"version-{data[4]}")
+            return HandshakeOutcome(False, why=f"version-{data[4]}")
         if not is_handshake(data) or data[5] not in (Kind.HELLO, Kind.PROOF):
             self.counters.malformed += 1
-            return Outcome(False, why="malformed")
+            return HandshakeOutcome(False, why="malformed")
         _, _, kind, role_byte, flags = HEADER.unpack_from(data)
         if role_byte != self.role.other.byte:
             self.counters.wrong_role += 1
-            return Outcome(False, why="wrong-role")
+            return HandshakeOutcome(False, why="wrong-role")
         if len(data) != (HELLO_LEN if kind == Kind.HELLO else PROOF_LEN):
             self.counters.malformed += 1
-            return Outcome(False, why="malformed")
+            return HandshakeOutcome(False, why="malformed")
         why = self._absorb(data[HEADER.size:HEADER.size + SHARE_LEN])
         if why == "bad-share":
             self.counters.malformed += 1
-            return Outcome(False, why=why)
+            return HandshakeOutcome(False, why=why)
         if why is not None:
             self.counters.stale += 1
-            return Outcome(False, why=why)
+            return HandshakeOutcome(False, why=why)
         if kind == Kind.HELLO:
-            return Outcome(True, reply=self.proof(), why="hello")
+            return HandshakeOutcome(True, reply=self.proof(), why="hello")
         mac = data[HEADER.size + SHARE_LEN:]
         if not hmac.compare_digest(mac, self._proof_mac(self.role.other, flags)):
             self.counters.bad_proof += 1
-            return Outcome(False, why="bad-proof")
+            return HandshakeOutcome(False, why="bad-proof")
         completed_now = not self.complete
         self.complete = True
         if flags & FLAG_VERIFIED:
             self.confirmed = True
             # the peer is done; answer only if it cannot know we are
-            return Outcome(True, reply=self.proof() if completed_now else None,
+            return HandshakeOutcome(True, reply=self.proof() if completed_now else None,
                            completed_now=completed_now, why="proof")
-        return Outcome(True, reply=self.proof(), completed_now=completed_now, why="proof")
+        return HandshakeOutcome(True, reply=self.proof(), completed_now=completed_now, why="proof")
 
     def failure_reason(self) -> tuple[str, str] | None:
         """(reason, message) if the input seen so far explains a failure, else None."""
@@ -271,7 +275,7 @@ class Handshake:
         return Session(self.role, send, recv)
 
 
-__all__ = ["Handshake", "StartedPake", "start_pake", "session_id", "pake_password", "Outcome",
+__all__ = ["Handshake", "StartedPake", "start_pake", "session_id", "pake_password", "HandshakeOutcome",
            "Role", "Kind", "Counters", "Session", "ReplayWindow",
            "FRAME_KINDS", "HELLO_LEN", "PROOF_LEN", "MAGIC", "VERSION", "is_handshake",
            "kind_of", "has_magic"]

@@ -1,6 +1,6 @@
 """Sealing of every byte after the handshake (pure functions and state, no sockets).
 
-Keys come from the PAKE handshake (:meth:`.auth.Handshake.session`): one
+Keys come from the PAKE handshake (:meth:`.handshake.Handshake.session`): one
 ChaCha20-Poly1305 key per direction (RFC 8439, AEAD_CHACHA20_POLY1305), so the
 96-bit nonce can simply be the 64-bit sequence number of the direction, left-padded
 with zeros (the construction of RFC 8446 section 5.3 without the XOR mask: the
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..errors import AuthenticationError
+from stunturn_diag.errors import AuthenticationError
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, HEADER, Counters, Kind, Role, header, is_handshake
 
 KEY_LEN = 32

@@ -1,5 +1,8 @@
 """I/O for :mod:`stunturn_diag.sansio.punch.counter`: read and steer a sequential NAT's counter.
 
+Every decision (how many flows to burn, when to read again, when to give up) is
+:func:`counter.after_reading`'s; this module opens the flows and reads the clock.
+
 A reading is one STUN Binding over UDP from a fresh socket (one new flow through
 the NAT; its mapped port is the counter's value); a burn is one datagram from
 each of ``n`` fresh sockets. Time is injected (``clock``), every loop is bounded
@@ -32,13 +35,13 @@ import socket
 import time
 from typing import Callable
 
-from ..errors import PunchError
+from ..errors import PunchError, StunturnError
 from stunturn_diag.sansio.stun import binding_request, encode
 from stunturn_diag.sansio.punch import counter
-from stunturn_diag.sansio.punch.counter import Reading
+from stunturn_diag.sansio.punch.counter import Reading, UsedPorts
 from .udp import UdpRendezvous
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 #: where burns go, on the STUN server's host: the discard service (RFC 863)
 DISCARD_PORT = 9
 #: binds tried for one fresh local port before taking what the kernel gave
@@ -61,8 +64,8 @@ class CounterSteer:
         self.readings: list[Reading] = []
         #: flows this object opened (readings and burns)
         self.flows = 0
-        #: destination -> local ports used toward it (each one mapping on the NAT)
-        self._used: dict[Address, set[int]] = {}
+        #: local ports used toward each destination (each one a mapping on the NAT)
+        self._used = UsedPorts()
 
     def _fresh(self, make: Callable[[], object], port_of: Callable[[object], int],
                destination: Address, held: list) -> object:
@@ -70,12 +73,9 @@ class CounterSteer:
 
         Rejected ones are appended to ``held`` (kept open so the kernel does not hand
         the same port out again; the caller closes them)."""
-        used = self._used.setdefault(destination, set())
         for _ in range(FRESH_TRIES):
             sock = make()
-            port = port_of(sock)
-            if port not in used:
-                used.add(port)
+            if self._used.take(destination, port_of(sock)):
                 return sock
             held.append(sock)
         return held.pop()      # every try was a used port (not seen in practice): take it
@@ -139,29 +139,86 @@ class CounterSteer:
         PunchError(reason ``port-counter-too-fast``) when the counter is already
         past the window, naming the rate observed since ``first`` (a reading taken
         before ``own_flows_since_first`` flows of ours, not counting these here).
-        A reading whose answer came late counts what others opened since its request
-        left (the rate times its age): a burn leaves those out, and a confirming
-        reading after which they may have taken the rest of the window is taken again.
+        The steps are :func:`counter.after_reading`'s.
         """
         before = self.flows
         for step_no in range(counter.MAX_STEPS):
             reading = self.read()
             own = own_flows_since_first + (self.flows - before) - 1
-            flows_per_s = counter.rate(first, reading, own)
             age = max(0.0, self.clock() - reading.t)
-            step = counter.steer(reading, next_port, window, counter.drift(flows_per_s, age))
-            if step.action == "go":
-                if not counter.outruns_window(flows_per_s, window, step.count, age):
-                    return step.count
-                if not counter.outruns_window(flows_per_s, window, step.count) and \
-                        step_no + 1 < counter.MAX_STEPS:
-                    continue      # a stale reading, not a fast counter: read again
-            if step.action in ("go", "late"):
+            move = counter.after_reading(first, reading, own, age, next_port, window,
+                                         last_step=step_no + 1 >= counter.MAX_STEPS)
+            if move.action == "go":
+                return move.count
+            if move.action == "read":
+                continue      # a stale reading, not a fast counter: read again
+            if move.action == "too-fast":
                 raise PunchError(counter.too_fast_message(first, reading, own, next_port,
                                                           window),
                                  hint="a relay (TURN) is needed while the NAT hands out "
                                       "ports this fast; fewer parallel flows behind this "
                                       "NAT make prediction possible",
                                  reason="port-counter-too-fast")
-            self.burn(step.count)
+            self.burn(move.count)
         return 0    # could not confirm within MAX_STEPS: punch anyway
+
+
+#: seconds between the first two counter readings (the first rate estimate)
+RATE_SAMPLE = 0.2
+
+
+class PortPromise:
+    """A sequential NAT's port promise while pairing, and the steering after the match.
+
+    Before each signaling request :meth:`refresh` reads our NAT's counter (one STUN
+    reading, a new flow) and renews :attr:`next_port`; the rate comes from the last
+    two readings minus our own flows in between. After the match :meth:`steer` brings
+    the counter to the promise. ``stun_server`` is called once, at the first reading.
+    """
+
+    def __init__(self, stun_server: Callable[[], Address], *, timeout: float,
+                 say: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
+        self._stun_server = stun_server
+        self._timeout = timeout
+        self._say = say
+        self._sleep = sleep
+        #: the port our first punch flow is promised (None: no promise)
+        self.next_port: int | None = None
+        #: flows per second others opened, as last measured
+        self.counter_rate: float | None = None
+        self._steer: CounterSteer | None = None
+        self._marks: list[tuple[Reading, int]] = []   # (reading, our flows so far)
+
+    def refresh(self, own_flows: int, horizon: float) -> bool:
+        """Read the counter and renew :attr:`next_port` for a punch ``horizon`` seconds
+        away; ``own_flows``: our signaling requests so far. False when it cannot be read."""
+        if self._steer is None:
+            self._steer = CounterSteer(self._stun_server(), timeout=self._timeout)
+        try:
+            if not self._marks:
+                # a first rate: two readings RATE_SAMPLE apart, before the first promise
+                self._marks.append((self._steer.read(), own_flows + self._steer.flows))
+                self._sleep(RATE_SAMPLE)
+            reading = self._steer.read()
+        except StunturnError as exc:
+            self._say(f"cannot read the NAT's port counter ({exc.message}); "
+                      "the peer predicts from flows_after_stun")
+            self.next_port = None
+            return False
+        self._marks.append((reading, own_flows + self._steer.flows))
+        if len(self._marks) >= 2:
+            (r0, f0), (r1, f1) = self._marks[-2], self._marks[-1]
+            measured = counter.rate(r0, r1, own_flows=f1 - f0 - 1)
+            if measured is not None:
+                self.counter_rate = measured
+        # after this reading: the signaling request itself, then the first punch flow
+        self.next_port = counter.promise(reading, 1, self.counter_rate, horizon)
+        return True
+
+    def steer(self, window: int) -> int:
+        """After the match: steer to :attr:`next_port` (``window`` ports); the number of
+        our targets to skip. PunchError(port-counter-too-fast) when it is past."""
+        assert self._steer is not None and self.next_port is not None
+        first, _flows = self._marks[-1]
+        # since that reading: our signaling request (the one that was answered)
+        return self._steer.steer_to(self.next_port, window, first, 1)

@@ -1,7 +1,7 @@
 """Pure UDP punching schedule: what to send when, and what a received datagram means.
 
 No sockets, no clocks: the runner (:mod:`stunturn_diag.punch.udp`) passes ``now``
-in and sends the returned :class:`Send` items. Phases:
+in and sends the returned :class:`DatagramSend` items. Phases:
 
 1. **prime** (at ``start``): one HELLO per public target with a low TTL, so our own
    NAT creates the mapping toward the peer while the packet expires before the
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .auth import Handshake
+from stunturn_diag.sansio.punch.handshake import Handshake
 from stunturn_diag.sansio.punch.wire import VERSION, Kind, has_magic, is_handshake
+from stunturn_diag.sansio.netaddr import Address
 
-Address = tuple[str, int]
 
 #: (rounds, interval seconds): 20 fast rounds, then a steady pace
 SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
@@ -40,7 +40,7 @@ EXTRA_SOCKET_ROUNDS = 3
 
 
 @dataclass(frozen=True)
-class Send:
+class DatagramSend:
     """One datagram to send: from socket ``sock`` (0 = the main one) with ``ttl`` (None = default)."""
 
     data: bytes
@@ -105,7 +105,7 @@ class UdpPunchEngine:
         return min(self._next, self.deadline)
 
     # -- output -----------------------------------------------------------------
-    def _emit(self, out: list[Send], item: Send) -> None:
+    def _emit(self, out: list[DatagramSend], item: DatagramSend) -> None:
         if self.packets_sent >= self.max_packets:
             return
         out.append(item)
@@ -122,16 +122,16 @@ class UdpPunchEngine:
             left -= rounds
         return SCHEDULE[-1][1]
 
-    def poll(self, now: float) -> list[Send]:
+    def poll(self, now: float) -> list[DatagramSend]:
         """Datagrams due at ``now`` (call again at :meth:`next_wakeup`)."""
-        out: list[Send] = []
+        out: list[DatagramSend] = []
         if now < self._next or self.expired(now):
             return out
         if self.complete:
             if not self.confirmed and self.peer is not None:
                 # a HELLO asks the (complete) peer for its verified PROOF; PROOFs are only
                 # ever answers, so this cannot ping-pong
-                self._emit(out, Send(self.handshake.hello(), self.peer, sock=self.peer_sock))
+                self._emit(out, DatagramSend(self.handshake.hello(), self.peer, sock=self.peer_sock))
             self._round += 1
             self._next = now + self._interval()
             return out
@@ -141,7 +141,7 @@ class UdpPunchEngine:
             if self.prime_ttl:
                 for t in self.prime_targets:
                     for s in range(self.extra_sockets + 1):
-                        self._emit(out, Send(hello, t, ttl=self.prime_ttl, sock=s))
+                        self._emit(out, DatagramSend(hello, t, ttl=self.prime_ttl, sock=s))
             if out:
                 self._next = now + max(self.gap, self.hold)
                 return out
@@ -149,19 +149,19 @@ class UdpPunchEngine:
             # extra (birthday) sockets: a few rounds only, each is one more mapping
             socks = self.extra_sockets + 1 if self._round < EXTRA_SOCKET_ROUNDS else 1
             for s in range(socks):
-                self._emit(out, Send(hello, t, sock=s))
+                self._emit(out, DatagramSend(hello, t, sock=s))
         if self.spray:
             for _ in range(min(SPRAY_PER_ROUND, len(self.spray))):
                 if self._spray_pos >= len(self.spray):
                     break
-                self._emit(out, Send(hello, self.spray[self._spray_pos]))
+                self._emit(out, DatagramSend(hello, self.spray[self._spray_pos]))
                 self._spray_pos += 1
         self._round += 1
         self._next = now + self._interval()
         return out
 
     # -- input ------------------------------------------------------------------
-    def receive(self, data: bytes, src: Address, now: float, sock: int = 0) -> list[Send]:
+    def receive(self, data: bytes, src: Address, now: float, sock: int = 0) -> list[DatagramSend]:
         """Feed one received datagram; returns replies to send at once."""
         if has_magic(data) and data[4] != VERSION:
             self.handshake.handle(data)      # counted: failure() names the peer's version
@@ -180,9 +180,9 @@ class UdpPunchEngine:
             st.proofs += 1
         if outcome.completed_now:
             self.peer, self.peer_sock = src, sock
-        out: list[Send] = []
+        out: list[DatagramSend] = []
         if outcome.reply is not None and not self.expired(now):
-            self._emit(out, Send(outcome.reply, src, sock=sock))
+            self._emit(out, DatagramSend(outcome.reply, src, sock=sock))
         return out
 
     # -- diagnosis ----------------------------------------------------------------

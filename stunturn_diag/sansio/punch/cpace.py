@@ -1,6 +1,6 @@
 """CPace on X25519 with SHA-512 (CPACE-X25519-SHA512, draft-irtf-cfrg-cpace), pure.
 
-Only what the punch handshake (:mod:`.auth`) needs, written from the draft's
+Only what the punch handshake (:mod:`.handshake`) needs, written from the draft's
 definitions: the prefix-free length-value encoding, the generator string, the
 Elligator 2 map to Curve25519 (hash-to-curve's ``map_to_curve_elligator2``) in
 plain integer arithmetic modulo ``2^255 - 19``, the verified scalar

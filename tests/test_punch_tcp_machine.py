@@ -1,0 +1,246 @@
+"""The pure TCP punch machine with a fake clock: rounds, back-off, settle, the 2 s
+nomination rule, EADDRNOTAVAIL and listener renewal (no sockets here;
+tests/test_punch_tcp.py runs the same machine through the select runner)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from stunturn_diag.sansio.punch import tcp_machine as tm
+from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, Close, DrainAccepts,
+                                                    FilterListener, Listen, OpenConnect,
+                                                    OpenListener, StreamRecv, Resume, StreamSend, SetTtl,
+                                                    TcpPunchMachine)
+from stunturn_diag.sansio.punch.wire import Role
+
+PEER = ("203.0.113.9", 40000)
+OTHER = ("198.51.100.4", 41000)
+
+
+def machine(role=Role.INITIATOR, *, prime_ttl=2, pin=False, strategy=tm.STRATEGY_SIMULTANEOUS,
+            candidates=(PEER,), deadline=10.0, **kw) -> TcpPunchMachine:
+    return TcpPunchMachine(list(candidates), role=role, deadline=deadline, prime_ttl=prime_ttl,
+                           strategy=strategy, pin=pin, isn_source=lambda: 0x1234, **kw)
+
+
+def resume_all(m: TcpPunchMachine, actions, now):
+    """Answer Resume actions (what the runner does); return the other actions in order."""
+    out, queue = [], list(actions)
+    while queue:
+        action = queue.pop(0)
+        if isinstance(action, Resume):
+            queue[:0] = m.resume(action.step, action.index, now)
+        else:
+            out.append(action)
+    return out
+
+
+def started(m: TcpPunchMachine, actions, rc=errno.EINPROGRESS, now=0.0):
+    """Answer each OpenConnect with connect's ``rc``; the other actions, in order."""
+    out = []
+    for action in actions:
+        out.append(action)
+        if isinstance(action, OpenConnect):
+            out += m.on_connect_started(action.handle, rc, 64, now)
+    return out
+
+
+def test_start_filters_then_listens_then_primes_each_candidate():
+    m = machine(candidates=(PEER, OTHER))
+    actions = m.start(0.0)
+    assert actions[:2] == [FilterListener(tm.LISTENER, (PEER, OTHER)), Listen(tm.LISTENER)]
+    assert [(a.address, a.ttl, a.isn) for a in actions[2:]] == [(PEER, 2, None), (OTHER, 2, None)]
+    assert all(c.settle_at == c.next_connect == tm.SETTLE for c in m.candidates)
+    assert m.on_filtered(False) == [] and m.filtered is False
+
+
+def test_pinned_isn_prime_settles_into_a_fresh_full_ttl_socket_with_the_same_isn():
+    m = machine(pin=True)
+    (prime,) = started(m, m.start(0.0)[2:])
+    assert prime.isn == 0x1234 | 1 and prime.ttl == 2
+    assert resume_all(m, m.on_timers(tm.SETTLE - 0.001), tm.SETTLE - 0.001) == []
+    _, _, timeout = m.wait(tm.SETTLE - 0.001)
+    assert timeout == pytest.approx(0.001)
+    (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+    assert check == CheckSynSent(prime.handle)
+    abort, full = m.on_syn_sent(prime.handle, True, tm.SETTLE)
+    assert abort == Abort(prime.handle)
+    assert (full.ttl, full.isn, m.candidates[0].connects) == (None, prime.isn, 1)
+
+
+def test_kernel_isn_prime_goes_on_at_full_ttl_and_a_dead_prime_is_followed_at_once():
+    m = machine()
+    (prime,) = started(m, m.start(0.0)[2:])
+    assert resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE) == [SetTtl(prime.handle, 64)]
+    assert not m.candidates[0].priming
+    m2 = machine()
+    (prime,) = started(m2, m2.start(0.0)[2:])
+    assert m2.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.003) == [Close(prime.handle)]
+    cand = m2.candidates[0]
+    assert cand.next_connect == 0.003 and cand.errors == {"prime EHOSTUNREACH": 1}
+    (connect,) = resume_all(m2, m2.on_timers(0.003), 0.003)
+    assert connect.ttl is None and cand.connects == 1
+
+
+def test_refused_rounds_back_off_and_the_receiver_zigzags():
+    for role, shift in ((Role.INITIATOR, 0.0), (Role.RECEIVER, tm.KERNEL_STEP)):
+        m = machine(role, prime_ttl=None)
+        assert m.start(0.0) == [FilterListener(tm.LISTENER, (PEER,)), Listen(tm.LISTENER)]
+        (connect,) = started(m, resume_all(m, m.on_timers(0.0), 0.0))
+        assert m.on_connect_result(connect.handle, errno.ECONNREFUSED, 1.0) == \
+            [Close(connect.handle)]
+        cand = m.candidates[0]
+        assert cand.next_connect == pytest.approx(1.0 + tm.RETRY_FIRST + shift)
+    assert [tm.retry_delay(n) for n in (1, 3, 4, 7, 30)] == [0.02, 0.02, 0.04, 0.08, 0.25]
+
+
+def test_a_refused_full_syn_re_primes_at_once_with_the_full_syn_after_the_back_off():
+    m = machine()
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001)
+    (connect,) = started(m, resume_all(m, m.on_timers(0.001), 0.001))
+    close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
+    assert close == Close(connect.handle) and again.ttl == 2
+    assert m.candidates[0].settle_at == pytest.approx(0.05 + tm.RETRY_FIRST)
+
+
+def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():
+    m = machine(prime_ttl=None, max_connects=2)
+    m.start(0.0)
+    now = 0.0
+    for _ in range(2):
+        (connect,) = started(m, resume_all(m, m.on_timers(now), now))
+        m.on_connect_result(connect.handle, errno.ECONNREFUSED, now)
+        now += 1.0
+    assert resume_all(m, m.on_timers(now), now) == []
+    err = m.failure()
+    assert err.reason == "refused" and "RST" in err.message
+    assert m.attempts() == [{"candidate": "203.0.113.9:40000", "strategy": "simultaneous-open",
+                             "error": "ECONNREFUSED x2", "connects": 2}]
+
+
+def test_initiator_nominates_and_wins_on_ready_and_ack():
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    (connect,) = started(m, resume_all(m, m.on_timers(0.0), 0.0))
+    h = connect.handle
+    assert m.on_connect_result(h, 0, 0.01) == [StreamSend(h, tm.NOMINATE)]
+    assert m.on_send_result(h, None, 0.01) == [] and m.candidates[0].up
+    assert m.wait(0.01)[:2] == ([tm.LISTENER, h], [])
+    assert m.on_readable(h, 0.02) == [StreamRecv(h, 16)]
+    assert m.on_data(h, tm.READY, "", 0.02) == [] and m.winner is None
+    assert m.on_readable(h, 0.02) == [StreamRecv(h, 8)]
+    assert m.on_data(h, tm.NOMINATE_ACK, "", 0.03) == [] and m.winner == h
+    assert m.leftover() == []
+
+
+def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
+    m = machine(Role.RECEIVER, prime_ttl=None)
+    m.start(0.0)
+    h = m.allocate()
+    assert m.on_accepted(h, PEER, 0.5) == [StreamSend(h, tm.READY)]
+    m.on_send_result(h, None, 0.5)
+    assert m.on_data(h, tm.NOMINATE, "", 0.6) == [StreamSend(h, tm.NOMINATE_ACK)]
+    assert m.winner is None
+    assert m.on_send_result(h, None, 0.6) == [] and m.winner == h
+
+
+def test_stray_bytes_drop_the_connection_and_free_its_candidate():
+    m = machine(Role.RECEIVER, prime_ttl=None)
+    m.start(0.0)
+    h = m.allocate()
+    m.on_accepted(h, PEER, 0.5)
+    m.on_send_result(h, None, 0.5)
+    assert m.on_data(h, b"GET / HTTP/1.1", "", 0.7) == [Close(h)]
+    cand = m.candidates[0]
+    assert not cand.up and cand.next_connect == pytest.approx(0.7 + tm.RETRY_INTERVAL)
+    assert m.failure().reason == "nomination-failed"
+
+
+def test_an_accepted_connection_not_nominated_within_2s_is_aborted_and_punched_anew():
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    h = m.allocate()
+    m.on_accepted(h, PEER, 1.0)
+    m.on_send_result(h, None, 1.0)
+    resume_all(m, m.on_timers(2.5), 2.5)
+    assert m.expire(2.5) == []
+    assert m.wait(2.5)[2] == tm.TICK              # the 2 s mark is later than one tick
+    resume_all(m, m.on_timers(2.99), 2.99)
+    assert m.expire(2.99) == [] and m.wait(2.99)[2] == pytest.approx(0.01)
+    assert m.expire(3.0) == [Abort(h)]
+    cand = m.candidates[0]
+    assert not cand.up and cand.next_connect == pytest.approx(3.0 + tm.RETRY_INTERVAL)
+    assert m.conn_errors == ["203.0.113.9:40000 (accept) no nomination within 2s"]
+
+
+def test_eaddrnotavail_takes_the_listener_connection_and_is_no_connect_attempt():
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    (connect,) = resume_all(m, m.on_timers(0.0), 0.0)
+    actions = m.on_connect_started(connect.handle, errno.EADDRNOTAVAIL, 64, 0.0)
+    assert actions[:2] == [Close(connect.handle), DrainAccepts(tm.LISTENER)]
+    h = m.allocate()                            # the runner drains: the listener had it
+    assert m.on_accepted(h, PEER, 0.0) == [StreamSend(h, tm.NOMINATE)]
+    m.on_send_result(h, None, 0.0)
+    assert resume_all(m, actions[2:], 0.001) == []
+    cand = m.candidates[0]
+    assert cand.up and cand.connects == 0 and cand.busy == 1
+    assert cand.next_connect == pytest.approx(0.001 + tm.RETRY_FIRST)
+
+
+def test_a_4tuple_busy_three_times_renews_the_listener_at_most_three_times():
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    renewals, now = 0, 0.0
+    for busy in range(1, 13):
+        (connect,) = resume_all(m, m.on_timers(now), now)
+        actions = m.on_connect_started(connect.handle, errno.EADDRNOTAVAIL, 64, now)
+        actions = resume_all(m, actions, now)       # nothing queued to accept
+        opens = [a for a in actions if isinstance(a, OpenListener)]
+        assert len(opens) == (1 if busy % tm.RENEW_AFTER == 0 and renewals < 3 else 0)
+        for new in opens:
+            old = m.listener
+            follow = m.on_listener_opened(new.handle, None)
+            assert follow[:3] == [FilterListener(new.handle, (PEER,)), Listen(new.handle),
+                                  DrainAccepts(old)]
+            assert resume_all(m, follow[3:], now) == [Close(old)]
+            assert m.listener == new.handle
+            renewals += 1
+        now = m.candidates[0].next_connect
+    assert renewals == m.renewed == tm.MAX_RENEWALS
+    assert m.candidates[0].connects == 0
+    assert m.leftover() == [m.listener]           # the renewed listener is ours to close
+
+
+def test_a_failed_renewal_is_reported_and_the_old_listener_stays():
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    assert m.on_listener_opened(m._renew_listener()[0].handle, "Address in use") == []
+    assert m.listener == tm.LISTENER and m.renewed == 0
+    assert m.conn_errors == ["listener renewal failed: Address in use"]
+
+
+def test_listen_connect_receiver_only_listens():
+    m = machine(Role.RECEIVER, strategy=tm.STRATEGY_LISTEN)
+    assert m.start(0.0) == [Listen(tm.LISTENER)]
+    assert resume_all(m, m.on_timers(5.0), 5.0) == []
+    assert not m.pin
+    m2 = machine(Role.INITIATOR, strategy=tm.STRATEGY_LISTEN)
+    m2.start(0.0)
+    (connect,) = resume_all(m2, m2.on_timers(0.0), 0.0)
+    assert connect.ttl is None
+
+
+def test_accepted_strangers_beyond_max_pending_are_closed():
+    m = machine(prime_ttl=None, candidates=())
+    m.start(0.0)
+    for i in range(tm.MAX_PENDING):
+        h = m.allocate()
+        m.on_accepted(h, ("192.0.2.1", 1000 + i), 0.0)
+        m.on_send_result(h, None, 0.0)
+    h = m.allocate()
+    assert m.on_accepted(h, ("192.0.2.1", 9), 0.0) == [Close(h)]
+    assert m.accepted == tm.MAX_PENDING + 1
