@@ -5,10 +5,12 @@ After a match both peers allocate a relay on the offered TURN server
 permission is per peer address) without a new pairing round. Each posts its own and
 reads the other's here::
 
-    POST /v1/relay {"match_id": hex, "token": str, "relayed"?: {"ip", "port"}}
-    200 {"role", "peer": {"ip", "port"} | null, "expires"}
+    POST /v1/relay {"match_id": hex, "token": str, "relayed"?: {"ip", "port"},
+                    "transport"?: "udp" | "tcp"}
+    200 {"role", "transport", "peer": {"ip", "port"} | null, "expires"}
+    400 {"error": "bad-request"}              a malformed body (an unknown transport too)
     403 {"error": "forbidden" | "expired"}   not this match's token, or it expired
-    404 {"error": "no-relay"}                 this server offers no relay
+    404 {"error": "no-relay"}                 this server offers no relay (for that transport)
     409 {"error": "conflict"}                 this role already posted another address
     503 {"error": "busy"}                     the store holds its limit of addresses
 
@@ -16,6 +18,9 @@ Only the two peers of a match can post or read: the token (from the match answer
 ``turn.exchange``) names the role and expiry and is MAC'd over the match id. The
 store keeps at most one address per role, until the token's expiry (the match's TURN
 credential's), and a bounded number overall (:meth:`.store.MatchStore.put_relay_address`).
+A TCP punch's peers exchange their RFC 6062 TCP allocations' addresses with
+``"transport": "tcp"`` (default ``"udp"``): kept apart from UDP ones (the store's role
+is ``role:tcp``), offered only when the relay lists tcp (``--turn-transports``).
 """
 
 from __future__ import annotations
@@ -30,16 +35,21 @@ bp = Blueprint("relay", __name__)
 MATCH_ID_MAX, TOKEN_MAX = 64, 200
 
 
-def exchange_request(obj: dict) -> tuple[str, str, tuple[str, int] | None]:
-    """``(match_id, token, relayed or None)`` of a request body (pure)."""
-    validation._check_fields(obj, {"match_id", "token"}, {"relayed"}, "relay exchange")
+def exchange_request(obj: dict) -> tuple[str, str, tuple[str, int] | None, str]:
+    """``(match_id, token, relayed or None, transport)`` of a request body (pure)."""
+    validation._check_fields(obj, {"match_id", "token"}, {"relayed", "transport"},
+                             "relay exchange")
     match_id = validation._of_kind(obj["match_id"], str, "match_id", MATCH_ID_MAX)
     token = validation._of_kind(obj["token"], str, "token", TOKEN_MAX)
     relayed = obj.get("relayed")
     if relayed is not None:
         ep = validation.endpoint(relayed, "relayed")
         relayed = (ep["ip"], ep["port"])
-    return match_id, token, relayed
+    transport = obj.get("transport", "udp")
+    if transport not in turn_offer.TRANSPORTS:
+        raise validation.BadRequest(
+            f"transport must be one of {', '.join(turn_offer.TRANSPORTS)}, got {transport!r}")
+    return match_id, token, relayed, transport
 
 
 def _addr(address) -> dict | None:
@@ -49,18 +59,22 @@ def _addr(address) -> dict | None:
 @bp.post(turn_offer.EXCHANGE_PATH)
 def exchange():
     offer = current_app.extensions.get("stunturn_turn")
-    match_id, token, relayed = json_body(exchange_request)
+    match_id, token, relayed, transport = json_body(exchange_request)
     if offer is None:
         raise ApiError(404, "no-relay", "this server offers no TURN relay (serve --turn-server)")
+    if transport not in offer.transports:
+        raise ApiError(404, "no-relay", f"this server's TURN relay offers no {transport} "
+                       "relaying (serve --turn-transports)")
     checked = offer.check_token(match_id, token)
     if isinstance(checked, str):
         raise ApiError(403, checked, "this token is not one this server issued for this match"
                        if checked == "forbidden" else "this match's relay exchange has expired")
     role, expires = checked
+    slot = role if transport == "udp" else f"{role}:{transport}"
     store = signaling_state().matcher.store
     now = offer.wall_clock()    # the token's expiry is wall-clock time (the TURN server's)
     if relayed is not None:
-        outcome = store.put_relay_address(match_id, role, relayed, float(expires), now)
+        outcome = store.put_relay_address(match_id, slot, relayed, float(expires), now)
         if outcome == "conflict":
             raise ApiError(409, "conflict", f"the {role} of this match already posted another "
                            "relayed address")
@@ -68,5 +82,6 @@ def exchange():
             raise ApiError(503, "busy", "the server holds its limit of relayed addresses; "
                            "try again shortly")
     other = "receiver" if role == "initiator" else "initiator"
-    return jsonify({"role": role, "expires": expires,
+    other = other if transport == "udp" else f"{other}:{transport}"
+    return jsonify({"role": role, "transport": transport, "expires": expires,
                     "peer": _addr(store.relay_address(match_id, other, now))})

@@ -3,8 +3,10 @@
 Settings in ``ServerConfig.extra``: ``turn_server`` ("HOST:PORT" of a TURN server, e.g.
 coturn, that shares ``turn_secret`` through ``use-auth-secret`` /
 ``static-auth-secret``), ``turn_realm`` (optional, told to clients), ``turn_ttl``
-(seconds a credential lives, default 600, 60..86400). :func:`init_app` checks them once
-(a bad value is a ConfigError at start).
+(seconds a credential lives, default 600, 60..86400), ``turn_transports`` (what the
+relay relays: ``"udp"`` and/or ``"tcp"``, RFC 6062 TCP allocations, default udp; a list
+or a comma-separated text). :func:`init_app` checks them once (a bad value is a
+ConfigError at start).
 
 Both peers of a match, and nobody else, get their own short-lived TURN REST API
 credential in the match answer (``"turn": {"server", "urls", "username", "password",
@@ -40,6 +42,8 @@ DEFAULT_TTL = 600
 #: where the peers of a match post and read their relayed addresses (server/relay_api.py)
 EXCHANGE_PATH = "/v1/relay"
 ROLES = ("initiator", "receiver")
+#: relayed transports a relay may offer (udp: RFC 8656; tcp: RFC 6062 allocations)
+TRANSPORTS = ("udp", "tcp")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class TurnOffer:
     realm: str | None
     ttl: int
     wall_clock: Callable[[], float] = time.time
+    transports: tuple[str, ...] = ("udp",)
 
     def credentials(self, match_id: str = "", role: str = "") -> dict:
         """A fresh credential for one peer (a new random id each call); with the match id
@@ -58,7 +63,8 @@ class TurnOffer:
                                 random_id=secrets.token_hex(8))
         host = format_address(self.ip, self.port)
         out = cred | {"server": {"ip": self.ip, "port": self.port},
-                      "urls": [f"turn:{host}?transport=udp"], "realm": self.realm}
+                      "urls": [f"turn:{host}?transport={t}" for t in self.transports],
+                      "transports": list(self.transports), "realm": self.realm}
         if match_id and role in ROLES:
             out["exchange"] = {"path": EXCHANGE_PATH,
                                "token": self.match_token(match_id, role, int(cred["expires"]))}
@@ -113,7 +119,21 @@ def parse_offer(extra: dict, wall_clock: Callable[[], float] = time.time) -> Tur
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= 86400:
         raise ConfigError(f"turn_ttl must be 60..86400 seconds, got {ttl!r}")
     realm = extra.get("turn_realm")
-    return TurnOffer(ip, port, str(secret), str(realm) if realm else None, ttl, wall_clock)
+    return TurnOffer(ip, port, str(secret), str(realm) if realm else None, ttl, wall_clock,
+                     parse_transports(extra.get("turn_transports", "udp")))
+
+
+def parse_transports(value) -> tuple[str, ...]:
+    """``"udp,tcp"`` or ``["tcp"]`` -> the transports in TRANSPORTS order (pure)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+        raise ConfigError(f"turn_transports must be udp and/or tcp, got {value!r}")
+    chosen = {t.strip().lower() for t in items if t.strip()}
+    if not chosen or not chosen <= set(TRANSPORTS):
+        raise ConfigError(f"--turn-transports must be udp, tcp or udp,tcp, got {value!r}",
+                          hint="tcp needs a relay with RFC 6062 TCP allocations (coturn "
+                               "without no-tcp-relay)")
+    return tuple(t for t in TRANSPORTS if t in chosen)
 
 
 def init_app(app) -> None:
@@ -128,7 +148,7 @@ def _offer() -> TurnOffer | None:
 def info() -> dict:
     """``/v1/info``'s ``turn``: whether a relay is offered (no address, no credential)."""
     offer = _offer()
-    return {"enabled": offer is not None, "transports": ["udp"] if offer else []}
+    return {"enabled": offer is not None, "transports": list(offer.transports) if offer else []}
 
 
 def with_credentials(answer: dict) -> dict:

@@ -54,6 +54,17 @@ def test_info_says_whether_a_relay_is_offered():
     assert SECRET not in json.dumps(info) and "password" not in json.dumps(info)
 
 
+def test_a_relay_with_tcp_allocations_says_so_in_info_and_credentials():
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10,
+                                  extra=TURN | {"turn_transports": "tcp, udp"}))
+    info = app.test_client().get("/v1/info").get_json()
+    assert info["turn"] == {"enabled": True, "transports": ["udp", "tcp"]}
+    init, _recv = pair(app)
+    assert init["turn"]["transports"] == ["udp", "tcp"]
+    assert init["turn"]["urls"] == ["turn:198.51.100.10:3478?transport=udp",
+                                    "turn:198.51.100.10:3478?transport=tcp"]
+
+
 def test_both_peers_get_their_own_short_lived_credentials():
     app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, extra=TURN))
     before = int(time.time())
@@ -62,6 +73,7 @@ def test_both_peers_get_their_own_short_lived_credentials():
         turn = answer["turn"]
         assert turn["server"] == {"ip": "198.51.100.10", "port": 3478}
         assert turn["urls"] == ["turn:198.51.100.10:3478?transport=udp"]
+        assert turn["transports"] == ["udp"]
         assert turn["realm"] == "stunturn.test" and turn["ttl"] == 600
         expiry, _, rid = turn["username"].partition(":")
         assert before + 600 <= int(expiry) == turn["expires"] <= int(time.time()) + 600 and rid
@@ -90,6 +102,12 @@ def test_no_credentials_without_a_match_or_without_a_relay():
     ({"turn_server": "relay.example:3478", "turn_secret": "x"}, "IP:PORT"),
     ({"turn_server": "198.51.100.10:0", "turn_secret": "x"}, "1..65535"),
     ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_ttl": 5}, "turn_ttl"),
+    ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_transports": "sctp"},
+     "turn-transports"),
+    ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_transports": ","},
+     "turn-transports"),
+    ({"turn_server": "198.51.100.10:3478", "turn_secret": "x", "turn_transports": 6},
+     "turn_transports"),
 ])
 def test_bad_relay_settings_fail_at_start(extra, why):
     with pytest.raises(ConfigError, match=why):
