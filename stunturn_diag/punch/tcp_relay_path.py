@@ -1,0 +1,120 @@
+"""The relayed path of a TCP punch: two RFC 6062 TCP allocations on the offered TURN
+relay, joined by the relay into one TCP stream, with the same authenticated,
+encrypted channel (CPace handshake + :class:`~.secure_stream.SecureStream`) as a
+direct TCP punch.
+
+As for UDP (:mod:`.relay_path`), no new pairing round: right after the match each side
+opens a control connection to the relay (:class:`~stunturn_diag.turn.tcp_runner.TcpTurnSession`),
+allocates (REQUESTED-TRANSPORT TCP), permits its own relayed IP (where the peer's
+allocation lives: so the permission is in place before the peer can read our address),
+posts its relayed address to ``POST /v1/relay`` with ``"transport": "tcp"`` and reads
+the peer's (then permits that IP too when it differs). On fallback the initiator
+sends Connect to the peer's relayed address and binds the data connection
+(ConnectionBind), the receiver takes the relay's ConnectionAttempt and binds its own;
+the relay then joins the two data connections, which become a plain byte stream
+between the peers, and the handshake runs over it unchanged.
+
+While the channel is open the control connection refreshes the allocation and the
+permission; the data connection has the direct path's TCP keepalive and user timeout.
+A relay that disappears resets or ends the stream (the control connection's end shuts
+the data connection down), and silence is caught by the keepalive: a lost peer, never
+a hang. Closing the stream deletes the allocation (Refresh 0) and closes the control
+connection.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import PunchError
+from stunturn_diag.sansio.turn import client as turn
+from ..turn.tcp_runner import TcpTurnSession
+from .auth import Handshake, start_pake
+from .relay_path import LIFETIME, RelayPath
+from .secure_stream import SecureStream, authenticate_stream
+from .tcp_sockets import configure_keepalive
+
+
+class RelayedStream(SecureStream):
+    """A :class:`SecureStream` over a relay's data connection; closing it frees the
+    allocation (Refresh 0) and closes the control connection too."""
+
+    def __init__(self, sock, send_key: bytes, recv_key: bytes, session: TcpTurnSession,
+                 local: tuple[str, int], peer: tuple[str, int]) -> None:
+        super().__init__(sock, send_key, recv_key)
+        #: our relayed address and the peer's (the socket's own ends are ours and the relay's)
+        self.session, self.local_address, self.peer_address = session, local, peer
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.session.close()
+
+
+class TcpRelayPath(RelayPath):
+    """One side's TCP relay: allocate, permit, exchange, then Connect or accept."""
+
+    protocol = "tcp"
+
+    @classmethod
+    def offered(cls, signaling, match: dict, role: str, **kw) -> "TcpRelayPath | None":
+        """This match's relay when it relays TCP (its offer lists tcp), else None."""
+        offer = match.get("turn")
+        if not isinstance(offer, dict) or "tcp" not in (offer.get("transports") or []):
+            return None
+        return super().offered(signaling, match, role, **kw)
+
+    def _allocate(self, until: float) -> bool:
+        self.session = TcpTurnSession(self.server, self.offer["username"], self.offer["password"],
+                                      connect_timeout=max(0.1, until - time.monotonic()))
+        got = self.session.allocate(lifetime=LIFETIME, timeout=max(0.1, until - time.monotonic()))
+        if not isinstance(got, turn.Allocated):
+            self._refused(got)
+            return False
+        self.relayed = got.relayed
+        return self._permit(self.relayed[0], until)
+
+    def _permit(self, ip: str, until: float) -> bool:
+        got = self.session.create_permission(ip, timeout=max(0.1, until - time.monotonic()))
+        if not isinstance(got, turn.PermissionsCreated):
+            self._fail(f"the relay did not install a permission for {ip} ({got})")
+            return False
+        return True
+
+    def _bind_peer(self, until: float) -> bool:
+        """Our own relayed IP is permitted already; the peer's, where it differs."""
+        return self.peer[0] == self.relayed[0] or self._permit(self.peer[0], until)
+
+    def _free(self, session) -> None:
+        session.close()
+
+    def connect(self, key: str, deadline: float, *, keepalive_interval: float = 2.0,
+                peer_timeout: float = 10.0) -> RelayedStream:
+        """The authenticated stream through the relay, or PunchError by ``deadline``."""
+        self._take(deadline)
+        session = self.session
+        try:
+            left = max(0.05, deadline - time.monotonic())
+            if str(getattr(self.role, "value", self.role)) == "initiator":
+                data, why = session.connect_stream(self.peer, left)
+            else:
+                data, why = session.accept_stream(self.peer[0], left)
+            if data is None:
+                raise PunchError(f"the TURN relay did not join the TCP stream to the peer's "
+                                 f"relayed address {self.peer[0]}:{self.peer[1]}: {why}",
+                                 reason="relay-failed")
+            try:
+                configure_keepalive(data, keepalive_interval, peer_timeout)
+                session.keep_alive(data, self.peer[0])
+                hs = Handshake(key, self.match_id, self.role,
+                               started=self.pake or start_pake(key, self.role))
+                authenticate_stream(data, key, self.match_id, self.role, deadline, handshake=hs)
+            except BaseException:
+                data.close()
+                raise
+        except BaseException:
+            session.close()
+            raise
+        # nothing was read past the handshake: the same stream, closing the relay with it
+        return RelayedStream(data, *hs.traffic_keys(), session, self.relayed, self.peer)
