@@ -27,7 +27,6 @@ from testlib import stop_process
 pytestmark = pytest.mark.interop
 
 
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory):
     proc, address = start_coturn(tmp_path_factory.mktemp("turn-tcp"))
