@@ -49,7 +49,7 @@ def _pair(server):
             PermissionsCreated((other.client.relayed[0],))
     got = {}
     accept = threading.Thread(target=lambda: got.update(
-        b=b.accept_stream(a.client.relayed[0], timeout=5.0)))
+        b=b.accept_stream(a.client.relayed, timeout=5.0)))
     accept.start()
     got["a"] = a.connect_stream(b.client.relayed, timeout=5.0)
     accept.join(6)
@@ -131,3 +131,45 @@ def test_a_relay_that_goes_away_ends_the_stream_not_hangs_it(tmp_path):
             s.close()
     finally:
         stop_process(proc)
+
+
+def test_only_the_expected_peer_is_accepted_and_the_allocation_is_refreshed_in_use(coturn):
+    """A third allocation connecting first is not taken for the peer; while the stream
+    is in use the control connection refreshes the allocation before it expires."""
+    a, b, stranger = _session(coturn, 4), _session(coturn, 5), _session(coturn, 6)
+    data = []
+    try:
+        ip = b.client.relayed[0]
+        for s in (a, b, stranger):
+            assert isinstance(s.create_permission(ip), PermissionsCreated)
+        early, why = stranger.connect_stream(b.client.relayed, timeout=3.0)
+        assert early is not None, why
+        data.append(early)
+        got = {}
+        accept = threading.Thread(target=lambda: got.update(
+            b=b.accept_stream(a.client.relayed, timeout=5.0)))
+        accept.start()
+        da, why = a.connect_stream(b.client.relayed, timeout=5.0)
+        accept.join(6)
+        db, why_b = got["b"]
+        assert da is not None and db is not None, (why, why_b)
+        data += [da, db]
+        da.sendall(b"from the expected peer")
+        db.settimeout(5)
+        assert db.recv(100) == b"from the expected peer"
+        # the stream in use, 10 s before the allocation's 600 s would end (a fake clock)
+        turn = a.client
+        old, later = turn.expires, time.monotonic() + 590
+        a.clock = lambda: later
+        a.keep_alive(da, ip)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (turn.expires and turn.expires >= later + 500):
+            time.sleep(0.05)
+        assert turn.expires >= later + 500 and turn.expires > old + 400   # a Refresh answer
+        da.sendall(b"still relayed")
+        assert db.recv(100) == b"still relayed"
+    finally:
+        for s in data:
+            s.close()
+        for s in (a, b, stranger):
+            s.close()

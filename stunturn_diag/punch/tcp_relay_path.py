@@ -86,6 +86,12 @@ class TcpRelayPath(RelayPath):
         """Our own relayed IP is permitted already; the peer's, where it differs."""
         return self.peer[0] == self.relayed[0] or self._permit(self.peer[0], until)
 
+    def _expected_source(self):
+        """Where the peer's connection comes from: on the same relay as ours, the relay
+        connects from the peer's relayed address itself (so only that is accepted);
+        through another relay address, any port of its IP."""
+        return self.peer if self.peer[0] == self.relayed[0] else self.peer[0]
+
     def _free(self, session) -> None:
         session.close()
 
@@ -99,7 +105,7 @@ class TcpRelayPath(RelayPath):
             if str(getattr(self.role, "value", self.role)) == "initiator":
                 data, why = session.connect_stream(self.peer, left)
             else:
-                data, why = session.accept_stream(self.peer[0], left)
+                data, why = session.accept_stream(self._expected_source(), left)
             if data is None:
                 raise PunchError(f"the TURN relay did not join the TCP stream to the peer's "
                                  f"relayed address {self.peer[0]}:{self.peer[1]}: {why}",

@@ -32,8 +32,8 @@ from stunturn_diag.sansio.turn import tcp as tturn
 
 from .runner import TurnRequests
 
-#: the maintenance thread looks at the allocation this often (seconds)
-MAINTAIN_EVERY = 5.0
+#: the maintenance thread's longest wait for the control connection (so close() is quick)
+POLL = 0.2
 #: how long Refresh 0 may take when the session closes
 CLOSE_TIMEOUT = 0.5
 
@@ -147,15 +147,18 @@ class TcpTurnSession(TurnRequests):
         :meth:`open_data`), a TurnFailure (447, 446, 403...) or None."""
         return self._transact(lambda tid, now: self.client.connect(tid, peer, now), timeout)
 
-    def wait_attempt(self, timeout: float, peer_ip: str | None = None
+    def wait_attempt(self, timeout: float, peer: Address | str | None = None
                      ) -> tturn.ConnectionAttempt | None:
-        """The next ConnectionAttempt (from ``peer_ip`` when given), None by ``timeout``."""
+        """The next ConnectionAttempt, None by ``timeout``. With ``peer`` only one from
+        that address (an IP: any port of it); others are dropped (the relay closes a
+        peer connection nobody binds within 30 s, RFC 6062 section 5.3)."""
         deadline = self.clock() + timeout
         with self._lock:
             while True:
                 while self.attempts:
                     attempt = self.attempts.popleft()
-                    if peer_ip is None or attempt.peer[0] == peer_ip:
+                    if peer is None or attempt.peer == (tuple(peer) if not isinstance(
+                            peer, str) else (peer, attempt.peer[1])):
                         return attempt
                 left = deadline - self.clock()
                 if left <= 0:
@@ -243,12 +246,13 @@ class TcpTurnSession(TurnRequests):
             gap = min(gap * 2, 0.5)
         return None, why
 
-    def accept_stream(self, peer_ip: str | None, timeout: float
+    def accept_stream(self, peer: Address | str | None, timeout: float
                       ) -> tuple[socket.socket | None, str]:
-        """Wait for the peer's ConnectionAttempt, then ConnectionBind: ``(data socket, "")``
-        or ``(None, why)`` by ``timeout``."""
+        """Wait for the ConnectionAttempt from ``peer`` (an address: the peer's relayed
+        address when it is on the same relay, which connects from there; an IP: any port
+        of it), then ConnectionBind: ``(data socket, "")`` or ``(None, why)`` by ``timeout``."""
         deadline = self.clock() + timeout
-        attempt = self.wait_attempt(timeout, peer_ip)
+        attempt = self.wait_attempt(timeout, peer)
         if attempt is None:
             return None, (self.lost or "the peer did not connect to our relayed address in time")
         data, bound = self.open_data(attempt.connection_id,
@@ -269,7 +273,7 @@ class TcpTurnSession(TurnRequests):
     def _maintain(self) -> None:
         while not self._stop.wait(0):
             with self._lock:
-                frames = self._read_frames(min(MAINTAIN_EVERY, 1.0))
+                frames = self._read_frames(POLL)
                 if frames is None:
                     break
                 for event in self._handle(frames):
