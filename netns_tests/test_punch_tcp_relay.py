@@ -9,6 +9,8 @@ host, offered by `serve --turn-* --turn-transports udp,tcp`, real kernel NAT.
   the attempt's deadline passed.
 - A relay that disappears mid-session ends the relayed stream within a bounded time
   (never a hang).
+- The CLI as the README runs it (`punch --protocol tcp --listen` / `--forward`) carries
+  a 300 kB stream both ways through the relay and both ends exit 0.
 """
 
 from __future__ import annotations
@@ -117,3 +119,23 @@ def test_a_vanished_tcp_relay_ends_the_stream_not_hangs_it():
         if side["ended"] == "eof":
             assert side["truncated"] is True, side      # no authenticated FIN: not a clean end
         assert stopped_at < side["ended_at"] < stopped_at + 10, side
+
+
+def test_the_cli_forwards_a_tcp_stream_through_the_relay():
+    from test_punch_relay_cli import _client, _start_pair
+
+    with Lab(LabSpec.simple("symmetric-random", "port-restricted")) as lab:
+        turn = start_turn(lab)
+        try:
+            ini, rec = _start_pair(lab, "tcp", turn=turn)
+            got = _client(lab, "tcp")
+            i_out, i_err = ini.communicate(timeout=30)
+            r_out, r_err = rec.communicate(timeout=30)
+        finally:
+            turn.stop()
+    # a 300 kB stream each way, then the client's half-close: all of it came back (the
+    # relay has no TCP half-close; the FIN record carries it, the connection lingers)
+    assert got["length"] > 300_000 and got["got"] == got["sent"], (got, i_err, r_err)
+    assert (ini.returncode, rec.returncode) == (0, 0), (i_err, r_err)
+    assert "over tcp (relay" in r_err and "relayed because relay-needed" in r_err, r_err
+    assert "Traceback" not in i_err + r_err

@@ -108,3 +108,33 @@ def test_a_silent_tcp_relay_is_a_relay_failure_within_the_deadline():
     finally:
         path.close()
         listener.close()
+
+
+def test_a_half_close_through_the_relay_loses_nothing(matched):
+    """coturn has no TCP half-close (a FIN closes both data connections and drops what
+    it buffers): shutdown(SHUT_WR) sends the FIN record only, close() lingers for the
+    peer's close, so 1 MB one way and the answer after the half-close both arrive."""
+    import socket as _socket
+
+    from stunturn_diag.punch.tcp_relay_path import LINGER
+
+    client, init, recv = matched
+    _paths, streams = _connect_both(client, init, recv)
+    a, b = streams["initiator"], streams["receiver"]
+    blob = bytes(range(256)) * 4096                     # 1 MiB
+    sender = threading.Thread(target=lambda: (a.sendall(blob), a.shutdown(_socket.SHUT_WR)))
+    sender.start()
+    got = bytearray()
+    while chunk := b.recv(65536):
+        got += chunk
+    sender.join(10)
+    assert bytes(got) == blob and not b.truncated       # the FIN record, not a cut
+    b.sendall(b"answer after the half-close")
+    b.shutdown(_socket.SHUT_WR)
+    assert a.recv(100) == b"answer after the half-close" and a.recv(100) == b""
+    started = time.monotonic()
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    a.close()
+    closer.join(LINGER + 2)
+    assert time.monotonic() - started < LINGER + 1.5
