@@ -145,8 +145,8 @@ def _wait_line(proc, needle: str, timeout: float = 40.0) -> list[str]:
     raise AssertionError(f"never saw {needle!r}: {''.join(lines)}")
 
 
-def _start_pair(lab, protocol: str, *receiver_args: str):
-    start_server(lab)
+def _start_pair(lab, protocol: str, *receiver_args: str, turn=None):
+    start_server(lab, turn=turn)
     service = lab.popen("b1", [sys.executable, "-c", ECHO, protocol, str(SERVICE_PORT)])
     assert service.stdout.readline().strip() == "ready"
     ini = _punch(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--protocol", protocol,

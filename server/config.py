@@ -70,6 +70,9 @@ class TurnConfig:
     secret: str | None = field(default=None, repr=False)
     realm: str | None = None
     ttl: int = 600
+    #: what the relay relays: "udp" and/or "tcp" (RFC 6062 TCP allocations); a tuple, a
+    #: list or a comma-separated text, kept in TRANSPORTS order
+    transports: tuple[str, ...] | str = ("udp",)
     #: ``(ip, port)`` of ``server`` (None without a relay), parsed when the section is made
     address: tuple[str, int] | None = field(init=False, default=None, repr=False, compare=False)
 
@@ -87,11 +90,29 @@ class TurnConfig:
                               hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
         if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 60 <= self.ttl <= 86400:
             raise ConfigError(f"turn.ttl must be 60..86400 seconds, got {self.ttl!r}")
+        object.__setattr__(self, "transports", parse_transports(self.transports))
         object.__setattr__(self, "address", (ip, port))
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
+
+
+#: the transports a TURN relay may offer, in the order the offer lists them
+TURN_TRANSPORTS = ("udp", "tcp")
+
+
+def parse_transports(value) -> tuple[str, ...]:
+    """``"udp,tcp"`` or ``["tcp"]`` -> the transports in :data:`TURN_TRANSPORTS` order."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+        raise ConfigError(f"turn.transports must be udp and/or tcp, got {value!r}")
+    chosen = {t.strip().lower() for t in items if t.strip()}
+    if not chosen or not chosen <= set(TURN_TRANSPORTS):
+        raise ConfigError(f"--turn-transports must be udp, tcp or udp,tcp, got {value!r}",
+                          hint="tcp needs a relay with RFC 6062 TCP allocations (coturn "
+                               "without no-tcp-relay)")
+    return tuple(t for t in TURN_TRANSPORTS if t in chosen)
 
 
 @dataclass(frozen=True)
@@ -437,6 +458,7 @@ ENV_SETTINGS = {
     "STUNTURN_TURN_SECRET": ("turn.secret", str),
     "STUNTURN_TURN_REALM": ("turn.realm", str),
     "STUNTURN_TURN_TTL": ("turn.ttl", int),
+    "STUNTURN_TURN_TRANSPORTS": ("turn.transports", str),
     "STUNTURN_PROBE_ASSIST": ("probe_assist.enabled", _flag),
     "STUNTURN_ALLOWED_HOSTS": ("probe_assist.allowed_hosts", _names),
 }

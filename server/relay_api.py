@@ -5,10 +5,12 @@ After a match both peers allocate a relay on the offered TURN server
 permission is per peer address) without a new pairing round. Each posts its own and
 reads the other's here::
 
-    POST /v1/relay {"match_id": hex, "token": str, "relayed"?: {"ip", "port"}}
-    200 {"role", "peer": {"ip", "port"} | null, "expires"}
+    POST /v1/relay {"match_id": hex, "token": str, "relayed"?: {"ip", "port"},
+                    "transport"?: "udp" | "tcp"}
+    200 {"role", "transport", "peer": {"ip", "port"} | null, "expires"}
+    400 {"error": "bad-request"}              a malformed body (an unknown transport too)
     403 {"error": "forbidden" | "expired"}   not this match's token, or it expired
-    404 {"error": "no-relay"}                 this server offers no relay
+    404 {"error": "no-relay"}                 this server offers no relay (for that transport)
     409 {"error": "conflict"}                 this role already posted another address
     503 {"error": "busy"}                     the store holds its limit of addresses
 
@@ -17,6 +19,9 @@ Only the two peers of a match can post or read: the token (from the match answer
 store keeps at most one address per role, until the token's expiry (the match's TURN
 credential's), and a bounded number overall
 (:meth:`stunturn_server.sansio.matching.MatchStore.put_relay_address`).
+A TCP punch's peers exchange their RFC 6062 TCP allocations' addresses with
+``"transport": "tcp"`` (default ``"udp"``): kept apart from UDP ones (the store's role
+is ``role:tcp``), offered only when the relay lists tcp (``--turn-transports``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ def exchange():
     req = json_body(exchange_request)
     if offer is None:
         raise ApiError(404, "no-relay", "this server offers no TURN relay (serve --turn-server)")
+    if req.transport not in offer.transports:
+        raise ApiError(404, "no-relay", f"this server's TURN relay offers no {req.transport} "
+                       "relaying (serve --turn-transports)")
     checked = offer.check_token(req.match_id, req.token)
     if isinstance(checked, str):
         raise ApiError(403, checked, "this token is not one this server issued for this match"
@@ -47,8 +55,9 @@ def exchange():
     role, expires = checked
     store = app_context().store
     now = offer.wall_clock()    # the token's expiry is wall-clock time (the TURN server's)
+    slot = role if req.transport == "udp" else f"{role}:{req.transport}"
     if req.relayed is not None:
-        outcome = store.put_relay_address(req.match_id, role, req.relayed, float(expires), now)
+        outcome = store.put_relay_address(req.match_id, slot, req.relayed, float(expires), now)
         if outcome == "conflict":
             raise ApiError(409, "conflict", f"the {role} of this match already posted another "
                            "relayed address")
@@ -56,5 +65,6 @@ def exchange():
             raise ApiError(503, "busy", "the server holds its limit of relayed addresses; "
                            "try again shortly")
     other = "receiver" if role == "initiator" else "initiator"
-    return jsonify({"role": role, "expires": expires,
+    other = other if req.transport == "udp" else f"{other}:{req.transport}"
+    return jsonify({"role": role, "transport": req.transport, "expires": expires,
                     "peer": _addr(store.relay_address(req.match_id, other, now))})

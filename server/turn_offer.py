@@ -4,7 +4,8 @@ Settings in ``ServerConfig.turn`` (a :class:`~stunturn_server.config.TurnConfig`
 when it is made: a bad value is a ConfigError at start): ``server`` ("IP:PORT" of a TURN
 server, e.g. coturn, that shares ``secret`` through ``use-auth-secret`` /
 ``static-auth-secret``), ``realm`` (optional, told to clients), ``ttl`` (seconds a
-credential lives, default 600, 60..86400).
+credential lives, default 600, 60..86400), ``transports`` (what the relay
+relays: ``udp`` and/or ``tcp``, RFC 6062 TCP allocations).
 
 Both peers of a match, and nobody else, get their own short-lived TURN REST API
 credential in the match answer (``"turn": {"server", "urls", "username", "password",
@@ -33,12 +34,14 @@ from flask import current_app
 from stunturn_diag.sansio.netaddr import format_hostport
 from stunturn_diag.sansio.turn.rest import rest_credentials
 
-from .config import TurnConfig
+from .config import TURN_TRANSPORTS, TurnConfig
 from .http import app_context
 
 #: where the peers of a match post and read their relayed addresses (server/relay_api.py)
 EXCHANGE_PATH = "/v1/relay"
 ROLES = ("initiator", "receiver")
+#: relayed transports a relay may offer (udp: RFC 8656; tcp: RFC 6062 allocations)
+TRANSPORTS = TURN_TRANSPORTS
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TurnOffer:
     realm: str | None
     ttl: int
     wall_clock: Callable[[], float] = time.time
+    transports: tuple[str, ...] = ("udp",)
 
     def credentials(self, match_id: str = "", role: str = "") -> dict:
         """A fresh credential for one peer (a new random id each call); with the match id
@@ -57,7 +61,8 @@ class TurnOffer:
                                 random_id=secrets.token_hex(8))
         host = format_hostport(self.ip, self.port)
         out = cred | {"server": {"ip": self.ip, "port": self.port},
-                      "urls": [f"turn:{host}?transport=udp"], "realm": self.realm}
+                      "urls": [f"turn:{host}?transport={t}" for t in self.transports],
+                      "transports": list(self.transports), "realm": self.realm}
         if match_id and role in ROLES:
             out["exchange"] = {"path": EXCHANGE_PATH,
                                "token": self.match_token(match_id, role, int(cred["expires"]))}
@@ -96,7 +101,7 @@ def offer_of(turn: TurnConfig, wall_clock: Callable[[], float] = time.time) -> T
         return None
     ip, port = turn.address
     return TurnOffer(ip, port, str(turn.secret), str(turn.realm) if turn.realm else None, turn.ttl,
-                     wall_clock)
+                     wall_clock, tuple(turn.transports))
 
 
 def init_app(app) -> None:
@@ -111,7 +116,7 @@ def current_offer() -> TurnOffer | None:
 def info() -> dict:
     """``/v1/info``'s ``turn``: whether a relay is offered (no address, no credential)."""
     offer = current_offer()
-    return {"enabled": offer is not None, "transports": ["udp"] if offer else []}
+    return {"enabled": offer is not None, "transports": list(offer.transports) if offer else []}
 
 
 def with_credentials(answer: dict) -> dict:

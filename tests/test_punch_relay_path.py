@@ -5,6 +5,7 @@ exchange; an unused relay path frees its allocation."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -24,21 +25,30 @@ KEY = "relay-path-key-1"
 RENDEZVOUS = "5a" * 32            # what the server sees instead of the key (issue 10)
 
 
-@pytest.fixture
-def matched(coturn):  # noqa: F811
-    """A real server offering the loopback coturn; both match answers."""
+@contextlib.contextmanager
+def match_through(relay, protocol: str = "udp", rendezvous: str = RENDEZVOUS, **extra):
+    """A real server offering the loopback coturn ``relay`` (more ``turn_*`` settings in
+    ``extra``); yields the client and both answers of a ``protocol`` match."""
     config = ServerConfig(http_host="127.0.0.1", http_port=0, stun_enabled=False, wait_timeout=10,
-                          turn=TurnConfig(server=f"{coturn[0]}:{coturn[1]}", secret=SECRET, realm=REALM))
+                          turn=TurnConfig(server=f"{relay[0]}:{relay[1]}", secret=SECRET, realm=REALM,
+                                          **{k.removeprefix("turn_"): v for k, v in extra.items()}))
     with start_server(config) as handle:
         client = SignalingClient(handle.http_url)
         box = {}
         t = threading.Thread(target=lambda: box.setdefault(
-            "init", client.initiate(RENDEZVOUS, "127.0.0.1", "udp", timeout=10)))
+            "init", client.initiate(rendezvous, "127.0.0.1", protocol, timeout=10)))
         t.start()
         wait_for(lambda: client.health()["waiting"] == 1, what="the initiator waits")
-        recv = client.checkin(RENDEZVOUS)
+        recv = client.checkin(rendezvous)
         t.join(10)
         yield client, box["init"], recv
+
+
+@pytest.fixture
+def matched(coturn):  # noqa: F811
+    """A real server offering the loopback coturn; both match answers."""
+    with match_through(coturn) as answers:
+        yield answers
 
 
 def _connect_both(client, init, recv):

@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 
 from stunturn_server.app import create_app
-from stunturn_server.config import ServerConfig
+from stunturn_server.config import ServerConfig, TurnConfig
 from stunturn_server.store import InMemoryStore
 from test_server_turn_offer import TURN, _post, pair
 
 A_RELAY, B_RELAY = {"ip": "198.51.100.10", "port": 50001}, {"ip": "198.51.100.10", "port": 50002}
 
 
-def _app(store=None):
-    return create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=TURN),
-                      store=store)
+def _app(store=None, transports=("udp",)):
+    turn = TurnConfig(server=TURN.server, secret=TURN.secret, realm=TURN.realm,
+                      transports=transports)
+    return create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=turn), store=store)
 
 
-def _x(client, answer, relayed=None, token=None, match_id=None):
+def _x(client, answer, relayed=None, token=None, match_id=None, transport=None):
     body = {"match_id": match_id or answer["match_id"],
             "token": token or answer["turn"]["exchange"]["token"]}
+    if transport is not None:
+        body["transport"] = transport
     if relayed is not None:
         body["relayed"] = relayed
     return _post(client, "/v1/relay", body, "192.0.2.99")
@@ -42,6 +45,31 @@ def test_both_peers_swap_their_relayed_addresses():
     moved = _x(c, init, {"ip": "203.0.113.9", "port": 1})
     assert moved.status_code == 409 and moved.get_json()["error"] == "conflict"
     assert _x(c, recv).get_json()["peer"] == A_RELAY           # the first one stays
+
+
+def test_tcp_relayed_addresses_are_kept_apart_from_udp_ones():
+    app = _app(transports="udp,tcp")
+    init, recv = pair(app)
+    c = app.test_client()
+    a_tcp, b_tcp = {"ip": "198.51.100.10", "port": 50011}, {"ip": "198.51.100.10", "port": 50012}
+    assert _x(c, init, A_RELAY).get_json()["transport"] == "udp"
+    first = _x(c, init, a_tcp, transport="tcp").get_json()
+    assert first["transport"] == "tcp" and first["peer"] is None      # not the UDP ones
+    assert _x(c, recv, B_RELAY).get_json()["peer"] == A_RELAY
+    assert _x(c, recv, b_tcp, transport="tcp").get_json()["peer"] == a_tcp
+    assert _x(c, init, transport="tcp").get_json()["peer"] == b_tcp
+    moved = _x(c, init, {"ip": "198.51.100.10", "port": 1}, transport="tcp")
+    assert moved.status_code == 409
+    # a relay that offers UDP only refuses a TCP exchange; unknown transports are 400
+    udp_only = _app()
+    init, _recv = pair(udp_only)
+    r = _x(udp_only.test_client(), init, a_tcp, transport="tcp")
+    assert r.status_code == 404 and r.get_json()["error"] == "no-relay"
+    for transport in ("sctp", 6, "", None):
+        body = {"match_id": init["match_id"], "token": init["turn"]["exchange"]["token"],
+                "transport": transport}
+        r = _post(udp_only.test_client(), "/v1/relay", body, "192.0.2.99")
+        assert r.status_code == 400 and r.get_json()["error"] == "bad-request", transport
 
 
 def test_only_the_matchs_tokens_are_accepted():

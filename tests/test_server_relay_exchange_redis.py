@@ -42,6 +42,7 @@ def test_the_exchange_works_across_instances(redis_server):
         assert status == 200 and result["value"][0] == 200
         initiator = result["value"][1]
         assert _post(a, initiator, A_RELAY) == (200, {"role": "initiator", "peer": None,
+                                                      "transport": "udp",
                                                       "expires": initiator["turn"]["expires"]})
         status, got = _post(b, receiver, B_RELAY)
         assert status == 200 and got["peer"] == A_RELAY

@@ -54,6 +54,18 @@ def test_info_says_whether_a_relay_is_offered():
     assert SECRET not in json.dumps(info) and "password" not in json.dumps(info)
 
 
+def test_a_relay_with_tcp_allocations_says_so_in_info_and_credentials():
+    app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10,
+                                  turn=TurnConfig(server=TURN.server, secret=SECRET,
+                                                  realm=TURN.realm, transports="tcp, udp")))
+    info = app.test_client().get("/v1/info").get_json()
+    assert info["turn"] == {"enabled": True, "transports": ["udp", "tcp"]}
+    init, _recv = pair(app)
+    assert init["turn"]["transports"] == ["udp", "tcp"]
+    assert init["turn"]["urls"] == ["turn:198.51.100.10:3478?transport=udp",
+                                    "turn:198.51.100.10:3478?transport=tcp"]
+
+
 def test_both_peers_get_their_own_short_lived_credentials():
     app = create_app(ServerConfig(stun_enabled=False, wait_timeout=10, turn=TURN))
     before = int(time.time())
@@ -62,6 +74,7 @@ def test_both_peers_get_their_own_short_lived_credentials():
         turn = answer["turn"]
         assert turn["server"] == {"ip": "198.51.100.10", "port": 3478}
         assert turn["urls"] == ["turn:198.51.100.10:3478?transport=udp"]
+        assert turn["transports"] == ["udp"]
         assert turn["realm"] == "stunturn.test" and turn["ttl"] == 600
         expiry, _, rid = turn["username"].partition(":")
         assert before + 600 <= int(expiry) == turn["expires"] <= int(time.time()) + 600 and rid
@@ -90,6 +103,9 @@ def test_no_credentials_without_a_match_or_without_a_relay():
     ({"server": "relay.example:3478", "secret": "x"}, "IP:PORT"),
     ({"server": "198.51.100.10:0", "secret": "x"}, "1..65535"),
     ({"server": "198.51.100.10:3478", "secret": "x", "ttl": 5}, r"turn\.ttl"),
+    ({"server": "198.51.100.10:3478", "secret": "x", "transports": "sctp"}, "turn-transports"),
+    ({"server": "198.51.100.10:3478", "secret": "x", "transports": ","}, "turn-transports"),
+    ({"server": "198.51.100.10:3478", "secret": "x", "transports": 6}, r"turn\.transports"),
 ])
 def test_bad_relay_settings_fail_at_start(setting, why):
     with pytest.raises(ConfigError, match=why):

@@ -28,40 +28,44 @@ SECRET, REALM = "lab-shared-secret", "stunturn.test"
 
 
 def turnserver_conf(port: int, relay_low: int, workdir: Path) -> str:
-    """The minimal coturn configuration for `serve --turn-server/--turn-secret`."""
+    """README's minimal coturn configuration for `serve --turn-server/--turn-secret`
+    (UDP and RFC 6062 TCP relaying), on loopback."""
     return "\n".join([
         "listening-ip=127.0.0.1", f"listening-port={port}", "relay-ip=127.0.0.1",
         f"min-port={relay_low}", f"max-port={relay_low + 20}",
         "use-auth-secret", f"static-auth-secret={SECRET}", f"realm={REALM}",
-        "fingerprint", "no-tls", "no-dtls", "no-cli", "no-tcp-relay",
+        "fingerprint", "no-tls", "no-dtls", "no-cli",
         "allow-loopback-peers",          # only for this loopback test: peers are 127.0.0.1
         f"log-file={workdir / 'turn.log'}", "simple-log", f"pidfile={workdir / 'turn.pid'}",
         f"userdb={workdir / 'turndb'}", ""])
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory):
+def start_coturn(workdir: Path) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """coturn with :func:`turnserver_conf` on free loopback ports, answering STUN."""
     tool = require_tool("turnserver")
-    workdir = tmp_path_factory.mktemp("turn")
     for attempt in range(3):
         port, relay_low = free_port_pair()
         relay_low = min(relay_low, 65000)
         conf = workdir / f"turnserver-{attempt}.conf"
         conf.write_text(turnserver_conf(port, relay_low, workdir))
-        log = open(workdir / f"stdout-{attempt}.log", "w")
-        proc = subprocess.Popen([tool, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=workdir)
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None:
-                if _answers_binding(("127.0.0.1", port)):
-                    yield ("127.0.0.1", port)
-                    return
-                time.sleep(0.05)
-        finally:
-            stop_process(proc)
-            log.close()
+        with open(workdir / f"stdout-{attempt}.log", "w") as log:
+            proc = subprocess.Popen([tool, "-c", str(conf)], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=workdir)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _answers_binding(("127.0.0.1", port)):
+                return proc, ("127.0.0.1", port)
+            time.sleep(0.05)
+        stop_process(proc)
     pytest.fail(f"turnserver did not start; logs in {workdir}")
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory):
+    proc, address = start_coturn(tmp_path_factory.mktemp("turn"))
+    yield address
+    stop_process(proc)
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ class ExchangeRequest:
     match_id: str
     token: str
     relayed: tuple[str, int] | None = None
+    transport: str = "udp"           # "tcp": an RFC 6062 TCP allocation's address
 
 
 def canonical_ip(text: str) -> str:
@@ -376,12 +377,16 @@ def simopen_request(obj: dict) -> SimopenRequest:
 
 
 def exchange_request(obj: dict) -> ExchangeRequest:
-    """Validate a decoded ``POST /v1/relay`` body ``{"match_id", "token", "relayed"?}``."""
-    _check_fields(obj, {"match_id", "token"}, {"relayed"}, "relay exchange")
+    """Validate a decoded ``POST /v1/relay`` body
+    ``{"match_id", "token", "relayed"?, "transport"?}`` (transport "udp", the default, or "tcp")."""
+    _check_fields(obj, {"match_id", "token"}, {"relayed", "transport"}, "relay exchange")
     match_id = _of_kind(obj["match_id"], str, "match_id", MATCH_ID_MAX)
     token = _of_kind(obj["token"], str, "token", TOKEN_MAX)
     relayed = obj.get("relayed")
     if relayed is not None:
         ep = endpoint(relayed, "relayed")
         relayed = (ep["ip"], ep["port"])
-    return ExchangeRequest(match_id, token, relayed)
+    transport = obj.get("transport", "udp")
+    if transport not in ("udp", "tcp"):
+        raise BadRequest(f"transport must be one of udp, tcp, got {transport!r}")
+    return ExchangeRequest(match_id, token, relayed, transport)

@@ -134,8 +134,9 @@ def _failure(exc: StunturnError) -> dict:
 @click.option("--peer-timeout", type=float, default=10.0, show_default=True,
               help="UDP: seconds of silence after which the peer counts as lost.")
 @click.option("--relay/--no-relay", "use_relay", default=True, show_default=True,
-              help="UDP: fall back to the server's TURN relay (serve --turn-server) when the "
-                   "plan needs one or the direct attempt fails by --punch-timeout.")
+              help="Fall back to the server's TURN relay (serve --turn-server; for TCP "
+                   "--turn-transports tcp) when the plan needs one or the direct attempt "
+                   "fails by --punch-timeout.")
 @click.option("--relay-timeout", type=float, default=5.0, show_default=True,
               help="Seconds the relayed handshake may take once the fallback starts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")

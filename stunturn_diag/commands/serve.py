@@ -98,6 +98,9 @@ def _describe(handle) -> dict:
               help="The relay's static-auth-secret; prefer $STUNTURN_TURN_SECRET (an option "
                    "shows in ps).")
 @click.option("--turn-realm", metavar="REALM", default=None, help="The relay's realm (told to peers).")
+@click.option("--turn-transports", metavar="LIST", default=None,
+              help="What the relay relays: udp (default), tcp (RFC 6062 TCP allocations, "
+                   "coturn without no-tcp-relay) or udp,tcp.")
 def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | None, stun_port: int,
             alt_port: int, wait_timeout: float,
             max_waiters_per_ip: int, max_connections_per_ip: int | None, tls_cert: str | None,
@@ -105,7 +108,7 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
             no_stun: bool, log_level: str,
             log_format: str, redis_url: str | None, redis_password_file: str | None, redis_pool_size: int,
             secret_file: str | None, metrics_listen: str | None, as_json: bool, turn_server: str | None,
-            turn_secret: str | None, turn_realm: str | None) -> None:
+            turn_secret: str | None, turn_realm: str | None, turn_transports: str | None) -> None:
     """Run the signaling server (HTTP, default 127.0.0.1:8080) and a STUN responder on the same host.
 
     Initiators POST /v1/initiate and wait; receivers POST /v1/checkin. Ctrl-C stops.
@@ -128,7 +131,8 @@ def command(listen: str, alt_ip: str | None, ip6: str | None, alt_ip6: str | Non
                           metrics_listen=parse_listen(metrics_listen) if metrics_listen else None,
                           tls=TlsConfig(cert=tls_cert, key=tls_key), trusted_proxies=trusted_proxies,
                           probe_assist=ProbeAssistConfig(allowed_hosts=allowed_hosts),
-                          turn=TurnConfig(server=turn_server, secret=turn_secret, realm=turn_realm))
+                          turn=TurnConfig(server=turn_server, secret=turn_secret, realm=turn_realm,
+                                          transports=turn_transports or ("udp",)))
 
     def ready(handle) -> None:
         if as_json:

@@ -114,7 +114,8 @@ class PunchOptions:
     #: frames; TCP: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT)
     keepalive_interval: float = 2.0
     peer_timeout: float = 10.0
-    #: fall back to the server's TURN relay (UDP) when the plan is relay-needed or the
+    #: fall back to the server's TURN relay (UDP; TCP where it offers RFC 6062 TCP
+    #: allocations) when the plan is relay-needed or the
     #: direct attempt fails; relay_timeout bounds the relayed handshake after that point
     relay: bool = True
     relay_timeout: float = 5.0
@@ -590,11 +591,11 @@ class _Side:
                                  peer_timeout=self.opts.peer_timeout)
         except PunchError as exc:
             exc.attempts = (direct.attempts if direct else []) + exc.attempts
-            exc.context = {"protocol": "udp", "role": self.role, "match_id": match_id,
+            exc.context = {"protocol": relay.protocol, "role": self.role, "match_id": match_id,
                            "strategy": "relay", "explanation": why}
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
-        return PunchResult(conn, "udp", self.role, match_id, conn.local_address, mapped,
+        return PunchResult(conn, relay.protocol, self.role, match_id, conn.local_address, mapped,
                            conn.peer_address, "relay", connect_ms,
                            f"through the TURN relay {relay.server[0]}:{relay.server[1]}",
                            plan.notes, relay=relay.relayed, relay_reason=why)

@@ -44,12 +44,13 @@ class PairResult:
 
 def turnserver_conf(ip: str, port: int, relay_ports: tuple[int, int], secret: str, realm: str,
                     workdir: str) -> str:
-    """The minimal coturn configuration for `serve --turn-server/--turn-secret` (README's)."""
+    """The minimal coturn configuration for `serve --turn-server/--turn-secret` (README's):
+    UDP relaying and RFC 6062 TCP allocations (no ``no-tcp-relay``), both on ``port``."""
     return "\n".join([
         f"listening-ip={ip}", f"listening-port={port}", f"relay-ip={ip}",
         f"min-port={relay_ports[0]}", f"max-port={relay_ports[1]}",
         "use-auth-secret", f"static-auth-secret={secret}", f"realm={realm}",
-        "fingerprint", "no-tls", "no-dtls", "no-cli", "no-tcp-relay",
+        "fingerprint", "no-tls", "no-dtls", "no-cli",
         f"log-file={workdir}/turn.log", "simple-log", f"pidfile={workdir}/turn.pid",
         f"userdb={workdir}/turndb", ""])
 
@@ -100,7 +101,7 @@ def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> Turn
                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     server = TurnServer(proc, (lab.server_ip, port), secret, workdir,
                         ["--turn-server", f"{lab.server_ip}:{port}", "--turn-secret", secret,
-                         "--turn-realm", TURN_REALM])
+                         "--turn-realm", TURN_REALM, "--turn-transports", "udp,tcp"])
     for _ in range(100):
         if proc.poll() is not None:
             break

@@ -125,6 +125,9 @@ class TurnTransport:
 class RelayPath:
     """One side's relay: allocate, exchange relayed addresses, bind, then connect."""
 
+    #: what it relays (the exchange's transport; :class:`.tcp_relay_path.TcpRelayPath`: tcp)
+    protocol = "udp"
+
     def __init__(self, signaling, turn_offer: dict, match_id: str, role: Role | str, *,
                  key: str | bytes = b"", say: Callable[[str], None] | None = None) -> None:
         self.signaling, self.offer = signaling, turn_offer
@@ -177,28 +180,16 @@ class RelayPath:
     def _prepare(self, until: float) -> None:
         started = time.monotonic()
         try:
-            self.session = TurnSession(self.server, self.offer["username"], self.offer["password"])
-            got = self.session.allocate(lifetime=LIFETIME,
-                                        timeout=max(0.1, until - time.monotonic()))
-            if not isinstance(got, turn.Allocated):
-                why = (f"{got.code} {got.reason}" if isinstance(got, turn.TurnFailure)
-                       else "no answer")
-                return self._fail(f"the TURN relay {self.server[0]}:{self.server[1]} refused or "
-                                  f"did not answer the allocation ({why})",
-                                  hint="is the relay reachable over UDP and does it share "
-                                       "serve's --turn-secret?")
-            self.relayed = got.relayed
+            if not self._allocate(until):
+                return
             self.peer = self._exchange(until)
             if self.peer is None:
                 if not self._stop.is_set():
                     self._fail("the peer posted no relayed address in time",
                                hint="its relay allocation failed, or it runs an older version")
                 return
-            bound = self.session.channel_bind(self.peer,
-                                              timeout=max(0.1, until - time.monotonic()))
-            if not isinstance(bound, turn.ChannelBound):
-                return self._fail(f"the relay did not bind a channel to the peer's relayed "
-                                  f"address {self.peer[0]}:{self.peer[1]} ({bound})")
+            if not self._bind_peer(until):
+                return
             if self._key:
                 self.pake = start_pake(self._key, self.role, entropy=os.urandom)
             self.ready_ms = (time.monotonic() - started) * 1000.0
@@ -211,14 +202,42 @@ class RelayPath:
             if self._stop.is_set():
                 self._release()
 
+    def _refused(self, got) -> None:
+        why = f"{got.code} {got.reason}" if isinstance(got, turn.TurnFailure) else "no answer"
+        self._fail(f"the TURN relay {self.server[0]}:{self.server[1]} refused or did not answer "
+                   f"the allocation ({why})",
+                   hint=f"is the relay reachable over {self.protocol.upper()} and does it share "
+                        "serve's --turn-secret?")
+
+    def _allocate(self, until: float) -> bool:
+        """The allocation (``self.session``, ``self.relayed``); False after ``_fail``."""
+        self.session = TurnSession(self.server, self.offer["username"], self.offer["password"])
+        got = self.session.allocate(lifetime=LIFETIME, timeout=max(0.1, until - time.monotonic()))
+        if not isinstance(got, turn.Allocated):
+            self._refused(got)
+            return False
+        self.relayed = got.relayed
+        return True
+
+    def _bind_peer(self, until: float) -> bool:
+        """A channel to the peer's relayed address (also its permission); False after ``_fail``."""
+        bound = self.session.channel_bind(self.peer, timeout=max(0.1, until - time.monotonic()))
+        if not isinstance(bound, turn.ChannelBound):
+            self._fail(f"the relay did not bind a channel to the peer's relayed "
+                       f"address {self.peer[0]}:{self.peer[1]} ({bound})")
+            return False
+        return True
+
     def _exchange(self, until: float) -> Address | None:
         """Post our relayed address; poll (bounded, growing gaps) for the peer's."""
         body = {"match_id": self.match_id, "token": self.token,
                 "relayed": {"ip": self.relayed[0], "port": self.relayed[1]}}
+        if self.protocol != "udp":
+            body["transport"] = self.protocol
         gap = POLL_FIRST
         for i in range(POLL_COUNT):
             answer = self.signaling.post(self.path, body if i == 0 else
-                                         {k: body[k] for k in ("match_id", "token")})
+                                         {k: v for k, v in body.items() if k != "relayed"})
             peer = _addr(answer.get("peer"))
             if peer is not None:
                 return peer
@@ -228,9 +247,9 @@ class RelayPath:
             gap = min(gap * POLL_GROWTH, POLL_MAX)
         return None
 
-    def connect(self, key: str, deadline: float, *, keepalive_interval: float = 2.0,
-                peer_timeout: float = 10.0) -> UdpChannel:
-        """The authenticated channel through the relay, or PunchError by ``deadline``."""
+    def _take(self, deadline: float) -> None:
+        """Wait (by ``deadline``) for the allocation and the peer's address and take
+        them over for the channel; PunchError (``relay-failed``) when they are not there."""
         self.start(deadline)
         if not self._done.wait(max(0.0, deadline - time.monotonic())):
             stage = (f"the TURN relay {self.server[0]}:{self.server[1]} did not answer the "
@@ -244,6 +263,11 @@ class RelayPath:
             if self._released:
                 raise PunchError("the relay was released", reason="relay-failed")
             self._handed_over = True
+
+    def connect(self, key: str, deadline: float, *, keepalive_interval: float = 2.0,
+                peer_timeout: float = 10.0) -> UdpChannel:
+        """The authenticated channel through the relay, or PunchError by ``deadline``."""
+        self._take(deadline)
         transport = TurnTransport(self.session, self.peer)
         rv = UdpRendezvous(transport=transport)
         try:
@@ -262,7 +286,10 @@ class RelayPath:
             self._released = True
             session = self.session
         if session is not None:
-            TurnTransport(session, self.peer or ("0.0.0.0", 0)).close()
+            self._free(session)
+
+    def _free(self, session) -> None:
+        TurnTransport(session, self.peer or ("0.0.0.0", 0)).close()
 
     def close(self) -> None:
         """Not used (the direct path won, or the run failed): delete the allocation."""
@@ -271,7 +298,7 @@ class RelayPath:
             self._release()
 
 
-#: plans whose port prediction would count a new UDP flow on our NAT: the allocation
+#: plans whose port prediction would count a new flow on our NAT: the allocation
 #: waits until the direct attempt failed instead of running beside it
 _PREDICTED = ("predict", "birthday")
 
@@ -279,14 +306,19 @@ _PREDICTED = ("predict", "birthday")
 def for_plan(side, match: dict, plan, protocol: str, direct_deadline: float) -> RelayPath | None:
     """The hook of :mod:`.api`: this match's relay, already allocating where that is safe.
 
-    None without an offered relay, for TCP (the relay carries UDP punches only) or with
-    ``PunchOptions.relay=False``. Right after the match the allocation and the address
-    exchange start beside the direct attempt, so a fallback finds them ready; for a
-    ``predict``/``birthday`` plan (our NAT's next ports are counted) only on failure.
+    None without an offered relay (for TCP: one whose offer lists tcp, RFC 6062
+    allocations, :mod:`.tcp_relay_path`) or with ``PunchOptions.relay=False``. Right
+    after the match the allocation and the address exchange start beside the direct
+    attempt, so a fallback finds them ready; for a ``predict``/``birthday`` plan (our
+    NAT's next ports are counted) only on failure.
     """
-    if protocol != "udp" or not side.opts.relay:
+    if protocol not in ("udp", "tcp") or not side.opts.relay:
         return None
-    relay = RelayPath.offered(side.client, match, side.role, key=side.key, say=side._say)
+    if protocol == "tcp":
+        from .tcp_relay_path import TcpRelayPath as kind
+    else:
+        kind = RelayPath
+    relay = kind.offered(side.client, match, side.role, key=side.key, say=side._say)
     if relay is not None and plan.strategy not in _PREDICTED:
         relay.start(direct_deadline + side.opts.relay_timeout)
     return relay

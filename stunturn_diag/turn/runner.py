@@ -20,7 +20,29 @@ from stunturn_diag.sansio.stun.values import Address
 from stunturn_diag.sansio.turn import client as turn
 
 
-class TurnSession:
+class TurnRequests:
+    """The requests both transports' sessions make the same way, through their own
+    ``_transact(make, timeout)`` (UDP: retransmitted; TCP: sent once)."""
+
+    client: turn.TurnClient
+
+    def _transact(self, make: Callable[[bytes, float], bytes], timeout: float):
+        raise NotImplementedError
+
+    def allocate(self, *, lifetime: int = turn.DEFAULT_LIFETIME, timeout: float = 5.0):
+        return self._transact(lambda tid, now: self.client.allocate(tid, now, lifetime=lifetime),
+                              timeout)
+
+    def refresh(self, lifetime: int = turn.DEFAULT_LIFETIME, timeout: float = 5.0):
+        return self._transact(lambda tid, now: self.client.refresh(tid, now, lifetime=lifetime),
+                              timeout)
+
+    def create_permission(self, *ips: str, timeout: float = 5.0):
+        return self._transact(lambda tid, now: self.client.create_permission(tid, list(ips), now),
+                              timeout)
+
+
+class TurnSession(TurnRequests):
     def __init__(self, server: Address, username: str, password: str, *,
                  clock: Callable[[], float] = time.monotonic, rto: float = 0.25,
                  tries: int = 5, software: str | None = "stunturn-diag") -> None:
@@ -93,18 +115,6 @@ class TurnSession:
                     payload = self.client.retry(tid, new, self.clock())
                     tid = new
                     break
-
-    def allocate(self, *, lifetime: int = turn.DEFAULT_LIFETIME, timeout: float = 5.0):
-        return self._transact(lambda tid, now: self.client.allocate(tid, now, lifetime=lifetime),
-                              timeout)
-
-    def refresh(self, lifetime: int = turn.DEFAULT_LIFETIME, timeout: float = 5.0):
-        return self._transact(lambda tid, now: self.client.refresh(tid, now, lifetime=lifetime),
-                              timeout)
-
-    def create_permission(self, *ips: str, timeout: float = 5.0):
-        return self._transact(lambda tid, now: self.client.create_permission(tid, list(ips), now),
-                              timeout)
 
     def channel_bind(self, peer: Address, timeout: float = 5.0):
         number = self.client.channels.get(tuple(peer))
