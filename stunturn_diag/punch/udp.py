@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import random
 import select
 import socket
 import threading
@@ -304,9 +303,3 @@ class UdpRendezvous:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def random_ports(count: int, rng: random.Random | None = None, low: int = 1024,
-                 high: int = 65535) -> list[int]:
-    """``count`` distinct random ports for the birthday spray."""
-    rng = rng or random.Random()
-    return rng.sample(range(low, high + 1), min(count, high - low + 1))
