@@ -32,7 +32,7 @@ def main() -> int:
         help=f"also the fallback after a failed direct attempt ({FALLBACK_PUNCH_TIMEOUT:g} s)"))
     if args is None:
         return 2
-    from stunturn_diag.punch.labkit import PATH_PAIRS, run_pair_with_relay
+    from stunturn_diag.lab.pair_runner import PATH_PAIRS, run_pair_with_relay
 
     pairs = [(a, b) for _path, a, b in PATH_PAIRS] + [("symmetric-random", "port-restricted")]
 
@@ -51,16 +51,16 @@ def main() -> int:
               f"{FALLBACK_PUNCH_TIMEOUT:g} s, the profiles claim full cone):")
         import json
         from stunturn_diag.lab import Lab, LabSpec
-        from stunturn_diag.punch import labkit
+        from stunturn_diag.lab import pair_runner
 
         lie = json.dumps({"udp": {"mapping": "endpoint-independent",
                                   "filtering": "endpoint-independent"}})
 
         def run_fallback(a: str, b: str):
             with Lab(LabSpec.simple(a, b)) as lab:
-                turn = labkit.start_turn(lab)
+                turn = pair_runner.start_turn(lab)
                 try:
-                    res = labkit.run_pair(lab, "a1", "b1", turn=turn, profile_json=lie,
+                    res = pair_runner.run_pair(lab, "a1", "b1", turn=turn, profile_json=lie,
                                           punch_timeout=FALLBACK_PUNCH_TIMEOUT)
                 finally:
                     turn.stop()

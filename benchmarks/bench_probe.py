@@ -42,17 +42,17 @@ import tempfile
 import time
 
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
+from stunturn_diag.lab.pair_runner import ServeFailed, serve_in_lab, stun_answers
 
 PORT = 8080
 
 
 def _serve(lab: Lab, dual: bool = False) -> str:
     v6 = ["--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6] if dual else []
-    proc = lab.popen("srv", ["python3", "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
-                             "--alt-ip", lab.server_alt_ip, *v6, "--json", "--log-level", "WARNING"])
-    if not select.select([proc.stdout], [], [], 20)[0]:
-        raise SystemExit("server did not start")
-    proc.stdout.readline()
+    try:
+        serve_in_lab(lab, http_port=PORT, wait_timeout=None, extra=v6)
+    except ServeFailed as exc:
+        raise SystemExit(str(exc)) from None
     return f"http://{lab.server_ip}:{PORT}"
 
 
@@ -116,11 +116,8 @@ def _natdiscovery(name: str) -> dict:
                           "--alt-listening-port", "3479", "--no-cli", "--no-tls", "--no-dtls", "--stun-only",
                           "--pidfile", f"{workdir}/t.pid", "--userdb", f"{workdir}/db"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        check = ("import socket;from stunturn_diag.sansio.stun import encode;from stunturn_diag.stun_requests import fresh_binding_request;"
-                 "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
-                 f"s.sendto(encode(fresh_binding_request()),('{lab.server_ip}',3478));s.recv(2048)")
         for _ in range(50):  # poll until coturn answers (bounded)
-            if lab.exec("srv", ["python3", "-c", check]).returncode == 0:
+            if stun_answers(lab, "srv", (lab.server_ip, 3478), timeout=0.2):
                 break
         # -m -f -H: mapping, filtering and hairpinning, like the probe's UDP part
         w, r = _timed(lab, ["turnutils_natdiscovery", "-m", "-f", "-H", lab.server_ip], timeout=120)

@@ -56,7 +56,7 @@ def site(name: str):
 
 def from_matrix(logdir: Path, as_json: bool) -> int:
     """The figures of a `lab matrix` run (labpeer peers): one row per connected pair."""
-    from stunturn_diag.punch.labkit import parse_peer_output
+    from stunturn_diag.lab.pair_runner import parse_peer_output
 
     lines = [json.loads(x) for x in (logdir / "results.jsonl").read_text().splitlines() if x]
     results = {(r["type_a"], r["type_b"]): r for r in lines if "pair" in r
@@ -96,8 +96,8 @@ def main() -> int:
     if args.from_matrix:
         return from_matrix(Path(args.from_matrix), args.json)
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
+    from stunturn_diag.lab.pair_runner import run_pair
     from stunturn_diag.sansio.punch.decision import decide, profile_from_details
-    from stunturn_diag.punch.labkit import run_pair
 
     if args.pairs == "all":
         names = [n for n, spec in CATALOGUE.items() if not spec.udp_blocked and not spec.loss_percent]

@@ -79,13 +79,13 @@ def main() -> int:
         print("bench_punch_defaults needs root (it builds network namespaces)", file=sys.stderr)
         return 2
     from stunturn_diag.lab import Lab, LabSpec
-    from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+    from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
     summary = []
     for nat in args.nats.split(","):
         with Lab(LabSpec.simple("port-restricted", nat)) as lab, \
                 tempfile.TemporaryDirectory() as tmp:
-            start_server(lab)
+            serve_in_lab(lab)
             url = f"http://{lab.server_ip}:{HTTP_PORT}"
             figures: dict = {m: {"receiver_to_match_ms": [], "initiator_to_long_poll_ms": [],
                                  "results": []} for m in MODES}

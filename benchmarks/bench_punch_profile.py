@@ -41,12 +41,12 @@ def main() -> int:
     if args is None:
         return 2
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
-    from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+    from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
     rows = []
     for nat in args.nats.split(","):
         with Lab(LabSpec(sites={"a": SiteSpec(nat=CATALOGUE[nat])})) as lab:
-            start_server(lab)
+            serve_in_lab(lab)
             url = f"http://{lab.server_ip}:{HTTP_PORT}"
             truth = lab.expected("a")
             for protos in ("udp", "tcp"):

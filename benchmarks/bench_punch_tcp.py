@@ -1,7 +1,7 @@
 """Time-to-connect of TCP hole punching per NAT pair in the lab (needs root).
 
 For each pair: a fresh lab, the real STUN responder (TCP), both peers running
-``stunturn_diag.punch.tcp_selftest`` (candidates swapped through a file). The
+``stunturn_testkit.tcp_selftest`` (candidates swapped through a file). The
 figure is each peer's time from the start of ``punch()`` to the nominated
 connection (median over ``--repeat`` runs). ``--unprivileged`` drops CAP_NET_ADMIN
 (kernel ISNs instead of pinned ones); ``--skew S`` starts the receiver S seconds late.
@@ -12,8 +12,11 @@ connection (median over ``--repeat`` runs). ``--unprivileged`` drops CAP_NET_ADM
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from _punch_bench import emit_json, measure, parse_args
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test kit: not installed
 
 PAIRS = [
     ("public", "port-restricted"),
@@ -42,7 +45,7 @@ def main() -> int:
         return 2
     from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
     from stunturn_diag.behaviour import Mapping, PortAllocation
-    from stunturn_diag.punch.tcp_selftest import run_lab_pair
+    from stunturn_testkit.tcp_selftest import run_lab_pair
 
     def predict(peer: str) -> list[str]:
         n = CATALOGUE[peer]

@@ -48,6 +48,8 @@ import gevent
 import gevent.pool
 from gevent import socket
 
+from stunturn_diag.lab.pair_runner import ServeFailed, start_serve
+
 
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -116,18 +118,16 @@ def get(address, path: str) -> dict:
         sock.close()
 
 
-def start_server(wait_timeout: float, *extra: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0", "--no-stun",
-                             "--json", "--log-level", "WARNING", "--wait-timeout", str(wait_timeout),
-                             "--max-waiters-per-ip", "100000", "--max-connections-per-ip", "200000",
-                             *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        proc.wait()
-        raise SystemExit("the server did not start")
-    return proc, json.loads(line)["http_url"]
+def serve_loopback(wait_timeout: float, *extra: str) -> tuple[subprocess.Popen, str]:
+    try:
+        proc, info = start_serve(subprocess.Popen, "127.0.0.1:0", "--no-stun", "--log-level",
+                                 "WARNING", "--wait-timeout", str(wait_timeout),
+                                 "--max-waiters-per-ip", "100000",
+                                 "--max-connections-per-ip", "200000", *extra,
+                                 stderr=subprocess.DEVNULL)
+    except ServeFailed as exc:
+        raise SystemExit(str(exc)) from None
+    return proc, info["http_url"]
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
@@ -343,7 +343,7 @@ def run_mode(args, mode: str, redis_url: str | None, redis_pid: int | None, secr
     try:
         urls = []
         for _ in range(2 if mode == "two" else 1):
-            proc, url = start_server(args.wait_timeout, *extra)
+            proc, url = serve_loopback(args.wait_timeout, *extra)
             procs.append(proc)
             urls.append(url)
         pids = [p.pid for p in procs] + ([redis_pid] if redis_pid and mode != "memory" else [])

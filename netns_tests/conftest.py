@@ -61,12 +61,15 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+import stunturn_testkit  # noqa: E402
+
 REFLECTOR_PORTS = (7000, 7001)
 _created_prefixes: list[str] = []
 
 
 class LabKit:
-    """A built lab plus the reflector on its server host and the nettool clients.
+    """A built lab plus the reflector on its server host and the nettool clients
+    (:mod:`stunturn_testkit.reflector`, :mod:`stunturn_testkit.nettool`).
 
     Reflector UDP sockets by number: 0 = primary:7000, 1 = primary:7001,
     2 = alt:7000, 3 = alt:7001. TCP listens on primary:7000, primary:7001, alt:7000.
@@ -76,18 +79,18 @@ class LabKit:
         self.lab = lab
         self.S, self.A = lab.server_ip, lab.server_alt_ip
         eps = [f"{ip}:{port}" for ip in (self.S, self.A) for port in REFLECTOR_PORTS]
-        argv = [sys.executable, "-m", "stunturn_diag.lab.reflector", "--lifetime", "300"]
+        argv = [sys.executable, "-m", "stunturn_testkit.reflector", "--lifetime", "300"]
         for ep in eps:
             argv += ["--udp", ep]
         for ep in eps[:3]:
             argv += ["--tcp", ep]
-        self.reflector = lab.popen("srv", argv)
+        self.reflector = lab.popen("srv", argv, env=stunturn_testkit.env())
         line = self.reflector.stdout.readline()
         assert json.loads(line) == {"ready": True}, line + self.reflector.stderr.read()
 
     def tool(self, node: str, *args: str, timeout: float = 30) -> dict:
-        result = self.lab.exec(node, [sys.executable, "-m", "stunturn_diag.lab.nettool", *args],
-                               timeout=timeout)
+        result = self.lab.exec(node, [sys.executable, "-m", "stunturn_testkit.nettool", *args],
+                               timeout=timeout, env=stunturn_testkit.env())
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -100,7 +103,8 @@ class LabKit:
         return [tuple(r["mapped"]) if r else None for r in out["results"]]
 
     def popen_tool(self, node: str, *args: str) -> subprocess.Popen:
-        return self.lab.popen(node, [sys.executable, "-m", "stunturn_diag.lab.nettool", *args])
+        return self.lab.popen(node, [sys.executable, "-m", "stunturn_testkit.nettool", *args],
+                              env=stunturn_testkit.env())
 
 
 def _own_namespaces() -> list[str]:

@@ -21,6 +21,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.lab.pair_runner import serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -28,12 +29,8 @@ PORT = 8080
 
 
 def _serve(lab: Lab) -> str:
-    proc = lab.popen("srv", [sys.executable, "-m", "stunturn_diag", "serve",
-                             f"{lab.server_ip}:{PORT}", "--alt-ip", lab.server_alt_ip, "--json",
-                             "--log-level", "WARNING"])
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    assert ready, "the server did not start within 20 s"
-    assert json.loads(proc.stdout.readline())["http_url"].endswith(f":{PORT}")
+    info = serve_in_lab(lab, http_port=PORT, wait_timeout=None).info   # ready within 20 s
+    assert info["http_url"].endswith(f":{PORT}")
     return f"http://{lab.server_ip}:{PORT}"
 
 

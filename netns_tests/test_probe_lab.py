@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
+from stunturn_diag.lab.pair_runner import serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -28,12 +28,8 @@ HOST = "a1"
 
 def serve(lab: Lab) -> str:
     """Start our server in the lab's server namespace; returns its URL once it listens."""
-    proc = lab.popen("srv", ["python3", "-m", "stunturn_diag", "serve", f"{lab.server_ip}:{PORT}",
-                             "--alt-ip", lab.server_alt_ip, "--json", "--log-level", "WARNING"])
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    assert ready, "the server did not start within 20 s"
-    line = proc.stdout.readline()
-    assert json.loads(line)["http_url"].endswith(f":{PORT}"), line
+    info = serve_in_lab(lab, http_port=PORT, wait_timeout=None).info   # ready within 20 s
+    assert info["http_url"].endswith(f":{PORT}"), info
     return f"http://{lab.server_ip}:{PORT}"
 
 

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.lab.pair_runner import serve_in_lab
 from stunturn_diag.sansio.lab.v6 import V6_CATALOGUE
-from stunturn_diag.punch.labkit import start_server
 
 pytestmark = pytest.mark.netns
 
@@ -24,7 +24,7 @@ PORT = 8080
 
 def serve_dual(lab: Lab) -> str:
     """Our server with both families on the lab's server host; its URL over IPv4."""
-    proc = start_server(lab, http_port=PORT, extra=dual_stack_options(lab))
+    proc = serve_in_lab(lab, http_port=PORT, extra=dual_stack_options(lab)).proc
     assert proc.poll() is None
     return f"http://{lab.server_ip}:{PORT}"
 

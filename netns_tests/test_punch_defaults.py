@@ -22,7 +22,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -72,7 +72,7 @@ def _connected_pair(lab, tmp_path, *initiator_args: str) -> tuple[dict, str, dic
 
 def test_receiver_behind_udp_blocked_takes_a_tcp_punch(tmp_path):
     with Lab(LabSpec.simple("port-restricted", "udp-blocked")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         i, i_err, r, r_err = _connected_pair(lab, tmp_path, "--protocol", "tcp")
     assert i["protocol"] == r["protocol"] == "tcp" and i["match_id"] == r["match_id"]
     assert i["peer"]["ip"] == lab.site_public_ip("b") and r["peer"]["ip"] == lab.site_public_ip("a")
@@ -84,7 +84,7 @@ def test_udp_initiator_learns_at_once_that_the_receiver_has_no_udp(tmp_path):
     """The receiver checks in with TCP only; both fail with the same clear reason, the
     initiator long before its 60 s long-poll would have ended."""
     with Lab(LabSpec.simple("port-restricted", "udp-blocked")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         ini = _initiator(lab, tmp_path / "a")           # default protocol: udp
         _wait_waiting(ini)
         rec = _receiver(lab, tmp_path / "b")
@@ -113,7 +113,7 @@ def test_sequential_symmetric_nats_connect_over_udp_with_default_flags(tmp_path,
     """The default probe gives both plans the profiles; the receiver (both transports
     prepared) counts its TCP binding after the UDP one, so the predicted ports are right."""
     with Lab(LabSpec.simple(a, b)) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         i, i_err, r, r_err = _connected_pair(lab, tmp_path)
     assert i["protocol"] == r["protocol"] == "udp"
     assert i["strategy"] == r["strategy"] == "predict", (i, r)
@@ -125,7 +125,7 @@ def test_a_second_run_reuses_the_cached_profile(tmp_path):
     """Same network, same server, within 10 minutes: no probe, the cached profile is
     shared (and still gives the predict plan); the cache file is private and keyless."""
     with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         for run in range(2):
             i, i_err, r, r_err = _connected_pair(lab, tmp_path)
             assert i["strategy"] == r["strategy"] == "predict", (run, i, r)
@@ -142,7 +142,7 @@ def test_sequential_symmetric_nats_connect_over_tcp_from_the_receivers_second_bi
     """TCP is the receiver's second binding (after UDP's first datagram): its own
     ``flows_after_stun`` in ``nat.punch.alt.tcp`` makes the predicted window right."""
     with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         i, i_err, r, r_err = _connected_pair(lab, tmp_path, "--protocol", "tcp")
     assert i["protocol"] == r["protocol"] == "tcp"
     assert i["strategy"] == r["strategy"] == "predict", (i, r)

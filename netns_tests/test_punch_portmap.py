@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import run_pair
+from stunturn_diag.lab.pair_runner import run_pair
 
 pytestmark = pytest.mark.netns
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, run_pair, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, run_pair, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -46,8 +46,8 @@ def _pair_through_two_instances(lab, tmp_path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("lab-shared-secret-0123456789abcdef\n")
     shared = ("--redis", f"redis://{lab.server_ip}:{REDIS_PORT}/0", "--secret-file", str(secret))
-    start_server(lab, extra=shared)                                        # A: STUN on 3478/3479
-    start_server(lab, http_port=HTTP_PORT + 1, extra=(*shared, "--stun-port", "3480",
+    serve_in_lab(lab, extra=shared)                                        # A: STUN on 3478/3479
+    serve_in_lab(lab, http_port=HTTP_PORT + 1, extra=(*shared, "--stun-port", "3480",
                                                        "--alt-port", "3481"))  # B
     result = run_pair(lab, "a1", "b1", urls=(f"http://{lab.server_ip}:{HTTP_PORT}",
                                              f"http://{lab.server_ip}:{HTTP_PORT + 1}"))

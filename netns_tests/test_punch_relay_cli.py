@@ -21,7 +21,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 from stunturn_diag.sansio.punch.wire import MAGIC, VERSION
 
 pytestmark = pytest.mark.netns
@@ -146,7 +146,7 @@ def _wait_line(proc, needle: str, timeout: float = 40.0) -> list[str]:
 
 
 def _start_pair(lab, protocol: str, *receiver_args: str, turn=None):
-    start_server(lab, turn=turn)
+    serve_in_lab(lab, turn=turn)
     service = lab.popen("b1", [sys.executable, "-c", ECHO, protocol, str(SERVICE_PORT)])
     assert service.stdout.readline().strip() == "ready"
     ini = _punch(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--protocol", protocol,

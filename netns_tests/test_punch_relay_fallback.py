@@ -19,8 +19,8 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
-                                        start_server, start_turn)
+from stunturn_diag.lab.pair_runner import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
+                                           serve_in_lab, start_turn)
 
 pytestmark = pytest.mark.netns
 
@@ -128,7 +128,7 @@ def test_only_issued_credentials_allocate_and_a_vanished_relay_is_a_lost_peer():
             forged = lab.exec("a1", [sys.executable, "-c", FORGED, *map(str, turn.address)],
                               timeout=30)
             assert json.loads(forged.stdout) == [401, 401], forged.stderr
-            start_server(lab, turn=turn)
+            serve_in_lab(lab, turn=turn)
             url, target = f"http://{lab.server_ip}:{HTTP_PORT}", lab.site_public_ip("b")
             env = dict(os.environ, STUNTURN_KEY="lab-key-0123")
             procs = [lab.popen(host, [sys.executable, "-c", LOSE, role, url, target], env=env)

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import run_pair, start_server
+from stunturn_diag.lab.pair_runner import run_pair, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -130,7 +130,7 @@ def test_forged_replayed_and_tampered_packets_neither_break_nor_enter_the_channe
 
 def _lone_against(mode: str) -> tuple[dict, str]:
     with Lab(LabSpec.simple("full-cone", "full-cone")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         attacker = _attacker(lab, duration=5, mode=mode, match_id="m-1")
         # the "peer" address is site a's public IP; nobody there holds the key
         lone = lab.popen("b1", [sys.executable, "-c", LONE, lab.server_ip,

@@ -4,7 +4,7 @@ The lab's ``symmetric-sequential`` NAT takes the next port of ONE counter (one
 ``numgen inc`` in one nftables rule) for every new flow, TCP and UDP, of every LAN
 host, the HTTP signaling flows included; ``SiteSpec.background_flows_per_s`` adds a
 second LAN host that opens new flows at a steady rate while the lab is up. The
-punches here go through the real signaling server (``labkit.run_pair``: both peers
+punches here go through the real signaling server (``pair_runner.run_pair``: both peers
 call ``api.initiate`` / ``api.receive`` with their NAT profiles), so everything
 between the STUN reading and the punch moves the counter as it would in the wild.
 """
@@ -18,7 +18,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
-from stunturn_diag.punch.labkit import run_pair, start_server
+from stunturn_diag.lab.pair_runner import run_pair, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -57,7 +57,7 @@ def _spec(rate: float = 0.0, peer: str = "port-restricted") -> LabSpec:
 def test_one_counter_for_every_flow_of_every_host():
     """Ground truth: UDP, TCP and HTTP flows of a1 and a2 take consecutive ports."""
     with Lab(_spec()) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         steps = [("a1", "udp"), ("a1", "tcp"), ("a2", "udp"), ("a1", "http"), ("a1", "udp"),
                  ("a2", "tcp"), ("a1", "udp")]
         ports = [_read(lab, host, kind) for host, kind in steps]
@@ -70,7 +70,7 @@ def test_one_counter_for_every_flow_of_every_host():
 
 def test_background_host_moves_the_counter_at_its_rate():
     with Lab(_spec(rate=50)) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         assert lab.background_host("a") == "a2"
         first, t0 = _read(lab, "a1", "udp"), time.monotonic()
         deadline = t0 + 10

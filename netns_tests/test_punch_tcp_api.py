@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, run_peers, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -45,24 +45,19 @@ print(json.dumps(out))
 
 
 def run_api_pair(lab, *, punch_timeout: float) -> tuple[dict, dict]:
-    start_server(lab)
+    serve_in_lab(lab)
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
-    def peer(host: str, role: str, target: str):
+    def peer(host: str, role: str, target: str) -> tuple[str, list[str]]:
         profile = json.dumps(lab.expected(lab.site_of(host)))
-        return lab.popen(host, [sys.executable, "-c", PEER, role, url, "lab-key-tcp-0123",
-                                target, profile, str(punch_timeout)], env=env)
+        return host, [sys.executable, "-c", PEER, role, url, "lab-key-tcp-0123", target, profile,
+                      str(punch_timeout)]
 
-    ini = peer("a1", "initiator", lab.site_public_ip("b"))
-    rec = peer("b1", "receiver", "-")
-    results = []
-    for proc in (ini, rec):
-        out, err = proc.communicate(timeout=punch_timeout + 60)
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        results.append(json.loads(lines[-1]) if lines else
-                       {"ok": False, "reason": "crashed", "message": err[-800:]})
-    return results[0], results[1]
+    ini, rec = run_peers(lab, [peer("a1", "initiator", lab.site_public_ip("b")),
+                               peer("b1", "receiver", "-")],
+                         timeout=punch_timeout + 60, env=env)
+    return ini.outcome(), rec.outcome()
 
 
 @pytest.mark.parametrize("a,b", [("port-restricted", "port-restricted"),

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 from stunturn_diag.punch.tcp_sockets import keepalive_settings
 
 pytestmark = pytest.mark.netns
@@ -57,7 +57,7 @@ print(json.dumps(out), flush=True)
 
 def test_a_vanished_tcp_peer_is_detected_within_peer_timeout():
     with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         procs = [lab.popen(host, [sys.executable, "-c", PEER, role, url, target,

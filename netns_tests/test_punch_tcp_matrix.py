@@ -1,7 +1,7 @@
 """TCP punch matrix over the lab catalogue: real kernel NATs, real STUN over TCP.
 
 Each pair of NAT types gets a lab; in each LAN host ``python3 -m
-stunturn_diag.punch.tcp_selftest`` learns its mapping from the server host's STUN
+stunturn_testkit.tcp_selftest`` learns its mapping from the server host's STUN
 responder over TCP, swaps candidates with its peer through a file, punches
 (simultaneous open, :mod:`stunturn_diag.punch.tcp`) and checks bytes both ways.
 Pairs that can be punched in theory must connect; the others must fail by the
@@ -19,7 +19,7 @@ import pytest
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
-from stunturn_diag.punch.tcp_selftest import run_lab_pair
+from stunturn_testkit.tcp_selftest import run_lab_pair
 
 pytestmark = pytest.mark.netns
 

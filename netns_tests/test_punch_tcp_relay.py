@@ -23,8 +23,8 @@ import time
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
-                                        start_server, start_turn)
+from stunturn_diag.lab.pair_runner import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
+                                           serve_in_lab, start_turn)
 
 pytestmark = pytest.mark.netns
 
@@ -97,7 +97,7 @@ def test_a_vanished_tcp_relay_ends_the_stream_not_hangs_it():
     with Lab(LabSpec.simple("symmetric-random", "symmetric-random")) as lab:
         turn = start_turn(lab)
         try:
-            start_server(lab, turn=turn)
+            serve_in_lab(lab, turn=turn)
             url, target = f"http://{lab.server_ip}:{HTTP_PORT}", lab.site_public_ip("b")
             env = dict(os.environ, STUNTURN_KEY="lab-key-0123")
             procs = [lab.popen(host, [sys.executable, "-c", LOSE, role, url, target], env=env)

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -31,7 +31,7 @@ def _cli(lab, host: str, *args: str, stdin=None):
 def test_peers_behind_the_same_nat_connect_over_the_lan(nat):
     # symmetric-random has no hairpinning: only the LAN candidates can work
     with Lab(LabSpec.simple(nat, same_nat=True)) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         ini = _cli(lab, "a1", "--target-ip", lab.site_public_ip("a"), "--json")
         rec = _cli(lab, "a2", "--wait", "10", "--wait-interval", "0.05", "--json")
         r_out, r_err = rec.communicate(timeout=40)
@@ -47,7 +47,7 @@ def test_masquerade_on_both_sides_relays_stdin_both_ways():
     """Plain Linux masquerade twice: the conntrack port-collision case, over the CLI relay."""
 
     with Lab(LabSpec.simple("port-restricted", "port-restricted")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         ini = _cli(lab, "a1", "--target-ip", lab.site_public_ip("b"), stdin=subprocess.PIPE)
         rec = _cli(lab, "b1", "--wait", "10", "--wait-interval", "0.05", stdin=subprocess.PIPE)
         for proc, text in ((ini, "hello from a1\n"), (rec, "hello from b1\n")):
@@ -63,7 +63,7 @@ def test_masquerade_on_both_sides_relays_stdin_both_ways():
 
 def test_failure_json_names_the_cause_and_exits_nonzero(tmp_path):
     with Lab(LabSpec.simple("symmetric-random", "symmetric-random")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         profiles = {}
         for site in ("a", "b"):       # shared NAT profiles, as after a probe on each side
             profiles[site] = tmp_path / f"{site}.json"
@@ -84,7 +84,7 @@ def test_failure_json_names_the_cause_and_exits_nonzero(tmp_path):
 def test_quick_probe_gives_both_sides_the_profiles_to_predict_ports():
     """Sequential symmetric NATs: only known profiles make the `predict` plan possible."""
     with Lab(LabSpec.simple("symmetric-sequential", "symmetric-sequential")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         ini = _cli(lab, "a1", "--target-ip", lab.site_public_ip("b"), "--json", "--probe",
                    "--timeout", "60")
         # no --protocol: the receiver also prepares TCP (one more flow through its NAT)

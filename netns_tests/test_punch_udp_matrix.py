@@ -29,7 +29,7 @@ from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
 from stunturn_diag.lab.ci.plan import make_pair
 from stunturn_diag.lab.ci.runner import GRACE
-from stunturn_diag.punch.labkit import parse_peer_output, run_pair
+from stunturn_diag.lab.pair_runner import parse_peer_output, run_pair
 
 from test_lab_ci_run import _cli, _json_lines
 

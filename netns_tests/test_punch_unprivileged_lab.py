@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server, unprivileged_argv
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
+from stunturn_testkit.unprivileged import unprivileged_argv
 
 pytestmark = pytest.mark.netns
 
@@ -24,7 +25,7 @@ KEY = "unprivileged-lab-key"
 
 def _run_pair(protocol: str) -> tuple:
     with Lab(LabSpec.simple("port-restricted", "port-restricted")) as lab:
-        start_server(lab)
+        serve_in_lab(lab)
         env = dict(os.environ, STUNTURN_KEY=KEY)
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
 

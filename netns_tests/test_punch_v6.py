@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.punch.labkit import HTTP_PORT, start_server
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
 pytestmark = pytest.mark.netns
 
@@ -22,7 +22,7 @@ KEY = "v6-lab-key-2001db8"
 
 def _pair(lab: Lab, *flags: str, messages: tuple[str, str] | None = None):
     """Initiator a1 and receiver b1 through the server's IPv6 URL: (exit codes, outputs, errors)."""
-    start_server(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
+    serve_in_lab(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
     url6 = f"http://[{lab.server_ip6}]:{HTTP_PORT}"
     env = dict(os.environ, STUNTURN_KEY=KEY)
     stdin = subprocess.PIPE if messages else None

@@ -2,7 +2,9 @@
 
 Plain helper functions live in ``tests/testlib.py``; this file being here puts
 tests/ on sys.path (pytest's rootdir-relative "prepend" import mode), so test
-modules import them with ``from testlib import ...``.
+modules import them with ``from testlib import ...``. The test kit
+(``stunturn_testkit/`` at the checkout's top, never installed) comes through
+pyproject's ``pythonpath = ["."]``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the I/O layers around it. Test support is not in the installed packages.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,36 @@ def test_the_rule_catches_a_violation(tmp_path, monkeypatch):
     finally:
         probe.unlink()
     assert "time" in mods and "stunturn_diag.punch.api" in mods
+
+
+def _kit_references(path: Path) -> list[str]:
+    """Imports of the test kit, and ``python -m stunturn_testkit...`` module names, in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = [f"line {line}: import {mod}" for line, mod in _imports(path)
+             if mod.split(".")[0] == "stunturn_testkit"]
+    found += [f"line {node.lineno}: {node.value!r}" for node in ast.walk(tree)
+              if isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and re.fullmatch(r"stunturn_testkit(\.\w+)*", node.value)]
+    return found
+
+
+def test_the_product_never_uses_the_test_kit():
+    """stunturn_testkit/ is not installed: nothing installed may import it or run it."""
+    bad = {str(p.relative_to(ROOT)): refs for d in ("stunturn_diag", "server")
+           for p in sorted((ROOT / d).rglob("*.py")) if (refs := _kit_references(p))}
+    assert bad == {}
+
+
+def test_the_test_kit_is_not_installed(monkeypatch):
+    """setup.py's package list (what ``pip install .`` ships) has no test kit in it."""
+    import runpy
+
+    import setuptools
+
+    captured: dict = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"))
+    tops = {name.split(".")[0] for name in captured["packages"]}
+    assert tops == {"stunturn_diag", "stunturn_server"}, captured["packages"]
+    assert (ROOT / "stunturn_testkit" / "__init__.py").exists()

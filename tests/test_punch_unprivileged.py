@@ -16,7 +16,7 @@ import sys
 import pytest
 from testlib import serve_subprocess
 
-from stunturn_diag.punch.labkit import unprivileged_argv
+from stunturn_testkit.unprivileged import unprivileged_argv
 
 KEY = "unprivileged-key-1"
 

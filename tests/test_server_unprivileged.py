@@ -19,9 +19,9 @@ import urllib.request
 
 import pytest
 
-from stunturn_diag.punch.labkit import unprivileged_argv
 from stunturn_diag.sansio.stun import binding_request, decode, encode
 from stunturn_diag.stun_requests import fresh_binding_request
+from stunturn_testkit.unprivileged import unprivileged_argv
 from testlib import roles as stun_roles
 
 pytestmark = pytest.mark.skipif(

@@ -24,7 +24,7 @@ from stunturn_diag.sansio.stun import (  # noqa: E402
     decode,
     encode,
 )
-from stunturn_diag.stun.scapy_layers import (  # noqa: E402
+from stunturn_testkit.scapy_layers import (  # noqa: E402
     STUN,
     STUNChangedAddress,
     STUNChangeRequest,

@@ -14,7 +14,7 @@ import pytest
 from stunturn_diag import sysdeps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCANNED = ("stunturn_diag", "server", "tests", "netns_tests", "benchmarks")
+SCANNED = ("stunturn_diag", "server", "stunturn_testkit", "tests", "netns_tests", "benchmarks")
 #: calls taking an argv list (subprocess, the lab's exec/popen/command, plan steps, test and benchmark
 #: helpers such as _run / _timed / _cli): by name
 ARGV_CALL = re.compile(r"(run|popen|check_output|check_call|^call$|exec|command|^Step$|timed|cli|spawn)",

@@ -175,17 +175,12 @@ def serve_subprocess(*extra_args: str) -> Iterator[str]:
     Its own process, not an embedded server: CLI tests check their children's exit
     statuses, and nothing of the server's event loop should share their process.
     """
-    import json
-    import sys
+    from stunturn_diag.lab.pair_runner import start_serve
 
-    proc = subprocess.Popen([sys.executable, "-m", "stunturn_diag", "serve", "127.0.0.1:0",
-                             "--stun-port", "0", "--wait-timeout", "10", "--json",
-                             "--log-level", "WARNING", *extra_args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, info = start_serve(subprocess.Popen, "127.0.0.1:0", "--stun-port", "0",
+                             "--wait-timeout", "10", "--log-level", "WARNING", *extra_args)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("{"), proc.stderr.read()
-        yield json.loads(line)["http_url"]
+        yield info["http_url"]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -13,11 +13,6 @@ import click
 from ._common import emit_json, progress
 
 
-def _nat_names() -> list[str]:
-    from ..lab import CATALOGUE
-    return list(CATALOGUE)
-
-
 @click.group("lab")
 def command() -> None:
     """NAT lab: sites behind real kernel NATs (nftables) in network namespaces."""

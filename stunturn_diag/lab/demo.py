@@ -10,6 +10,8 @@ offers it, so a pair that cannot be punched connects through the relay; ``paths=
 (``lab demo --paths``) then shows, in three more quick labs, a direct pair, a pair that
 connects through a gateway port mapping and one that connects only through the relay. Every step's outcome is recorded, including failures; the lab is always torn
 down (also on Ctrl-C or SIGTERM; after ``kill -9``, ``stunturn-diag lab down --all``).
+The server, the relay and the peers are started and awaited through :mod:`.pair_runner`,
+the driver the netns tests and the benchmarks use too.
 """
 
 from __future__ import annotations
@@ -17,22 +19,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import selectors
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 from ..errors import StunturnError
-from ..punch.labkit import PATH_PAIRS, run_pair_with_relay, start_turn
+from .pair_runner import (HTTP_PORT, PATH_PAIRS, ServeFailed, finish, last_json_line,
+                          run_pair_with_relay, run_peers, serve_in_lab, start_turn)
 from .runner import Lab, check_prerequisites, sigterm_interrupts
 from stunturn_diag.sansio.lab.spec import LabSpec
 
-HTTP_PORT = 8080
-SERVE_READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 120.0
 PUNCH_TIMEOUT = 90.0
 
@@ -41,36 +39,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "stunturn_diag.cli", *args]
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> str | None:
-    """One stdout line within ``timeout`` seconds, or None (process ended / too slow)."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            if sel.select(timeout=min(left, 0.5)):
-                line = proc.stdout.readline()
-                return line or None
-            if proc.poll() is not None:
-                return None
-        return None
-    finally:
-        sel.close()
-
-
 def _tail(text: str | None, n: int = 600) -> str:
     return (text or "").strip()[-n:]
-
-
-def _json_line(text: str) -> dict | None:
-    for line in reversed((text or "").strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 def compare(expected: dict, observed: dict) -> dict:
@@ -98,17 +68,7 @@ def _step_result(name: str, out: str, err: str, code: int | None) -> dict:
     status = "ok" if code == 0 else ("not-built" if code == 2 and "not built" in err
                                      else "failed")
     return {"step": name, "status": status, "exit_code": code, "stderr": _tail(err),
-            "stdout": _tail(out) if _json_line(out) is None else None}
-
-
-def _run(proc: subprocess.Popen, timeout: float) -> tuple[str, str, int | None]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        return out, err, proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate(timeout=5)
-        return out, err + f"\n(killed after {timeout:g}s)", None
+            "stdout": _tail(out) if last_json_line(out) is None else None}
 
 
 def run_demo(site_a: str = "port-restricted", site_b: str = "full-cone", *,
@@ -187,16 +147,10 @@ def _serve_probe_punch(lab: Lab, url: str, protocol: str, report: dict, progress
                        turn) -> bool:
     """serve (offering ``turn``), a probe per site, the punch; False when serve failed."""
     progress(f"starting the server on {lab.server} ({url}, alternate IP {lab.server_alt_ip})")
-    serve = lab.popen(lab.server, _cli("serve", f"{lab.server_ip}:{HTTP_PORT}",
-                                       "--alt-ip", lab.server_alt_ip, "--json",
-                                       *(turn.flags if turn else [])))
-    line = _read_line(serve, SERVE_READY_TIMEOUT)
-    info = _json_line(line or "")
-    if info is None:
-        if serve.poll() is None:
-            serve.kill()
-        out, err, code = _run(serve, 5)
-        step = _step_result("serve", (line or "") + out, err, code)
+    try:
+        info = serve_in_lab(lab, wait_timeout=None, log_level=None, turn=turn).info
+    except ServeFailed as exc:
+        step = _step_result("serve", exc.stdout, exc.stderr, exc.returncode)
         if step["status"] == "ok":
             step["status"] = "failed"
         report["steps"].append(step)
@@ -207,9 +161,9 @@ def _serve_probe_punch(lab: Lab, url: str, protocol: str, report: dict, progress
         host = report["sites"][site]["host"]
         progress(f"probing the NAT of site {site} from {host}")
         proc = lab.popen(host, _cli("probe", url, "--json"))
-        out, err, code = _run(proc, PROBE_TIMEOUT)
+        out, err, code = finish(proc, PROBE_TIMEOUT)
         step = _step_result(f"probe {site}", out, err, code)
-        result = _json_line(out)
+        result = last_json_line(out)
         if result is not None and code in (0, 3):
             step["status"] = "ok" if code == 0 else "partial"
             step["result"] = result
@@ -251,9 +205,9 @@ def _punch_in(lab: Lab, url: str, protocol: str, report: dict, progress,
                 if step["step"].startswith("probe ")}
     progress(f"punching {protocol}: {peers['initiator']['host']} (initiator, site a) -> "
              f"{peers['receiver']['host']} (receiver, site {peers['receiver']['site']})")
-    full_env = dict(os.environ, STUNTURN_KEY=key)     # the key stays out of ps
-    procs = {}
-    for role in ("receiver", "initiator"):
+    roles = ("receiver", "initiator")
+    argvs = []
+    for role in roles:
         host = peers[role]["host"]
         argv = [sys.executable, "-m", "stunturn_diag.lab.demo_peer", url,
                 "--protocol", protocol, "--wait", "30",
@@ -265,13 +219,16 @@ def _punch_in(lab: Lab, url: str, protocol: str, report: dict, progress,
             path = workdir / f"{role}-profile.json"
             path.write_text(json.dumps(profile))
             argv += ["--nat-profile", str(path)]
-        procs[role] = lab.popen(host, argv, env=full_env, stdin=subprocess.DEVNULL)
+        argvs.append((host, argv))
+    runs = run_peers(lab, argvs, timeout=PUNCH_TIMEOUT,
+                     env=dict(os.environ, STUNTURN_KEY=key))     # the key stays out of ps
+    by_role = dict(zip(roles, runs))
     step: dict = {"step": f"punch {protocol}", "protocol": protocol}
     for role in ("initiator", "receiver"):
-        out, err, code = _run(procs[role], PUNCH_TIMEOUT)
-        side = _step_result(role, out, err, code)
-        side["host"] = peers[role]["host"]
-        side["result"] = _json_line(out)
+        run = by_role[role]
+        side = _step_result(role, run.stdout, run.stderr, run.returncode)
+        side["host"] = run.host
+        side["result"] = run.result
         step[role] = side
     ini, rec = step["initiator"]["result"] or {}, step["receiver"]["result"] or {}
     step["exchange"] = {

@@ -1,8 +1,9 @@
 """One peer of a lab punch: punch through the library API, exchange data both ways, print
 the JSON result (one line) and exit 0 only when the channel opened and data went both ways.
 
-Used by :func:`stunturn_diag.punch.labkit.run_pair` and, as a ``lab matrix`` peer
-command, by the suite's punch matrix (``netns_tests/test_punch_udp_matrix.py``)::
+Used by :func:`stunturn_diag.lab.pair_runner.run_pair` (``lab demo --paths``, the netns
+tests, the benchmarks) and, as a ``lab matrix`` peer command, by the suite's punch matrix
+(``netns_tests/test_punch_udp_matrix.py``)::
 
     python -m stunturn_diag.punch.labpeer --role initiator --url http://{server_ip}:8080 \\
         --target {peer_public_ip} --nat-type {type_a}

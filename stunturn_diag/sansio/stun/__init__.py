@@ -1,7 +1,7 @@
 """Sans-IO STUN codec: RFC 8489 (and 5389), RFC 5780 attributes, classic RFC 3489.
 
-No sockets, no clocks, no Scapy here (Scapy layers live in
-:mod:`stunturn_diag.stun.scapy_layers`, imported on demand).
+No sockets, no clocks, no Scapy here (the tests' Scapy layers live in the test kit,
+``stunturn_testkit/scapy_layers.py``).
 """
 
 from stunturn_diag.sansio.stun.attributes import CODECS as KNOWN_ATTRIBUTES

@@ -1,6 +1,6 @@
 """A tiny "echo my source address" server for the lab's server host (stdlib only).
 
-``python3 -m stunturn_diag.lab.reflector --udp IP:PORT ... --tcp IP:PORT ... [--lifetime S]``
+``python3 -m stunturn_testkit.reflector --udp IP:PORT ... --tcp IP:PORT ... [--lifetime S]``
 
 UDP: a datagram carrying JSON ``{"id": x, "via": k}`` is answered from bound socket
 number ``k`` (default: the receiving one) with ``{"id", "mapped": [ip, port], "by":
@@ -149,7 +149,7 @@ def serve(udp: list[tuple[str, int]], tcp: list[tuple[str, int]], lifetime: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m stunturn_diag.lab.reflector")
+    parser = argparse.ArgumentParser(prog="python3 -m stunturn_testkit.reflector")
     parser.add_argument("--udp", action="append", default=[], type=_endpoint)
     parser.add_argument("--tcp", action="append", default=[], type=_endpoint)
     parser.add_argument("--lifetime", type=float, default=600.0)

@@ -34,7 +34,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, bind_layers
 
-from ..errors import StunEncodeError
+from stunturn_diag.errors import StunEncodeError
 from stunturn_diag.sansio.stun.constants import AttrType
 from stunturn_diag.sansio.stun.integrity import fingerprint as _fingerprint
 from stunturn_diag.sansio.stun.message import new_transaction_id

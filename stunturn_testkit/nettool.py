@@ -1,6 +1,6 @@
 """Client side of the lab reflector, for lab hosts (stdlib only; prints one JSON line).
 
-``python3 -m stunturn_diag.lab.nettool udp [--local-port P] --ask IP:PORT[/K] ...``
+``python3 -m stunturn_testkit.nettool udp [--local-port P] --ask IP:PORT[/K] ...``
     one socket; each ``--ask`` asks the reflector at IP:PORT to answer from its socket
     number K (default: the socket asked) and reports the mapped address or null.
 ``... alloc --server IP:PORT --n N [--base P]``  N fresh sockets one after another: local port and
@@ -224,7 +224,7 @@ def _udp_socket_bound(ep) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m stunturn_diag.lab.nettool")
+    parser = argparse.ArgumentParser(prog="python3 -m stunturn_testkit.nettool")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("udp")
     p.add_argument("--ask", type=_ask_spec, action="append", required=True)

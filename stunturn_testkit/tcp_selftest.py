@@ -2,11 +2,12 @@
 
 Run one per peer (the netns tests start it in each LAN host)::
 
-    python3 -m stunturn_diag.punch.tcp_selftest --role initiator --name a --peer b \\
+    python3 -m stunturn_testkit.tcp_selftest --role initiator --name a --peer b \\
         --dir /tmp/x --stun 203.0.113.10:3478 --timeout 8
 
 :func:`run_lab_pair` runs both sides in a :class:`~stunturn_diag.lab.Lab` (netns
-tests, benchmarks). Each side writes ``<dir>/<name>.json`` ({"srflx": [ip, port], "local": [[ip, port]...]}),
+tests, benchmarks) through the product's lab driver (:mod:`stunturn_diag.lab.pair_runner`).
+Each side writes ``<dir>/<name>.json`` ({"srflx": [ip, port], "local": [[ip, port]...]}),
 waits for ``<dir>/<peer>.json``, punches toward the peer's candidates and checks
 bytes both ways. It prints one JSON line (``ok``, ``connect_s``, ``reason``...)
 and exits 0 on success, 1 on a punch failure, 2 on a setup failure. Everything
@@ -22,8 +23,11 @@ import sys
 import tempfile
 import time
 
-from ..errors import PunchError, StunturnError
-from .tcp import TcpRendezvous
+from stunturn_diag.errors import PunchError, StunturnError
+from stunturn_diag.lab.pair_runner import run_peers, serve_in_lab
+from stunturn_diag.punch.tcp import TcpRendezvous
+
+from . import env
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -165,21 +169,17 @@ def run_lab_pair(lab, host_a: str, host_b: str, *, timeout: float,
     ``unprivileged`` drops CAP_NET_ADMIN (``setpriv``): no TCP_REPAIR, kernel ISNs.
     Both processes end by themselves (bounded by ``timeout``) or with the lab.
     """
-    from .labkit import parse_peer_output, start_server
-    start_server(lab)
+    serve_in_lab(lab)
     with tempfile.TemporaryDirectory(prefix="stunturn-tcp-") as tmp:
         drop = ["setpriv", "--bounding-set", "-net_admin"] if unprivileged else []
-        base = drop + [sys.executable, "-m", "stunturn_diag.punch.tcp_selftest", "--dir", tmp,
+        base = drop + [sys.executable, "-m", "stunturn_testkit.tcp_selftest", "--dir", tmp,
                        "--stun", f"{lab.server_ip}:{stun_port}", "--timeout", str(timeout)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        pa = lab.popen(host_a, base + ["--role", "initiator", "--name", "a", "--peer", "b",
-                                       *extra_a], env=env)
-        pb = lab.popen(host_b, base + ["--role", "receiver", "--name", "b", "--peer", "a",
-                                       *extra_b], env=env)
-        limit = timeout + 40
-        out_a, err_a = pa.communicate(timeout=limit)
-        out_b, err_b = pb.communicate(timeout=limit)
-    return parse_peer_output(out_a, err_a), parse_peer_output(out_b, err_b)
+        a, b = run_peers(lab, [(host_a, base + ["--role", "initiator", "--name", "a",
+                                                "--peer", "b", *extra_a]),
+                               (host_b, base + ["--role", "receiver", "--name", "b",
+                                                "--peer", "a", *extra_b])],
+                         timeout=timeout + 40, env=env(PYTHONUNBUFFERED="1"))
+    return a.outcome(), b.outcome()
 
 
 if __name__ == "__main__":
