@@ -22,6 +22,7 @@ import json
 import socket
 import sys
 import time
+from stunturn_diag.sansio.netaddr import parse_hostport
 
 WAIT = 0.5      # seconds per try
 TRIES = 3
@@ -29,8 +30,7 @@ CONNECT_BACK_WAIT = 5.0   # the reflector's connect-back gives up after 1.5 s
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return parse_hostport(text)
 
 
 def _ask(sock: socket.socket, server, via, ident, tries=TRIES, wait=WAIT):

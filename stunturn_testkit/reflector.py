@@ -27,17 +27,16 @@ import socket
 import sys
 import threading
 import time
+from stunturn_diag.sansio.netaddr import parse_hostport, parse_queued_error
 
 CONNECT_BACK_TIMEOUT = 1.5
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-SO_EE_ORIGIN_ICMP = 2
 MAX_TCP_THREADS = 64
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return parse_hostport(text)
 
 
 def connect_result(source_ip: str, target: tuple[str, int], source_port: int = 0,
@@ -68,7 +67,7 @@ def _icmp_queued(sock: socket.socket) -> bool:
         _, ancillary, _, _ = sock.recvmsg(1, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
     except OSError:
         return False
-    return any(len(data) >= 5 and data[4] == SO_EE_ORIGIN_ICMP
+    return any((err := parse_queued_error(data)) is not None and err.is_icmp
                for _level, _type, data in ancillary)
 
 

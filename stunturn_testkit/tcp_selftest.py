@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from stunturn_diag.sansio.netaddr import parse_hostport
 
 from stunturn_diag.errors import PunchError, StunturnError
 from stunturn_diag.lab.pair_runner import run_peers, serve_in_lab
@@ -31,8 +32,7 @@ from . import env
 
 
 def _addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return parse_hostport(text)
 
 
 def _write(path: str, data: dict) -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from stunturn_diag.sansio.netaddr import Address
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
-Address = tuple[str, int]
 #: outcome of :meth:`MatchStore.put_relay_address`
 RelayPost = Literal["stored", "conflict", "full"]
 

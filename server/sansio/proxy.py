@@ -15,12 +15,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from stunturn_diag.sansio.netaddr import Address
 from dataclasses import dataclass
 
 from stunturn_diag.errors import ConfigError, ProxyHeaderError
 from stunturn_diag.sansio.netaddr import unmapped_address
 
-Address = tuple[str, int]
 
 
 class TrustedProxies:

@@ -22,6 +22,7 @@ import argparse
 import socket
 import sys
 import time
+from stunturn_diag.sansio.netaddr import parse_hostport
 
 #: the longest run and the most flows one process sends, whatever it is asked
 MAX_DURATION = 3600.0
@@ -31,8 +32,7 @@ CATCH_UP = 0.02
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return parse_hostport(text)
 
 
 def run(target: tuple[str, int], rate: float, duration: float) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from stunturn_diag.sansio.netaddr import url_host
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ def _endpoints_from_server(url: str, client: SignalingClient,
     if ep is None:
         raise ProbeError(f"the server at {url} runs no STUN responder",
                          hint="start it with STUN enabled, or use --stun HOST:PORT")
-    host = parse_server_url(url).split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    host = url_host(parse_server_url(url))
     try:
         unspecified = ipaddress.ip_address(ep.primary[0]).is_unspecified
     except ValueError:

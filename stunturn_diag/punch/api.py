@@ -43,6 +43,7 @@ import os
 import random
 import threading
 import time
+from stunturn_diag.sansio.netaddr import url_host
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -283,7 +284,7 @@ class _Side:
                              hint="start the server with its STUN responder enabled",
                              reason="no-stun")
         if primary[0] in ("0.0.0.0", "::"):
-            host = self.client.base_url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+            host = url_host(self.client.base_url)
             primary = (host, primary[1])
         return primary
 

@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+from stunturn_diag.sansio import netaddr
 
 from ..errors import ConfigError, PunchError
 from .channel import MAX_PAYLOAD, STREAM_CHUNK, UdpChannel
@@ -71,12 +72,11 @@ class _Peer:
 
 def parse_hostport(text: str, option: str) -> Address:
     """``HOST:PORT`` / ``[v6]:PORT`` -> (host, port); ConfigError otherwise."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{option} wants HOST:PORT, got {text!r}",
-                          hint=f"for example {option} 127.0.0.1:22")
-    return host, int(port)
+    try:
+        return netaddr.parse_hostport(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option} wants HOST:PORT, got {text!r} ({exc})",
+                          hint=f"for example {option} 127.0.0.1:22 or [::1]:22") from None
 
 
 def parse_bind(text: str) -> Address:

@@ -9,12 +9,12 @@ for the punch.
 from __future__ import annotations
 
 import socket
+from stunturn_diag.sansio.netaddr import Address
 
 from ..errors import PunchError, StunDecodeError
 from stunturn_diag.sansio.stun import MessageClass, Method
 from ..stun_tcp import binding_transaction
 
-Address = tuple[str, int]
 
 
 def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 #: A transport address: (IP text or host name, port). IPv4 or IPv6, no brackets.
@@ -60,6 +61,15 @@ def parse_hostport(text: str, default_port: int | None = None) -> Address:
 def format_hostport(host: str, port: int) -> str:
     """``(host, port)`` -> ``host:port``, brackets around an IPv6 literal."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def url_host(url: str) -> str:
+    """The host of an ``http(s)://HOST[:PORT]/...`` URL, without IPv6 brackets
+    (RFC 3986 section 3.2.2); ``ValueError`` when it has none."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    return host
 
 
 def unmapped(ip: str) -> str:
