@@ -18,6 +18,7 @@ from stunturn_diag.errors import ConfigError
 from stunturn_diag.sansio.netaddr import format_hostport, parse_hostport
 
 from .sansio.stun_responder import StunEndpoint
+from .sansio.validation import RELAY_TRANSPORTS
 
 
 def bind_error(what: str, ip: str, port: int, exc: OSError, hints: dict[int, str]) -> ConfigError:
@@ -71,12 +72,14 @@ class TurnConfig:
     realm: str | None = None
     ttl: int = 600
     #: what the relay relays: "udp" and/or "tcp" (RFC 6062 TCP allocations); a tuple, a
-    #: list or a comma-separated text, kept in TRANSPORTS order
+    #: list or a comma-separated text, kept in TURN_TRANSPORTS order
     transports: tuple[str, ...] | str = ("udp",)
     #: ``(ip, port)`` of ``server`` (None without a relay), parsed when the section is made
     address: tuple[str, int] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # checked with or without a relay: --turn-transports sctp is an error either way
+        object.__setattr__(self, "transports", parse_transports(self.transports))
         if self.server is None and self.secret is None:
             return
         if not self.server or not self.secret:
@@ -90,7 +93,6 @@ class TurnConfig:
                               hint="a numeric address the peers can reach, e.g. 198.51.100.10:3478") from None
         if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 60 <= self.ttl <= 86400:
             raise ConfigError(f"turn.ttl must be 60..86400 seconds, got {self.ttl!r}")
-        object.__setattr__(self, "transports", parse_transports(self.transports))
         object.__setattr__(self, "address", (ip, port))
 
     @property
@@ -98,8 +100,9 @@ class TurnConfig:
         return self.address is not None
 
 
-#: the transports a TURN relay may offer, in the order the offer lists them
-TURN_TRANSPORTS = ("udp", "tcp")
+#: the transports a TURN relay may offer, in the order the offer lists them (the relay
+#: exchange's ``transport`` is checked against the same list)
+TURN_TRANSPORTS = RELAY_TRANSPORTS
 
 
 def parse_transports(value) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ import pytest
 
 from stunturn_diag.errors import ConfigError
 from stunturn_server.app import create_app
-from stunturn_server.config import ServerConfig, TurnConfig
+from stunturn_server.config import ServerConfig, TurnConfig, config_from_env
 
 KEY = "7e" * 32          # a rendezvous identifier (64 hex digits)
 RECEIVER_IP, INITIATOR_IP = "203.0.113.7", "198.51.100.10"
@@ -106,7 +106,16 @@ def test_no_credentials_without_a_match_or_without_a_relay():
     ({"server": "198.51.100.10:3478", "secret": "x", "transports": "sctp"}, "turn-transports"),
     ({"server": "198.51.100.10:3478", "secret": "x", "transports": ","}, "turn-transports"),
     ({"server": "198.51.100.10:3478", "secret": "x", "transports": 6}, r"turn\.transports"),
+    ({"transports": "udp,sctp"}, "turn-transports"),     # checked without a relay too
 ])
 def test_bad_relay_settings_fail_at_start(setting, why):
     with pytest.raises(ConfigError, match=why):
         create_app(ServerConfig(stun_enabled=False, turn=TurnConfig(**setting)))
+
+
+def test_the_transports_come_from_the_environment_too():
+    config = config_from_env({"STUNTURN_TURN_SERVER": "198.51.100.10:3478", "STUNTURN_TURN_SECRET": "x",
+                              "STUNTURN_TURN_TRANSPORTS": "tcp,udp"})
+    assert config.turn.transports == ("udp", "tcp")
+    with pytest.raises(ConfigError, match="turn-transports"):
+        config_from_env({"STUNTURN_TURN_TRANSPORTS": "quic"})

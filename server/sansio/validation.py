@@ -27,6 +27,9 @@ from stunturn_diag.sansio.netaddr import unmapped_address
 RENDEZVOUS_MIN = 32
 RENDEZVOUS_MAX = 128
 PROTOCOLS = ("udp", "tcp")
+#: what a TURN relay may relay, in the order an offer lists them (udp: RFC 8656; tcp: RFC
+#: 6062 TCP allocations); ``ServerConfig.turn.transports`` is drawn from these
+RELAY_TRANSPORTS = ("udp", "tcp")
 #: timeouts beyond this are rejected outright (smaller ones are capped by the server)
 TIMEOUT_MAX = 3600.0
 LOCAL_MAX = 8
@@ -254,6 +257,13 @@ def protocol_field(value) -> str:
     return value.lower()
 
 
+def transport_field(value) -> str:
+    """A relayed transport: one of :data:`RELAY_TRANSPORTS` (exactly as spelled there)."""
+    if not isinstance(value, str) or value not in RELAY_TRANSPORTS:
+        raise BadRequest(f"transport must be one of {', '.join(RELAY_TRANSPORTS)}, got {value!r}"[:200])
+    return value
+
+
 def timeout_field(value) -> float | None:
     """Seconds to hold the long-poll: a finite number in (0, 3600]; ``null`` means server default."""
     if value is None:
@@ -386,7 +396,5 @@ def exchange_request(obj: dict) -> ExchangeRequest:
     if relayed is not None:
         ep = endpoint(relayed, "relayed")
         relayed = (ep["ip"], ep["port"])
-    transport = obj.get("transport", "udp")
-    if transport not in ("udp", "tcp"):
-        raise BadRequest(f"transport must be one of udp, tcp, got {transport!r}")
+    transport = transport_field(obj.get("transport", "udp"))
     return ExchangeRequest(match_id, token, relayed, transport)

@@ -24,21 +24,20 @@ connection.
 
 from __future__ import annotations
 
-import select
 import os
+import select
 import socket
 import time
 
 from ..errors import PunchError
-from stunturn_diag.sansio.turn import client as turn
+from ..sansio.punch.handshake import Handshake, start_pake
+from ..sansio.punch.wire import Kind, Role
+from ..sansio.turn import client as turn
 from ..turn.tcp_runner import TcpTurnSession
-from .relay_path import LIFETIME, RelayPath
-from stunturn_diag.sansio.punch.handshake import Handshake, start_pake
-from stunturn_diag.sansio.punch.wire import Role
 from .handshake_runner import authenticate_stream
+from .relay_path import LIFETIME, RelayPath
 from .secure_stream import SecureStream
 from .tcp_sockets import configure_keepalive
-from stunturn_diag.sansio.punch.wire import Kind
 
 
 #: close(): how long to wait for the peer's close once our FIN record went out
