@@ -147,6 +147,7 @@ def test_stun_service_module_missing_is_a_clear_error(monkeypatch):
     ("[::1]:9000", ("::1", 9000)),
     ("[::1]", ("::1", 8080)),
     ("::1", ("::1", 8080)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
 ])
 def test_parse_listen(text, expected):
     assert parse_listen(text) == expected
@@ -160,7 +161,7 @@ def test_parse_listen_rejects(text):
 
 @pytest.mark.parametrize("args, message", [
     (["localhost:0", "--no-stun"], "must be an IP address"),
-    (["127.0.0.1:70000", "--no-stun"], "invalid port"),
+    (["127.0.0.1:70000", "--no-stun"], "is not 0-65535"),
     (["127.0.0.1:0", "--alt-ip", "nope"], "alt_ip must be an IP address"),
     (["127.0.0.1:0", "--stun-port", "5000", "--alt-port", "5000"], "must differ"),
     (["127.0.0.1:0", "--wait-timeout", "0", "--no-stun"], "wait_timeout"),

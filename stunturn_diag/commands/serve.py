@@ -7,38 +7,28 @@ import ipaddress
 import click
 
 from ..errors import ConfigError
-from ..sansio.netaddr import format_hostport
+from ..sansio.netaddr import format_hostport, parse_hostport
 from ._common import emit_json, progress
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or a bare ``HOST`` (port 8080) -> (host, port)."""
-    text = text.strip()
-    host, port_text = text, "8080"
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"invalid listen address {text!r}", hint="use [IPv6]:PORT, e.g. [::1]:8080")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"invalid listen address {text!r}", hint="use [IPv6]:PORT")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"invalid port in listen address {text!r}", hint="a port is 0-65535")
-    if not host:
-        raise ConfigError(f"listen address {text!r} has no host", hint="e.g. 127.0.0.1:8080")
+    """``HOST:PORT``, ``[V6]:PORT`` or a bare ``HOST`` (port 8080) -> (host, port); port 0
+    picks a free port (``--json`` prints the one bound)."""
+    try:
+        host, port = parse_hostport(text, 8080, allow_zero=True)
+    except ValueError as exc:
+        raise ConfigError(f"invalid listen address: {exc}",
+                          hint="HOST:PORT or [IPV6]:PORT with an IP literal, e.g. 127.0.0.1:8080 "
+                               "or [::1]:8080") from None
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(f"the listen host {host!r} must be an IP address",
                           hint="give a numeric address: 127.0.0.1 (this machine only), 0.0.0.0 (all)"
                           ) from None
-    return host, int(port_text)
+    return host, port
 
 
 def _describe(handle) -> dict:

@@ -24,9 +24,10 @@ _AF_INET = 2
 _AF_INET6 = 10
 
 
-def parse_hostport(text: str, default_port: int | None = None) -> Address:
+def parse_hostport(text: str, default_port: int | None = None, *, allow_zero: bool = False) -> Address:
     """``HOST:PORT``, ``[V6]:PORT``, or (with ``default_port``) ``HOST``, ``[V6]`` or a bare
-    IPv6 literal -> ``(host, port)``. ``ValueError`` says what is wrong."""
+    IPv6 literal -> ``(host, port)``. ``ValueError`` says what is wrong. Port 0 ("any free
+    port", for a listen address) only with ``allow_zero``."""
     text = text.strip()
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
@@ -53,8 +54,9 @@ def parse_hostport(text: str, default_port: int | None = None) -> Address:
         if default_port is None:
             raise ValueError(f"no port in {text!r} (HOST:PORT or [IPV6]:PORT)")
         return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port {port!r} in {text!r} is not 1-65535")
+    low = 0 if allow_zero else 1
+    if not port.isdigit() or not low <= int(port) < 65536:
+        raise ValueError(f"port {port!r} in {text!r} is not {low}-65535")
     return host, int(port)
 
 
