@@ -248,6 +248,7 @@ mkdir -p /run/netns
 mount -t tmpfs stl-test /run/netns || exit 3   # a private /run/netns: only our labs are seen
 [ -z "$(ip netns list)" ] || exit 4          # never run `down --all` on shared namespaces
 export STUNTURN_LAB_STATE_DIR="$STATE"
+export TMPDIR="$STATE/tmp"; mkdir -p "$TMPDIR"   # the lab's temp folders (coturn's) land here
 cli="$PY -m stunturn_diag.cli"
 $cli lab demo > "$STATE/out" 2> "$STATE/err" &
 demo=$!
@@ -260,8 +261,10 @@ kill -9 $demo; wait $demo
 echo "left=$(ip netns list | wc -l)"
 pids=$(for ns in $(ip netns list | awk '{print $1}'); do ip netns pids "$ns"; done)
 echo "pids=$(echo $pids | wc -w)"
+echo "tmp_left=$(ls -d "$TMPDIR"/stl-* 2>/dev/null | wc -l)"
 $cli lab down --all > "$STATE/down" 2>&1; echo "down_rc=$?"
 echo "after=$(ip netns list | wc -l)"
+echo "tmp_after=$(ls -d "$TMPDIR"/stl-* 2>/dev/null | wc -l)"
 alive=0                                     # zombies awaiting their reaper do not count
 for p in $pids; do
     state=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)
@@ -273,8 +276,8 @@ $cli lab down --all > /dev/null 2>&1        # in case anything failed above
 
 
 def test_demo_killed_hard_is_cleaned_up_by_down_all(tmp_path):
-    """kill -9 a running `lab demo`: its namespaces and processes stay; `lab down --all`
-    removes them. Runs in a private mount namespace (own /run/netns) so --all cannot
+    """kill -9 a running `lab demo`: its namespaces, processes and temp folders (coturn's)
+    stay; `lab down --all` removes them. Runs in a private mount namespace (own /run/netns) so --all cannot
     touch labs of tests running in parallel."""
     import shutil
 
@@ -290,6 +293,7 @@ def test_demo_killed_hard_is_cleaned_up_by_down_all(tmp_path):
     assert facts["down_rc"] == "0", (tmp_path / "down").read_text()
     assert "removed 6 namespace(s)" in (tmp_path / "down").read_text()
     assert facts["after"] == "0" and facts["alive"] == "0"
+    assert int(facts["tmp_left"]) >= 1 and facts["tmp_after"] == "0", proc.stdout
 
 
 def test_demo_stopped_by_sigterm_tears_its_lab_down():

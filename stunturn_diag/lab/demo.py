@@ -193,7 +193,7 @@ def _start_turn(lab: Lab, report: dict, progress):
 def _punch(lab: Lab, url: str, protocol: str, report: dict, progress) -> dict:
     """Punch from the initiator to the receiver (each with its site's probe report as NAT
     profile), then each sends the other a message through the punched channel."""
-    with tempfile.TemporaryDirectory(prefix="stunturn-demo-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=f"{lab.name}-demo-") as workdir:
         return _punch_in(lab, url, protocol, report, progress, Path(workdir))
 
 

@@ -24,12 +24,12 @@ import selectors
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 from ..errors import LabError
+from . import state
 
 HTTP_PORT = 8080
 #: seconds ``serve`` gets to print its ready line
@@ -197,7 +197,7 @@ def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> Turn
     if tool is None:
         raise LabError("coturn's turnserver is not installed", hint="apt-get install coturn "
                        "(scripts/setup.sh)")
-    workdir = tempfile.mkdtemp(prefix=f"{lab.name}-turn-")    # as the lab's miniupnpd folders
+    workdir = str(state.new_workdir(lab.name, "turn"))
     conf = os.path.join(workdir, "turnserver.conf")
     with open(conf, "w") as fh:
         fh.write(turnserver_conf(lab.server_ip, port, TURN_RELAY_PORTS, secret, TURN_REALM,

@@ -15,11 +15,11 @@ import ipaddress
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import LabError
+from . import state
 from stunturn_diag.sansio.lab import portmap
 from stunturn_diag.sansio.lab.nft import LAN, WAN
 
@@ -51,7 +51,7 @@ def start(lab) -> list[str]:
         return []
     if shutil.which(MINIUPNPD) is None and not Path(MINIUPNPD).exists():
         raise LabError("a +portmap site needs miniupnpd", hint="apt-get install miniupnpd-nftables")
-    work = Path(tempfile.mkdtemp(prefix=f"{lab.name}-portmap-"))
+    work = state.new_workdir(lab.name, "portmap")
     try:
         log = work / "stun.log"
         with open(log, "w") as out:

@@ -166,6 +166,7 @@ def down(name: str) -> list[str]:
         raise LabError(f"{name!r} is not a lab name", hint=f"lab names start with {PREFIX_FAMILY!r}")
     gone = delete_namespaces(name)
     state.forget(name)
+    state.forget_workdirs(name)
     return gone
 
 
@@ -173,8 +174,11 @@ def down_all() -> list[str]:
     """Remove every namespace of the ``stl-`` family and all lab state (crash cleanup)."""
     check_prerequisites()
     gone = _delete([n for n in list_namespaces() if n.startswith(PREFIX_FAMILY)])
+    labs = {"-".join(ns.split("-")[:2]) for ns in gone} | set(state.known())
     for name in state.known():
         state.forget(name)
+    for name in labs:            # only the labs removed here: /tmp is shared with other labs
+        state.forget_workdirs(name)
     return gone
 
 

@@ -1,9 +1,14 @@
-"""Where ``stunturn-diag lab up`` remembers a lab for later ``exec``/``down`` calls."""
+"""Where ``stunturn-diag lab up`` remembers a lab for later ``exec``/``down`` calls, and the
+lab's temporary folders (coturn's, miniupnpd's, the demo's), named after the lab so that
+``lab down`` removes them too when the process that made them was killed."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..errors import LabError
@@ -50,3 +55,25 @@ def known() -> list[str]:
     if not d.is_dir():
         return []
     return sorted(p.stem for p in d.glob(f"{PREFIX_FAMILY}*.json"))
+
+
+def new_workdir(name: str, what: str) -> Path:
+    """A fresh temporary folder ``<tmp>/<lab name>-<what>-XXXX`` (mode 0700) for lab ``name``."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-{what}-"))
+
+
+def forget_workdirs(name: str) -> list[Path]:
+    """Remove this user's leftover temporary folders of lab ``name``: what a ``kill -9`` of
+    ``lab demo`` or a crashed runner left behind. Returns the folders removed."""
+    if not name.startswith(PREFIX_FAMILY) or len(name) <= len(PREFIX_FAMILY):
+        return []
+    gone = []
+    for path in Path(tempfile.gettempdir()).glob(glob.escape(name) + "-*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(path)
+    return gone
