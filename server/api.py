@@ -300,6 +300,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
 
     stop_watch = state.watch_hangup(request.environ, on_hangup)
     running = state.track(mailbox, True)
+    obs.waiting_changed()
     try:
         match = mailbox.wait(timeout) if running else None
         if match is None and waiter is not None and not state.matcher.leave(waiter):
@@ -315,6 +316,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
             if waiter is None:
                 state.hold_apart(-1)
             mailbox.close()
+            obs.waiting_changed()
     waited = round(state.clock() - started, 3)
     if match is not None:
         obs.initiator_wait.observe(waited)
