@@ -7,9 +7,10 @@ validate the body (:func:`~stunturn_server.http.json_body` with the pure validat
 clock, wait in the mailbox.
 
 No guessing (README "Security model"): failed attempts (initiate 408/409, check-in
-404) spend tokens of the pure :class:`~stunturn_server.sansio.limits.FailureLimiter`, per
-source and per target IP; an empty bucket answers 429 ``rate-limited`` with
-Retry-After. A second initiator for an occupied (rendezvous, target IP) learns of the
+404) spend tokens of a :class:`~stunturn_server.sansio.limits.FailureBudget`, per
+source and per target IP (the pure ``FailureLimiter`` in this process, or its buckets in
+the shared Redis: :mod:`stunturn_server.redis_limits`, chosen by the app factory); an
+empty bucket answers 429 ``rate-limited`` with Retry-After. A second initiator for an occupied (rendezvous, target IP) learns of the
 conflict (409) only when it comes from the same source as the waiting one; from any
 other source it is held exactly like a waiter nobody answers (408 after its
 timeout, counted in /healthz alike), so the answer is no oracle for "someone waits".
@@ -36,7 +37,7 @@ from .config import ServerConfig
 from .http import ApiError, app_context, json_body, observed_address
 from .observe import observer
 from .sansio import validation
-from .sansio.limits import FailureLimiter, LogThrottle, source_of
+from .sansio.limits import FailureBudget, FailureLimiter, LogThrottle, source_of
 from .sansio.matching import Conflict, Mailbox, Matcher
 
 #: a receiver took the waiter just as the initiator's wait ended: how long to await its match
@@ -65,8 +66,8 @@ class SignalingState:
     #: mailboxes of the initiators waiting now (woken by :meth:`shutdown`)
     mailboxes: set[Mailbox] = field(default_factory=set)
     closing: bool = False
-    #: failed attempts per source and per target IP (built from the config)
-    failures: FailureLimiter | None = None
+    #: failed attempts per source and per target IP (default: in this process, from the config)
+    failures: FailureBudget | None = None
     #: initiators held apart (a second one for an occupied slot, from another source): counted
     #: in /healthz like real waiters, so the count is no oracle either
     held_apart: int = 0
@@ -137,13 +138,14 @@ class SignalingState:
 bp = Blueprint("signaling", __name__)
 
 
-def init_app(app, matcher: Matcher, *, watch_hangup: HangupWatcher | None = None,
+def init_app(app, matcher: Matcher, *, failures: FailureBudget | None = None,
+             watch_hangup: HangupWatcher | None = None,
              stun_endpoints: list[dict] | None = None, stun6_endpoints: list[dict] | None = None,
              stun_unavailable: list[str] | None = None) -> SignalingState:
     """Register the signaling routes on ``app`` with their :class:`SignalingState`."""
     context = app_context(app)
     state = SignalingState(config=context.config, matcher=matcher, clock=context.clock,
-                           watch_hangup=watch_hangup or no_hangup_watch,
+                           failures=failures, watch_hangup=watch_hangup or no_hangup_watch,
                            stun_endpoints=stun_endpoints, stun6_endpoints=stun6_endpoints,
                            stun_unavailable=list(stun_unavailable or []))
     app.extensions["stunturn"] = state
@@ -298,6 +300,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
 
     stop_watch = state.watch_hangup(request.environ, on_hangup)
     running = state.track(mailbox, True)
+    obs.waiting_changed()
     try:
         match = mailbox.wait(timeout) if running else None
         if match is None and waiter is not None and not state.matcher.leave(waiter):
@@ -313,6 +316,7 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
             if waiter is None:
                 state.hold_apart(-1)
             mailbox.close()
+            obs.waiting_changed()
     waited = round(state.clock() - started, 3)
     if match is not None:
         obs.initiator_wait.observe(waited)

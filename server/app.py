@@ -14,6 +14,7 @@ another's routes.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from typing import Callable
 
@@ -23,6 +24,7 @@ from . import api, observe, probe_assist, relay_api, turn_offer
 from .api import HangupWatcher
 from .config import ServerConfig
 from .http import CONTEXT_KEY, AppContext, handle_error
+from .sansio.limits import FailureBudget, FailureLimiter
 from .sansio.matching import KeyHasher, Matcher, MatchStore
 from .store import InMemoryStore, Signal
 
@@ -34,6 +36,22 @@ def make_store(config: ServerConfig, signal_factory: Callable[[], Signal] | None
 
         return RedisStore(config, fingerprint=secret_fingerprint(config.key_secret))
     return InMemoryStore(signal_factory) if signal_factory else InMemoryStore()
+
+
+def failure_limiter(config: ServerConfig, store: MatchStore) -> FailureBudget:
+    """The failed-attempt limiter (README "Security model"): with a Redis store its buckets
+    are in that Redis, one budget for every instance sharing it
+    (:class:`~stunturn_server.redis_limits.RedisFailureLimiter`); else in this process."""
+    limits = dict(source_burst=config.failure_burst, source_rate=config.failure_rate,
+                  target_burst=config.target_failure_burst, target_rate=config.target_failure_rate)
+    if config.redis_url:
+        from .redis_store import RedisStore
+
+        if isinstance(store, RedisStore):
+            from .redis_limits import RedisFailureLimiter
+
+            return RedisFailureLimiter(store, secret=config.key_secret, **limits)
+    return FailureLimiter(**limits, lock=threading.Lock())
 
 
 def key_hasher(secret: bytes | None) -> KeyHasher:
@@ -78,7 +96,8 @@ def create_app(config: ServerConfig | None = None, *, store: MatchStore | None =
     app.extensions[CONTEXT_KEY] = AppContext(config, store, clock)
     matcher = Matcher(store, key_hasher(key_secret if key_secret is not None else config.key_secret),
                       new_id=new_id)
-    api.init_app(app, matcher, watch_hangup=watch_hangup, stun_endpoints=stun_endpoints,
+    api.init_app(app, matcher, failures=failure_limiter(config, store), watch_hangup=watch_hangup,
+                 stun_endpoints=stun_endpoints,
                  stun6_endpoints=stun6_endpoints, stun_unavailable=stun_unavailable)
     observe.init_app(app, store.waiting_count, serve_metrics=config.metrics_listen is None)
     app.register_blueprint(relay_api.bp)

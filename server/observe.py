@@ -6,6 +6,15 @@ logs one line (text, or a JSON object with ``--log-format json``; see
 :mod:`stunturn_server.logs`) and counts it; the key is never logged, only the slot's
 short keyed label. ``/metrics`` is its own blueprint (:data:`metrics_bp`), served on
 the main port or, with ``ServerConfig.metrics_listen``, by a separate listener.
+
+Several worker processes (``gunicorn -k gevent -w N``, see
+:mod:`stunturn_server.gunicorn_conf`): with ``PROMETHEUS_MULTIPROC_DIR`` set before
+prometheus_client is imported, every worker writes its figures to its own files there
+and a scrape of any worker renders all of them summed (prometheus_client's multiprocess
+mode); ``stunturn_waiters`` is then a ``livesum`` gauge that each worker sets whenever its
+count changes (:meth:`Observer.waiting_changed`), and the files of a dead worker's live
+gauges are removed by the ``child_exit`` hook. Otherwise (``serve``: one process) the
+figures are the process's own.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import logging
 from typing import Callable
 
 from flask import Blueprint, Response, current_app, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -79,14 +88,24 @@ class _Callbacks:
             yield refused
 
 
+def multiprocess() -> bool:
+    """Whether prometheus_client keeps its figures in ``PROMETHEUS_MULTIPROC_DIR`` files
+    (decided once, when it was imported)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
 class Observer:
     """Counters, histograms and the pairing-event log of one app."""
 
     def __init__(self, waiting: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.waiters = Gauge("stunturn_waiters", "initiators waiting on this instance now", registry=r)
-        self.waiters.set_function(waiting)
+        self.multiprocess = multiprocess()
+        self._waiting = waiting
+        self.waiters = Gauge("stunturn_waiters", "initiators waiting on this instance now (several "
+                             "workers: on all of them)", registry=r, multiprocess_mode="livesum")
+        if not self.multiprocess:
+            self.waiters.set_function(waiting)
         self.initiates = Counter("stunturn_initiates", "initiators that started waiting", registry=r)
         self.checkins = Counter("stunturn_checkins", "receiver check-ins by result", ["result"], registry=r)
         self.matches = Counter("stunturn_matches", "pairs matched (counted where the receiver checked in)",
@@ -124,8 +143,22 @@ class Observer:
             log.log(log_level, "pair %s %s%s", event, text, f": {message}" if message else "",
                      extra={"event": f"pair-{event}", "fields": {k.rstrip("_"): v for k, v in fields.items()}})
 
+    def waiting_changed(self) -> None:
+        """An initiator started or stopped waiting here: in multiprocess mode write this
+        worker's count (a function gauge is only read in its own process)."""
+        if self.multiprocess:
+            self.waiters.set(self._waiting())
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.waiting_changed()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # every worker's files, this one's included
+        registry.register(self.callbacks)  # figures of this process only (none under gunicorn)
+        return generate_latest(registry)
 
 
 def observer() -> Observer:

@@ -118,7 +118,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1"""
 
 
-class _Script:
+class LuaScript:
     """A Lua script run by ``EVALSHA`` (``EVAL`` once after Redis forgot it)."""
 
     def __init__(self, source: str) -> None:
@@ -209,7 +209,7 @@ class RedisPool:
         """A connection outside the pool (the subscriber's)."""
         return self._make()
 
-    def run(self, commands: list[tuple], scripts: dict[str, _Script] | None = None) -> list:
+    def run(self, commands: list[tuple], scripts: dict[str, LuaScript] | None = None) -> list:
         """Send ``commands`` in one round trip and return their replies (a failed command's
         reply is its :class:`ResponseError`). Connection trouble raises :class:`StoreUnavailable`."""
         wait = self.config.redis_timeout * POOL_WAIT_FACTOR
@@ -243,7 +243,7 @@ class RedisPool:
             raise reply
         return reply
 
-    def script(self, script: _Script, keys: list, args: list):
+    def script(self, script: LuaScript, keys: list, args: list):
         reply = self.run([("EVALSHA", script.sha, len(keys), *keys, *args)])[0]
         if isinstance(reply, NoScriptError):
             reply = self.run([("EVAL", script.source, len(keys), *keys, *args)])[0]
@@ -326,7 +326,7 @@ class RedisStore(MatchStore):
         self._stopped = False
         self.connected: gevent.event.Event | None = None  # set while subscribed (from start())
         self.resyncs = 0  # (re)subscriptions after the first: for tests and metrics
-        self._scripts = {name: _Script(src) for name, src in (
+        self._scripts = {name: LuaScript(src) for name, src in (
             ("put", PUT_SCRIPT), ("take", TAKE_SCRIPT), ("cancel", CANCEL_SCRIPT), ("admit", ADMIT_SCRIPT))}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -386,6 +386,11 @@ class RedisStore(MatchStore):
 
     def _mailbox_key(self, waiter_id: str) -> str:
         return f"{self.config.redis_prefix}mb:{waiter_id}"
+
+    def pool(self) -> RedisPool:
+        """The command pool (for what shares this store's Redis: :mod:`.redis_limits`);
+        :class:`StoreUnavailable` before :meth:`start`."""
+        return self._pool_or_raise()
 
     def _pool_or_raise(self) -> RedisPool:
         if self._pool is None:

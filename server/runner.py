@@ -417,6 +417,15 @@ def gevent_watch_hangup(environ: dict, on_hangup: Callable[[], None]) -> Callabl
     return stop
 
 
+def _summed(stats: list[dict[str, int]]) -> dict[str, int]:
+    """Counters of several services, added name by name."""
+    out: dict[str, int] = {}
+    for each in stats:
+        for name, value in each.items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
 class ServerHandle:
     """A running server. ``stop()`` is clean and idempotent; also a context manager."""
 
@@ -455,8 +464,9 @@ class ServerHandle:
             stun6_endpoints=self.stun6_endpoints if stun6_service else None,
         )
         self.observer = self.app.extensions["stunturn.observer"]
-        if stun_service is not None:
-            self.observer.callbacks.stun_stats = lambda: stun_service.stats
+        services = [each for each in (stun_service, stun6_service) if each is not None]
+        if services:   # dual stack: the IPv6 service's counters are added to the IPv4 one's
+            self.observer.callbacks.stun_stats = lambda: _summed([each.stats for each in services])
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -494,13 +504,14 @@ class ServerHandle:
                                 # what pywsgi still writes there is the clients' problem: DEBUG
                                 error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),
                                                             logging.DEBUG))
-            self.observer.callbacks.connections_refused = lambda: server.refused
             servers.append(server)
             if self._listener6 is not None:   # the same app, so one store and one set of limits
                 servers.append(server_class(self._listener6, self.app, handler_class=handler,
                                             spawn=gevent.pool.Pool(), log=None,
                                             error_log=LoggingLogAdapter(
                                                 logging.getLogger("stunturn_server.wsgi"), logging.DEBUG)))
+            limited = list(servers)   # the HTTP listeners (IPv4, and IPv6 on a dual-stack server)
+            self.observer.callbacks.connections_refused = lambda: sum(each.refused for each in limited)
             if self._metrics_listener is not None:
                 servers.append(WSGIServer(self._metrics_listener, metrics_app(self.observer), log=None,
                                           error_log=LoggingLogAdapter(logging.getLogger("stunturn_server.wsgi"),

@@ -1,4 +1,6 @@
-"""WSGI entry for other servers: ``gunicorn -k gevent -w N stunturn_server.wsgi:app``.
+"""WSGI entry for other servers:
+``gunicorn -c python:stunturn_server.gunicorn_conf -k gevent -w N stunturn_server.wsgi:app``
+(the settings make ``/metrics`` count every worker: :mod:`stunturn_server.gunicorn_conf`).
 
 Configuration comes from ``STUNTURN_*`` environment variables
 (:func:`stunturn_server.config.config_from_env`). Several workers must share a Redis

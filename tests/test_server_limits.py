@@ -27,8 +27,14 @@ def test_bad_bucket_is_refused():
         TokenBucket(burst=0, rate=1.0)
 
 
-def test_failures_limit_per_source_and_per_target():
-    f = FailureLimiter(source_burst=2, source_rate=1.0, target_burst=3, target_rate=1.0)
+def pure_failures(**limits) -> FailureLimiter:
+    return FailureLimiter(**limits)
+
+
+def failures_per_source_and_per_target(make) -> None:
+    """A table for any failure limiter ``make(**limits)`` builds (tests/test_server_redis_limits.py
+    runs it against the buckets in Redis too)."""
+    f = make(source_burst=2, source_rate=1.0, target_burst=3, target_rate=1.0)
     assert f.retry_after("a", "t", 0.0) is None
     f.failed("a", "t", 0.0)
     f.failed("a", "t", 0.0)
@@ -40,10 +46,23 @@ def test_failures_limit_per_source_and_per_target():
     assert f.retry_after("a", "t", 1.0) is None         # refilled
 
 
-def test_retry_after_is_whole_seconds_rounded_up():
-    f = FailureLimiter(source_burst=1, source_rate=0.4, target_burst=1, target_rate=100)
+def retry_after_whole_seconds_rounded_up(make) -> None:
+    f = make(source_burst=1, source_rate=0.4, target_burst=1, target_rate=100)
     f.failed("a", None, 0.0)
     assert f.retry_after("a", None, 0.0) == 3.0  # 2.5 s -> 3
+    assert f.retry_after("a", None, 2.4) == 1.0  # 0.1 s -> at least 1
+    assert f.retry_after("a", None, 2.5) is None
+    f.failed("a", None, 2.5)
+    f.failed("a", None, 2.5)                     # never below zero: still 2.5 s to wait
+    assert f.retry_after("a", None, 2.5) == 3.0
+
+
+def test_failures_limit_per_source_and_per_target():
+    failures_per_source_and_per_target(pure_failures)
+
+
+def test_retry_after_is_whole_seconds_rounded_up():
+    retry_after_whole_seconds_rounded_up(pure_failures)
 
 
 def test_concurrency_share_per_source_and_total():

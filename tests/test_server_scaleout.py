@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -34,34 +35,134 @@ class _At:
         self.http_address = ("127.0.0.1", port)
 
 
-def test_gunicorn_workers_pair_with_each_other_through_redis(redis_server):
+def _gunicorn(redis_server, port: int, *args: str, **env: str) -> subprocess.Popen:
+    """``gunicorn -k gevent -w 2`` serving stunturn_server.wsgi:app on 127.0.0.1:``port``,
+    answering /healthz (ended by PID by the caller)."""
     pytest.importorskip("gunicorn")
-    port = free_tcp_port()
     env = dict(os.environ, STUNTURN_REDIS_URL=redis_server.url, STUNTURN_SERVER_SECRET=SECRET,
-               STUNTURN_WAIT_TIMEOUT="20", STUNTURN_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2",
+               STUNTURN_WAIT_TIMEOUT="20", STUNTURN_LOG_LEVEL="WARNING", **env)
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *args, "-k", "gevent", "-w", "2",
                              "--worker-connections", "2000", "-b", f"127.0.0.1:{port}",
                              "stunturn_server.wsgi:app"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = _At(port)
+
+    def up():
+        try:
+            return request(server, "GET", "/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
     try:
-        def up():
-            try:
-                return request(server, "GET", "/healthz", timeout=2)[0] == 200
-            except OSError:
-                return False
         wait_for(up, timeout=30, what="gunicorn to answer")
-        n = 20  # the kernel spreads connections over both workers: pairs cross them
-        waits = [in_background(initiate, server, key=f"gunicorn-key-{i}", timeout=15) for i in range(n)]
-        counted = wait_for(lambda: redis_server.keys("stunturn:w:*") == n, timeout=15,
-                           what="every initiator in Redis")
-        assert counted
-        assert [checkin(server, key=f"gunicorn-key-{i}")[0] for i in range(n)] == [200] * n
-        for thread, _ in waits:
-            thread.join(15)
-        assert [result["value"][0] for _, result in waits] == [200] * n
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def _pairs(server, redis_server, keys: list[str]) -> None:
+    """Pair an initiator and a receiver for each key; the initiators all wait at once."""
+    waits = [in_background(initiate, server, key=key, timeout=15) for key in keys]
+    assert wait_for(lambda: redis_server.keys("stunturn:w:*") == len(keys), timeout=15,
+                    what="every initiator in Redis")
+    assert [checkin(server, key=key)[0] for key in keys] == [200] * len(keys)
+    for thread, _ in waits:
+        thread.join(15)
+    assert [result["value"][0] for _, result in waits] == [200] * len(keys)
+
+
+def test_gunicorn_workers_pair_with_each_other_through_redis(redis_server):
+    port = free_tcp_port()
+    proc = _gunicorn(redis_server, port)
+    try:
+        # the kernel spreads connections over both workers: pairs cross them
+        _pairs(_At(port), redis_server, [f"gunicorn-key-{i}" for i in range(20)])
     finally:
         stop_process(proc)
+
+
+def _scrape(server) -> dict:
+    """``/metrics`` as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_address[1]}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _per_worker(metrics_dir, name: str, kind: str = "counter") -> dict[int, float]:
+    """Worker pid -> the value of the unlabelled metric ``name`` in that worker's own
+    ``<kind>_<pid>.db`` file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    out = {}
+    for path in metrics_dir.glob(f"{kind}_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for family in MultiProcessCollector.merge([str(path)]):
+            out[pid] = out.get(pid, 0) + sum(s.value for s in family.samples if s.name == name)
+    return out
+
+
+def test_gunicorn_metrics_count_every_worker(redis_server, tmp_path):
+    """With stunturn_server.gunicorn_conf any worker's /metrics is the sum of all workers:
+    check-ins spread over both, every scrape shows the totals; stale files of an earlier
+    run are gone at start and a dead worker's counts stay, its waiting gauge does not."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"an earlier run's file, not a valid one")
+    port = free_tcp_port()
+    proc = _gunicorn(redis_server, port, "-c", "python:stunturn_server.gunicorn_conf",
+                     PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    server = _At(port)
+    try:
+        assert not (metrics_dir / "counter_1.db").exists()
+        done = 0
+        for round_ in range(10):  # until both workers have matched some (the kernel decides)
+            _pairs(server, redis_server, [f"metrics-key-{round_}-{i}" for i in range(10)])
+            done += 10
+            matched = _per_worker(metrics_dir, "stunturn_matches_total")
+            if len([n for n in matched.values() if n]) == 2:
+                break
+        assert len([n for n in matched.values() if n]) == 2, matched
+        assert sum(matched.values()) == done and max(matched.values()) < done
+        for _ in range(6):  # whichever worker answers, it tells the totals
+            figures = _scrape(server)
+            assert figures[("stunturn_matches_total", ())] == done
+            assert figures[("stunturn_checkins_total", (("result", "matched"),))] == done
+            assert figures[("stunturn_initiates_total", ())] == done
+            assert figures[("stunturn_initiator_wait_seconds_count", ())] == done
+
+        # initiators waiting now, on both workers: the gauge is their sum
+        waits = [in_background(initiate, server, key=f"waiting-key-{i}", timeout=20) for i in range(12)]
+        assert wait_for(lambda: redis_server.keys("stunturn:w:*") == 12, timeout=15, what="the waiters")
+        assert wait_for(lambda: _scrape(server)[("stunturn_waiters", ())] == 12, timeout=15,
+                        what="the gauge to count every worker's waiters")
+        # a worker dies: gunicorn starts another, child_exit drops the dead one's live gauge
+        held = _per_worker(metrics_dir, "stunturn_waiters", "gauge_livesum")
+        assert sum(held.values()) == 12, held
+        victim = next(pid for pid, n in held.items() if n)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: not (metrics_dir / f"gauge_livesum_{victim}.db").exists(), timeout=30,
+                        what="child_exit to mark the worker dead")
+        assert wait_for(lambda: len(list(metrics_dir.glob("gauge_livesum_*.db"))) == 2, timeout=30,
+                        what="the new worker")
+        figures = wait_for(_scrape_ok(server), timeout=30, what="a scrape after the restart")
+        assert figures[("stunturn_matches_total", ())] == done  # counters never go down
+        assert figures[("stunturn_waiters", ())] == 12 - held[victim]  # the survivor's waiters
+        for thread, _ in waits:
+            thread.join(30)
+    finally:
+        stop_process(proc)
+
+
+def _scrape_ok(server):
+    def scrape():
+        try:
+            return _scrape(server)
+        except OSError:
+            return None
+    return scrape
 
 
 def test_json_log_lines_name_each_pairing_event_and_never_the_key(tmp_path):
@@ -151,3 +252,20 @@ def test_config_from_env_fills_the_typed_sections():
         config_from_env({"STUNTURN_TURN_SERVER": "198.51.100.10:3478"})
     with pytest.raises(ConfigError, match="invalid Redis URL"):
         ServerConfig(redis_url="http://127.0.0.1:6379", key_secret=b"s" * 16)
+
+
+def test_metrics_count_both_families_of_a_dual_stack_server():
+    """The IPv6 STUN service's requests are counted beside the IPv4 one's."""
+    from stunturn_diag.sansio.stun import encode
+    import socket
+
+    with start_server(ServerConfig(http_port=0, stun_port=0, alt_port=0, http_host6="::1")) as server:
+        v4, v6 = server.stun_endpoints[0], server.stun6_endpoints[0]
+        for family, endpoint in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(encode(fresh_binding_request()), (endpoint["ip"], endpoint["port"]))
+                sock.recvfrom(2048)
+        with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'stunturn_stun_requests_total{kind="all"} 2.0' in text

@@ -3,7 +3,9 @@
 - :func:`source_of`: what a per-source limit counts (an IPv4 address, an IPv6 /64);
 - :class:`TokenBucket`: keyed token buckets with bounded memory;
 - :class:`FailureLimiter`: failed pairing attempts (408/409 initiates, 404 check-ins) per
-  source and per target IP, so keys cannot be guessed online;
+  source and per target IP, so keys cannot be guessed online; :class:`FailureBudget` is
+  what the API needs of it (``stunturn_server.redis_limits`` holds the same buckets in
+  Redis, shared by every instance, with the arithmetic of :class:`TokenBucket`);
 - :class:`ConcurrencyLimiter`: at most N things per source and M in all;
 - :class:`LogThrottle`: one log line per key and interval, with the count of what it stood for.
 
@@ -20,6 +22,7 @@ import ipaddress
 import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stunturn_diag.sansio.netaddr import unmapped_address
 
@@ -35,6 +38,18 @@ def source_of(ip: str) -> str:
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def check_bucket(burst: float, rate: float) -> None:
+    """``ValueError`` unless a bucket of ``burst`` tokens refilled at ``rate`` per second works."""
+    if not (burst >= 1 and rate > 0):
+        raise ValueError(f"a token bucket needs burst >= 1 and rate > 0, got {burst}, {rate}")
+
+
+def retry_after_header(wait: float) -> float | None:
+    """``None`` when nothing need wait (``wait <= 0``), else ``wait`` seconds as an HTTP
+    Retry-After (RFC 9110 section 10.2.3: whole seconds), rounded up, at least 1."""
+    return None if wait <= 0 else float(max(1, math.ceil(wait)))
 
 
 @dataclass
@@ -53,8 +68,7 @@ class TokenBucket:
     _state: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if not (self.burst >= 1 and self.rate > 0):
-            raise ValueError(f"a token bucket needs burst >= 1 and rate > 0, got {self.burst}, {self.rate}")
+        check_bucket(self.burst, self.rate)
 
     def _refilled(self, key: str, now: float) -> float:
         tokens, last = self._state.get(key, (self.burst, now))
@@ -92,6 +106,18 @@ class TokenBucket:
             self.sweep_at = max(self.sweep_at, 2 * len(self._state))
 
 
+class FailureBudget(Protocol):
+    """What the API needs of a failed-attempt limiter (:class:`FailureLimiter` in this
+    process, ``stunturn_server.redis_limits.RedisFailureLimiter`` across instances)."""
+
+    def retry_after(self, source: str, target: str | None, now: float) -> float | None:
+        """``None`` when a request from ``source`` naming ``target`` may go on; else the
+        whole seconds to wait (:func:`retry_after_header`)."""
+
+    def failed(self, source: str, target: str | None, now: float) -> None:
+        """Spend one token of ``source`` and of ``target`` (those that have one)."""
+
+
 class FailureLimiter:
     """Failed pairing attempts, per source (IPv4 address / IPv6 /64) and per target IP.
 
@@ -112,7 +138,7 @@ class FailureLimiter:
         wait = self.sources.retry_after(source, now)
         if target is not None:
             wait = max(wait, self.targets.retry_after(target, now))
-        return None if wait <= 0 else float(max(1, math.ceil(wait)))
+        return retry_after_header(wait)
 
     def failed(self, source: str, target: str | None, now: float) -> None:
         self.sources.charge(source, now)
