@@ -30,7 +30,7 @@ from stunturn_diag.sansio.netaddr import Address
 
 #: (rounds, interval seconds): 20 fast rounds, then a steady pace
 SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
-PRIME_GAP = 0.030
+PRIME_GAP = 0.020
 #: TTL of priming packets (UDP and TCP): expires past our NAT, before the peer's
 #: (host -> own NAT -> core router -> peer NAT); one more per extra NAT level
 DEFAULT_PRIME_TTL = 2

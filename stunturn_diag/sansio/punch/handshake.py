@@ -97,7 +97,8 @@ class StartedPake:
     """This side's CPace scalar and PRS, prepared ahead of the match (single use).
 
     The generator depends on the match (sid), so the share itself is computed by
-    :class:`Handshake` (one Elligator 2 map and one X25519, well under a millisecond).
+    :class:`Handshake` (one Elligator 2 map and one X25519, well under a millisecond once
+    the crypto backend is warm: starting one warms it, :func:`cpace.warm_up`).
     """
 
     def __init__(self, key: str | bytes, role: Role | str, *,
@@ -108,6 +109,7 @@ class StartedPake:
         if len(self._scalar) != SCALAR_LEN:
             raise ValueError(f"the entropy source must return {SCALAR_LEN} bytes")
         self._taken = False
+        cpace.warm_up(self._scalar)     # the backend's first-use cost, before the match
 
     def take(self) -> tuple[bytes, bytes]:
         """(PRS, scalar), once."""
