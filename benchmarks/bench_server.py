@@ -48,6 +48,7 @@ stopped. Loopback only. Prints one figure per line (``--json`` for one object).
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import os
@@ -364,14 +365,17 @@ def run_scenario(args, addresses: list[tuple[str, int]], server_pids: list[int],
         advance(conn)
 
     def advance(conn: Conn) -> None:
-        """Send this receiver connection's next check-in (its tag: current index, queue)."""
-        nxt = next(conn.tag[1], None)
-        if nxt is None:
-            conn.close()
+        """Send this receiver connection's next check-in (its tag: current index, queue of
+        (index, request) and whether to close once it is empty)."""
+        _, queue, close_when_done = conn.tag
+        if not queue:
+            if close_when_done:
+                conn.close()
             return
-        conn.tag = (nxt[0], conn.tag[1])
-        sent[nxt[0]] = time.perf_counter()
-        conn.send(nxt[1])
+        i, data = queue.popleft()
+        conn.tag = (i, queue, close_when_done)
+        sent[i] = time.perf_counter()
+        conn.send(data)
 
     def checkin_bytes(i: int) -> bytes:
         return http_request("POST", "/v1/checkin", {"rendezvous": key_for(i)})
@@ -404,12 +408,13 @@ def run_scenario(args, addresses: list[tuple[str, int]], server_pids: list[int],
         rss_held = sum(rss_kib(pid) or 0 for pid in pids) if pids else None
         early_refused = dict(refused)
 
-        def receivers(jobs: list[tuple[list[int], tuple[str, int]]]) -> list[Conn]:
+        def receivers(jobs: list[tuple[list[int], tuple[str, int]]], close_when_done: bool = True) -> list[Conn]:
             """One keep-alive connection per job, connected, its check-in requests built (before
             any clock runs); :func:`advance` sends its first."""
             conns = [loop.connect(address, receiver_status_in, lambda c, r: note("receiver", r),
-                                  (None, iter([(i, checkin_bytes(i)) for i in indices])))
-                     for indices, address in jobs if indices]
+                                  (None, collections.deque((i, checkin_bytes(i)) for i in indices),
+                                   close_when_done))
+                     for indices, address in jobs if indices or not close_when_done]
             loop.run(lambda: all(c.connected or c.fd not in loop.conns for c in conns), deadline)
             return conns
 
@@ -420,17 +425,20 @@ def run_scenario(args, addresses: list[tuple[str, int]], server_pids: list[int],
                 sum(1 for i in answers if i not in indices)
             loop.run(lambda: len(answers) >= target, min(time.monotonic() + 10, deadline + 10))
 
-        def checkin_at(i: int):
-            return addresses[(i + 1) % n]
-
         # phase 1: latency, one receiver at a time (server otherwise idle, all waiters held): the
         # next check-in goes out once the previous pair's initiator answer arrived
         latency_keys = list(range(min(args.latency_pairs, held)))
+        one_by_one = receivers([([], address) for address in addresses], close_when_done=False)
         for i in latency_keys:
-            for conn in receivers([([i], checkin_at(i))]):
-                advance(conn)
-            loop.run(lambda: i in answers or (i in receiver_status and receiver_status[i] != 200), deadline)
+            conn = one_by_one[(i + 1) % n]  # the connection to checkin_at(i)
+            conn.tag[1].append((i, checkin_bytes(i)))
+            advance(conn)
+            # both answers: the receiver's (before the next request on its connection) and, when
+            # it matched, the initiator's
+            loop.run(lambda: i in receiver_status and (i in answers or receiver_status[i] != 200), deadline)
         settle(latency_keys)
+        for conn in one_by_one:
+            conn.close()
         latencies = sorted((answers[i] - sent[i]) * 1000 for i in latency_keys if i in answers)
         # phase 2: throughput, --concurrency receiver connections in parallel, spread evenly over
         # the instances: connection r checks in at instance r % n, taking every
