@@ -59,7 +59,6 @@ import socket
 import statistics
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
