@@ -243,7 +243,7 @@ def initiate():
                        "waiting, the most this server allows; let some finish first", limit=limit,
                        headers={"Retry-After": "1"})
     try:
-        return _wait_for_receiver(state, req, observed, source)
+        return _wait_for_receiver(state, req, observed, source, token)
     finally:
         state.release(source, token)
 
@@ -265,7 +265,7 @@ def _shutting_down() -> ApiError:
 
 
 def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
-                       observed: tuple[str, int], source: str):
+                       observed: tuple[str, int], source: str, admission: object):
     timeout = min(req.timeout or state.config.wait_timeout, state.config.wait_timeout)
     started = state.clock()
     waiter = None
@@ -273,7 +273,8 @@ def _wait_for_receiver(state: SignalingState, req: validation.InitiateRequest,
     try:
         reg = state.matcher.register(req.rendezvous, req.target_ips or req.target_ip, req.protocol,
                                      observed=observed,
-                                     details=req.details, now=started, timeout=timeout)
+                                     details=req.details, now=started, timeout=timeout,
+                                     admission=admission)
     except Conflict as exc:
         slot = exc.slot
         occupant = state.matcher.store.occupant(slot, started)

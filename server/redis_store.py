@@ -2,24 +2,32 @@
 
 An initiator held by instance A and a receiver arriving at instance B meet in Redis:
 
-* ``put_waiter``/``take_waiter``/``remove_waiter`` are one Lua script each, so every
-  step is atomic on the Redis side. A waiter record lives under its slot key
-  ``<prefix>w:<key digest hex>:<target ip>`` as ``<waiter id>|<deadline ms>|<json>``;
-  the deadline is on *Redis's* clock (``TIME``), the one clock every instance shares, and
-  the record's TTL is the wait plus a margin, so a crashed instance's waiters expire.
-  ``take`` ignores a record past its deadline (a timed-out initiator is never matched)
-  and ``put`` overwrites one (the key works again at once); ``remove`` deletes only a
-  record carrying the same waiter id, so a cancel never deletes a newer waiter.
-* ``deliver`` from B to A: ``LPUSH`` the match onto the waiter's mailbox list (with a
-  TTL) and ``PUBLISH`` it on A's channel ``<prefix>wake:<instance id>``. A's one
-  subscriber connection hands it to the waiting greenlet. A notification lost while
-  A's subscriber reconnects is not lost data: after every (re)subscription A reads the
-  mailbox lists of the waiters it holds, and a waiter whose record was taken reads its
-  list before it gives up. A match for a waiter of this very instance is handed over
-  in memory.
+* ``put_waiter``/``claim``/``remove_waiter`` are one Lua script each (``EVALSHA``), so
+  every step is atomic on the Redis side. A waiter record lives under its slot key
+  ``<prefix>w:<key digest hex>:<target ip>`` as ``<waiter id>|<deadline ms>|<n>|<meta
+  json of n bytes><record json>`` (meta: holding instance, sibling target IPs, per-source
+  admission; record: protocol, observed address, details); the deadline is on *Redis's*
+  clock (``TIME``), the one clock every instance shares, and the record's TTL is the wait
+  plus a margin, so a crashed instance's waiters expire. A take ignores a record past its
+  deadline (a timed-out initiator is never matched) and ``put`` overwrites one (the key
+  works again at once); ``remove`` deletes only a record carrying the same waiter id, so
+  a cancel never deletes a newer waiter.
+* A receiver's check-in is one round trip, the claim script: it takes the record, empties
+  the waiter's sibling slots (dual stack: only where they still carry its id), releases
+  its per-source admission and, when another instance A holds the waiter, delivers: it
+  ``LPUSH``es the match onto the waiter's mailbox list (with a TTL) and ``PUBLISH``es it
+  on A's channel ``<prefix>wake:<instance id>``. A's one subscriber connection hands it to
+  the waiting greenlet. A notification lost while A's subscriber reconnects is not lost
+  data: after every (re)subscription A reads the mailbox lists of the waiters it holds,
+  and a waiter whose record was taken reads its list before it gives up. A match for a
+  waiter of this very instance is handed over in memory. Take and delivery being one step,
+  no check-in can take a waiter without its match being on the way to it. (The script reaches the
+  sibling, mailbox and source keys it derives from the record: a single Redis, not a
+  Redis Cluster.)
 * Per-source waiter limits are a sorted set per source in Redis (member = one waiting
   initiator, score = when it lapses), so they hold across instances and a crashed
-  instance's entries lapse by themselves.
+  instance's entries lapse by themselves; a matched initiator's entry goes with the claim,
+  so its end costs no round trip.
 * The key-hashing secret's fingerprint is stored once (``<prefix>secret-fingerprint``);
   an instance configured with another secret refuses to start against that Redis.
 
@@ -92,13 +100,30 @@ local wait = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. (now + wait) .. '|' .. ARGV[4], 'PX', wait + tonumber(ARGV[3]))
 return 1"""
 
-#: KEYS: slot -> the live record (now deleted) or nil; an expired record is left alone
-TAKE_SCRIPT = f"""{_NOW}
+#: KEYS: slot; ARGV: caller's instance id, match payload ('' = take only), key prefix,
+#: mailbox TTL ms, the slot key without its IP -> the live record (now deleted) or nil; an
+#: expired record is left alone. One step: the waiter's sibling slots (dual stack) are
+#: emptied where it still is, its per-source admission is released, and unless its holder
+#: is the caller the match goes to its mailbox list and its holder's channel.
+CLAIM_SCRIPT = f"""{_NOW}
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-local deadline = {_DEADLINE}
-if not deadline or deadline <= now then return false end
+local id, deadline, n, at = string.match(v, '^([^|]*)|(%d+)|(%d+)|()')
+if not deadline or tonumber(deadline) <= now then return false end
 redis.call('DEL', KEYS[1])
+local meta = cjson.decode(string.sub(v, at, at + tonumber(n) - 1))
+for _, ip in ipairs(meta.a) do
+  local key = ARGV[5] .. ip
+  local s = redis.call('GET', key)
+  if s and string.sub(s, 1, #id + 1) == id .. '|' then redis.call('DEL', key) end
+end
+if meta.z then redis.call('ZREM', meta.z[1], meta.z[2]) end
+if ARGV[2] ~= '' and meta.i ~= ARGV[1] then
+  local mailbox = ARGV[3] .. 'mb:' .. id
+  redis.call('LPUSH', mailbox, ARGV[2])
+  redis.call('PEXPIRE', mailbox, ARGV[4])
+  redis.call('PUBLISH', ARGV[3] .. 'wake:' .. meta.i, id .. '|' .. ARGV[2])
+end
 return v"""
 
 #: KEYS: slot; ARGV: waiter id -> 1 removed / 0 not (taken, expired away or a newer waiter)
@@ -267,8 +292,12 @@ class _RedisMailbox(Mailbox):
         self.waiter: Waiter | None = None
 
     def _put(self, match: Match) -> None:
+        """A match came; every match comes from the claim script, which released the waiter's
+        admission already."""
         if self.match is None:
             self.match = match
+        if self.waiter is not None and isinstance(self.waiter.admission, _Admission):
+            self.waiter.admission.released = True
         self._event.set()
 
     def _lose(self, error: StoreUnavailable) -> None:
@@ -321,13 +350,13 @@ class RedisStore(MatchStore):
         self._mailboxes: dict[str, _RedisMailbox] = {}
         self._holders: dict[str, str] = {}  # waiter id -> holding instance, between take and deliver
         self._pending_removals: dict[str, Waiter] = {}  # removals Redis could not take yet
-        self._pending_releases: list[tuple[str, str]] = []
+        self._pending_releases: list[tuple[str, str]] = []  # (source set key, token)
         self._subscriber = None
         self._stopped = False
         self.connected: gevent.event.Event | None = None  # set while subscribed (from start())
         self.resyncs = 0  # (re)subscriptions after the first: for tests and metrics
         self._scripts = {name: LuaScript(src) for name, src in (
-            ("put", PUT_SCRIPT), ("take", TAKE_SCRIPT), ("cancel", CANCEL_SCRIPT), ("admit", ADMIT_SCRIPT))}
+            ("put", PUT_SCRIPT), ("claim", CLAIM_SCRIPT), ("cancel", CANCEL_SCRIPT), ("admit", ADMIT_SCRIPT))}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -382,7 +411,11 @@ class RedisStore(MatchStore):
 
     # -- keys -----------------------------------------------------------------------------
     def _slot_key(self, slot: Slot) -> str:
-        return f"{self.config.redis_prefix}w:{slot.key_digest.hex()}:{slot.target_ip}"
+        return f"{self._slot_key_base(slot)}{slot.target_ip}"
+
+    def _slot_key_base(self, slot: Slot) -> str:
+        """The slot key without its target IP (the claim script adds a sibling's IP)."""
+        return f"{self.config.redis_prefix}w:{slot.key_digest.hex()}:"
 
     def _mailbox_key(self, waiter_id: str) -> str:
         return f"{self.config.redis_prefix}mb:{waiter_id}"
@@ -400,8 +433,12 @@ class RedisStore(MatchStore):
     # -- MatchStore -----------------------------------------------------------------------
     def put_waiter(self, waiter: Waiter, now: float) -> bool:
         wait_ms = max(1, int((waiter.deadline - now) * 1000))
-        record = json.dumps({"p": waiter.protocol, "o": list(waiter.observed), "d": waiter.details,
-                             "i": self.instance_id}, separators=(",", ":"))
+        meta: dict = {"i": self.instance_id, "a": list(waiter.also)}
+        if isinstance(waiter.admission, _Admission):
+            meta["z"] = [waiter.admission.key, waiter.admission.token]
+        meta = json.dumps(meta, separators=(",", ":"))
+        record = f"{len(meta.encode())}|{meta}" + json.dumps(
+            {"p": waiter.protocol, "o": list(waiter.observed), "d": waiter.details}, separators=(",", ":"))
         stored = self._pool_or_raise().script(self._scripts["put"], [self._slot_key(waiter.slot)],
                                               [waiter.waiter_id, wait_ms, RECORD_MARGIN_MS, record])
         if stored:
@@ -414,20 +451,48 @@ class RedisStore(MatchStore):
         value = self._pool_or_raise().call("GET", self._slot_key(slot))
         if value is None:
             return None
-        try:  # "<waiter id>|<deadline ms>|<record json>"; a lapsed record is gone by itself soon
-            observed = json.loads(value.decode().split("|", 2)[2])["o"]
+        try:  # a lapsed record is gone by itself soon
+            observed = _parse_record(value)[3]["o"]
             return observed[0], int(observed[1])
         except (ValueError, KeyError, IndexError, TypeError):
             return None
 
-    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
-        value = self._pool_or_raise().script(self._scripts["take"], [self._slot_key(slot)], [])
+    def _claim(self, slot: Slot, payload: str, now: float) -> tuple[Waiter, str] | None:
+        """The claim script on ``slot``: the waiter taken and its holder's instance id."""
+        value = self._pool_or_raise().script(self._scripts["claim"], [self._slot_key(slot)], [
+            self.instance_id, payload, self.config.redis_prefix, MAILBOX_TTL_MS, self._slot_key_base(slot)])
         if value is None:
             return None
-        waiter_id, _deadline, record = value.decode().split("|", 2)
-        data = json.loads(record)
-        self._holders[waiter_id] = data["i"]
-        return Waiter(waiter_id, slot, data["p"], (data["o"][0], int(data["o"][1])), data["d"], now)
+        waiter_id, _deadline, meta, data = _parse_record(value)
+        waiter = Waiter(waiter_id, slot, data["p"], (data["o"][0], int(data["o"][1])), data["d"], now,
+                        also=tuple(meta["a"]))
+        return waiter, meta["i"]
+
+    def take_waiter(self, slot: Slot, now: float) -> Waiter | None:
+        claimed = self._claim(slot, "", now)
+        if claimed is None:
+            return None
+        waiter, holder = claimed
+        self._holders[waiter.waiter_id] = holder
+        return waiter
+
+    def claim(self, slot: Slot, now: float, match_id: str, receiver_observed: Address,
+              receiver_details: dict) -> Match | None:
+        """One round trip (the claim script): take the waiter, empty its sibling slots, release
+        its admission, and deliver to another instance's waiter through Redis; a waiter held
+        here gets its match in memory."""
+        payload = json.dumps({"m": match_id, "o": list(receiver_observed), "d": receiver_details},
+                             separators=(",", ":"))
+        claimed = self._claim(slot, payload, now)
+        if claimed is None:
+            return None
+        waiter, holder = claimed
+        match = Match(match_id, waiter.protocol, waiter, receiver_observed, receiver_details)
+        if holder == self.instance_id:
+            mailbox = self._mailboxes.get(waiter.waiter_id)
+            if mailbox is not None:
+                mailbox._put(match)
+        return match
 
     def remove_waiter(self, waiter: Waiter) -> bool:
         mailbox = self._mailboxes.get(waiter.waiter_id)
@@ -460,7 +525,7 @@ class RedisStore(MatchStore):
                 return False
             mailbox._put(match)
             return True
-        payload = json.dumps({"m": match.match_id, "p": match.protocol, "o": list(match.receiver_observed),
+        payload = json.dumps({"m": match.match_id, "o": list(match.receiver_observed),
                               "d": match.receiver_details}, separators=(",", ":"))
         mailbox_key = self._mailbox_key(waiter_id)
         replies = self._pool_or_raise().run([
@@ -474,17 +539,21 @@ class RedisStore(MatchStore):
         return sum(1 for mb in self._mailboxes.values() if mb.waiter is not None)
 
     def admit_source(self, source: str, limit: int) -> object | None:
-        token = secrets.token_hex(8)
+        admission = _Admission(f"{self.config.redis_prefix}src:{source}", secrets.token_hex(8))
         lapse_ms = int(self.config.wait_timeout * 1000) + RECORD_MARGIN_MS
-        admitted = self._pool_or_raise().script(self._scripts["admit"], [f"{self.config.redis_prefix}src:{source}"],
-                                                [token, limit, lapse_ms])
-        return token if admitted else None
+        admitted = self._pool_or_raise().script(self._scripts["admit"], [admission.key],
+                                                [admission.token, limit, lapse_ms])
+        return admission if admitted else None
 
     def release_source(self, source: str, token: object) -> None:
+        if not isinstance(token, _Admission):
+            token = _Admission(f"{self.config.redis_prefix}src:{source}", str(token))
+        if token.released:
+            return  # the claim that took its waiter released it already: no round trip
         try:
-            self._pool_or_raise().call("ZREM", f"{self.config.redis_prefix}src:{source}", token)
+            self._pool_or_raise().call("ZREM", token.key, token.token)
         except StoreUnavailable:
-            self._pending_releases.append((source, str(token)))
+            self._pending_releases.append((token.key, token.token))
             raise
 
     # -- the relayed-address exchange (server/relay_api.py) --------------------------------
@@ -521,7 +590,7 @@ class RedisStore(MatchStore):
         if waiter is None:
             return None
         data = json.loads(payload)
-        return Match(data["m"], data["p"], waiter, (data["o"][0], int(data["o"][1])), data["d"])
+        return Match(data["m"], waiter.protocol, waiter, (data["o"][0], int(data["o"][1])), data["d"])
 
     def _on_message(self, data: bytes) -> None:
         waiter_id, _, payload = data.decode().partition("|")
@@ -553,7 +622,7 @@ class RedisStore(MatchStore):
             self._cancel_many(list(self._pending_removals.values()))
         releases, self._pending_releases = self._pending_releases, []
         for batch in _batches(releases, _RESYNC_BATCH):
-            pool.run([("ZREM", f"{self.config.redis_prefix}src:{source}", token) for source, token in batch])
+            pool.run([("ZREM", key, token) for key, token in batch])
 
     def _cancel_many(self, waiters: list[Waiter]) -> None:
         script = self._scripts["cancel"]
@@ -625,6 +694,25 @@ def _readable(conn, timeout: float) -> bool:
     except gevent.socket.timeout:
         return False
     return True
+
+
+class _Admission:
+    """One admitted initiator's entry in its source's sorted set (``key``, member ``token``);
+    ``released`` once the claim script removed it (its waiter was taken)."""
+
+    __slots__ = ("key", "token", "released")
+
+    def __init__(self, key: str, token: str) -> None:
+        self.key, self.token, self.released = key, token, False
+
+
+def _parse_record(value: bytes) -> tuple[str, str, dict, dict]:
+    """``<waiter id>|<deadline ms>|<n>|<meta json, n bytes><record json>`` -> waiter id,
+    deadline, meta (``i`` holder instance, ``a`` sibling IPs, ``z`` admission), record
+    (``p`` protocol, ``o`` observed address, ``d`` details)."""
+    waiter_id, deadline, n, rest = value.split(b"|", 3)
+    size = int(n)
+    return waiter_id.decode(), deadline.decode(), json.loads(rest[:size]), json.loads(rest[size:])
 
 
 def _batches(items: list, size: int) -> Iterable[list]:

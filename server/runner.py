@@ -193,6 +193,10 @@ def _handler_class(config: ServerConfig, trusted: TrustedProxies, throttle: LogT
             return ("400", _canned("400 Bad Request", {
                 "error": "bad-request", "message": f"malformed or ambiguous HTTP request: {str(ex)[:200]}"}))
 
+        def log_request(self):
+            """No access log (the servers run with ``log=None``): pywsgi would still format
+            one line per request for its no-op log."""
+
         def handle_error(self, t, v, tb):
             """A failure outside the app (e.g. the client vanished mid-write): DEBUG with the
             traceback, no 500 body on a connection that is being dropped anyway."""

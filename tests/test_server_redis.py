@@ -361,3 +361,36 @@ def test_a_cancel_never_deletes_a_newer_waiter_and_expired_ones_are_never_taken(
         assert store.take_waiter(slot, now=0) is None  # taken once
     finally:
         store.stop()
+
+
+def test_one_claim_takes_a_dual_stack_initiator_everywhere_and_releases_its_admission(redis_server):
+    """The claim script in one step (stores A and B in this thread's gevent hub): the
+    initiator waits on A in one slot per receiver IP; B's check-in from one IP takes it,
+    empties the other slot, releases its per-source admission and delivers to A."""
+    from stunturn_server.sansio.matching import KeyHasher, Matcher
+    from stunturn_server.redis_store import RedisStore, secret_fingerprint
+
+    a, b = (RedisStore(config(redis_server), fingerprint=secret_fingerprint(SECRET)) for _ in range(2))
+    a.start()
+    b.start()
+    try:
+        ids = iter(range(100))
+        on_a, on_b = (Matcher(store, KeyHasher(SECRET), new_id=lambda: f"{next(ids):016x}")
+                      for store in (a, b))
+        admission = a.admit_source("127.0.0.9", 5)
+        reg = on_a.register("k" * 64, ("127.0.0.1", "::1"), "udp", observed=("127.0.0.9", 4000),
+                            details={"x": 1}, now=0, timeout=30, admission=admission)
+        assert redis_server.keys("stunturn:w:*") == 2
+        assert redis_server.command("ZCARD", "stunturn:src:127.0.0.9") == b":1"
+        match = on_b.checkin("k" * 64, observed=("::1", 5000), details={"y": 2}, now=0)
+        assert match is not None and match.initiator.details == {"x": 1}
+        assert redis_server.keys("stunturn:w:*") == 0   # both slots gone in the same step
+        assert redis_server.command("ZCARD", "stunturn:src:127.0.0.9") == b":0"
+        got = reg.mailbox.wait(5)  # through A's subscriber
+        assert got is not None and got.match_id == match.match_id and got.protocol == "udp"
+        assert got.receiver_observed == ("::1", 5000) and got.receiver_details == {"y": 2}
+        assert admission.released  # A's release sends nothing more
+        assert on_b.checkin("k" * 64, observed=("127.0.0.1", 5001), details={}, now=0) is None
+    finally:
+        b.stop()
+        a.stop()

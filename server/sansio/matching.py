@@ -59,6 +59,10 @@ class Waiter:
     #: the other receiver IPs the initiator named (dual stack): its sibling entries, one
     #: per slot, share this waiter id and mailbox
     also: tuple[str, ...] = ()
+    #: the store's token for this initiator's per-source admission
+    #: (:meth:`MatchStore.admit_source`), or None; a store may release it when the waiter is
+    #: taken (it waits no more), in the same step (:meth:`MatchStore.claim`)
+    admission: object = field(default=None, compare=False)
 
     def siblings(self) -> list["Waiter"]:
         """The entries of this initiator in its other slots."""
@@ -118,9 +122,9 @@ class MatchStore(ABC):
     respect to the others, and none reads a clock: ``now`` comes from the caller.
 
     A shared store (Redis, so several server instances pair with each other) maps the
-    operations onto ``SET NX PX`` (put), ``GETDEL`` (take), a compare-and-delete script
-    (remove) and a per-waiter list or channel (mailbox: ``deliver`` = ``LPUSH``/``PUBLISH``,
-    ``wait`` = ``BLPOP``/subscribe).
+    operations onto scripts: put (set unless a live waiter is there), claim (take + empty
+    the siblings + deliver, one step), a compare-and-delete (remove), and a per-waiter list
+    and channel (mailbox: delivery = ``LPUSH``/``PUBLISH``, ``wait`` = subscribe).
     """
 
     @abstractmethod
@@ -134,6 +138,23 @@ class MatchStore(ABC):
     @abstractmethod
     def remove_waiter(self, waiter: Waiter) -> bool:
         """Remove exactly this waiter (same slot, same id); ``False`` if it is no longer there."""
+
+    def claim(self, slot: Slot, now: float, match_id: str, receiver_observed: Address,
+              receiver_details: dict) -> Match | None:
+        """A receiver's check-in: take the live waiter in ``slot``, empty its other slots and
+        deliver the match ``match_id`` to its mailbox; the match, or ``None`` if nobody waits.
+
+        This default composes :meth:`take_waiter`, :meth:`remove_waiter` and :meth:`deliver`;
+        a shared store does it all in one atomic step (one round trip, no window in which a
+        second receiver could take a sibling entry)."""
+        waiter = self.take_waiter(slot, now)
+        if waiter is None:
+            return None
+        for sibling in waiter.siblings():   # dual stack: its other slots are empty now
+            self.remove_waiter(sibling)
+        match = Match(match_id, waiter.protocol, waiter, receiver_observed, dict(receiver_details))
+        self.deliver(match)
+        return match
 
     @abstractmethod
     def open_mailbox(self, waiter_id: str) -> Mailbox:
@@ -233,19 +254,21 @@ class Matcher:
         return Slot(self.hasher.digest(access_key), ip)
 
     def register(self, access_key: str, target_ip: str | tuple[str, ...] | list[str], protocol: str, *,
-                 observed: Address, details: dict, now: float, timeout: float) -> Registration:
+                 observed: Address, details: dict, now: float, timeout: float,
+                 admission: object = None) -> Registration:
         """Put an initiator in its slot until ``now + timeout``; :class:`Conflict` if occupied.
 
         ``target_ip`` may name several receiver IPs (dual stack: one per family): the
         initiator then waits in one slot per IP and the first receiver to arrive from
-        any of them takes it (all or none are stored).
+        any of them takes it (all or none are stored). ``admission``: the store's token from
+        :meth:`MatchStore.admit_source` for this initiator, carried by its waiter.
 
         The mailbox is opened before the waiter becomes visible, so a receiver that
         arrives at once still finds somewhere to deliver.
         """
         ips = (target_ip,) if isinstance(target_ip, str) else tuple(dict.fromkeys(target_ip))
         waiter = Waiter(self._new_id(), self.slot(access_key, ips[0]), protocol, observed,
-                        dict(details), now + timeout, also=ips[1:])
+                        dict(details), now + timeout, also=ips[1:], admission=admission)
         mailbox = self.store.open_mailbox(waiter.waiter_id)
         stored: list[Waiter] = []
         for entry in (waiter, *waiter.siblings()):
@@ -263,14 +286,8 @@ class Matcher:
         The slot is looked up with the receiver's *observed* IP, never one it claims.
         On a match the initiator's mailbox receives the match before this returns.
         """
-        waiter = self.store.take_waiter(self.slot(access_key, observed[0]), now)
-        if waiter is None:
-            return None
-        for sibling in waiter.siblings():   # dual stack: its other slots are empty now
-            self.store.remove_waiter(sibling)
-        match = Match(self._new_id(), waiter.protocol, waiter, observed, dict(details))
-        self.store.deliver(match)
-        return match
+        return self.store.claim(self.slot(access_key, observed[0]), now, self._new_id(), observed,
+                                dict(details))
 
     def leave(self, waiter: Waiter) -> bool:
         """The initiator stops waiting (timeout, hang-up, shutdown).
