@@ -171,3 +171,34 @@ def test_bad_parameters_and_duplicate_tid_rejected():
     eng.add(probe("a", b"a" * 12))
     with pytest.raises(ValueError):
         eng.add(probe("b", b"a" * 12))
+
+
+# --- a prior RTT (the TCP connect's) ---------------------------------------------------------
+
+def test_a_prior_rtt_gives_up_on_a_silent_server_after_a_few_rtos():
+    cold = Engine(rto_initial=0.05)
+    cold.add(probe("silent", b"c" * 12))
+    run_until_idle(cold)
+    warm = Engine(rto_initial=0.05, prior_rtt=0.002)
+    warm.add(probe("silent", b"w" * 12))
+    run_until_idle(warm)
+    # cold: 50 + 100 ms, then 2 x 200 ms after the last copy; warm: the RTO at its 30 ms
+    # floor, 2 x 30 ms, then the 100 ms final wait
+    assert cold.outcome(b"c" * 12).concluded_at == pytest.approx(0.55)
+    assert warm.outcome(b"w" * 12).concluded_at == pytest.approx(0.16)
+    assert warm.outcome(b"w" * 12).status == "no-reply" and warm.prior_only
+
+
+def test_the_first_udp_sample_replaces_the_prior():
+    eng = Engine(prior_rtt=0.3)
+    eng.add(probe("a", b"a" * 12))
+    eng.poll(0.0)
+    assert eng.rto == pytest.approx(0.9)      # srtt + 4 rttvar of the prior
+    eng.on_packet(b"a" * 12, 0.004)
+    assert not eng.prior_only and eng.srtt == pytest.approx(0.004)
+    assert eng.prior_rtt == 0.3
+
+
+def test_a_prior_rtt_must_be_positive():
+    with pytest.raises(ValueError):
+        Engine(prior_rtt=0.0)

@@ -33,6 +33,10 @@ from .tcp_runner import Held, alloc_test, run_tcp_rest
 from .tcp_sockets import has_raw_socket_capability
 from .udp_runner import resolve, route_source_ip, run_udp
 
+#: a TCP connect RTT below this seeds UDP's RTO (RFC 8489 section 6.2.1, prior RTT
+#: knowledge); a slower one may hold a retransmitted SYN, so it only sets rto_initial
+PRIOR_RTT_MAX = 0.05
+
 
 def _endpoints_from_server(url: str, client: SignalingClient,
                            info: dict | None = None) -> tuple[Endpoints, dict]:
@@ -206,7 +210,11 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
         # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike
         say("probing TCP port allocation ...")
         tcp_held = alloc_test(tcp_run, ep, local_ip)
-        if tcp_run.rtt is not None:
+        if tcp_run.rtt is not None and tcp_run.rtt < PRIOR_RTT_MAX:
+            # the TCP connect's RTT to the same server: UDP's RTO starts from it, so a
+            # server that UDP never reaches is given up after ~160 ms, not ~550 ms
+            engine_kw["prior_rtt"] = tcp_run.rtt
+        elif tcp_run.rtt is not None:       # a slow (or retransmitted) connect: no prior
             engine_kw["rto_initial"] = min(0.2, max(0.05, 4 * tcp_run.rtt))
 
     engine = Engine(**engine_kw)

@@ -102,7 +102,8 @@ def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: fl
         timings={"udp_ms": round((udp.finished - udp.started) * 1000, 3),
                  "tcp_ms": tcp.elapsed_ms if tcp else None,
                  "tcp_phases_ms": tcp.phase_ms if tcp else None,
-                 "srtt_ms": None if eng.srtt is None else round(eng.srtt * 1000, 3),
+                 "srtt_ms": None if eng.srtt is None or eng.prior_only else round(eng.srtt * 1000, 3),
+                 "rtt_prior_ms": None if eng.prior_rtt is None else round(eng.prior_rtt * 1000, 3),
                  "rto_ms": round(eng.rto * 1000, 3), "loss_estimate": round(eng.loss_estimate, 3),
                  "attempts_for_no_reply": eng.attempts_needed(), "packets": dict(eng.stats)},
         left_out=tuple(f"udp.{name}" for name in left_out))

@@ -14,7 +14,11 @@ is concluded "no reply" only once it has been sent enough times that, at the rou
 trip loss measured so far, every copy being lost is improbable (``target_miss``),
 and the last copy has had ``2 * RTO`` (at least ``final_wait_min``) to come back. So one lost packet never reads as
 filtering, and a loss-free path concludes a filtered probe within a few RTOs instead
-of RFC 8489's 39.5 s. Replies that arrive after the conclusion still count
+of RFC 8489's 39.5 s. A ``prior_rtt`` (an RTT to the same server measured otherwise, e.g.
+the TCP connect of the probe's TCP tests: RFC 8489 section 6.2.1 lets the RTO start from
+prior RTT knowledge) stands in for the first sample until UDP's own first sample replaces
+it, so a server that never answers over UDP is given up after a few RTOs of that
+RTT instead of the doubling ``rto_initial`` schedule. Replies that arrive after the conclusion still count
 (``late``): the classifier only runs once the whole probe has finished.
 """
 
@@ -116,7 +120,8 @@ class Engine:
 
     def __init__(self, *, rto_initial: float = 0.2, rto_min: float = 0.03, rto_max: float = 1.0,
                  min_attempts: int = 3, max_attempts: int = 10, target_miss: float = 1e-3,
-                 loss_floor: float = 0.1, final_wait_min: float = 0.1) -> None:
+                 loss_floor: float = 0.1, final_wait_min: float = 0.1,
+                 prior_rtt: float | None = None) -> None:
         if not (0 < rto_min <= rto_initial <= rto_max):
             raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
         self.rto_initial, self.rto_min, self.rto_max = rto_initial, rto_min, rto_max
@@ -127,6 +132,13 @@ class Engine:
         self.final_wait_min = final_wait_min
         self.srtt: float | None = None
         self.rttvar: float = 0.0
+        #: the RTT estimate still comes from ``prior_rtt`` only (no UDP sample yet)
+        self.prior_only = False
+        self.prior_rtt = prior_rtt
+        if prior_rtt is not None:
+            if not 0 < prior_rtt:
+                raise ValueError("prior_rtt must be positive")
+            self.srtt, self.rttvar, self.prior_only = prior_rtt, prior_rtt / 2, True
         self._pending: dict[bytes, _Tx] = {}
         self._outcomes: dict[bytes, Outcome] = {}
         self._sent_for_answered = 0
@@ -227,8 +239,8 @@ class Engine:
 
     def _sample(self, rtt: float) -> None:
         """RFC 6298 section 2.2/2.3 smoothing."""
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
+        if self.srtt is None or self.prior_only:      # our own first sample beats a prior
+            self.srtt, self.rttvar, self.prior_only = rtt, rtt / 2, False
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
