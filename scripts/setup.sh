@@ -29,6 +29,10 @@ done
 # miniupnpd-nftables ships only the daemon (no service unit, no debconf question: it
 # "Breaks" the miniupnpd package that has them), so nothing starts on install; the lab
 # starts it per +portmap site inside a namespace (its binary is /usr/sbin/miniupnpd).
+# haproxy's Debian service starts on install with /etc/haproxy/haproxy.cfg, which has no
+# frontend (it binds no port, only its stats socket); it is stopped and disabled all the
+# same: the test of two serve instances behind one address runs `haproxy -db` with a
+# config of its own.
 APT_PACKAGES=(
     nftables:nft
     iproute2:ip
@@ -43,6 +47,7 @@ APT_PACKAGES=(
     stun-client:stun
     miniupnpd-nftables:miniupnpd
     redis-server:redis-server
+    haproxy:haproxy
     openssl:openssl
     python3-venv:
 )
@@ -69,6 +74,10 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         if [[ " ${need[*]} " == *" redis-server "* ]]; then
             # tests start their own redis-server on a free port: no system service left running
             { systemctl disable --now redis-server || service redis-server stop; } >/dev/null 2>&1 || true
+        fi
+        if [[ " ${need[*]} " == *" haproxy "* ]]; then
+            # tests start their own haproxy (foreground, own config): no system service left running
+            { systemctl disable --now haproxy || service haproxy stop; } >/dev/null 2>&1 || true
         fi
     fi
 else

@@ -42,6 +42,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("miniupnpd", "miniupnpd-nftables", "lab: PCP, NAT-PMP and UPnP IGD on +portmap sites' NAT boxes"),
     Tool("redis-server", "redis-server", "server tests, the lab test of two instances and the benchmark: "
          "the shared match store (each starts its own on a free port)"),
+    Tool("haproxy", "haproxy", "tests: a load balancer in front of two serve instances"),
     Tool("openssl", "openssl", "server tests: a throwaway certificate for Redis over TLS"),
     Tool("pystun3", "pystun3", "the benchmark: an RFC 3489 client (pyproject.toml test extra)", source="pip"),
     Tool("python3", "python3", "lab tests and the benchmark: our CLI inside the namespaces", essential=True),
