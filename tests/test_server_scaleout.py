@@ -254,6 +254,19 @@ def test_config_from_env_fills_the_typed_sections():
         ServerConfig(redis_url="http://127.0.0.1:6379", key_secret=b"s" * 16)
 
 
+def test_config_from_env_sets_the_limits():
+    config = config_from_env({"STUNTURN_FAILURE_BURST": "3", "STUNTURN_FAILURE_RATE": "0.5",
+                              "STUNTURN_TARGET_FAILURE_BURST": "7", "STUNTURN_TARGET_FAILURE_RATE": "1.5",
+                              "STUNTURN_MAX_WAITERS": "500"})
+    assert (config.failure_burst, config.failure_rate) == (3, 0.5)
+    assert (config.target_failure_burst, config.target_failure_rate) == (7, 1.5)
+    assert config.max_waiters == 500
+    with pytest.raises(ConfigError, match="failure_burst"):
+        config_from_env({"STUNTURN_FAILURE_BURST": "0"})
+    with pytest.raises(ConfigError, match="not a valid float"):
+        config_from_env({"STUNTURN_FAILURE_RATE": "fast"})
+
+
 def test_metrics_count_both_families_of_a_dual_stack_server():
     """The IPv6 STUN service's requests are counted beside the IPv4 one's."""
     from stunturn_diag.sansio.stun import encode
