@@ -64,6 +64,9 @@ class UdpChannel:
         self.lost = False
         self.closed = False
         self.foreign = 0
+        #: set by the peer's first authenticated frame (data, keepalive, FIN or BYE):
+        #: the dual-stack race's nomination (:mod:`stunturn_diag.sansio.punch.families`)
+        self.heard = threading.Event()
         #: called once by close(), after the sockets closed (e.g. delete a port mapping)
         self.on_close: list = []
         # frames that arrived while the punch loop was still confirming
@@ -103,6 +106,17 @@ class UdpChannel:
         """Tell the peer no more data follows (repeated: datagrams may be lost)."""
         for _ in range(3):
             self._send(Kind.FIN)
+
+    def nominate(self) -> None:
+        """Tell the peer this path is the one kept: authenticated keepalives at once."""
+        for _ in range(2):
+            self._send(Kind.KEEPALIVE)
+
+    def abandon(self) -> None:
+        """Close a path that lost the race, without the BYE (an authenticated frame would
+        read as this path's nomination on the peer's side)."""
+        self.lost = True
+        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -189,6 +203,7 @@ class UdpChannel:
             return
         kind, payload = frame
         self.last_rx = self._clock()
+        self.heard.set()
         if kind is Kind.DATA:
             self._inbox.put(payload)
         elif kind in (Kind.FIN, Kind.BYE) and not self.peer_eof:

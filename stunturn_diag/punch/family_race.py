@@ -1,0 +1,123 @@
+"""Dual-stack UDP punch runner: IPv6 and IPv4 attempts in threads, first path wins.
+
+The plan (which families, their head start) and both sides' choice of the winner are
+pure (:mod:`stunturn_diag.sansio.punch.families`); this module starts the attempts at
+their offsets, nominates (initiator) or follows the nomination (receiver), cancels
+the losing attempt and closes its socket without a word to the peer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from ..errors import PunchError
+from stunturn_diag.sansio.punch.families import FamilyPlan, initiator_pick, receiver_pick
+from stunturn_diag.sansio.punch.wire import Role
+
+#: one attempt: punch with this cancel event; returns a UdpChannel or raises PunchError
+Attempt = Callable[[threading.Event], object]
+#: the receiver's poll period while it waits for the initiator's nomination
+_POLL = 0.01
+
+
+def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: float,
+         say: Callable[[str], None]) -> tuple[object, int, dict[int, str]]:
+    """(channel, family, failures: family -> why it failed) or PunchError (the IPv4
+    attempt's when it was made, so the relay fallback reads its reason; attempts of both)."""
+    t0 = time.monotonic()
+    cancel = {fam: threading.Event() for fam in attempts}
+    go = {fam: threading.Event() for fam in attempts}
+    results: queue.Queue = queue.Queue()
+
+    def run(fam: int) -> None:
+        go[fam].wait(max(0.0, deadline - time.monotonic()))
+        if cancel[fam].is_set():
+            results.put((fam, PunchError("not started: the other IP family won",
+                                         reason="cancelled")))
+            return
+        try:
+            results.put((fam, attempts[fam](cancel[fam])))
+        except BaseException as exc:      # handed to the racing thread
+            results.put((fam, exc))
+
+    def starter() -> None:
+        for fam in sorted(attempts, key=lambda f: plan.start[f]):
+            left = plan.start[fam] - (time.monotonic() - t0)
+            if left > 0 and not any(cancel[f].is_set() for f in attempts):
+                failed_early.wait(left)   # the preferred attempt failed: start this one now
+            go[fam].set()
+
+    failed_early = threading.Event()
+    threads = [threading.Thread(target=run, args=(fam,), name=f"punch-ipv{fam}", daemon=True)
+               for fam in attempts]
+    for t in threads:
+        t.start()
+    threading.Thread(target=starter, name="punch-eyeballs", daemon=True).start()
+    done: dict[int, object] = {}
+    errors: dict[int, BaseException] = {}
+    order: list[int] = []
+    winner: int | None = None
+    try:
+        while winner is None and len(done) + len(errors) < len(attempts):
+            try:
+                fam, got = results.get(timeout=_POLL)
+            except queue.Empty:
+                fam, got = None, None
+            if fam is not None:
+                if isinstance(got, BaseException):
+                    errors[fam] = got
+                    failed_early.set()
+                else:
+                    done[fam] = got
+                    order.append(fam)
+            if role is Role.INITIATOR:
+                winner = initiator_pick(order)
+            else:
+                finished = len(done) + len(errors) == len(attempts)
+                winner = receiver_pick({f: ch.heard.is_set() for f, ch in done.items()},
+                                       at_deadline=finished or time.monotonic() >= deadline)
+        if winner is None:
+            # every attempt failed: the IPv4 error (the relay fallback reads its reason)
+            main = errors.get(4) or errors[6]
+            for exc in errors.values():
+                if not isinstance(exc, PunchError):
+                    raise exc
+            main.family_failures = {f: e.message for f, e in errors.items()}
+            other = [e for e in errors.values() if e is not main]
+            main.attempts = list(main.attempts) + [a for e in other for a in e.attempts]
+            for fam, exc in errors.items():
+                if exc is not main:
+                    main.message += f" (IPv{fam}: {exc.message})"
+            raise main
+        channel = done[winner]
+        if role is Role.INITIATOR:
+            channel.nominate()
+    finally:
+        for fam in attempts:
+            if fam != winner:
+                cancel[fam].set()
+                go[fam].set()
+        for t in threads:
+            t.join(2.0)
+        while True:
+            try:
+                fam, got = results.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(got, BaseException):
+                errors[fam] = got
+            else:
+                done[fam] = got
+        for fam, ch in done.items():
+            if fam != winner:
+                ch.abandon()
+    failures = {fam: exc.message for fam, exc in errors.items()
+                if isinstance(exc, PunchError) and exc.reason != "cancelled"}
+    say(f"IPv{winner} path authenticated first"
+        + (f" ({(time.monotonic() - t0) * 1000:.0f} ms)" if plan.raced else "")
+        + ("; " + "; ".join(f"IPv{f} failed: {m}" for f, m in failures.items())
+           if failures else ""))
+    return channel, winner, failures
