@@ -58,18 +58,27 @@ def test_the_json_result_names_ipv6_addresses():
     assert i["mapped"]["ip"] == lab.host_ip6("a1")      # no NAT on IPv6: the address is the host's
 
 
-def _pair4(lab: Lab, *flags: str):
-    """The same pair through the server's IPv4 URL (a dual-stack server): --json results."""
+def _pair4(lab: Lab, *flags: str, messages: tuple[str, str] | None = None):
+    """The same pair through the server's IPv4 URL (a dual-stack server): --json results
+    (with ``messages``: the exit codes and what each side received instead)."""
     serve_in_lab(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
     env = dict(os.environ, STUNTURN_KEY=KEY)
-    cli = [sys.executable, "-m", "stunturn_diag", "punch", url, "--protocol", "udp", "--json",
-           "--no-relay", "--punch-timeout", "6", *flags]
-    ini = lab.popen("a1", [*cli, "--target-ip", lab.site_public_ip("b")], env=env)
-    rec = lab.popen("b1", [*cli, "--wait", "10", "--wait-interval", "0.05"], env=env)
+    cli = [sys.executable, "-m", "stunturn_diag", "punch", url, "--protocol", "udp",
+           "--no-relay", "--punch-timeout", "6", *flags, *(() if messages else ("--json",))]
+    stdin = subprocess.PIPE if messages else None
+    ini = lab.popen("a1", [*cli, "--target-ip", lab.site_public_ip("b")], env=env, stdin=stdin)
+    rec = lab.popen("b1", [*cli, "--wait", "10", "--wait-interval", "0.05"], env=env, stdin=stdin)
+    for proc, text in zip((ini, rec), messages or ()):
+        proc.stdin.write(text)
+        proc.stdin.close()
+        proc.stdin = None
     r_out, r_err = rec.communicate(timeout=60)
     i_out, i_err = ini.communicate(timeout=60)
-    return (json.loads(i_out), json.loads(r_out)), (i_err[-2500:], r_err[-2500:])
+    errs = (i_err[-2500:], r_err[-2500:])
+    if messages:
+        return (ini.returncode, rec.returncode), (i_out, r_out), errs
+    return (json.loads(i_out), json.loads(r_out)), errs
 
 
 def test_dual_stack_symmetric_v4_nats_with_v6_firewalls_connect_over_ipv6_from_the_v4_url():
@@ -119,3 +128,11 @@ def test_no_ipv6_option_keeps_the_punch_on_ipv4():
     assert i["family"] == r["family"] == 4, (i, r, errs)
     assert i["families"]["6"] == {"tried": False, "result": "not-tried",
                                   "reason": "this side has no IPv6 path: IPv6 disabled (--no-ipv6)"}
+
+
+def test_dual_stack_race_carries_data_both_ways_on_the_kept_path():
+    with Lab(LabSpec.simple("port-restricted+v6=apdf", "full-cone+v6=eif")) as lab:
+        codes, (i_out, r_out), errs = _pair4(lab, messages=("from a1\n", "from b1\n"))
+    assert codes == (0, 0), errs
+    assert i_out == "from b1\n" and r_out == "from a1\n"
+    assert "authenticated first" in errs[0] and "authenticated first" in errs[1]

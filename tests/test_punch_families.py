@@ -81,18 +81,20 @@ def test_the_report_names_each_family_and_why():
                                     "reason": "this side has no IPv6 path: disabled"}
 
 
-@pytest.mark.parametrize("complete,at_deadline,pick", [
-    ({}, False, None),
-    ({}, True, None),
-    ({4: False}, False, None),          # authenticated but not nominated: wait
-    ({4: True}, False, 4),              # nominated
-    ({6: False, 4: True}, False, 4),    # the initiator kept IPv4: follow it
-    ({6: True, 4: False}, False, 6),
-    ({6: False, 4: False}, True, 6),    # no nomination by the deadline: prefer IPv6
-    ({4: False}, True, 4),
+@pytest.mark.parametrize("complete,running,at_deadline,pick", [
+    ({}, 2, False, None),
+    ({}, 0, True, None),
+    ({4: False}, 1, False, None),          # authenticated, not nominated, IPv6 may still come
+    ({4: False}, 0, False, 4),             # the only path left
+    ({4: True}, 1, False, 4),              # nominated
+    ({6: False, 4: True}, 0, False, 4),    # the initiator kept IPv4: follow it
+    ({6: True, 4: False}, 0, False, 6),
+    ({6: False, 4: False}, 0, False, None),  # two paths: wait for the initiator's word
+    ({6: False, 4: False}, 0, True, 6),    # no nomination by the deadline: prefer IPv6
+    ({4: False}, 1, True, 4),
 ])
-def test_the_receiver_follows_the_initiators_nomination(complete, at_deadline, pick):
-    assert receiver_pick(complete, at_deadline=at_deadline) == pick
+def test_the_receiver_follows_the_initiators_nomination(complete, running, at_deadline, pick):
+    assert receiver_pick(complete, running=running, at_deadline=at_deadline) == pick
 
 
 def test_the_initiator_keeps_the_first_authenticated_path():

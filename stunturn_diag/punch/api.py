@@ -692,8 +692,9 @@ class _Side:
         if families is None or family == 4:
             return plan.strategy, plan.explanation
         v4 = families["4"]
-        return "ipv6", (f"over IPv6, no NAT to traverse but firewall state (RFC 6092); "
-                        f"IPv4 {v4['result']}: {v4.get('reason', '')}".rstrip(": "))
+        return "ipv6", (f"over IPv6: both sides' IPv6 mappings punched at once (firewall "
+                        f"state as RFC 6092 describes); IPv4 {v4['result']}: "
+                        f"{v4.get('reason', '')}".rstrip(": "))
 
     def _family_plan(self, protocol: str, details: dict, plan: Plan) -> FamilyPlan | None:
         """Dual stack (UDP, IPv4 URL): which families to punch (:func:`families.plan_families`)."""
@@ -726,8 +727,8 @@ class _Side:
                 return rv6.punch(fams.targets6, role=self.role, deadline=deadline,
                                  prime_ttl=prime_ttl, strategy="ipv6", key=self.key,
                                  match_id=match_id, keepalive_interval=self.opts.keepalive_interval,
-                                 peer_timeout=self.opts.peer_timeout, pake=self.pake,
-                                 cancel=cancel)
+                                 peer_timeout=self.opts.peer_timeout, pake=None,
+                                 cancel=cancel)    # its own CPace: fresh keys per path
             attempts[6] = punch_v6
         return attempts
 

@@ -107,10 +107,20 @@ class UdpChannel:
         for _ in range(3):
             self._send(Kind.FIN)
 
-    def nominate(self) -> None:
-        """Tell the peer this path is the one kept: authenticated keepalives at once."""
-        for _ in range(2):
-            self._send(Kind.KEEPALIVE)
+    def nominate(self, repeats: tuple[float, ...] = (0.0, 0.02, 0.1, 0.3)) -> None:
+        """Tell the peer this path is the one kept: an authenticated keepalive now and at
+        the ``repeats`` offsets (seconds; the peer's handshake may finish a little later
+        than ours, and a frame before that is not read as one)"""
+        self._send(Kind.KEEPALIVE)
+
+        def again() -> None:
+            start = self._clock()
+            for at in repeats[1:]:
+                if self._stop.wait(max(0.0, start + at - self._clock())):
+                    return
+                self._send(Kind.KEEPALIVE)
+
+        threading.Thread(target=again, name="stunturn-udp-nominate", daemon=True).start()
 
     def abandon(self) -> None:
         """Close a path that lost the race, without the BYE (an authenticated frame would

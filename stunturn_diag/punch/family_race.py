@@ -33,10 +33,9 @@ def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: f
     results: queue.Queue = queue.Queue()
 
     def run(fam: int) -> None:
-        go[fam].wait(max(0.0, deadline - time.monotonic()))
-        if cancel[fam].is_set():
-            results.put((fam, PunchError("not started: the other IP family won",
-                                         reason="cancelled")))
+        if not go[fam].wait(max(0.0, deadline - time.monotonic())) or cancel[fam].is_set():
+            results.put((fam, PunchError(f"IPv{fam} not started: the other family won or "
+                                         "the punch timed out", reason="cancelled")))
             return
         try:
             results.put((fam, attempts[fam](cancel[fam])))
@@ -61,7 +60,7 @@ def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: f
     order: list[int] = []
     winner: int | None = None
     try:
-        while winner is None and len(done) + len(errors) < len(attempts):
+        while winner is None and (len(done) + len(errors) < len(attempts) or done):
             try:
                 fam, got = results.get(timeout=_POLL)
             except queue.Empty:
@@ -76,9 +75,9 @@ def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: f
             if role is Role.INITIATOR:
                 winner = initiator_pick(order)
             else:
-                finished = len(done) + len(errors) == len(attempts)
                 winner = receiver_pick({f: ch.heard.is_set() for f, ch in done.items()},
-                                       at_deadline=finished or time.monotonic() >= deadline)
+                                       running=len(attempts) - len(done) - len(errors),
+                                       at_deadline=time.monotonic() >= deadline)
         if winner is None:
             # every attempt failed: the IPv4 error (the relay fallback reads its reason)
             main = errors.get(4) or errors[6]
@@ -114,8 +113,11 @@ def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: f
         for fam, ch in done.items():
             if fam != winner:
                 ch.abandon()
-    failures = {fam: exc.message for fam, exc in errors.items()
-                if isinstance(exc, PunchError) and exc.reason != "cancelled"}
+    for exc in errors.values():
+        if not isinstance(exc, PunchError):
+            channel.close()
+            raise exc                     # a bug, not a lost race: never hidden
+    failures = {fam: exc.message for fam, exc in errors.items() if exc.reason != "cancelled"}
     say(f"IPv{winner} path authenticated first"
         + (f" ({(time.monotonic() - t0) * 1000:.0f} ms)" if plan.raced else "")
         + ("; " + "; ".join(f"IPv{f} failed: {m}" for f, m in failures.items())

@@ -138,14 +138,16 @@ def plan_families(my_ipv6: str | None, peer_details: dict, *, v4_feasible: bool,
     return plan
 
 
-def receiver_pick(complete: dict[int, bool], *, at_deadline: bool) -> int | None:
-    """The receiver's choice among its authenticated paths (pure): family -> whether the
-    initiator's nominating frame arrived on it. The nominated one; at the deadline
-    without a nomination, the preferred complete one (IPv6 first); else keep waiting."""
+def receiver_pick(complete: dict[int, bool], *, running: int, at_deadline: bool) -> int | None:
+    """The receiver's choice among its authenticated paths (pure): ``complete`` maps a
+    family to whether the initiator's nominating frame arrived on it; ``running``
+    attempts are still punching. The nominated path; the only one when no other can
+    still complete; at the deadline, the preferred complete one (IPv6 first); else
+    None (keep waiting: two authenticated paths need the initiator's word)."""
     for fam in FAMILIES:
         if complete.get(fam):
             return fam
-    if at_deadline:
+    if (running == 0 and len(complete) == 1) or at_deadline:
         for fam in FAMILIES:
             if fam in complete:
                 return fam
