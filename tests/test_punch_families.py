@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, initiator_pick,
+from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, attach_ipv6, initiator_pick,
                                                 ipv6_block, peer_ipv6, plan_families,
                                                 receiver_pick)
 
@@ -100,3 +100,15 @@ def test_the_receiver_follows_the_initiators_nomination(complete, running, at_de
 def test_the_initiator_keeps_the_first_authenticated_path():
     assert initiator_pick([4, 6]) == 4 and initiator_pick([6]) == 6
     assert initiator_pick([]) is None
+
+
+def test_the_block_is_trimmed_to_the_servers_details_limit():
+    import json
+    nat = {"udp": {"mapping": "x" * 100}, "punch": {"birthday": False}}
+    size = len(json.dumps(attach_ipv6(nat, OK_BLOCK), separators=(",", ":")))
+    assert attach_ipv6(nat, OK_BLOCK)["punch"]["ipv6"] == OK_BLOCK
+    assert attach_ipv6(nat, OK_BLOCK, limit=size - 1)["punch"]["ipv6"]["local"] == []
+    bare = len(json.dumps(attach_ipv6(nat, OK_BLOCK, limit=size - 1), separators=(",", ":")))
+    assert "unavailable" in attach_ipv6(nat, OK_BLOCK, limit=bare - 1)["punch"]["ipv6"]
+    assert attach_ipv6(nat, OK_BLOCK, limit=50) == nat
+    assert nat["punch"] == {"birthday": False}          # not mutated

@@ -58,8 +58,8 @@ from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_detai
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
                                                transport_problem)
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
-from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, family_of,
-                                                ipv6_block, plan_families)
+from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, attach_ipv6,
+                                                family_of, ipv6_block, plan_families)
 from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE
 from .profile_runner import NatProfileSource
@@ -273,6 +273,7 @@ class _Side:
         #: dual stack (UDP, IPv4 URL): the IPv6 rendezvous (rv, mapped, local), or why not
         self.v6: tuple | None = None
         self.v6_why: str | None = None
+        self._said_v6 = False
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -288,7 +289,7 @@ class _Side:
         out = self._signaling_details()
         if self.v6_why is not None or self.v6 is not None:
             mapped, local = (self.v6[1], self.v6[2]) if self.v6 else (None, [])
-            out["nat"]["punch"]["ipv6"] = ipv6_block(mapped, local, self.v6_why)
+            out["nat"] = attach_ipv6(out["nat"], ipv6_block(mapped, local, self.v6_why))
         return out
 
     def _signaling_details(self) -> dict:
@@ -385,6 +386,12 @@ class _Side:
         _url6, why = ipv6_plan(self._info or {})
         return why
 
+    def _say_v6_unavailable(self) -> None:
+        """One line, once, when this UDP side punches without IPv6 (never an error)."""
+        if self.v6 is None and self.v6_why and not self._said_v6:
+            self._said_v6 = True
+            self._say(f"IPv6 unavailable: {self.v6_why}; IPv4 only")
+
     def _prepare_v6(self) -> None:
         """The IPv6 UDP socket and its mapping from the server's IPv6 STUN endpoint;
         failures (no route, IPv6 disabled) only set ``v6_why``: never an error."""
@@ -417,6 +424,7 @@ class _Side:
             six.start()
         else:
             self.v6_why = why6 or None
+            self._say_v6_unavailable()
         udp_sent = threading.Event()
         if "udp" not in protocols:
             udp_sent.set()
@@ -440,8 +448,7 @@ class _Side:
             t.join()
         if six is not None:
             six.join()
-            if self.v6 is None:
-                self._say(f"IPv6 unavailable: {self.v6_why}; IPv4 only")
+            self._say_v6_unavailable()
         self.prepared, self.unavailable, self._errors = {}, {}, {}
         for proto in protocols:
             got = outcome[proto]

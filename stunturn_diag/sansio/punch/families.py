@@ -19,6 +19,7 @@ receiver keeps the path on which the initiator's first authenticated frame arriv
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
 from stunturn_diag.sansio.netaddr import Address
@@ -29,6 +30,8 @@ HAPPY_EYEBALLS_DELAY = 0.050
 #: IPv6 local candidates shared (details.nat is at most 2 KiB)
 MAX_LOCAL6 = 3
 FAMILIES = (6, 4)
+#: the server's limit on details.nat (server/sansio/validation.py NAT_MAX_BYTES)
+NAT_LIMIT = 2048
 
 
 def family_of(ip: str) -> int:
@@ -42,6 +45,21 @@ def ipv6_block(mapped: Address | None, local: list[Address], why: str | None = N
     return {"srflx": {"ip": mapped[0], "port": mapped[1]},
             "local": [{"ip": ip, "port": port} for ip, port in local
                       if family_of(ip) == 6][:MAX_LOCAL6]}
+
+
+def attach_ipv6(nat: dict, block: dict, limit: int = NAT_LIMIT) -> dict:
+    """``nat`` (our details' profile, with its ``punch`` part) with ``block`` as
+    ``punch.ipv6``, trimmed to keep the JSON within the server's ``limit``: the host
+    candidates go first, then the block becomes "unavailable", then it is left out."""
+    candidates = [block]
+    if block.get("local"):
+        candidates.append({"srflx": block["srflx"], "local": []})
+    candidates.append({"unavailable": "too large to share"})
+    for cand in candidates:
+        out = {**nat, "punch": {**nat.get("punch", {}), "ipv6": cand}}
+        if len(json.dumps(out, separators=(",", ":")).encode()) <= limit:
+            return out
+    return nat
 
 
 def _v6_endpoint(value: object) -> Address | None:
