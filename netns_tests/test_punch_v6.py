@@ -22,13 +22,14 @@ pytestmark = pytest.mark.netns
 KEY = "v6-lab-key-2001db8"
 
 
-def _pair(lab: Lab, *flags: str, messages: tuple[str, str] | None = None):
+def _pair(lab: Lab, *flags: str, messages: tuple[str, str] | None = None,
+          protocol: str = "udp"):
     """Initiator a1 and receiver b1 through the server's IPv6 URL: (exit codes, outputs, errors)."""
     serve_in_lab(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
     url6 = f"http://[{lab.server_ip6}]:{HTTP_PORT}"
     env = dict(os.environ, STUNTURN_KEY=KEY)
     stdin = subprocess.PIPE if messages else None
-    cli = [sys.executable, "-m", "stunturn_diag", "punch", url6, "--protocol", "udp", *flags]
+    cli = [sys.executable, "-m", "stunturn_diag", "punch", url6, "--protocol", protocol, *flags]
     ini = lab.popen("a1", [*cli, "--target-ip", lab.site_public_ip6("b")], env=env, stdin=stdin)
     rec = lab.popen("b1", [*cli, "--wait", "10", "--wait-interval", "0.05"], env=env, stdin=stdin)
     for proc, text in zip((ini, rec), messages or ()):
@@ -136,3 +137,25 @@ def test_dual_stack_race_carries_data_both_ways_on_the_kept_path():
     assert codes == (0, 0), errs
     assert i_out == "from b1\n" and r_out == "from a1\n"
     assert "authenticated first" in errs[0] and "authenticated first" in errs[1]
+
+
+@pytest.mark.parametrize("syn", ["drop", "rst"])
+def test_tcp_simultaneous_open_over_ipv6_behind_stateful_firewalls(syn):
+    """TCP through the server's IPv6 URL: both sides' firewalls admit only what went out
+    first (address-and-port-dependent), unsolicited SYNs dropped or answered with RST;
+    the simultaneous open (low-hop-limit priming SYN, then full ones) gets through."""
+    site = f"symmetric-random+v6=apdf+v6-syn={syn}"
+    with Lab(LabSpec.simple(site, site)) as lab:
+        codes, (i_out, r_out), errs = _pair(lab, "--json", "--no-relay", protocol="tcp")
+    i, r = json.loads(i_out), json.loads(r_out)
+    assert i["ok"] and r["ok"], (i, r, errs)
+    assert i["protocol"] == r["protocol"] == "tcp" and i["family"] == r["family"] == 6
+    assert i["peer"]["ip"] == lab.host_ip6("b1") and r["peer"]["ip"] == lab.host_ip6("a1")
+
+
+def test_tcp_over_ipv6_carries_data():
+    with Lab(LabSpec.simple("port-restricted+v6=apdf", "symmetric-random+v6=adf")) as lab:
+        codes, (i_out, r_out), errs = _pair(lab, "--no-relay", protocol="tcp",
+                                            messages=("tcp from a1\n", "tcp from b1\n"))
+    assert codes == (0, 0), errs
+    assert i_out == "tcp from b1\n" and r_out == "tcp from a1\n"

@@ -329,7 +329,10 @@ class _Side:
         except ImportError:
             raise PunchError("TCP punching is not available in this installation",
                              hint="use --protocol udp", reason="tcp-unavailable") from None
-        return TcpRendezvous(self.opts.local_ip, self.opts.local_port)
+        local_ip = self.opts.local_ip
+        if local_ip == "0.0.0.0" and ":" in self._stun_endpoint(protocol)[0]:
+            local_ip = "::"         # a server reached over IPv6: punch over IPv6
+        return TcpRendezvous(local_ip, self.opts.local_port)
 
     # -- the NAT profile -----------------------------------------------------------------
 
