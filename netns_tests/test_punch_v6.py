@@ -59,17 +59,22 @@ def test_the_json_result_names_ipv6_addresses():
     assert i["mapped"]["ip"] == lab.host_ip6("a1")      # no NAT on IPv6: the address is the host's
 
 
-def _pair4(lab: Lab, *flags: str, messages: tuple[str, str] | None = None):
+def _pair4(lab: Lab, *flags: str, messages: tuple[str, str] | None = None,
+           protocol: str = "udp", receiver_protocol: str | None = "udp", serve: bool = True):
     """The same pair through the server's IPv4 URL (a dual-stack server): --json results
-    (with ``messages``: the exit codes and what each side received instead)."""
-    serve_in_lab(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
+    (with ``messages``: the exit codes and what each side received instead); ``serve``:
+    start the server (False: it runs already)."""
+    if serve:
+        serve_in_lab(lab, extra=("--ip6", lab.server_ip6, "--alt-ip6", lab.server_alt_ip6))
     url = f"http://{lab.server_ip}:{HTTP_PORT}"
     env = dict(os.environ, STUNTURN_KEY=KEY)
-    cli = [sys.executable, "-m", "stunturn_diag", "punch", url, "--protocol", "udp",
+    cli = [sys.executable, "-m", "stunturn_diag", "punch", url,
            "--no-relay", "--punch-timeout", "6", *flags, *(() if messages else ("--json",))]
     stdin = subprocess.PIPE if messages else None
-    ini = lab.popen("a1", [*cli, "--target-ip", lab.site_public_ip("b")], env=env, stdin=stdin)
-    rec = lab.popen("b1", [*cli, "--wait", "10", "--wait-interval", "0.05"], env=env, stdin=stdin)
+    ini = lab.popen("a1", [*cli, "--protocol", protocol, "--target-ip", lab.site_public_ip("b")],
+                    env=env, stdin=stdin)
+    rec = lab.popen("b1", [*cli, *(("--protocol", receiver_protocol) if receiver_protocol else ()),
+                           "--wait", "10", "--wait-interval", "0.05"], env=env, stdin=stdin)
     for proc, text in zip((ini, rec), messages or ()):
         proc.stdin.write(text)
         proc.stdin.close()
@@ -159,3 +164,28 @@ def test_tcp_over_ipv6_carries_data():
                                             messages=("tcp from a1\n", "tcp from b1\n"))
     assert codes == (0, 0), errs
     assert i_out == "tcp from b1\n" and r_out == "tcp from a1\n"
+
+
+def test_dual_stack_tcp_symmetric_v4_nats_with_v6_firewalls_connect_over_ipv6():
+    """TCP through the IPv4 URL; the receiver prepares both protocols (no --protocol)."""
+    site = "symmetric-random+v6=apdf+v6-syn=rst"
+    with Lab(LabSpec.simple(site, site)) as lab:
+        (i, r), errs = _pair4(lab, protocol="tcp", receiver_protocol=None)
+    assert i["ok"] and r["ok"], (i, r, errs)
+    assert i["protocol"] == "tcp" and i["family"] == r["family"] == 6
+    assert i["peer"]["ip"] == lab.host_ip6("b1") and r["peer"]["ip"] == lab.host_ip6("a1")
+    for side in (i, r):
+        assert side["families"]["6"]["result"] == "won"
+        assert "IPv4 cannot be punched" in side["families"]["4"]["reason"]
+
+
+def test_dual_stack_tcp_race_agrees_and_carries_data():
+    with Lab(LabSpec.simple("port-restricted+v6=apdf", "full-cone+v6=eif")) as lab:
+        (i, r), errs = _pair4(lab, protocol="tcp", receiver_protocol="tcp")
+        assert i["ok"] and r["ok"], (i, r, errs)
+        assert i["family"] == r["family"], (i, r)
+        assert "punching over IPv6 and IPv4 (50 ms later)" in errs[0]
+        codes, (i_out, r_out), errs = _pair4(lab, protocol="tcp", receiver_protocol="tcp",
+                                             messages=("tcp a1\n", "tcp b1\n"), serve=False)
+    assert codes == (0, 0), errs
+    assert i_out == "tcp b1\n" and r_out == "tcp a1\n"

@@ -112,3 +112,19 @@ def test_the_block_is_trimmed_to_the_servers_details_limit():
     assert "unavailable" in attach_ipv6(nat, OK_BLOCK, limit=bare - 1)["punch"]["ipv6"]
     assert attach_ipv6(nat, OK_BLOCK, limit=50) == nat
     assert nat["punch"] == {"birthday": False}          # not mutated
+
+
+def test_tcp_candidates_travel_under_tcp():
+    block = ipv6_block(V6, [], tcp=((V6[0], 50000), [], None))
+    assert peer_ipv6(_details(block), "tcp") == ([(V6[0], 50000)], None)
+    assert peer_ipv6(_details(block), "udp") == ([V6], None)
+    no_tcp = ipv6_block(V6, [], tcp=(None, [], "no TCP STUN over IPv6"))
+    targets, why = peer_ipv6(_details(no_tcp), "tcp")
+    assert targets == [] and "no TCP STUN over IPv6" in why
+    targets, why = peer_ipv6(_details({"unavailable": "no route"}), "tcp")
+    assert targets == [] and "no route" in why
+    targets, why = peer_ipv6(_details(OK_BLOCK), "tcp")     # an older, UDP-only block
+    assert targets == [] and "shared no IPv6 TCP" in why
+    plan = plan_families(None, _details(block), v4_feasible=True, v4_explanation="",
+                         protocol="tcp")
+    assert plan.targets6 == [(V6[0], 50000)] and plan.raced

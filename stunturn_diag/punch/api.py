@@ -58,8 +58,9 @@ from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_detai
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
                                                transport_problem)
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
-from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, attach_ipv6,
-                                                family_of, ipv6_block, plan_families)
+from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, family_of,
+                                                plan_families)
+from .ipv6_leg import Ipv6Leg
 from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE
 from .profile_runner import NatProfileSource
@@ -125,7 +126,7 @@ class PunchOptions:
     progress: Callable[[str], None] | None = None
     #: how an https:// signaling server is verified (None: the system trust store)
     tls: TlsOptions | None = None
-    #: UDP over an IPv4 server URL of a dual-stack server: also punch over IPv6, which
+    #: through an IPv4 server URL of a dual-stack server: also punch over IPv6, which
     #: gets this head start in seconds (RFC 8305 section 5); False: IPv4 only
     ipv6: bool = True
     happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY
@@ -270,10 +271,8 @@ class _Side:
         self.pake: StartedPake | None = None
         #: the gateway's mapping of the UDP punch port (portmap_path), when usable
         self._portmap: portmap_path.PortMapping | None = None
-        #: dual stack (UDP, IPv4 URL): the IPv6 rendezvous (rv, mapped, local), or why not
-        self.v6: tuple | None = None
-        self.v6_why: str | None = None
-        self._said_v6 = False
+        #: dual stack (IPv4 URL): the IPv6 rendezvous per protocol, or why not
+        self.v6 = Ipv6Leg(self._say)
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -287,9 +286,7 @@ class _Side:
         """Our signaling details (:func:`details.signaling_details`), with the IPv6
         block (:func:`families.ipv6_block`) when we race the families."""
         out = self._signaling_details()
-        if self.v6_why is not None or self.v6 is not None:
-            mapped, local = (self.v6[1], self.v6[2]) if self.v6 else (None, [])
-            out["nat"] = attach_ipv6(out["nat"], ipv6_block(mapped, local, self.v6_why))
+        out["nat"] = self.v6.attach(out["nat"], list(self.prepared) or self.protocols)
         return out
 
     def _signaling_details(self) -> dict:
@@ -376,58 +373,10 @@ class _Side:
             rv.close()
             raise
 
-    def _v6_applies(self) -> str | None:
-        """None when this UDP side races IPv6 beside IPv4, else why not ("" for a
-        side that says nothing: TCP only, or a server URL that is already IPv6)."""
-        if "udp" not in self.protocols or ":" in url_host(self.client.base_url):
-            return ""
-        if not self.opts.ipv6:
-            return "IPv6 disabled (--no-ipv6)"
-        if self.opts.local_ip not in ("0.0.0.0", ""):
-            return f"bound to the IPv4 address {self.opts.local_ip}"
-        from ..probe.dual_stack import ipv6_plan
-        _url6, why = ipv6_plan(self._info or {})
-        return why
-
-    def _say_v6_unavailable(self) -> None:
-        """One line, once, when this UDP side punches without IPv6 (never an error)."""
-        if self.v6 is None and self.v6_why and not self._said_v6:
-            self._said_v6 = True
-            self._say(f"IPv6 unavailable: {self.v6_why}; IPv4 only")
-
-    def _prepare_v6(self) -> None:
-        """The IPv6 UDP socket and its mapping from the server's IPv6 STUN endpoint;
-        failures (no route, IPv6 disabled) only set ``v6_why``: never an error."""
-        from .udp import UdpRendezvous
-        six = (self._info.get("families") or {}).get("ipv6") or {}
-        stun6 = address_of((six.get("stun") or {}).get("primary"))
-        if stun6 is None:
-            self.v6_why = "the server names no IPv6 STUN endpoint"
-            return
-        try:
-            rv = UdpRendezvous("::", 0)
-        except (PunchError, OSError) as exc:
-            self.v6_why = f"no IPv6 socket here ({getattr(exc, 'message', exc)})"
-            return
-        try:
-            mapped = rv.learn_mapping(stun6, min(self.opts.stun_timeout, 2.0))
-            self.v6, self.v6_why = (rv, mapped, rv.local_candidates()), None
-            rv.start_keepalive()
-        except PunchError as exc:
-            rv.close()
-            self.v6_why = f"no IPv6 path to the server's STUN responder ({exc.message})"
-
     def _prepare(self, protocols: list[str]) -> None:
         """Learn the mapping of every protocol, concurrently; keep the ones that worked."""
-        self._close_v6()
-        why6 = self._v6_applies()
-        six = None
-        if why6 is None:
-            six = threading.Thread(target=self._prepare_v6, name="punch-stun-udp6", daemon=True)
-            six.start()
-        else:
-            self.v6_why = why6 or None
-            self._say_v6_unavailable()
+        self.v6.start(self._info or {}, self.client.base_url, protocols, enabled=self.opts.ipv6,
+                      local_ip=self.opts.local_ip, stun_timeout=self.opts.stun_timeout)
         udp_sent = threading.Event()
         if "udp" not in protocols:
             udp_sent.set()
@@ -449,9 +398,7 @@ class _Side:
         job(protocols[0])
         for t in threads:
             t.join()
-        if six is not None:
-            six.join()
-            self._say_v6_unavailable()
+        self.v6.join()
         self.prepared, self.unavailable, self._errors = {}, {}, {}
         for proto in protocols:
             got = outcome[proto]
@@ -483,13 +430,8 @@ class _Side:
                     raise
                 self._bound[proto] = exc
 
-    def _close_v6(self) -> None:
-        if self.v6 is not None:
-            self.v6[0].close()
-            self.v6 = None
-
     def _close_prepared(self) -> None:
-        self._close_v6()
+        self.v6.close()
         for rv, _m, _l in self.prepared.values():
             rv.close()
         self.prepared = {}
@@ -622,8 +564,7 @@ class _Side:
                     rv.close()
             rv, mapped, _local = self.prepared[protocol]
             mine = self._details()            # as the peer got them (before dropping the others)
-            if protocol != "udp":
-                self._close_v6()
+            self.v6.keep_only(protocol)
             self.prepared = {protocol: self.prepared[protocol]}
             result = self._punch(rv, match, protocol, mapped, t_match, mine)
             if self._portmap is not None and result.strategy == "portmap" and \
@@ -707,40 +648,55 @@ class _Side:
                         f"{v4.get('reason', '')}".rstrip(": "))
 
     def _family_plan(self, protocol: str, details: dict, plan: Plan) -> FamilyPlan | None:
-        """Dual stack (UDP, IPv4 URL): which families to punch (:func:`families.plan_families`)."""
-        if protocol != "udp" or (self.v6 is None and self.v6_why is None):
+        """Dual stack (IPv4 URL): which families to punch (:func:`families.plan_families`)."""
+        if not self.v6.active:
             return None
-        fams = plan_families(self.v6_why if self.v6 is None else None, details,
-                             v4_feasible=plan.feasible, v4_explanation=plan.explanation,
+        fams = plan_families(self.v6.reason(protocol), details, v4_feasible=plan.feasible,
+                             v4_explanation=plan.explanation, protocol=protocol,
                              delay=self.opts.happy_eyeballs_delay)
         if 6 in fams.start:
             self._say("punching over IPv6" + (f" and IPv4 ({self.opts.happy_eyeballs_delay * 1000:.0f}"
                       " ms later)" if 4 in fams.start else f" only: {fams.reasons[4]}"))
         else:
-            if self.v6 is not None:       # else "IPv6 unavailable" was said already
+            if protocol in self.v6.paths:       # else "IPv6 unavailable" was said already
                 self._say(f"IPv6 not tried: {fams.reasons[6]}")
-            self._close_v6()
+            self.v6.close()
         return fams
 
-    def _udp_attempts(self, rv, targets, plan: Plan, fams: FamilyPlan, punch_v4, deadline: float,
-                      match_id: str, prime_ttl: int) -> dict:
-        """The race's attempts: family -> punch(cancel) (:mod:`.family_race`)."""
-        attempts: dict = {}
-        if 4 in fams.start:
-            attempts[4] = punch_v4
-        else:
-            rv.close()
-        if 6 in fams.start:
-            rv6 = self.v6[0]
-
+    def _by_family(self, rv, protocol: str, fams: FamilyPlan | None, punch_v4,
+                   deadline: float, match_id: str, prime_ttl: int) -> tuple[object, dict | None]:
+        """(connection, the result's ``families``): IPv4 alone, or the race
+        (:func:`.family_race.race`; TCP: the connected sockets race, the kept one is
+        authenticated after)."""
+        if fams is None or 6 not in fams.start:
+            return punch_v4(), (fams.report(4) if fams is not None else None)
+        from .family_race import TcpPath, race
+        rv6 = self.v6.paths[protocol][0]
+        if protocol == "udp":
             def punch_v6(cancel):
                 return rv6.punch(fams.targets6, role=self.role, deadline=deadline,
                                  prime_ttl=prime_ttl, strategy="ipv6", key=self.key,
                                  match_id=match_id, keepalive_interval=self.opts.keepalive_interval,
                                  peer_timeout=self.opts.peer_timeout, pake=None,
                                  cancel=cancel)    # its own CPace: fresh keys per path
-            attempts[6] = punch_v6
-        return attempts
+            attempts = {4: punch_v4, 6: punch_v6}
+        else:
+            attempts = {4: lambda cancel: TcpPath(punch_v4(cancel)),
+                        6: lambda cancel: TcpPath(rv6.punch(fams.targets6, role=self.role,
+                                                            deadline=deadline, prime_ttl=prime_ttl,
+                                                            strategy="ipv6", cancel=cancel))}
+        if 4 not in fams.start:
+            del attempts[4]
+            rv.close()
+        first = "authenticated" if protocol == "udp" else "connected"
+        try:
+            conn, won, failures = race(attempts, fams, self.role, deadline, self._say,
+                                       first=first)
+        except PunchError as exc:
+            exc.context = {"families": fams.report(None, getattr(exc, "family_failures", {}))}
+            raise
+        return ((conn.sock if isinstance(conn, TcpPath) else conn),
+                fams.report(won, failures, first=first))
 
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
                 t_match: float, plan: Plan, deadline: float, vetted,
@@ -765,25 +721,15 @@ class _Side:
                                     keepalive_interval=self.opts.keepalive_interval,
                                     peer_timeout=self.opts.peer_timeout, pake=self.pake,
                                     cancel=cancel)
-                if fams is not None and 6 in fams.start:
-                    from .family_race import race
-                    attempts = self._udp_attempts(rv, targets, plan, fams, punch_v4, deadline,
-                                                  match_id, prime_ttl)
-                    try:
-                        conn, won, failures = race(attempts, fams, self.role, deadline, self._say)
-                    except PunchError as exc:
-                        exc.context = {"families": fams.report(
-                            None, getattr(exc, "family_failures", {}))}
-                        raise
-                    families = fams.report(won, failures)
-                else:
-                    conn = punch_v4()
-                    if fams is not None:
-                        families = fams.report(4)
+            else:
+                def punch_v4(cancel=None):
+                    return rv.punch(targets.targets, role=self.role, deadline=deadline,
+                                    prime_ttl=prime_ttl, strategy=plan.strategy, cancel=cancel)
+            conn, families = self._by_family(rv, protocol, fams, punch_v4, deadline, match_id,
+                                             prime_ttl)
+            if protocol == "udp":
                 local_addr, peer_addr = conn.local_address, conn.peer_address
             else:
-                conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
-                                prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
                     from .tcp_sockets import configure_keepalive
                     configure_keepalive(conn, self.opts.keepalive_interval,
@@ -818,8 +764,8 @@ class _Side:
         if self.promise.next_port is not None and plan.predict_for(self.role):
             self._say(f"port counter steered to {self.promise.next_port} "
                       f"(observed {self.promise.counter_rate or 0:.1f} flows/s besides ours)")
-        if family_of(peer_addr[0]) == 6 and families is not None and self.v6 is not None:
-            mapped = self.v6[1]          # the IPv6 path's server-reflexive address
+        if family_of(peer_addr[0]) == 6 and protocol in self.v6.paths:
+            mapped = self.v6.paths[protocol][1]   # the IPv6 path's server-reflexive address
         strategy, explanation = self._strategy(plan, families, family_of(peer_addr[0]))
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
                            strategy, connect_ms, explanation, plan.notes,

@@ -9,6 +9,7 @@ the losing attempt and closes its socket without a word to the peer.
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from typing import Callable
@@ -17,14 +18,50 @@ from ..errors import PunchError
 from stunturn_diag.sansio.punch.families import FamilyPlan, initiator_pick, receiver_pick
 from stunturn_diag.sansio.punch.wire import Role
 
-#: one attempt: punch with this cancel event; returns a UdpChannel or raises PunchError
+class _Peek:
+    """``is_set()``: the peer's first bytes wait on this TCP connection (peeked, left
+    for the handshake)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def is_set(self) -> bool:
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:           # nothing yet (EAGAIN), or reset by the initiator
+            return False
+
+
+class TcpPath:
+    """A punched, not yet authenticated TCP connection in the race. The initiator's
+    nomination is its handshake HELLO, sent first on the kept connection after the race;
+    the receiver keeps the connection those bytes arrive on."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.heard = _Peek(sock)
+
+    def nominate(self) -> None:
+        """Nothing to send now: the HELLO that follows is the word."""
+
+    def abandon(self) -> None:
+        from .tcp_runner import abort
+        abort(self.sock)          # RST: the peer's copy reads as reset, never as nominated
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+#: one attempt: punch with this cancel event; returns a UdpChannel or TcpPath, or raises
+#: PunchError
 Attempt = Callable[[threading.Event], object]
 #: the receiver's poll period while it waits for the initiator's nomination
 _POLL = 0.01
 
 
 def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: float,
-         say: Callable[[str], None]) -> tuple[object, int, dict[int, str]]:
+         say: Callable[[str], None], *, first: str = "authenticated"
+         ) -> tuple[object, int, dict[int, str]]:
     """(channel, family, failures: family -> why it failed) or PunchError (the IPv4
     attempt's when it was made, so the relay fallback reads its reason; attempts of both)."""
     t0 = time.monotonic()
@@ -118,7 +155,7 @@ def race(attempts: dict[int, Attempt], plan: FamilyPlan, role: Role, deadline: f
             channel.close()
             raise exc                     # a bug, not a lost race: never hidden
     failures = {fam: exc.message for fam, exc in errors.items() if exc.reason != "cancelled"}
-    say(f"IPv{winner} path authenticated first"
+    say(f"IPv{winner} path {first} first"
         + (f" ({(time.monotonic() - t0) * 1000:.0f} ms)" if plan.raced else "")
         + ("; " + "; ".join(f"IPv{f} failed: {m}" for f, m in failures.items())
            if failures else ""))

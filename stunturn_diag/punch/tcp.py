@@ -269,13 +269,15 @@ class TcpRendezvous:
 
     def punch(self, peer_candidates: list[tuple[str, int]], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS,
-              max_connects: int = MAX_CONNECTS) -> socket.socket:
+              max_connects: int = MAX_CONNECTS,
+              cancel: threading.Event | None = None) -> socket.socket:
         """Connected TCP socket to the peer (not yet authenticated), or PunchError.
 
         ``deadline`` is a ``time.monotonic()`` value. ``prime_ttl=None`` means
         :data:`DEFAULT_PRIME_TTL`; pass 0 to send no priming SYN. One punch per
         rendezvous; the listener is closed when it returns. ``max_connects``:
-        full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`).
+        full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`). ``cancel``: stops
+        the punch (reason ``cancelled``) once set.
         """
         self._check_open()
         try:
@@ -299,7 +301,7 @@ class TcpRendezvous:
                               role=role, deadline=deadline, prime_ttl=prime_ttl or None,
                               strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
                               else STRATEGY_SIMULTANEOUS, label=str(strategy),
-                              max_connects=max_connects)
+                              max_connects=max_connects, cancel=cancel)
         try:
             return loop.run()
         except PunchError as exc:

@@ -3,8 +3,8 @@
 A dual-stack pair has two independent paths: IPv4, usually through NAT44s, and IPv6,
 usually through stateful firewalls that filter like a NAT but map nothing (RFC 6092).
 Each side learns its IPv6 mapping from the server's IPv6 STUN endpoint and shares it
-in the signaling details (``nat.punch.ipv6``: ``{"srflx", "local"}`` or
-``{"unavailable": why}``). :func:`plan_families` decides, from both sides' blocks and
+in the signaling details (``nat.punch.ipv6``: the UDP mapping as ``{"srflx", "local"}``
+or ``{"unavailable": why}``, the TCP one likewise under ``"tcp"``). :func:`plan_families` decides, from both sides' blocks and
 the IPv4 plan, which families are punched: IPv6 first, IPv4 after
 :data:`HAPPY_EYEBALLS_DELAY` (RFC 8305 section 5: the preferred family gets a short
 head start, the other starts when it runs out or the first attempt failed).
@@ -38,8 +38,7 @@ def family_of(ip: str) -> int:
     return ipaddress.ip_address(ip).version
 
 
-def ipv6_block(mapped: Address | None, local: list[Address], why: str | None = None) -> dict:
-    """Our ``nat.punch.ipv6`` block: the IPv6 mapping and host candidates, or why none."""
+def _entry(mapped: Address | None, local: list[Address], why: str | None) -> dict:
     if mapped is None:
         return {"unavailable": (why or "no IPv6 mapping")[:160]}
     return {"srflx": {"ip": mapped[0], "port": mapped[1]},
@@ -47,13 +46,25 @@ def ipv6_block(mapped: Address | None, local: list[Address], why: str | None = N
                       if family_of(ip) == 6][:MAX_LOCAL6]}
 
 
+def ipv6_block(mapped: Address | None, local: list[Address], why: str | None = None, *,
+               tcp: tuple[Address | None, list[Address], str | None] | None = None) -> dict:
+    """Our ``nat.punch.ipv6`` block: the UDP IPv6 mapping and host candidates, or why
+    none; ``tcp``: (mapped, local, why) of the TCP one, under ``"tcp"``."""
+    out = _entry(mapped, local, why)
+    if tcp is not None:
+        out["tcp"] = _entry(*tcp)
+    return out
+
+
 def attach_ipv6(nat: dict, block: dict, limit: int = NAT_LIMIT) -> dict:
     """``nat`` (our details' profile, with its ``punch`` part) with ``block`` as
     ``punch.ipv6``, trimmed to keep the JSON within the server's ``limit``: the host
     candidates go first, then the block becomes "unavailable", then it is left out."""
+    bare = {k: ({"srflx": v["srflx"], "local": []} if isinstance(v, dict) and "srflx" in v
+                else v) for k, v in block.items()}
     candidates = [block]
-    if block.get("local"):
-        candidates.append({"srflx": block["srflx"], "local": []})
+    if "srflx" in block or "tcp" in block:
+        candidates.append({**bare, **({"local": []} if "srflx" in block else {})})
     candidates.append({"unavailable": "too large to share"})
     for cand in candidates:
         out = {**nat, "punch": {**nat.get("punch", {}), "ipv6": cand}}
@@ -78,14 +89,18 @@ def _v6_endpoint(value: object) -> Address | None:
     return (addr.compressed, port)
 
 
-def peer_ipv6(details: dict) -> tuple[list[Address], str | None]:
-    """The peer's IPv6 targets (server-reflexive first, then its host candidates) out of
-    its signaling details, or ([], why there are none). Malformed entries are dropped."""
+def peer_ipv6(details: dict, protocol: str = "udp") -> tuple[list[Address], str | None]:
+    """The peer's IPv6 targets for ``protocol`` (server-reflexive first, then its host
+    candidates) out of its signaling details, or ([], why there are none). Malformed
+    entries are dropped."""
     nat = details.get("nat") if isinstance(details, dict) else None
     punch = nat.get("punch") if isinstance(nat, dict) else None
     block = punch.get("ipv6") if isinstance(punch, dict) else None
+    if isinstance(block, dict) and protocol == "tcp":
+        block = block.get("tcp") if "tcp" in block or "unavailable" not in block else block
     if not isinstance(block, dict):
-        return [], "the peer shared no IPv6 candidates (an older version, or IPv4-only server)"
+        return [], (f"the peer shared no IPv6 {protocol.upper()} candidates (an older "
+                    "version, or an IPv4-only server)")
     if "unavailable" in block:
         why = block["unavailable"]
         return [], f"the peer has no IPv6 path: {why if isinstance(why, str) else 'unknown'}"
@@ -112,8 +127,11 @@ class FamilyPlan:
     def raced(self) -> bool:
         return len(self.start) == 2
 
-    def report(self, winner: int | None, failures: dict[int, str] | None = None) -> dict:
-        """The result's ``families`` block: per family tried/won and why it was not used."""
+    def report(self, winner: int | None, failures: dict[int, str] | None = None, *,
+               first: str = "authenticated") -> dict:
+        """The result's ``families`` block: per family tried/won and why it was not used
+        (``first``: what the winner did first, "authenticated" (UDP) or "connected" (TCP:
+        the connections race, the kept one is authenticated after))."""
         failures = failures or {}
         out: dict = {}
         for fam in FAMILIES:
@@ -124,7 +142,7 @@ class FamilyPlan:
                 entry["result"], entry["reason"] = "failed", failures[fam]
             elif fam in self.start:
                 entry["result"] = "lost"
-                entry["reason"] = (f"IPv{winner} authenticated first" if winner else "not used")
+                entry["reason"] = (f"IPv{winner} {first} first" if winner else "not used")
             else:
                 entry["result"] = "not-tried"
                 entry["reason"] = self.reasons.get(fam, "not planned")
@@ -133,7 +151,8 @@ class FamilyPlan:
 
 
 def plan_families(my_ipv6: str | None, peer_details: dict, *, v4_feasible: bool,
-                  v4_explanation: str, delay: float = HAPPY_EYEBALLS_DELAY) -> FamilyPlan:
+                  v4_explanation: str, delay: float = HAPPY_EYEBALLS_DELAY,
+                  protocol: str = "udp") -> FamilyPlan:
     """Which families to punch (pure).
 
     ``my_ipv6``: None when we hold an IPv6 mapping, else why not. IPv6 is tried when
@@ -141,7 +160,7 @@ def plan_families(my_ipv6: str | None, peer_details: dict, *, v4_feasible: bool,
     family left (the caller then falls back to the relay as before). With both, IPv6
     starts at once and IPv4 ``delay`` later (RFC 8305 section 5)."""
     plan = FamilyPlan()
-    targets, peer_why = peer_ipv6(peer_details)
+    targets, peer_why = peer_ipv6(peer_details, protocol)
     if my_ipv6 is not None:
         plan.reasons[6] = f"this side has no IPv6 path: {my_ipv6}"
     elif peer_why is not None:
