@@ -189,3 +189,28 @@ def test_dual_stack_tcp_race_agrees_and_carries_data():
                                              messages=("tcp a1\n", "tcp b1\n"), serve=False)
     assert codes == (0, 0), errs
     assert i_out == "tcp b1\n" and r_out == "tcp a1\n"
+
+
+#: a dual-stack punch matrix (issue 14): every pair punchable on at least one family
+#: connects on it, both sides on the same one, with the family and the reasons reported
+DUAL_STACK_PAIRS = [
+    ("symmetric-random+v6=nptv6", "symmetric-random+v6=apdf", 6),   # IPv4 relay-needed
+    ("symmetric-random+v6=nat66", "port-restricted+v6=apdf", 6),    # IPv4 relay-needed
+    ("full-cone+v6=open", "symmetric-random+v6=adf", None),         # both punchable: a race
+    ("port-restricted", "full-cone+v6=apdf", 4),                    # a has no IPv6
+]
+
+
+@pytest.mark.parametrize("a,b,family", DUAL_STACK_PAIRS)
+def test_dual_stack_matrix_connects_on_a_family_and_says_why(a, b, family):
+    with Lab(LabSpec.simple(a, b)) as lab:
+        (i, r), errs = _pair4(lab)
+    assert i["ok"] and r["ok"], (i, r, errs)
+    assert i["family"] == r["family"], (i, r)
+    if family is not None:
+        assert i["family"] == family, (i, errs)
+    won, other = str(i["family"]), "4" if i["family"] == 6 else "6"
+    for side in (i, r):
+        assert side["families"][won]["result"] == "won"
+        assert side["families"][other]["result"] in ("lost", "failed", "not-tried")
+        assert side["families"][other]["reason"]

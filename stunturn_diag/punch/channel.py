@@ -107,7 +107,7 @@ class UdpChannel:
         for _ in range(3):
             self._send(Kind.FIN)
 
-    def nominate(self, repeats: tuple[float, ...] = (0.0, 0.02, 0.1, 0.3)) -> None:
+    def nominate(self, repeats: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)) -> None:
         """Tell the peer this path is the one kept: an authenticated keepalive now and at
         the ``repeats`` offsets (seconds; the peer's handshake may finish a little later
         than ours, and a frame before that is not read as one)"""

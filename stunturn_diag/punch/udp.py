@@ -30,6 +30,8 @@ from stunturn_diag.sansio.netaddr import Address
 MAX_LOCAL_CANDIDATES = 8
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0
+#: frames (sealed, not yet readable) kept from before our handshake completed
+EARLY_FRAMES = 16
 _HINTS = {
     "auth-failed": "both sides must use the same access key",
     "version-mismatch": "the punch handshake changed (v2: PAKE and encryption; v3: CPace)",
@@ -278,8 +280,12 @@ class UdpRendezvous:
                         break
                     except OSError:
                         continue
-                    if engine.complete and kind_of(data) in FRAME_KINDS:
-                        pending.append((data, src[:2]))   # the peer already sends data
+                    if kind_of(data) in FRAME_KINDS:
+                        # the peer already sends data (or, racing families, its
+                        # nomination: it may complete before us); the channel
+                        # authenticates them, so a few early ones are kept too
+                        if engine.complete or len(pending) < EARLY_FRAMES:
+                            pending.append((data, src[:2]))
                         continue
                     for item in engine.receive(data, src[:2], time.monotonic(), sock=idx):
                         self._send(item, errors)
