@@ -128,3 +128,11 @@ def test_tcp_candidates_travel_under_tcp():
     plan = plan_families(None, _details(block), v4_feasible=True, v4_explanation="",
                          protocol="tcp")
     assert plan.targets6 == [(V6[0], 50000)] and plan.raced
+
+
+def test_a_failed_ipv4_only_punch_reports_both_families():
+    plan = plan_families("no route", _details(OK_BLOCK), v4_feasible=True, v4_explanation="")
+    assert plan.report(None, {4: "timeout"}) == {
+        "6": {"tried": False, "result": "not-tried",
+              "reason": "this side has no IPv6 path: no route"},
+        "4": {"tried": True, "result": "failed", "reason": "timeout"}}

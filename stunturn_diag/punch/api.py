@@ -669,7 +669,13 @@ class _Side:
         (:func:`.family_race.race`; TCP: the connected sockets race, the kept one is
         authenticated after)."""
         if fams is None or 6 not in fams.start:
-            return punch_v4(), (fams.report(4) if fams is not None else None)
+            try:
+                return punch_v4(), (fams.report(4) if fams is not None else None)
+            except PunchError as exc:
+                if fams is not None:
+                    exc.context = {**exc.context,
+                                   "families": fams.report(None, {4: exc.message})}
+                raise
         from .family_race import TcpPath, race
         rv6 = self.v6.paths[protocol][0]
         if protocol == "udp":
