@@ -155,11 +155,14 @@ def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
     candidate we punch toward (one that found no connecting socket of ours) is
     neither answered by a SYN-ACK from a new ISN (which our NAT's conntrack would
     mark INVALID) nor by a RST (which would kill the peer's attempt): the peer's
-    kernel simply retransmits it later.
+    kernel simply retransmits it later. The program reads IPv4 headers: IPv6 sources
+    are not filtered (False when there are only IPv6 ones; behind an IPv6 firewall
+    without NAT the punch has done without it in the lab).
     """
-    sources = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
-    if not sources:
-        return True
+    v4 = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
+    if not v4:
+        return not sources
+    sources = v4
     try:
         attach_filter(listener, bpf.blackhole_program(sources))
     except OSError:
