@@ -214,7 +214,7 @@ def test_bad_arguments_are_config_errors(pair):
     with pytest.raises(ConfigError):
         a.punch([(LO, 9)], role="initiator", deadline=time.monotonic() + 1, prime_ttl=300)
     with pytest.raises(ConfigError):
-        TcpRendezvous("::1")
+        TcpRendezvous("not-an-address")
     with pytest.raises(ConfigError):
         TcpRendezvous(LO, 70000)
 
@@ -335,10 +335,32 @@ def test_learn_mapping_accepts_a_host_name(stun_service):
         assert rv.learn_mapping(("localhost", primary.port), 3.0) == (LO, rv.local_port)
 
 
-def test_learn_mapping_rejects_ipv6_server():
+def test_learn_mapping_rejects_a_server_of_the_other_family():
     with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
         rv.learn_mapping(("::1", 3478), 1.0)
-    assert info.value.reason == "stun-failed" and "IPv6" in info.value.message
+    assert info.value.reason == "stun-failed" and "not IPv4" in info.value.message
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_simultaneous_open_over_ipv6_loopback():
+    """The same punch over IPv6 sockets (issue 14): hop limit for the TTL, IPv6-only
+    shared ports, IPv4 candidates skipped."""
+    with TcpRendezvous("::1") as a, TcpRendezvous("::1") as b:
+        sa, sb = punch_both(a, b, [("::1", b.local_port), (LO, 9)], [("::1", a.local_port)])
+        assert isinstance(sa, socket.socket) and isinstance(sb, socket.socket), (sa, sb)
+        with sa, sb:
+            assert sa.family == socket.AF_INET6
+            assert sa.getpeername()[:2] == ("::1", b.local_port)
+            exchange(sa, sb)
 
 
 def test_keepalive_settings_follow_the_udp_options():

@@ -139,13 +139,18 @@ def _failure(exc: StunturnError) -> dict:
                    "fails by --punch-timeout.")
 @click.option("--relay-timeout", type=float, default=5.0, show_default=True,
               help="Seconds the relayed handshake may take once the fallback starts.")
+@click.option("--ipv6/--no-ipv6", "ipv6", default=True, show_default=True,
+              help="UDP through a dual-stack server's IPv4 URL: punch over IPv6 too (with a "
+                   "head start, RFC 8305) and keep the first authenticated path.")
+@click.option("--happy-eyeballs-delay", type=click.FloatRange(0, 2), default=0.05,
+              show_default=True, help="Seconds the IPv6 attempt starts before the IPv4 one.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @tls_options
 @click.pass_context
 def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_interval, pair_timeout,
             punch_timeout, stun_timeout, forward_to, listen_on, as_json, nat_profile, probe, no_cache,
-            birthday, prime_ttl, bind, peer_timeout, use_relay, relay_timeout, quiet, ca_file,
-            insecure) -> None:
+            birthday, prime_ttl, bind, peer_timeout, use_relay, relay_timeout, ipv6, happy_eyeballs_delay,
+            quiet, ca_file, insecure) -> None:
     """Punch a direct, authenticated UDP/TCP connection to a peer paired via SERVER_URL."""
     from ..punch import api, relay
 
@@ -167,7 +172,7 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
             probe=probe, cache=not no_cache,
             local_ip=local_ip, local_port=local_port,
             peer_timeout=peer_timeout, relay=use_relay, relay_timeout=relay_timeout,
-            progress=say, tls=tls)
+            progress=say, tls=tls, ipv6=ipv6, happy_eyeballs_delay=happy_eyeballs_delay)
         if target_ip:
             result = api.initiate(server_url, key, target_ip, protocol=opts.protocol, options=opts)
         else:
@@ -182,8 +187,9 @@ def command(ctx, server_url, key_file, key, target_ip, protocol, wait, wait_inte
         result.close()
         return
     peer = f"{result.peer[0]}:{result.peer[1]}"
+    peer = f"[{result.peer[0]}]:{result.peer[1]}" if result.family == 6 else peer
     say(f"connected to {peer} over {result.protocol} ({result.strategy}, "
-        f"{result.connect_ms:.0f} ms after the match); authenticated"
+        f"IPv{result.family}, {result.connect_ms:.0f} ms after the match); authenticated"
         + (f"; relayed because {result.relay_reason}" if result.relay else ""))
     try:
         if forward_addr:

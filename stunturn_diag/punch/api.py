@@ -58,6 +58,9 @@ from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_detai
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
                                                transport_problem)
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
+from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, family_of,
+                                                plan_families)
+from .ipv6_leg import Ipv6Leg
 from stunturn_diag.sansio.punch.keys import rendezvous_id
 from .profile_cache import DEFAULT_MAX_AGE
 from .profile_runner import NatProfileSource
@@ -123,6 +126,10 @@ class PunchOptions:
     progress: Callable[[str], None] | None = None
     #: how an https:// signaling server is verified (None: the system trust store)
     tls: TlsOptions | None = None
+    #: through an IPv4 server URL of a dual-stack server: also punch over IPv6, which
+    #: gets this head start in seconds (RFC 8305 section 5); False: IPv4 only
+    ipv6: bool = True
+    happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -131,6 +138,9 @@ class PunchOptions:
                      "keepalive_interval", "cache_max_age", "relay_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.happy_eyeballs_delay <= 2.0:
+            raise ConfigError("happy_eyeballs_delay must be 0..2 seconds (RFC 8305 section 5), "
+                              f"got {self.happy_eyeballs_delay!r}")
         if self.wait < 0:
             raise ConfigError(f"wait must be >= 0 seconds, got {self.wait!r}")
         if not isinstance(self.local_port, int) or not 0 <= self.local_port <= 65535:
@@ -160,6 +170,13 @@ class PunchResult:
     relay_reason: str | None = None
     #: strategy portmap, the side reached: its gateway-mapped address
     portmap: Address | None = None
+    #: dual-stack UDP: per family ("6", "4") whether it was tried, won, lost or why not
+    families: dict | None = None
+
+    @property
+    def family(self) -> int:
+        """The IP family of the path (4 or 6)."""
+        return family_of(self.peer[0])
 
     def as_dict(self) -> dict:
         def addr(a):
@@ -170,7 +187,8 @@ class PunchResult:
                 "strategy": self.strategy, "connect_ms": round(self.connect_ms, 1),
                 "explanation": self.explanation, "relayed": self.relay is not None,
                 "relay": addr(self.relay), "relay_reason": self.relay_reason,
-                "portmap": addr(self.portmap)}
+                "portmap": addr(self.portmap), "family": self.family,
+                "families": self.families}
 
     def close(self) -> None:
         self.connection.close()
@@ -253,6 +271,8 @@ class _Side:
         self.pake: StartedPake | None = None
         #: the gateway's mapping of the UDP punch port (portmap_path), when usable
         self._portmap: portmap_path.PortMapping | None = None
+        #: dual stack (IPv4 URL): the IPv6 rendezvous per protocol, or why not
+        self.v6 = Ipv6Leg(self._say)
 
     def _say(self, text: str) -> None:
         if self.opts.progress:
@@ -263,7 +283,13 @@ class _Side:
         return flows_after_stun(list(self.prepared), protocol, self.pair_flows)
 
     def _details(self) -> dict:
-        """Our signaling details (:func:`details.signaling_details`)."""
+        """Our signaling details (:func:`details.signaling_details`), with the IPv6
+        block (:func:`families.ipv6_block`) when we race the families."""
+        out = self._signaling_details()
+        out["nat"] = self.v6.attach(out["nat"], list(self.prepared) or self.protocols)
+        return out
+
+    def _signaling_details(self) -> dict:
         return signaling_details(
             self.nat.profile, {p: (mapped, local) for p, (_rv, mapped, local) in self.prepared.items()},
             pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
@@ -300,7 +326,10 @@ class _Side:
         except ImportError:
             raise PunchError("TCP punching is not available in this installation",
                              hint="use --protocol udp", reason="tcp-unavailable") from None
-        return TcpRendezvous(self.opts.local_ip, self.opts.local_port)
+        local_ip = self.opts.local_ip
+        if local_ip == "0.0.0.0" and ":" in self._stun_endpoint(protocol)[0]:
+            local_ip = "::"         # a server reached over IPv6: punch over IPv6
+        return TcpRendezvous(local_ip, self.opts.local_port)
 
     # -- the NAT profile -----------------------------------------------------------------
 
@@ -346,6 +375,8 @@ class _Side:
 
     def _prepare(self, protocols: list[str]) -> None:
         """Learn the mapping of every protocol, concurrently; keep the ones that worked."""
+        self.v6.start(self._info or {}, self.client.base_url, protocols, enabled=self.opts.ipv6,
+                      local_ip=self.opts.local_ip, stun_timeout=self.opts.stun_timeout)
         udp_sent = threading.Event()
         if "udp" not in protocols:
             udp_sent.set()
@@ -367,6 +398,7 @@ class _Side:
         job(protocols[0])
         for t in threads:
             t.join()
+        self.v6.join()
         self.prepared, self.unavailable, self._errors = {}, {}, {}
         for proto in protocols:
             got = outcome[proto]
@@ -399,6 +431,7 @@ class _Side:
                 self._bound[proto] = exc
 
     def _close_prepared(self) -> None:
+        self.v6.close()
         for rv, _m, _l in self.prepared.values():
             rv.close()
         self.prepared = {}
@@ -531,6 +564,7 @@ class _Side:
                     rv.close()
             rv, mapped, _local = self.prepared[protocol]
             mine = self._details()            # as the peer got them (before dropping the others)
+            self.v6.keep_only(protocol)
             self.prepared = {protocol: self.prepared[protocol]}
             result = self._punch(rv, match, protocol, mapped, t_match, mine)
             if self._portmap is not None and result.strategy == "portmap" and \
@@ -567,16 +601,18 @@ class _Side:
             self._say(note)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
+        fams = self._family_plan(protocol, details, plan)
         relay = relay_path.for_plan(self, match, plan, protocol, deadline)
         try:
-            if relay is not None and not plan.feasible:
+            if relay is not None and not plan.feasible and (fams is None or 6 not in fams.start):
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)
             return self._direct(rv, match_id, details, protocol, mapped, t_match, plan, deadline,
-                                vetted)
+                                vetted, fams)
         except PunchError as exc:
-            if relay is None or exc.reason not in _RELAY_CAUSES:
+            if relay is None or exc.reason not in _RELAY_CAUSES and exc.reason != "relay-needed":
                 raise
-            why = f"the direct attempt failed ({_RELAY_CAUSES[exc.reason]}): {exc.message}"
+            cause = _RELAY_CAUSES.get(exc.reason, "relay-needed")
+            why = f"the direct attempt failed ({cause}): {exc.message}"
             return self._relayed(relay, match_id, mapped, t_match, plan, why, exc)
         finally:
             if relay is not None:
@@ -601,9 +637,78 @@ class _Side:
                            f"through the TURN relay {relay.server[0]}:{relay.server[1]}",
                            plan.notes, relay=relay.relayed, relay_reason=why)
 
+    @staticmethod
+    def _strategy(plan: Plan, families: dict | None, family: int) -> tuple[str, str]:
+        """(strategy, explanation) of the result: the IPv4 plan's, or ``ipv6``'s."""
+        if families is None or family == 4:
+            return plan.strategy, plan.explanation
+        v4 = families["4"]
+        return "ipv6", (f"over IPv6: both sides' IPv6 mappings punched at once (firewall "
+                        f"state as RFC 6092 describes); IPv4 {v4['result']}: "
+                        f"{v4.get('reason', '')}".rstrip(": "))
+
+    def _family_plan(self, protocol: str, details: dict, plan: Plan) -> FamilyPlan | None:
+        """Dual stack (IPv4 URL): which families to punch (:func:`families.plan_families`)."""
+        if not self.v6.active:
+            return None
+        fams = plan_families(self.v6.reason(protocol), details, v4_feasible=plan.feasible,
+                             v4_explanation=plan.explanation, protocol=protocol,
+                             delay=self.opts.happy_eyeballs_delay)
+        if 6 in fams.start:
+            self._say("punching over IPv6" + (f" and IPv4 ({self.opts.happy_eyeballs_delay * 1000:.0f}"
+                      " ms later)" if 4 in fams.start else f" only: {fams.reasons[4]}"))
+        else:
+            if protocol in self.v6.paths:       # else "IPv6 unavailable" was said already
+                self._say(f"IPv6 not tried: {fams.reasons[6]}")
+            self.v6.close()
+        return fams
+
+    def _by_family(self, rv, protocol: str, fams: FamilyPlan | None, punch_v4,
+                   deadline: float, match_id: str, prime_ttl: int) -> tuple[object, dict | None]:
+        """(connection, the result's ``families``): IPv4 alone, or the race
+        (:func:`.family_race.race`; TCP: the connected sockets race, the kept one is
+        authenticated after)."""
+        if fams is None or 6 not in fams.start:
+            try:
+                return punch_v4(), (fams.report(4) if fams is not None else None)
+            except PunchError as exc:
+                if fams is not None:
+                    exc.context = {**exc.context,
+                                   "families": fams.report(None, {4: exc.message})}
+                raise
+        from .family_race import TcpPath, race
+        rv6 = self.v6.paths[protocol][0]
+        if protocol == "udp":
+            def punch_v6(cancel):
+                return rv6.punch(fams.targets6, role=self.role, deadline=deadline,
+                                 prime_ttl=prime_ttl, strategy="ipv6", key=self.key,
+                                 match_id=match_id, keepalive_interval=self.opts.keepalive_interval,
+                                 peer_timeout=self.opts.peer_timeout, pake=None,
+                                 cancel=cancel)    # its own CPace: fresh keys per path
+            attempts = {4: punch_v4, 6: punch_v6}
+        else:
+            attempts = {4: lambda cancel: TcpPath(punch_v4(cancel)),
+                        6: lambda cancel: TcpPath(rv6.punch(fams.targets6, role=self.role,
+                                                            deadline=deadline, prime_ttl=prime_ttl,
+                                                            strategy="ipv6", cancel=cancel))}
+        if 4 not in fams.start:
+            del attempts[4]
+            rv.close()
+        first = "authenticated" if protocol == "udp" else "connected"
+        try:
+            conn, won, failures = race(attempts, fams, self.role, deadline, self._say,
+                                       first=first)
+        except PunchError as exc:
+            exc.context = {"families": fams.report(None, getattr(exc, "family_failures", {}))}
+            raise
+        return ((conn.sock if isinstance(conn, TcpPath) else conn),
+                fams.report(won, failures, first=first))
+
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
-                t_match: float, plan: Plan, deadline: float, vetted) -> PunchResult:
+                t_match: float, plan: Plan, deadline: float, vetted,
+                fams: FamilyPlan | None = None) -> PunchResult:
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
+        families = None
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol,
                                     rng=random.Random(), vetted=vetted)
@@ -613,16 +718,24 @@ class _Side:
                     targets.targets = targets.targets[skip:]
                     targets.prime = [t for t in targets.prime if t in targets.targets]
             if protocol == "udp":
-                conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
-                                prime_ttl=prime_ttl, strategy=plan.strategy, key=self.key, match_id=match_id,
-                                prime_targets=targets.prime, spray=targets.spray,
-                                extra_sockets=targets.extra_sockets, hold=targets.hold,
-                                keepalive_interval=self.opts.keepalive_interval,
-                                peer_timeout=self.opts.peer_timeout, pake=self.pake)
+                def punch_v4(cancel=None):
+                    return rv.punch(targets.targets, role=self.role, deadline=deadline,
+                                    prime_ttl=prime_ttl, strategy=plan.strategy, key=self.key,
+                                    match_id=match_id, prime_targets=targets.prime,
+                                    spray=targets.spray, extra_sockets=targets.extra_sockets,
+                                    hold=targets.hold,
+                                    keepalive_interval=self.opts.keepalive_interval,
+                                    peer_timeout=self.opts.peer_timeout, pake=self.pake,
+                                    cancel=cancel)
+            else:
+                def punch_v4(cancel=None):
+                    return rv.punch(targets.targets, role=self.role, deadline=deadline,
+                                    prime_ttl=prime_ttl, strategy=plan.strategy, cancel=cancel)
+            conn, families = self._by_family(rv, protocol, fams, punch_v4, deadline, match_id,
+                                             prime_ttl)
+            if protocol == "udp":
                 local_addr, peer_addr = conn.local_address, conn.peer_address
             else:
-                conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
-                                prime_ttl=prime_ttl, strategy=plan.strategy)
                 try:
                     from .tcp_sockets import configure_keepalive
                     configure_keepalive(conn, self.opts.keepalive_interval,
@@ -648,17 +761,22 @@ class _Side:
                 exc.reason = "relay-needed"
                 exc.message = (f"{protocol.upper()} punch failed ({_RELAY_CAUSES[cause]}): "
                                f"{plan.explanation}")
-            exc.context = {"protocol": protocol, "role": self.role, "match_id": match_id,
-                           "strategy": plan.strategy, "explanation": plan.explanation}
+            exc.context = {**exc.context, "protocol": protocol, "role": self.role,
+                           "match_id": match_id, "strategy": plan.strategy,
+                           "explanation": plan.explanation}
             raise
         connect_ms = (time.monotonic() - t_match) * 1000.0
         reached = plan.strategy == "portmap" and plan.portmap_side == self.role
         if self.promise.next_port is not None and plan.predict_for(self.role):
             self._say(f"port counter steered to {self.promise.next_port} "
                       f"(observed {self.promise.counter_rate or 0:.1f} flows/s besides ours)")
+        if family_of(peer_addr[0]) == 6 and protocol in self.v6.paths:
+            mapped = self.v6.paths[protocol][1]   # the IPv6 path's server-reflexive address
+        strategy, explanation = self._strategy(plan, families, family_of(peer_addr[0]))
         return PunchResult(conn, protocol, self.role, match_id, local_addr, mapped, peer_addr,
-                           plan.strategy, connect_ms, plan.explanation, plan.notes,
-                           portmap=self._portmap.address if reached and self._portmap else None)
+                           strategy, connect_ms, explanation, plan.notes,
+                           portmap=self._portmap.address if reached and self._portmap else None,
+                           families=families)
 
 
 __all__ = ["initiate", "receive", "PunchOptions", "PunchResult", "PunchError", "SignalingError",

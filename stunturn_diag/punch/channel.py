@@ -64,6 +64,9 @@ class UdpChannel:
         self.lost = False
         self.closed = False
         self.foreign = 0
+        #: set by the peer's first authenticated frame (data, keepalive, FIN or BYE):
+        #: the dual-stack race's nomination (:mod:`stunturn_diag.sansio.punch.families`)
+        self.heard = threading.Event()
         #: called once by close(), after the sockets closed (e.g. delete a port mapping)
         self.on_close: list = []
         # frames that arrived while the punch loop was still confirming
@@ -103,6 +106,27 @@ class UdpChannel:
         """Tell the peer no more data follows (repeated: datagrams may be lost)."""
         for _ in range(3):
             self._send(Kind.FIN)
+
+    def nominate(self, repeats: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)) -> None:
+        """Tell the peer this path is the one kept: an authenticated keepalive now and at
+        the ``repeats`` offsets (seconds; the peer's handshake may finish a little later
+        than ours, and a frame before that is not read as one)"""
+        self._send(Kind.KEEPALIVE)
+
+        def again() -> None:
+            start = self._clock()
+            for at in repeats[1:]:
+                if self._stop.wait(max(0.0, start + at - self._clock())):
+                    return
+                self._send(Kind.KEEPALIVE)
+
+        threading.Thread(target=again, name="stunturn-udp-nominate", daemon=True).start()
+
+    def abandon(self) -> None:
+        """Close a path that lost the race, without the BYE (an authenticated frame would
+        read as this path's nomination on the peer's side)."""
+        self.lost = True
+        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -189,6 +213,7 @@ class UdpChannel:
             return
         kind, payload = frame
         self.last_rx = self._clock()
+        self.heard.set()
         if kind is Kind.DATA:
             self._inbox.put(payload)
         elif kind in (Kind.FIN, Kind.BYE) and not self.peer_eof:

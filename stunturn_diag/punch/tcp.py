@@ -93,7 +93,9 @@ endpoint-independent filtering): the *receiver* only listens and accepts, the
 of :mod:`stunturn_diag.sansio.punch.decision` ("simultaneous", "lan", "predict", ...)
 runs the simultaneous open above over the given candidates.
 
-IPv4 only. Failures raise :class:`~stunturn_diag.errors.PunchError` whose
+IPv4 or IPv6, the local address's family (``local_ip="::"``: IPv6, the SYNs' hop
+limit stands in for the TTL); the STUN server and the peer's candidates must be of
+the same family. Failures raise :class:`~stunturn_diag.errors.PunchError` whose
 ``reason`` names the cause: ``refused`` (RSTs: the peer's NAT had no mapping
 toward us), ``timeout`` (SYNs silently dropped: the mappings never met),
 ``unreachable`` (ICMP unreachable only), ``nomination-failed``,
@@ -112,7 +114,7 @@ from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL
                                                     STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
 from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
-from .tcp_sockets import host_ipv4_addresses, shared_port_socket
+from .tcp_sockets import family_for, host_ipv4_addresses, host_ipv6_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
 from stunturn_diag.sansio.netaddr import Address
 
@@ -134,30 +136,28 @@ __all__ = ["TcpRendezvous", "DEFAULT_PRIME_TTL", "SETTLE", "RETRY_INTERVAL", "MA
            "STRATEGY_SIMULTANEOUS", "STRATEGY_LISTEN"]
 
 
-def _ipv4(ip: str, what: str) -> str:
+def _ip(ip: str, what: str) -> str:
     try:
-        addr = ipaddress.ip_address(ip)
+        return str(ipaddress.ip_address(ip))
     except ValueError:
         raise ConfigError(f"{what} must be an IP address, got {ip!r}") from None
-    if addr.version != 4:
-        raise ConfigError(f"{what} {ip} is IPv6; TCP punching supports IPv4 only",
-                          hint="use an IPv4 address")
-    return str(addr)
 
 
-def _resolve_ipv4(host: str) -> str:
-    """An IPv4 address for ``host`` (a literal or a name); PunchError if there is none."""
+def _resolve(host: str, version: int) -> str:
+    """An address of IP ``version`` for ``host`` (a literal or a name); PunchError if
+    there is none."""
     try:
-        if ipaddress.ip_address(host).version == 4:
+        if ipaddress.ip_address(host).version == version:
             return host
-        raise PunchError(f"the STUN server {host} is IPv6; TCP punching supports IPv4 only",
-                         reason="stun-failed")
+        raise PunchError(f"the STUN server {host} is not IPv{version}, the family of this "
+                         "TCP socket", reason="stun-failed")
     except ValueError:
         pass
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
     try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
     except OSError as exc:
-        raise PunchError(f"cannot resolve the STUN server name {host!r} to IPv4: {exc}",
+        raise PunchError(f"cannot resolve the STUN server name {host!r} to IPv{version}: {exc}",
                          reason="stun-failed") from None
     return infos[0][4][0]
 
@@ -166,7 +166,7 @@ class TcpRendezvous:
     """One local TCP port: learn its mapping, then punch a connection to the peer."""
 
     def __init__(self, local_ip: str = "0.0.0.0", local_port: int = 0) -> None:
-        local_ip = _ipv4(local_ip, "local_ip")
+        local_ip = _ip(local_ip, "local_ip")
         if not isinstance(local_port, int) or not 0 <= local_port <= 65535:
             raise ConfigError(f"local_port must be 0..65535, got {local_port!r}")
         try:
@@ -176,6 +176,7 @@ class TcpRendezvous:
                              hint="pick another local port (--bind IP:PORT) or leave it 0",
                              reason="bind-failed") from None
         self.local_ip = local_ip
+        self.version = 6 if family_for(local_ip) == socket.AF_INET6 else 4
         self.local_port: int = self._listener.getsockname()[1]
         self.mapped: Address | None = None
         self._stun: socket.socket | None = None
@@ -191,7 +192,7 @@ class TcpRendezvous:
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
         """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
         self._check_open()
-        host = _resolve_ipv4(str(stun_server[0]))
+        host = _resolve(str(stun_server[0]), self.version)
         self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
@@ -251,7 +252,7 @@ class TcpRendezvous:
     def local_candidates(self) -> list[tuple[str, int]]:
         """Host addresses with our port (for a peer on the same LAN), best first."""
         self._check_open()
-        if self.local_ip != "0.0.0.0":
+        if self.local_ip not in ("0.0.0.0", "::"):
             return [(self.local_ip, self.local_port)]
         ips: list[str] = []
         if self._stun is not None:
@@ -259,7 +260,7 @@ class TcpRendezvous:
                 ips.append(self._stun.getsockname()[0])  # the interface toward the server
             except OSError:
                 pass
-        for ip in host_ipv4_addresses():
+        for ip in (host_ipv6_addresses() if self.version == 6 else host_ipv4_addresses()):
             if ip not in ips and not ipaddress.ip_address(ip).is_loopback:
                 ips.append(ip)
         return [(ip, self.local_port) for ip in ips[:MAX_LOCAL_CANDIDATES]]
@@ -268,13 +269,15 @@ class TcpRendezvous:
 
     def punch(self, peer_candidates: list[tuple[str, int]], *, role: Role | str, deadline: float,
               prime_ttl: int | None = None, strategy: str = STRATEGY_SIMULTANEOUS,
-              max_connects: int = MAX_CONNECTS) -> socket.socket:
+              max_connects: int = MAX_CONNECTS,
+              cancel: threading.Event | None = None) -> socket.socket:
         """Connected TCP socket to the peer (not yet authenticated), or PunchError.
 
         ``deadline`` is a ``time.monotonic()`` value. ``prime_ttl=None`` means
         :data:`DEFAULT_PRIME_TTL`; pass 0 to send no priming SYN. One punch per
         rendezvous; the listener is closed when it returns. ``max_connects``:
-        full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`).
+        full-TTL rounds per candidate (at most :data:`MAX_CONNECTS`). ``cancel``: stops
+        the punch (reason ``cancelled``) once set.
         """
         self._check_open()
         try:
@@ -290,7 +293,7 @@ class TcpRendezvous:
         candidates, skipped = self._usable(peer_candidates)
         if not candidates and strategy != STRATEGY_LISTEN:
             raise PunchError("no usable peer address to punch toward", reason="no-candidates",
-                             hint="the peer must send IPv4 srflx/local addresses",
+                             hint=f"the peer must send IPv{self.version} srflx/local addresses",
                              attempts=skipped)
         self._punched = True
         self._stop_keepalive(wait=False)  # the punch does not touch the STUN socket
@@ -298,7 +301,7 @@ class TcpRendezvous:
                               role=role, deadline=deadline, prime_ttl=prime_ttl or None,
                               strategy=STRATEGY_LISTEN if strategy == STRATEGY_LISTEN
                               else STRATEGY_SIMULTANEOUS, label=str(strategy),
-                              max_connects=max_connects)
+                              max_connects=max_connects, cancel=cancel)
         try:
             return loop.run()
         except PunchError as exc:
@@ -308,7 +311,8 @@ class TcpRendezvous:
             self._listener.close()
 
     def _usable(self, peer_candidates: list[tuple[str, int]]) -> tuple[list[Address], list[dict]]:
-        own_ips = set(host_ipv4_addresses()) | {self.local_ip}
+        own_ips = set(host_ipv6_addresses() if self.version == 6 else host_ipv4_addresses()) \
+            | {self.local_ip}
         usable: list[Address] = []
         skipped: list[dict] = []
         for cand in peer_candidates:
@@ -319,10 +323,10 @@ class TcpRendezvous:
                                 "error": "not an (ip, port) pair"})
                 continue
             text = f"{ip}:{port}"
-            if ipaddress.ip_address(ip).version != 4 or not 0 < port < 65536:
+            if ipaddress.ip_address(ip).version != self.version or not 0 < port < 65536:
                 skipped.append({"candidate": text, "strategy": "-",
-                                "error": "not an IPv4 address with a port 1..65535"})
-            elif port == self.local_port and (ip in own_ips or ip == "0.0.0.0"
+                                "error": f"not an IPv{self.version} address with a port 1..65535"})
+            elif port == self.local_port and (ip in own_ips or ip in ("0.0.0.0", "::")
                                               or ipaddress.ip_address(ip).is_loopback):
                 skipped.append({"candidate": text, "strategy": "-",
                                 "error": "our own address (TCP would connect to itself)"})

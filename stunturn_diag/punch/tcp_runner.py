@@ -12,6 +12,7 @@ import secrets
 import select
 import socket
 import struct
+import threading
 import time
 from typing import Callable
 
@@ -20,6 +21,7 @@ from stunturn_diag.sansio.punch.tcp_machine import (LISTENER, MAX_CONNECTS, NOMI
                                                     STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS,
                                                     TcpPunchMachine, retry_delay)
 from stunturn_diag.sansio.punch.wire import Role
+from ..errors import PunchError
 
 from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, set_ttl,
                           shared_port_socket, tcp_state)
@@ -33,7 +35,7 @@ __all__ = ["TcpPunchRunner", "MAX_CONNECTS", "NOMINATE", "STRATEGY_LISTEN",
 _MAX_ACTIONS = 100_000
 
 
-def _abort(sock: socket.socket) -> None:
+def abort(sock: socket.socket) -> None:
     """Close with SO_LINGER 0 (see :class:`tcp_machine.Abort`)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -48,8 +50,12 @@ class TcpPunchRunner:
     def __init__(self, local: Address, listener: socket.socket, candidates: list[Address], *,
                  role: Role | str, deadline: float, prime_ttl: int | None, strategy: str,
                  label: str | None = None, max_connects: int = MAX_CONNECTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 cancel: threading.Event | None = None) -> None:
+        """``cancel``: set by the other IP family's win (:mod:`.family_race`): the run
+        stops with reason ``cancelled``."""
         self.local = local
+        self.cancel = cancel
         self.clock = clock
         pin = bool(prime_ttl) and strategy == STRATEGY_SIMULTANEOUS and can_pin_isn()
         self.machine = TcpPunchMachine(candidates, role=role, deadline=deadline,
@@ -94,7 +100,7 @@ class TcpPunchRunner:
             self.socks.pop(action.handle).close()
             return []
         if isinstance(action, m.Abort):
-            _abort(self.socks.pop(action.handle))
+            abort(self.socks.pop(action.handle))
             return []
         if isinstance(action, m.StreamSend):
             try:
@@ -157,9 +163,14 @@ class TcpPunchRunner:
                 now = self.clock()
                 if now >= mach.deadline:
                     raise mach.failure()
+                if self.cancel is not None and self.cancel.is_set():
+                    raise PunchError("TCP punch cancelled: the other IP family won",
+                                     reason="cancelled")
                 self.execute(mach.on_timers(now))
                 self.execute(mach.expire(now))
                 readers, writers, timeout = mach.wait(now)
+                if self.cancel is not None:
+                    timeout = min(timeout, 0.02)
                 readable, writable, _ = select.select(
                     [self.socks[h] for h in readers], [self.socks[h] for h in writers], [],
                     timeout)

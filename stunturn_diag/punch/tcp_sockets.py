@@ -2,7 +2,8 @@
 
 Every socket of one rendezvous binds the same local port with SO_REUSEADDR and
 SO_REUSEPORT, so the listener, the STUN connection and the connecting sockets share
-it (one NAT mapping, RFC 5382 section 4.1). IPv4 only.
+it (one NAT mapping, RFC 5382 section 4.1). IPv4 and IPv6: a socket's family is its
+local address's (:func:`family_for`); the hop limit stands in for the TTL over IPv6.
 """
 
 from __future__ import annotations
@@ -25,15 +26,24 @@ MAX_FILTERED = 60
 _TCP_REPAIR, _TCP_REPAIR_QUEUE, _TCP_QUEUE_SEQ, _TCP_SEND_QUEUE = 19, 20, 21, 2
 
 
+def family_for(ip: str) -> int:
+    """AF_INET6 for an IPv6 literal (``::`` included), else AF_INET."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def shared_port_socket(local_ip: str, local_port: int, isn: int | None = None) -> socket.socket:
     """A non-blocking TCP socket bound to ``(local_ip, local_port)`` that shares the port.
 
     ``isn``: the initial send sequence number its SYN will carry (see :func:`pin_isn`).
+    An IPv6 socket is IPv6-only (IPV6_V6ONLY): its port is shared with IPv6 sockets only.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = family_for(local_ip)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if isn is not None:
             pin_isn(sock, isn)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((local_ip, local_port))
@@ -48,8 +58,8 @@ def pin_isn(sock: socket.socket, isn: int) -> None:
     """Make the next connect() send its SYN with sequence number ``isn`` (Linux, root).
 
     In TCP_REPAIR mode a closed socket's send sequence can be set; leaving repair
-    mode before connect() keeps it, and tcp_v4_connect only draws a fresh ISN
-    (RFC 6528) when none is set. Raises PermissionError without CAP_NET_ADMIN.
+    mode before connect() keeps it, and tcp_v4_connect (tcp_v6_connect likewise) only
+    draws a fresh ISN (RFC 6528) when none is set. Raises PermissionError without CAP_NET_ADMIN.
     Leaving repair mode resets SO_REUSEADDR, so call this before setting options.
     """
     sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
@@ -115,13 +125,21 @@ def configure_keepalive(sock: socket.socket, interval: float, peer_timeout: floa
     return cfg
 
 
+def _ttl_option(sock: socket.socket) -> tuple[int, int]:
+    if sock.family == socket.AF_INET6:
+        return socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS
+    return socket.IPPROTO_IP, socket.IP_TTL
+
+
 def get_ttl(sock: socket.socket) -> int:
-    return sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+    """IP_TTL, or over IPv6 the unicast hop limit (RFC 8200 section 3)."""
+    return sock.getsockopt(*_ttl_option(sock))
 
 
 def set_ttl(sock: socket.socket, ttl: int) -> None:
-    """IP_TTL for the segments this socket sends from now on (ip(7))."""
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    """IP_TTL (ip(7)) or IPV6_UNICAST_HOPS (ipv6(7)) for the segments this socket sends
+    from now on."""
+    sock.setsockopt(*_ttl_option(sock), ttl)
 
 
 def blackhole_program(sources: list[Address]) -> list[bytes]:
@@ -137,11 +155,14 @@ def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
     candidate we punch toward (one that found no connecting socket of ours) is
     neither answered by a SYN-ACK from a new ISN (which our NAT's conntrack would
     mark INVALID) nor by a RST (which would kill the peer's attempt): the peer's
-    kernel simply retransmits it later.
+    kernel simply retransmits it later. The program reads IPv4 headers: IPv6 sources
+    are not filtered (False when there are only IPv6 ones; behind an IPv6 firewall
+    without NAT the punch has done without it in the lab).
     """
-    sources = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
-    if not sources:
-        return True
+    v4 = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
+    if not v4:
+        return not sources
+    sources = v4
     try:
         attach_filter(listener, bpf.blackhole_program(sources))
     except OSError:
@@ -154,6 +175,18 @@ def _is_ipv4(ip: str) -> bool:
         return ipaddress.ip_address(ip).version == 4
     except ValueError:
         return False
+
+
+def host_ipv6_addresses() -> list[str]:
+    """Global and unique-local IPv6 addresses of this host's interfaces (no loopback,
+    no link-local: a link-local candidate needs a scope the peer cannot know)."""
+    found: list[str] = []
+    for entry in host_addresses():
+        addr = ipaddress.ip_address(entry.ip)
+        if entry.version == 6 and not (addr.is_loopback or addr.is_link_local) \
+                and entry.ip not in found:
+            found.append(entry.ip)
+    return found
 
 
 def host_ipv4_addresses() -> list[str]:

@@ -30,6 +30,8 @@ from stunturn_diag.sansio.netaddr import Address
 MAX_LOCAL_CANDIDATES = 8
 #: after our side completed, wait this long for the peer's "verified" before handing over
 CONFIRM_LINGER = 1.0
+#: frames (sealed, not yet readable) kept from before our handshake completed
+EARLY_FRAMES = 16
 _HINTS = {
     "auth-failed": "both sides must use the same access key",
     "version-mismatch": "the punch handshake changed (v2: PAKE and encryption; v3: CPace)",
@@ -173,12 +175,13 @@ class UdpRendezvous:
         if ip not in ("0.0.0.0", "::"):
             ips.append(ip)
         else:
-            src = route_source_ip(self.stun_server) if self.stun_server else None
+            src = route_source_ip(self.stun_server, self.family) if self.stun_server else None
             if src and ipaddress.ip_address(src).is_loopback:
                 return [(src, port)]          # a loopback server: stay on loopback
             if src:
                 ips.append(src)
-            ips += interface_ipv4_addresses()
+            if self.family == socket.AF_INET:   # an IPv6 socket cannot reach IPv4 hosts
+                ips += interface_ipv4_addresses()
         seen: list[Address] = []
         for i in ips:
             if (i, port) not in seen:
@@ -209,7 +212,8 @@ class UdpRendezvous:
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
               keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
-              pake: StartedPake | None = None) -> UdpChannel:
+              pake: StartedPake | None = None,
+              cancel: threading.Event | None = None) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
@@ -218,6 +222,8 @@ class UdpRendezvous:
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
         ``pake``: our CPace scalar and PRS, prepared before the match
         (:func:`stunturn_diag.sansio.punch.handshake.start_pake`).
+        ``cancel``: set by the other family's win (:mod:`.family_race`); the punch then
+        stops with reason ``cancelled``.
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
@@ -240,6 +246,9 @@ class UdpRendezvous:
         confirm_until: float | None = None
         while True:
             now = time.monotonic()
+            if cancel is not None and cancel.is_set():
+                raise PunchError("UDP punch cancelled: the other IP family won",
+                                 reason="cancelled")
             for item in engine.poll(now):
                 self._send(item, errors)
             if engine.complete:
@@ -259,6 +268,8 @@ class UdpRendezvous:
             wake = engine.next_wakeup()
             if confirm_until is not None:
                 wake = min(wake, confirm_until)
+            if cancel is not None:
+                wake = min(wake, now + 0.02)
             ready, _, _ = select.select(socks, [], [], max(0.0, min(wake, deadline) - now))
             for s in ready:
                 idx = socks.index(s)
@@ -269,8 +280,12 @@ class UdpRendezvous:
                         break
                     except OSError:
                         continue
-                    if engine.complete and kind_of(data) in FRAME_KINDS:
-                        pending.append((data, src[:2]))   # the peer already sends data
+                    if kind_of(data) in FRAME_KINDS:
+                        # the peer already sends data (or, racing families, its
+                        # nomination: it may complete before us); the channel
+                        # authenticates them, so a few early ones are kept too
+                        if engine.complete or len(pending) < EARLY_FRAMES:
+                            pending.append((data, src[:2]))
                         continue
                     for item in engine.receive(data, src[:2], time.monotonic(), sock=idx):
                         self._send(item, errors)
