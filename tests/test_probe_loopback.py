@@ -319,20 +319,20 @@ def test_punch_profile_refuses_what_it_does_not_run(kw):
 
 
 def test_tcp_connect_back_wait_is_rtt_derived_with_a_lower_floor_for_the_punch_profile(server):
-    """The server's connect-back timeout: 8 RTT, floored at 250 ms for the full probe and at
-    100 ms for the punch profile (loopback's RTT is far below both); both decide filtering."""
+    """The server's connect-back timeout: 8 RTT, floored at 100 ms for the full probe and the
+    punch profile (loopback's RTT is far below it); both decide filtering."""
     from stunturn_diag.sansio.probe.endpoints import from_info
     from stunturn_diag.probe.tcp_runner import alloc_test, connect_back_ms, run_tcp_rest
     from stunturn_diag.sansio.probe.evidence import TcpEvidence
     from stunturn_diag.sansio.probe.tcp_classify import classify_tcp_filtering
     from stunturn_diag.signaling import SignalingClient
 
-    assert connect_back_ms(0.0001) == 250 and connect_back_ms(0.0001, 100) == 100
+    assert connect_back_ms(0.0001) == 100 and connect_back_ms(0.0001, 100) == 100
     assert connect_back_ms(0.05, 100) == 400 and connect_back_ms(None, 100) == 400
     assert connect_back_ms(1.0) == 2000  # the server's upper bound
     client = SignalingClient(server.http_url)
     ep = from_info(client.info())
-    for punch_profile, floor in ((True, 100), (False, 250)):
+    for punch_profile, floor in ((True, 100), (False, 100)):
         bodies: list[dict] = []
 
         def assist(body):
