@@ -18,19 +18,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 
 import pytest
 
 from stunturn_diag.lab import CATALOGUE
 from stunturn_diag.lab.ci.plan import make_pair
+from stunturn_testkit import punch_matrix
 
 from test_lab_ci_run import _cli, _json_lines
-from test_punch_udp_matrix import SERVE     # serve offering the lab's coturn (udp,tcp)
 
 pytestmark = pytest.mark.netns
 
-PY = sys.executable
 ALL = list(itertools.combinations_with_replacement(sorted(CATALOGUE), 2))
 JOBS = int(os.environ.get("STUNTURN_MATRIX_JOBS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
                                                        else 2))
@@ -53,17 +51,8 @@ assert set(SUBSET) <= set(ALL)
 
 
 PAIRS = ALL if os.environ.get("STUNTURN_TCP_RELAY_MATRIX") == "all" else SUBSET
-def _peer(role: str) -> str:
-    own_type = "{type_a}" if role == "initiator" else "{type_b}"
-    return (f"{PY} -m stunturn_diag.punch.labpeer --role {role} --url http://{{server_ip}}:8080 "
-            f"--target {{peer_public_ip}} --nat-type '{own_type}' --protocol tcp "
-            "--punch-timeout 8 --wait 15")
-
-
 def _run(tmp_path, pairs: list[tuple[str, str]]) -> tuple[list[dict], dict, object]:
-    plan = {"pairs": [{"sites": {"a": a, "b": b}} for a, b in pairs], "jobs": JOBS,
-            "relay": True, "protocol": "tcp", "timeout": 60, "server": SERVE,
-            "server_ready": "line", "a": _peer("initiator"), "b": _peer("receiver")}
+    plan = punch_matrix.plan(pairs, protocol="tcp", punch_timeout=8.0, jobs=JOBS)
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _cli(tmp_path, "matrix", "--plan", "plan.json", "--json", "--logdir", "logs",

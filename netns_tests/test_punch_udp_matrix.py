@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
 from stunturn_diag.lab.ci.plan import make_pair
 from stunturn_diag.lab.ci.runner import GRACE
 from stunturn_diag.lab.pair_runner import parse_peer_output, run_pair
+from stunturn_testkit import punch_matrix
 
 from test_lab_ci_run import _cli, _json_lines
 
@@ -44,7 +44,6 @@ NAMES = sorted(CATALOGUE)
 PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
 FAIL_FAST = 1.5   # punch timeout where failure is expected
 LAB_SERVER_IP = "198.51.100.10"     # the server host: serve and coturn (its relayed addresses)
-PY = sys.executable
 #: labs at a time per `lab matrix` call: under xdist the workers already run chunks side by side
 JOBS = int(os.environ.get("STUNTURN_MATRIX_JOBS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
                                                        else 2))
@@ -106,20 +105,6 @@ CHUNKS = _chunks()
 #: checks in, after its own STUN gave up (~3 s), inside the initiator's 4 s.
 TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 4.0, 0.5)}
 assert TIMINGS["blocked"][2] < GRACE / 2
-#: the relay's secret reaches serve through its environment, not argv
-SERVE = ('STUNTURN_TURN_SECRET="$STUNTURN_LAB_TURN_SECRET" '
-         f"{PY} -m stunturn_diag serve {{server_ip}}:8080 --alt-ip {{alt_ip}} "
-         "--wait-timeout 20 --json --log-level WARNING --turn-server {turn_server} "
-         "--turn-realm {turn_realm} --turn-transports udp,tcp")
-
-
-def _peer(role: str, punch_timeout: float, wait: float) -> str:
-    own_type = "{type_a}" if role == "initiator" else "{type_b}"
-    return (f"{PY} -m stunturn_diag.punch.labpeer --role {role} --url http://{{server_ip}}:8080 "
-            f"--target {{peer_public_ip}} --nat-type '{own_type}' "
-            f"--punch-timeout {punch_timeout} --wait {wait}")
-
-
 def check_pair(a: str, b: str, res: dict) -> list[str]:
     """What is wrong with one pair's `lab matrix` result (empty: nothing)."""
     expect = theory(a, b)
@@ -173,11 +158,8 @@ def check_pair(a: str, b: str, res: dict) -> list[str]:
 def _run_matrix(tmp_path, pairs, timings) -> tuple[list[dict], dict, object]:
     """One `lab matrix --relay` call over ``pairs``: its results, summary and process."""
     punch_timeout, ini_wait, rec_wait = timings
-    plan = {"pairs": [{"sites": {"a": a, "b": b}} for a, b in pairs], "jobs": JOBS,
-            "relay": True,
-            "timeout": 60, "server": SERVE, "server_ready": "line",
-            "a": _peer("initiator", punch_timeout, ini_wait),
-            "b": _peer("receiver", punch_timeout, rec_wait)}
+    plan = punch_matrix.plan(pairs, punch_timeout=punch_timeout, waits=(ini_wait, rec_wait),
+                             jobs=JOBS)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _cli(tmp_path, "matrix", "--plan", "plan.json", "--json", "--logdir", "logs",
                 "--junit", "junit.xml", timeout=60 * len(pairs))

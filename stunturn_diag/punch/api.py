@@ -572,21 +572,26 @@ class _Side:
             if relay is not None and not plan.feasible:
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)
             return self._direct(rv, match_id, details, protocol, mapped, t_match, plan, deadline,
-                                vetted)
+                                vetted, relay_offered=relay is not None)
         except PunchError as exc:
             if relay is None or exc.reason not in _RELAY_CAUSES:
                 raise
             why = f"the direct attempt failed ({_RELAY_CAUSES[exc.reason]}): {exc.message}"
-            return self._relayed(relay, match_id, mapped, t_match, plan, why, exc)
+            return self._relayed(relay, match_id, mapped, t_match, plan, why, exc,
+                                 peer_deadline=deadline)
         finally:
             if relay is not None:
                 relay.close()
 
     def _relayed(self, relay, match_id: str, mapped: Address, t_match: float, plan: Plan,
-                 why: str, direct: PunchError | None = None) -> PunchResult:
-        """The same handshake and channel through the TURN relay (punch/relay_path.py)."""
+                 why: str, direct: PunchError | None = None,
+                 peer_deadline: float = 0.0) -> PunchResult:
+        """The same handshake and channel through the TURN relay (punch/relay_path.py).
+
+        ``peer_deadline``: the direct attempt's deadline, when we gave up before it (the
+        peer never confirmed us): the peer may only come to the relay by then."""
         self._say(f"falling back to the TURN relay: {why}")
-        deadline = time.monotonic() + self.opts.relay_timeout
+        deadline = max(time.monotonic(), peer_deadline) + self.opts.relay_timeout
         try:
             conn = relay.connect(self.key, deadline, keepalive_interval=self.opts.keepalive_interval,
                                  peer_timeout=self.opts.peer_timeout)
@@ -602,7 +607,11 @@ class _Side:
                            plan.notes, relay=relay.relayed, relay_reason=why)
 
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
-                t_match: float, plan: Plan, deadline: float, vetted) -> PunchResult:
+                t_match: float, plan: Plan, deadline: float, vetted, *,
+                relay_offered: bool = False) -> PunchResult:
+        """The direct attempt. With a relay to fall back to, a UDP channel is taken only
+        once the peer confirmed it (else both sides end on the relay, never one on each
+        path: :meth:`UdpRendezvous.punch`'s ``require_confirmation``)."""
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol,
@@ -618,7 +627,8 @@ class _Side:
                                 prime_targets=targets.prime, spray=targets.spray,
                                 extra_sockets=targets.extra_sockets, hold=targets.hold,
                                 keepalive_interval=self.opts.keepalive_interval,
-                                peer_timeout=self.opts.peer_timeout, pake=self.pake)
+                                peer_timeout=self.opts.peer_timeout, pake=self.pake,
+                                require_confirmation=relay_offered)
                 local_addr, peer_addr = conn.local_address, conn.peer_address
             else:
                 conn = rv.punch(targets.targets, role=self.role, deadline=deadline,
