@@ -119,15 +119,20 @@ def main() -> int:
         TCP_PAIRS, args.repeat, lambda a, b: run_once(a, b, "tcp"), unit="ms")]
     if args.fallback:
         print(f"fallback after a failed direct attempt (punch timeout "
-              f"{FALLBACK_PUNCH_TIMEOUT:g} s, the profiles claim full cone):")
+              f"{FALLBACK_PUNCH_TIMEOUT:g} s, the profiles lie):")
         import json
         from stunturn_diag.lab import Lab, LabSpec
         from stunturn_diag.lab import pair_runner
 
-        lie = json.dumps({"udp": {"mapping": "endpoint-independent",
-                                  "filtering": "endpoint-independent"}})
+        lies = {"simultaneous": json.dumps({"udp": {"mapping": "endpoint-independent",
+                                                    "filtering": "endpoint-independent"}}),
+                # a predict plan allocates on the relay only after its attempt failed
+                # (the allocation would take a port of the counted sequence)
+                "predict": json.dumps({"udp": {"mapping": "address-and-port-dependent",
+                                               "filtering": "address-and-port-dependent",
+                                               "port_allocation": "sequential"}})}
 
-        def run_fallback(a: str, b: str):
+        def run_fallback(a: str, b: str, lie: str):
             with Lab(LabSpec.simple(a, b)) as lab:
                 turn = pair_runner.start_turn(lab)
                 try:
@@ -138,8 +143,10 @@ def main() -> int:
             return (res.ok, res.initiator.get("connect_ms"), res.receiver.get("connect_ms"),
                     res.initiator.get("strategy", "-"))
 
-        rows += [dict(r, protocol="udp")
-                 for r in measure([FALLBACK], args.repeat, run_fallback, unit="ms")]
+        for planned, lie in lies.items():
+            print(f"  the plan: {planned}")
+            rows += [dict(r, protocol="udp", planned=planned) for r in measure(
+                [FALLBACK], args.repeat, lambda a, b: run_fallback(a, b, lie), unit="ms")]
     if args.json:
         emit_json(rows)
     return 0

@@ -64,6 +64,21 @@ def test_a_failed_direct_attempt_falls_back_after_its_deadline():
         assert 1500 <= side["connect_ms"], side
 
 
+def test_a_predict_plan_whose_counter_ran_past_falls_back_to_the_relay():
+    """Both claim a sequential symmetric NAT (a lie: random): the predict plan's port
+    steering finds the counter past the promised ports, and both take the relay (the
+    allocation starts only then: it would have taken a counted port)."""
+    lie = {"udp": {"mapping": "address-and-port-dependent",
+                   "filtering": "address-and-port-dependent", "port_allocation": "sequential"}}
+    pair = run_pair_with_relay("symmetric-random", "symmetric-random",
+                               profile_json=json.dumps(lie), punch_timeout=1.5)
+    for side in (pair.initiator, pair.receiver):
+        _relayed(side)
+        assert side["relay_reason"].startswith("the direct attempt failed"), side
+    assert any("port counter" in side["relay_reason"]
+               for side in (pair.initiator, pair.receiver)), pair
+
+
 def test_a_punchable_pair_stays_direct_with_a_relay_offered():
     pair = run_pair_with_relay("port-restricted", "full-cone")
     assert pair.ok and pair.data_both_ways, pair

@@ -75,11 +75,14 @@ PROMISE_REFRESH = 1.0
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 #: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
-#: (UDP engine: timeout, one-way, packet-budget; TCP engine: timeout, refused, unreachable)
+#: (UDP engine: timeout, one-way, packet-budget; TCP engine: timeout, refused, unreachable;
+#: steering a predicted port: port-counter-too-fast)
 _RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one direction got through",
                  "packet-budget": "the packet budget ran out",
                  "refused": "the peer's NAT answered with RST",
-                 "unreachable": "ICMP unreachable"}
+                 "unreachable": "ICMP unreachable",
+                 # a predict plan whose NAT handed the promised ports to other flows
+                 "port-counter-too-fast": "our NAT's port counter moved past the promised ports"}
 
 
 @dataclass
