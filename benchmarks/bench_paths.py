@@ -25,6 +25,9 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test kit: not installed
 
 from _punch_bench import emit_json, measure, parse_args
 
