@@ -202,6 +202,9 @@ def test_turn_placeholders_need_the_relay():
     values = placeholders.values_for("server", COMMON | {"turn_server": "198.51.100.10:3480"})
     assert placeholders.substitute(server, values) == \
         "serve --turn-server 198.51.100.10:3480 --turn-realm ''"
+    secret = COMMON | {"turn_secret": "s3cret"}
+    assert placeholders.values_for("server", secret)["turn_secret"] == "s3cret"
+    assert placeholders.values_for("a", secret)["turn_secret"] == ""     # not the peers'
 
 
 # --- reports -------------------------------------------------------------------------

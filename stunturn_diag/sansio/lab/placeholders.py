@@ -4,7 +4,8 @@ A command is a shell command line with placeholders ``{server_ip}``, ``{alt_ip}`
 ``{a_public_ip}``, ``{b_public_ip}``, ``{peer_public_ip}`` (peer commands only: the
 other site's public IP), ``{key}``, ``{type_a}``, ``{type_b}`` and ``{logdir}``; with a
 relay (``lab matrix --relay``: coturn on the server host) also ``{turn_server}``
-(``IP:PORT``), ``{turn_secret}`` (its ``static-auth-secret``) and ``{turn_realm}``.
+(``IP:PORT``), ``{turn_secret}`` (its ``static-auth-secret``; the server command's
+only, empty for the peers) and ``{turn_realm}``.
 ``${NAME}`` (shell syntax) is left alone; ``{{`` and ``}}`` stand for literal braces.
 Values are shell-quoted where they need it (only a ``{logdir}`` with spaces does).
 The same values reach every command as environment variables ``STUNTURN_LAB_<NAME>``.
@@ -37,6 +38,9 @@ def values_for(role: str, common: dict[str, str]) -> dict[str, str]:
     if missing:
         raise ConfigError(f"placeholder value(s) missing: {', '.join(missing)}")
     values = {n: str(common.get(n, "")) for n in NAMES if n != "peer_public_ip"}
+    if role != "server":
+        values["turn_secret"] = ""        # the relay's secret is the server's, not the peers'
+
     if role == "a":
         values["peer_public_ip"] = values["b_public_ip"]
     elif role == "b":
