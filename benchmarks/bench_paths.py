@@ -58,6 +58,7 @@ def _ms(values: list[float]) -> str:
 def run_catalogue(protocols: list[str], jobs: int, as_json: bool) -> int:
     """Every catalogue pair per protocol through `lab matrix --relay`: path and time."""
     import itertools
+    import shutil
     import tempfile
 
     from stunturn_diag.lab import CATALOGUE
@@ -71,11 +72,15 @@ def run_catalogue(protocols: list[str], jobs: int, as_json: bool) -> int:
         matrix = plan_mod.plan_from(punch_matrix.plan(
             pairs, protocol=protocol, punch_timeout=8.0 if protocol == "tcp" else 6.0,
             jobs=jobs))
-        with tempfile.TemporaryDirectory(prefix="bench-paths-") as logdir:
-            started = time.monotonic()
-            outcome = run_matrix(matrix, logdir=logdir)
-            took = time.monotonic() - started
+        logdir = tempfile.mkdtemp(prefix=f"bench-paths-{protocol}-")
+        started = time.monotonic()
+        outcome = run_matrix(matrix, logdir=logdir)
+        took = time.monotonic() - started
         print(f"{protocol.upper()}: {len(pairs)} pairs in {took:.0f} s")
+        if outcome["summary"]["ok"]:
+            shutil.rmtree(logdir, ignore_errors=True)
+        else:
+            print(f"  (logs of this run kept in {logdir})")
         by_path: dict[str, list[float]] = {}
         for res in outcome["results"]:
             sides = [res["paths"].get(r) or {} for r in ("a", "b")]
