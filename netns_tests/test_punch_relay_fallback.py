@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.lab.pair_runner import (HTTP_PORT, parse_peer_output, run_pair_with_relay,
+from stunturn_diag.lab.pair_runner import (HTTP_PORT, parse_peer_output, run_pair, run_pair_with_relay,
                                            serve_in_lab, start_turn)
 
 pytestmark = pytest.mark.netns
@@ -62,6 +62,21 @@ def test_a_failed_direct_attempt_falls_back_after_its_deadline():
         _relayed(side)
         assert side["relay_reason"].startswith("the direct attempt failed"), side
         assert 1500 <= side["connect_ms"], side
+
+
+def test_a_predict_plan_whose_counter_ran_past_falls_back_to_the_relay():
+    """Both claim a sequential symmetric NAT (a lie: random): the predict plan's port
+    steering finds the counter past the promised ports, and both take the relay (the
+    allocation starts only then: it would have taken a counted port)."""
+    lie = {"udp": {"mapping": "address-and-port-dependent",
+                   "filtering": "address-and-port-dependent", "port_allocation": "sequential"}}
+    pair = run_pair_with_relay("symmetric-random", "symmetric-random",
+                               profile_json=json.dumps(lie), punch_timeout=1.5)
+    for side in (pair.initiator, pair.receiver):
+        _relayed(side)
+        assert side["relay_reason"].startswith("the direct attempt failed"), side
+    assert any("port counter" in side["relay_reason"]
+               for side in (pair.initiator, pair.receiver)), pair
 
 
 def test_a_punchable_pair_stays_direct_with_a_relay_offered():
@@ -148,3 +163,38 @@ def test_only_issued_credentials_allocate_and_a_vanished_relay_is_a_lost_peer():
         assert side["strategy"] == "relay", side
         assert side.get("lost") and side["reason"] == "peer-lost", side
         assert side["lost_at"] > stopped_at, side
+
+
+#: on a1: drop every handshake PROOF it sends straight to site b (the punch's wire
+#: header: MAGIC at payload byte 0, the kind at byte 5; PROOF = 2), counting them;
+#: the same messages through the relay are inside ChannelData and pass
+DROP_PROOFS = """
+table ip asym {{
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    ip daddr {peer} udp length > 16 @th,64,32 0x8f535450 @th,104,8 2 counter drop
+  }}
+}}
+"""
+
+
+def test_one_side_verified_the_other_never_did_both_take_the_relay():
+    """The initiator's PROOFs never reach the receiver on the direct path: the initiator
+    verifies the receiver (it completes) but is never confirmed, the receiver never
+    completes and falls back at its deadline. Both must end on the relay (not the
+    initiator on an unconfirmed direct path and the receiver relayed)."""
+    with Lab(LabSpec.simple("port-restricted", "full-cone")) as lab:
+        lab.exec("a1", ["nft", "-f", "-"], input=DROP_PROOFS.format(
+            peer=lab.site_public_ip("b")), check=True)
+        turn = start_turn(lab)
+        try:
+            pair = run_pair(lab, "a1", "b1", turn=turn, punch_timeout=2.0)
+        finally:
+            turn.stop()
+        dropped = lab.exec("a1", ["nft", "list", "table", "ip", "asym"]).stdout
+    assert "packets 0 " not in dropped, dropped          # the rule did drop PROOFs
+    for side in (pair.initiator, pair.receiver):
+        _relayed(side)
+        assert side["relay_reason"].startswith("the direct attempt failed"), side
+    assert "never confirmed us" in pair.initiator["relay_reason"], pair.initiator
+    assert pair.initiator["peer"] == pair.receiver["relay"]

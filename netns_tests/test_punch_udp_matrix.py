@@ -1,17 +1,22 @@
-"""UDP punch matrix over the lab catalogue: real kernel NATs, real server, real peers.
+"""UDP punch matrix over the lab catalogue: real kernel NATs, real server, real peers,
+a real TURN relay offered.
 
 Every unordered pair of NAT types is punched with both sides' NAT profile known
-(as after a probe), through ``stunturn-diag lab matrix`` (the real CLI, as a
-subprocess): the server command is ``serve``, the peers are
+(as after a probe), through ``stunturn-diag lab matrix --relay`` (the real CLI, as a
+subprocess: coturn on the server host of each pair's lab): the server command is
+``serve`` offering that relay, the peers are
 :mod:`stunturn_diag.punch.labpeer` (our punch library, the key from the runner's
 ``STUNTURN_LAB_KEY``), each exiting 0 only when data went both ways. The runner's
 theory column (``stunturn_diag.sansio.lab.theory``: the catalogue's ground truth through
 the punch's own decision) sets each pair's expectation; :func:`theory` below, written
 from the NAT specs (RFC 4787) independently of :mod:`stunturn_diag.sansio.punch.decision`,
-must agree with it pair by pair. Pairs that can be punched must connect,
-authenticate and exchange data both ways; the others must fail within the punch
-timeout with a reason naming the cause, read from each peer's JSON line in the
-pair's log folder. The catalogue runs in a few chunks (one ``lab matrix`` call
+must agree with it pair by pair. Pairs that can be punched must connect directly,
+authenticate and exchange data both ways; the pairs that cannot (relay-needed) must
+connect through the relay at once, each side naming why direct was not possible
+(``relay_reason``); pairs with a site that has no UDP at all (no relay over UDP
+either) must fail with a reason naming the cause, read from each peer's JSON line in
+the pair's log folder. A small extra chunk has a gateway that maps ports
+(``+portmap``/``+upnp``): those pairs take the port mapping, not the relay. The catalogue runs in a few chunks (one ``lab matrix`` call
 each, parallel under xdist); a failing chunk names its failing pairs.
 """
 
@@ -20,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,7 @@ from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
 from stunturn_diag.lab.ci.plan import make_pair
 from stunturn_diag.lab.ci.runner import GRACE
 from stunturn_diag.lab.pair_runner import parse_peer_output, run_pair
+from stunturn_testkit import punch_matrix
 
 from test_lab_ci_run import _cli, _json_lines
 
@@ -38,7 +43,7 @@ pytestmark = pytest.mark.netns
 NAMES = sorted(CATALOGUE)
 PAIRS = list(itertools.combinations_with_replacement(NAMES, 2))
 FAIL_FAST = 1.5   # punch timeout where failure is expected
-PY = sys.executable
+LAB_SERVER_IP = "198.51.100.10"     # the server host: serve and coturn (its relayed addresses)
 #: labs at a time per `lab matrix` call: under xdist the workers already run chunks side by side
 JOBS = int(os.environ.get("STUNTURN_MATRIX_JOBS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
                                                        else 2))
@@ -100,17 +105,6 @@ CHUNKS = _chunks()
 #: checks in, after its own STUN gave up (~3 s), inside the initiator's 4 s.
 TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 4.0, 0.5)}
 assert TIMINGS["blocked"][2] < GRACE / 2
-SERVE = (f"{PY} -m stunturn_diag serve {{server_ip}}:8080 --alt-ip {{alt_ip}} "
-         "--wait-timeout 20 --json --log-level WARNING")
-
-
-def _peer(role: str, punch_timeout: float, wait: float) -> str:
-    own_type = "{type_a}" if role == "initiator" else "{type_b}"
-    return (f"{PY} -m stunturn_diag.punch.labpeer --role {role} --url http://{{server_ip}}:8080 "
-            f"--target {{peer_public_ip}} --nat-type '{own_type}' "
-            f"--punch-timeout {punch_timeout} --wait {wait}")
-
-
 def check_pair(a: str, b: str, res: dict) -> list[str]:
     """What is wrong with one pair's `lab matrix` result (empty: nothing)."""
     expect = theory(a, b)
@@ -127,6 +121,20 @@ def check_pair(a: str, b: str, res: dict) -> list[str]:
             assert ini["strategy"] == rec["strategy"]
             assert all(s["got"] and s["acked"] for s in (ini, rec)), (ini, rec)
             assert ini["peer"]["ip"] == ini["target"] or ini["strategy"] == "lan"
+            assert res["expect_path"] == "direct" and not res["path_error"], res
+            assert not ini["relayed"] and not rec["relayed"], (ini, rec)
+            return problems
+        if expect == "relay-needed":
+            # relayed at once because the plan rules punching out (no direct attempt)
+            assert res["status"] == "passed" and res["outcome"] == "connected", res["outcome"]
+            assert res["expect_path"] == "relay" and not res["path_error"], res
+            for side in (ini, rec):
+                assert side["ok"] and side["strategy"] == "relay" and side["relayed"], side
+                assert side["got"] and side["acked"], side
+                assert side["relay"] == side["local"] and side["relay"]["ip"] == LAB_SERVER_IP
+                why = side["relay_reason"]
+                assert why.startswith("relay-needed:") and "random port" in why, side
+            assert ini["peer"] == rec["relay"] and rec["peer"] == ini["relay"], (ini, rec)
             return problems
         assert res["status"] == "skipped" and res["outcome"] == "failed", res["outcome"]
         assert not ini["ok"] and not rec["ok"]
@@ -141,28 +149,30 @@ def check_pair(a: str, b: str, res: dict) -> list[str]:
                 assert side["reason"] == "protocol-unavailable" and "UDP" in side["message"], \
                     side
         else:
-            for side in (ini, rec):
-                assert side["reason"] == "relay-needed", side
-                assert "random port" in side["message"] and "relay" in side["message"]
-                assert side["attempts"], side
+            raise AssertionError(f"unexpected theory {expect}")
     except (AssertionError, KeyError) as exc:
         problems.append(f"{type(exc).__name__}: {exc}"[:1500])
     return problems
 
 
-@pytest.mark.parametrize("chunk", list(CHUNKS))
-def test_udp_punch_matrix(tmp_path, chunk):
-    pairs = CHUNKS[chunk]
-    punch_timeout, ini_wait, rec_wait = TIMINGS.get(chunk, (6.0, 15.0, 15.0))
-    plan = {"pairs": [{"sites": {"a": a, "b": b}} for a, b in pairs], "jobs": JOBS,
-            "timeout": 60, "server": SERVE, "server_ready": "line",
-            "a": _peer("initiator", punch_timeout, ini_wait),
-            "b": _peer("receiver", punch_timeout, rec_wait)}
+def _run_matrix(tmp_path, pairs, timings) -> tuple[list[dict], dict, object]:
+    """One `lab matrix --relay` call over ``pairs``: its results, summary and process."""
+    punch_timeout, ini_wait, rec_wait = timings
+    plan = punch_matrix.plan(pairs, punch_timeout=punch_timeout, waits=(ini_wait, rec_wait),
+                             jobs=JOBS)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = _cli(tmp_path, "matrix", "--plan", "plan.json", "--json", "--logdir", "logs",
                 "--junit", "junit.xml", timeout=60 * len(pairs))
     results, summary = _json_lines(proc.stdout)
     assert [r["pair"] for r in results] == [f"{a}--{b}" for a, b in pairs], proc.stderr
+    return results, summary, proc
+
+
+@pytest.mark.parametrize("chunk", list(CHUNKS))
+def test_udp_punch_matrix(tmp_path, chunk):
+    pairs = CHUNKS[chunk]
+    results, summary, proc = _run_matrix(tmp_path, pairs,
+                                         TIMINGS.get(chunk, (6.0, 15.0, 15.0)))
     bad = {}
     for (a, b), res in zip(pairs, results):
         problems = check_pair(a, b, res)
@@ -170,6 +180,20 @@ def test_udp_punch_matrix(tmp_path, chunk):
             bad[res["pair"]] = problems
     assert not bad, "failing pairs:\n" + "\n".join(f"  {p}: {'; '.join(v)}"
                                                   for p, v in bad.items())
+    assert proc.returncode == 0 and summary["ok"], (summary, proc.stderr[-2000:])
+
+
+#: a gateway that maps ports turns relay-needed pairs into portmap ones (the relay stays unused)
+PORTMAP_PAIRS = [("symmetric-random+portmap", "symmetric-random"),
+                 ("symmetric-random", "port-restricted+upnp")]
+
+
+def test_udp_matrix_takes_the_port_mapping_where_the_gateway_offers_one(tmp_path):
+    results, summary, proc = _run_matrix(tmp_path, PORTMAP_PAIRS, (6.0, 15.0, 15.0))
+    for res in results:
+        assert res["status"] == "passed" and res["expect_path"] == "portmap", res
+        assert {p["path"] for p in res["paths"].values()} == {"portmap"}, res["paths"]
+        assert all(p["relay_reason"] is None for p in res["paths"].values()), res["paths"]
     assert proc.returncode == 0 and summary["ok"], (summary, proc.stderr[-2000:])
 
 

@@ -17,7 +17,7 @@ from stunturn_diag.lab import LabSpec
 from stunturn_diag.lab.ci import owner, plan, report
 from stunturn_diag.sansio.lab import placeholders
 from stunturn_diag.lab.ci.netem import netem_steps
-from stunturn_diag.sansio.lab.theory import punchable, theory
+from stunturn_diag.sansio.lab.theory import path_of, punchable, theory
 from stunturn_diag.sansio.lab.spec import nat_from, parse_nat_token
 from stunturn_diag.sansio.lab.topology import plan as topology_plan
 from stunturn_diag.sansio.punch.decision import decide, profile_from_details
@@ -168,6 +168,45 @@ def test_expectations_from_theory_and_overrides():
     assert theory_only.expectation("udp") == ("fail", True)     # a skipped test case
 
 
+def test_with_a_relay_every_usable_pair_connects_over_the_theorys_path():
+    p = _plan(types="port-restricted,symmetric-random,udp-blocked", relay=True)
+    got = {x.id: (x.expectation("udp", True), x.expected_path("udp", True),
+                  x.expected_path("tcp", True)) for x in p.pairs}
+    assert p.relay is True
+    assert got["port-restricted--port-restricted"] == (("pass", False), "direct", "direct")
+    assert got["port-restricted--symmetric-random"] == (("pass", False), "relay", "relay")
+    # no UDP at all: not even the relay (over UDP); TCP still works
+    assert got["port-restricted--udp-blocked"] == (("fail", True), None, "direct")
+    # a gateway that maps ports: portmap over UDP (TCP punches do not use mappings)
+    mapped = plan.make_pair("symmetric-random+portmap", "port-restricted")
+    assert mapped.expected_path("udp", True) == "portmap"
+    assert mapped.expected_path("tcp", True) == "relay"
+    assert mapped.expected_path("udp", False) is None          # nothing checked without
+
+
+def test_a_peers_path_comes_from_its_json_result():
+    assert path_of({"ok": True, "strategy": "relay", "relayed": True}) == "relay"
+    assert path_of({"ok": True, "strategy": "portmap", "relayed": False}) == "portmap"
+    assert path_of({"ok": True, "strategy": "predict", "relayed": False}) == "direct"
+    assert path_of({"ok": False, "reason": "relay-failed"}) is None
+    assert path_of({"ok": True}) is None and path_of(None) is None
+
+
+def test_turn_placeholders_need_the_relay():
+    server = "serve --turn-server {turn_server} --turn-realm {turn_realm}"
+    with pytest.raises(ConfigError, match=r"\{turn_realm\} needs a relay"):
+        _plan(types="full-cone", server=server)
+    assert _plan(types="full-cone", server=server, relay=True).relay
+    with pytest.raises(ConfigError, match="relay must be true or false"):
+        _plan(types="full-cone", relay="yes")
+    values = placeholders.values_for("server", COMMON | {"turn_server": "198.51.100.10:3480"})
+    assert placeholders.substitute(server, values) == \
+        "serve --turn-server 198.51.100.10:3480 --turn-realm ''"
+    secret = COMMON | {"turn_secret": "s3cret"}
+    assert placeholders.values_for("server", secret)["turn_secret"] == "s3cret"
+    assert placeholders.values_for("a", secret)["turn_secret"] == ""     # not the peers'
+
+
 # --- reports -------------------------------------------------------------------------
 
 def _result(pair, expect, skipped, outcome, **kw):
@@ -190,6 +229,26 @@ def test_judging_outcomes():
     assert report.judge("fail", True, "connected") == (True, "skipped")
     assert report.judge("pass", False, "error") == (False, "error")
     assert report.judge("skip", True, "not-run") == (True, "skipped")
+
+
+def test_a_relayed_matrix_checks_the_path_both_peers_took():
+    def paths(a, b):
+        return {"a": {"path": a}, "b": {"path": b}}
+    kw = dict(relay=True, expect_path="relay")
+    ok = _result("r--r", "pass", False, "connected", paths=paths("relay", "relay"), **kw)
+    assert ok["status"] == "passed" and ok["path_error"] is None
+    wrong = _result("r--r", "pass", False, "connected", paths=paths("direct", "direct"), **kw)
+    assert wrong["status"] == "failed"
+    assert wrong["path_error"] == "connected over direct, expected relay"
+    split = _result("r--r", "pass", False, "connected", paths=paths("direct", "relay"), **kw)
+    assert split["status"] == "failed" and "different paths: a direct, b relay" in \
+        split["path_error"]
+    assert "but the peers ended on different paths" in report.message(split)
+    # peers that print no JSON result: only the exit status counts
+    silent = _result("r--r", "pass", False, "connected", paths={"a": None, "b": None}, **kw)
+    assert silent["status"] == "passed"
+    assert "| r--r | connect | passed (connected, relay) |" in report.markdown([ok])
+    assert "relay" not in _result("x--y", "pass", False, "connected")    # no relay: as before
 
 
 def _results():

@@ -210,6 +210,12 @@ def _program_options(func):
                      help="Added delay on each site's internet link, each way (needs sch_netem)."),
         click.option("--jitter", type=click.FloatRange(0, 60000), metavar="MS",
                      help="Jitter of that delay (needs sch_netem)."),
+        click.option("--relay", is_flag=True, default=None,
+                     help="Run coturn on the server host ({turn_server}, {turn_secret}, "
+                          "{turn_realm} for the server command): every pair whose sites can "
+                          "use the protocol must connect, over the path the theory names "
+                          "(direct / portmap / relay), checked where the peers print our "
+                          "punch's JSON result."),
         click.option("--logdir", default="stunturn-lab-logs", show_default=True,
                      type=click.Path(file_okay=False),
                      help="Folder for per-pair logs (PAIR/{server,a,b}.{out,err}, result.json) "
@@ -224,8 +230,8 @@ def _program_options(func):
 
 
 def _program(server, server_ready, a, b, timeout, protocol, loss, udp_timeout, delay,
-             jitter) -> dict:
-    return {"server": server, "server_ready": server_ready, "a": a, "b": b,
+             jitter, relay) -> dict:
+    return {"server": server, "server_ready": server_ready, "a": a, "b": b, "relay": relay,
             "timeout": timeout, "protocol": protocol, "loss": loss,
             "udp_timeout": udp_timeout, "delay": delay, "jitter": jitter}
 

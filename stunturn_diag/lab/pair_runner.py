@@ -170,6 +170,7 @@ class TurnServer:
     secret: str
     workdir: str
     flags: list[str] = field(default_factory=list)
+    realm: str = TURN_REALM
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -78,11 +78,14 @@ PROMISE_REFRESH = 1.0
 #: PunchError.reason for pairing failures (signaling error code -> reason)
 _PAIRING_REASONS = {"timeout": "pairing-timeout", "conflict": "pairing-conflict"}
 #: runner failure reasons that, for a plan decided infeasible, mean "use a relay"
-#: (UDP engine: timeout, one-way, packet-budget; TCP engine: timeout, refused, unreachable)
+#: (UDP engine: timeout, one-way, packet-budget; TCP engine: timeout, refused, unreachable;
+#: steering a predicted port: port-counter-too-fast)
 _RELAY_CAUSES = {"timeout": "nothing got through", "one-way": "only one direction got through",
                  "packet-budget": "the packet budget ran out",
                  "refused": "the peer's NAT answered with RST",
-                 "unreachable": "ICMP unreachable"}
+                 "unreachable": "ICMP unreachable",
+                 # a predict plan whose NAT handed the promised ports to other flows
+                 "port-counter-too-fast": "our NAT's port counter moved past the promised ports"}
 
 
 @dataclass
@@ -607,22 +610,27 @@ class _Side:
             if relay is not None and not plan.feasible and (fams is None or 6 not in fams.start):
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)
             return self._direct(rv, match_id, details, protocol, mapped, t_match, plan, deadline,
-                                vetted, fams)
+                                vetted, fams, relay_offered=relay is not None)
         except PunchError as exc:
             if relay is None or exc.reason not in _RELAY_CAUSES and exc.reason != "relay-needed":
                 raise
             cause = _RELAY_CAUSES.get(exc.reason, "relay-needed")
             why = f"the direct attempt failed ({cause}): {exc.message}"
-            return self._relayed(relay, match_id, mapped, t_match, plan, why, exc)
+            return self._relayed(relay, match_id, mapped, t_match, plan, why, exc,
+                                 peer_deadline=deadline)
         finally:
             if relay is not None:
                 relay.close()
 
     def _relayed(self, relay, match_id: str, mapped: Address, t_match: float, plan: Plan,
-                 why: str, direct: PunchError | None = None) -> PunchResult:
-        """The same handshake and channel through the TURN relay (punch/relay_path.py)."""
+                 why: str, direct: PunchError | None = None,
+                 peer_deadline: float = 0.0) -> PunchResult:
+        """The same handshake and channel through the TURN relay (punch/relay_path.py).
+
+        ``peer_deadline``: the direct attempt's deadline, when we gave up before it (the
+        peer never confirmed us): the peer may only come to the relay by then."""
         self._say(f"falling back to the TURN relay: {why}")
-        deadline = time.monotonic() + self.opts.relay_timeout
+        deadline = max(time.monotonic(), peer_deadline) + self.opts.relay_timeout
         try:
             conn = relay.connect(self.key, deadline, keepalive_interval=self.opts.keepalive_interval,
                                  peer_timeout=self.opts.peer_timeout)
@@ -706,7 +714,11 @@ class _Side:
 
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
                 t_match: float, plan: Plan, deadline: float, vetted,
-                fams: FamilyPlan | None = None) -> PunchResult:
+                fams: FamilyPlan | None = None, *, relay_offered: bool = False) -> PunchResult:
+        """The direct attempt (IPv4, or the families raced). With a relay to fall back to,
+        an IPv4 UDP channel is taken only once the peer confirmed it (else both sides end
+        on the relay, never one on each path: :meth:`UdpRendezvous.punch`'s
+        ``require_confirmation``)."""
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         families = None
         try:
@@ -726,7 +738,7 @@ class _Side:
                                     hold=targets.hold,
                                     keepalive_interval=self.opts.keepalive_interval,
                                     peer_timeout=self.opts.peer_timeout, pake=self.pake,
-                                    cancel=cancel)
+                                    cancel=cancel, require_confirmation=relay_offered)
             else:
                 def punch_v4(cancel=None):
                     return rv.punch(targets.targets, role=self.role, deadline=deadline,

@@ -65,7 +65,11 @@ def _exchange_udp(ch, role: str, linger: float) -> dict:
     out: dict = {}
     t_open = time.monotonic()
     for _ in range(400):
-        ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
+        try:
+            ch.send(f"data:{role}:{'ack' if got else '-'}".encode())
+        except StunturnError as e:          # the peer is gone: a result, not a crash
+            out["data_error"] = str(e)
+            break
         if got and acked:
             tail += 1
             if tail > 5 and time.monotonic() - t_open > linger:

@@ -212,8 +212,8 @@ class UdpRendezvous:
               match_id: str = "", prime_targets: list[Address] | None = None,
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
               keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
-              pake: StartedPake | None = None,
-              cancel: threading.Event | None = None) -> UdpChannel:
+              pake: StartedPake | None = None, cancel: threading.Event | None = None,
+              require_confirmation: bool = False) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
@@ -224,6 +224,10 @@ class UdpRendezvous:
         (:func:`stunturn_diag.sansio.punch.handshake.start_pake`).
         ``cancel``: set by the other family's win (:mod:`.family_race`); the punch then
         stops with reason ``cancelled``.
+        ``require_confirmation`` (a relay to fall back to): once complete, hand over only
+        when the peer confirmed (its verified PROOF) or already sends channel frames,
+        else fail ``one-way`` after :data:`CONFIRM_LINGER`: the peer never completed,
+        so it gives up at its deadline and takes the relay; we must take it too.
         """
         if prime_ttl is None:
             prime_ttl = DEFAULT_PRIME_TTL
@@ -244,6 +248,7 @@ class UdpRendezvous:
         errors: dict = {}
         pending: list = []
         confirm_until: float | None = None
+        peer_on_path = False       # the complete peer's channel frames reached us
         while True:
             now = time.monotonic()
             if cancel is not None and cancel.is_set():
@@ -254,8 +259,16 @@ class UdpRendezvous:
             if engine.complete:
                 if confirm_until is None:
                     confirm_until = min(now + CONFIRM_LINGER, deadline)
-                if engine.confirmed or now >= confirm_until:
-                    break
+                if engine.confirmed or peer_on_path or any(src == engine.peer for _, src in pending):
+                    break       # (frames from the peer that came before we completed count too)
+                if now >= confirm_until:
+                    if not require_confirmation:
+                        break
+                    raise PunchError(
+                        f"UDP punch failed ({strategy}): we verified the peer but it never "
+                        f"confirmed us within {CONFIRM_LINGER:g} s (our last messages did "
+                        "not get through)", hint=_HINTS["one-way"], reason="one-way",
+                        attempts=engine.failure()[2])
             elif engine.expired(now):
                 reason, message, attempts = engine.failure()
                 for a in attempts:
@@ -286,6 +299,8 @@ class UdpRendezvous:
                         # authenticates them, so a few early ones are kept too
                         if engine.complete or len(pending) < EARLY_FRAMES:
                             pending.append((data, src[:2]))
+                        if engine.complete:
+                            peer_on_path = peer_on_path or src[:2] == engine.peer
                         continue
                     for item in engine.receive(data, src[:2], time.monotonic(), sock=idx):
                         self._send(item, errors)

@@ -13,6 +13,11 @@ committed TOML/JSON file (the project's NAT test plan), or both (options win)::
     udp_timeout = 10         # mapping lifetime (s) of every site NAT
     protocol = "udp"         # the program's transport: which theory sets expectations
     expect = "theory"        # or "pass" / "fail" for every pair
+    relay = true             # coturn on the server host ({turn_server}, {turn_secret},
+                             # {turn_realm}); the theory then expects every pair whose
+                             # sites can use the protocol to connect, over the path it
+                             # names (direct / portmap / relay), checked where the peers
+                             # print our punch's JSON result
     timeout = 30
     server = "python3 rendezvous.py {server_ip} 8000"
     server_ready = "tcp:8000"
@@ -40,7 +45,7 @@ from stunturn_diag.sansio.lab.catalogue import CATALOGUE
 from stunturn_diag.lab.files import read_file
 from stunturn_diag.sansio.lab.spec import LabSpec, check_keys, parse_nat_token
 from stunturn_diag.sansio.lab import placeholders
-from stunturn_diag.sansio.lab.theory import PROTOCOLS, theory
+from stunturn_diag.sansio.lab.theory import PROTOCOLS, expected_path, theory
 
 EXPECTS = ("theory", "pass", "fail", "skip")
 READY_FORMS = "none, line, tcp:PORT or udp:PORT"
@@ -51,7 +56,7 @@ PAIR_ID = re.compile(r"[A-Za-z0-9@+=._-]{1,120}")
 
 KNOWN_KEYS = {"types", "all", "ordered", "cgnat", "same_nat", "loss", "udp_timeout",
               "delay", "jitter", "protocol", "expect", "expectations", "pairs", "timeout",
-              "jobs", "server", "server_ready", "a", "b"}
+              "jobs", "server", "server_ready", "a", "b", "relay"}
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,18 @@ class Pair:
     def theory(self) -> dict[str, dict]:
         return theory(self.spec)
 
-    def expectation(self, protocol: str) -> tuple[str, bool]:
+    def expected_path(self, protocol: str, relay: bool) -> str | None:
+        """With ``relay``: the path the theory expects (direct / portmap / relay; None:
+        the pair cannot connect); without: None (no path is checked)."""
+        return expected_path(self.theory[protocol]) if relay else None
+
+    def expectation(self, protocol: str, relay: bool = False) -> tuple[str, bool]:
         """``(outcome, skipped)``: outcome ``"pass"``/``"fail"``/``"skip"`` (not run);
         ``skipped``: the theory says the pair cannot connect and the program is not
-        expected to (reported as a skipped test case)."""
-        possible = self.theory[protocol]["possible"]
+        expected to (reported as a skipped test case). With ``relay`` a pair can
+        connect when its sites can use the protocol (:func:`expected_path`)."""
+        possible = self.theory[protocol]["possible"] if not relay else \
+            self.expected_path(protocol, relay) is not None
         if self.expect == "skip":
             return "skip", True
         if self.expect == "theory":
@@ -128,6 +140,8 @@ class MatrixPlan:
     jobs: int = 1
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
+    #: coturn on the server host, offered through the {turn_*} placeholders
+    relay: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -308,7 +322,15 @@ def plan_from(data: dict) -> MatrixPlan:
                         server=data.get("server") or None,
                         server_ready=str(data.get("server_ready", "none")))
     jobs = int(_number(data, "jobs", 1, MAX_JOBS, 1))
-    return MatrixPlan(commands=commands, pairs=pairs, protocol=protocol,
+    relay = data.get("relay", False)
+    if not isinstance(relay, bool):
+        raise ConfigError(f"relay must be true or false, got {relay!r}")
+    turn_used = sorted(set().union(*(placeholders.used(commands.template(r))
+                                     for r in ("server", "a", "b")))
+                       & set(placeholders.TURN_NAMES))
+    if turn_used and not relay:
+        raise ConfigError(f"{{{turn_used[0]}}} needs a relay", hint="relay = true (--relay)")
+    return MatrixPlan(commands=commands, pairs=pairs, protocol=protocol, relay=relay,
                       timeout=_number(data, "timeout", 0.1, MAX_TIMEOUT, DEFAULT_TIMEOUT),
                       jobs=jobs, delay_ms=_number(data, "delay", 0, 60000, 0),
                       jitter_ms=_number(data, "jitter", 0, 60000, 0))

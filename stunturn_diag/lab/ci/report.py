@@ -5,6 +5,11 @@ them. ``status`` is what a CI reads: ``passed`` (the outcome was the expected on
 ``failed`` (it was not), ``skipped`` (the theory says the pair cannot connect and the
 program was not expected to; it still ran, the outcome is in the message) or
 ``error`` (the lab or a command could not be started).
+
+With a relay (``lab matrix --relay``) a connected pair also has to take the path the
+theory expects (``expect_path``: direct / portmap / relay) where its peers report one
+(``paths``: per peer the path, ``relay_reason`` and ``connect_ms`` of our punch's JSON
+result); peers on different paths, or on another path, fail the pair.
 """
 
 from __future__ import annotations
@@ -17,8 +22,25 @@ STATUSES = ("passed", "failed", "skipped", "error")
 LOG_LIMIT = 64 * 1024          # characters of each log kept in the JUnit file
 
 
-def judge(expect: str, skipped: bool, outcome: str) -> tuple[bool, str]:
-    """``(ok, status)``: was ``outcome`` the ``expect`` ed one, and the case's status."""
+def path_problem(expect_path: str | None, paths: dict | None) -> str | None:
+    """Why the peers' reported paths are not the expected one (None: they are, or
+    nothing is checked: no expectation, or no peer reported a path)."""
+    kinds = {role: (p or {}).get("path") for role, p in (paths or {}).items()}
+    if expect_path is None or not any(kinds.values()):
+        return None
+    if len(set(kinds.values())) > 1:
+        return "the peers ended on different paths: " + ", ".join(
+            f"{role} {kind or 'none'}" for role, kind in sorted(kinds.items()))
+    kind = next(iter(kinds.values()))
+    return None if kind == expect_path else f"connected over {kind}, expected {expect_path}"
+
+
+def judge(expect: str, skipped: bool, outcome: str,
+          path_error: str | None = None) -> tuple[bool, str]:
+    """``(ok, status)``: was ``outcome`` the ``expect`` ed one, and the case's status
+    (a connected pair on the wrong path, ``path_error``, has failed)."""
+    if outcome == "connected" and path_error and expect == "pass":
+        return False, "failed"
     if outcome == "error":
         return False, "error"
     if expect == "skip" or outcome == "not-run":
@@ -31,13 +53,21 @@ def judge(expect: str, skipped: bool, outcome: str) -> tuple[bool, str]:
 
 def result(*, pair: str, type_a: str, type_b: str, expect: str, skipped: bool, theory: dict,
            outcome: str, duration_s: float, commands: dict, lab: str | None = None,
-           logdir: str | None = None, error: str | None = None, protocol: str = "udp") -> dict:
-    """One pair's result record (the JSON line)."""
-    ok, status = judge(expect, skipped, outcome)
-    return {"pair": pair, "type_a": type_a, "type_b": type_b, "protocol": protocol,
-            "expect": expect, "theory": theory, "outcome": outcome, "ok": ok,
-            "status": status, "duration_s": round(duration_s, 3), "commands": commands,
-            "lab": lab, "logdir": logdir, "error": error}
+           logdir: str | None = None, error: str | None = None, protocol: str = "udp",
+           relay: bool = False, expect_path: str | None = None,
+           paths: dict | None = None) -> dict:
+    """One pair's result record (the JSON line); ``relay``, ``expect_path`` and
+    ``paths`` only with a relay offered."""
+    path_error = path_problem(expect_path, paths) if outcome == "connected" else None
+    ok, status = judge(expect, skipped, outcome, path_error)
+    out = {"pair": pair, "type_a": type_a, "type_b": type_b, "protocol": protocol,
+           "expect": expect, "theory": theory, "outcome": outcome, "ok": ok,
+           "status": status, "duration_s": round(duration_s, 3), "commands": commands,
+           "lab": lab, "logdir": logdir, "error": error}
+    if relay:
+        out.update(relay=True, expect_path=expect_path, paths=paths or {},
+                   path_error=path_error)
+    return out
 
 
 def summary(results: list[dict]) -> dict:
@@ -60,6 +90,10 @@ def message(res: dict) -> str:
     codes = ", ".join(f"{role} {c['exit'] if c.get('exit') is not None else 'killed'}"
                       for role, c in res["commands"].items() if role in ("a", "b"))
     expected = "connect" if res["expect"] == "pass" else "not connect"
+    if res.get("expect_path"):
+        expected += f" over {res['expect_path']}"
+    if res.get("path_error"):
+        what += f" but {res['path_error']}"
     return f"expected to {expected}; {what} ({codes}); {said}"
 
 
@@ -79,7 +113,9 @@ def markdown(results: list[dict]) -> str:
         result_text = {"passed": "passed", "failed": "**FAILED**", "error": "**ERROR**",
                        "skipped": "skipped"}[r["status"]]
         if r["status"] != "error" and r["outcome"] != "not-run":
-            result_text += f" ({r['outcome']})"
+            kinds = sorted({p.get("path") for p in (r.get("paths") or {}).values()
+                            if p and p.get("path")})
+            result_text += f" ({r['outcome']}" + "".join(f", {k}" for k in kinds) + ")"
         rows.append("| " + " | ".join(_cell(c) for c in (
             r["pair"], "connect" if r["expect"] == "pass" else
             ("—" if r["expect"] == "skip" else "not connect"), result_text,

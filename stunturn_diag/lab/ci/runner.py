@@ -7,6 +7,11 @@ managers), on Ctrl-C / SIGTERM / SIGHUP (they interrupt the main thread, which s
 the workers and waits for their teardown) and, after ``kill -9``, by the next run or
 ``lab down --all --mine`` (labs whose owner is gone). Pairs run in ``plan.jobs``
 worker threads, each with its own uniquely named lab.
+
+With ``plan.relay`` each pair's lab also runs coturn on the server host
+(:func:`~stunturn_diag.lab.pair_runner.start_turn`, both public IPs' host) before the
+server command, which gets it through ``{turn_server}``/``{turn_secret}``/``{turn_realm}``;
+each peer's last JSON line (our punch's result) gives the path it took.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from ..runner import Lab, check_prerequisites, down, sigterm_interrupts
 from . import owner, plan as plan_mod, report
 from stunturn_diag.sansio.lab import placeholders
 from .netem import check_netem, netem_steps
-from stunturn_diag.sansio.lab.theory import pair_sites
+from stunturn_diag.sansio.lab.theory import pair_sites, path_of
+from ..pair_runner import last_json_line, start_turn
 
 POLL = 0.05
 GRACE = 2.0          # after one peer failed, the other gets this long before it is ended
@@ -66,12 +72,29 @@ class _Cancelled(Exception):
     pass
 
 
-def _common_values(lab: Lab, pair: plan_mod.Pair, key: str, logdir: Path) -> dict[str, str]:
+def _common_values(lab: Lab, pair: plan_mod.Pair, key: str, logdir: Path,
+                   turn=None) -> dict[str, str]:
     site_a, site_b = pair_sites(pair.spec)
     return {"server_ip": lab.server_ip, "alt_ip": lab.server_alt_ip,
             "a_public_ip": lab.site_public_ip(site_a),
             "b_public_ip": lab.site_public_ip(site_b), "key": key,
-            "type_a": pair.type_a, "type_b": pair.type_b, "logdir": str(logdir)}
+            "type_a": pair.type_a, "type_b": pair.type_b, "logdir": str(logdir),
+            "turn_server": f"{turn.address[0]}:{turn.address[1]}" if turn else "",
+            "turn_secret": turn.secret if turn else "",
+            "turn_realm": turn.realm if turn else ""}
+
+
+def _peer_path(command: "_Command") -> dict | None:
+    """What one peer's last JSON line says of its path (None: it printed none)."""
+    try:
+        result = last_json_line(command.out_path.read_bytes().decode("utf-8", "replace"))
+    except OSError:
+        return None
+    if result is None:
+        return None
+    return {"path": path_of(result), "strategy": result.get("strategy"),
+            "relay": result.get("relay"), "relay_reason": result.get("relay_reason"),
+            "connect_ms": result.get("connect_ms"), "reason": result.get("reason")}
 
 
 def _peer_hosts(lab: Lab, pair: plan_mod.Pair) -> tuple[str, str]:
@@ -182,7 +205,7 @@ def run_pair(pair: plan_mod.Pair, matrix: plan_mod.MatrixPlan, logroot: Path,
              progress: Callable[[str], None] = lambda m: None) -> tuple[dict, dict]:
     """Run one pair; returns its result record and its logs (name -> text)."""
     cancel = cancel or threading.Event()
-    expect, skipped = pair.expectation(matrix.protocol)
+    expect, skipped = pair.expectation(matrix.protocol, matrix.relay)
     logdir = logroot / pair.id
     if logdir.exists():
         shutil.rmtree(logdir)
@@ -190,19 +213,23 @@ def run_pair(pair: plan_mod.Pair, matrix: plan_mod.MatrixPlan, logroot: Path,
     base = dict(pair=pair.id, type_a=pair.type_a, type_b=pair.type_b, expect=expect,
                 skipped=skipped, theory=pair.theory, logdir=str(logdir),
                 protocol=matrix.protocol)
+    if matrix.relay:
+        base.update(relay=True, expect_path=pair.expected_path(matrix.protocol, True))
     if expect == "skip":
         return report.result(**base, outcome="not-run", duration_s=0.0, commands={}), {}
     lab = Lab(pair.spec)
     key = secrets.token_hex(12)
     commands: list[_Command] = []
-    outcome, error, started = "error", None, None
+    outcome, error, started, turn, paths = "error", None, None, None, {}
     owner.claim(lab.name, pair.spec.to_dict())
     progress(f"{pair.id}: building lab {lab.name}")
     try:
         with lab:
             for node, argv in netem_steps(lab.topology, matrix.delay_ms, matrix.jitter_ms):
                 lab.exec(node, argv, timeout=20, check=True)
-            common = _common_values(lab, pair, key, logdir)
+            if matrix.relay:
+                turn = start_turn(lab)
+            common = _common_values(lab, pair, key, logdir, turn)
             deadline = time.monotonic() + matrix.timeout
             if matrix.commands.server:
                 values = placeholders.values_for("server", common)
@@ -224,18 +251,23 @@ def run_pair(pair: plan_mod.Pair, matrix: plan_mod.MatrixPlan, logroot: Path,
                 outcome = "connected" if all(p.poll() == 0 for p in peers) else "failed"
             for command in commands:
                 command.stop()
+            if matrix.relay:
+                paths = {p.role: _peer_path(p) for p in peers}
     except _Cancelled:
         error = "interrupted"
     except StunturnError as exc:
         error = str(exc)
     finally:
+        if turn is not None:
+            turn.stop()
         owner.release(lab.name)
     duration = time.monotonic() - started if started else 0.0
     logs: dict[str, str] = {}
     for command in commands:
         logs.update(command.logs())
     res = report.result(**base, outcome=outcome, duration_s=duration, lab=lab.name,
-                        error=error, commands={c.role: c.record() for c in commands})
+                        error=error, commands={c.role: c.record() for c in commands},
+                        **({"paths": paths} if matrix.relay else {}))
     (logdir / "result.json").write_text(report.json_lines([res]).splitlines()[0] + "\n")
     progress(f"{pair.id}: {res['status']} ({res['outcome']}, {duration:.1f} s)"
              + (f": {error}" if error else ""))

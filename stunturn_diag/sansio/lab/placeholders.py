@@ -2,7 +2,10 @@
 
 A command is a shell command line with placeholders ``{server_ip}``, ``{alt_ip}``,
 ``{a_public_ip}``, ``{b_public_ip}``, ``{peer_public_ip}`` (peer commands only: the
-other site's public IP), ``{key}``, ``{type_a}``, ``{type_b}`` and ``{logdir}``.
+other site's public IP), ``{key}``, ``{type_a}``, ``{type_b}`` and ``{logdir}``; with a
+relay (``lab matrix --relay``: coturn on the server host) also ``{turn_server}``
+(``IP:PORT``), ``{turn_secret}`` (its ``static-auth-secret``; the server command's
+only, empty for the peers) and ``{turn_realm}``.
 ``${NAME}`` (shell syntax) is left alone; ``{{`` and ``}}`` stand for literal braces.
 Values are shell-quoted where they need it (only a ``{logdir}`` with spaces does).
 The same values reach every command as environment variables ``STUNTURN_LAB_<NAME>``.
@@ -15,8 +18,10 @@ import shlex
 
 from stunturn_diag.errors import ConfigError
 
+#: the relay's placeholders: empty without one (a template using them needs ``relay``)
+TURN_NAMES = ("turn_server", "turn_secret", "turn_realm")
 NAMES = ("server_ip", "alt_ip", "a_public_ip", "b_public_ip", "peer_public_ip", "key",
-         "type_a", "type_b", "logdir")
+         "type_a", "type_b", "logdir") + TURN_NAMES
 ROLES = ("server", "a", "b")
 ENV_PREFIX = "STUNTURN_LAB_"
 
@@ -25,13 +30,17 @@ _FIELD = re.compile(r"\{\{|\}\}|(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def values_for(role: str, common: dict[str, str]) -> dict[str, str]:
     """The placeholder values of one role's command: ``common`` (every name but
-    ``peer_public_ip``) plus, for peers, the other site's public IP."""
+    ``peer_public_ip``; the relay's are empty when missing) plus, for peers, the other site's public IP."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}")
-    missing = [n for n in NAMES if n != "peer_public_ip" and n not in common]
+    missing = [n for n in NAMES if n != "peer_public_ip" and n not in common
+               and n not in TURN_NAMES]
     if missing:
         raise ConfigError(f"placeholder value(s) missing: {', '.join(missing)}")
-    values = {n: str(common[n]) for n in NAMES if n != "peer_public_ip"}
+    values = {n: str(common.get(n, "")) for n in NAMES if n != "peer_public_ip"}
+    if role != "server":
+        values["turn_secret"] = ""        # the relay's secret is the server's, not the peers'
+
     if role == "a":
         values["peer_public_ip"] = values["b_public_ip"]
     elif role == "b":
@@ -65,6 +74,11 @@ def check(template: str, role: str) -> None:
     """Raise ConfigError now if ``template`` would not substitute for ``role``."""
     dummy = {n: "x" for n in NAMES if n != "peer_public_ip"}
     substitute(template, values_for(role, dummy), role=role)
+
+
+def used(template: str | None) -> set[str]:
+    """The placeholder names ``template`` uses."""
+    return {m.group(1) for m in _FIELD.finditer(template or "") if m.group(1)}
 
 
 def environment(values: dict[str, str]) -> dict[str, str]:
