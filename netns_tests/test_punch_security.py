@@ -44,7 +44,11 @@ def forgeries(data):
     count["frame"] += 1    # frame: replay, flipped ciphertext byte, made-up tag
     flipped = bytearray(data)
     flipped[min(16, len(data) - 17)] ^= 0x20
-    return [data, bytes(flipped), data[:-16] + os.urandom(16)]
+    # the made-up tag rides a sequence number the receiver has not seen yet (header 8,
+    # seq 8 bytes), so the replay window lets it through to the tag check whatever the
+    # order of arrival: a tampered copy of a frame already received counts as replayed
+    ahead = (int.from_bytes(data[8:16], "big") + 1000).to_bytes(8, "big")
+    return [data, bytes(flipped), data[:8] + ahead + data[16:-16] + os.urandom(16)]
 
 def fake_peer(data):
     if data[5] not in (1, 2):
