@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from ipaddress import ip_address
 
 import pytest
 
@@ -61,6 +62,12 @@ def test_ipv6_verdicts_equal_ground_truth(name):
             assert mismatches(truth["ipv6"], six) == {}, f"run {run}: {six['undetermined']}"
             assert six["public_ip"] == lab.site_public_ip6("a")
             assert six["local_ip"] == lab.host_ip6("a1")
+            # the simultaneous open really ran over IPv6: a hop-limited SYN to the server's
+            # IPv6 alternate, whose SYN the AF_INET6 watch saw (hop limit as IPv4's TTL: same path)
+            so = six["tcp"]["evidence"]["simultaneous_open"]["detail"]
+            assert so["via"] == "bpf-raw-socket" and so["local"]["ip"] == lab.host_ip6("a1"), so
+            assert ip_address(so["server_source"]["ip"]) == ip_address(lab.server_alt_ip6), so
+            assert so["ttl"] == got["tcp"]["evidence"]["simultaneous_open"]["detail"]["ttl"], so
             assert mismatches({k: truth[k] for k in ("nat", "udp", "tcp")}, got) == {}, f"run {run} (IPv4)"
             assert rc == 0 and got["status"] == "diagnosed", got["undetermined"]
             assert got["public_ip"] == lab.site_public_ip("a")

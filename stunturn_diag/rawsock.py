@@ -4,6 +4,8 @@
 - :class:`SynWatch`: an ``AF_INET`` raw TCP socket that the kernel hands only SYNs to one
   local port (:func:`bpf.tcp_syn_program`); :meth:`SynWatch.wait` then checks the source.
 - :func:`ip_sender`: an ``IPPROTO_RAW`` socket that sends whole IPv4 packets (raw(7)).
+- :func:`tcp6_sender`: an ``AF_INET6`` raw TCP socket that sends TCP segments with a set
+  hop limit (``IPV6_UNICAST_HOPS``, ipv6(7)); the kernel writes the IPv6 header.
 - :class:`PacketCapture`: an ``AF_PACKET`` cooked socket (packet(7)) on one interface with a
   filter, read by a bounded thread; both directions, kernel timestamps (SO_TIMESTAMP).
 
@@ -13,6 +15,7 @@ Every failure is an ``OSError`` raised at once (no thread waits on a callback).
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import select
 import socket
 import struct
@@ -42,18 +45,34 @@ def ip_sender() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
 
+def tcp6_sender(local_ip: str, hop_limit: int) -> socket.socket:
+    """A raw IPv6 TCP socket bound to ``local_ip`` whose segments leave with ``hop_limit``
+    (the caller gives each segment its checksum: :func:`bpf.tcp6_syn_segment`)."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
+        s.bind((local_ip, 0))
+        s.setblocking(False)  # never read: the kernel's copies of TCP segments are not kept
+        attach_filter(s, [bpf.Insn(bpf.RET | bpf.K, k=bpf.DROP)])
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 class SynWatch:
     """Catches the first TCP SYN (no ACK) to local port ``dport`` from an expected source.
 
     The socket exists (and queues matching SYNs) from construction on, so a watch opened
     before the source is known misses nothing. The kernel filter passes only SYNs to
-    ``dport``; the source is checked here, once known."""
+    ``dport``; the source is checked here, once known. ``ipv6``: an ``AF_INET6`` raw
+    socket, which reads segments from their TCP header (:func:`bpf.tcp6_syn_program`)."""
 
-    def __init__(self, dport: int) -> None:
-        self.dport = dport
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    def __init__(self, dport: int, ipv6: bool = False) -> None:
+        self.dport, self.ipv6 = dport, ipv6
+        self.sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         try:
-            attach_filter(self.sock, bpf.tcp_syn_program(dport))
+            attach_filter(self.sock, bpf.tcp6_syn_program(dport) if ipv6 else bpf.tcp_syn_program(dport))
             self.sock.setblocking(False)
         except BaseException:
             self.sock.close()
@@ -63,29 +82,40 @@ class SynWatch:
     def wait(self, src: tuple[str, int], deadline: float, clock=time.monotonic) -> bool:
         """True once a SYN from ``src`` to our port arrives before ``deadline`` (``clock``'s time)."""
         while True:
-            for packet in self._drain():
-                f = bpf.tcp_fields(packet)
+            for packet, sender in self._drain():
+                if self.ipv6:
+                    f6 = bpf.tcp6_fields(packet, sender[0])
+                    f = f6 and (f6[0], f6[1], None, f6[2], f6[3])
+                else:
+                    f = bpf.tcp_fields(packet)
                 if f is None or f[3] != self.dport:
                     continue
                 self.seen.append((f[0], f[1]))
-                if (f[0], f[1]) == tuple(src) and f[4] & bpf.TCP_SYN and not f[4] & bpf.TCP_ACK:
+                if (f[0], f[1]) == _canonical(src, self.ipv6) and f[4] & bpf.TCP_SYN and not f[4] & bpf.TCP_ACK:
                     return True
             left = deadline - clock()
             if left <= 0:
                 return False
             select.select([self.sock], [], [], left)
 
-    def _drain(self, most: int = 256) -> list[bytes]:
+    def _drain(self, most: int = 256) -> list[tuple[bytes, tuple]]:
         out = []
         for _ in range(most):  # bounded: the filter admits only SYNs to one port
             try:
-                out.append(self.sock.recv(65535))
+                out.append(self.sock.recvfrom(65535))
             except (BlockingIOError, InterruptedError):
                 break
         return out
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _canonical(src: tuple[str, int], ipv6: bool) -> tuple[str, int]:
+    """``src`` with its IP written as :func:`bpf.tcp6_fields` / :func:`bpf.tcp_fields` write it."""
+    if ipv6:
+        return str(ipaddress.IPv6Address(src[0])), int(src[1])
+    return src[0], int(src[1])
 
 
 class PacketCapture:

@@ -95,7 +95,42 @@ def test_pcap_file_reads_back_with_scapy(tmp_path):
     assert len(bytes(packets[1])) == 60 and packets[1].wirelen == len(b)  # cut at the snapshot length
 
 
+def test_tcp6_syn_segment_is_the_syn_scapy_builds():
+    """Our IPv6 SYN (checksum over the RFC 8200 8.1 pseudo-header) equals Scapy's."""
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6
+    src, dst = ("2001:db8:1::10", 40000), ("2001:db8:ff::2", 3478)
+    ours = bpf.tcp6_syn_segment(src, dst, 0xDEADBEEF)
+    theirs = bytes(IPv6(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags="S",
+                                                       seq=0xDEADBEEF, window=64240, options=[]))[40:]
+    assert ours == theirs
+    assert bpf.tcp6_fields(ours, "2001:db8:1:0::10") == ("2001:db8:1::10", 40000, 3478, 0x02)
+    assert bpf.tcp6_fields(ours[:10], "::1") is None
+
+
 # --- the kernel runs them (root, loopback) ----------------------------------------------
+
+@root
+def test_kernel_ipv6_syn_watch_sees_only_the_syn_to_its_port():
+    """IPv6: our segment, sent on a hop-limited raw socket, passes the AF_INET6 watch's filter
+    (which reads from the TCP header: IPv6 raw sockets get no IP header); a SYN-ACK and a SYN
+    to another port do not."""
+    from stunturn_diag.rawsock import SynWatch, tcp6_sender
+    dport = free_port(socket.SOCK_DGRAM)
+    watch = SynWatch(dport, ipv6=True)
+    sender = tcp6_sender("::1", 2)
+    try:
+        synack = bytearray(bpf.tcp6_syn_segment(("::1", 4001), ("::1", dport), 1))
+        synack[13] = 0x12
+        for seg in (bytes(synack), bpf.tcp6_syn_segment(("::1", 4002), ("::1", dport + 1), 1),
+                    bpf.tcp6_syn_segment(("::1", 4000), ("::1", dport), 7)):
+            sender.sendto(seg, ("::1", 0))
+        assert watch.wait(("0:0::1", 4000), time.monotonic() + 2) is True
+        assert watch.seen == [("::1", 4000)]
+    finally:
+        watch.close()
+        sender.close()
+
 
 @root
 def test_kernel_syn_filter_passes_only_syns_to_the_port():

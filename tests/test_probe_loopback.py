@@ -177,7 +177,7 @@ def test_refused_raw_socket_makes_the_result_partial(server, monkeypatch):
     from stunturn_diag.probe import simopen_runner as simopen
     _walk_finds_a_router(monkeypatch)
 
-    def refuse(dport):
+    def refuse(dport, ipv6=False):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(simopen, "SynWatch", refuse)
     j = run_probe(server.http_url).to_json()

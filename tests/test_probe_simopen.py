@@ -87,7 +87,7 @@ def test_broken_scapy_is_an_error_at_once(monkeypatch, service):
 def test_refused_raw_socket_is_an_error(monkeypatch, service):
     from stunturn_diag.sansio.probe.evidence import TcpEvidence
 
-    def refuse(dport):
+    def refuse(dport, ipv6=False):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(simopen, "SynWatch", refuse)
     run = TcpEvidence()

@@ -107,18 +107,20 @@ def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, ma
     A connect whose SYN dies on the way is aborted by the ICMP time-exceeded (RFC 5927:
     an ICMP error kills a connection in SYN-SENT), so the smallest TTL that connects is
     the server's hop count. Used for the simultaneous-open TTL where UDP does not get
-    through (the UDP walk then finds nothing); None when no connect got through."""
+    through (the UDP walk then finds nothing) and over IPv6 (hop limit, IPV6_UNICAST_HOPS:
+    an ICMPv6 time exceeded aborts the connect alike); None when no connect got through."""
     rtt = rtt if rtt is not None else 0.05
     budget = min(1.0, max(0.1, 10 * rtt))
-    if ":" in dest[0]:
-        return None
+    ipv6 = ":" in dest[0]
+    fam, level, option = ((socket.AF_INET6, socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if ipv6
+                          else (socket.AF_INET, socket.IPPROTO_IP, socket.IP_TTL))
     socks: dict[socket.socket, int] = {}
     try:
         for ttl in range(1, max_hops + 1):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = socket.socket(fam, socket.SOCK_STREAM)
             socks[s] = ttl
             s.setblocking(False)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.setsockopt(level, option, ttl)
             s.bind((local_ip, 0))
             s.connect_ex(dest)
         pending, connected = dict(socks), []

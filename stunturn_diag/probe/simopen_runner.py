@@ -11,6 +11,13 @@ no libpcap needed) catches it and the source is checked on arrival; the handshak
 is not needed (our kernel would answer with its own sequence number, which conntrack
 rejects).
 
+Over IPv6 (issue 14) the SYN is no Scapy packet: an ``AF_INET6`` raw TCP socket sends a
+segment built here (:func:`stunturn_diag.sansio.bpf.tcp6_syn_segment`) with the hop limit
+set (``IPV6_UNICAST_HOPS``), and an ``AF_INET6`` raw TCP socket with
+:func:`~stunturn_diag.sansio.bpf.tcp6_syn_program` watches (IPv6 raw sockets read from the
+TCP header on). The hop limit is the server's hop count less one, as over IPv4 (here from
+:func:`stunturn_diag.probe.layers.tcp_server_hop`): it dies one hop past our firewall/NAT66.
+
 A part that cannot work (Scapy missing or broken, a raw socket refused) is known at once
 and recorded as the test's ``error``: the probe then reports it as failed (``partial``),
 never as a silent null.
@@ -28,7 +35,8 @@ import threading
 import time
 
 from ..errors import SignalingError, StunDecodeError
-from ..rawsock import SynWatch, ip_sender
+from ..rawsock import SynWatch, ip_sender, tcp6_sender
+from stunturn_diag.sansio.bpf import tcp6_syn_segment
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
@@ -78,7 +86,8 @@ def craft_syn(sc: dict, src: Address, dst: Address, ttl: int):
 
 
 def send_packets(sender, packet, copies: int, dst_ip: str) -> None:
-    """Send ``copies`` copies of a crafted IPv4 packet on an ``IPPROTO_RAW`` socket."""
+    """Send ``copies`` copies of a crafted IPv4 packet on an ``IPPROTO_RAW`` socket (or of an
+    IPv6 TCP segment on an ``AF_INET6`` raw TCP socket)."""
     data = bytes(packet)
     for _ in range(copies):
         sender.sendto(data, (dst_ip, 0))
@@ -108,10 +117,8 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
     if ttl is None:
         info["skipped"] = "the TTL walk did not find a router between our NAT and the server"
         return
-    if ":" in local_ip:
-        info["skipped"] = "IPv4 only"
-        return
-    sc = scapy_parts()
+    ipv6 = ":" in local_ip
+    sc = {} if ipv6 else scapy_parts()
     if "error" in sc:
         info["error"] = sc["error"]
         return
@@ -125,8 +132,8 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
             info["error"] = f"no STUN answer over TCP: {exc}"
             return
         try:
-            watch = SynWatch(local[1])  # opened before the server is asked: no SYN is missed
-            sender = ip_sender()
+            watch = SynWatch(local[1], ipv6)  # opened before the server is asked: no SYN is missed
+            sender = tcp6_sender(local[0], ttl) if ipv6 else ip_sender()
         except OSError as exc:
             info["error"] = (f"cannot open the raw sockets that send our SYN and watch for the server's "
                              f"({exc.strerror or exc})")
@@ -144,7 +151,10 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
             info["error"] = f"the server's simultaneous-open answer names no source address: {answer!r:.200}"
             return
         try:
-            send_packets(sender, craft_syn(sc, local, src, ttl), 3, src[0])
+            if ipv6:
+                send_packets(sender, tcp6_syn_segment(local, src, secrets.randbits(32)), 3, src[0])
+            else:
+                send_packets(sender, craft_syn(sc, local, src, ttl), 3, src[0])
         except OSError as exc:
             info["error"] = f"cannot send the crafted SYN: {exc.strerror or exc}"
             return

@@ -236,9 +236,6 @@ def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None,
         run.skipped.append({"test": "tcp.simultaneous_open", "reason": PUNCH_SKIP_REASON})
     elif simopen is None:
         run.skipped.append({"test": "tcp.simultaneous_open", "reason": "the server offers no probe assist"})
-    elif ":" in local_ip:
-        run.skipped.append({"test": "tcp.simultaneous_open",
-                            "reason": "IPv6: the low-TTL SYN and the SYN watch are built for IPv4 only"})
     elif not has_raw_socket_capability():
         run.skipped.append({"test": "tcp.simultaneous_open",
                             "reason": "needs root (raw sockets, CAP_NET_RAW): the low-TTL SYN is sent on a raw socket (the "

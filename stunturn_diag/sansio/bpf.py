@@ -13,6 +13,7 @@ Programs:
 - :func:`blackhole_program`: on a TCP listener, drop segments from given (ip, port)s.
 - :func:`tcp_syn_program`: accept TCP SYNs without ACK to one destination port (IPv4):
   the simultaneous-open watch.
+- :func:`tcp6_syn_program`: the same for an ``AF_INET6`` raw TCP socket (IPv6).
 - :func:`flows_program`: accept packets from/to given hosts and ICMP (``--pcap``).
 """
 
@@ -159,6 +160,48 @@ def tcp_syn_program(dport: int) -> list[Insn]:
     a.ld_ind_net(B, 13).jset(TCP_ACK, "drop", None)    # TCP flags
     a.jset(TCP_SYN, "accept", "drop")
     return a.label("accept").ret(ACCEPT).label("drop").ret(DROP).assemble()
+
+
+def tcp6_syn_program(dport: int) -> list[Insn]:
+    """The IPv6 :func:`tcp_syn_program`: for an ``AF_INET6`` raw TCP socket, whose packet
+    starts at the TCP header (raw(7) on IPv6 never passes the IPv6 header, and the kernel
+    has already walked any extension headers), so TCP fields are read at absolute offsets."""
+    a = Assembler()
+    a.ld(H, 2).jeq(dport, None, "drop")               # TCP destination port
+    a.ld(B, 13).jset(TCP_ACK, "drop", None)           # TCP flags
+    a.jset(TCP_SYN, "accept", "drop")
+    return a.label("accept").ret(ACCEPT).label("drop").ret(DROP).assemble()
+
+
+def tcp6_fields(segment: bytes, src_ip: str) -> tuple[str, int, int, int] | None:
+    """(source IP, source port, destination port, TCP flags) of a TCP segment read from an
+    ``AF_INET6`` raw socket (it starts at the TCP header; the source comes from recvfrom),
+    else None."""
+    if len(segment) < 14:
+        return None
+    sport, dport = struct.unpack_from("!HH", segment, 0)
+    return str(ipaddress.IPv6Address(src_ip.split("%")[0])), sport, dport, segment[13]
+
+
+def _ones_complement_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def tcp6_syn_segment(src: tuple[str, int], dst: tuple[str, int], seq: int, window: int = 64240) -> bytes:
+    """A bare TCP SYN (20-byte header, no options, RFC 9293 3.1) from ``src`` to ``dst``
+    with its checksum over the IPv6 pseudo-header (RFC 8200 section 8.1): what an
+    ``AF_INET6`` raw TCP socket sends as it is (the kernel adds the IPv6 header, with the
+    socket's hop limit)."""
+    header = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, 0, 5 << 4, TCP_SYN, window, 0, 0)
+    pseudo = (ipaddress.IPv6Address(src[0]).packed + ipaddress.IPv6Address(dst[0]).packed
+              + struct.pack("!I3xB", len(header), IPPROTO_TCP))
+    checksum = ~_ones_complement_sum(pseudo + header) & 0xFFFF
+    return header[:16] + struct.pack("!H", checksum) + header[18:]
 
 
 def flows_program(hosts: list[str], icmp: bool = True) -> list[Insn]:

@@ -102,6 +102,9 @@ def expected(mode: str, syn: str) -> dict | None:
         tcp = {"reachable": True, "mapping": eim, "filtering": apdf, "unsolicited_syn": syn,
                "port_allocation": PortAllocation.PRESERVING.value}
         nat = True
+    # every v6 behaviour keeps conntrack state: the server's SYN to the 5-tuple our dying SYN
+    # opened is that connection's reply (RFC 5382 section 4.2, REQ-2), whatever new SYNs get
+    tcp["simultaneous_open"] = True
     return {"reachable": True, "nat": nat, "udp": udp, "tcp": tcp}
 
 
