@@ -102,7 +102,7 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
 
 def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, max_hops: int = 8) -> int | None:
     """How many hops away the server's TCP endpoint ``dest`` is, without UDP (bounded: one
-    SYN per TTL 1..``max_hops``, all at once, 0.3-1 s at most; kernel sockets, no root).
+    SYN per TTL 1..``max_hops``, all at once, <= 1 s; kernel sockets, no root).
 
     A connect whose SYN dies on the way is aborted by the ICMP time-exceeded (RFC 5927:
     an ICMP error kills a connection in SYN-SENT), so the smallest TTL that connects is
@@ -110,9 +110,7 @@ def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, ma
     through (the UDP walk then finds nothing) and over IPv6 (hop limit, IPV6_UNICAST_HOPS:
     an ICMPv6 time exceeded aborts the connect alike); None when no connect got through."""
     rtt = rtt if rtt is not None else 0.05
-    # a floor that a loaded host's late connect still meets: the walk ends as soon as every
-    # lower TTL has failed, so the floor is only waited out where ICMP errors are withheld
-    budget = min(1.0, max(0.3, 10 * rtt))
+    budget = min(1.0, max(0.1, 10 * rtt))
     ipv6 = ":" in dest[0]
     fam, level, option = ((socket.AF_INET6, socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if ipv6
                           else (socket.AF_INET, socket.IPPROTO_IP, socket.IP_TTL))
