@@ -14,7 +14,6 @@ another's routes.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from typing import Callable
 
@@ -24,7 +23,7 @@ from . import api, observe, probe_assist, relay_api, turn_offer
 from .api import HangupWatcher
 from .config import ServerConfig
 from .http import CONTEXT_KEY, AppContext, handle_error
-from .sansio.limits import FailureBudget, FailureLimiter
+from .sansio.limits import FailureBudget
 from .sansio.matching import KeyHasher, Matcher, MatchStore
 from .store import InMemoryStore, Signal
 
@@ -38,20 +37,23 @@ def make_store(config: ServerConfig, signal_factory: Callable[[], Signal] | None
     return InMemoryStore(signal_factory) if signal_factory else InMemoryStore()
 
 
-def failure_limiter(config: ServerConfig, store: MatchStore) -> FailureBudget:
+def failure_limiter(config: ServerConfig, store: MatchStore) -> FailureBudget | None:
     """The failed-attempt limiter (README "Security model"): with a Redis store its buckets
     are in that Redis, one budget for every instance sharing it
-    (:class:`~stunturn_server.redis_limits.RedisFailureLimiter`); else in this process."""
-    limits = dict(source_burst=config.failure_burst, source_rate=config.failure_rate,
-                  target_burst=config.target_failure_burst, target_rate=config.target_failure_rate)
+    (:class:`~stunturn_server.redis_limits.RedisFailureLimiter`); else None, and the
+    signaling state builds the in-process one from the same config."""
     if config.redis_url:
         from .redis_store import RedisStore
 
         if isinstance(store, RedisStore):
             from .redis_limits import RedisFailureLimiter
 
-            return RedisFailureLimiter(store, secret=config.key_secret, **limits)
-    return FailureLimiter(**limits, lock=threading.Lock())
+            return RedisFailureLimiter(store, secret=config.key_secret,
+                                       source_burst=config.failure_burst,
+                                       source_rate=config.failure_rate,
+                                       target_burst=config.target_failure_burst,
+                                       target_rate=config.target_failure_rate)
+    return None
 
 
 def key_hasher(secret: bytes | None) -> KeyHasher:
