@@ -143,6 +143,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1"""
 
 
+def _match_payload(match_id: str, receiver_observed: Address, receiver_details: dict) -> str:
+    """A match as its waiter's mailbox list and its holder's channel carry it."""
+    return json.dumps({"m": match_id, "o": list(receiver_observed), "d": receiver_details},
+                      separators=(",", ":"))
+
+
 class LuaScript:
     """A Lua script run by ``EVALSHA`` (``EVAL`` once after Redis forgot it)."""
 
@@ -481,9 +487,7 @@ class RedisStore(MatchStore):
         """One round trip (the claim script): take the waiter, empty its sibling slots, release
         its admission, and deliver to another instance's waiter through Redis; a waiter held
         here gets its match in memory."""
-        payload = json.dumps({"m": match_id, "o": list(receiver_observed), "d": receiver_details},
-                             separators=(",", ":"))
-        claimed = self._claim(slot, payload, now)
+        claimed = self._claim(slot, _match_payload(match_id, receiver_observed, receiver_details), now)
         if claimed is None:
             return None
         waiter, holder = claimed
@@ -525,8 +529,7 @@ class RedisStore(MatchStore):
                 return False
             mailbox._put(match)
             return True
-        payload = json.dumps({"m": match.match_id, "o": list(match.receiver_observed),
-                              "d": match.receiver_details}, separators=(",", ":"))
+        payload = _match_payload(match.match_id, match.receiver_observed, match.receiver_details)
         mailbox_key = self._mailbox_key(waiter_id)
         replies = self._pool_or_raise().run([
             ("LPUSH", mailbox_key, payload),
