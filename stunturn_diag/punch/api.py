@@ -720,7 +720,6 @@ class _Side:
         on the relay, never one on each path: :meth:`UdpRendezvous.punch`'s
         ``require_confirmation``)."""
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
-        families = None
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol,
                                     rng=random.Random(), vetted=vetted)

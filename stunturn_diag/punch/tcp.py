@@ -114,7 +114,8 @@ from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL
                                                     STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
 from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
-from .tcp_sockets import family_for, host_ipv4_addresses, host_ipv6_addresses, shared_port_socket
+from ..hostaddr import host_addresses, usable
+from .tcp_sockets import family_for, host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding, tcp_refresh
 from stunturn_diag.sansio.netaddr import Address
 
@@ -260,7 +261,7 @@ class TcpRendezvous:
                 ips.append(self._stun.getsockname()[0])  # the interface toward the server
             except OSError:
                 pass
-        for ip in (host_ipv6_addresses() if self.version == 6 else host_ipv4_addresses()):
+        for ip in self._host_ips():
             if ip not in ips and not ipaddress.ip_address(ip).is_loopback:
                 ips.append(ip)
         return [(ip, self.local_port) for ip in ips[:MAX_LOCAL_CANDIDATES]]
@@ -310,9 +311,15 @@ class TcpRendezvous:
         finally:
             self._listener.close()
 
+    def _host_ips(self) -> list[str]:
+        """This host's addresses of our family (IPv6: those a peer could reach,
+        :func:`stunturn_diag.hostaddr.usable`)."""
+        if self.version == 6:
+            return usable(host_addresses(), 6)
+        return host_ipv4_addresses()
+
     def _usable(self, peer_candidates: list[tuple[str, int]]) -> tuple[list[Address], list[dict]]:
-        own_ips = set(host_ipv6_addresses() if self.version == 6 else host_ipv4_addresses()) \
-            | {self.local_ip}
+        own_ips = set(self._host_ips()) | {self.local_ip}
         usable: list[Address] = []
         skipped: list[dict] = []
         for cand in peer_candidates:

@@ -177,18 +177,6 @@ def _is_ipv4(ip: str) -> bool:
         return False
 
 
-def host_ipv6_addresses() -> list[str]:
-    """Global and unique-local IPv6 addresses of this host's interfaces (no loopback,
-    no link-local: a link-local candidate needs a scope the peer cannot know)."""
-    found: list[str] = []
-    for entry in host_addresses():
-        addr = ipaddress.ip_address(entry.ip)
-        if entry.version == 6 and not (addr.is_loopback or addr.is_link_local) \
-                and entry.ip not in found:
-            found.append(entry.ip)
-    return found
-
-
 def host_ipv4_addresses() -> list[str]:
     """IPv4 addresses of this host's interfaces that are up (loopback last)."""
     found: list[str] = []
