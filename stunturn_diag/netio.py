@@ -1,7 +1,11 @@
-"""Small blocking-socket helpers shared by the TCP runners (STUN over TCP, the punch handshake)."""
+"""Small blocking-socket helpers shared by the TCP runners (STUN over TCP, the punch
+handshake, the probe's connects, the signaling client's connections)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
 import time
 from typing import Callable
@@ -33,3 +37,105 @@ def recv_exact(sock: socket.socket, n: int, deadline: float, *, what: str,
             raise PeerClosed(f"{what}: the peer closed the connection")
         buf += chunk
     return buf
+
+
+SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+
+
+#: our own SYN resends stop once the next wait would reach the kernel's first SYN
+#: retransmission (RFC 6298 section 2.1 / RFC 1122: 1 s): from there the kernel's schedule
+KERNEL_SYN_RTO = 1.0
+
+
+def syn_waits(rto: float, timeout: float) -> list[float]:
+    """How long each SYN of :func:`connect_from` is given before the next one is sent: ``rto``,
+    doubling (RFC 6298 section 5.5), while below :data:`KERNEL_SYN_RTO`; the last socket
+    then has what is left of ``timeout``. At most six SYNs of our own. Pure."""
+    waits, w = [], max(0.001, rto)
+    while w < KERNEL_SYN_RTO and sum(waits) + w < timeout and len(waits) < 5:
+        waits.append(w)
+        w *= 2
+    return waits + [max(0.0, timeout - sum(waits))]
+
+
+#: Linux >= 6.15: the connection's minimum retransmission timeout, in microseconds
+#: (the kernel's default is 200 ms; RFC 6298 section 2.4 leaves the floor to the stack)
+TCP_RTO_MIN_US = 45
+
+
+def lower_rto_min(s: socket.socket, rto: float) -> None:
+    """Let the kernel resend data on ``s`` after ``rto`` (or the RTT-based RTO when longer)
+    rather than its 200 ms floor, where the kernel has ``TCP_RTO_MIN_US``; elsewhere nothing
+    changes. For short exchanges (one STUN message each way) on a lossy path."""
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, int(rto * 1e6))
+    except OSError:
+        pass
+
+
+def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: float, rto: float | None, *,
+                      reuse_port: bool = False, fresh_port_after: int | None = None) -> tuple[socket.socket, int]:
+    """A TCP connection from ``local`` (SO_REUSEADDR, and SO_REUSEPORT with ``reuse_port``;
+    port 0: the kernel picks one, kept for the resends) to ``dest`` within ``timeout``, and
+    how many SYNs were resent.
+
+    The kernel resends a lost SYN only after 1 s, then 3 s (RFC 6298 section 2.1's initial
+    RTO, which no socket option lowers); on a lossy path that second dominated the
+    probe's TCP tests. Here a SYN that got no answer within ``rto`` (then twice that, ...;
+    :func:`syn_waits`) is abandoned (closing a socket in SYN-SENT sends nothing) and a new
+    socket on the same local endpoint sends a fresh SYN on the same 5-tuple: the NAT's
+    conntrack entry, hence its mapping, is the one the first SYN made, and the kernel's
+    ISN for the same 4-tuple only grows, so the NAT takes it as a SYN retransmission
+    (RFC 793 section 3.3's "larger than those recently used"). ``rto`` None: the kernel's
+    schedule only.
+
+    That covers a lost SYN, not a lost SYN-ACK: the server then holds a half-open
+    connection for the first SYN, which it answers again only after its own 1 s, and the
+    fresh SYN with its other ISN is out of its window (the ACK it sends back is dropped
+    as invalid by a stateful NAT on the way). A caller that may change its local port
+    says so with ``fresh_port_after``: from that many SYNs on, the resends come from a new
+    port (a new 4-tuple the server holds nothing for). Errors as ``socket.connect`` raises
+    them; ``TimeoutError`` by the deadline. The socket is returned blocking, with
+    ``timeout`` as its timeout."""
+    waits = syn_waits(rto, timeout) if rto else [timeout]
+    resends = 0
+    for i, wait in enumerate(waits):
+        if fresh_port_after is not None and i >= fresh_port_after:
+            local = (local[0], 0)
+        s = socket.socket(socket.AF_INET6 if ":" in dest[0] else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+            s.bind(local)
+        except OSError:
+            s.close()
+            raise
+        local = s.getsockname()[:2]
+        if rto:
+            lower_rto_min(s, rto)
+        s.setblocking(False)
+        err = s.connect_ex(dest)
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+        _, ready, _ = select.select([], [s], [], wait) if err else ([], [s], [])
+        if not ready:  # one last look: never abandon a SYN that was answered meanwhile
+            _, ready, _ = select.select([], [s], [], 0)
+        if ready:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                s.close()
+                raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+            s.setblocking(True)
+            s.settimeout(timeout)
+            return s, resends
+        s.close()
+        resends += i < len(waits) - 1
+    raise TimeoutError(f"connect to {dest[0]}:{dest[1]}: no answer to {len(waits)} SYNs in {timeout:.1f} s")
+
+
+#: the floor of a resend wait (:func:`connect_resending`'s ``rto``): a path's queueing
+#: varies by milliseconds; below this a resend would mostly be spurious (it costs the
+#: answer to the first SYN)
+SYN_RTO_MIN = 0.05

@@ -22,16 +22,19 @@ server's place).
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import re
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from .netio import SYN_RTO_MIN, connect_resending
 from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout, RateLimited,
                      ServerUnreachable, SignalingError, SignalingTlsError)
 
@@ -107,6 +110,66 @@ class TlsOptions:
                               hint="give a PEM file of CA certificates (--ca-file)") from None
 
 
+class _Connector:
+    """Opens the client's TCP connections (``socket.create_connection``'s signature): each
+    request is a new connection, and on a lossy path the kernel's first SYN resend comes
+    only after 1 s. Once one connect measured the round trip, later ones resend their SYN
+    themselves after 4 of them (:func:`stunturn_diag.netio.connect_resending`); the
+    first uses the kernel's schedule, so a long path never sees a spurious resend."""
+
+    def __init__(self) -> None:
+        self.rtt: float | None = None
+
+    def __call__(self, address, timeout=None, source_address=None, **_kw) -> socket.socket:
+        timeout = timeout if isinstance(timeout, (int, float)) else 10.0
+        host, port = address[0], address[1]
+        last: OSError | None = None
+        for fam, _type, _proto, _name, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            local = source_address or ("::" if fam == socket.AF_INET6 else "0.0.0.0", 0)
+            rtt = self.rtt
+            started = time.monotonic()
+            try:
+                sock, resends = connect_resending(local, sockaddr[:2], timeout,
+                                                  None if rtt is None else max(SYN_RTO_MIN, 4 * rtt),
+                                                  fresh_port_after=2)
+            except OSError as exc:
+                last = exc
+                continue
+            if not resends:
+                took = time.monotonic() - started
+                self.rtt = took if rtt is None else min(rtt, took)
+            return sock
+        raise last or OSError(f"{host} has no address")
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, connector: _Connector) -> None:
+        super().__init__()
+        self._connector = connector
+
+    def http_open(self, req):
+        return self.do_open(_connection(http.client.HTTPConnection, self._connector), req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, connector: _Connector, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._connector = connector
+
+    def https_open(self, req):
+        return self.do_open(_connection(http.client.HTTPSConnection, self._connector), req,
+                            context=self._context)
+
+
+def _connection(base: type, connector: _Connector):
+    """``base`` (an http.client connection class) opening its socket through ``connector``."""
+    def make(*args, **kwargs):
+        conn = base(*args, **kwargs)
+        conn._create_connection = connector
+        return conn
+    return make
+
+
 class SignalingClient:
     """Talks to one signaling server. ``timeout`` bounds every plain request (seconds);
     ``tls`` says how an ``https://`` server is verified (default: the system trust store)."""
@@ -117,12 +180,19 @@ class SignalingClient:
         self.timeout = timeout
         self.tls = tls or TlsOptions()
         handlers: list = [] if use_env_proxy else [urllib.request.ProxyHandler({})]
+        connector = self._connector = _Connector()
+        handlers.append(_HttpHandler(connector))
         if self.base_url.startswith("https://"):
-            handlers.append(urllib.request.HTTPSHandler(context=self.tls.context()))
+            handlers.append(_HttpsHandler(connector, context=self.tls.context()))
         self._opener = urllib.request.build_opener(*handlers)
         self._wait_timeout: float | None = None
 
     # -- API ---------------------------------------------------------------------------------
+    @property
+    def connect_rtt(self) -> float | None:
+        """The fastest TCP connect to the server so far (seconds; ~one round trip), or None."""
+        return self._connector.rtt
+
     def health(self) -> dict:
         """``GET /healthz``."""
         return self._request("GET", "/healthz")

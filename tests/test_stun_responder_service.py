@@ -100,7 +100,9 @@ def test_udp_garbage_is_counted_and_service_keeps_answering(service):
     client.sendto(encode(fresh_binding_request()), primary)
     data, _ = client.recvfrom(4096)
     assert decode(data).msg_class == MessageClass.SUCCESS
-    stats = wait_for(lambda: service.stats if service.stats["responses"] >= 1 else None)
+    # the counters are updated by the service's thread: wait until all six were counted
+    stats = wait_for(lambda: service.stats if service.stats["responses"] >= 1
+                     and service.stats["udp_datagrams"] >= 6 else None)
     assert stats["dropped_non_stun"] >= 3 and stats["dropped_malformed"] >= 1
     assert stats["udp_datagrams"] == 6 and stats["requests"] == 1
     client.close()

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from stunturn_diag.errors import ConfigError, StunDecodeError
+from stunturn_diag.netio import SYN_RTO_MIN, lower_rto_min
 from stunturn_diag.sansio.netaddr import unmapped
 from stunturn_diag.sansio.stun import HEADER_LENGTH, message_length
 
@@ -248,6 +249,7 @@ class StunService:
                 sock.close()
                 continue
             sock.setblocking(False)
+            lower_rto_min(sock, SYN_RTO_MIN)  # a lost answer is resent after 50 ms, not 200
             now = time.monotonic()
             local: StunEndpoint | str = role
             if role in self._wildcard:

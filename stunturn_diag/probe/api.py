@@ -209,7 +209,7 @@ def _run_probe(server: str | None, *, stun: str | None, tcp: bool, lifetime: flo
     if tcp_run is not None:
         # serial TCP allocation first: a sequential NAT's one counter serves TCP and UDP alike
         say("probing TCP port allocation ...")
-        tcp_held = alloc_test(tcp_run, ep, local_ip)
+        tcp_held = alloc_test(tcp_run, ep, local_ip, rtt_hint=client.connect_rtt if client else None)
         if tcp_run.rtt is not None and tcp_run.rtt < PRIOR_RTT_MAX:
             # the TCP connect's RTT to the same server: UDP's RTO starts from it, so a
             # server that UDP never reaches is given up after ~160 ms, not ~550 ms

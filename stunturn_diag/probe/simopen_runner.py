@@ -40,7 +40,7 @@ from stunturn_diag.sansio.bpf import tcp6_syn_segment
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
-from stunturn_diag.probe.tcp_sockets import free_port, reuse_socket, stun_tcp
+from stunturn_diag.probe.tcp_sockets import SAME_PORT_SYNS, free_port, stun_tcp_from, syn_rto
 
 _scapy: dict = {}
 _loaded = threading.Event()
@@ -123,11 +123,13 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
         info["error"] = sc["error"]
         return
     local = free_port(local_ip)
-    conn = reuse_socket(local)
-    watch = sender = None
+    conn = watch = sender = None
     try:
-        try:
-            mapped = stun_tcp(conn, ep.primary, timeout)  # learn our mapped port (EIM: reused)
+        try:  # learn our mapped port (EIM: reused)
+            conn, mapped, resends = stun_tcp_from(local, ep.primary, timeout, syn_rto(rtt),
+                                                  fresh_port_after=SAME_PORT_SYNS)
+            local = conn.getsockname()[:2]
+            run.syn_resends += resends
         except (OSError, StunDecodeError) as exc:
             info["error"] = f"no STUN answer over TCP: {exc}"
             return
@@ -169,4 +171,5 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
             watch.close()
         if sender is not None:
             sender.close()
-        conn.close()
+        if conn is not None:
+            conn.close()

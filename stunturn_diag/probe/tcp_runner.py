@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
 from stunturn_diag.probe.simopen_runner import simopen_test
-from stunturn_diag.probe.tcp_sockets import free_port, has_raw_socket_capability, reuse_socket, stun_tcp
+from stunturn_diag.probe.tcp_sockets import (free_port, has_raw_socket_capability, reuse_socket, stun_tcp_from,
+                                             SAME_PORT_SYNS, syn_rto)
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
@@ -69,20 +70,27 @@ def connect_back_ms(rtt: float | None, floor_ms: int = CONNECT_FLOOR_MS) -> int:
 
 
 def alloc_test(run: TcpEvidence, ep: Endpoints, local_ip: str, timeout: float = TCP_TIMEOUT,
-               count: int = 5) -> Held:
+               count: int = 5, rtt_hint: float | None = None) -> Held:
     """Fresh mappings one after another (RFC 4787 section 4.2.1 applied to TCP): STUN over TCP
     from ``count`` fresh local ports to the primary. The first socket's port is reused by
     the mapping test, and its connection is kept open until then: the returned
-    :class:`Held`, for :func:`run_tcp_rest` (``held=``) to close."""
+    :class:`Held`, for :func:`run_tcp_rest` (``held=``) to close. ``rtt_hint``: a round trip
+    to the server measured before (the signaling client's connect), for the first SYN's
+    resend wait."""
     started = time.monotonic()
     held = Held()
     for i in range(count):
-        s = reuse_socket((local_ip, 0))
-        local = s.getsockname()[:2]
+        local = free_port(local_ip)
         t = time.monotonic()
+        s = None
         try:
-            mapped = stun_tcp(s, ep.primary, min(timeout, FIRST_TIMEOUT) if i == 0 else timeout)
-            run.rtts.append(time.monotonic() - t)
+            s, mapped, resends = stun_tcp_from(local, ep.primary,
+                                               min(timeout, FIRST_TIMEOUT) if i == 0 else timeout,
+                                               syn_rto(run.rtt or rtt_hint), fresh_port_after=SAME_PORT_SYNS)
+            local = s.getsockname()[:2]  # a fresh flow all the same, on another port after a lost SYN-ACK
+            run.syn_resends += resends
+            if not resends:  # a clean sample: connect + one exchange
+                run.rtts.append(time.monotonic() - t)
         except (OSError, StunDecodeError) as exc:
             mapped = None
             run.errors[f"alloc.{i}"] = str(exc) or type(exc).__name__
@@ -92,7 +100,7 @@ def alloc_test(run: TcpEvidence, ep: Endpoints, local_ip: str, timeout: float = 
             held.sock = s
             if mapped is None:  # TCP does not reach the server: do not wait five times
                 break
-        else:
+        elif s is not None:
             s.close()
     run.phase_ms["allocation"] = round((time.monotonic() - started) * 1000, 3)
     run.elapsed_ms += run.phase_ms["allocation"]
@@ -106,17 +114,18 @@ def mapping_test(run: TcpEvidence, ep: Endpoints, timeout: float, held: Held | N
     roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
     socks: dict[str, socket.socket] = {}
+    rto = syn_rto(run.rtt)
 
     def one(role: str) -> None:
         try:
-            run.mapped[role] = stun_tcp(socks[role], roles[role], timeout)
+            socks[role], run.mapped[role], resends = stun_tcp_from(run.local_map, roles[role], timeout, rto)
+            run.syn_resends += resends
         except (OSError, StunDecodeError) as exc:
             run.mapped[role] = None
             run.errors[f"map.{role}"] = str(exc) or type(exc).__name__
     try:
         if run.local_map is None or run.mapped.get("primary") is None or not roles:
             return
-        socks.update((r, reuse_socket(run.local_map)) for r in roles)
         with ThreadPoolExecutor(len(roles)) as pool:
             list(pool.map(one, roles))
     finally:
@@ -161,14 +170,15 @@ def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, time
     run.filt_local = local
     listener = reuse_socket(local)
     listener.listen(8)
-    conn = reuse_socket(local)
+    conn = None
     stop = threading.Event()
     token = secrets.token_bytes(8)
     t = threading.Thread(target=_accept_loop, args=(listener, stop, run.accepted, token), daemon=True)
     t.start()
     try:
         try:
-            run.filt_mapped = stun_tcp(conn, ep.primary, timeout)
+            conn, run.filt_mapped, resends = stun_tcp_from(local, ep.primary, timeout, syn_rto(run.rtt))
+            run.syn_resends += resends
         except (OSError, StunDecodeError) as exc:
             run.assist_error = f"no STUN answer over TCP: {exc}"
             return
@@ -203,7 +213,8 @@ def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, time
         stop.set()
         t.join(1.0)
         listener.close()
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,

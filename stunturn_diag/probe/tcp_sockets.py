@@ -1,17 +1,19 @@
 """TCP socket helpers shared by the probe's TCP runners (:mod:`.tcp_runner`,
 :mod:`.simopen_runner`): one local port for several connections (SO_REUSEADDR +
-SO_REUSEPORT), a STUN Binding over TCP on it, and whether raw sockets may be opened here."""
+SO_REUSEPORT), a connect that resends its SYN on the path's round-trip time
+(:func:`connect_from`), a STUN Binding over TCP on it, and whether raw sockets may be
+opened here."""
 
 from __future__ import annotations
 
 import socket
+import time
 
 from ..errors import StunDecodeError
+from ..netio import SO_REUSEPORT, SYN_RTO_MIN, connect_resending
 from ..stun_tcp import binding_transaction
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.plan import SOFTWARE
-
-SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 
 
 def reuse_socket(local: Address) -> socket.socket:
@@ -23,13 +25,50 @@ def reuse_socket(local: Address) -> socket.socket:
     return s
 
 
-def stun_tcp(s: socket.socket, dest: Address, timeout: float) -> Address:
-    """Connect ``s`` to ``dest`` and return XOR-MAPPED-ADDRESS from one Binding transaction
+def connect_from(local: Address, dest: Address, timeout: float, rto: float | None, *,
+                 fresh_port_after: int | None = None) -> tuple[socket.socket, int]:
+    """:func:`stunturn_diag.netio.connect_resending` from ``local`` with SO_REUSEPORT (the probe
+    reuses one local port for several connections)."""
+    return connect_resending(local, dest, timeout, rto, reuse_port=True, fresh_port_after=fresh_port_after)
+
+
+def stun_tcp(s: socket.socket, dest: Address, timeout: float, *, connect: bool = True) -> Address:
+    """Connect ``s`` to ``dest`` (``connect=False``: it already is) and return
+    XOR-MAPPED-ADDRESS from one Binding transaction
     (:func:`stunturn_diag.stun_tcp.binding_transaction`)."""
-    msg = binding_transaction(s, dest, timeout, software=SOFTWARE)
+    msg = binding_transaction(s, dest, timeout, software=SOFTWARE, connect=connect)
     if msg.mapped_address is None:
         raise StunDecodeError(f"STUN over TCP: no mapped address (error {msg.error})")
     return msg.mapped_address
+
+
+def stun_tcp_from(local: Address, dest: Address, timeout: float, rto: float | None, *,
+                  fresh_port_after: int | None = None) -> tuple[socket.socket, Address, int]:
+    """:func:`connect_from` then :func:`stun_tcp`, both within ``timeout``: the connected
+    socket (the caller closes it; its local port is ``local``'s unless ``fresh_port_after``
+    let it change), XOR-MAPPED-ADDRESS and the number of SYNs resent."""
+    deadline = time.monotonic() + timeout
+    s, resends = connect_from(local, dest, timeout, rto, fresh_port_after=fresh_port_after)
+    try:
+        return s, stun_tcp(s, dest, max(0.001, deadline - time.monotonic()), connect=False), resends
+    except BaseException:
+        s.close()
+        raise
+
+
+def syn_rto(rtt: float | None) -> float:
+    """The wait before :func:`connect_from` resends a SYN: 4 round trips (RFC 6298's
+    ``SRTT + 4 RTTVAR`` for a first sample is 3 RTT; one more for a loaded host), at least
+    :data:`~stunturn_diag.netio.SYN_RTO_MIN`; :data:`SYN_RTO_UNKNOWN` before any round trip
+    was measured. Pure."""
+    return SYN_RTO_UNKNOWN if rtt is None else max(SYN_RTO_MIN, 4 * rtt)
+
+
+#: SYNs from one local port before a test that may change its port moves to a fresh one
+#: (a lost SYN-ACK: :func:`stunturn_diag.netio.connect_resending`)
+SAME_PORT_SYNS = 2
+#: the first connect of a probe, before any TCP round trip was measured (the kernel: 1 s)
+SYN_RTO_UNKNOWN = 0.2
 
 
 def free_port(local_ip: str) -> Address:

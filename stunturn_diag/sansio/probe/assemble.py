@@ -102,6 +102,7 @@ def build(udp: UdpEvidence, tcp: TcpEvidence | None, tcp_ran: bool, lifetime: fl
         timings={"udp_ms": round((udp.finished - udp.started) * 1000, 3),
                  "tcp_ms": tcp.elapsed_ms if tcp else None,
                  "tcp_phases_ms": tcp.phase_ms if tcp else None,
+                 "tcp_syn_resends": tcp.syn_resends if tcp else None,
                  "srtt_ms": None if eng.srtt is None or eng.prior_only else round(eng.srtt * 1000, 3),
                  "rtt_prior_ms": None if eng.prior_rtt is None else round(eng.prior_rtt * 1000, 3),
                  "rto_ms": round(eng.rto * 1000, 3), "loss_estimate": round(eng.loss_estimate, 3),

@@ -49,6 +49,8 @@ class TcpEvidence:
     elapsed_ms: float = 0.0
     alloc: list[tuple[Address, Address | None]] = field(default_factory=list)
     rtts: list[float] = field(default_factory=list)
+    #: SYNs the runner resent itself (a connect's SYN unanswered within its RTO): lost packets
+    syn_resends: int = 0
     #: milliseconds per test, for the JSON timings
     phase_ms: dict[str, float] = field(default_factory=dict)
 
@@ -58,8 +60,9 @@ class TcpEvidence:
 
     @property
     def loss_seen(self) -> bool:
-        """A TCP allocation exchange took a retransmission (>= 200 ms TCP RTO over the fastest)."""
-        return bool(self.rtts) and max(self.rtts) > min(self.rtts) + 0.15
+        """A SYN was resent, or a TCP allocation exchange took a retransmission (>= 200 ms TCP
+        RTO over the fastest)."""
+        return self.syn_resends > 0 or (bool(self.rtts) and max(self.rtts) > min(self.rtts) + 0.15)
 
     @property
     def rtt(self) -> float | None:
