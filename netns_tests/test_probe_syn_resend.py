@@ -27,10 +27,10 @@ SNIPPET = """
 import json, sys
 from stunturn_diag.probe.tcp_sockets import stun_tcp_from
 server, local_port, fresh = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s, mapped, resends = stun_tcp_from(("0.0.0.0", local_port), (server, %d), 5.0, 0.05,
-                                   fresh_port_after=None if fresh == "none" else int(fresh))
-print(json.dumps({"local_port": s.getsockname()[1], "mapped": list(mapped), "resends": resends}))
-s.close()
+x = stun_tcp_from(("0.0.0.0", local_port), (server, %d), 5.0, 0.05,
+                  fresh_port_after=None if fresh == "none" else int(fresh))
+print(json.dumps({"local_port": x.sock.getsockname()[1], "mapped": list(x.mapped), "resends": x.resends}))
+x.sock.close()
 """ % STUN_PORT
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Callable
 
+from stunturn_diag.netio import SYN_RTO_MIN, connect_resending
 from stunturn_diag.sansio.assist_frame import assist_frame
 from stunturn_diag.sansio.netaddr import parse_queued_error
 
@@ -145,18 +146,25 @@ def reserve_port(source_ip: str, caller_ip: str) -> socket.socket:
 def connect_later(s: socket.socket, target: tuple[str, int], delay: float, timeout: float,
                   token: bytes, done: Callable[[], None]) -> None:
     """In an OS thread (blocking calls there never stall the gevent hub): ``delay`` seconds
-    later connect ``s`` to ``target`` and send the frame; close it and call ``done`` however
-    it ends. ``RuntimeError`` when no thread can be started (``s`` is left to the caller)."""
+    later connect from ``s``'s address to ``target`` (SYNs resent on a 50 ms doubling
+    schedule, :func:`stunturn_diag.netio.connect_resending`) and send the frame; close it
+    and call ``done`` however it ends. ``RuntimeError`` when no thread can be started (``s`` is left to the caller)."""
     def later() -> None:
+        conn = None
         try:
             time.sleep(delay)
-            s.settimeout(timeout)
-            s.connect(target)
+            local = s.getsockname()[:2]
+            s.close()  # its port is taken again at once, by the first of the resending sockets
+            # the caller watches for our SYN (it needs no answer): resend it on our own short
+            # schedule rather than the kernel's 1 s, so one lost SYN costs 50 ms, not the test
+            conn, _ = connect_resending(local, target, timeout, SYN_RTO_MIN)
             if token:
-                s.sendall(assist_frame(token))
+                conn.sendall(assist_frame(token))
         except OSError:
             pass
         finally:
             s.close()
+            if conn is not None:
+                conn.close()
             done()
     threading.Thread(target=later, name="probe-simopen", daemon=True).start()

@@ -40,6 +40,9 @@ def recv_exact(sock: socket.socket, n: int, deadline: float, *, what: str,
 
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+#: the first resend wait of a connect before any round trip to that server was measured
+#: (the kernel's: 1 s)
+SYN_RTO_UNKNOWN = 0.2
 
 
 #: our own SYN resends stop once the next wait would reach the kernel's first SYN
@@ -139,3 +142,53 @@ def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: fl
 #: varies by milliseconds; below this a resend would mostly be spurious (it costs the
 #: answer to the first SYN)
 SYN_RTO_MIN = 0.05
+
+
+def connect_racing(dest: tuple[str, int], timeout: float, rto: float, *,
+                   local_ip: str | None = None) -> tuple[socket.socket, int]:
+    """A TCP connection to ``dest`` within ``timeout`` for a caller whose local port does not
+    matter (the signaling client), and how many extra SYNs it took.
+
+    Where :func:`connect_resending` abandons an unanswered SYN, this keeps it: after
+    ``rto`` (then twice that, ...: :func:`syn_waits`) another connect starts from a
+    fresh port beside it, and the first to connect wins (the others are closed). So a
+    ``rto`` below the path's round trip costs one spare SYN, never the connection, and
+    a lost SYN or SYN-ACK costs ``rto`` instead of the kernel's 1 s. A refusal (RST) is
+    an answer: ``ConnectionRefusedError`` at once. ``TimeoutError`` by the deadline."""
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+    local = (local_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0)
+    pending: list[socket.socket] = []
+    last: OSError | None = None
+    try:
+        for i, wait in enumerate(syn_waits(rto, timeout)):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            pending.append(s)
+            s.bind(local)
+            lower_rto_min(s, rto)
+            s.setblocking(False)
+            err = s.connect_ex(dest)
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+            end = time.monotonic() + wait
+            while pending:
+                _, ready, _ = select.select([], pending, [], max(0.0, end - time.monotonic()))
+                for r in ready:
+                    err = r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if not err:
+                        pending.remove(r)
+                        r.setblocking(True)
+                        r.settimeout(timeout)
+                        return r, i
+                    pending.remove(r)
+                    r.close()
+                    last = OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+                    if err == errno.ECONNREFUSED:
+                        raise last
+                if not ready:
+                    break  # this SYN's wait is over: the next one starts beside it
+            if not pending and last is not None:
+                raise last
+        raise TimeoutError(f"connect to {dest[0]}:{dest[1]}: no answer in {timeout:.1f} s")
+    finally:
+        for s in pending:
+            s.close()

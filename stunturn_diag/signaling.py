@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .netio import SYN_RTO_MIN, connect_resending
+from .netio import SYN_RTO_MIN, SYN_RTO_UNKNOWN, connect_racing
 from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout, RateLimited,
                      ServerUnreachable, SignalingError, SignalingTlsError)
 
@@ -110,12 +110,17 @@ class TlsOptions:
                               hint="give a PEM file of CA certificates (--ca-file)") from None
 
 
+#: the round trip to each server (host, port) measured by this process's connects: a new
+#: client (the probe makes several) starts from it
+_RTTS: dict[tuple[str, int], float] = {}
+
+
 class _Connector:
-    """Opens the client's TCP connections (``socket.create_connection``'s signature): each
-    request is a new connection, and on a lossy path the kernel's first SYN resend comes
-    only after 1 s. Once one connect measured the round trip, later ones resend their SYN
-    themselves after 4 of them (:func:`stunturn_diag.netio.connect_resending`); the
-    first uses the kernel's schedule, so a long path never sees a spurious resend."""
+    """Opens the client's TCP connections (``socket.create_connection``'s signature). Each
+    request is a new connection, and on a lossy path the kernel resends a lost SYN only
+    after 1 s; here a second connect starts beside the first after 4 round trips
+    (:func:`stunturn_diag.netio.connect_racing`; 200 ms before one was measured), so a
+    long path pays at most a spare SYN, and a lost SYN or SYN-ACK costs one such wait."""
 
     def __init__(self) -> None:
         self.rtt: float | None = None
@@ -125,19 +130,20 @@ class _Connector:
         host, port = address[0], address[1]
         last: OSError | None = None
         for fam, _type, _proto, _name, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-            local = source_address or ("::" if fam == socket.AF_INET6 else "0.0.0.0", 0)
-            rtt = self.rtt
+            key = (sockaddr[0], sockaddr[1])
+            rtt = _RTTS.get(key)
             started = time.monotonic()
             try:
-                sock, resends = connect_resending(local, sockaddr[:2], timeout,
-                                                  None if rtt is None else max(SYN_RTO_MIN, 4 * rtt),
-                                                  fresh_port_after=2)
+                sock, extra = connect_racing(key, timeout, SYN_RTO_UNKNOWN if rtt is None
+                                             else max(SYN_RTO_MIN, 4 * rtt),
+                                             local_ip=source_address[0] if source_address else None)
             except OSError as exc:
                 last = exc
                 continue
-            if not resends:
+            if not extra:
                 took = time.monotonic() - started
-                self.rtt = took if rtt is None else min(rtt, took)
+                _RTTS[key] = took if rtt is None else min(rtt, took)
+            self.rtt = _RTTS.get(key)
             return sock
         raise last or OSError(f"{host} has no address")
 

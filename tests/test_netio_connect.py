@@ -10,7 +10,8 @@ import pytest
 
 from stunturn_diag.errors import ServerUnreachable
 from stunturn_diag.netio import KERNEL_SYN_RTO, connect_resending, syn_waits
-from stunturn_diag.probe.tcp_sockets import SYN_RTO_UNKNOWN, syn_rto
+from stunturn_diag.netio import SYN_RTO_UNKNOWN, connect_racing
+from stunturn_diag.probe.tcp_sockets import syn_rto
 from stunturn_diag.signaling import SignalingClient
 
 
@@ -81,3 +82,15 @@ def test_the_signaling_client_learns_the_round_trip():
         assert client.connect_rtt is not None and client.connect_rtt < 0.5
     finally:
         srv.close()
+
+
+def test_racing_connects_and_a_refusal_is_an_answer(listener):
+    s, extra = connect_racing(listener.getsockname(), 2.0, 0.05, local_ip="127.0.0.1")
+    try:
+        assert extra == 0 and s.getpeername() == listener.getsockname()
+    finally:
+        s.close()
+    closed = listener.getsockname()
+    listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        connect_racing(closed, 2.0, 0.05)

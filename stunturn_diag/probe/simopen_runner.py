@@ -126,10 +126,11 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
     conn = watch = sender = None
     try:
         try:  # learn our mapped port (EIM: reused)
-            conn, mapped, resends = stun_tcp_from(local, ep.primary, timeout, syn_rto(rtt),
-                                                  fresh_port_after=SAME_PORT_SYNS)
+            x = stun_tcp_from(local, ep.primary, timeout, syn_rto(run.connect_rtt or rtt),
+                              fresh_port_after=SAME_PORT_SYNS)
+            conn, mapped = x.sock, x.mapped
             local = conn.getsockname()[:2]
-            run.syn_resends += resends
+            run.count(x)
         except (OSError, StunDecodeError) as exc:
             info["error"] = f"no STUN answer over TCP: {exc}"
             return

@@ -84,12 +84,12 @@ def alloc_test(run: TcpEvidence, ep: Endpoints, local_ip: str, timeout: float = 
         t = time.monotonic()
         s = None
         try:
-            s, mapped, resends = stun_tcp_from(local, ep.primary,
-                                               min(timeout, FIRST_TIMEOUT) if i == 0 else timeout,
-                                               syn_rto(run.rtt or rtt_hint), fresh_port_after=SAME_PORT_SYNS)
+            x = stun_tcp_from(local, ep.primary, min(timeout, FIRST_TIMEOUT) if i == 0 else timeout,
+                              syn_rto(run.connect_rtt or rtt_hint), fresh_port_after=SAME_PORT_SYNS)
+            s, mapped = x.sock, x.mapped
             local = s.getsockname()[:2]  # a fresh flow all the same, on another port after a lost SYN-ACK
-            run.syn_resends += resends
-            if not resends:  # a clean sample: connect + one exchange
+            run.count(x)
+            if not x.resends:  # connect + one exchange
                 run.rtts.append(time.monotonic() - t)
         except (OSError, StunDecodeError) as exc:
             mapped = None
@@ -114,12 +114,13 @@ def mapping_test(run: TcpEvidence, ep: Endpoints, timeout: float, held: Held | N
     roles = {"alt-ip": ep.alt_ip, "alt-both": ep.alt_both, "alt-port": ep.alt_port}
     roles = {r: a for r, a in roles.items() if a is not None}
     socks: dict[str, socket.socket] = {}
-    rto = syn_rto(run.rtt)
+    rto = syn_rto(run.connect_rtt)
 
     def one(role: str) -> None:
         try:
-            socks[role], run.mapped[role], resends = stun_tcp_from(run.local_map, roles[role], timeout, rto)
-            run.syn_resends += resends
+            x = stun_tcp_from(run.local_map, roles[role], timeout, rto)
+            socks[role], run.mapped[role] = x.sock, x.mapped
+            run.count(x)
         except (OSError, StunDecodeError) as exc:
             run.mapped[role] = None
             run.errors[f"map.{role}"] = str(exc) or type(exc).__name__
@@ -177,8 +178,9 @@ def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, time
     t.start()
     try:
         try:
-            conn, run.filt_mapped, resends = stun_tcp_from(local, ep.primary, timeout, syn_rto(run.rtt))
-            run.syn_resends += resends
+            x = stun_tcp_from(local, ep.primary, timeout, syn_rto(run.connect_rtt))
+            conn, run.filt_mapped = x.sock, x.mapped
+            run.count(x)
         except (OSError, StunDecodeError) as exc:
             run.assist_error = f"no STUN answer over TCP: {exc}"
             return

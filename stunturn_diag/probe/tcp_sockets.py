@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import NamedTuple
 
 from ..errors import StunDecodeError
-from ..netio import SO_REUSEPORT, SYN_RTO_MIN, connect_resending
+from ..netio import SO_REUSEPORT, SYN_RTO_MIN, SYN_RTO_UNKNOWN, connect_resending
 from ..stun_tcp import binding_transaction
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.plan import SOFTWARE
@@ -42,24 +43,35 @@ def stun_tcp(s: socket.socket, dest: Address, timeout: float, *, connect: bool =
     return msg.mapped_address
 
 
+class TcpExchange(NamedTuple):
+    """What :func:`stun_tcp_from` returns."""
+
+    sock: socket.socket          # connected; the caller closes it
+    mapped: Address              # XOR-MAPPED-ADDRESS
+    resends: int                 # SYNs resent
+    connect_s: float | None      # seconds from the SYN to the connection (~1 RTT); None after resends
+
+
 def stun_tcp_from(local: Address, dest: Address, timeout: float, rto: float | None, *,
-                  fresh_port_after: int | None = None) -> tuple[socket.socket, Address, int]:
-    """:func:`connect_from` then :func:`stun_tcp`, both within ``timeout``: the connected
-    socket (the caller closes it; its local port is ``local``'s unless ``fresh_port_after``
-    let it change), XOR-MAPPED-ADDRESS and the number of SYNs resent."""
-    deadline = time.monotonic() + timeout
+                  fresh_port_after: int | None = None) -> TcpExchange:
+    """:func:`connect_from` then :func:`stun_tcp`, both within ``timeout``. The socket's local
+    port is ``local``'s unless ``fresh_port_after`` let it change."""
+    started = time.monotonic()
+    deadline = started + timeout
     s, resends = connect_from(local, dest, timeout, rto, fresh_port_after=fresh_port_after)
+    connected = time.monotonic() - started
     try:
-        return s, stun_tcp(s, dest, max(0.001, deadline - time.monotonic()), connect=False), resends
+        mapped = stun_tcp(s, dest, max(0.001, deadline - time.monotonic()), connect=False)
     except BaseException:
         s.close()
         raise
+    return TcpExchange(s, mapped, resends, None if resends else connected)
 
 
 def syn_rto(rtt: float | None) -> float:
     """The wait before :func:`connect_from` resends a SYN: 4 round trips (RFC 6298's
     ``SRTT + 4 RTTVAR`` for a first sample is 3 RTT; one more for a loaded host), at least
-    :data:`~stunturn_diag.netio.SYN_RTO_MIN`; :data:`SYN_RTO_UNKNOWN` before any round trip
+    :data:`~stunturn_diag.netio.SYN_RTO_MIN`; :data:`~stunturn_diag.netio.SYN_RTO_UNKNOWN` before any round trip
     was measured. Pure."""
     return SYN_RTO_UNKNOWN if rtt is None else max(SYN_RTO_MIN, 4 * rtt)
 
@@ -67,8 +79,6 @@ def syn_rto(rtt: float | None) -> float:
 #: SYNs from one local port before a test that may change its port moves to a fresh one
 #: (a lost SYN-ACK: :func:`stunturn_diag.netio.connect_resending`)
 SAME_PORT_SYNS = 2
-#: the first connect of a probe, before any TCP round trip was measured (the kernel: 1 s)
-SYN_RTO_UNKNOWN = 0.2
 
 
 def free_port(local_ip: str) -> Address:

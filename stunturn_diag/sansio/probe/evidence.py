@@ -51,6 +51,8 @@ class TcpEvidence:
     rtts: list[float] = field(default_factory=list)
     #: SYNs the runner resent itself (a connect's SYN unanswered within its RTO): lost packets
     syn_resends: int = 0
+    #: seconds from SYN to connection of the connects that needed no resend (~1 RTT each)
+    connect_times: list[float] = field(default_factory=list)
     #: milliseconds per test, for the JSON timings
     phase_ms: dict[str, float] = field(default_factory=dict)
 
@@ -63,6 +65,17 @@ class TcpEvidence:
         """A SYN was resent, or a TCP allocation exchange took a retransmission (>= 200 ms TCP
         RTO over the fastest)."""
         return self.syn_resends > 0 or (bool(self.rtts) and max(self.rtts) > min(self.rtts) + 0.15)
+
+    @property
+    def connect_rtt(self) -> float | None:
+        """The fastest clean connect (a round trip free of data retransmissions), or None."""
+        return min(self.connect_times, default=None)
+
+    def count(self, exchange) -> None:
+        """Record a connect's resends and its clean connect time (a ``TcpExchange``)."""
+        self.syn_resends += exchange.resends
+        if exchange.connect_s is not None:
+            self.connect_times.append(exchange.connect_s)
 
     @property
     def rtt(self) -> float | None:
