@@ -23,7 +23,8 @@ from typing import Callable
 
 from ..errors import PunchError, SignalingError, TurnError
 from stunturn_diag.sansio.turn import client as turn
-from ..turn.runner import TurnSession
+from ..turn.runner import DatagramRelay, TurnSession
+from ..turn.stream_runner import UdpOverTcpSession
 from stunturn_diag.sansio.punch.handshake import StartedPake, start_pake
 from stunturn_diag.sansio.punch.wire import Role
 from .channel import UdpChannel
@@ -32,8 +33,6 @@ from stunturn_diag.sansio.netaddr import Address
 
 #: exchange polling: first gap, growth, largest gap, most requests (bounded loop)
 POLL_FIRST, POLL_GROWTH, POLL_MAX, POLL_COUNT = 0.01, 1.5, 0.25, 200
-#: the channel keeps its allocation alive: refresh/ChannelBind at most this often
-MAINTAIN_EVERY = 5.0
 #: allocation lifetime asked for (RFC 8656 section 7.2; coturn gives at least 600 s)
 LIFETIME = 600
 
@@ -45,27 +44,30 @@ def _addr(d: object) -> Address | None:
 
 
 class TurnTransport:
-    """A socket-like datagram endpoint through one TURN allocation (what
-    :class:`~.udp.UdpRendezvous` and :class:`~.channel.UdpChannel` need of a socket).
+    """A socket-like datagram endpoint through one UDP allocation (what
+    :class:`~.udp.UdpRendezvous` and :class:`~.channel.UdpChannel` need of a socket),
+    whether the relay is reached over UDP (:class:`TurnSession`) or over TCP
+    (:class:`UdpOverTcpSession`, RFC 8656 section 3.1).
 
     ``sendto`` wraps data for a peer in ChannelData (a Send indication before a channel
     is bound); ``recvfrom`` returns the peers' data, answering the server's own messages
     (refresh answers, 438 stale nonce) on the way; ``getsockname`` is the relayed
     address. While in use it refreshes the allocation and the channel before they expire
-    (sections 8 and 12); ``close`` deletes the allocation (Refresh with lifetime 0).
+    (sections 8 and 12, :meth:`TurnClient.keep_alive`); ``close`` deletes the allocation
+    (Refresh with lifetime 0).
     """
 
-    def __init__(self, session: TurnSession, peer: Address, *,
+    def __init__(self, session: DatagramRelay, peer: Address, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session, self.peer, self.clock = session, tuple(peer), clock
-        self._next_maintenance = clock() + MAINTAIN_EVERY
         self.closed = False
+        self._lock = threading.Lock()      # the channel's thread and the user's both send
 
     def fileno(self) -> int:
-        return self.session.sock.fileno()
+        return self.session.fileno()
 
     def setblocking(self, flag: bool) -> None:
-        self.session.sock.setblocking(flag)
+        """Reads never block (``read_nowait``); writes are the session's."""
 
     def getsockname(self) -> Address:
         return self.session.client.relayed or self.session.sock.getsockname()[:2]
@@ -74,38 +76,33 @@ class TurnTransport:
         """TTL options do not apply: the relay sends with its own."""
 
     def sendto(self, data: bytes, address: Address) -> int:
-        self._maintain()
-        return self.session.sock.send(self.session.client.send(os.urandom(12), address, data))
+        with self._lock:
+            self._maintain()
+            self.session.write(self.session.client.send(os.urandom(12), address, data))
+        return len(data)
 
     def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, Address]:
-        if self.session.inbox:
-            event = self.session.inbox.popleft()
-            return event.data, event.peer
+        inbox = self.session.inbox
         for _ in range(64):
-            data = self.session.sock.recv(65535)    # BlockingIOError when nothing is queued
-            for event in self.session.client.receive(data, self.clock()):
+            if inbox:
+                event = inbox.popleft()
+                return event.data[:bufsize], event.peer
+            events = self.session.read_nowait(self.clock())   # BlockingIOError: nothing queued
+            for event in events:
                 if isinstance(event, turn.PeerData):
-                    return event.data[:bufsize], event.peer
-                if isinstance(event, turn.Challenged):     # 438: the nonce went stale
-                    retry = self.session.client.retry(event.transaction_id, os.urandom(12),
-                                                      self.clock())
-                    self.session.sock.send(retry)
+                    inbox.append(event)
+                elif isinstance(event, turn.Challenged):     # 438: the nonce went stale
+                    with self._lock:
+                        self.session.write(self.session.client.retry(
+                            event.transaction_id, os.urandom(12), self.clock()))
         raise BlockingIOError("no peer data queued")
 
     def _maintain(self) -> None:
-        now = self.clock()
-        if now < self._next_maintenance or self.session.client.relayed is None:
-            return
-        self._next_maintenance = now + MAINTAIN_EVERY
-        client = self.session.client
         try:
-            if client.refresh_due(now):
-                self.session.sock.send(client.refresh(os.urandom(12), now, lifetime=LIFETIME))
-            elif client.permission_due(self.peer[0], now):
-                number = client.channels.get(self.peer)
-                if number is not None:      # re-binding refreshes channel and permission
-                    self.session.sock.send(client.channel_bind(os.urandom(12), self.peer,
-                                                               number, now))
+            request = self.session.client.keep_alive(os.urandom(12), self.peer, self.clock(),
+                                                     lifetime=LIFETIME)
+            if request is not None:
+                self.session.write(request)
         except OSError:
             pass       # an unreachable relay shows as silence: the channel's peer-lost
 
@@ -115,8 +112,8 @@ class TurnTransport:
         self.closed = True
         try:
             if self.session.client.relayed is not None:
-                self.session.sock.send(self.session.client.refresh(os.urandom(12), self.clock(),
-                                                                   lifetime=0))
+                self.session.write(self.session.client.refresh(os.urandom(12), self.clock(),
+                                                               lifetime=0))
         except (OSError, TurnError):     # best effort: the allocation expires anyway
             pass
         self.session.close()
