@@ -124,6 +124,8 @@ class RelayPath:
 
     #: what it relays (the exchange's transport; :class:`.tcp_relay_path.TcpRelayPath`: tcp)
     protocol = "udp"
+    #: how this side reaches the relay (:class:`StreamRelayPath`: over TCP)
+    control = "udp"
 
     def __init__(self, signaling, turn_offer: dict, match_id: str, role: Role | str, *,
                  key: str | bytes = b"", say: Callable[[str], None] | None = None) -> None:
@@ -203,12 +205,16 @@ class RelayPath:
         why = f"{got.code} {got.reason}" if isinstance(got, turn.TurnFailure) else "no answer"
         self._fail(f"the TURN relay {self.server[0]}:{self.server[1]} refused or did not answer "
                    f"the allocation ({why})",
-                   hint=f"is the relay reachable over {self.protocol.upper()} and does it share "
+                   hint=f"is the relay reachable over {self.control.upper()} and does it share "
                         "serve's --turn-secret?")
+
+    def _session(self, until: float) -> DatagramRelay:
+        """The session the UDP allocation is made on: to the relay over UDP."""
+        return TurnSession(self.server, self.offer["username"], self.offer["password"])
 
     def _allocate(self, until: float) -> bool:
         """The allocation (``self.session``, ``self.relayed``); False after ``_fail``."""
-        self.session = TurnSession(self.server, self.offer["username"], self.offer["password"])
+        self.session = self._session(until)
         got = self.session.allocate(lifetime=LIFETIME, timeout=max(0.1, until - time.monotonic()))
         if not isinstance(got, turn.Allocated):
             self._refused(got)
@@ -293,6 +299,20 @@ class RelayPath:
         self._stop.set()
         if self._thread is None or self._done.is_set():
             self._release()
+
+
+class StreamRelayPath(RelayPath):
+    """The UDP relay of a side whose network blocks UDP: the same UDP allocation,
+    exchange, channel and handshake as :class:`RelayPath`, but the allocation's requests
+    and the datagrams go over a TCP connection to the relay (RFC 8656 section 3.1,
+    REQUESTED-TRANSPORT 17; :class:`~stunturn_diag.turn.stream_runner.UdpOverTcpSession`).
+    The peer sees an ordinary UDP relayed address and reaches it from its own allocation."""
+
+    control = "tcp"
+
+    def _session(self, until: float) -> DatagramRelay:
+        return UdpOverTcpSession(self.server, self.offer["username"], self.offer["password"],
+                                 connect_timeout=max(0.1, min(5.0, until - time.monotonic())))
 
 
 #: plans whose port prediction would count a new flow on our NAT: the allocation
