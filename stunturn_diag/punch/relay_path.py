@@ -327,14 +327,15 @@ def for_plan(side, match: dict, plan, protocol: str, direct_deadline: float) -> 
     allocations, :mod:`.tcp_relay_path`) or with ``PunchOptions.relay=False``. Right
     after the match the allocation and the address exchange start beside the direct
     attempt, so a fallback finds them ready; for a ``predict``/``birthday`` plan (our
-    NAT's next ports are counted) only on failure.
+    NAT's next ports are counted) only on failure. A side whose UDP is blocked
+    (``plan.blocked``) reaches the relay over TCP (:class:`StreamRelayPath`).
     """
     if protocol not in ("udp", "tcp") or not side.opts.relay:
         return None
     if protocol == "tcp":
         from .tcp_relay_path import TcpRelayPath as kind
     else:
-        kind = RelayPath
+        kind = StreamRelayPath if side.role in plan.blocked else RelayPath
     relay = kind.offered(side.client, match, side.role, key=side.key, say=side._say)
     if relay is not None and plan.strategy not in _PREDICTED:
         relay.start(direct_deadline + side.opts.relay_timeout)
