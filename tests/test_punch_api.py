@@ -399,3 +399,16 @@ def test_a_receiver_without_udp_that_reaches_the_relay_over_tcp_is_no_problem(ro
     else:
         problem = transport_problem(role, "udp", [], {}, receiver, relay=relay)
     assert (problem.reason if problem else None) == reason
+
+
+def test_a_side_with_no_relay_says_so_and_a_receiver_without_udp_then_has_no_way():
+    from stunturn_diag.sansio.punch.candidates import peer_uses_relay
+    from stunturn_diag.sansio.punch.details import signaling_details
+
+    def details(relay: bool) -> dict:
+        return signaling_details(None, {}, pair_flows=0, birthday=False, unavailable={},
+                                 portmap=None, next_port=None, counter_rate=None,
+                                 software="t", relay=relay)
+    assert details(False)["nat"]["punch"]["relay"] is False and not peer_uses_relay(details(False))
+    assert "relay" not in details(True)["nat"]["punch"] and peer_uses_relay(details(True))
+    assert peer_uses_relay({}) and peer_uses_relay({"nat": {"punch": {}}})   # older peers

@@ -24,7 +24,8 @@ server-reflexive address from the socket that will punch (keeping it alive; a re
 learns its UDP and TCP mappings concurrently and keeps whichever it got); send it with
 local addresses, the transports it has and the NAT profile; get matched; both sides
 check that the initiator's protocol is one the receiver has (else both fail at once
-with ``protocol-unavailable``); derive the same plan as the peer
+with ``protocol-unavailable``; with a relay offered, a side whose UDP got no STUN
+answer takes the relay reached over TCP instead, ``nat.punch.relay_only``); derive the same plan as the peer
 (:func:`stunturn_diag.sansio.punch.decision.decide`), punch, authenticate (:mod:`stunturn_diag.sansio.punch.handshake`).
 
 Port prediction and the probe: a sequentially allocating NAT hands every new flow the
@@ -52,7 +53,8 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
                       SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
 from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_pake
-from stunturn_diag.sansio.punch.candidates import address_of, build_targets, vet_peer_candidates
+from stunturn_diag.sansio.punch.candidates import (address_of, build_targets, peer_uses_relay,
+                                                  vet_peer_candidates)
 from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
@@ -300,7 +302,8 @@ class _Side:
             pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
             portmap=self._portmap.address if self._portmap is not None else None,
             next_port=self.promise.next_port, counter_rate=self.promise.counter_rate,
-            software=f"stunturn-diag/{__version__}", relay_only=self.relay_only)
+            software=f"stunturn-diag/{__version__}", relay_only=self.relay_only,
+            relay=self.opts.relay)
 
     def _stun_endpoint(self, protocol: str) -> Address:
         info = self._info if self._info is not None else self.client.info()
@@ -581,7 +584,8 @@ class _Side:
                                         self.unavailable, peer_details(match),
                                         relay_only=self.relay_only,
                                         relay=self.opts.relay and
-                                        isinstance(match.get("turn"), dict))
+                                        isinstance(match.get("turn"), dict) and
+                                        peer_uses_relay(peer_details(match)))
             if problem is not None:
                 problem.context = {"protocol": protocol, "role": self.role,
                                    "match_id": str(match.get("match_id", ""))}
@@ -633,11 +637,15 @@ class _Side:
         # a side without UDP (plan.blocked): nothing to punch, the relay at once
         fams = None if plan.blocked else self._family_plan(protocol, details, plan)
         relay = relay_path.for_plan(self, match, plan, protocol, deadline)
-        if rv is None and relay is None:       # relay only, but no relay in this match
+        if plan.blocked and (relay is None or not peer_uses_relay(details)):
+            # a side without UDP but no relay on both sides: the reasons of no relay at all
+            if relay is not None:
+                relay.close()
             self.v6.close()
-            raise self._errors.get(protocol) or PunchError(
-                f"{protocol.upper()} was not prepared and the match offers no relay",
-                reason="stun-failed")
+            raise PunchError(f"{plan.explanation}; but {'this side' if relay is None else 'the peer'}"
+                             " does not use the relay (--no-relay, or no relay in the match)",
+                             reason="stun-failed" if self.role in plan.blocked
+                             else "protocol-unavailable")
         try:
             if relay is not None and not plan.feasible and (fams is None or 6 not in fams.start):
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)

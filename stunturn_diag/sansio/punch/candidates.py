@@ -175,6 +175,14 @@ def peer_relay_only(details: object) -> dict[str, str]:
     return {p: str(w) for p, w in relays.items() if isinstance(p, str)}
 
 
+def peer_uses_relay(details: object) -> bool:
+    """Whether the peer falls back to a relay: ``nat.punch.relay`` is not false (it ran
+    with ``--no-relay``); an older peer that does not say does."""
+    nat = details.get("nat") if isinstance(details, dict) else None
+    punch = nat.get("punch") if isinstance(nat, dict) else None
+    return not (isinstance(punch, dict) and punch.get("relay") is False)
+
+
 def promised_port(details: object) -> int | None:
     """``details.nat.punch.next_port``: where a sequential peer steers its first punch
     flow (see :mod:`.counter`), None if absent or malformed."""

@@ -77,11 +77,12 @@ def signaling_details(profile: dict | None, prepared: dict[str, tuple[Address, l
                       *, pair_flows: int, birthday: bool, unavailable: dict[str, str],
                       portmap: Address | None, next_port: int | None,
                       counter_rate: float | None, software: str,
-                      relay_only: dict[str, str] | None = None) -> dict:
+                      relay_only: dict[str, str] | None = None, relay: bool = True) -> dict:
     """Our signaling details: the first prepared protocol's addresses (``prepared``:
     protocol -> (mapped, local candidates), in binding order), others in nat.punch.alt;
     ``relay_only``: the unavailable protocols we use through the relay reached over TCP
-    (``nat.punch.relay_only``, protocol -> why)."""
+    (``nat.punch.relay_only``, protocol -> why); ``relay`` False (``--no-relay``):
+    ``nat.punch.relay: false``, so a peer without UDP knows it cannot relay to us."""
     nat = punch_profile(profile)
     order = list(prepared)
     first_proto = next(iter(prepared), None)
@@ -91,6 +92,8 @@ def signaling_details(profile: dict | None, prepared: dict[str, tuple[Address, l
                    "transports": order}
     if unavailable:
         punch["unavailable"] = {p: why[:WHY_MAX] for p, why in unavailable.items()}
+    if not relay:
+        punch["relay"] = False
     if relay_only:
         punch["relay_only"] = {p: why[:WHY_MAX] for p, why in relay_only.items()}
     if portmap is not None:
