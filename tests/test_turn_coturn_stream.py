@@ -91,7 +91,8 @@ def _connect(client, init, recv, stream_role: str = "initiator", peer_timeout: f
 
 
 @pytest.mark.parametrize("stream_role", ["initiator", "receiver"])
-def test_the_punch_channel_runs_over_a_udp_allocation_reached_over_tcp(coturn, stream_role):  # noqa: F811
+def test_the_punch_channel_runs_over_a_udp_allocation_reached_over_tcp(  # noqa: F811
+        coturn, stream_role):
     with match_through(coturn) as (client, init, recv):
         paths, chans = _connect(client, init, recv, stream_role)
         try:

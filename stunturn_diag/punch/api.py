@@ -25,7 +25,8 @@ learns its UDP and TCP mappings concurrently and keeps whichever it got); send i
 local addresses, the transports it has and the NAT profile; get matched; both sides
 check that the initiator's protocol is one the receiver has (else both fail at once
 with ``protocol-unavailable``; with a relay offered, a side whose UDP got no STUN
-answer takes the relay reached over TCP instead, ``nat.punch.relay_only``); derive the same plan as the peer
+answer takes the relay reached over TCP instead, ``nat.punch.relay_only``); derive the
+same plan as the peer
 (:func:`stunturn_diag.sansio.punch.decision.decide`), punch, authenticate (:mod:`stunturn_diag.sansio.punch.handshake`).
 
 Port prediction and the probe: a sequentially allocating NAT hands every new flow the
@@ -642,8 +643,9 @@ class _Side:
             if relay is not None:
                 relay.close()
             self.v6.close()
-            raise PunchError(f"{plan.explanation}; but {'this side' if relay is None else 'the peer'}"
-                             " does not use the relay (--no-relay, or no relay in the match)",
+            who = "this side" if relay is None else "the peer"
+            raise PunchError(f"{plan.explanation}; but {who} does not use the relay "
+                             "(--no-relay, or no relay in the match)",
                              reason="stun-failed" if self.role in plan.blocked
                              else "protocol-unavailable")
         try:

@@ -30,12 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stunturn_diag.errors import TurnError, TurnFramingError
-from stunturn_diag.sansio.stun import MAGIC_COOKIE, AttrType, MessageClass, Method, StunMessage, decode
+from stunturn_diag.sansio.stun import (MAGIC_COOKIE, AttrType, MessageClass, Method,
+                                       StunMessage, decode)
 from stunturn_diag.sansio.stun.values import Address
 from stunturn_diag.errors import StunDecodeError
 
-from .client import (CHANNEL_MAX, DEFAULT_LIFETIME, LIFETIME, REQUESTED_TRANSPORT, Event, TurnClient,
-                     TurnFailure, _Pending, _u32)
+from .client import (CHANNEL_MAX, DEFAULT_LIFETIME, LIFETIME, REQUESTED_TRANSPORT, Event,
+                     TurnClient, TurnFailure, _Pending, _u32)
 
 #: RFC 6062 section 6.2: the CONNECTION-ID attribute (a 32-bit value)
 CONNECTION_ID = 0x002A
