@@ -56,6 +56,16 @@ def test_a_udp_allocation_over_tcp_exchanges_datagrams_with_a_udp_one(coturn):  
         for i in range(50):
             udp.send(tcp.client.relayed, b"n%d" % i)
         assert [tcp.recv(5).data for _ in range(50)] == [b"n%d" % i for i in range(50)]
+        # near the allocation's end (fake clock) a send refreshes it first (section 8);
+        # the answer, read on the way to the peer's next datagram, renews the expiry
+        later = time.monotonic() + 590
+        tcp.clock = lambda: later
+        tcp.client._keep_alive_after = 0
+        tcp.send(udp.client.relayed, b"refresh first")
+        assert udp.recv(5).data == b"refresh first"
+        udp.send(tcp.client.relayed, b"after the refresh")
+        assert tcp.recv(5).data == b"after the refresh"
+        assert tcp.client.expires is not None and tcp.client.expires >= later + 500
         assert tcp.lost is None
 
 

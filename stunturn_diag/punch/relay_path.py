@@ -76,9 +76,10 @@ class TurnTransport:
         """TTL options do not apply: the relay sends with its own."""
 
     def sendto(self, data: bytes, address: Address) -> int:
+        """Through the relay, after a keep-alive request when one is due (an unreachable
+        relay shows as silence: the channel's ``peer-lost``)."""
         with self._lock:
-            self._maintain()
-            self.session.write(self.session.client.send(os.urandom(12), address, data))
+            self.session.send(address, data, now=self.clock())
         return len(data)
 
     def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, Address]:
@@ -87,24 +88,8 @@ class TurnTransport:
             if inbox:
                 event = inbox.popleft()
                 return event.data[:bufsize], event.peer
-            events = self.session.read_nowait(self.clock())   # BlockingIOError: nothing queued
-            for event in events:
-                if isinstance(event, turn.PeerData):
-                    inbox.append(event)
-                elif isinstance(event, turn.Challenged):     # 438: the nonce went stale
-                    with self._lock:
-                        self.session.write(self.session.client.retry(
-                            event.transaction_id, os.urandom(12), self.clock()))
+            self.session.poll(self.clock())          # BlockingIOError: nothing queued
         raise BlockingIOError("no peer data queued")
-
-    def _maintain(self) -> None:
-        try:
-            request = self.session.client.keep_alive(os.urandom(12), self.peer, self.clock(),
-                                                     lifetime=LIFETIME)
-            if request is not None:
-                self.session.write(request)
-        except OSError:
-            pass       # an unreachable relay shows as silence: the channel's peer-lost
 
     def close(self) -> None:
         if self.closed:

@@ -78,9 +78,27 @@ class DatagramRelay(TurnRequests):
         return self._transact(lambda tid, now: self.client.channel_bind(tid, peer, number, now),
                               timeout)
 
-    def send(self, peer: Address, data: bytes) -> None:
-        """Data to ``peer`` through the relay (ChannelData once bound, else Send)."""
+    def send(self, peer: Address, data: bytes, now: float | None = None) -> None:
+        """Data to ``peer`` through the relay (ChannelData once bound, else Send), after
+        the keep-alive request due at ``now``, if any (:meth:`TurnClient.keep_alive`:
+        Refresh, RFC 8656 section 8, or a ChannelBind again, section 12.1)."""
+        now = self.clock() if now is None else now
+        request = self.client.keep_alive(self._tid(), peer, now)
+        if request is not None:
+            self.write(request)
         self.write(self.client.send(self._tid(), peer, data))
+
+    def poll(self, now: float | None = None) -> None:
+        """Take what the server sent (BlockingIOError: nothing there): peers' data into
+        :attr:`inbox`, a request challenged by 438 (a stale nonce, RFC 8489 section
+        9.2.5) sent again with the new nonce; answers to keep-alive requests update the
+        client (expiry, permissions)."""
+        now = self.clock() if now is None else now
+        for event in self.read_nowait(now):
+            if isinstance(event, turn.PeerData):
+                self.inbox.append(event)
+            elif isinstance(event, turn.Challenged):
+                self.write(self.client.retry(event.transaction_id, self._tid(), now))
 
     def recv(self, timeout: float) -> turn.PeerData | None:
         """The next datagram from a peer, or None after ``timeout``."""
@@ -92,10 +110,9 @@ class DatagramRelay(TurnRequests):
             readable, _, _ = select.select([self], [], [], left)
             if readable:
                 try:
-                    events = self.read_nowait()
+                    self.poll()
                 except OSError:
                     continue
-                self.inbox.extend(e for e in events if isinstance(e, turn.PeerData))
         return self.inbox.popleft()
 
 
