@@ -7,7 +7,9 @@ API with their NAT profiles known. ``connect_ms`` is each peer's time from the m
 the authenticated channel (for ``relay``: allocation, relayed-address exchange,
 ChannelBind and the handshake through the relay; over TCP: the RFC 6062 allocation,
 the exchange, Connect/ConnectionAttempt + ConnectionBind and the handshake). Target:
-relay <= 100 ms in the lab. UDP pairs first, then TCP ones (``protocol`` in --json).
+relay <= 100 ms in the lab. UDP pairs first (the last two with a ``udp-blocked`` side,
+relayed through a UDP allocation it reaches over TCP), then TCP ones (``protocol`` in
+--json).
 
 With ``--matrix`` it instead runs the whole catalogue (105 pairs per protocol; ``--proto``
 picks one) through ``lab matrix --relay`` (our punch as the matrix program:
@@ -37,6 +39,8 @@ FALLBACK = ("symmetric-random", "symmetric-random")
 FALLBACK_PUNCH_TIMEOUT = 1.0
 #: TCP: a pair punched directly and one only the relay (RFC 6062 TCP allocations) joins
 TCP_PAIRS = [("port-restricted", "full-cone"), ("symmetric-random", "port-restricted")]
+#: UDP blocked on one side: its UDP relayed address through TURN over TCP (RFC 8656 3.1)
+BLOCKED_PAIRS = [("udp-blocked", "port-restricted"), ("port-restricted", "udp-blocked")]
 
 
 def _options(ap) -> None:
@@ -114,6 +118,7 @@ def main() -> int:
     from stunturn_diag.lab.pair_runner import PATH_PAIRS, run_pair_with_relay
 
     pairs = [(a, b) for _path, a, b in PATH_PAIRS] + [("symmetric-random", "port-restricted")]
+    pairs += BLOCKED_PAIRS
 
     def run_once(a: str, b: str, protocol: str = "udp"):
         res = run_pair_with_relay(a, b, punch_timeout=5.0, protocol=protocol)

@@ -13,9 +13,12 @@ from the NAT specs (RFC 4787) independently of :mod:`stunturn_diag.sansio.punch.
 must agree with it pair by pair. Pairs that can be punched must connect directly,
 authenticate and exchange data both ways; the pairs that cannot (relay-needed) must
 connect through the relay at once, each side naming why direct was not possible
-(``relay_reason``); pairs with a site that has no UDP at all (no relay over UDP
-either) must fail with a reason naming the cause, read from each peer's JSON line in
-the pair's log folder. A small extra chunk has a gateway that maps ports
+(``relay_reason``); pairs with a site that has no UDP at all connect through the relay
+too, the blocked side reaching it over TCP for a UDP relayed address (RFC 8656 section
+3.1; ``relay_reason`` ``udp-blocked: ...``), read from each peer's JSON line in the
+pair's log folder (without a relay those pairs fail with ``stun-failed`` /
+``protocol-unavailable``: tests/test_punch_api.py and the no-relay runs of
+netns_tests/test_punch_defaults.py). A small extra chunk has a gateway that maps ports
 (``+portmap``/``+upnp``): those pairs take the port mapping, not the relay. The catalogue runs in a few chunks (one ``lab matrix`` call
 each, parallel under xdist); a failing chunk names its failing pairs.
 """
@@ -32,7 +35,6 @@ import pytest
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec
 from stunturn_diag.lab.ci.plan import make_pair
-from stunturn_diag.lab.ci.runner import GRACE
 from stunturn_diag.lab.pair_runner import parse_peer_output, run_pair
 from stunturn_testkit import punch_matrix
 
@@ -50,12 +52,11 @@ JOBS = int(os.environ.get("STUNTURN_MATRIX_JOBS") or (1 if os.environ.get("PYTES
 
 
 def theory(a: str, b: str) -> str | None:
-    """None if the pair can be punched, else the failure reason we expect."""
+    """None if the pair can be punched, else why not (``udp-blocked``: a site has no
+    UDP, so the relay over TCP; ``relay-needed``: the NATs rule punching out)."""
     na, nb = CATALOGUE[a], CATALOGUE[b]
-    if na.udp_blocked:      # the initiator (a) cannot learn its mapping: it never waits
-        return "stun-failed"
-    if nb.udp_blocked:      # the receiver checks in without UDP: both learn it at once
-        return "protocol-unavailable"
+    if na.udp_blocked or nb.udp_blocked:     # no UDP mapping on that side to punch with
+        return "udp-blocked"
 
     def random(n):
         return n.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT and \
@@ -78,9 +79,8 @@ def runner_reason(entry: dict) -> str | None:
     theory entry (``{"possible", "strategy", "explanation"}``); None: punchable."""
     if entry["possible"]:
         return None
-    if entry["strategy"] == "blocked":        # a: never learns its mapping; b: named at pairing
-        return "stun-failed" if entry["explanation"].startswith("site a ") else \
-            "protocol-unavailable"
+    if entry["strategy"] == "blocked":        # with the relay reached over TCP instead
+        return "udp-blocked" if entry.get("relay_over_tcp") else "blocked"
     return entry["strategy"]                  # relay-needed
 
 
@@ -92,19 +92,17 @@ def _chunks() -> dict[str, list[tuple[str, str]]]:
     punchable = by_reason.pop(None)
     out = {f"punchable-{i + 1}": punchable[i::4] for i in range(4)}
     out["relay-needed"] = by_reason.pop("relay-needed")
-    out["blocked"] = by_reason.pop("stun-failed") + by_reason.pop("protocol-unavailable")
+    out["blocked"] = by_reason.pop("udp-blocked")
     assert not by_reason, by_reason
     return out
 
 
 CHUNKS = _chunks()
-#: (punch timeout, initiator's pairing wait, receiver's wait) per chunk. `lab matrix` ends
-#: the other peer GRACE (2 s) after one failed, so in the blocked chunk the receiver gives
-#: up on an initiator that never checks in (stun-failed) well within that; where the
-#: initiator is fine (protocol-unavailable) it is already waiting when the receiver
-#: checks in, after its own STUN gave up (~3 s), inside the initiator's 4 s.
-TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 4.0, 0.5)}
-assert TIMINGS["blocked"][2] < GRACE / 2
+#: (punch timeout, initiator's pairing wait, receiver's wait) per chunk: the relayed
+#: chunks need no punch time (both sides go to the relay at the match)
+TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 15.0, 15.0)}
+
+
 def check_pair(a: str, b: str, res: dict) -> list[str]:
     """What is wrong with one pair's `lab matrix` result (empty: nothing)."""
     expect = theory(a, b)
@@ -124,32 +122,27 @@ def check_pair(a: str, b: str, res: dict) -> list[str]:
             assert res["expect_path"] == "direct" and not res["path_error"], res
             assert not ini["relayed"] and not rec["relayed"], (ini, rec)
             return problems
-        if expect == "relay-needed":
-            # relayed at once because the plan rules punching out (no direct attempt)
-            assert res["status"] == "passed" and res["outcome"] == "connected", res["outcome"]
-            assert res["expect_path"] == "relay" and not res["path_error"], res
-            for side in (ini, rec):
-                assert side["ok"] and side["strategy"] == "relay" and side["relayed"], side
-                assert side["got"] and side["acked"], side
-                assert side["relay"] == side["local"] and side["relay"]["ip"] == LAB_SERVER_IP
-                why = side["relay_reason"]
-                assert why.startswith("relay-needed:") and "random port" in why, side
-            assert ini["peer"] == rec["relay"] and rec["peer"] == ini["relay"], (ini, rec)
-            return problems
-        assert res["status"] == "skipped" and res["outcome"] == "failed", res["outcome"]
-        assert not ini["ok"] and not rec["ok"]
-        if expect == "stun-failed":
-            # the blocked initiator cannot even learn its mapping; its peer is never matched
-            assert ini["reason"] == "stun-failed", ini
-            assert rec["reason"] in ("stun-failed", "no-initiator"), rec
-        elif expect == "protocol-unavailable":
-            # matched, and both name the cause (the initiator did not wait out its 4 s:
-            # that would be pairing-timeout)
-            for side in (ini, rec):
-                assert side["reason"] == "protocol-unavailable" and "UDP" in side["message"], \
-                    side
-        else:
+        if expect not in ("relay-needed", "udp-blocked"):
             raise AssertionError(f"unexpected theory {expect}")
+        # relayed at once because the plan rules punching out (no direct attempt)
+        assert res["status"] == "passed" and res["outcome"] == "connected", res["outcome"]
+        assert res["expect_path"] == "relay" and not res["path_error"], res
+        for side in (ini, rec):
+            assert side["ok"] and side["strategy"] == "relay" and side["relayed"], side
+            assert side["got"] and side["acked"], side
+            assert side["relay"] == side["local"] and side["relay"]["ip"] == LAB_SERVER_IP
+            why = side["relay_reason"]
+            if expect == "relay-needed":
+                assert why.startswith("relay-needed:") and "random port" in why, side
+            else:
+                # both name the side(s) without UDP; that side reached the relay over TCP
+                assert why.startswith("udp-blocked:") and "over TCP" in why, side
+                for role, name in (("initiator", a), ("receiver", b)):
+                    assert (f"the {role}'s" in why) == CATALOGUE[name].udp_blocked, side
+        if expect == "udp-blocked":
+            for side, name in ((ini, a), (rec, b)):       # no UDP mapping where UDP is blocked
+                assert (side["mapped"] is None) == CATALOGUE[name].udp_blocked, side
+        assert ini["peer"] == rec["relay"] and rec["peer"] == ini["relay"], (ini, rec)
     except (AssertionError, KeyError) as exc:
         problems.append(f"{type(exc).__name__}: {exc}"[:1500])
     return problems
@@ -180,6 +173,20 @@ def test_udp_punch_matrix(tmp_path, chunk):
             bad[res["pair"]] = problems
     assert not bad, "failing pairs:\n" + "\n".join(f"  {p}: {'; '.join(v)}"
                                                   for p, v in bad.items())
+    assert proc.returncode == 0 and summary["ok"], (summary, proc.stderr[-2000:])
+
+
+#: the catalogue's pairs put udp-blocked last (the receiver); these block the initiator
+BLOCKED_INITIATORS = [("udp-blocked", "port-restricted"), ("udp-blocked", "symmetric-random")]
+
+
+def test_udp_matrix_relays_a_blocked_initiator_over_tcp(tmp_path):
+    """The initiator without UDP does not stop at stun-failed: it pairs with its relay
+    reached over TCP, the receiver relays over UDP, both at the match."""
+    results, summary, proc = _run_matrix(tmp_path, BLOCKED_INITIATORS, TIMINGS["blocked"])
+    bad = {res["pair"]: problems for (a, b), res in zip(BLOCKED_INITIATORS, results)
+           if (problems := check_pair(a, b, res))}
+    assert not bad, bad
     assert proc.returncode == 0 and summary["ok"], (summary, proc.stderr[-2000:])
 
 

@@ -183,6 +183,14 @@ class TurnError(StunturnError):
     code = "turn"
 
 
+class TurnFramingError(TurnError):
+    """Bytes on a stream to a TURN server (TCP, RFC 8656 sections 3.1 and 12.5) start
+    neither a STUN message nor ChannelData, or a STUN length is not a multiple of 4:
+    the stream is out of step and cannot be resynchronised (close the connection)."""
+
+    code = "turn-framing"
+
+
 class StoreUnavailable(StunturnError):
     """The shared match store (Redis) cannot be reached or did not answer in time.
 

@@ -149,7 +149,8 @@ def test_theory_is_the_punch_decision_on_ground_truth():
     assert punchable(LabSpec.simple("port-restricted", "symmetric-random"), "udp")["possible"] is False
     blocked = theory(LabSpec.simple("udp-blocked", "full-cone"))
     assert blocked["udp"] == {"possible": False, "strategy": "blocked",
-                              "explanation": "site a cannot use UDP at all"}
+                              "explanation": "site a cannot use UDP at all",
+                              "relay_over_tcp": True}
     assert blocked["tcp"]["possible"] is True
     same = theory(LabSpec.simple("symmetric-random", None, same_nat=True))
     assert same["udp"]["strategy"] == "lan"
@@ -175,8 +176,11 @@ def test_with_a_relay_every_usable_pair_connects_over_the_theorys_path():
     assert p.relay is True
     assert got["port-restricted--port-restricted"] == (("pass", False), "direct", "direct")
     assert got["port-restricted--symmetric-random"] == (("pass", False), "relay", "relay")
-    # no UDP at all: not even the relay (over UDP); TCP still works
-    assert got["port-restricted--udp-blocked"] == (("fail", True), None, "direct")
+    # no UDP at all: the relay reached over TCP (RFC 8656 section 3.1); TCP still works
+    assert got["port-restricted--udp-blocked"] == (("pass", False), "relay", "direct")
+    no_relay = _plan(types="port-restricted,udp-blocked").pairs
+    assert {x.id: x.expectation("udp") for x in no_relay}["port-restricted--udp-blocked"] == \
+        ("fail", True)                                           # without the relay: fails
     # a gateway that maps ports: portmap over UDP (TCP punches do not use mappings)
     mapped = plan.make_pair("symmetric-random+portmap", "port-restricted")
     assert mapped.expected_path("udp", True) == "portmap"

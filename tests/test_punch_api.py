@@ -376,3 +376,39 @@ def test_a_cached_profile_from_another_public_ip_is_dropped_and_probed_again(ser
     assert any("NAT profile (" in s and "no-nat" in s for s in said), said
     entry = cache.get(key)
     assert entry["public_ip"] == "127.0.0.1" and entry["profile"]["udp"]["mapping"] == "no-nat"
+
+
+@pytest.mark.parametrize("role,relay,reason", [
+    ("receiver", True, None), ("initiator", True, None),
+    # no relay in the match (or this side will not use one): the old verdict stays
+    ("receiver", False, "protocol-unavailable"), ("initiator", False, "protocol-unavailable"),
+])
+def test_a_receiver_without_udp_that_reaches_the_relay_over_tcp_is_no_problem(role, relay,
+                                                                              reason):
+    """RFC 8656 section 3.1: its UDP goes through a UDP allocation made over TCP."""
+    from stunturn_diag.sansio.punch.details import signaling_details, transport_problem
+
+    receiver = signaling_details(None, {"tcp": (("203.0.113.5", 4000), [])}, pair_flows=1,
+                                 birthday=False, unavailable={"udp": "no STUN answer"},
+                                 portmap=None, next_port=None, counter_rate=None, software="t",
+                                 relay_only={"udp": "no STUN answer"})
+    assert receiver["nat"]["punch"]["relay_only"] == {"udp": "no STUN answer"}
+    if role == "receiver":
+        problem = transport_problem(role, "udp", ["tcp"], {"udp": "no STUN answer"}, {},
+                                    relay_only={"udp": "no STUN answer"}, relay=relay)
+    else:
+        problem = transport_problem(role, "udp", [], {}, receiver, relay=relay)
+    assert (problem.reason if problem else None) == reason
+
+
+def test_a_side_with_no_relay_says_so_and_a_receiver_without_udp_then_has_no_way():
+    from stunturn_diag.sansio.punch.candidates import peer_uses_relay
+    from stunturn_diag.sansio.punch.details import signaling_details
+
+    def details(relay: bool) -> dict:
+        return signaling_details(None, {}, pair_flows=0, birthday=False, unavailable={},
+                                 portmap=None, next_port=None, counter_rate=None,
+                                 software="t", relay=relay)
+    assert details(False)["nat"]["punch"]["relay"] is False and not peer_uses_relay(details(False))
+    assert "relay" not in details(True)["nat"]["punch"] and peer_uses_relay(details(True))
+    assert peer_uses_relay({}) and peer_uses_relay({"nat": {"punch": {}}})   # older peers

@@ -140,3 +140,22 @@ def test_peer_without_address_is_a_clear_punch_error(bad):
     with pytest.raises(PunchError) as err:
         build_targets(plan, "initiator", bad)
     assert err.value.reason == "no-peer-address"
+
+
+@pytest.mark.parametrize("blocked", [("initiator",), ("receiver",), ("initiator", "receiver")])
+def test_a_side_whose_udp_only_relays_sends_both_to_the_relay(blocked):
+    """A side without UDP (no STUN answer) but with the relay over TCP
+    (``nat.punch.relay_only``): no punching, both sides relay, the reason named."""
+    open_nat = {"udp": {"mapping": "endpoint-independent", "filtering": "endpoint-independent"}}
+    nat = {role: dict(open_nat, punch={"relay_only": {"udp": "no STUN answer"}}
+                      if role in blocked else {}) for role in ("initiator", "receiver")}
+    plan = decide(profile_from_details(nat["initiator"], "udp"),
+                  profile_from_details(nat["receiver"], "udp"), same_public_ip=True)
+    assert plan.strategy == "relay-needed" and not plan.feasible
+    assert tuple(r.value for r in plan.blocked) == blocked
+    assert plan.explanation.startswith("udp-blocked:") and "over TCP" in plan.explanation
+    assert all(role in plan.explanation for role in blocked)
+    # TCP is not affected by a UDP relay_only
+    tcp = decide(profile_from_details(nat["initiator"], "tcp"),
+                 profile_from_details(nat["receiver"], "tcp"), protocol="tcp")
+    assert not tcp.blocked

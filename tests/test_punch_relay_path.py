@@ -96,7 +96,7 @@ def test_the_allocation_is_refreshed_while_in_use(matched):
         old = turn.expires
         later = time.monotonic() + 590          # 10 s before the 600 s lifetime ends
         a.sock.clock = lambda: later
-        a.sock._next_maintenance = 0
+        turn._keep_alive_after = 0            # the next send checks (KEEP_ALIVE_EVERY)
         assert turn.refresh_due(a.sock.clock())
         a.send(b"keep it")
         assert chans["receiver"].recv(5) == b"keep it"

@@ -24,7 +24,9 @@ server-reflexive address from the socket that will punch (keeping it alive; a re
 learns its UDP and TCP mappings concurrently and keeps whichever it got); send it with
 local addresses, the transports it has and the NAT profile; get matched; both sides
 check that the initiator's protocol is one the receiver has (else both fail at once
-with ``protocol-unavailable``); derive the same plan as the peer
+with ``protocol-unavailable``; with a relay offered, a side whose UDP got no STUN
+answer takes the relay reached over TCP instead, ``nat.punch.relay_only``); derive the
+same plan as the peer
 (:func:`stunturn_diag.sansio.punch.decision.decide`), punch, authenticate (:mod:`stunturn_diag.sansio.punch.handshake`).
 
 Port prediction and the probe: a sequentially allocating NAT hands every new flow the
@@ -52,7 +54,8 @@ from ..errors import (ConfigError, NoInitiatorWaiting, PairingTimeout, PunchErro
                       SignalingError, StunturnError)
 from ..signaling import SignalingClient, TlsOptions
 from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_pake
-from stunturn_diag.sansio.punch.candidates import address_of, build_targets, vet_peer_candidates
+from stunturn_diag.sansio.punch.candidates import (address_of, build_targets, peer_uses_relay,
+                                                  vet_peer_candidates)
 from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
@@ -263,6 +266,8 @@ class _Side:
         self.prepared: dict = {}
         #: protocol -> why it could not be prepared (also told to the peer)
         self.unavailable: dict[str, str] = {}
+        #: of those, the ones used through the TURN relay reached over TCP (UDP blocked)
+        self.relay_only: dict[str, str] = {}
         self._errors: dict[str, PunchError] = {}
         #: protocol -> its bound rendezvous (or why it could not bind), before any packet
         self._bound: dict[str, object] = {}
@@ -298,7 +303,8 @@ class _Side:
             pair_flows=self.pair_flows, birthday=self.opts.birthday, unavailable=self.unavailable,
             portmap=self._portmap.address if self._portmap is not None else None,
             next_port=self.promise.next_port, counter_rate=self.promise.counter_rate,
-            software=f"stunturn-diag/{__version__}")
+            software=f"stunturn-diag/{__version__}", relay_only=self.relay_only,
+            relay=self.opts.relay)
 
     def _stun_endpoint(self, protocol: str) -> Address:
         info = self._info if self._info is not None else self.client.info()
@@ -443,6 +449,23 @@ class _Side:
                 rv.close()
         self._bound = {}
 
+    def _relay_offered(self) -> bool:
+        """``/v1/info`` says the server hands matched peers a UDP TURN relay, and we use it."""
+        turn = (self._info or {}).get("turn") if isinstance(self._info, dict) else None
+        return bool(self.opts.relay and isinstance(turn, dict) and turn.get("enabled")
+                    and "udp" in (turn.get("transports") or []))
+
+    def _learn_relay_only(self) -> None:
+        """UDP that got no STUN answer (the probe's or our binding's: UDP blocked) is
+        used through the relay over TCP when one is offered (RFC 8656 section 3.1):
+        ``self.relay_only``, told to the peer in ``nat.punch.relay_only``."""
+        err = self._errors.get("udp")
+        self.relay_only = {}
+        if err is not None and err.reason == "stun-failed" and self._relay_offered():
+            self.relay_only["udp"] = err.message
+            self._say(f"udp not prepared ({err.message}): it goes through the TURN relay "
+                      "reached over TCP")
+
     # -- pairing -------------------------------------------------------------------------
 
     def _pair(self) -> dict:
@@ -545,19 +568,25 @@ class _Side:
                     self._learn_profile()
                 self._prepare(self.protocols)
                 self._check_cached_network()
+                self._learn_relay_only()
             finally:
                 kdf.join()
             self.rendezvous = rendezvous_id(self.key)       # cached by the thread above
             # CPace scalar and PRS: before the match
             self.pake = start_pake(self.key, self.role, entropy=os.urandom)
-            if self.role is Role.INITIATOR and self.opts.protocol not in self.prepared:
+            if self.role is Role.INITIATOR and self.opts.protocol not in self.prepared and \
+                    self.opts.protocol not in self.relay_only:
                 raise self._errors[self.opts.protocol]
             self._portmap = portmap_path.offer(self)
             match = self._pair()
             t_match = time.monotonic()
             protocol = match.get("protocol", self.protocols[0])
             problem = transport_problem(self.role, protocol, list(self.prepared),
-                                        self.unavailable, peer_details(match))
+                                        self.unavailable, peer_details(match),
+                                        relay_only=self.relay_only,
+                                        relay=self.opts.relay and
+                                        isinstance(match.get("turn"), dict) and
+                                        peer_uses_relay(peer_details(match)))
             if problem is not None:
                 problem.context = {"protocol": protocol, "role": self.role,
                                    "match_id": str(match.get("match_id", ""))}
@@ -565,10 +594,11 @@ class _Side:
             for proto, (rv, _m, _l) in list(self.prepared.items()):
                 if proto != protocol:
                     rv.close()
-            rv, mapped, _local = self.prepared[protocol]
+            # relay only (UDP blocked here): no mapping, the relay over TCP instead
+            rv, mapped, _local = self.prepared.get(protocol, (None, None, None))
             mine = self._details()            # as the peer got them (before dropping the others)
             self.v6.keep_only(protocol)
-            self.prepared = {protocol: self.prepared[protocol]}
+            self.prepared = {protocol: self.prepared[protocol]} if rv is not None else {}
             result = self._punch(rv, match, protocol, mapped, t_match, mine)
             if self._portmap is not None and result.strategy == "portmap" and \
                     result.portmap is not None:
@@ -595,17 +625,29 @@ class _Side:
         recv_p = profile_from_details(sides[Role.RECEIVER].get("nat"), protocol)
         peer = match.get("peer") if isinstance(match.get("peer"), dict) else {}
         observed = address_of(peer.get("observed"))    # where the server saw the peer
-        vetted = vet_peer_candidates(details, protocol, my_public_ip=mapped[0],
+        vetted = vet_peer_candidates(details, protocol, my_public_ip=mapped[0] if mapped else None,
                                      peer_observed_ip=observed[0] if observed else None)
-        same_ip = vetted.srflx is not None and vetted.srflx[0] == mapped[0] and bool(vetted.local)
+        same_ip = vetted.srflx is not None and mapped is not None and \
+            vetted.srflx[0] == mapped[0] and bool(vetted.local)
         plan = decide(init_p, recv_p, same_public_ip=same_ip, protocol=protocol)
         plan.notes.extend(vetted.notes)
         for note in vetted.notes:
             self._say(note)
         self._say(f"matched ({match_id[:8]}); strategy {plan.strategy}: {plan.explanation}")
         deadline = t_match + self.opts.punch_timeout
-        fams = self._family_plan(protocol, details, plan)
+        # a side without UDP (plan.blocked): nothing to punch, the relay at once
+        fams = None if plan.blocked else self._family_plan(protocol, details, plan)
         relay = relay_path.for_plan(self, match, plan, protocol, deadline)
+        if plan.blocked and (relay is None or not peer_uses_relay(details)):
+            # a side without UDP but no relay on both sides: the reasons of no relay at all
+            if relay is not None:
+                relay.close()
+            self.v6.close()
+            who = "this side" if relay is None else "the peer"
+            raise PunchError(f"{plan.explanation}; but {who} does not use the relay "
+                             "(--no-relay, or no relay in the match)",
+                             reason="stun-failed" if self.role in plan.blocked
+                             else "protocol-unavailable")
         try:
             if relay is not None and not plan.feasible and (fams is None or 6 not in fams.start):
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)

@@ -23,7 +23,8 @@ from typing import Callable
 
 from ..errors import PunchError, SignalingError, TurnError
 from stunturn_diag.sansio.turn import client as turn
-from ..turn.runner import TurnSession
+from ..turn.runner import DatagramRelay, TurnSession
+from ..turn.stream_runner import UdpOverTcpSession
 from stunturn_diag.sansio.punch.handshake import StartedPake, start_pake
 from stunturn_diag.sansio.punch.wire import Role
 from .channel import UdpChannel
@@ -32,8 +33,6 @@ from stunturn_diag.sansio.netaddr import Address
 
 #: exchange polling: first gap, growth, largest gap, most requests (bounded loop)
 POLL_FIRST, POLL_GROWTH, POLL_MAX, POLL_COUNT = 0.01, 1.5, 0.25, 200
-#: the channel keeps its allocation alive: refresh/ChannelBind at most this often
-MAINTAIN_EVERY = 5.0
 #: allocation lifetime asked for (RFC 8656 section 7.2; coturn gives at least 600 s)
 LIFETIME = 600
 
@@ -45,27 +44,30 @@ def _addr(d: object) -> Address | None:
 
 
 class TurnTransport:
-    """A socket-like datagram endpoint through one TURN allocation (what
-    :class:`~.udp.UdpRendezvous` and :class:`~.channel.UdpChannel` need of a socket).
+    """A socket-like datagram endpoint through one UDP allocation (what
+    :class:`~.udp.UdpRendezvous` and :class:`~.channel.UdpChannel` need of a socket),
+    whether the relay is reached over UDP (:class:`TurnSession`) or over TCP
+    (:class:`UdpOverTcpSession`, RFC 8656 section 3.1).
 
     ``sendto`` wraps data for a peer in ChannelData (a Send indication before a channel
     is bound); ``recvfrom`` returns the peers' data, answering the server's own messages
     (refresh answers, 438 stale nonce) on the way; ``getsockname`` is the relayed
     address. While in use it refreshes the allocation and the channel before they expire
-    (sections 8 and 12); ``close`` deletes the allocation (Refresh with lifetime 0).
+    (sections 8 and 12, :meth:`TurnClient.keep_alive`); ``close`` deletes the allocation
+    (Refresh with lifetime 0).
     """
 
-    def __init__(self, session: TurnSession, peer: Address, *,
+    def __init__(self, session: DatagramRelay, peer: Address, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session, self.peer, self.clock = session, tuple(peer), clock
-        self._next_maintenance = clock() + MAINTAIN_EVERY
         self.closed = False
+        self._lock = threading.Lock()      # the channel's thread and the user's both send
 
     def fileno(self) -> int:
-        return self.session.sock.fileno()
+        return self.session.fileno()
 
     def setblocking(self, flag: bool) -> None:
-        self.session.sock.setblocking(flag)
+        """Reads never block (``read_nowait``); writes are the session's."""
 
     def getsockname(self) -> Address:
         return self.session.client.relayed or self.session.sock.getsockname()[:2]
@@ -74,40 +76,20 @@ class TurnTransport:
         """TTL options do not apply: the relay sends with its own."""
 
     def sendto(self, data: bytes, address: Address) -> int:
-        self._maintain()
-        return self.session.sock.send(self.session.client.send(os.urandom(12), address, data))
+        """Through the relay, after a keep-alive request when one is due (an unreachable
+        relay shows as silence: the channel's ``peer-lost``)."""
+        with self._lock:
+            self.session.send(address, data, now=self.clock())
+        return len(data)
 
     def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, Address]:
-        if self.session.inbox:
-            event = self.session.inbox.popleft()
-            return event.data, event.peer
+        inbox = self.session.inbox
         for _ in range(64):
-            data = self.session.sock.recv(65535)    # BlockingIOError when nothing is queued
-            for event in self.session.client.receive(data, self.clock()):
-                if isinstance(event, turn.PeerData):
-                    return event.data[:bufsize], event.peer
-                if isinstance(event, turn.Challenged):     # 438: the nonce went stale
-                    retry = self.session.client.retry(event.transaction_id, os.urandom(12),
-                                                      self.clock())
-                    self.session.sock.send(retry)
+            if inbox:
+                event = inbox.popleft()
+                return event.data[:bufsize], event.peer
+            self.session.poll(self.clock())          # BlockingIOError: nothing queued
         raise BlockingIOError("no peer data queued")
-
-    def _maintain(self) -> None:
-        now = self.clock()
-        if now < self._next_maintenance or self.session.client.relayed is None:
-            return
-        self._next_maintenance = now + MAINTAIN_EVERY
-        client = self.session.client
-        try:
-            if client.refresh_due(now):
-                self.session.sock.send(client.refresh(os.urandom(12), now, lifetime=LIFETIME))
-            elif client.permission_due(self.peer[0], now):
-                number = client.channels.get(self.peer)
-                if number is not None:      # re-binding refreshes channel and permission
-                    self.session.sock.send(client.channel_bind(os.urandom(12), self.peer,
-                                                               number, now))
-        except OSError:
-            pass       # an unreachable relay shows as silence: the channel's peer-lost
 
     def close(self) -> None:
         if self.closed:
@@ -115,8 +97,8 @@ class TurnTransport:
         self.closed = True
         try:
             if self.session.client.relayed is not None:
-                self.session.sock.send(self.session.client.refresh(os.urandom(12), self.clock(),
-                                                                   lifetime=0))
+                self.session.write(self.session.client.refresh(os.urandom(12), self.clock(),
+                                                               lifetime=0))
         except (OSError, TurnError):     # best effort: the allocation expires anyway
             pass
         self.session.close()
@@ -127,6 +109,8 @@ class RelayPath:
 
     #: what it relays (the exchange's transport; :class:`.tcp_relay_path.TcpRelayPath`: tcp)
     protocol = "udp"
+    #: how this side reaches the relay (:class:`StreamRelayPath`: over TCP)
+    control = "udp"
 
     def __init__(self, signaling, turn_offer: dict, match_id: str, role: Role | str, *,
                  key: str | bytes = b"", say: Callable[[str], None] | None = None) -> None:
@@ -206,12 +190,16 @@ class RelayPath:
         why = f"{got.code} {got.reason}" if isinstance(got, turn.TurnFailure) else "no answer"
         self._fail(f"the TURN relay {self.server[0]}:{self.server[1]} refused or did not answer "
                    f"the allocation ({why})",
-                   hint=f"is the relay reachable over {self.protocol.upper()} and does it share "
+                   hint=f"is the relay reachable over {self.control.upper()} and does it share "
                         "serve's --turn-secret?")
+
+    def _session(self, until: float) -> DatagramRelay:
+        """The session the UDP allocation is made on: to the relay over UDP."""
+        return TurnSession(self.server, self.offer["username"], self.offer["password"])
 
     def _allocate(self, until: float) -> bool:
         """The allocation (``self.session``, ``self.relayed``); False after ``_fail``."""
-        self.session = TurnSession(self.server, self.offer["username"], self.offer["password"])
+        self.session = self._session(until)
         got = self.session.allocate(lifetime=LIFETIME, timeout=max(0.1, until - time.monotonic()))
         if not isinstance(got, turn.Allocated):
             self._refused(got)
@@ -298,6 +286,20 @@ class RelayPath:
             self._release()
 
 
+class StreamRelayPath(RelayPath):
+    """The UDP relay of a side whose network blocks UDP: the same UDP allocation,
+    exchange, channel and handshake as :class:`RelayPath`, but the allocation's requests
+    and the datagrams go over a TCP connection to the relay (RFC 8656 section 3.1,
+    REQUESTED-TRANSPORT 17; :class:`~stunturn_diag.turn.stream_runner.UdpOverTcpSession`).
+    The peer sees an ordinary UDP relayed address and reaches it from its own allocation."""
+
+    control = "tcp"
+
+    def _session(self, until: float) -> DatagramRelay:
+        return UdpOverTcpSession(self.server, self.offer["username"], self.offer["password"],
+                                 connect_timeout=max(0.1, min(5.0, until - time.monotonic())))
+
+
 #: plans whose port prediction would count a new flow on our NAT: the allocation
 #: waits until the direct attempt failed instead of running beside it
 _PREDICTED = ("predict", "birthday")
@@ -310,14 +312,15 @@ def for_plan(side, match: dict, plan, protocol: str, direct_deadline: float) -> 
     allocations, :mod:`.tcp_relay_path`) or with ``PunchOptions.relay=False``. Right
     after the match the allocation and the address exchange start beside the direct
     attempt, so a fallback finds them ready; for a ``predict``/``birthday`` plan (our
-    NAT's next ports are counted) only on failure.
+    NAT's next ports are counted) only on failure. A side whose UDP is blocked
+    (``plan.blocked``) reaches the relay over TCP (:class:`StreamRelayPath`).
     """
     if protocol not in ("udp", "tcp") or not side.opts.relay:
         return None
     if protocol == "tcp":
         from .tcp_relay_path import TcpRelayPath as kind
     else:
-        kind = RelayPath
+        kind = StreamRelayPath if side.role in plan.blocked else RelayPath
     relay = kind.offered(side.client, match, side.role, key=side.key, say=side._say)
     if relay is not None and plan.strategy not in _PREDICTED:
         relay.start(direct_deadline + side.opts.relay_timeout)

@@ -99,6 +99,7 @@ class TcpRelayPath(RelayPath):
     """One side's TCP relay: allocate, permit, exchange, then Connect or accept."""
 
     protocol = "tcp"
+    control = "tcp"
 
     @classmethod
     def offered(cls, signaling, match: dict, role: Role | str, **kw) -> "TcpRelayPath | None":

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from stunturn_diag.errors import TurnError
 from stunturn_diag.sansio.stun.values import Address
 from stunturn_diag.sansio.turn import client as turn
 from stunturn_diag.sansio.turn import tcp as tturn
@@ -48,46 +49,49 @@ def _why(what: str, event: turn.Event | None) -> str:
     return f"{what}: no answer in time"
 
 
-class TcpTurnSession(TurnRequests):
-    """One TCP allocation's control connection."""
+class TcpControl(TurnRequests):
+    """A TCP connection to the TURN server carrying one allocation's requests (RFC 8656
+    section 3.1; STUN messages and ChannelData back to back, :class:`~tturn.StreamFramer`):
+    the plumbing of :class:`TcpTurnSession` (RFC 6062) and of
+    :class:`.stream_runner.UdpOverTcpSession` (a UDP allocation over TCP)."""
 
-    def __init__(self, server: Address, username: str, password: str, *,
-                 clock: Callable[[], float] = time.monotonic, connect_timeout: float = 5.0,
-                 software: str | None = "stunturn-diag") -> None:
+    def __init__(self, server: Address, client: turn.TurnClient, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 connect_timeout: float = 5.0) -> None:
         self.server = (server[0], int(server[1]))
-        self.client = tturn.TcpTurnClient(username, password, software=software)
+        self.client = client
         self.clock = clock
         self.sock = socket.create_connection(self.server, timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(None)
         self.framer = tturn.StreamFramer()
-        self.attempts: deque[tturn.ConnectionAttempt] = deque()
         self.lost: str | None = None            # why the control connection ended
         self._lock = threading.Lock()           # one reader of the control connection
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watched: list[socket.socket] = []
-        self._peer_ip: str | None = None
+        self._wlock = threading.Lock()          # one writer: frames never interleave
 
     # -- plumbing -----------------------------------------------------------------------
     def _send(self, data: bytes) -> bool:
         try:
-            self.sock.sendall(data)
+            with self._wlock:
+                self.sock.sendall(data)
             return True
         except OSError as exc:
             self.lost = self.lost or f"control connection: {exc}"
             return False
 
-    def _read_frames(self, wait: float) -> list[bytes] | None:
-        """Frames that arrive within ``wait`` seconds ([] for none), None once the
-        control connection ended."""
+    def _read_frames(self, wait: float | None) -> list[bytes] | None:
+        """Frames that arrive within ``wait`` seconds ([] for none; ``wait`` None: only
+        what is already there), None once the control connection ended."""
         if self.lost:
             return None
         try:
-            readable, _, _ = select.select([self.sock], [], [], max(0.0, wait))
-            if not readable:
-                return []
-            data = self.sock.recv(65536)
+            if wait is not None:
+                readable, _, _ = select.select([self.sock], [], [], max(0.0, wait))
+                if not readable:
+                    return []
+            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return []
         except (OSError, ValueError) as exc:
             self.lost = self.lost or f"control connection: {exc}"
             return None
@@ -96,18 +100,20 @@ class TcpTurnSession(TurnRequests):
             return None
         try:
             return self.framer.feed(data)
-        except Exception as exc:      # TurnError: out of step, nothing more can be read
+        except TurnError as exc:      # out of step: nothing more can be read
             self.lost = f"control connection out of step: {exc}"
             return None
 
+    def _queue(self, event: turn.Event) -> bool:
+        """Keep an event that answers no request (True), e.g. a peer's data."""
+        return False
+
     def _handle(self, frames: list[bytes]) -> list[turn.Event]:
-        """Events of these frames; ConnectionAttempts are queued, stale nonces retried."""
+        """Events of these frames, less the ones :meth:`_queue` keeps."""
         final: list[turn.Event] = []
         for frame in frames:
             for event in self.client.receive(frame, self.clock()):
-                if isinstance(event, tturn.ConnectionAttempt):
-                    self.attempts.append(event)
-                else:
+                if not self._queue(event):
                     final.append(event)
         return final
 
@@ -140,6 +146,34 @@ class TcpTurnSession(TurnRequests):
                         return event       # one request at a time: this is its answer
                 if self.clock() >= deadline:
                     return None
+
+    def _close_socket(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class TcpTurnSession(TcpControl):
+    """One TCP allocation's control connection."""
+
+    def __init__(self, server: Address, username: str, password: str, *,
+                 clock: Callable[[], float] = time.monotonic, connect_timeout: float = 5.0,
+                 software: str | None = "stunturn-diag") -> None:
+        super().__init__(server, tturn.TcpTurnClient(username, password, software=software),
+                         clock=clock, connect_timeout=connect_timeout)
+        self.attempts: deque[tturn.ConnectionAttempt] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watched: list[socket.socket] = []
+        self._peer_ip: str | None = None
+
+    def _queue(self, event: turn.Event) -> bool:
+        """ConnectionAttempts wait for :meth:`wait_attempt`."""
+        if isinstance(event, tturn.ConnectionAttempt):
+            self.attempts.append(event)
+            return True
+        return False
 
     # -- requests -----------------------------------------------------------------------
     def connect(self, peer: Address, timeout: float = 5.0):
@@ -307,10 +341,7 @@ class TcpTurnSession(TurnRequests):
                 self.refresh(0, timeout=CLOSE_TIMEOUT)
             except Exception:
                 pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self._close_socket()
 
     def __enter__(self) -> "TcpTurnSession":
         return self

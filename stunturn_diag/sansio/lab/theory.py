@@ -9,6 +9,10 @@ With a TURN relay offered (``lab matrix --relay``) every pair whose sites can us
 transport connects; :func:`expected_path` says over which path (issue 12): ``direct``
 where the plan is feasible, ``portmap`` where it is feasible because a gateway mapped
 the punch port (RFC 6886 / UPnP IGD), ``relay`` (RFC 8656; RFC 6062 for TCP) otherwise.
+A site that blocks UDP still reaches the relay over TCP (RFC 8656 section 3.1: a UDP
+relayed address over a TCP connection to the server), so its UDP pairs connect through
+the relay too (``relay_over_tcp``); a transport blocked with no way to the relay (TCP
+too) stays without a path.
 """
 
 from __future__ import annotations
@@ -52,8 +56,12 @@ def punchable(spec: LabSpec, protocol: str) -> dict:
     truth_a, truth_b = spec.sites[site_a].expected, spec.sites[site_b].expected
     for name, truth in ((site_a, truth_a), (site_b, truth_b)):
         if truth[protocol].get("reachable") is False:
-            return {"possible": False, "strategy": "blocked",
-                    "explanation": f"site {name} cannot use {protocol.upper()} at all"}
+            entry = {"possible": False, "strategy": "blocked",
+                     "explanation": f"site {name} cannot use {protocol.upper()} at all"}
+            if protocol == "udp" and all(t["tcp"].get("reachable") is not False
+                                         for t in (truth_a, truth_b)):
+                entry["relay_over_tcp"] = True     # UDP through the relay reached over TCP
+            return entry
     plan = decide(profile_from_details(_with_portmap(truth_a), protocol),
                   profile_from_details(_with_portmap(truth_b), protocol),
                   same_public_ip=site_a == site_b, protocol=protocol)
@@ -68,9 +76,9 @@ def theory(spec: LabSpec) -> dict[str, dict]:
 
 def expected_path(entry: dict) -> str | None:
     """The path a pair takes with a relay offered, from its :func:`punchable` entry;
-    None: no path (a site cannot use the transport, so not the relay either)."""
+    None: no path (a site cannot use the transport, nor reach the relay over TCP for it)."""
     if entry["strategy"] == "blocked":
-        return None
+        return "relay" if entry.get("relay_over_tcp") else None
     if entry["possible"]:
         return "portmap" if entry["strategy"] == "portmap" else "direct"
     return "relay"

@@ -164,6 +164,25 @@ def peer_transports(details: object) -> tuple[list[str] | None, dict[str, str]]:
     return have, {p: str(w) for p, w in why.items() if isinstance(p, str)}
 
 
+def peer_relay_only(details: object) -> dict[str, str]:
+    """``nat.punch.relay_only``: the transports the peer could not prepare but uses
+    through the TURN relay reached over TCP (RFC 8656 section 3.1), protocol -> why."""
+    nat = details.get("nat") if isinstance(details, dict) else None
+    punch = nat.get("punch") if isinstance(nat, dict) else None
+    relays = punch.get("relay_only") if isinstance(punch, dict) else None
+    if not isinstance(relays, dict):
+        return {}
+    return {p: str(w) for p, w in relays.items() if isinstance(p, str)}
+
+
+def peer_uses_relay(details: object) -> bool:
+    """Whether the peer falls back to a relay: ``nat.punch.relay`` is not false (it ran
+    with ``--no-relay``); an older peer that does not say does."""
+    nat = details.get("nat") if isinstance(details, dict) else None
+    punch = nat.get("punch") if isinstance(nat, dict) else None
+    return not (isinstance(punch, dict) and punch.get("relay") is False)
+
+
 def promised_port(details: object) -> int | None:
     """``details.nat.punch.next_port``: where a sequential peer steers its first punch
     flow (see :mod:`.counter`), None if absent or malformed."""

@@ -24,6 +24,11 @@ Reasoning (RFC 4787 sections 4.1, 4.2.1 and 5; RFC 5128 section 3):
   to the mapped address and the mapped side only answers (``portmap``). Answering keeps
   its replies on the mapping (the NAT's connection tracking reverses the inbound
   flow); sending first would open a new, random mapping toward the peer instead.
+* A side that cannot use UDP at all (its STUN binding got no answer: a firewall drops
+  UDP) but reaches the offered TURN relay over TCP (``details.nat.punch.relay_only``)
+  has no UDP mapping to punch: its UDP goes through a UDP allocation made over TCP
+  (RFC 8656 section 3.1), so both sides go straight to the relay (``relay-needed``,
+  ``Plan.blocked``; the explanation starts ``udp-blocked:``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class NatProfile:
     birthday_ok: bool = False
     #: its gateway mapped the punch port (the address is in details.nat.punch.portmap)
     portmap: bool = False
+    #: it cannot use this transport but through the TURN relay reached over TCP
+    #: (details.nat.punch.relay_only: {protocol: why})
+    relay_only: bool = False
 
     @property
     def known(self) -> bool:
@@ -110,6 +118,7 @@ def profile_from_details(nat: object, protocol: str) -> NatProfile:
         allocation=_enum(PortAllocation, section.get("port_allocation")),
         birthday_ok=punch.get("birthday") is True,
         portmap=_is_address(punch.get("portmap")),
+        relay_only=isinstance(punch.get("relay_only"), dict) and protocol in punch["relay_only"],
     )
 
 
@@ -136,6 +145,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     #: portmap: the role reached at its mapped address (it only answers)
     portmap_side: Role | None = None
+    #: udp-blocked: the roles whose UDP goes only through the relay reached over TCP
+    blocked: tuple[Role, ...] = ()
 
     def predict_for(self, role: Role | str) -> int:
         return self.predict_initiator if Role(role) is Role.INITIATOR else self.predict_receiver
@@ -150,6 +161,16 @@ def decide(initiator: NatProfile, receiver: NatProfile, *, same_public_ip: bool 
     mapping (UDP) replaces ``relay-needed`` and ``birthday`` by ``portmap``; when both
     sides have one, the receiver is the one reached.
     """
+    blocked = [role for role, p in ((Role.INITIATOR, initiator), (Role.RECEIVER, receiver))
+               if p.relay_only]
+    if blocked:
+        who = " and the ".join(f"{role}'s" for role in blocked)
+        many = len(blocked) > 1
+        return Plan("relay-needed", False,
+                    f"udp-blocked: the {who} network{'s block' if many else ' blocks'} "
+                    f"{protocol.upper()} (no STUN answer): {'they reach' if many else 'it reaches'}"
+                    " the TURN relay over TCP for a UDP relayed address (RFC 8656 section 3.1), "
+                    "so both sides use the relay", blocked=tuple(blocked))
     plan = _decide_punch(initiator, receiver, same_public_ip=same_public_ip, protocol=protocol)
     if plan.strategy not in ("relay-needed", "birthday") or protocol != "udp":
         return plan

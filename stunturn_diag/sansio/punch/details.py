@@ -13,7 +13,7 @@ from __future__ import annotations
 from stunturn_diag.errors import PunchError
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.profile import punch_profile
-from stunturn_diag.sansio.punch.candidates import peer_transports
+from stunturn_diag.sansio.punch.candidates import peer_relay_only, peer_transports
 from stunturn_diag.sansio.punch.wire import Role
 
 #: longest text of one transport's failure sent to the peer (details.nat is <= 2 KiB)
@@ -26,22 +26,27 @@ def peer_details(match: dict) -> dict:
 
 
 def transport_problem(role: Role | str, protocol: str, prepared: list[str], unavailable: dict[str, str],
-                      peer_details: object) -> PunchError | None:
-    """After the match: can ``protocol`` (the initiator's choice) be punched? Pure.
+                      peer_details: object, *, relay_only: dict[str, str] | None = None,
+                      relay: bool = False) -> PunchError | None:
+    """After the match: can ``protocol`` (the initiator's choice) be used? Pure.
 
     Both sides reach the same verdict from the receiver's ``transports``: the receiver from
     what it prepared, the initiator from what the receiver's details say. ``reason`` is
     ``protocol-unavailable`` when the receiver tried and failed (e.g. UDP blocked), and
     ``protocol-mismatch`` when it was told to prepare only another one (``--protocol``).
+    A receiver that failed but reaches the relay over TCP for it (``relay_only``: ours
+    as the receiver, else ``nat.punch.relay_only`` of its details) is no problem when
+    ``relay``: the match offers a relay and this side uses it (RFC 8656 section 3.1).
     """
     role = Role(role)
     if role is Role.RECEIVER:
-        have, why = prepared, unavailable
+        have, why, relays = prepared, unavailable, relay_only or {}
     else:
         have, why = peer_transports(peer_details)
         if have is None:           # an older receiver: it does not say, so try
             return None
-    if protocol in have:
+        relays = peer_relay_only(peer_details)
+    if protocol in have or (relay and protocol in relays):
         return None
     others = [p for p in have if p != protocol]
     use = (f"run the initiator with --protocol {others[0]}" if others else
@@ -71,9 +76,13 @@ def flows_after_stun(order: list[str], protocol: str, pair_flows: int) -> int:
 def signaling_details(profile: dict | None, prepared: dict[str, tuple[Address, list[Address]]],
                       *, pair_flows: int, birthday: bool, unavailable: dict[str, str],
                       portmap: Address | None, next_port: int | None,
-                      counter_rate: float | None, software: str) -> dict:
+                      counter_rate: float | None, software: str,
+                      relay_only: dict[str, str] | None = None, relay: bool = True) -> dict:
     """Our signaling details: the first prepared protocol's addresses (``prepared``:
-    protocol -> (mapped, local candidates), in binding order), others in nat.punch.alt."""
+    protocol -> (mapped, local candidates), in binding order), others in nat.punch.alt;
+    ``relay_only``: the unavailable protocols we use through the relay reached over TCP
+    (``nat.punch.relay_only``, protocol -> why); ``relay`` False (``--no-relay``):
+    ``nat.punch.relay: false``, so a peer without UDP knows it cannot relay to us."""
     nat = punch_profile(profile)
     order = list(prepared)
     first_proto = next(iter(prepared), None)
@@ -83,6 +92,10 @@ def signaling_details(profile: dict | None, prepared: dict[str, tuple[Address, l
                    "transports": order}
     if unavailable:
         punch["unavailable"] = {p: why[:WHY_MAX] for p, why in unavailable.items()}
+    if not relay:
+        punch["relay"] = False
+    if relay_only:
+        punch["relay_only"] = {p: why[:WHY_MAX] for p, why in relay_only.items()}
     if portmap is not None:
         punch["portmap"] = {"ip": portmap[0], "port": portmap[1]}
     if next_port is not None:

@@ -12,6 +12,14 @@ current time (``now``, seconds on any monotonic clock) from the caller, and
   XOR-MAPPED-ADDRESS, LIFETIME.
 - Refresh (section 8), CreatePermission (section 9), ChannelBind (section 12), Send
   and Data indications (section 11), ChannelData framing (section 12.4).
+- Over a stream (``stream=True``: TCP to the server, RFC 8656 section 3.1, with a UDP
+  relayed transport still, REQUESTED-TRANSPORT 17) STUN messages and ChannelData run
+  back to back and ChannelData is padded to a multiple of 4 (section 12.5): :meth:`send`
+  pads, and :class:`~.tcp.StreamFramer` cuts the server's bytes into the frames
+  :meth:`receive` takes one at a time.
+- Keep-alive (:meth:`TurnClient.keep_alive`): the request due now, a Refresh before the
+  allocation expires (section 8) or a ChannelBind re-bind before the peer's channel and
+  permission do (sections 9, 12.1), at most one per ``every`` seconds.
 - Errors are events, not exceptions: 437 Allocation Mismatch, 486 Allocation Quota
   Reached, 403, 508... (section 19). A second 401 after credentials were sent means
   they are wrong: ``TurnFailure``.
@@ -42,6 +50,10 @@ CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF
 PERMISSION_LIFETIME = 300
 CHANNEL_LIFETIME = 600
 DEFAULT_LIFETIME = 600
+#: keep-alive: the least gap between two maintenance requests, and how long before an
+#: expiry one is sent
+KEEP_ALIVE_EVERY = 5.0
+KEEP_ALIVE_MARGIN = 60.0
 
 
 def channel_data(number: int, data: bytes, *, pad: bool = False) -> bytes:
@@ -145,10 +157,15 @@ class _Pending:
 
 
 class TurnClient:
-    """One client's view of one allocation on one TURN server (UDP transport)."""
+    """One client's view of one allocation on one TURN server (UDP relayed transport;
+    client-to-server over UDP, or over TCP with ``stream=True``)."""
 
-    def __init__(self, username: str, password: str, *, software: str | None = None) -> None:
+    def __init__(self, username: str, password: str, *, software: str | None = None,
+                 stream: bool = False) -> None:
         self.username, self.password, self.software = username, password, software
+        #: the server is reached over a stream (TCP): ChannelData is padded (section 12.5)
+        self.stream = stream
+        self._keep_alive_after: float | None = None
         self.realm: str | None = None
         self.nonce: str | None = None
         self.key: bytes | None = None
@@ -224,7 +241,7 @@ class TurnClient:
         self._need_allocation()
         number = self.channels.get(tuple(peer))
         if number is not None:
-            return channel_data(number, data)
+            return channel_data(number, data, pad=self.stream)
         return encode(StunMessage(Method.SEND, MessageClass.INDICATION, tid,
                                   [(AttrType.XOR_PEER_ADDRESS, tuple(peer)), (DATA, bytes(data))]))
 
@@ -348,3 +365,30 @@ class TurnClient:
         """Whether ``ip``'s permission is missing or expires within ``margin`` (section 9)."""
         expiry = self.permissions.get(ip)
         return expiry is None or now >= expiry - margin
+
+    def keep_alive(self, tid: bytes, peer: Address, now: float, *,
+                   lifetime: int = DEFAULT_LIFETIME, every: float = KEEP_ALIVE_EVERY,
+                   margin: float = KEEP_ALIVE_MARGIN) -> bytes | None:
+        """The maintenance request due at ``now`` while data flows to ``peer``, or None.
+
+        A Refresh when the allocation expires within ``margin`` (section 8), else a
+        ChannelBind of ``peer``'s channel again when its permission does (section 12.1:
+        re-binding refreshes the channel and the permission), else nothing. At most one
+        request per ``every`` seconds, so a caller may ask on every send while the
+        answer is on its way. None without an allocation.
+        """
+        if self.relayed is None or (self._keep_alive_after is not None and
+                                    now < self._keep_alive_after):
+            return None
+        if self._keep_alive_after is None:       # the first call starts the clock
+            self._keep_alive_after = now + every
+            return None
+        peer = (str(peer[0]), int(peer[1]))
+        out = None
+        if self.refresh_due(now, margin):
+            out = self.refresh(tid, now, lifetime=lifetime)
+        elif self.permission_due(peer[0], now, margin) and peer in self.channels:
+            out = self.channel_bind(tid, peer, self.channels[peer], now)
+        if out is not None:
+            self._keep_alive_after = now + every
+        return out

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stunturn_diag.errors import TurnError
-from stunturn_diag.sansio.stun import AttrType, MessageClass, Method, StunMessage, decode
+from stunturn_diag.errors import TurnError, TurnFramingError
+from stunturn_diag.sansio.stun import (MAGIC_COOKIE, AttrType, MessageClass, Method,
+                                       StunMessage, decode)
 from stunturn_diag.sansio.stun.values import Address
 from stunturn_diag.errors import StunDecodeError
 
-from .client import (DEFAULT_LIFETIME, LIFETIME, REQUESTED_TRANSPORT, Event, TurnClient,
-                     TurnFailure, _Pending, _u32)
+from .client import (CHANNEL_MAX, DEFAULT_LIFETIME, LIFETIME, REQUESTED_TRANSPORT, Event,
+                     TurnClient, TurnFailure, _Pending, _u32)
 
 #: RFC 6062 section 6.2: the CONNECTION-ID attribute (a 32-bit value)
 CONNECTION_ID = 0x002A
@@ -53,25 +54,37 @@ MAX_FRAME = 20 + 0xFFFF
 def frame_length(head: bytes) -> int | None:
     """Total bytes of the frame that starts with ``head`` (at least 4 bytes), None
     while fewer than 4 are known. STUN: 20 + length; ChannelData: 4 + length padded
-    to 4 (section 12.5, padding is mandatory over TCP). TurnError for anything else
-    (the two top bits 0b10/0b11: the stream is not TURN, or out of step)."""
+    to 4 (section 12.5, padding is mandatory over TCP). TurnFramingError for anything
+    else: the two top bits 0b10/0b11, a channel number outside 0x4000-0x4FFF (section
+    12), a STUN length that is no multiple of 4 or, once 8 bytes are known, no magic
+    cookie (RFC 8489 section 5): the stream is not TURN, or out of step."""
     if len(head) < 4:
         return None
     kind = head[0] >> 6
     length = int.from_bytes(head[2:4], "big")
     if kind == 0b00:
         if length % 4:
-            raise TurnError(f"a STUN message length of {length} is not a multiple of 4",
-                            hint="RFC 8489 section 5: the stream is out of step")
+            raise TurnFramingError(f"a STUN message length of {length} is not a multiple of 4",
+                                   hint="RFC 8489 section 5: the stream is out of step")
+        if len(head) >= 8 and bytes(head[4:8]) != MAGIC_COOKIE.to_bytes(4, "big"):
+            raise TurnFramingError("a STUN header without the magic cookie",
+                                   hint="RFC 8489 section 5: the stream is out of step")
         return 20 + length
     if kind == 0b01:
+        number = int.from_bytes(head[:2], "big")
+        if number > CHANNEL_MAX:
+            raise TurnFramingError(f"ChannelData on channel 0x{number:04x} (reserved: "
+                                   "0x5000-0x7FFF)", hint="RFC 8656 section 12")
         return 4 + length + (-length % 4)
-    raise TurnError(f"0x{head[0]:02x} starts neither a STUN message nor ChannelData",
-                    hint="RFC 8656 section 12.5: the stream is out of step")
+    raise TurnFramingError(f"0x{head[0]:02x} starts neither a STUN message nor ChannelData",
+                           hint="RFC 8656 section 12.5: the stream is out of step")
 
 
 class StreamFramer:
-    """Bytes of one TCP connection to the server in, whole frames out."""
+    """Bytes of one TCP connection to the server in, whole frames out (the deframer of
+    every stream to a TURN server: RFC 6062 control and data connections, and a UDP
+    allocation over TCP, :class:`~.client.TurnClient` with ``stream=True``). A partial
+    frame stays buffered until the rest arrives; garbage raises TurnFramingError."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -81,7 +94,7 @@ class StreamFramer:
         self._buf += data
         frames = []
         while True:
-            total = frame_length(bytes(self._buf[:4]))
+            total = frame_length(bytes(self._buf[:8]))
             if total is None or len(self._buf) < total:
                 return frames
             frames.append(bytes(self._buf[:total]))
