@@ -129,3 +129,31 @@ def test_ipv6_stun_responder_names_its_ipv6_alternate():
         assert {k: got["udp"][k] for k in ("mapping", "filtering")} == \
             {k: truth["udp"][k] for k in ("mapping", "filtering")}
         assert rc == 0 and got["ipv6"]["public_ip"] == lab.host_ip6("a1")   # the block mirrors it
+
+
+HOP_WALK = """
+import errno, json, sys
+from stunturn_diag.probe.layers import tcp_server_hop
+out = {}
+for dest, local in ((sys.argv[1], sys.argv[2]), (sys.argv[3], sys.argv[4])):
+    seen = {}
+    hop = tcp_server_hop((dest, 3478), local, rtt=0.1, max_hops=4, outcomes=seen)
+    out[dest] = {"hop": hop, "unreachable": sorted(t for t, e in seen.items() if e == errno.EHOSTUNREACH)}
+print(json.dumps(out))
+"""
+
+
+def test_tcp_hop_walk_sees_each_lower_hop_limit_die_over_both_families():
+    """The TCP hop walk (the simultaneous-open TTL over IPv6, and over IPv4 where UDP is
+    blocked): a1 -> gateway -> internet router -> server is 3 hops over both families, and
+    the connects with TTL / hop limit 1 and 2 fail on the time exceeded, not left pending
+    (Linux takes an ICMPv6 error in SYN-SENT for a soft error unless IPV6_RECVERR is set:
+    the connect would fail only when the retransmitted SYN dies, ~1 s later)."""
+    with Lab(LabSpec.simple("port-restricted+v6=adf", None)) as lab:
+        serve_dual(lab)
+        r = lab.exec("a1", [sys.executable, "-c", HOP_WALK, lab.server_ip6, lab.host_ip6("a1"),
+                            lab.server_ip, lab.host_ip("a1")], timeout=30)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = json.loads(r.stdout)
+        assert got == {lab.server_ip6: {"hop": 3, "unreachable": [1, 2]},
+                       lab.server_ip: {"hop": 3, "unreachable": [1, 2]}}, got

@@ -19,6 +19,7 @@ from stunturn_diag.stun_requests import fresh_binding_request
 from stunturn_diag.sansio.probe.hops import analyse_hops
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
 
@@ -100,15 +101,20 @@ def walk(dest: Address, local_ip: str, public: Address | None, *, rtt: float | N
             s.close()
 
 
-def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, max_hops: int = 8) -> int | None:
+def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, max_hops: int = 8,
+                   outcomes: dict[int, int] | None = None) -> int | None:
     """How many hops away the server's TCP endpoint ``dest`` is, without UDP (bounded: one
     SYN per TTL 1..``max_hops``, all at once, <= 1 s; kernel sockets, no root).
 
-    A connect whose SYN dies on the way is aborted by the ICMP time-exceeded (RFC 5927:
-    an ICMP error kills a connection in SYN-SENT), so the smallest TTL that connects is
-    the server's hop count. Used for the simultaneous-open TTL where UDP does not get
-    through (the UDP walk then finds nothing) and over IPv6 (hop limit, IPV6_UNICAST_HOPS:
-    an ICMPv6 time exceeded aborts the connect alike); None when no connect got through."""
+    A connect whose SYN dies on the way fails on the ICMP time-exceeded (RFC 5927: an ICMP
+    error kills a connection in SYN-SENT), so the smallest TTL that connects is the
+    server's hop count. Used for the simultaneous-open TTL where UDP does not get through
+    (the UDP walk then finds nothing) and over IPv6 (hop limit, IPV6_UNICAST_HOPS). Linux
+    takes an ICMPv6 time exceeded in SYN-SENT for a soft error (RFC 1122 4.2.3.9): the
+    connect would fail only on the retransmitted SYN's error, ~1 s later, past the budget.
+    ``IPV6_RECVERR`` (ipv6(7)) makes the kernel report it at once (``SO_ERROR``), as an
+    IPv4 connect fails at once. None when no connect got through. ``outcomes`` (if given)
+    gets each settled TTL's ``SO_ERROR`` (0: connected; a TTL still pending is absent)."""
     rtt = rtt if rtt is not None else 0.05
     budget = min(1.0, max(0.1, 10 * rtt))
     ipv6 = ":" in dest[0]
@@ -121,6 +127,8 @@ def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, ma
             socks[s] = ttl
             s.setblocking(False)
             s.setsockopt(level, option, ttl)
+            if ipv6:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             s.bind((local_ip, 0))
             s.connect_ex(dest)
         pending, connected = dict(socks), []
@@ -132,7 +140,10 @@ def tcp_server_hop(dest: Address, local_ip: str, *, rtt: float | None = None, ma
             _, writable, _ = select.select([], list(pending), [], max(0.0, min(0.05, end - time.monotonic())))
             for s in writable:
                 ttl = pending.pop(s)
-                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if outcomes is not None:
+                    outcomes[ttl] = err
+                if err == 0:
                     connected.append(ttl)
         return min(connected, default=None)
     finally:

@@ -18,6 +18,12 @@ set (``IPV6_UNICAST_HOPS``), and an ``AF_INET6`` raw TCP socket with
 TCP header on). The hop limit is the server's hop count less one, as over IPv4 (here from
 :func:`stunturn_diag.probe.layers.tcp_server_hop`): it dies one hop past our firewall/NAT66.
 
+The server's SYN crosses our NAT only when ours left first: a round counts as a "no" only
+when our SYN left less than ``delay_ms`` after we asked (``syn_sent_ms``, in the evidence);
+a round that lost that race (a loaded host) is run again with a longer delay, at most
+three rounds (:mod:`stunturn_diag.sansio.probe.simopen`), and a last one still too late
+is the test's ``error``, never a ``false``.
+
 A part that cannot work (Scapy missing or broken, a raw socket refused) is known at once
 and recorded as the test's ``error``: the probe then reports it as failed (``partial``),
 never as a silent null.
@@ -40,6 +46,8 @@ from stunturn_diag.sansio.bpf import tcp6_syn_segment
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
+from stunturn_diag.sansio.probe.simopen import (MAX_ROUNDS, first_delay_ms, lost_race, next_delay_ms,
+                                                race_error, wait_ms)
 from stunturn_diag.probe.tcp_sockets import SAME_PORT_SYNS, free_port, stun_tcp_from, syn_rto
 
 _scapy: dict = {}
@@ -95,16 +103,33 @@ def send_packets(sender, packet, copies: int, dst_ip: str) -> None:
 
 def simopen_test(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
                   rtt: float, loss_seen=None) -> None:
-    """Run :func:`_simopen_once`; once more when it failed on a path known to lose packets."""
-    _simopen_once(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt)
-    first = run.simopen or {}
-    if first.get("connected") is False and loss_seen is not None and loss_seen():
-        _simopen_once(run, ep, local_ip, simopen, lambda: first.get("ttl"), timeout, rtt)
-        run.simopen["rounds"] = 2
+    """Run :func:`_simopen_once` in rounds (:mod:`stunturn_diag.sansio.probe.simopen`): again,
+    with a longer delay, when our SYN left too late to precede the server's; once more when
+    it failed on a path known to lose packets. A last round still too late is an error."""
+    delay_ms, misses, earlier = first_delay_ms(rtt), 0, []
+    for rounds in range(1, MAX_ROUNDS + 1):
+        _simopen_once(run, ep, local_ip, simopen, ttl_for_simopen, timeout, rtt, delay_ms)
+        info = run.simopen
+        if rounds > 1:
+            info.update(rounds=rounds, earlier_rounds=list(earlier))
+        earlier.append({k: info.get(k) for k in ("delay_ms", "syn_sent_ms", "connected")})
+        if info.get("connected") is False and not lost_race(info):
+            misses += 1
+        delay_ms = next_delay_ms(info, rounds, bool(loss_seen and loss_seen()), misses)
+        if delay_ms is None:
+            break
+        ttl_for_simopen = _given(info["ttl"])  # the first round's TTL, not a second walk
+    why = race_error(info)
+    if why is not None:
+        info["error"] = why
+
+
+def _given(ttl: int):
+    return lambda: ttl
 
 
 def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_for_simopen, timeout: float,
-                  rtt: float) -> None:
+                  rtt: float, delay_ms: int) -> None:
     """RFC 5382 section 4.2: a SYN out that dies just past our NAT (low TTL, crafted with
     Scapy: the kernel would abort its own connect on the ICMP time-exceeded), then the
     server's SYN in from the endpoint we addressed. Simultaneous open works through this NAT
@@ -141,10 +166,10 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
             info["error"] = (f"cannot open the raw sockets that send our SYN and watch for the server's "
                              f"({exc.strerror or exc})")
             return
-        wait_ms = int(min(3000, max(250, 10 * rtt * 1000)))
-        delay_ms = int(min(1000, max(30, 4 * rtt * 1000)))
+        wait = wait_ms(rtt)
+        asked = time.monotonic()  # the server takes the request later: its SYN leaves after asked + delay
         try:
-            answer = simopen({"port": mapped[1], "delay_ms": delay_ms, "timeout_ms": wait_ms})
+            answer = simopen({"port": mapped[1], "delay_ms": delay_ms, "timeout_ms": wait})
         except SignalingError as exc:
             info["error"] = str(exc)
             return
@@ -161,10 +186,12 @@ def _simopen_once(run: TcpEvidence, ep: Endpoints, local_ip: str, simopen, ttl_f
         except OSError as exc:
             info["error"] = f"cannot send the crafted SYN: {exc.strerror or exc}"
             return
+        sent = time.monotonic()
         info.update(ttl=ttl, local={"ip": local[0], "port": local[1]},
                     mapped={"ip": mapped[0], "port": mapped[1]},
-                    server_source={"ip": src[0], "port": src[1]}, delay_ms=delay_ms, via="bpf-raw-socket")
-        info["connected"] = watch.wait(src, time.monotonic() + (delay_ms + wait_ms) / 1000 + 0.05)
+                    server_source={"ip": src[0], "port": src[1]}, delay_ms=delay_ms,
+                    syn_sent_ms=round((sent - asked) * 1000, 1), via="bpf-raw-socket")
+        info["connected"] = watch.wait(src, sent + (delay_ms + wait) / 1000 + 0.05)
         if not info["connected"] and watch.seen:
             info["other_syns"] = [{"ip": ip, "port": port} for ip, port in watch.seen[:8]]
     finally:
