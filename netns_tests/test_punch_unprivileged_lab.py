@@ -7,41 +7,18 @@ kernel ISNs without CAP_NET_ADMIN. Both sides relay a line each way.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from stunturn_diag.lab import Lab, LabSpec
-from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
-from stunturn_testkit.unprivileged import unprivileged_argv
+from stunturn_testkit.unprivileged import punch_two_masquerades
 
 pytestmark = pytest.mark.netns
 
-KEY = "unprivileged-lab-key"
-
 
 def _run_pair(protocol: str) -> tuple:
-    with Lab(LabSpec.simple("port-restricted", "port-restricted")) as lab:
-        serve_in_lab(lab)
-        env = dict(os.environ, STUNTURN_KEY=KEY)
-        url = f"http://{lab.server_ip}:{HTTP_PORT}"
-
-        def punch(host, *args):
-            return lab.popen(host, unprivileged_argv([sys.executable, "-m", "stunturn_diag",
-                                                      "punch", url, *args]),
-                             env=env, stdin=subprocess.PIPE)
-        ini = punch("a1", "--target-ip", lab.site_public_ip("b"), "--protocol", protocol)
-        rec = punch("b1", "--wait", "15", "--wait-interval", "0.05")
-        for proc, text in ((ini, "hello from a1\n"), (rec, "hello from b1\n")):
-            proc.stdin.write(text)
-            proc.stdin.close()
-            proc.stdin = None
-        r_out, r_err = rec.communicate(timeout=60)
-        i_out, i_err = ini.communicate(timeout=60)
-    return ini.returncode, rec.returncode, i_out, r_out, i_err, r_err
+    run = punch_two_masquerades(protocol)
+    return run.i_rc, run.r_rc, run.i_out, run.r_out, run.i_err, run.r_err
 
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
