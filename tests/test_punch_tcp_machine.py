@@ -70,18 +70,59 @@ def test_pinned_isn_prime_settles_into_a_fresh_full_ttl_socket_with_the_same_isn
     assert (full.ttl, full.isn, m.candidates[0].connects) == (None, prime.isn, 1)
 
 
-def test_kernel_isn_prime_goes_on_at_full_ttl_and_a_dead_prime_is_followed_at_once():
+def test_kernel_isn_prime_is_kept_at_full_ttl_then_gives_way_to_the_full_syn():
+    """The priming socket's TTL is raised as soon as its SYN left and it waits in
+    SYN-SENT (the peer's SYN must find a socket of ours: a listener's SYN-ACK, another
+    ISN, gave one-way connections); at settle time a fresh socket sends the full SYN."""
     m = machine()
-    (prime,) = started(m, m.start(0.0)[2:])
-    assert resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE) == [SetTtl(prime.handle, 64)]
-    assert not m.candidates[0].priming
-    m2 = machine()
-    (prime,) = started(m2, m2.start(0.0)[2:])
-    assert m2.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.003) == [Close(prime.handle)]
-    cand = m2.candidates[0]
-    assert cand.next_connect == 0.003 and cand.errors == {"prime EHOSTUNREACH": 1}
-    (connect,) = resume_all(m2, m2.on_timers(0.003), 0.003)
-    assert connect.ttl is None and cand.connects == 1
+    prime, raise_ttl = started(m, m.start(0.0)[2:])
+    assert (prime.ttl, prime.isn, raise_ttl) == (2, None, SetTtl(prime.handle, 64))
+    assert resume_all(m, m.on_timers(tm.SETTLE - 0.001), tm.SETTLE - 0.001) == []
+    assert m.wait(tm.SETTLE - 0.001)[2] == pytest.approx(0.001)
+    (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+    assert check == CheckSynSent(prime.handle)
+    abort, full = m.on_syn_sent(prime.handle, True, tm.SETTLE)
+    assert abort == Abort(prime.handle)
+    assert (full.ttl, full.isn, m.candidates[0].connects) == (None, None, 1)
+
+
+def test_kernel_isn_prime_the_peer_syn_reached_is_the_connection():
+    m = machine()
+    prime, _ = started(m, m.start(0.0)[2:])
+    (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+    assert m.on_syn_sent(prime.handle, False, tm.SETTLE) == []
+    assert resume_all(m, m.on_timers(tm.SETTLE + 1), tm.SETTLE + 1) == []   # no full SYN
+    assert m.on_connect_result(prime.handle, 0, tm.SETTLE + 1) == \
+        [StreamSend(prime.handle, tm.NOMINATE)]
+    assert m.candidates[0].connects == 0 and m.candidates[0].up
+
+
+def test_kernel_isn_prime_killed_by_icmp_is_replaced_at_once_a_refused_one_later():
+    m = machine()
+    prime, _ = started(m, m.start(0.0)[2:])
+    close, again = m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.0002)
+    assert close == Close(prime.handle) and (again.ttl, again.isn) == (2, None)
+    cand = m.candidates[0]
+    assert cand.errors == {"prime EHOSTUNREACH": 1} and cand.primes == 2
+    m.on_connect_started(again.handle, errno.EINPROGRESS, 64, 0.0002)
+    assert m.on_connect_result(again.handle, errno.ECONNREFUSED, 0.0004) == [Close(again.handle)]
+    assert resume_all(m, m.on_timers(0.0005), 0.0005) == []
+    assert m.wait(0.0005)[2] == pytest.approx(0.0002 + tm.PRIME_EVERY - 0.0005)
+    (third,) = resume_all(m, m.on_timers(0.0002 + tm.PRIME_EVERY), 0.0002 + tm.PRIME_EVERY)
+    assert third.ttl == 2 and cand.connects == 0
+
+
+def test_kernel_isn_primes_stop_at_max_primes():
+    m = machine()
+    actions, now = m.start(0.0)[2:], 0.0
+    for _ in range(tm.MAX_PRIMES + 5):
+        opened = [a for a in started(m, actions, now=now) if isinstance(a, OpenConnect)]
+        if not opened:
+            break
+        actions = m.on_connect_result(opened[0].handle, errno.EHOSTUNREACH, now)[1:]
+    assert m.candidates[0].primes == tm.MAX_PRIMES and actions == []
+    (full,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)    # the full SYN still goes
+    assert full.ttl is None
 
 
 def test_refused_rounds_back_off_and_the_receiver_zigzags():
@@ -97,13 +138,19 @@ def test_refused_rounds_back_off_and_the_receiver_zigzags():
 
 
 def test_a_refused_full_syn_re_primes_at_once_with_the_full_syn_after_the_back_off():
-    m = machine()
-    (prime,) = started(m, m.start(0.0)[2:])
-    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001)
-    (connect,) = started(m, resume_all(m, m.on_timers(0.001), 0.001))
-    close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
-    assert close == Close(connect.handle) and again.ttl == 2
-    assert m.candidates[0].settle_at == pytest.approx(0.05 + tm.RETRY_FIRST)
+    for pin in (True, False):
+        m = machine(pin=pin)
+        prime = started(m, m.start(0.0)[2:])[0]
+        started(m, m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001), now=0.001)
+        actions = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+        if not pin:     # the replacement prime lives (no ICMP): it gives way first
+            (check,) = actions
+            actions = m.on_syn_sent(check.handle, True, tm.SETTLE)[1:]
+        (connect,) = started(m, actions, now=tm.SETTLE)
+        assert connect.ttl is None
+        close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
+        assert close == Close(connect.handle) and again.ttl == 2
+        assert m.candidates[0].next_connect == pytest.approx(0.05 + tm.RETRY_FIRST)
 
 
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():
