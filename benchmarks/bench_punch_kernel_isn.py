@@ -6,9 +6,11 @@ ISNs, no listener filter) through a real signaling round, as
 ``netns_tests/test_punch_unprivileged_lab.py`` does. Meanwhile a CPU burner (one
 busy-looping process, started and ended by this script, bounded in time) keeps a
 core busy. Prints each attempt's outcome (a failure's one-line errors), then
-successes/N.
+successes/N. ``--icmp-every-prime`` makes the core router answer every priming SYN
+with an ICMP Time Exceeded (``icmp_ratelimit`` 0; by default Linux answers a few,
+then about one a second), so that every priming socket dies and is replaced.
 
-    sudo python3 benchmarks/bench_punch_kernel_isn.py [--attempts 20] [--no-burn] [--protocol tcp] [--json]
+    sudo python3 benchmarks/bench_punch_kernel_isn.py [--attempts 20] [--no-burn] [--icmp-every-prime] [--protocol tcp] [--json]
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main() -> int:
     ap.add_argument("--attempts", type=int, default=20)
     ap.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
     ap.add_argument("--no-burn", action="store_true", help="leave the other core idle")
+    ap.add_argument("--icmp-every-prime", action="store_true",
+                    help="core router: no ICMP rate limit (every prime dies at once)")
     ap.add_argument("--verbose", action="store_true", help="print a failure's full stderr")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -54,7 +58,8 @@ def main() -> int:
     try:
         for n in range(1, attempts + 1):
             t0 = time.monotonic()
-            run = punch_two_masquerades(args.protocol)
+            run = punch_two_masquerades(args.protocol,
+                                        icmp_ratelimit_ms=0 if args.icmp_every_prime else None)
             took = time.monotonic() - t0
             if run.ok:
                 line = next((x for x in run.i_err.splitlines() if "connected" in x
@@ -73,11 +78,13 @@ def main() -> int:
     ok = sum(r["ok"] for r in results)
     load = os.getloadavg()[0]
     print(f"{args.protocol} unprivileged (kernel ISNs), other core "
-          f"{'idle' if args.no_burn else 'busy'}: {ok}/{len(results)} connected "
+          f"{'idle' if args.no_burn else 'busy'}"
+          f"{', ICMP for every prime' if args.icmp_every_prime else ''}: {ok}/{len(results)} connected "
           f"(load average {load:.1f})")
     if args.json:
         print(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "protocol": args.protocol, "burn": not args.no_burn,
+                          "icmp_every_prime": args.icmp_every_prime,
                           "ok": ok, "attempts": len(results), "runs": results}))
     return 0
 

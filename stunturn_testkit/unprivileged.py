@@ -49,13 +49,21 @@ class PairRun:
         return out
 
 
-def punch_two_masquerades(protocol: str, nat: str = "port-restricted") -> PairRun:
+def punch_two_masquerades(protocol: str, nat: str = "port-restricted", *,
+                          icmp_ratelimit_ms: int | None = None) -> PairRun:
     """`stunturn-diag punch` as nobody on both sides of two ``nat`` sites (a fresh lab,
-    the real server, a real signaling round); each side relays one line to the other."""
+    the real server, a real signaling round); each side relays one line to the other.
+    ``icmp_ratelimit_ms``: the core router's ``net.ipv4.icmp_ratelimit`` (0: an ICMP
+    Time Exceeded for every priming packet; Linux's default 1000 answers a burst of a
+    few, then about one a second per destination)."""
     from stunturn_diag.lab import Lab, LabSpec
     from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
+    from stunturn_diag.sansio.lab.topology import INET
 
     with Lab(LabSpec.simple(nat, nat)) as lab:
+        if icmp_ratelimit_ms is not None:
+            lab.exec(INET, ["sysctl", "-qw", f"net.ipv4.icmp_ratelimit={icmp_ratelimit_ms}"],
+                     check=True)
         serve_in_lab(lab)
         env = dict(os.environ, STUNTURN_KEY=KEY)
         url = f"http://{lab.server_ip}:{HTTP_PORT}"
