@@ -9,7 +9,8 @@ import errno
 import pytest
 
 from stunturn_diag.sansio.punch import tcp_machine as tm
-from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, Close, DrainAccepts,
+from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, CheckUnacked, Close,
+                                                    DrainAccepts,
                                                     FilterListener, Listen, OpenConnect,
                                                     OpenListener, StreamRecv, Resume, StreamSend, SetTtl,
                                                     TcpPunchMachine)
@@ -183,7 +184,9 @@ def test_initiator_nominates_and_wins_on_ready_and_ack():
     assert m.leftover() == []
 
 
-def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
+def test_receiver_confirms_the_nomination_and_wins_once_the_peer_acknowledged_it():
+    """Receiving NOMINATE proves only the way in: the receiver wins once the peer has
+    acknowledged READY and NOMINATE_ACK (nothing left in the send queue)."""
     m = machine(Role.RECEIVER, prime_ttl=None)
     m.start(0.0)
     h = m.allocate()
@@ -191,7 +194,35 @@ def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
     m.on_send_result(h, None, 0.5)
     assert m.on_data(h, tm.NOMINATE, "", 0.6) == [StreamSend(h, tm.NOMINATE_ACK)]
     assert m.winner is None
-    assert m.on_send_result(h, None, 0.6) == [] and m.winner == h
+    assert m.on_send_result(h, None, 0.6) == [CheckUnacked(h)]
+    resume_all(m, m.on_timers(0.6), 0.6)
+    assert m.on_unacked(h, 16, 0.6) == [] and m.winner is None
+    assert m.wait(0.6)[0] == [tm.LISTENER]       # its bytes are the handshake's now
+    assert m.wait(0.6)[2] == pytest.approx(tm.CONFIRM_POLL)
+    assert m.expire(0.602) == [CheckUnacked(h)]
+    assert m.on_unacked(h, 0, 0.602) == [] and m.winner == h
+
+
+def test_a_one_way_connection_is_aborted_on_both_sides_after_2s():
+    """Seen unprivileged: the receiver's bytes never arrive. It never wins, and the
+    initiator's connected (not accepted) socket waiting for READY is dropped too."""
+    rec = machine(Role.RECEIVER, prime_ttl=None)
+    rec.start(0.0)
+    h = rec.allocate()
+    rec.on_accepted(h, PEER, 1.0)
+    rec.on_send_result(h, None, 1.0)
+    rec.on_data(h, tm.NOMINATE, "", 1.0)
+    rec.on_send_result(h, None, 1.0)
+    rec.on_unacked(h, 16, 1.0)
+    assert rec.expire(3.0) == [Abort(h)] and rec.winner is None and not rec.candidates[0].up
+    ini = machine(prime_ttl=None)
+    ini.start(0.0)
+    (connect,) = started(ini, resume_all(ini, ini.on_timers(0.0), 0.0))
+    ini.on_connect_result(connect.handle, 0, 1.0)
+    ini.on_send_result(connect.handle, None, 1.0)
+    assert ini.expire(2.9) == []
+    assert ini.expire(3.0) == [Abort(connect.handle)]
+    assert ini.conn_errors == ["203.0.113.9:40000 (connect) no nomination within 2s"]
 
 
 def test_stray_bytes_drop_the_connection_and_free_its_candidate():

@@ -73,13 +73,20 @@ MAX_CONNECTS = 40
 NOMINATE = b"STDTCPN1"
 READY = b"STDTCPR1"
 NOMINATE_ACK = b"STDTCPA1"
+#: the receiver returns the nominated connection only once the peer has acknowledged
+#: every byte it sent (READY, NOMINATE_ACK): receiving NOMINATE proves only the way in.
+#: Seen unprivileged (kernel ISNs): a listener's SYN-ACK came through, then our NAT
+#: left our data untranslated, and the receiver went on to a handshake nobody heard.
+#: Looked at every CONFIRM_POLL seconds (bounded by NOMINATION_WAIT)
+CONFIRM_POLL = 0.002
 #: most connections waiting for the nomination exchange (accepted strangers beyond
 #: this are closed at once)
 MAX_PENDING = 32
-#: an accepted connection whose nomination exchange has not completed after this long
-#: is aborted and its candidate punched anew: seen unprivileged (kernel ISNs, no listener
-#: filter) in the lab, the listener's connection from a candidate came up while nothing
-#: crossed it, and holding it blocked that candidate until the deadline
+#: a connection to or from a candidate whose nomination exchange has not completed after
+#: this long is aborted and its candidate punched anew: seen unprivileged (kernel ISNs,
+#: no listener filter) in the lab, the listener's connection from a candidate came up
+#: while only one way worked, and holding it (on either side) blocked that candidate
+#: until the deadline
 NOMINATION_WAIT = 2.0
 #: a candidate's 4-tuple still taken after this many EADDRNOTAVAIL (and nothing to
 #: accept): the listener's half-open connection whose SYN-ACK never gets through (a new
@@ -163,6 +170,14 @@ class StreamRecv:
 
 
 @dataclass(frozen=True)
+class CheckUnacked:
+    """Answer ``on_unacked(handle, count)``: bytes sent on ``handle`` the peer has not
+    acknowledged yet (SIOCOUTQ)."""
+
+    handle: int
+
+
+@dataclass(frozen=True)
 class DrainAccepts:
     """Accept up to :data:`ACCEPT_DRAIN` queued connections from listener ``listener``:
     ``on_accepted`` for each (with a handle from :meth:`TcpPunchMachine.allocate`),
@@ -203,7 +218,8 @@ class Resume:
     index: int
 
 
-Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv, DrainAccepts,
+Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv,
+               CheckUnacked, DrainAccepts,
                OpenListener, FilterListener, Listen, Resume]
 
 
@@ -299,6 +315,8 @@ class TcpPunchMachine:
         self._greeting: dict[int, TcpConn] = {}
         #: handle -> connection whose NOMINATE_ACK is being sent
         self._acking: dict[int, TcpConn] = {}
+        #: receiver: handle -> nominated connection whose bytes are not all acknowledged
+        self._confirming: dict[int, TcpConn] = {}
         #: the listener being opened to replace the current one
         self._new_listener: int | None = None
         self._wake = deadline
@@ -438,21 +456,27 @@ class TcpPunchMachine:
         return actions
 
     def expire(self, now: float) -> list[Action]:
-        """Abort accepted connections not nominated within :data:`NOMINATION_WAIT`."""
+        """Abort connections to or from a candidate not nominated within
+        :data:`NOMINATION_WAIT`; look again whether the peer acknowledged what the
+        receiver sent on its nominated connection."""
         actions: list[Action] = []
         for conn in list(self.conns):
-            if conn.via == "accept" and conn.cand is not None and \
-                    now - conn.since >= NOMINATION_WAIT:
+            if conn.cand is None:
+                continue
+            if now - conn.since >= NOMINATION_WAIT:
+                self._confirming.pop(conn.handle, None)
                 actions += self._drop(conn, f"no nomination within {NOMINATION_WAIT:g}s",
                                       now, abort=True)
-            elif conn.via == "accept" and conn.cand is not None:
+            else:
                 self._wake = min(self._wake, conn.since + NOMINATION_WAIT)
-        return actions
+        return actions + [CheckUnacked(h) for h in self._confirming]
 
     def wait(self, now: float) -> tuple[list[int], list[int], float]:
         """(handles to watch for reading, for writing, seconds to wait at most)."""
         writers = [c.handle for c in self.candidates if c.handle is not None]
-        readers = [self.listener] + [c.handle for c in self.conns]
+        readers = [self.listener] + [c.handle for c in self.conns
+                                     if c.handle not in self._confirming
+                                     and c.handle != self.winner]
         return readers, writers, max(0.0, min(self._wake - now, TICK))
 
     def connecting(self) -> list[int | None]:
@@ -583,7 +607,19 @@ class TcpPunchMachine:
         conn = self._acking.pop(handle)
         if error is not None:
             return self._drop(conn, error, now)
-        self.winner = handle
+        self._confirming[handle] = conn
+        return [CheckUnacked(handle)]
+
+    def on_unacked(self, handle: int, count: int, now: float) -> list[Action]:
+        """Receiver: ``count`` bytes of the nominated connection not yet acknowledged
+        (see :data:`CONFIRM_POLL`); none left: it wins."""
+        if handle not in self._confirming:
+            return []
+        if count == 0:
+            del self._confirming[handle]
+            self.winner = handle
+        else:
+            self._wake = min(self._wake, now + CONFIRM_POLL)
         return []
 
     def on_readable(self, handle: int, now: float) -> list[Action]:
