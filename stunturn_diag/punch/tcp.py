@@ -85,7 +85,11 @@ Hence the sequence, per candidate, on both peers:
    comes up, the receiver 8 bytes READY (which also unsticks d); the receiver
    answers NOMINATE_ACK on the first connection that delivers NOMINATE, and both
    return exactly that one (the controlling side picks, as in ICE, RFC 8445
-   section 8); all others are closed. This proves the connection both ways.
+   section 8); all others are closed. The initiator has then heard both ways; the
+   receiver returns it once the initiator acknowledged (TCP) every byte it sent
+   (NOMINATE proves only the way in: see c). A connection to or from a candidate
+   not nominated within ``tcp_machine.NOMINATION_WAIT`` is aborted on either side
+   and that candidate punched anew.
 
 ``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
 host -> site NAT -> core router -> peer NAT (the lab) that is 2
