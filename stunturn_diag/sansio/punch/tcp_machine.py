@@ -6,8 +6,8 @@ them. Sockets are named by integer handles (:data:`LISTENER` is the caller's
 listener; the machine allocates the others). Every method takes the event and
 ``now`` (monotonic seconds) and returns the actions to carry out, in order. An
 action whose result the machine needs at once (:class:`OpenConnect`, :class:`StreamSend`,
-:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`OpenListener`,
-:class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
+:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`CheckUnacked`,
+:class:`OpenListener`, :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
 before it carries out the next action (the actions that event returns go first), so
 the sequence is the one a direct socket loop would run. The sequence and its reasons
 are in the docstring of :mod:`stunturn_diag.punch.tcp`. Every retry is bounded by
