@@ -9,7 +9,8 @@ import errno
 import pytest
 
 from stunturn_diag.sansio.punch import tcp_machine as tm
-from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, Close, DrainAccepts,
+from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, CheckUnacked, Close,
+                                                    DrainAccepts,
                                                     FilterListener, Listen, OpenConnect,
                                                     OpenListener, StreamRecv, Resume, StreamSend, SetTtl,
                                                     TcpPunchMachine)
@@ -70,18 +71,59 @@ def test_pinned_isn_prime_settles_into_a_fresh_full_ttl_socket_with_the_same_isn
     assert (full.ttl, full.isn, m.candidates[0].connects) == (None, prime.isn, 1)
 
 
-def test_kernel_isn_prime_goes_on_at_full_ttl_and_a_dead_prime_is_followed_at_once():
+def test_kernel_isn_prime_is_kept_at_full_ttl_then_gives_way_to_the_full_syn():
+    """The priming socket's TTL is raised as soon as its SYN left and it waits in
+    SYN-SENT (the peer's SYN must find a socket of ours: a listener's SYN-ACK, another
+    ISN, gave one-way connections); at settle time a fresh socket sends the full SYN."""
     m = machine()
-    (prime,) = started(m, m.start(0.0)[2:])
-    assert resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE) == [SetTtl(prime.handle, 64)]
-    assert not m.candidates[0].priming
-    m2 = machine()
-    (prime,) = started(m2, m2.start(0.0)[2:])
-    assert m2.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.003) == [Close(prime.handle)]
-    cand = m2.candidates[0]
-    assert cand.next_connect == 0.003 and cand.errors == {"prime EHOSTUNREACH": 1}
-    (connect,) = resume_all(m2, m2.on_timers(0.003), 0.003)
-    assert connect.ttl is None and cand.connects == 1
+    prime, raise_ttl = started(m, m.start(0.0)[2:])
+    assert (prime.ttl, prime.isn, raise_ttl) == (2, None, SetTtl(prime.handle, 64))
+    assert resume_all(m, m.on_timers(tm.SETTLE - 0.001), tm.SETTLE - 0.001) == []
+    assert m.wait(tm.SETTLE - 0.001)[2] == pytest.approx(0.001)
+    (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+    assert check == CheckSynSent(prime.handle)
+    abort, full = m.on_syn_sent(prime.handle, True, tm.SETTLE)
+    assert abort == Abort(prime.handle)
+    assert (full.ttl, full.isn, m.candidates[0].connects) == (None, None, 1)
+
+
+def test_kernel_isn_prime_the_peer_syn_reached_is_the_connection():
+    m = machine()
+    prime, _ = started(m, m.start(0.0)[2:])
+    (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+    assert m.on_syn_sent(prime.handle, False, tm.SETTLE) == []
+    assert resume_all(m, m.on_timers(tm.SETTLE + 1), tm.SETTLE + 1) == []   # no full SYN
+    assert m.on_connect_result(prime.handle, 0, tm.SETTLE + 1) == \
+        [StreamSend(prime.handle, tm.NOMINATE)]
+    assert m.candidates[0].connects == 0 and m.candidates[0].up
+
+
+def test_kernel_isn_prime_killed_by_icmp_is_replaced_at_once_a_refused_one_later():
+    m = machine()
+    prime, _ = started(m, m.start(0.0)[2:])
+    close, again = m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.0002)
+    assert close == Close(prime.handle) and (again.ttl, again.isn) == (2, None)
+    cand = m.candidates[0]
+    assert cand.errors == {"prime EHOSTUNREACH": 1} and cand.primes == 2
+    m.on_connect_started(again.handle, errno.EINPROGRESS, 64, 0.0002)
+    assert m.on_connect_result(again.handle, errno.ECONNREFUSED, 0.0004) == [Close(again.handle)]
+    assert resume_all(m, m.on_timers(0.0005), 0.0005) == []
+    assert m.wait(0.0005)[2] == pytest.approx(0.0002 + tm.PRIME_EVERY - 0.0005)
+    (third,) = resume_all(m, m.on_timers(0.0002 + tm.PRIME_EVERY), 0.0002 + tm.PRIME_EVERY)
+    assert third.ttl == 2 and cand.connects == 0
+
+
+def test_kernel_isn_primes_stop_at_max_primes():
+    m = machine()
+    actions, now = m.start(0.0)[2:], 0.0
+    for _ in range(tm.MAX_PRIMES + 5):
+        opened = [a for a in started(m, actions, now=now) if isinstance(a, OpenConnect)]
+        if not opened:
+            break
+        actions = m.on_connect_result(opened[0].handle, errno.EHOSTUNREACH, now)[1:]
+    assert m.candidates[0].primes == tm.MAX_PRIMES and actions == []
+    (full,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)    # the full SYN still goes
+    assert full.ttl is None
 
 
 def test_refused_rounds_back_off_and_the_receiver_zigzags():
@@ -97,13 +139,19 @@ def test_refused_rounds_back_off_and_the_receiver_zigzags():
 
 
 def test_a_refused_full_syn_re_primes_at_once_with_the_full_syn_after_the_back_off():
-    m = machine()
-    (prime,) = started(m, m.start(0.0)[2:])
-    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001)
-    (connect,) = started(m, resume_all(m, m.on_timers(0.001), 0.001))
-    close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
-    assert close == Close(connect.handle) and again.ttl == 2
-    assert m.candidates[0].settle_at == pytest.approx(0.05 + tm.RETRY_FIRST)
+    for pin in (True, False):
+        m = machine(pin=pin)
+        prime = started(m, m.start(0.0)[2:])[0]
+        started(m, m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001), now=0.001)
+        actions = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
+        if not pin:     # the replacement prime lives (no ICMP): it gives way first
+            (check,) = actions
+            actions = m.on_syn_sent(check.handle, True, tm.SETTLE)[1:]
+        (connect,) = started(m, actions, now=tm.SETTLE)
+        assert connect.ttl is None
+        close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
+        assert close == Close(connect.handle) and again.ttl == 2
+        assert m.candidates[0].next_connect == pytest.approx(0.05 + tm.RETRY_FIRST)
 
 
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():
@@ -136,7 +184,9 @@ def test_initiator_nominates_and_wins_on_ready_and_ack():
     assert m.leftover() == []
 
 
-def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
+def test_receiver_confirms_the_nomination_and_wins_once_the_peer_acknowledged_it():
+    """Receiving NOMINATE proves only the way in: the receiver wins once the peer has
+    acknowledged READY and NOMINATE_ACK (nothing left in the send queue)."""
     m = machine(Role.RECEIVER, prime_ttl=None)
     m.start(0.0)
     h = m.allocate()
@@ -144,7 +194,35 @@ def test_receiver_confirms_the_nomination_and_wins_once_its_ack_is_sent():
     m.on_send_result(h, None, 0.5)
     assert m.on_data(h, tm.NOMINATE, "", 0.6) == [StreamSend(h, tm.NOMINATE_ACK)]
     assert m.winner is None
-    assert m.on_send_result(h, None, 0.6) == [] and m.winner == h
+    assert m.on_send_result(h, None, 0.6) == [CheckUnacked(h)]
+    resume_all(m, m.on_timers(0.6), 0.6)
+    assert m.on_unacked(h, 16, 0.6) == [] and m.winner is None
+    assert m.wait(0.6)[0] == [tm.LISTENER]       # its bytes are the handshake's now
+    assert m.wait(0.6)[2] == pytest.approx(tm.CONFIRM_POLL)
+    assert m.expire(0.602) == [CheckUnacked(h)]
+    assert m.on_unacked(h, 0, 0.602) == [] and m.winner == h
+
+
+def test_a_one_way_connection_is_aborted_on_both_sides_after_2s():
+    """Seen unprivileged: the receiver's bytes never arrive. It never wins, and the
+    initiator's connected (not accepted) socket waiting for READY is dropped too."""
+    rec = machine(Role.RECEIVER, prime_ttl=None)
+    rec.start(0.0)
+    h = rec.allocate()
+    rec.on_accepted(h, PEER, 1.0)
+    rec.on_send_result(h, None, 1.0)
+    rec.on_data(h, tm.NOMINATE, "", 1.0)
+    rec.on_send_result(h, None, 1.0)
+    rec.on_unacked(h, 16, 1.0)
+    assert rec.expire(3.0) == [Abort(h)] and rec.winner is None and not rec.candidates[0].up
+    ini = machine(prime_ttl=None)
+    ini.start(0.0)
+    (connect,) = started(ini, resume_all(ini, ini.on_timers(0.0), 0.0))
+    ini.on_connect_result(connect.handle, 0, 1.0)
+    ini.on_send_result(connect.handle, None, 1.0)
+    assert ini.expire(2.9) == []
+    assert ini.expire(3.0) == [Abort(connect.handle)]
+    assert ini.conn_errors == ["203.0.113.9:40000 (connect) no nomination within 2s"]
 
 
 def test_stray_bytes_drop_the_connection_and_free_its_candidate():

@@ -29,7 +29,10 @@ c. After our SYN opened our entry, a SYN-ACK with a *different* ISN (a listener
    private source. So is a SYN from a new socket with a different ISN once the
    peer's SYN has passed our NAT (state SYN_SENT2) - unless the new ISN is within
    the window the first SYN opened (64240 ISN ticks of 64 ns, about 4 ms). While
-   the entry is still SYN_SENT a *later* ISN re-initialises it.
+   the entry is still SYN_SENT a *later* ISN re-initialises it. Even inside that
+   window, a listener's SYN-ACK (its own ISN) completes the handshake but the data
+   that side sends next leaves its NAT untranslated (INVALID): a one-way connection
+   (seen with kernel ISNs, where nothing else answers a SYN that finds no socket).
 d. If the final ACK of a simultaneous open is lost after the peer's NAT tracked
    it, that entry is ESTABLISHED and the peer's retransmitted SYN-ACK is INVALID
    (untranslated): only a data segment completes the peer's SYN-RECEIVED socket.
@@ -51,9 +54,13 @@ Hence the sequence, per candidate, on both peers:
    passes our NAT (RFC 5382 section 4.3: it admits the endpoint we sent to) and
    lands in that SYN-SENT socket: simultaneous open (RFC 9293 section 3.5,
    figure 8). The kernel retransmits our SYN (1 s, 3 s, ...) meanwhile.
-   Without CAP_NET_ADMIN (kernel ISNs, RFC 6528) the full-TTL socket instead
-   follows the prime's ICMP at once, to stay within conntrack's window (c); if
-   no ICMP comes back, the priming socket itself goes on at full TTL.
+   Without CAP_NET_ADMIN (kernel ISNs, RFC 6528: every socket draws its own) the
+   priming socket is kept: its TTL is raised as soon as its SYN left, and it
+   waits in SYN-SENT, so the peer's SYN finds the very socket whose SYN our NAT
+   saw last (c); one that the ICMP kills is replaced by a new prime at once (the
+   core router rate-limits ICMP, so after a few a prime lives). At :data:`SETTLE`
+   the prime, still in SYN-SENT, is aborted and a fresh socket sends the full-TTL
+   SYN (``tcp_machine.PRIME_EVERY``).
 4. *Black-hole listener*: a SYN from a candidate that finds none of our
    connecting sockets (the peer's SYN came first) must be neither answered (c)
    nor RST (b): a classic-BPF socket filter on the listener drops segments from
@@ -61,9 +68,8 @@ Hence the sequence, per candidate, on both peers:
    later. SYNs from any *other* address are accepted: that is how a peer behind a
    symmetric NAT (a port other than its STUN mapping) reaches us through an
    endpoint- or address-dependent filter. Where the kernel refuses the filter
-   (unprivileged on hardened kernels) the listener stays unfiltered; with kernel
-   ISNs the prime-to-connect gap is so short that this rarely matters (the lab
-   matrix passes unprivileged too).
+   (unprivileged on this kernel) the listener stays unfiltered; with kernel
+   ISNs the kept priming socket (3) is what the peer's SYN finds instead.
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
    ICMP unreachable starts a new round: prime again at once, connect after the
    back-off (``tcp_machine.retry_delay``: 20 ms for three rounds, then doubling up
@@ -79,7 +85,11 @@ Hence the sequence, per candidate, on both peers:
    comes up, the receiver 8 bytes READY (which also unsticks d); the receiver
    answers NOMINATE_ACK on the first connection that delivers NOMINATE, and both
    return exactly that one (the controlling side picks, as in ICE, RFC 8445
-   section 8); all others are closed. This proves the connection both ways.
+   section 8); all others are closed. The initiator has then heard both ways; the
+   receiver returns it once the initiator acknowledged (TCP) every byte it sent
+   (NOMINATE proves only the way in: see c). A connection to or from a candidate
+   not nominated within ``tcp_machine.NOMINATION_WAIT`` is aborted on either side
+   and that candidate punched anew.
 
 ``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
 host -> site NAT -> core router -> peer NAT (the lab) that is 2

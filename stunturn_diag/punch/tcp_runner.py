@@ -24,7 +24,7 @@ from stunturn_diag.sansio.punch.wire import Role
 from ..errors import PunchError
 
 from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, set_ttl,
-                          shared_port_socket, tcp_state)
+                          shared_port_socket, tcp_state, unacked)
 from stunturn_diag.sansio.netaddr import Address
 
 
@@ -119,6 +119,9 @@ class TcpPunchRunner:
             else:
                 why = "closed by the peer"
             return mach.on_data(action.handle, data, why, self.clock())
+        if isinstance(action, m.CheckUnacked):
+            return mach.on_unacked(action.handle, unacked(self.socks[action.handle]),
+                                   self.clock())
         if isinstance(action, m.DrainAccepts):
             self._drain(self.socks[action.listener])
             return []
@@ -168,6 +171,8 @@ class TcpPunchRunner:
                                      reason="cancelled")
                 self.execute(mach.on_timers(now))
                 self.execute(mach.expire(now))
+                if mach.winner is not None:     # the receiver's nominated one confirmed
+                    break
                 readers, writers, timeout = mach.wait(now)
                 if self.cancel is not None:
                     timeout = min(timeout, 0.02)

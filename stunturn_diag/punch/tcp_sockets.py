@@ -8,9 +8,11 @@ local address's (:func:`family_for`); the hop limit stands in for the TTL over I
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import socket
 import struct
+import termios
 
 from stunturn_diag.sansio import bpf
 from ..hostaddr import host_addresses
@@ -93,6 +95,16 @@ def tcp_state(sock: socket.socket) -> int | None:
         return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0]
     except OSError:
         return None
+
+
+def unacked(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` the peer has not acknowledged yet (SIOCOUTQ, tcp(7));
+    0 where the kernel cannot tell."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except OSError:
+        return 0
+    return struct.unpack("i", raw)[0]
 
 
 #: TCP_USER_TIMEOUT (linux/tcp.h, RFC 5482): unacknowledged data for this long ends it

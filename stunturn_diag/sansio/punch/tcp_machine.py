@@ -6,8 +6,8 @@ them. Sockets are named by integer handles (:data:`LISTENER` is the caller's
 listener; the machine allocates the others). Every method takes the event and
 ``now`` (monotonic seconds) and returns the actions to carry out, in order. An
 action whose result the machine needs at once (:class:`OpenConnect`, :class:`StreamSend`,
-:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`OpenListener`,
-:class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
+:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`CheckUnacked`,
+:class:`OpenListener`, :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
 before it carries out the next action (the actions that event returns go first), so
 the sequence is the one a direct socket loop would run. The sequence and its reasons
 are in the docstring of :mod:`stunturn_diag.punch.tcp`. Every retry is bounded by
@@ -47,6 +47,21 @@ RETRY_INTERVAL = 0.25
 #: kernel ISNs: the receiver's zig-zag step between rounds (see
 #: TcpPunchMachine._retry_wait)
 KERNEL_STEP = 0.0025
+#: kernel ISNs (no CAP_NET_ADMIN; RFC 6528 ISNs, a new one per socket): only a SYN-ACK
+#: from the very socket whose SYN our NAT's conntrack saw last gets a working connection.
+#: Seen in the lab: the listener's SYN-ACK (another ISN, though inside the ~4 ms window)
+#: passes our NAT, the handshake completes, then our NAT marks our data INVALID and it
+#: leaves untranslated (one-way connection, "no nomination within 2s"); a prime that
+#: died at its ICMP Time Exceeded and was followed by a new socket only after the
+#: peer's SYN had arrived failed the same way or by RST. So the priming socket is kept:
+#: its SYN leaves at the prime's TTL, then its TTL is raised at once and it waits in
+#: SYN-SENT for the peer's SYN (the core router rate-limits ICMP: after a few, a prime
+#: gets none and lives). One the ICMP kills is replaced at once; one refused by RST
+#: (a peer on the same LAN) after PRIME_EVERY. The full-TTL SYN follows at the round's
+#: settle time from a fresh socket (the prime, still in SYN-SENT, aborted first).
+PRIME_EVERY = 0.001
+#: most priming SYNs per candidate and run (kernel ISNs; a bound, the lab needs ~10)
+MAX_PRIMES = 600
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
 MAX_CONNECTS = 40
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
@@ -58,13 +73,20 @@ MAX_CONNECTS = 40
 NOMINATE = b"STDTCPN1"
 READY = b"STDTCPR1"
 NOMINATE_ACK = b"STDTCPA1"
+#: the receiver returns the nominated connection only once the peer has acknowledged
+#: every byte it sent (READY, NOMINATE_ACK): receiving NOMINATE proves only the way in.
+#: Seen unprivileged (kernel ISNs): a listener's SYN-ACK came through, then our NAT
+#: left our data untranslated, and the receiver went on to a handshake nobody heard.
+#: Looked at every CONFIRM_POLL seconds (bounded by NOMINATION_WAIT)
+CONFIRM_POLL = 0.002
 #: most connections waiting for the nomination exchange (accepted strangers beyond
 #: this are closed at once)
 MAX_PENDING = 32
-#: an accepted connection whose nomination exchange has not completed after this long
-#: is aborted and its candidate punched anew: seen unprivileged (kernel ISNs, no listener
-#: filter) in the lab, the listener's connection from a candidate came up while nothing
-#: crossed it, and holding it blocked that candidate until the deadline
+#: a connection to or from a candidate whose nomination exchange has not completed after
+#: this long is aborted and its candidate punched anew: seen unprivileged (kernel ISNs,
+#: no listener filter) in the lab, the listener's connection from a candidate came up
+#: while only one way worked, and holding it (on either side) blocked that candidate
+#: until the deadline
 NOMINATION_WAIT = 2.0
 #: a candidate's 4-tuple still taken after this many EADDRNOTAVAIL (and nothing to
 #: accept): the listener's half-open connection whose SYN-ACK never gets through (a new
@@ -148,6 +170,14 @@ class StreamRecv:
 
 
 @dataclass(frozen=True)
+class CheckUnacked:
+    """Answer ``on_unacked(handle, count)``: bytes sent on ``handle`` the peer has not
+    acknowledged yet (SIOCOUTQ)."""
+
+    handle: int
+
+
+@dataclass(frozen=True)
 class DrainAccepts:
     """Accept up to :data:`ACCEPT_DRAIN` queued connections from listener ``listener``:
     ``on_accepted`` for each (with a handle from :meth:`TcpPunchMachine.allocate`),
@@ -188,7 +218,8 @@ class Resume:
     index: int
 
 
-Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv, DrainAccepts,
+Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv,
+               CheckUnacked, DrainAccepts,
                OpenListener, FilterListener, Listen, Resume]
 
 
@@ -208,6 +239,8 @@ class TcpCandidate:
     failures: int = 0              # refused/unreachable full-TTL rounds (retry back-off)
     busy: int = 0                  # connects refused locally: the 4-tuple was in use
     passive: bool = False          # listen-connect receiver: never connects
+    prime_at: float = 0.0          # kernel ISNs: when the next priming SYN leaves
+    primes: int = 0                # kernel ISNs: priming SYNs sent
     up: bool = False               # its connection is established (4-tuple in use)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -270,6 +303,8 @@ class TcpPunchMachine:
         self.filtered = False
         #: pin ISNs with TCP_REPAIR (needs CAP_NET_ADMIN); else kernel ISNs
         self.pin = bool(prime_ttl) and strategy == STRATEGY_SIMULTANEOUS and bool(pin)
+        #: kernel ISNs with priming (see PRIME_EVERY)
+        self.kernel_isn = bool(prime_ttl) and strategy == STRATEGY_SIMULTANEOUS and not self.pin
         self._isn_source = isn_source
         #: the handle that won the nomination
         self.winner: int | None = None
@@ -280,6 +315,8 @@ class TcpPunchMachine:
         self._greeting: dict[int, TcpConn] = {}
         #: handle -> connection whose NOMINATE_ACK is being sent
         self._acking: dict[int, TcpConn] = {}
+        #: receiver: handle -> nominated connection whose bytes are not all acknowledged
+        self._confirming: dict[int, TcpConn] = {}
         #: the listener being opened to replace the current one
         self._new_listener: int | None = None
         self._wake = deadline
@@ -299,9 +336,22 @@ class TcpPunchMachine:
         return [OpenConnect(handle, cand.address, ttl, cand.isn)]
 
     def _prime(self, cand: TcpCandidate, now: float, settle: float) -> list[Action]:
-        """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there)."""
+        """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there).
+        ``settle``: when the round's full-TTL SYN follows."""
         cand.isn = self._isn_source() | 1 if self.pin else None
         cand.settle_at = cand.next_connect = now + settle
+        if self.kernel_isn:
+            cand.prime_at = now
+            return self._kernel_prime(cand, now)
+        return self._open(cand, self.prime_ttl)
+
+    def _kernel_prime(self, cand: TcpCandidate, now: float) -> list[Action]:
+        """Kernel ISNs: the round's next priming socket, if its time has come and the
+        budget lasts (its TTL is raised once its SYN left: see :data:`PRIME_EVERY`)."""
+        if cand.prime_at > now or cand.primes >= MAX_PRIMES or cand.next_connect <= now:
+            return []
+        cand.primes += 1
+        cand.prime_at = now + PRIME_EVERY
         return self._open(cand, self.prime_ttl)
 
     def _retry_wait(self, failures: int) -> float:
@@ -349,13 +399,6 @@ class TcpPunchMachine:
     def _sources(self) -> tuple[Address, ...]:
         return tuple(c.address for c in self.candidates)
 
-    def _settle(self, cand: TcpCandidate) -> list[Action]:
-        """The prime's socket is still alive at settle time (no ICMP came back)."""
-        assert cand.handle is not None
-        if self.pin:
-            return [CheckSynSent(cand.handle)]
-        return self._go_full_ttl(cand)
-
     def _go_full_ttl(self, cand: TcpCandidate) -> list[Action]:
         # the same socket goes on at full TTL; the kernel retransmits its SYN
         # (or its SYN-ACK, after a simultaneous open already began)
@@ -374,6 +417,8 @@ class TcpPunchMachine:
 
     def _timer(self, cand: TcpCandidate) -> list[Action]:
         now = self._round_at
+        if self.kernel_isn:
+            return self._kernel_timer(cand, now)
         if cand.handle is None and not cand.passive and not cand.up and \
                 cand.connects < self.max_connects:
             if cand.next_connect <= now:
@@ -381,26 +426,57 @@ class TcpPunchMachine:
             self._wake = min(self._wake, cand.next_connect)
         elif cand.handle is not None and cand.priming:
             if cand.settle_at <= now:
-                return self._settle(cand)
+                # the prime's socket is still alive (no ICMP came back)
+                return [CheckSynSent(cand.handle)]
             self._wake = min(self._wake, cand.settle_at)
         return []
 
+    def _kernel_timer(self, cand: TcpCandidate, now: float) -> list[Action]:
+        """Kernel ISNs: keep a priming socket on the 4-tuple until the round's settle
+        time, then the full-TTL SYN from a fresh socket (unless the peer's SYN reached
+        the prime: that one is the connection then)."""
+        if cand.up or cand.connects >= self.max_connects:
+            return []
+        if cand.handle is not None:
+            # a prime still alive (no ICMP came back: the socket waits at full TTL)
+            # gives way to the full-TTL SYN unless the peer's SYN reached it
+            if not cand.priming:
+                return []
+            if cand.next_connect <= now:
+                return [CheckSynSent(cand.handle)]
+            self._wake = min(self._wake, cand.next_connect)
+            return []
+        if cand.next_connect <= now:
+            return self.connect(cand, now)
+        actions = self._kernel_prime(cand, now)
+        wake = cand.next_connect
+        if cand.primes < MAX_PRIMES:
+            wake = min(wake, cand.prime_at)
+        self._wake = min(self._wake, wake)
+        return actions
+
     def expire(self, now: float) -> list[Action]:
-        """Abort accepted connections not nominated within :data:`NOMINATION_WAIT`."""
+        """Abort connections to or from a candidate not nominated within
+        :data:`NOMINATION_WAIT`; look again whether the peer acknowledged what the
+        receiver sent on its nominated connection."""
         actions: list[Action] = []
         for conn in list(self.conns):
-            if conn.via == "accept" and conn.cand is not None and \
-                    now - conn.since >= NOMINATION_WAIT:
+            if conn.cand is None:
+                continue
+            if now - conn.since >= NOMINATION_WAIT:
+                self._confirming.pop(conn.handle, None)
                 actions += self._drop(conn, f"no nomination within {NOMINATION_WAIT:g}s",
                                       now, abort=True)
-            elif conn.via == "accept" and conn.cand is not None:
+            else:
                 self._wake = min(self._wake, conn.since + NOMINATION_WAIT)
-        return actions
+        return actions + [CheckUnacked(h) for h in self._confirming]
 
     def wait(self, now: float) -> tuple[list[int], list[int], float]:
         """(handles to watch for reading, for writing, seconds to wait at most)."""
         writers = [c.handle for c in self.candidates if c.handle is not None]
-        readers = [self.listener] + [c.handle for c in self.conns]
+        readers = [self.listener] + [c.handle for c in self.conns
+                                     if c.handle not in self._confirming
+                                     and c.handle != self.winner]
         return readers, writers, max(0.0, min(self._wake - now, TICK))
 
     def connecting(self) -> list[int | None]:
@@ -435,6 +511,10 @@ class TcpPunchMachine:
             cand.next_connect = now + RETRY_INTERVAL
             return [Close(handle)]
         cand.handle, cand.priming = handle, ttl is not None
+        if self.kernel_isn and ttl is not None:
+            # the priming SYN has left: the socket goes on at full TTL, so that a
+            # peer's SYN landing on it is answered by a SYN-ACK that gets through
+            return [SetTtl(handle, self.full_ttl)]
         return []
 
     def resume(self, step: str, index: int, now: float) -> list[Action]:
@@ -451,11 +531,20 @@ class TcpPunchMachine:
             return actions + [Resume("busy-wait", index)]
         if step == "busy-wait":
             cand.next_connect = now + retry_delay(cand.busy)
+            if self.kernel_isn:
+                # the listener answered the peer's SYN on this 4-tuple: no primes
+                # until the connection is accepted or the next look
+                cand.prime_at = cand.next_connect
             return []
         raise ValueError(f"unknown step {step!r}")
 
     def on_syn_sent(self, handle: int, in_syn_sent: bool, now: float) -> list[Action]:
         cand = next(c for c in self.candidates if c.handle == handle)
+        if self.kernel_isn and not in_syn_sent:
+            # the peer's SYN reached the prime (a simultaneous open, at full TTL): no
+            # full-TTL SYN of ours; its connect result comes as for any connect
+            cand.priming = False
+            return []
         if not in_syn_sent:
             return self._go_full_ttl(cand)
         # a fresh socket with the same ISN sends the full-TTL SYN at once (only
@@ -480,13 +569,13 @@ class TcpPunchMachine:
         cand.handle = None
         if cand.priming:
             # expected: ICMP Time Exceeded for the low TTL (EHOSTUNREACH) kills it;
-            # pinned ISNs: the full-TTL SYN follows at settle_at (the next connect time)
+            # pinned ISNs: the full-TTL SYN follows at settle_at (the next connect
+            # time); kernel ISNs: a new prime at once (an RST'd one: at prime_at), so
+            # that the 4-tuple is never without a connecting socket for long
             cand.note(f"prime {_err_name(err)}")
-            if not self.pin and err not in _REFUSED:
-                # kernel ISNs: the next one must follow at once to stay in the
-                # window conntrack recorded for the prime (see module docstring);
-                # a refused prime (RST) waits for the round's settle time instead
-                cand.next_connect = now
+            if self.kernel_isn and err not in _REFUSED:
+                cand.prime_at = now
+                return actions + self._kernel_prime(cand, now)
             return actions
         cand.note(_err_name(err))
         cand.failures += 1
@@ -518,7 +607,19 @@ class TcpPunchMachine:
         conn = self._acking.pop(handle)
         if error is not None:
             return self._drop(conn, error, now)
-        self.winner = handle
+        self._confirming[handle] = conn
+        return [CheckUnacked(handle)]
+
+    def on_unacked(self, handle: int, count: int, now: float) -> list[Action]:
+        """Receiver: ``count`` bytes of the nominated connection not yet acknowledged
+        (see :data:`CONFIRM_POLL`); none left: it wins."""
+        if handle not in self._confirming:
+            return []
+        if count == 0:
+            del self._confirming[handle]
+            self.winner = handle
+        else:
+            self._wake = min(self._wake, now + CONFIRM_POLL)
         return []
 
     def on_readable(self, handle: int, now: float) -> list[Action]:
