@@ -225,6 +225,21 @@ def test_a_one_way_connection_is_aborted_on_both_sides_after_2s():
     assert ini.conn_errors == ["203.0.113.9:40000 (connect) no nomination within 2s"]
 
 
+def test_the_winner_is_never_aborted_by_the_nomination_rule():
+    """The runner looks at the timers once more before it hands the winner over; a winner
+    whose connection came up 2 s before (a loaded host) must not be aborted then."""
+    m = machine(prime_ttl=None)
+    m.start(0.0)
+    (connect,) = started(m, resume_all(m, m.on_timers(0.0), 0.0))
+    h = connect.handle
+    m.on_connect_result(h, 0, 0.01)
+    m.on_send_result(h, None, 0.01)
+    m.on_data(h, tm.READY, "", 1.9)
+    m.on_data(h, tm.NOMINATE_ACK, "", 1.99)
+    assert m.winner == h
+    assert Abort(h) not in m.expire(2.5) and m.winner == h and m.conn_errors == []
+
+
 def test_stray_bytes_drop_the_connection_and_free_its_candidate():
     m = machine(Role.RECEIVER, prime_ttl=None)
     m.start(0.0)

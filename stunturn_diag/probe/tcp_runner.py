@@ -167,23 +167,32 @@ _OUTCOME_RANK = {"connected": 0, "rst": 1, "icmp": 2, "timeout": 3, "error": 4, 
 
 def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, timeout: float,
                     connect_timeout_ms: int, loss_seen=None) -> None:
-    local = free_port(local_ip)
-    run.filt_local = local
-    listener = reuse_socket(local)
-    listener.listen(8)
-    conn = None
+    # our mapped port first (a lost SYN-ACK moves it to a fresh port), then the listener
+    # beside it on that port (SO_REUSEPORT), before the server is asked to connect back
+    try:
+        x = stun_tcp_from(free_port(local_ip), ep.primary, timeout, syn_rto(run.connect_rtt),
+                          fresh_port_after=SAME_PORT_SYNS)
+    except (OSError, StunDecodeError) as exc:
+        run.assist_error = f"no STUN answer over TCP: {exc}"
+        return
+    conn, run.filt_mapped = x.sock, x.mapped
+    run.count(x)
+    local = run.filt_local = conn.getsockname()[:2]
+    listener = None
+    try:
+        listener = reuse_socket(local)
+        listener.listen(8)
+    except OSError as exc:
+        if listener is not None:
+            listener.close()
+        conn.close()
+        run.assist_error = f"cannot listen on our local port {local[1]}: {exc.strerror or exc}"
+        return
     stop = threading.Event()
     token = secrets.token_bytes(8)
     t = threading.Thread(target=_accept_loop, args=(listener, stop, run.accepted, token), daemon=True)
     t.start()
     try:
-        try:
-            x = stun_tcp_from(local, ep.primary, timeout, syn_rto(run.connect_rtt))
-            conn, run.filt_mapped = x.sock, x.mapped
-            run.count(x)
-        except (OSError, StunDecodeError) as exc:
-            run.assist_error = f"no STUN answer over TCP: {exc}"
-            return
         roles = ["alt-ip", "alt-port"]
         results: dict[str, dict] = {}
         for round_ in range(2):
@@ -215,8 +224,7 @@ def _filtering_test(run: TcpEvidence, ep: Endpoints, local_ip: str, assist, time
         stop.set()
         t.join(1.0)
         listener.close()
-        if conn is not None:
-            conn.close()
+        conn.close()
 
 
 def run_tcp_rest(run: TcpEvidence, ep: Endpoints, local_ip: str, *, assist=None, simopen=None,

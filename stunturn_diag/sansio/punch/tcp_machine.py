@@ -461,7 +461,7 @@ class TcpPunchMachine:
         receiver sent on its nominated connection."""
         actions: list[Action] = []
         for conn in list(self.conns):
-            if conn.cand is None:
+            if conn.cand is None or conn.handle == self.winner:  # the winner is the caller's
                 continue
             if now - conn.since >= NOMINATION_WAIT:
                 self._confirming.pop(conn.handle, None)
