@@ -6,7 +6,8 @@ them. Sockets are named by integer handles (:data:`LISTENER` is the caller's
 listener; the machine allocates the others). Every method takes the event and
 ``now`` (monotonic seconds) and returns the actions to carry out, in order. An
 action whose result the machine needs at once (:class:`OpenConnect`, :class:`StreamSend`,
-:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`OpenListener`,
+:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`CheckSynReceived`,
+:class:`OpenListener`,
 :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
 before it carries out the next action (the actions that event returns go first), so
 the sequence is the one a direct socket loop would run. The sequence and its reasons
@@ -73,6 +74,15 @@ NOMINATION_WAIT = 2.0
 #: one; the kernel drops a request whose listener is gone at its next timer or segment.
 RENEW_AFTER = 3
 MAX_RENEWALS = 3
+#: a full-TTL socket whose simultaneous open is stuck in SYN-RECEIVED this long is
+#: aborted and its candidate punched anew (see :mod:`stunturn_diag.punch.tcp`, finding e):
+#: our SYN-ACK was lost before the peer's NAT, whose entry then refuses the peer's
+#: retransmitted SYN; the kernel would retry the SYN-ACK for a minute, never completing.
+#: A normal open is SYN-RECEIVED one round trip; a lost final ACK is completed by the
+#: peer's NOMINATE/READY within its first retransmissions (RTO >= 200 ms)
+SYN_RECV_STALL = 1.5
+#: how often a full-TTL socket's TCP state is looked at (for SYN_RECV_STALL)
+STATE_POLL = 0.25
 #: the longest single wait for socket events (the loop also wakes on every event)
 TICK = 0.05
 #: accepted connections taken from the listener's queue per drain (a bound)
@@ -114,6 +124,14 @@ class SetTtl:
 @dataclass(frozen=True)
 class CheckSynSent:
     """Answer ``on_syn_sent(handle, in_syn_sent)``: is the socket still in SYN-SENT?"""
+
+    handle: int
+
+
+@dataclass(frozen=True)
+class CheckSynReceived:
+    """Answer ``on_syn_received(handle, in_syn_received)``: is the socket in SYN-RECEIVED
+    (a simultaneous open not completed yet)?"""
 
     handle: int
 
@@ -188,8 +206,8 @@ class Resume:
     index: int
 
 
-Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv, DrainAccepts,
-               OpenListener, FilterListener, Listen, Resume]
+Action = Union[OpenConnect, SetTtl, CheckSynSent, CheckSynReceived, Close, Abort, StreamSend,
+               StreamRecv, DrainAccepts, OpenListener, FilterListener, Listen, Resume]
 
 
 # -- state -----------------------------------------------------------------------
@@ -209,6 +227,8 @@ class TcpCandidate:
     busy: int = 0                  # connects refused locally: the 4-tuple was in use
     passive: bool = False          # listen-connect receiver: never connects
     up: bool = False               # its connection is established (4-tuple in use)
+    state_at: float = 0.0          # when to look at the full-TTL socket's state next
+    syn_recv_since: float | None = None   # when it was first seen in SYN-RECEIVED
     errors: dict[str, int] = field(default_factory=dict)
 
     def note(self, what: str) -> None:
@@ -354,14 +374,21 @@ class TcpPunchMachine:
         assert cand.handle is not None
         if self.pin:
             return [CheckSynSent(cand.handle)]
-        return self._go_full_ttl(cand)
+        return self._go_full_ttl(cand, self._round_at)
 
-    def _go_full_ttl(self, cand: TcpCandidate) -> list[Action]:
+    def _go_full_ttl(self, cand: TcpCandidate, now: float) -> list[Action]:
         # the same socket goes on at full TTL; the kernel retransmits its SYN
         # (or its SYN-ACK, after a simultaneous open already began)
         assert cand.handle is not None
         cand.priming = False
+        self._watch(cand, now)
         return [SetTtl(cand.handle, self.full_ttl)]
+
+    @staticmethod
+    def _watch(cand: TcpCandidate, now: float) -> None:
+        """A full-TTL socket of ``cand`` is connecting: look at its state from time to time."""
+        cand.state_at = now + STATE_POLL
+        cand.syn_recv_since = None
 
     def on_timers(self, now: float) -> list[Action]:
         """Connect and settle rounds due at ``now``, one candidate after the other
@@ -383,6 +410,11 @@ class TcpPunchMachine:
             if cand.settle_at <= now:
                 return self._settle(cand)
             self._wake = min(self._wake, cand.settle_at)
+        elif cand.handle is not None:
+            if cand.state_at <= now:
+                cand.state_at = now + STATE_POLL
+                return [CheckSynReceived(cand.handle)]
+            self._wake = min(self._wake, cand.state_at)
         return []
 
     def expire(self, now: float) -> list[Action]:
@@ -435,6 +467,8 @@ class TcpPunchMachine:
             cand.next_connect = now + RETRY_INTERVAL
             return [Close(handle)]
         cand.handle, cand.priming = handle, ttl is not None
+        if ttl is None:
+            self._watch(cand, now)
         return []
 
     def resume(self, step: str, index: int, now: float) -> list[Action]:
@@ -457,7 +491,7 @@ class TcpPunchMachine:
     def on_syn_sent(self, handle: int, in_syn_sent: bool, now: float) -> list[Action]:
         cand = next(c for c in self.candidates if c.handle == handle)
         if not in_syn_sent:
-            return self._go_full_ttl(cand)
+            return self._go_full_ttl(cand, now)
         # a fresh socket with the same ISN sends the full-TTL SYN at once (only
         # from SYN-SENT: a socket the peer's SYN already reached is SYN-RECEIVED
         # and closing it would send a FIN and hold the 4-tuple). Aborted, not
@@ -466,6 +500,23 @@ class TcpPunchMachine:
         # minutes and every later connect fail with EADDRNOTAVAIL
         cand.handle = None
         return [Abort(handle)] + self.connect(cand, now)
+
+    def on_syn_received(self, handle: int, in_syn_received: bool,
+                        now: float) -> list[Action]:
+        """The state of a full-TTL socket (see :data:`SYN_RECV_STALL`)."""
+        cand = next(c for c in self.candidates if c.handle == handle)
+        if not in_syn_received:
+            cand.syn_recv_since = None
+            return []
+        if cand.syn_recv_since is None:
+            cand.syn_recv_since = now
+        if now - cand.syn_recv_since < SYN_RECV_STALL:
+            return []
+        # aborted with a RST: our NAT's entry goes to CLOSE, from which our next SYN
+        # opens it afresh (and the peer's NAT lets the peer's SYNs through again)
+        cand.note(f"stuck in SYN-RECEIVED for {SYN_RECV_STALL:g}s")
+        cand.handle = None
+        return [Abort(handle)] + self._next_round(cand, now)
 
     def on_connect_result(self, handle: int, err: int, now: float) -> list[Action]:
         """The connecting socket ``handle`` became writable; ``err`` is its SO_ERROR."""
@@ -489,15 +540,19 @@ class TcpPunchMachine:
                 cand.next_connect = now
             return actions
         cand.note(_err_name(err))
+        return actions + self._next_round(cand, now)
+
+    def _next_round(self, cand: TcpCandidate, now: float) -> list[Action]:
+        """After a failed full-TTL round: prime again at once, connect after the back-off."""
         cand.failures += 1
         wait = self._retry_wait(cand.failures)
         if cand.connects >= self.max_connects:
-            return actions          # no round left: no new prime either
+            return []               # no round left: no new prime either
         if self.prime_ttl and self.strategy == STRATEGY_SIMULTANEOUS:
             # our NAT saw the RST/ICMP: re-open the mapping at once, full SYN later
-            return actions + self._prime(cand, now, wait)
+            return self._prime(cand, now, wait)
         cand.next_connect = now + wait
-        return actions
+        return []
 
     def _established(self, handle: int, peer: Address, via: str, now: float,
                      cand: TcpCandidate | None = None) -> list[Action]:
