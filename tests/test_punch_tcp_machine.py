@@ -9,7 +9,8 @@ import errno
 import pytest
 
 from stunturn_diag.sansio.punch import tcp_machine as tm
-from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynSent, CheckUnacked, Close,
+from stunturn_diag.sansio.punch.tcp_machine import (Abort, CheckSynReceived, CheckSynSent, CheckUnacked,
+                                                    Close,
                                                     DrainAccepts,
                                                     FilterListener, Listen, OpenConnect,
                                                     OpenListener, StreamRecv, Resume, StreamSend, SetTtl,
@@ -92,7 +93,8 @@ def test_kernel_isn_prime_the_peer_syn_reached_is_the_connection():
     prime, _ = started(m, m.start(0.0)[2:])
     (check,) = resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE)
     assert m.on_syn_sent(prime.handle, False, tm.SETTLE) == []
-    assert resume_all(m, m.on_timers(tm.SETTLE + 1), tm.SETTLE + 1) == []   # no full SYN
+    # no full SYN: the prime is the connection, a full-TTL socket whose state is watched
+    assert resume_all(m, m.on_timers(tm.SETTLE + 1), tm.SETTLE + 1) == [CheckSynReceived(prime.handle)]
     assert m.on_connect_result(prime.handle, 0, tm.SETTLE + 1) == \
         [StreamSend(prime.handle, tm.NOMINATE)]
     assert m.candidates[0].connects == 0 and m.candidates[0].up
@@ -152,6 +154,59 @@ def test_a_refused_full_syn_re_primes_at_once_with_the_full_syn_after_the_back_o
         close, again = m.on_connect_result(connect.handle, errno.ECONNREFUSED, 0.05)
         assert close == Close(connect.handle) and again.ttl == 2
         assert m.candidates[0].next_connect == pytest.approx(0.05 + tm.RETRY_FIRST)
+
+
+def _full_ttl_socket(m: TcpPunchMachine, now: float):
+    """Pinned ISNs: prime (dead by its ICMP), then at ``now`` (>= SETTLE) the full-TTL
+    connect of the round."""
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.001)
+    (connect,) = started(m, resume_all(m, m.on_timers(now), now), now=now)
+    return connect
+
+
+def test_a_simultaneous_open_stuck_in_syn_received_is_aborted_and_punched_anew():
+    """Lab finding e (punch/tcp.py): our SYN-ACK lost before the peer's NAT leaves our
+    socket SYN-RECEIVED for good; past SYN_RECV_STALL it is aborted and re-primed."""
+    m = machine(Role.RECEIVER, pin=True)
+    t0 = tm.SETTLE
+    connect = _full_ttl_socket(m, t0)
+    assert connect.ttl is None
+    # the state is looked at every STATE_POLL, not before
+    assert resume_all(m, m.on_timers(t0 + tm.STATE_POLL / 2), t0) == []
+    t = t0 + tm.STATE_POLL
+    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    assert m.on_syn_received(connect.handle, False, t) == []       # still SYN-SENT
+    t += tm.STATE_POLL
+    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    first = t                                                      # SYN-RECEIVED from here
+    assert m.on_syn_received(connect.handle, True, t) == []
+    while t + tm.STATE_POLL < first + tm.SYN_RECV_STALL:
+        t += tm.STATE_POLL
+        assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+        assert m.on_syn_received(connect.handle, True, t) == []
+    t = first + tm.SYN_RECV_STALL + 0.001
+    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    abort, prime = m.on_syn_received(connect.handle, True, t)
+    assert abort == Abort(connect.handle) and prime.ttl == 2 and m.candidates[0].handle is None
+    assert m.candidates[0].failures == 1
+    assert m.attempts()[0]["error"] == "prime EHOSTUNREACH x1, stuck in SYN-RECEIVED for 1.5s x1"
+    assert m.failure().reason == "timeout"
+
+
+def test_a_socket_that_leaves_syn_received_in_time_is_kept():
+    m = machine(pin=True)
+    connect = _full_ttl_socket(m, tm.SETTLE)
+    t = tm.SETTLE + tm.STATE_POLL
+    resume_all(m, m.on_timers(t), t)
+    assert m.on_syn_received(connect.handle, True, t) == []
+    t += tm.SYN_RECV_STALL - 0.01
+    resume_all(m, m.on_timers(t), t)
+    assert m.on_syn_received(connect.handle, False, t) == []        # established meanwhile
+    t += tm.SYN_RECV_STALL
+    resume_all(m, m.on_timers(t), t)
+    assert m.on_syn_received(connect.handle, True, t) == []         # a new stall starts here
+    assert m.candidates[0].handle == connect.handle
 
 
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():

@@ -36,6 +36,13 @@ c. After our SYN opened our entry, a SYN-ACK with a *different* ISN (a listener
 d. If the final ACK of a simultaneous open is lost after the peer's NAT tracked
    it, that entry is ESTABLISHED and the peer's retransmitted SYN-ACK is INVALID
    (untranslated): only a data segment completes the peer's SYN-RECEIVED socket.
+e. If our SYN-ACK of a simultaneous open is lost before the peer's NAT (seen on
+   the lab's lossy link), our socket stays SYN-RECEIVED and our NAT's entry
+   SYN_RECV. The peer's kernel retransmits its SYN (1 s) before ours retransmits
+   the SYN-ACK, and a reply-direction SYN is INVALID in SYN_RECV: a plain
+   masquerade RSTs it (b). Every later round of the peer meets the same entry
+   (RST), while our socket neither fails nor completes: the punch hangs until the
+   deadline (the entry lives 60 s).
 
 Hence the sequence, per candidate, on both peers:
 
@@ -90,6 +97,10 @@ Hence the sequence, per candidate, on both peers:
    (NOMINATE proves only the way in: see c). A connection to or from a candidate
    not nominated within ``tcp_machine.NOMINATION_WAIT`` is aborted on either side
    and that candidate punched anew.
+8. *Stall*: a full-TTL socket still SYN-RECEIVED :data:`SYN_RECV_STALL` (1.5 s)
+   after it was first seen so (its state is read every 0.25 s) is aborted: its
+   RST puts our NAT's entry in CLOSE, from which our next SYN opens it afresh
+   (e), and the candidate is punched anew as after a refused round (5).
 
 ``prime_ttl``: the TTL must expire after our own NAT and before the peer's. With
 host -> site NAT -> core router -> peer NAT (the lab) that is 2
@@ -121,7 +132,8 @@ import threading
 from ..errors import ConfigError, PunchError
 from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL  # the priming SYN dies at the first router after our NAT
 from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL, SETTLE,
-                                                    STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS)
+                                                    STRATEGY_LISTEN, STRATEGY_SIMULTANEOUS,
+                                                    SYN_RECV_STALL)
 from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from ..hostaddr import host_addresses, usable
@@ -144,7 +156,7 @@ _PRIVATE = [ipaddress.ip_network(n) for n in
              "169.254.0.0/16")]
 
 __all__ = ["TcpRendezvous", "DEFAULT_PRIME_TTL", "SETTLE", "RETRY_INTERVAL", "MAX_CONNECTS",
-           "STRATEGY_SIMULTANEOUS", "STRATEGY_LISTEN"]
+           "STRATEGY_SIMULTANEOUS", "STRATEGY_LISTEN", "SYN_RECV_STALL"]
 
 
 def _ip(ip: str, what: str) -> str:

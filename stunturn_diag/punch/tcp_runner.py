@@ -23,8 +23,8 @@ from stunturn_diag.sansio.punch.tcp_machine import (LISTENER, MAX_CONNECTS, NOMI
 from stunturn_diag.sansio.punch.wire import Role
 from ..errors import PunchError
 
-from .tcp_sockets import (TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl, set_ttl,
-                          shared_port_socket, tcp_state, unacked)
+from .tcp_sockets import (TCP_SYN_RECV, TCP_SYN_SENT, attach_blackhole, can_pin_isn, get_ttl,
+                          set_ttl, shared_port_socket, tcp_state, unacked)
 from stunturn_diag.sansio.netaddr import Address
 
 
@@ -96,6 +96,9 @@ class TcpPunchRunner:
         if isinstance(action, m.CheckSynSent):
             state = tcp_state(self.socks[action.handle])
             return mach.on_syn_sent(action.handle, state == TCP_SYN_SENT, self.clock())
+        if isinstance(action, m.CheckSynReceived):
+            state = tcp_state(self.socks[action.handle])
+            return mach.on_syn_received(action.handle, state == TCP_SYN_RECV, self.clock())
         if isinstance(action, m.Close):
             self.socks.pop(action.handle).close()
             return []

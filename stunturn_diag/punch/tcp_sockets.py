@@ -86,6 +86,7 @@ def can_pin_isn() -> bool:
 
 #: tcpi_state values (include/net/tcp_states.h) and the TCP_INFO option
 TCP_SYN_SENT = 2
+TCP_SYN_RECV = 3
 _TCP_INFO = 11
 
 

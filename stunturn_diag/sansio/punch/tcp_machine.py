@@ -6,8 +6,8 @@ them. Sockets are named by integer handles (:data:`LISTENER` is the caller's
 listener; the machine allocates the others). Every method takes the event and
 ``now`` (monotonic seconds) and returns the actions to carry out, in order. An
 action whose result the machine needs at once (:class:`OpenConnect`, :class:`StreamSend`,
-:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`CheckUnacked`,
-:class:`OpenListener`, :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
+:class:`StreamRecv`, :class:`DrainAccepts`, :class:`CheckSynSent`, :class:`CheckSynReceived`,
+:class:`CheckUnacked`, :class:`OpenListener`, :class:`FilterListener`) is answered by the runner with the matching ``on_*`` event
 before it carries out the next action (the actions that event returns go first), so
 the sequence is the one a direct socket loop would run. The sequence and its reasons
 are in the docstring of :mod:`stunturn_diag.punch.tcp`. Every retry is bounded by
@@ -95,6 +95,15 @@ NOMINATION_WAIT = 2.0
 #: one; the kernel drops a request whose listener is gone at its next timer or segment.
 RENEW_AFTER = 3
 MAX_RENEWALS = 3
+#: a full-TTL socket whose simultaneous open is stuck in SYN-RECEIVED this long is
+#: aborted and its candidate punched anew (see :mod:`stunturn_diag.punch.tcp`, finding e):
+#: our SYN-ACK was lost before the peer's NAT, whose entry then refuses the peer's
+#: retransmitted SYN; the kernel would retry the SYN-ACK for a minute, never completing.
+#: A normal open is SYN-RECEIVED one round trip; a lost final ACK is completed by the
+#: peer's NOMINATE/READY within its first retransmissions (RTO >= 200 ms)
+SYN_RECV_STALL = 1.5
+#: how often a full-TTL socket's TCP state is looked at (for SYN_RECV_STALL)
+STATE_POLL = 0.25
 #: the longest single wait for socket events (the loop also wakes on every event)
 TICK = 0.05
 #: accepted connections taken from the listener's queue per drain (a bound)
@@ -170,6 +179,14 @@ class StreamRecv:
 
 
 @dataclass(frozen=True)
+class CheckSynReceived:
+    """Answer ``on_syn_received(handle, in_syn_received)``: is the socket in SYN-RECEIVED
+    (a simultaneous open not completed yet)?"""
+
+    handle: int
+
+
+@dataclass(frozen=True)
 class CheckUnacked:
     """Answer ``on_unacked(handle, count)``: bytes sent on ``handle`` the peer has not
     acknowledged yet (SIOCOUTQ)."""
@@ -218,8 +235,8 @@ class Resume:
     index: int
 
 
-Action = Union[OpenConnect, SetTtl, CheckSynSent, Close, Abort, StreamSend, StreamRecv,
-               CheckUnacked, DrainAccepts,
+Action = Union[OpenConnect, SetTtl, CheckSynSent, CheckSynReceived, Close, Abort, StreamSend,
+               StreamRecv, CheckUnacked, DrainAccepts,
                OpenListener, FilterListener, Listen, Resume]
 
 
@@ -241,6 +258,8 @@ class TcpCandidate:
     passive: bool = False          # listen-connect receiver: never connects
     prime_at: float = 0.0          # kernel ISNs: when the next priming SYN leaves
     primes: int = 0                # kernel ISNs: priming SYNs sent
+    state_at: float = 0.0          # when to look at the full-TTL socket's state next
+    syn_recv_since: float | None = None   # when it was first seen in SYN-RECEIVED
     up: bool = False               # its connection is established (4-tuple in use)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -399,12 +418,28 @@ class TcpPunchMachine:
     def _sources(self) -> tuple[Address, ...]:
         return tuple(c.address for c in self.candidates)
 
-    def _go_full_ttl(self, cand: TcpCandidate) -> list[Action]:
+    def _go_full_ttl(self, cand: TcpCandidate, now: float) -> list[Action]:
         # the same socket goes on at full TTL; the kernel retransmits its SYN
         # (or its SYN-ACK, after a simultaneous open already began)
         assert cand.handle is not None
         cand.priming = False
+        self._watch(cand, now)
         return [SetTtl(cand.handle, self.full_ttl)]
+
+    @staticmethod
+    def _watch(cand: TcpCandidate, now: float) -> None:
+        """A full-TTL socket of ``cand`` is connecting: look at its state from time to time."""
+        cand.state_at = now + STATE_POLL
+        cand.syn_recv_since = None
+
+    def _look_at_state(self, cand: TcpCandidate, now: float) -> list[Action]:
+        """A full-TTL connecting socket: its state now and then (see :data:`SYN_RECV_STALL`)."""
+        assert cand.handle is not None
+        if cand.state_at <= now:
+            cand.state_at = now + STATE_POLL
+            return [CheckSynReceived(cand.handle)]
+        self._wake = min(self._wake, cand.state_at)
+        return []
 
     def on_timers(self, now: float) -> list[Action]:
         """Connect and settle rounds due at ``now``, one candidate after the other
@@ -429,6 +464,8 @@ class TcpPunchMachine:
                 # the prime's socket is still alive (no ICMP came back)
                 return [CheckSynSent(cand.handle)]
             self._wake = min(self._wake, cand.settle_at)
+        elif cand.handle is not None:
+            return self._look_at_state(cand, now)
         return []
 
     def _kernel_timer(self, cand: TcpCandidate, now: float) -> list[Action]:
@@ -441,7 +478,7 @@ class TcpPunchMachine:
             # a prime still alive (no ICMP came back: the socket waits at full TTL)
             # gives way to the full-TTL SYN unless the peer's SYN reached it
             if not cand.priming:
-                return []
+                return self._look_at_state(cand, now)
             if cand.next_connect <= now:
                 return [CheckSynSent(cand.handle)]
             self._wake = min(self._wake, cand.next_connect)
@@ -511,6 +548,8 @@ class TcpPunchMachine:
             cand.next_connect = now + RETRY_INTERVAL
             return [Close(handle)]
         cand.handle, cand.priming = handle, ttl is not None
+        if ttl is None:
+            self._watch(cand, now)
         if self.kernel_isn and ttl is not None:
             # the priming SYN has left: the socket goes on at full TTL, so that a
             # peer's SYN landing on it is answered by a SYN-ACK that gets through
@@ -544,9 +583,10 @@ class TcpPunchMachine:
             # the peer's SYN reached the prime (a simultaneous open, at full TTL): no
             # full-TTL SYN of ours; its connect result comes as for any connect
             cand.priming = False
+            self._watch(cand, now)
             return []
         if not in_syn_sent:
-            return self._go_full_ttl(cand)
+            return self._go_full_ttl(cand, now)
         # a fresh socket with the same ISN sends the full-TTL SYN at once (only
         # from SYN-SENT: a socket the peer's SYN already reached is SYN-RECEIVED
         # and closing it would send a FIN and hold the 4-tuple). Aborted, not
@@ -555,6 +595,23 @@ class TcpPunchMachine:
         # minutes and every later connect fail with EADDRNOTAVAIL
         cand.handle = None
         return [Abort(handle)] + self.connect(cand, now)
+
+    def on_syn_received(self, handle: int, in_syn_received: bool,
+                        now: float) -> list[Action]:
+        """The state of a full-TTL socket (see :data:`SYN_RECV_STALL`)."""
+        cand = next(c for c in self.candidates if c.handle == handle)
+        if not in_syn_received:
+            cand.syn_recv_since = None
+            return []
+        if cand.syn_recv_since is None:
+            cand.syn_recv_since = now
+        if now - cand.syn_recv_since < SYN_RECV_STALL:
+            return []
+        # aborted with a RST: our NAT's entry goes to CLOSE, from which our next SYN
+        # opens it afresh (and the peer's NAT lets the peer's SYNs through again)
+        cand.note(f"stuck in SYN-RECEIVED for {SYN_RECV_STALL:g}s")
+        cand.handle = None
+        return [Abort(handle)] + self._next_round(cand, now)
 
     def on_connect_result(self, handle: int, err: int, now: float) -> list[Action]:
         """The connecting socket ``handle`` became writable; ``err`` is its SO_ERROR."""
@@ -578,15 +635,19 @@ class TcpPunchMachine:
                 return actions + self._kernel_prime(cand, now)
             return actions
         cand.note(_err_name(err))
+        return actions + self._next_round(cand, now)
+
+    def _next_round(self, cand: TcpCandidate, now: float) -> list[Action]:
+        """After a failed full-TTL round: prime again at once, connect after the back-off."""
         cand.failures += 1
         wait = self._retry_wait(cand.failures)
         if cand.connects >= self.max_connects:
-            return actions          # no round left: no new prime either
+            return []               # no round left: no new prime either
         if self.prime_ttl and self.strategy == STRATEGY_SIMULTANEOUS:
             # our NAT saw the RST/ICMP: re-open the mapping at once, full SYN later
-            return actions + self._prime(cand, now, wait)
+            return self._prime(cand, now, wait)
         cand.next_connect = now + wait
-        return actions
+        return []
 
     def _established(self, handle: int, peer: Address, via: str, now: float,
                      cand: TcpCandidate | None = None) -> list[Action]:
