@@ -95,8 +95,8 @@ NOMINATION_WAIT = 2.0
 #: one; the kernel drops a request whose listener is gone at its next timer or segment.
 RENEW_AFTER = 3
 MAX_RENEWALS = 3
-#: a full-TTL socket whose simultaneous open is stuck in SYN-RECEIVED this long is
-#: aborted and its candidate punched anew (see :mod:`stunturn_diag.punch.tcp`, finding e):
+#: pinned ISNs: a full-TTL socket whose simultaneous open is stuck in SYN-RECEIVED this
+#: long is aborted and its candidate punched anew (see :mod:`stunturn_diag.punch.tcp`, finding e):
 #: our SYN-ACK was lost before the peer's NAT, whose entry then refuses the peer's
 #: retransmitted SYN; the kernel would retry the SYN-ACK for a minute, never completing.
 #: A normal open is SYN-RECEIVED one round trip; a lost final ACK is completed by the
@@ -478,7 +478,10 @@ class TcpPunchMachine:
             # a prime still alive (no ICMP came back: the socket waits at full TTL)
             # gives way to the full-TTL SYN unless the peer's SYN reached it
             if not cand.priming:
-                return self._look_at_state(cand, now)
+                # no SYN_RECV_STALL rule here: with kernel ISNs a socket the peer's SYN
+                # reached is the connection; aborting it (measured in the lab's TCP
+                # matrix) only lost the punch
+                return []
             if cand.next_connect <= now:
                 return [CheckSynSent(cand.handle)]
             self._wake = min(self._wake, cand.next_connect)
@@ -583,7 +586,6 @@ class TcpPunchMachine:
             # the peer's SYN reached the prime (a simultaneous open, at full TTL): no
             # full-TTL SYN of ours; its connect result comes as for any connect
             cand.priming = False
-            self._watch(cand, now)
             return []
         if not in_syn_sent:
             return self._go_full_ttl(cand, now)
