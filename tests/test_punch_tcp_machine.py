@@ -106,6 +106,23 @@ def test_a_refused_full_syn_re_primes_at_once_with_the_full_syn_after_the_back_o
     assert m.candidates[0].settle_at == pytest.approx(0.05 + tm.RETRY_FIRST)
 
 
+def test_pinned_rounds_toward_a_candidate_keep_its_isn_after_an_icmp_refusal():
+    """An ICMP port unreachable (ECONNREFUSED) leaves our NAT's conntrack entry with the
+    first ISN's window: the next round's prime and full SYN carry that ISN again, not a
+    fresh one (which conntrack would mark INVALID once the peer's SYN passed)."""
+    isns = iter([0x1000, 0x2000, 0x3000])
+    m = TcpPunchMachine([PEER], role=Role.RECEIVER, deadline=10.0, prime_ttl=2,
+                        strategy=tm.STRATEGY_SIMULTANEOUS, pin=True,
+                        isn_source=lambda: next(isns))
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m, resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE))
+    assert full.ttl is None
+    close, again = m.on_connect_result(full.handle, errno.ECONNREFUSED, 0.05)
+    assert close == Close(full.handle) and again.ttl == 2
+    assert prime.isn == full.isn == again.isn == 0x1000 | 1
+
+
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():
     m = machine(prime_ttl=None, max_connects=2)
     m.start(0.0)

@@ -40,10 +40,10 @@ Hence the sequence, per candidate, on both peers:
    opens our mapping and conntrack entry and expires in the core network before
    the peer's NAT, so that NAT neither RSTs it (b) nor sees it. ICMP then kills
    the socket (a), as expected.
-2. *Pinned ISN*: with CAP_NET_ADMIN the prime and every later connect of the
-   round carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ before connect();
-   ``tcp_v4_connect`` keeps a preset send sequence), so whatever conntrack
-   recorded, our later SYN and SYN-ACK are retransmissions to it (c).
+2. *Pinned ISN*: with CAP_NET_ADMIN the prime and every later connect toward a
+   candidate, in every round, carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ
+   before connect(); ``tcp_v4_connect`` keeps a preset send sequence), so whatever
+   conntrack recorded, our later SYN and SYN-ACK are retransmissions to it (c).
 3. *Connect*: once the prime's ICMP Time Exceeded has come back (it passed our
    NAT) and at least :data:`SETTLE` (12 ms, the two peers' start skew: the server
    releases both in the same instant) after the prime, a socket with the same ISN
@@ -65,11 +65,13 @@ Hence the sequence, per candidate, on both peers:
    ISNs the prime-to-connect gap is so short that this rarely matters (the lab
    matrix passes unprivileged too).
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
-   ICMP unreachable starts a new round: prime again at once, connect after the
-   back-off (``tcp_machine.retry_delay``: 20 ms for three rounds, then doubling up
-   to :data:`RETRY_INTERVAL`); the receiver shifts its rounds by a zig-zag of
-   guard-sized steps so that two peers a constant skew apart stop meeting each
-   other's RST; at most :data:`MAX_CONNECTS` per candidate, never past the deadline.
+   ICMP unreachable starts a new round (same pinned ISN: an ICMP error, unlike a
+   RST, leaves our NAT's entry and its window as they were): prime again at
+   once, connect after the back-off (``tcp_machine.retry_delay``: 20 ms for three
+   rounds, then doubling up to :data:`RETRY_INTERVAL`); the receiver shifts its
+   rounds by a zig-zag of guard-sized steps so that two peers a constant skew apart
+   stop meeting each other's RST; at most :data:`MAX_CONNECTS` per candidate, never
+   past the deadline.
 6. *Candidates* (LAN addresses for peers behind the same NAT, the server-reflexive
    address, predicted ports) are punched in parallel, public ones first in the
    caller's order, private ones last: every prime takes a port of a sequential

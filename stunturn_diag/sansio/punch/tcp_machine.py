@@ -201,7 +201,7 @@ class TcpCandidate:
     address: Address
     handle: int | None = None      # its connecting socket
     priming: bool = False          # ``handle`` sent the low-TTL SYN
-    isn: int | None = None         # pinned ISN of this round (prime and connect share it)
+    isn: int | None = None         # pinned ISN toward it (every prime and connect share it)
     settle_at: float = 0.0         # when the full-TTL SYN follows the prime
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
@@ -299,8 +299,19 @@ class TcpPunchMachine:
         return [OpenConnect(handle, cand.address, ttl, cand.isn)]
 
     def _prime(self, cand: TcpCandidate, now: float, settle: float) -> list[Action]:
-        """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there)."""
-        cand.isn = self._isn_source() | 1 if self.pin else None
+        """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there).
+
+        Pinned ISNs: one per candidate, drawn for its first prime and kept for every
+        later round. A full SYN refused by an ICMP port unreachable (a firewall in front
+        of the peer's NAT, RFC 5382 section 7.1 / RFC 792) leaves our NAT's conntrack
+        entry alive (a RST would have closed it); once the peer's SYN passed it (state
+        SYN_SENT2) a SYN or SYN-ACK with another ISN is out of the window it recorded:
+        INVALID, it leaves untranslated and the punch times out (seen in the lab:
+        ``port-restricted-icmp`` pairs, about 1 run in 8). With the same ISN each
+        round's segments are retransmissions of the ones conntrack tracked.
+        """
+        if self.pin and cand.isn is None:
+            cand.isn = self._isn_source() | 1
         cand.settle_at = cand.next_connect = now + settle
         return self._open(cand, self.prime_ttl)
 
