@@ -118,7 +118,7 @@ from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from ..hostaddr import host_addresses, usable
 from .tcp_sockets import family_for, host_ipv4_addresses, shared_port_socket
-from .tcp_stun import tcp_binding, tcp_refresh
+from .tcp_stun import tcp_binding_resending, tcp_refresh
 from stunturn_diag.sansio.netaddr import Address
 
 
@@ -193,20 +193,18 @@ class TcpRendezvous:
     # -- before signaling ----------------------------------------------------
 
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
-        """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
+        """STUN Binding over TCP from our port; the connection stays open (holds the mapping).
+        A lost SYN is resent after 200 ms, doubling, not the kernel's 1 s
+        (:func:`~.tcp_stun.tcp_binding_resending`)."""
         self._check_open()
         host = _resolve(str(stun_server[0]), self.version)
         self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
             self._stun = None
-        sock = shared_port_socket(self.local_ip, self.local_port)
         server = (host, int(stun_server[1]))
-        try:
-            self.mapped = tcp_binding(sock, server, timeout)
-        except BaseException:
-            sock.close()
-            raise
+        sock, self.mapped = tcp_binding_resending(
+            lambda: shared_port_socket(self.local_ip, self.local_port), server, timeout)
         self._stun, self._stun_server = sock, server
         return self.mapped
 
