@@ -123,6 +123,37 @@ def test_pinned_rounds_toward_a_candidate_keep_its_isn_after_an_icmp_refusal():
     assert prime.isn == full.isn == again.isn == 0x1000 | 1
 
 
+def test_pinned_full_syn_unanswered_is_resent_from_a_fresh_socket_before_the_kernel_would():
+    m = machine(pin=True)
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m, resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE), now=tm.SETTLE)
+    cand, now, sent = m.candidates[0], tm.SETTLE, []
+    for wait in (0.2, 0.4, 0.8):               # doubling while below the kernel's 1 s
+        assert resume_all(m, m.on_timers(now + wait - 0.01), now + wait - 0.01) == []
+        now += wait
+        (check,) = resume_all(m, m.on_timers(now), now)
+        assert check == CheckSynSent(full.handle)
+        abort, again = started(m, m.on_syn_sent(full.handle, True, now), now=now)
+        assert abort == Abort(full.handle) and (again.ttl, again.isn) == (None, full.isn)
+        sent.append(again)
+        full = again
+    assert cand.connects == 1 and cand.resend_at == 0.0       # the kernel's schedule now
+    assert resume_all(m, m.on_timers(now + 5.0), now + 5.0) == []
+    m2 = machine(pin=True)                     # a socket the peer's SYN reached stays
+    (prime,) = started(m2, m2.start(0.0)[2:])
+    m2.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m2, resume_all(m2, m2.on_timers(tm.SETTLE), tm.SETTLE), now=tm.SETTLE)
+    (check,) = resume_all(m2, m2.on_timers(tm.SETTLE + 0.2), tm.SETTLE + 0.2)
+    assert m2.on_syn_sent(full.handle, False, tm.SETTLE + 0.2) == []
+    assert m2.candidates[0].handle == full.handle
+    m3 = machine()                             # kernel ISNs: never (a new ISN each socket)
+    (prime,) = started(m3, m3.start(0.0)[2:])
+    m3.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    started(m3, resume_all(m3, m3.on_timers(0.002), 0.002), now=0.002)
+    assert resume_all(m3, m3.on_timers(0.5), 0.5) == []
+
+
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():
     m = machine(prime_ttl=None, max_connects=2)
     m.start(0.0)

@@ -50,7 +50,10 @@ Hence the sequence, per candidate, on both peers:
    connects at full TTL. The peer's SYN
    passes our NAT (RFC 5382 section 4.3: it admits the endpoint we sent to) and
    lands in that SYN-SENT socket: simultaneous open (RFC 9293 section 3.5,
-   figure 8). The kernel retransmits our SYN (1 s, 3 s, ...) meanwhile.
+   figure 8). A SYN still unanswered after 200 ms (then 400, 800 ms) is resent
+   from a fresh socket with the same ISN, sooner than the kernel's 1 s, 2 s, ...
+   (``tcp_machine.SYN_RESEND_FIRST``: on a lossy path those used the deadline, and
+   the first data after a retransmitted SYN waits a 3 s RTO).
    Without CAP_NET_ADMIN (kernel ISNs, RFC 6528) the full-TTL socket instead
    follows the prime's ICMP at once, to stay within conntrack's window (c); if
    no ICMP comes back, the priming socket itself goes on at full TTL.
@@ -107,6 +110,7 @@ toward us), ``timeout`` (SYNs silently dropped: the mappings never met),
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import socket
 import threading
 
@@ -117,7 +121,7 @@ from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL
 from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from ..hostaddr import host_addresses, usable
-from .tcp_sockets import family_for, host_ipv4_addresses, shared_port_socket
+from .tcp_sockets import can_pin_isn, family_for, host_ipv4_addresses, shared_port_socket
 from .tcp_stun import tcp_binding_resending, tcp_refresh
 from stunturn_diag.sansio.netaddr import Address
 
@@ -194,8 +198,8 @@ class TcpRendezvous:
 
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
         """STUN Binding over TCP from our port; the connection stays open (holds the mapping).
-        A lost SYN is resent after 200 ms, doubling, not the kernel's 1 s
-        (:func:`~.tcp_stun.tcp_binding_resending`)."""
+        With CAP_NET_ADMIN a lost SYN is resent (same ISN) after 200 ms, doubling, not
+        the kernel's 1 s (:func:`~.tcp_stun.tcp_binding_resending`)."""
         self._check_open()
         host = _resolve(str(stun_server[0]), self.version)
         self._stop_keepalive()
@@ -204,7 +208,8 @@ class TcpRendezvous:
             self._stun = None
         server = (host, int(stun_server[1]))
         sock, self.mapped = tcp_binding_resending(
-            lambda: shared_port_socket(self.local_ip, self.local_port), server, timeout)
+            lambda isn: shared_port_socket(self.local_ip, self.local_port, isn=isn), server,
+            timeout, secrets.randbits(32) | 1 if can_pin_isn() else None)
         self._stun, self._stun_server = sock, server
         return self.mapped
 

@@ -34,10 +34,10 @@ def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address
     return _transaction(sock, server, timeout, connect=True)
 
 
-def tcp_binding_resending(make_socket: Callable[[], socket.socket], server: Address,
-                          timeout: float, rto: float = SYN_RTO_UNKNOWN
+def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], server: Address,
+                          timeout: float, isn: int | None, rto: float = SYN_RTO_UNKNOWN
                           ) -> tuple[socket.socket, Address]:
-    """:func:`tcp_binding` on a socket from ``make_socket()`` (all bound to one local
+    """:func:`tcp_binding` on a socket from ``make_socket(isn)`` (all bound to one local
     port), resending an unanswered SYN sooner than the kernel would: returns the
     connected socket and XOR-MAPPED-ADDRESS.
 
@@ -46,14 +46,16 @@ def tcp_binding_resending(make_socket: Callable[[], socket.socket], server: Addr
     used up the whole STUN timeout (3 s) and the punch ended ``stun-failed`` before it
     began. Here a SYN without an answer within ``rto`` (then twice that, ...;
     :func:`stunturn_diag.netio.syn_waits`) is abandoned (closing a socket in SYN-SENT
-    sends nothing) and a fresh socket on the same port sends a new SYN on the same
-    5-tuple (the kernel's ISN for it only grows: our NAT's conntrack takes it as a
-    retransmission, the mapping is the first SYN's); the last one keeps the kernel's
-    schedule. Raises :class:`PunchError` (reason ``stun-failed``)."""
+    sends nothing) and a fresh socket on the same port sends the same SYN again: the
+    same 5-tuple and, pinned (TCP_REPAIR), the same ISN ``isn``, so our NAT's conntrack
+    and the server take it as a retransmission (the server answers a lost SYN-ACK's
+    half-open connection again; a fresh ISN would be out of its window). The last one
+    keeps the kernel's schedule. ``isn`` None (no CAP_NET_ADMIN): one socket, the
+    kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
     where = f"{server[0]}:{server[1]}"
     deadline = time.monotonic() + timeout
-    for wait in syn_waits(rto, timeout):
-        sock = make_socket()
+    for wait in syn_waits(rto, timeout) if isn is not None else [timeout]:
+        sock = make_socket(isn)
         lower_rto_min(sock, rto)
         err = sock.connect_ex(server)
         ready = [sock] if err == 0 else []

@@ -49,6 +49,16 @@ RETRY_INTERVAL = 0.25
 KERNEL_STEP = 0.0025
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
 MAX_CONNECTS = 40
+#: pinned ISNs: a full-TTL SYN still unanswered (the socket still SYN-SENT) after this
+#: long, then twice that, ... while below the kernel's own first SYN retransmission
+#: (1 s, RFC 6298 section 2.1), is resent from a fresh socket with the same ISN (a
+#: retransmission to both NATs' conntrack). On a lossy path the kernel's 1 s, 2 s...
+#: schedule used most of the deadline, and a handshake with retransmitted SYNs gets no
+#: RTT sample: the first data (NOMINATE) then waits the 3 s fallback RTO (RFC 6298
+#: section 5.7) to be resent; seen in the lab (``lossy--restricted-cone``: NOMINATE
+#: unacknowledged with a 6 s retransmission timer at the deadline)
+SYN_RESEND_FIRST = 0.2
+KERNEL_SYN_RTO = 1.0
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
 #: side picks), the receiver confirms; both return exactly that connection. The
 #: receiver also sends READY as soon as a connection is up: after a simultaneous
@@ -203,6 +213,8 @@ class TcpCandidate:
     priming: bool = False          # ``handle`` sent the low-TTL SYN
     isn: int | None = None         # pinned ISN toward it (every prime and connect share it)
     settle_at: float = 0.0         # when the full-TTL SYN follows the prime
+    resend_at: float = 0.0         # when an unanswered full SYN is resent (0: never)
+    resends: int = 0               # full SYNs resent this round
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
     failures: int = 0              # refused/unreachable full-TTL rounds (retry back-off)
@@ -312,6 +324,7 @@ class TcpPunchMachine:
         """
         if self.pin and cand.isn is None:
             cand.isn = self._isn_source() | 1
+        cand.resends = 0
         cand.settle_at = cand.next_connect = now + settle
         return self._open(cand, self.prime_ttl)
 
@@ -394,6 +407,11 @@ class TcpPunchMachine:
             if cand.settle_at <= now:
                 return self._settle(cand)
             self._wake = min(self._wake, cand.settle_at)
+        elif cand.handle is not None and cand.resend_at:
+            if cand.resend_at <= now:
+                cand.resend_at = 0.0
+                return [CheckSynSent(cand.handle)]
+            self._wake = min(self._wake, cand.resend_at)
         return []
 
     def expire(self, now: float) -> list[Action]:
@@ -446,6 +464,9 @@ class TcpPunchMachine:
             cand.next_connect = now + RETRY_INTERVAL
             return [Close(handle)]
         cand.handle, cand.priming = handle, ttl is not None
+        wait = SYN_RESEND_FIRST * 2 ** cand.resends
+        cand.resend_at = now + wait if self.pin and ttl is None and wait < KERNEL_SYN_RTO \
+            else 0.0
         return []
 
     def resume(self, step: str, index: int, now: float) -> list[Action]:
@@ -467,6 +488,17 @@ class TcpPunchMachine:
 
     def on_syn_sent(self, handle: int, in_syn_sent: bool, now: float) -> list[Action]:
         cand = next(c for c in self.candidates if c.handle == handle)
+        if not cand.priming:
+            # the resend check of a full-TTL SYN (SYN_RESEND_FIRST): still unanswered, a
+            # fresh socket with the same ISN sends it again (aborted, not closed, as
+            # below); one the peer's SYN reached (SYN-RECEIVED) is left alone
+            if not in_syn_sent:
+                return []
+            cand.handle = None
+            cand.resends += 1
+            actions = [Abort(handle)] + self.connect(cand, now)
+            cand.connects -= 1          # the same round, not a new connect attempt
+            return actions
         if not in_syn_sent:
             return self._go_full_ttl(cand)
         # a fresh socket with the same ISN sends the full-TTL SYN at once (only
