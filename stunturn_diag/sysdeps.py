@@ -30,7 +30,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ip", "iproute2", "lab: namespaces, links, addresses, routes"),
     Tool("nft", "nftables", "lab: the NAT and filter rules"),
     Tool("sysctl", "procps", "lab: forwarding and conntrack settings"),
-    Tool("ss", "iproute2", "lab run/matrix: waiting until the server command listens"),
+    Tool("ss", "iproute2", "lab run/matrix: waiting until the server command (and coturn) "
+         "listens"),
     Tool("tc", "iproute2", "lab run/matrix: --delay/--jitter (netem qdiscs) and the netem check"),
     Tool("setpriv", "util-linux", "dropping privileges: punch's unprivileged self-test, unprivileged tests"),
     Tool("unshare", "util-linux", "tests: a private mount namespace for `lab down --all`; "

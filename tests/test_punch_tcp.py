@@ -299,6 +299,43 @@ def test_learn_mapping_from_a_silent_server_times_out():
     assert "no STUN Binding response" in info.value.message
 
 
+def test_learn_mapping_resends_an_unanswered_syn_from_the_same_port():
+    """A SYN nobody answers (a listener whose accept queue is full drops it, as a lossy
+    path would) is resent from a fresh socket on the rendezvous port with the same ISN
+    after 200 ms, doubling, instead of the kernel's 1 s; without an ISN to pin, one
+    socket (the kernel's schedule)."""
+    from stunturn_diag.punch import tcp_stun
+
+    full = socket.socket()
+    full.bind((LO, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())   # takes the only queue slot
+    made = []
+
+    def make(isn):
+        sock = shared_port_socket(LO, rv.local_port)       # (unpinned here: no root needed)
+        made.append((sock.getsockname()[1], isn))
+        return sock
+
+    with TcpRendezvous(LO) as rv, pytest.raises(PunchError) as info:
+        tcp_stun.tcp_binding_resending(make, full.getsockname(), 1.0, 0x1235)
+    filler.close()
+    full.close()
+    assert info.value.reason == "stun-failed"
+    assert len(made) == 3                          # 0.2 + 0.4 s, then the rest of the 1 s
+    assert set(made) == {(rv.local_port, 0x1235)}          # one port, one ISN
+    made.clear()
+    full = socket.socket()
+    full.bind((LO, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    with TcpRendezvous(LO) as rv, pytest.raises(PunchError):
+        tcp_stun.tcp_binding_resending(make, full.getsockname(), 0.5, None)
+    filler.close()
+    full.close()
+    assert made == [(rv.local_port, None)]
+
+
 def test_keepalive_refreshes_the_binding_until_punch(stun_service):
     primary = stun_service.endpoints[0]
     rv = TcpRendezvous(LO)

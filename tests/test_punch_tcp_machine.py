@@ -39,6 +39,25 @@ def resume_all(m: TcpPunchMachine, actions, now):
     return out
 
 
+def only(kind, m: TcpPunchMachine, now: float, *, syn_sent: bool = False, syn_received: bool = False):
+    """The timers' actions at ``now`` but those of the other state check (SYN resends and
+    the SYN-RECEIVED watch look at the same full-TTL socket): those are answered with the
+    socket being ``syn_sent`` / ``syn_received``."""
+    out, answered = [], False
+    for action in resume_all(m, m.on_timers(now), now):
+        if isinstance(action, CheckSynReceived) and kind is not CheckSynReceived:
+            out += m.on_syn_received(action.handle, syn_received, now)
+            answered = True
+        elif isinstance(action, CheckSynSent) and kind is not CheckSynSent and not m.candidates[0].priming:
+            out += m.on_syn_sent(action.handle, syn_sent, now)
+            answered = True
+        else:
+            out.append(action)
+    if answered and not out:   # one check per pass: the other one comes at the next
+        return only(kind, m, now, syn_sent=syn_sent, syn_received=syn_received)
+    return out
+
+
 def started(m: TcpPunchMachine, actions, rc=errno.EINPROGRESS, now=0.0):
     """Answer each OpenConnect with connect's ``rc``; the other actions, in order."""
     out = []
@@ -173,20 +192,20 @@ def test_a_simultaneous_open_stuck_in_syn_received_is_aborted_and_punched_anew()
     connect = _full_ttl_socket(m, t0)
     assert connect.ttl is None
     # the state is looked at every STATE_POLL, not before
-    assert resume_all(m, m.on_timers(t0 + tm.STATE_POLL / 2), t0) == []
+    assert only(CheckSynReceived, m, t0 + tm.STATE_POLL / 2) == []
     t = t0 + tm.STATE_POLL
-    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    assert only(CheckSynReceived, m, t) == [CheckSynReceived(connect.handle)]
     assert m.on_syn_received(connect.handle, False, t) == []       # still SYN-SENT
     t += tm.STATE_POLL
-    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    assert only(CheckSynReceived, m, t) == [CheckSynReceived(connect.handle)]
     first = t                                                      # SYN-RECEIVED from here
     assert m.on_syn_received(connect.handle, True, t) == []
     while t + tm.STATE_POLL < first + tm.SYN_RECV_STALL:
         t += tm.STATE_POLL
-        assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+        assert only(CheckSynReceived, m, t) == [CheckSynReceived(connect.handle)]
         assert m.on_syn_received(connect.handle, True, t) == []
     t = first + tm.SYN_RECV_STALL + 0.001
-    assert resume_all(m, m.on_timers(t), t) == [CheckSynReceived(connect.handle)]
+    assert only(CheckSynReceived, m, t) == [CheckSynReceived(connect.handle)]
     abort, prime = m.on_syn_received(connect.handle, True, t)
     assert abort == Abort(connect.handle) and prime.ttl == 2 and m.candidates[0].handle is None
     assert m.candidates[0].failures == 1
@@ -198,15 +217,64 @@ def test_a_socket_that_leaves_syn_received_in_time_is_kept():
     m = machine(pin=True)
     connect = _full_ttl_socket(m, tm.SETTLE)
     t = tm.SETTLE + tm.STATE_POLL
-    resume_all(m, m.on_timers(t), t)
+    only(CheckSynReceived, m, t)
     assert m.on_syn_received(connect.handle, True, t) == []
     t += tm.SYN_RECV_STALL - 0.01
-    resume_all(m, m.on_timers(t), t)
+    only(CheckSynReceived, m, t)
     assert m.on_syn_received(connect.handle, False, t) == []        # established meanwhile
     t += tm.SYN_RECV_STALL
-    resume_all(m, m.on_timers(t), t)
+    only(CheckSynReceived, m, t)
     assert m.on_syn_received(connect.handle, True, t) == []         # a new stall starts here
     assert m.candidates[0].handle == connect.handle
+
+
+def test_pinned_rounds_toward_a_candidate_keep_its_isn_after_an_icmp_refusal():
+    """An ICMP port unreachable (ECONNREFUSED) leaves our NAT's conntrack entry with the
+    first ISN's window: the next round's prime and full SYN carry that ISN again, not a
+    fresh one (which conntrack would mark INVALID once the peer's SYN passed)."""
+    isns = iter([0x1000, 0x2000, 0x3000])
+    m = TcpPunchMachine([PEER], role=Role.RECEIVER, deadline=10.0, prime_ttl=2,
+                        strategy=tm.STRATEGY_SIMULTANEOUS, pin=True,
+                        isn_source=lambda: next(isns))
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m, resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE))
+    assert full.ttl is None
+    close, again = m.on_connect_result(full.handle, errno.ECONNREFUSED, 0.05)
+    assert close == Close(full.handle) and again.ttl == 2
+    assert prime.isn == full.isn == again.isn == 0x1000 | 1
+
+
+def test_pinned_full_syn_unanswered_is_resent_from_a_fresh_socket_before_the_kernel_would():
+    m = machine(pin=True)
+    (prime,) = started(m, m.start(0.0)[2:])
+    m.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m, resume_all(m, m.on_timers(tm.SETTLE), tm.SETTLE), now=tm.SETTLE)
+    cand, now, sent = m.candidates[0], tm.SETTLE, []
+    for wait in (0.2, 0.4, 0.8):               # doubling while below the kernel's 1 s
+        assert only(CheckSynSent, m, now + wait - 0.01) == []
+        now += wait
+        (check,) = only(CheckSynSent, m, now)
+        assert check == CheckSynSent(full.handle)
+        abort, again = started(m, m.on_syn_sent(full.handle, True, now), now=now)
+        assert abort == Abort(full.handle) and (again.ttl, again.isn) == (None, full.isn)
+        sent.append(again)
+        full = again
+    assert cand.connects == 1 and cand.resend_at == 0.0       # the kernel's schedule now
+    assert only(CheckSynSent, m, now + 5.0) == []
+    m2 = machine(pin=True)                     # a socket the peer's SYN reached stays
+    (prime,) = started(m2, m2.start(0.0)[2:])
+    m2.on_connect_result(prime.handle, errno.EHOSTUNREACH, 0.002)
+    (full,) = started(m2, resume_all(m2, m2.on_timers(tm.SETTLE), tm.SETTLE), now=tm.SETTLE)
+    (check,) = only(CheckSynSent, m2, tm.SETTLE + 0.2)
+    assert m2.on_syn_sent(full.handle, False, tm.SETTLE + 0.2) == []
+    assert m2.candidates[0].handle == full.handle
+    m3 = machine()                             # kernel ISNs: never (a new ISN each socket)
+    prime, *_ = started(m3, m3.start(0.0)[2:])
+    (check,) = resume_all(m3, m3.on_timers(tm.SETTLE), tm.SETTLE)
+    abort, full = started(m3, m3.on_syn_sent(prime.handle, True, tm.SETTLE), now=tm.SETTLE)
+    assert abort == Abort(prime.handle) and full.ttl is None
+    assert resume_all(m3, m3.on_timers(0.5), 0.5) == []
 
 
 def test_rounds_stop_at_max_connects_and_the_deadline_names_the_rst():

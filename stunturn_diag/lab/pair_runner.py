@@ -7,7 +7,8 @@ path labs of :func:`run_pair_with_relay`), and so do the netns tests and the ben
 - :func:`start_serve` starts ``stunturn-diag serve --json`` and returns once its ready line
   came (the one starter of a serve process: :func:`serve_in_lab` on the lab's server host,
   the tests' and benchmarks' loopback servers);
-- :func:`start_turn` runs coturn beside it, offered by ``serve`` (``turn=``);
+- :func:`start_turn` runs coturn beside it, offered by ``serve`` (``turn=``;
+  :func:`launch_turn` without waiting for it);
 - :func:`run_peers` starts peer processes in lab hosts and waits for them all within one
   deadline (each one's output, exit status and last JSON line: :func:`last_json_line`);
 - :func:`run_pair`: the server and two :mod:`stunturn_diag.punch.labpeer` peers.
@@ -172,6 +173,39 @@ class TurnServer:
     flags: list[str] = field(default_factory=list)
     realm: str = TURN_REALM
 
+    def wait_ready(self, lab, tries: int = 100) -> None:
+        """Until it answers a STUN Binding on its address (at most ``tries`` polls 50 ms
+        apart); else stop it and raise LabError with its log's tail."""
+        for _ in range(tries):
+            if self.proc.poll() is not None:
+                break
+            if stun_answers(lab, lab.server, self.address):
+                return
+            time.sleep(0.05)
+        self._failed()
+
+    def wait_listening(self, lab, tries: int = 100) -> None:
+        """Until its UDP and TCP sockets listen on its port (``ss`` in the server's
+        namespace, much cheaper than a STUN client process; what a runner that starts
+        peers afterwards needs: the kernel queues their first requests until coturn
+        reads them); else stop it and raise LabError."""
+        for _ in range(tries):
+            if self.proc.poll() is not None:
+                break
+            out = lab.exec(lab.server, ["ss", "-Hlntu", f"sport = :{self.address[1]}"],
+                           timeout=10).stdout.split()
+            if {"udp", "tcp"} <= set(out):
+                return
+            time.sleep(0.05)
+        self._failed()
+
+    def _failed(self) -> None:
+        path = os.path.join(self.workdir, "turn.log")
+        log = open(path).read()[-800:] if os.path.exists(path) else ""
+        self.stop()
+        raise LabError(f"turnserver did not answer on {self.address[0]}:{self.address[1]}: "
+                       f"{log}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -191,9 +225,10 @@ def stun_answers(lab, node: str, address: tuple[str, int], *, timeout: float = 0
     return lab.exec(node, argv, timeout=10).returncode == 0
 
 
-def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> TurnServer:
-    """Run coturn on ``lab.server_ip:port`` with a temp config (``use-auth-secret``);
-    returns once it answers STUN. ``TurnServer.flags`` are serve's ``--turn-*`` flags."""
+def launch_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> TurnServer:
+    """Start coturn on ``lab.server_ip:port`` with a temp config (``use-auth-secret``) and
+    return at once: :meth:`TurnServer.wait_ready` waits for its STUN answer (the caller
+    may start ``serve`` meanwhile). ``TurnServer.flags`` are serve's ``--turn-*`` flags."""
     tool = shutil.which("turnserver")
     if tool is None:
         raise LabError("coturn's turnserver is not installed", hint="apt-get install coturn "
@@ -205,19 +240,17 @@ def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> Turn
                                  workdir))
     proc = lab.popen(lab.server, [tool, "-c", conf], stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    server = TurnServer(proc, (lab.server_ip, port), secret, workdir,
-                        ["--turn-server", f"{lab.server_ip}:{port}", "--turn-secret", secret,
-                         "--turn-realm", TURN_REALM, "--turn-transports", "udp,tcp"])
-    for _ in range(100):
-        if proc.poll() is not None:
-            break
-        if stun_answers(lab, lab.server, server.address):
-            return server
-        time.sleep(0.05)
-    log = open(os.path.join(workdir, "turn.log")).read()[-800:] if os.path.exists(
-        os.path.join(workdir, "turn.log")) else ""
-    server.stop()
-    raise LabError(f"turnserver did not answer on {lab.server_ip}:{port}: {log}")
+    return TurnServer(proc, (lab.server_ip, port), secret, workdir,
+                      ["--turn-server", f"{lab.server_ip}:{port}", "--turn-secret", secret,
+                       "--turn-realm", TURN_REALM, "--turn-transports", "udp,tcp"])
+
+
+def start_turn(lab, *, port: int = TURN_PORT, secret: str = TURN_SECRET) -> TurnServer:
+    """:func:`launch_turn`, then :meth:`TurnServer.wait_ready`: returns once coturn
+    answers STUN."""
+    server = launch_turn(lab, port=port, secret=secret)
+    server.wait_ready(lab)
+    return server
 
 
 # --- the peers --------------------------------------------------------------------------

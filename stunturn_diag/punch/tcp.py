@@ -50,17 +50,20 @@ Hence the sequence, per candidate, on both peers:
    opens our mapping and conntrack entry and expires in the core network before
    the peer's NAT, so that NAT neither RSTs it (b) nor sees it. ICMP then kills
    the socket (a), as expected.
-2. *Pinned ISN*: with CAP_NET_ADMIN the prime and every later connect of the
-   round carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ before connect();
-   ``tcp_v4_connect`` keeps a preset send sequence), so whatever conntrack
-   recorded, our later SYN and SYN-ACK are retransmissions to it (c).
+2. *Pinned ISN*: with CAP_NET_ADMIN the prime and every later connect toward a
+   candidate, in every round, carry one ISN we choose (TCP_REPAIR + TCP_QUEUE_SEQ
+   before connect(); ``tcp_v4_connect`` keeps a preset send sequence), so whatever
+   conntrack recorded, our later SYN and SYN-ACK are retransmissions to it (c).
 3. *Connect*: once the prime's ICMP Time Exceeded has come back (it passed our
    NAT) and at least :data:`SETTLE` (12 ms, the two peers' start skew: the server
    releases both in the same instant) after the prime, a socket with the same ISN
    connects at full TTL. The peer's SYN
    passes our NAT (RFC 5382 section 4.3: it admits the endpoint we sent to) and
    lands in that SYN-SENT socket: simultaneous open (RFC 9293 section 3.5,
-   figure 8). The kernel retransmits our SYN (1 s, 3 s, ...) meanwhile.
+   figure 8). A SYN still unanswered after 200 ms (then 400, 800 ms) is resent
+   from a fresh socket with the same ISN, sooner than the kernel's 1 s, 2 s, ...
+   (``tcp_machine.SYN_RESEND_FIRST``: on a lossy path those used the deadline, and
+   the first data after a retransmitted SYN waits a 3 s RTO).
    Without CAP_NET_ADMIN (kernel ISNs, RFC 6528: every socket draws its own) the
    priming socket is kept: its TTL is raised as soon as its SYN left, and it
    waits in SYN-SENT, so the peer's SYN finds the very socket whose SYN our NAT
@@ -78,11 +81,13 @@ Hence the sequence, per candidate, on both peers:
    (unprivileged on this kernel) the listener stays unfiltered; with kernel
    ISNs the kept priming socket (3) is what the peer's SYN finds instead.
 5. *Retry*: a full-TTL SYN answered by RST (the peer's NAT had no entry yet) or
-   ICMP unreachable starts a new round: prime again at once, connect after the
-   back-off (``tcp_machine.retry_delay``: 20 ms for three rounds, then doubling up
-   to :data:`RETRY_INTERVAL`); the receiver shifts its rounds by a zig-zag of
-   guard-sized steps so that two peers a constant skew apart stop meeting each
-   other's RST; at most :data:`MAX_CONNECTS` per candidate, never past the deadline.
+   ICMP unreachable starts a new round (same pinned ISN: an ICMP error, unlike a
+   RST, leaves our NAT's entry and its window as they were): prime again at
+   once, connect after the back-off (``tcp_machine.retry_delay``: 20 ms for three
+   rounds, then doubling up to :data:`RETRY_INTERVAL`); the receiver shifts its
+   rounds by a zig-zag of guard-sized steps so that two peers a constant skew apart
+   stop meeting each other's RST; at most :data:`MAX_CONNECTS` per candidate, never
+   past the deadline.
 6. *Candidates* (LAN addresses for peers behind the same NAT, the server-reflexive
    address, predicted ports) are punched in parallel, public ones first in the
    caller's order, private ones last: every prime takes a port of a sequential
@@ -126,6 +131,7 @@ toward us), ``timeout`` (SYNs silently dropped: the mappings never met),
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import socket
 import threading
 
@@ -137,8 +143,8 @@ from stunturn_diag.sansio.punch.tcp_machine import (MAX_CONNECTS, RETRY_INTERVAL
 from stunturn_diag.sansio.punch.wire import Role
 from .tcp_runner import TcpPunchRunner
 from ..hostaddr import host_addresses, usable
-from .tcp_sockets import family_for, host_ipv4_addresses, shared_port_socket
-from .tcp_stun import tcp_binding, tcp_refresh
+from .tcp_sockets import can_pin_isn, family_for, host_ipv4_addresses, shared_port_socket
+from .tcp_stun import tcp_binding_resending, tcp_refresh
 from stunturn_diag.sansio.netaddr import Address
 
 
@@ -213,20 +219,19 @@ class TcpRendezvous:
     # -- before signaling ----------------------------------------------------
 
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
-        """STUN Binding over TCP from our port; the connection stays open (holds the mapping)."""
+        """STUN Binding over TCP from our port; the connection stays open (holds the mapping).
+        With CAP_NET_ADMIN a lost SYN is resent (same ISN) after 200 ms, doubling, not
+        the kernel's 1 s (:func:`~.tcp_stun.tcp_binding_resending`)."""
         self._check_open()
         host = _resolve(str(stun_server[0]), self.version)
         self._stop_keepalive()
         if self._stun is not None:
             self._stun.close()
             self._stun = None
-        sock = shared_port_socket(self.local_ip, self.local_port)
         server = (host, int(stun_server[1]))
-        try:
-            self.mapped = tcp_binding(sock, server, timeout)
-        except BaseException:
-            sock.close()
-            raise
+        sock, self.mapped = tcp_binding_resending(
+            lambda isn: shared_port_socket(self.local_ip, self.local_port, isn=isn), server,
+            timeout, secrets.randbits(32) | 1 if can_pin_isn() else None)
         self._stun, self._stun_server = sock, server
         return self.mapped
 

@@ -8,10 +8,17 @@ for the punch.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
+import time
+from typing import Callable
+
 from stunturn_diag.sansio.netaddr import Address
 
 from ..errors import PunchError, StunDecodeError
+from ..netio import SYN_RTO_UNKNOWN, lower_rto_min, syn_waits
 from stunturn_diag.sansio.stun import MessageClass, Method
 from ..stun_tcp import binding_transaction
 
@@ -25,6 +32,57 @@ def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address
     non-blocking. Raises :class:`PunchError` (reason ``stun-failed``).
     """
     return _transaction(sock, server, timeout, connect=True)
+
+
+def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], server: Address,
+                          timeout: float, isn: int | None, rto: float = SYN_RTO_UNKNOWN
+                          ) -> tuple[socket.socket, Address]:
+    """:func:`tcp_binding` on a socket from ``make_socket(isn)`` (all bound to one local
+    port), resending an unanswered SYN sooner than the kernel would: returns the
+    connected socket and XOR-MAPPED-ADDRESS.
+
+    The kernel resends a lost SYN only after 1 s, then 3 s (RFC 6298 section 2.1): on a
+    lossy path (the lab's ``lossy`` NAT drops 10 % each way) two lost SYNs or SYN-ACKs
+    used up the whole STUN timeout (3 s) and the punch ended ``stun-failed`` before it
+    began. Here a SYN without an answer within ``rto`` (then twice that, ...;
+    :func:`stunturn_diag.netio.syn_waits`) is abandoned (closing a socket in SYN-SENT
+    sends nothing) and a fresh socket on the same port sends the same SYN again: the
+    same 5-tuple and, pinned (TCP_REPAIR), the same ISN ``isn``, so our NAT's conntrack
+    and the server take it as a retransmission (the server answers a lost SYN-ACK's
+    half-open connection again; a fresh ISN would be out of its window). The last one
+    keeps the kernel's schedule. ``isn`` None (no CAP_NET_ADMIN): one socket, the
+    kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
+    where = f"{server[0]}:{server[1]}"
+    deadline = time.monotonic() + timeout
+    for wait in syn_waits(rto, timeout) if isn is not None else [timeout]:
+        sock = make_socket(isn)
+        lower_rto_min(sock, rto)
+        err = sock.connect_ex(server)
+        ready = [sock] if err == 0 else []
+        if err == errno.EINPROGRESS:
+            _, ready, _ = select.select([], [sock], [], max(0.0, min(wait, deadline -
+                                                                       time.monotonic())))
+            if not ready:  # one last look: never abandon a SYN answered meanwhile
+                _, ready, _ = select.select([], [sock], [], 0)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ready else 0
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise PunchError(f"STUN over TCP to {where} failed: {os.strerror(err)}",
+                             hint="check the server address and that TCP reaches it",
+                             reason="stun-failed")
+        if ready:
+            break
+        sock.close()
+    else:
+        raise PunchError(f"no STUN Binding response over TCP from {where} within {timeout:g}s",
+                         hint="check that the server's STUN responder listens on TCP",
+                         reason="stun-failed")
+    try:
+        return sock, _transaction(sock, server, max(0.05, deadline - time.monotonic()),
+                                  connect=False)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def tcp_refresh(sock: socket.socket, server: Address, timeout: float) -> Address:

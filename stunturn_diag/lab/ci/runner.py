@@ -9,9 +9,10 @@ the workers and waits for their teardown) and, after ``kill -9``, by the next ru
 worker threads, each with its own uniquely named lab.
 
 With ``plan.relay`` each pair's lab also runs coturn on the server host
-(:func:`~stunturn_diag.lab.pair_runner.start_turn`, both public IPs' host) before the
-server command, which gets it through ``{turn_server}``/``{turn_secret}``/``{turn_realm}``;
-each peer's last JSON line (our punch's result) gives the path it took.
+(:func:`~stunturn_diag.lab.pair_runner.launch_turn`, both public IPs' host), started
+beside the server command (the peers start once both are ready), which gets it through
+``{turn_server}``/``{turn_secret}``/``{turn_realm}``; each peer's last JSON line (our
+punch's result) gives the path it took.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from . import owner, plan as plan_mod, report
 from stunturn_diag.sansio.lab import placeholders
 from .netem import check_netem, netem_steps
 from stunturn_diag.sansio.lab.theory import pair_sites, path_of
-from ..pair_runner import last_json_line, start_turn
+from ..pair_runner import last_json_line, launch_turn
 
 POLL = 0.05
 GRACE = 2.0          # after one peer failed, the other gets this long before it is ended
@@ -227,8 +228,8 @@ def run_pair(pair: plan_mod.Pair, matrix: plan_mod.MatrixPlan, logroot: Path,
         with lab:
             for node, argv in netem_steps(lab.topology, matrix.delay_ms, matrix.jitter_ms):
                 lab.exec(node, argv, timeout=20, check=True)
-            if matrix.relay:
-                turn = start_turn(lab)
+            if matrix.relay:        # coturn starts while the server command does
+                turn = launch_turn(lab)
             common = _common_values(lab, pair, key, logdir, turn)
             deadline = time.monotonic() + matrix.timeout
             if matrix.commands.server:
@@ -237,6 +238,8 @@ def run_pair(pair: plan_mod.Pair, matrix: plan_mod.MatrixPlan, logroot: Path,
                     matrix.commands.server, values, role="server"), values, logdir)
                 commands.append(server)
                 _wait_ready(lab, server, matrix.commands.server_ready, deadline, cancel)
+            if turn is not None:
+                turn.wait_listening(lab)
             started = time.monotonic()
             peers = []
             for role, node in zip(("a", "b"), _peer_hosts(lab, pair)):

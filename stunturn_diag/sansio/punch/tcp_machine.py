@@ -64,6 +64,16 @@ PRIME_EVERY = 0.001
 MAX_PRIMES = 600
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
 MAX_CONNECTS = 40
+#: pinned ISNs: a full-TTL SYN still unanswered (the socket still SYN-SENT) after this
+#: long, then twice that, ... while below the kernel's own first SYN retransmission
+#: (1 s, RFC 6298 section 2.1), is resent from a fresh socket with the same ISN (a
+#: retransmission to both NATs' conntrack). On a lossy path the kernel's 1 s, 2 s...
+#: schedule used most of the deadline, and a handshake with retransmitted SYNs gets no
+#: RTT sample: the first data (NOMINATE) then waits the 3 s fallback RTO (RFC 6298
+#: section 5.7) to be resent; seen in the lab (``lossy--restricted-cone``: NOMINATE
+#: unacknowledged with a 6 s retransmission timer at the deadline)
+SYN_RESEND_FIRST = 0.2
+KERNEL_SYN_RTO = 1.0
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
 #: side picks), the receiver confirms; both return exactly that connection. The
 #: receiver also sends READY as soon as a connection is up: after a simultaneous
@@ -249,8 +259,10 @@ class TcpCandidate:
     address: Address
     handle: int | None = None      # its connecting socket
     priming: bool = False          # ``handle`` sent the low-TTL SYN
-    isn: int | None = None         # pinned ISN of this round (prime and connect share it)
+    isn: int | None = None         # pinned ISN toward it (every prime and connect share it)
     settle_at: float = 0.0         # when the full-TTL SYN follows the prime
+    resend_at: float = 0.0         # when an unanswered full SYN is resent (0: never)
+    resends: int = 0               # full SYNs resent this round
     next_connect: float = 0.0      # when to open the next full-TTL socket
     connects: int = 0
     failures: int = 0              # refused/unreachable full-TTL rounds (retry back-off)
@@ -356,8 +368,20 @@ class TcpPunchMachine:
 
     def _prime(self, cand: TcpCandidate, now: float, settle: float) -> list[Action]:
         """Low-TTL SYN: opens our mapping, dies before the peer's NAT (no RST there).
-        ``settle``: when the round's full-TTL SYN follows."""
-        cand.isn = self._isn_source() | 1 if self.pin else None
+        ``settle``: when the round's full-TTL SYN follows.
+
+        Pinned ISNs: one per candidate, drawn for its first prime and kept for every
+        later round. A full SYN refused by an ICMP port unreachable (a firewall in front
+        of the peer's NAT, RFC 5382 section 7.1 / RFC 792) leaves our NAT's conntrack
+        entry alive (a RST would have closed it); once the peer's SYN passed it (state
+        SYN_SENT2) a SYN or SYN-ACK with another ISN is out of the window it recorded:
+        INVALID, it leaves untranslated and the punch times out (seen in the lab:
+        ``port-restricted-icmp`` pairs, about 1 run in 8). With the same ISN each
+        round's segments are retransmissions of the ones conntrack tracked.
+        """
+        if self.pin and cand.isn is None:
+            cand.isn = self._isn_source() | 1
+        cand.resends = 0
         cand.settle_at = cand.next_connect = now + settle
         if self.kernel_isn:
             cand.prime_at = now
@@ -465,6 +489,12 @@ class TcpPunchMachine:
                 return [CheckSynSent(cand.handle)]
             self._wake = min(self._wake, cand.settle_at)
         elif cand.handle is not None:
+            # a full-TTL SYN: resent on our schedule (pinned ISNs), its state watched
+            if cand.resend_at and cand.resend_at <= now:
+                cand.resend_at = 0.0
+                return [CheckSynSent(cand.handle)]
+            if cand.resend_at:
+                self._wake = min(self._wake, cand.resend_at)
             return self._look_at_state(cand, now)
         return []
 
@@ -553,6 +583,9 @@ class TcpPunchMachine:
         cand.handle, cand.priming = handle, ttl is not None
         if ttl is None:
             self._watch(cand, now)
+        wait = SYN_RESEND_FIRST * 2 ** cand.resends
+        cand.resend_at = now + wait if self.pin and ttl is None and wait < KERNEL_SYN_RTO \
+            else 0.0
         if self.kernel_isn and ttl is not None:
             # the priming SYN has left: the socket goes on at full TTL, so that a
             # peer's SYN landing on it is answered by a SYN-ACK that gets through
@@ -587,6 +620,17 @@ class TcpPunchMachine:
             # full-TTL SYN of ours; its connect result comes as for any connect
             cand.priming = False
             return []
+        if not cand.priming:
+            # the resend check of a full-TTL SYN (SYN_RESEND_FIRST): still unanswered, a
+            # fresh socket with the same ISN sends it again (aborted, not closed, as
+            # below); one the peer's SYN reached (SYN-RECEIVED) is left alone
+            if not in_syn_sent:
+                return []
+            cand.handle = None
+            cand.resends += 1
+            actions = [Abort(handle)] + self.connect(cand, now)
+            cand.connects -= 1          # the same round, not a new connect attempt
+            return actions
         if not in_syn_sent:
             return self._go_full_ttl(cand, now)
         # a fresh socket with the same ISN sends the full-TTL SYN at once (only
