@@ -119,6 +119,26 @@ def test_kernel_isn_prime_the_peer_syn_reached_is_the_connection():
     assert m.candidates[0].connects == 0 and m.candidates[0].up
 
 
+def test_kernel_isn_receiver_keeps_its_prime_the_initiator_sends_a_fresh_syn():
+    """KERNEL_RECEIVER_KEEPS: at the settle time the initiator's prime, still in SYN-SENT,
+    gives way to a fresh full-TTL socket; the receiver's stays (its one ISN) and counts
+    as the round's connect."""
+    ini = machine()
+    prime, _ = started(ini, ini.start(0.0)[2:])
+    (check,) = resume_all(ini, ini.on_timers(tm.SETTLE), tm.SETTLE)
+    abort, fresh = started(ini, ini.on_syn_sent(prime.handle, True, tm.SETTLE), now=tm.SETTLE)
+    assert abort == Abort(prime.handle) and fresh.ttl is None
+    rec = machine(Role.RECEIVER)
+    prime, _ = started(rec, rec.start(0.0)[2:])
+    (check,) = resume_all(rec, rec.on_timers(tm.SETTLE), tm.SETTLE)
+    assert check == CheckSynSent(prime.handle)
+    assert rec.on_syn_sent(prime.handle, True, tm.SETTLE) == []
+    cand = rec.candidates[0]
+    assert cand.handle == prime.handle and not cand.priming and cand.connects == 1
+    assert resume_all(rec, rec.on_timers(tm.SETTLE + 0.5), tm.SETTLE + 0.5) == []   # it waits
+    assert rec.on_connect_result(prime.handle, 0, 0.6) == [StreamSend(prime.handle, tm.READY)]
+
+
 def test_kernel_isn_prime_killed_by_icmp_is_replaced_at_once_a_refused_one_later():
     m = machine()
     prime, _ = started(m, m.start(0.0)[2:])

@@ -60,6 +60,15 @@ KERNEL_STEP = 0.0025
 #: (a peer on the same LAN) after PRIME_EVERY. The full-TTL SYN follows at the round's
 #: settle time from a fresh socket (the prime, still in SYN-SENT, aborted first).
 PRIME_EVERY = 0.001
+#: kernel ISNs: only the initiator sends a fresh full-TTL SYN at the settle time; the
+#: receiver keeps its prime (TTL raised, the kernel resends its SYN at full TTL) and
+#: waits for the initiator's SYN. A fresh socket draws another ISN: once the peer's SYN
+#: has passed our NAT (conntrack SYN_SENT2), that NAT keeps the window of the SYN it saw
+#: last from us, and the fresh socket's SYN and SYN-ACK fall outside it (INVALID, they
+#: leave untranslated; seen in the lab as both sides stuck in SYN-RECEIVED until the
+#: deadline, about 1 attempt in 7). With one side keeping its one ISN, its NAT never
+#: sees two, and the initiator's NAT sees no reply-direction SYN before its fresh one
+KERNEL_RECEIVER_KEEPS = True
 #: most priming SYNs per candidate and run (kernel ISNs; a bound, the lab needs ~10)
 MAX_PRIMES = 600
 #: full-TTL connect attempts per candidate (each after a fresh priming SYN)
@@ -615,9 +624,12 @@ class TcpPunchMachine:
 
     def on_syn_sent(self, handle: int, in_syn_sent: bool, now: float) -> list[Action]:
         cand = next(c for c in self.candidates if c.handle == handle)
-        if self.kernel_isn and not in_syn_sent:
+        if self.kernel_isn and (not in_syn_sent or (KERNEL_RECEIVER_KEEPS and self.role is Role.RECEIVER)):
             # the peer's SYN reached the prime (a simultaneous open, at full TTL): no
-            # full-TTL SYN of ours; its connect result comes as for any connect
+            # full-TTL SYN of ours; its connect result comes as for any connect.
+            # The receiver keeps its prime in any case (see KERNEL_RECEIVER_KEEPS)
+            if in_syn_sent:
+                cand.connects += 1
             cand.priming = False
             return []
         if not cand.priming:
