@@ -188,7 +188,9 @@ def test_dual_stack_tcp_race_agrees_and_carries_data():
         codes, (i_out, r_out), errs = _pair4(lab, protocol="tcp", receiver_protocol="tcp",
                                              messages=("tcp a1\n", "tcp b1\n"), serve=False)
     assert codes == (0, 0), errs
-    assert i_out == "tcp b1\n" and r_out == "tcp a1\n"
+    # (seen once in a loaded CI run: both exit 0, the initiator printed nothing; the
+    # stderr of both says which path each kept and how its stream ended)
+    assert (i_out, r_out) == ("tcp b1\n", "tcp a1\n"), errs
 
 
 #: a dual-stack punch matrix (issue 14): every pair punchable on at least one family
