@@ -43,6 +43,17 @@ SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 #: the first resend wait of a connect before any round trip to that server was measured
 #: (the kernel's: 1 s)
 SYN_RTO_UNKNOWN = 0.2
+#: the floor of a resend wait (:func:`connect_resending`'s ``rto``): a path's queueing
+#: varies by milliseconds; below this a resend would mostly be spurious (it costs the
+#: answer to the first SYN)
+SYN_RTO_MIN = 0.05
+
+
+def syn_rto(rtt: float | None) -> float:
+    """The wait before a connect resends its SYN: 4 round trips (RFC 6298's ``SRTT + 4
+    RTTVAR`` for a first sample is 3 RTT; one more for a loaded host), at least
+    :data:`SYN_RTO_MIN`; :data:`SYN_RTO_UNKNOWN` before any round trip was measured. Pure."""
+    return SYN_RTO_UNKNOWN if rtt is None else max(SYN_RTO_MIN, 4 * rtt)
 
 
 #: our own SYN resends stop once the next wait would reach the kernel's first SYN
@@ -74,6 +85,10 @@ def lower_rto_min(s: socket.socket, rto: float) -> None:
         s.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, int(rto * 1e6))
     except OSError:
         pass
+
+
+def _connect_error(err: int, dest: tuple[str, int]) -> OSError:
+    return OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
 
 
 def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: float, rto: float | None, *,
@@ -121,7 +136,7 @@ def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: fl
         err = s.connect_ex(dest)
         if err not in (0, errno.EINPROGRESS):
             s.close()
-            raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+            raise _connect_error(err, dest)
         _, ready, _ = select.select([], [s], [], wait) if err else ([], [s], [])
         if not ready:  # one last look: never abandon a SYN that was answered meanwhile
             _, ready, _ = select.select([], [s], [], 0)
@@ -129,19 +144,13 @@ def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: fl
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 s.close()
-                raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+                raise _connect_error(err, dest)
             s.setblocking(True)
             s.settimeout(timeout)
             return s, resends
         s.close()
         resends += i < len(waits) - 1
     raise TimeoutError(f"connect to {dest[0]}:{dest[1]}: no answer to {len(waits)} SYNs in {timeout:.1f} s")
-
-
-#: the floor of a resend wait (:func:`connect_resending`'s ``rto``): a path's queueing
-#: varies by milliseconds; below this a resend would mostly be spurious (it costs the
-#: answer to the first SYN)
-SYN_RTO_MIN = 0.05
 
 
 def connect_racing(dest: tuple[str, int], timeout: float, rto: float, *,
@@ -168,7 +177,7 @@ def connect_racing(dest: tuple[str, int], timeout: float, rto: float, *,
             s.setblocking(False)
             err = s.connect_ex(dest)
             if err not in (0, errno.EINPROGRESS):
-                raise OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+                raise _connect_error(err, dest)
             end = time.monotonic() + wait
             while pending:
                 _, ready, _ = select.select([], pending, [], max(0.0, end - time.monotonic()))
@@ -181,7 +190,7 @@ def connect_racing(dest: tuple[str, int], timeout: float, rto: float, *,
                         return r, i
                     pending.remove(r)
                     r.close()
-                    last = OSError(err, f"connect to {dest[0]}:{dest[1]}: {os.strerror(err)}")
+                    last = _connect_error(err, dest)
                     if err == errno.ECONNREFUSED:
                         raise last
                 if not ready:

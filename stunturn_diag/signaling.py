@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .netio import SYN_RTO_MIN, SYN_RTO_UNKNOWN, connect_racing
+from .netio import connect_racing, syn_rto
 from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout, RateLimited,
                      ServerUnreachable, SignalingError, SignalingTlsError)
 
@@ -134,8 +134,7 @@ class _Connector:
             rtt = _RTTS.get(key)
             started = time.monotonic()
             try:
-                sock, extra = connect_racing(key, timeout, SYN_RTO_UNKNOWN if rtt is None
-                                             else max(SYN_RTO_MIN, 4 * rtt),
+                sock, extra = connect_racing(key, timeout, syn_rto(rtt),
                                              local_ip=source_address[0] if source_address else None)
             except OSError as exc:
                 last = exc

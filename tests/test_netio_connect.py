@@ -10,8 +10,7 @@ import pytest
 
 from stunturn_diag.errors import ServerUnreachable
 from stunturn_diag.netio import KERNEL_SYN_RTO, connect_resending, syn_waits
-from stunturn_diag.netio import SYN_RTO_UNKNOWN, connect_racing
-from stunturn_diag.probe.tcp_sockets import syn_rto
+from stunturn_diag.netio import SYN_RTO_UNKNOWN, connect_racing, syn_rto
 from stunturn_diag.signaling import SignalingClient
 
 

@@ -11,7 +11,7 @@ import time
 from typing import NamedTuple
 
 from ..errors import StunDecodeError
-from ..netio import SO_REUSEPORT, SYN_RTO_MIN, SYN_RTO_UNKNOWN, connect_resending
+from ..netio import SO_REUSEPORT, connect_resending
 from ..stun_tcp import binding_transaction
 from stunturn_diag.sansio.netaddr import Address
 from stunturn_diag.sansio.probe.plan import SOFTWARE
@@ -66,14 +66,6 @@ def stun_tcp_from(local: Address, dest: Address, timeout: float, rto: float | No
         s.close()
         raise
     return TcpExchange(s, mapped, resends, None if resends else connected)
-
-
-def syn_rto(rtt: float | None) -> float:
-    """The wait before :func:`connect_from` resends a SYN: 4 round trips (RFC 6298's
-    ``SRTT + 4 RTTVAR`` for a first sample is 3 RTT; one more for a loaded host), at least
-    :data:`~stunturn_diag.netio.SYN_RTO_MIN`; :data:`~stunturn_diag.netio.SYN_RTO_UNKNOWN` before any round trip
-    was measured. Pure."""
-    return SYN_RTO_UNKNOWN if rtt is None else max(SYN_RTO_MIN, 4 * rtt)
 
 
 #: SYNs from one local port before a test that may change its port moves to a fresh one

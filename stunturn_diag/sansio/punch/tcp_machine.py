@@ -509,8 +509,9 @@ class TcpPunchMachine:
 
     def _kernel_timer(self, cand: TcpCandidate, now: float) -> list[Action]:
         """Kernel ISNs: keep a priming socket on the 4-tuple until the round's settle
-        time, then the full-TTL SYN from a fresh socket (unless the peer's SYN reached
-        the prime: that one is the connection then)."""
+        time; then the initiator sends the full-TTL SYN from a fresh socket and the
+        receiver keeps its prime (:data:`KERNEL_RECEIVER_KEEPS`; and either side keeps a
+        prime the peer's SYN reached: that one is the connection then)."""
         if cand.up or cand.connects >= self.max_connects:
             return []
         if cand.handle is not None:
