@@ -77,3 +77,39 @@ def test_after_reading_steps_burn_go_read_again_and_too_fast():
     used = UsedPorts()
     assert used.take(("192.0.2.1", 3478), 5000) and not used.take(("192.0.2.1", 3478), 5000)
     assert used.take(("192.0.2.1", 9), 5000)
+
+
+def _meets(d_i: int, d_r: int, window: int = 8) -> bool:
+    """Two sequential NATs (RFC 4787 4.1: one new mapping per destination, 5: exact
+    filter) after both promised offset 0: the initiator's k-th flow lands at offset
+    ``k + d_i`` and the receiver's at ``k + d_r`` (unforeseen shifts). A pair connects
+    when each one's mapped port is exactly where the other aims."""
+    from stunturn_diag.sansio.punch.candidates import window_ports
+    ini = window_ports(0, window, "initiator", True)     # where the initiator aims
+    rec = window_ports(0, window, "receiver", True)      # where the receiver aims
+    return any(ini[a] == b + d_r and rec[b] == a + d_i
+               for a in range(window) for b in range(window))
+
+
+def test_two_sequential_windows_meet_despite_an_unforeseen_shift():
+    from stunturn_diag.sansio.punch.candidates import SHIFT_SPAN, window_ports
+    for d_i in range(SHIFT_SPAN):
+        for d_r in range(SHIFT_SPAN - d_i):
+            assert _meets(d_i, d_r), (d_i, d_r)
+    assert not _meets(SHIFT_SPAN, 0)          # the limit is real, not a stub
+    # the same k-th-to-k-th aim on both sides (the old rule) meets only unshifted
+    assert window_ports(0, 8, "initiator", True) == list(range(8))
+    assert window_ports(0, 8, "initiator", False) == window_ports(0, 8, "receiver", False)
+    rec = window_ports(0, 8, "receiver", True)
+    assert len(set(rec)) == len(rec)          # distinct: TCP keeps one socket per target
+
+
+def test_the_receiver_spreads_its_window_only_when_both_sides_are_sequential():
+    both = Plan("predict", True, "x", predict_initiator=8, predict_receiver=8)
+    one = Plan("predict", True, "x", predict_initiator=8)
+    details = {"srflx": {"ip": "203.0.113.2", "port": 20001},
+               "nat": {"punch": {"next_port": 20100}}}
+    spread = [p for _ip, p in build_targets(both, "receiver", details).targets]
+    assert spread == [20100 + k + k % 3 for k in range(8)]
+    plain = [p for _ip, p in build_targets(one, "receiver", details).targets]
+    assert plain == list(range(20100, 20108))

@@ -193,6 +193,31 @@ def promised_port(details: object) -> int | None:
         and 0 < port < 65536 else None
 
 
+#: when both NATs are sequential, the receiver's k-th flow aims ``k % SHIFT_SPAN`` ports
+#: past the initiator's k-th: a total unforeseen shift of 0..SHIFT_SPAN-1 is still met.
+#: 3 keeps the targets distinct (``k + k % 3`` is ``3q + 2r``); with 4 they repeat
+SHIFT_SPAN = 3
+
+
+def window_ports(start: int, window: int, my_role: Role | str, both_predicted: bool) -> list[int]:
+    """The peer ports our k-th punch flows aim at (k = 0 .. ``window`` - 1).
+
+    Facing one sequential NAT: ``start + k``. When both NATs are sequential, each
+    side's k-th flow must land exactly where the other's k-th flow aims (RFC 4787
+    section 4.1: each new destination is a new mapping; section 5: the port-dependent
+    filter admits only the exact peer). A flow of another host between the confirming
+    counter reading and the punch moves every later port of that side by one, and
+    ``start + k`` on both sides then never meet. So the receiver aims its k-th flow at
+    ``start + k + (k % SHIFT_SPAN)`` while the initiator keeps ``start + k``: with the
+    initiator's flows moved by ``d_i`` and the receiver's by ``d_r`` (unforeseen, each
+    side's own), the receiver's flow k with ``k % SHIFT_SPAN == d_i + d_r`` meets the
+    initiator's flow ``k + d_r``, for any total shift below :data:`SHIFT_SPAN`.
+    """
+    if both_predicted and Role(my_role) is Role.RECEIVER:
+        return [start + k + k % SHIFT_SPAN for k in range(window)]
+    return [start + k for k in range(window)]
+
+
 def build_targets(plan: Plan, my_role: Role | str, peer_details: object, *, protocol: str = "udp",
                   rng: Sampler | None = None,
                   vetted: PeerCandidates | None = None) -> Targets:
@@ -232,7 +257,8 @@ def build_targets(plan: Plan, my_role: Role | str, peer_details: object, *, prot
     window = plan.predict_for(peer_role)
     if window:
         start = promised_port(peer_details) or port + shift + 1
-        targets = [(ip, p) for p in range(start, start + window) if p < 65536]
+        both = bool(plan.predict_for(my_role))
+        targets = [(ip, p) for p in window_ports(start, window, my_role, both) if p < 65536]
         return Targets(targets, prime=list(targets))
     if plan.strategy == "birthday":
         if plan.birthday_side == peer_role:
