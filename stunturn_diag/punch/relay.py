@@ -38,12 +38,24 @@ class _Peer:
         self.oversized = 0
 
     def read(self) -> bytes:
+        """The peer's next bytes; ``b""`` only at its end of data. A TCP connection that
+        fails (a reset, keepalives unanswered) or ends without the peer's authenticated
+        end of data (:attr:`SecureStream.truncated`) is a lost peer, never a quiet EOF:
+        what arrived may be incomplete."""
         if self.datagram:
             return self.conn.recv()
         try:
-            return self.conn.recv(65536)
-        except OSError:
-            return b""
+            data = self.conn.recv(65536)
+        except OSError as exc:
+            raise PunchError(f"the TCP connection to the peer failed: {exc.strerror or exc}",
+                             hint="the peer quit or the path was cut; what arrived before "
+                                  "may be incomplete", reason="peer-lost") from None
+        if not data and getattr(self.conn, "truncated", False):
+            raise PunchError("the TCP connection to the peer ended without the peer's "
+                             "authenticated end of data (closed or reset on the way)",
+                             hint="what arrived may be incomplete; run it again",
+                             reason="peer-lost")
+        return data
 
     def write(self, data: bytes) -> None:
         """Bytes of a stream: over UDP in frames that need no IP fragmentation."""
