@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from stunturn_diag.lab import Lab, LabSpec
+from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
 from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
 
 pytestmark = pytest.mark.netns
@@ -146,3 +146,21 @@ def test_sequential_symmetric_nats_connect_over_tcp_from_the_receivers_second_bi
         i, i_err, r, r_err = _connected_pair(lab, tmp_path, "--protocol", "tcp")
     assert i["protocol"] == r["protocol"] == "tcp"
     assert i["strategy"] == r["strategy"] == "predict", (i, r)
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_two_sequential_nats_with_background_flows_connect_with_default_flags(tmp_path, protocol):
+    """The shared-counter sequential NAT on both sides, each with a second LAN host opening
+    100 new flows/s: the default probe still finds sequential per-destination mapping
+    (its readings move with the background), both sides promise and steer their
+    counters, and the predicted windows meet."""
+    spec = LabSpec(sites={s: SiteSpec(nat=CATALOGUE["symmetric-sequential"], hosts=2,
+                                      background_flows_per_s=100) for s in ("a", "b")})
+    with Lab(spec) as lab:
+        serve_in_lab(lab)
+        extra = ("--protocol", "tcp") if protocol == "tcp" else ()
+        i, i_err, r, r_err = _connected_pair(lab, tmp_path, *extra)
+    assert i["protocol"] == r["protocol"] == protocol
+    assert i["strategy"] == r["strategy"] == "predict", (i, r)
+    for err in (i_err, r_err):
+        assert "probing this NAT" in err and "port counter steered" in err, err

@@ -201,3 +201,26 @@ def test_plan_requests_are_well_formed_stun():
     msg = decode(first.payload)
     assert msg.transaction_id == first.tid and msg.change_request == (False, False)
     assert len(first.prelude) == 1  # the gate is sent twice per attempt
+
+
+@pytest.mark.parametrize("ports,delta", [
+    ([20000, 20001, 20003, 20004, 20007], 1),        # two steps moved by other flows
+    ([20000, 20002, 20005, 20006, 20009], 1),        # most steps moved
+    ([30000, 29999, 29996, 29995, 29993], -1),       # a counter that counts down
+])
+def test_sequential_counter_moved_by_other_flows_is_still_sequential(ports, delta):
+    """One counter shared with other hosts (the lab's shared-counter NAT with background
+    flows): every step goes the same way and is small."""
+    v = C.classify_allocation([(("h", 40000 + i), ("x", p)) for i, p in enumerate(ports)])
+    assert v.value is PortAllocation.SEQUENTIAL and v.extra["delta"] == delta, v.reason
+    assert v.extra["noisy"] is True and "other flows" in v.reason
+    assert v.extra["predicted_next_port"] == ports[-1] + delta
+
+
+@pytest.mark.parametrize("ports", [
+    [20000, 20040, 20041, 20090, 20091],             # a step beyond NOISY_STEP
+    [20000, 20003, 20001, 20004, 20006],             # a step back
+])
+def test_steps_that_are_large_or_change_direction_are_not_a_counter(ports):
+    v = C.classify_allocation([(("h", 40000 + i), ("x", p)) for i, p in enumerate(ports)])
+    assert v.value is PortAllocation.RANDOM, v.reason

@@ -138,12 +138,19 @@ def classify_filtering(o: dict[str, Outcome], ep: Endpoints) -> Verdict:
                    f"({port.attempts} tries) were both filtered", probes)
 
 
+#: the largest step between two of our fresh mappings that still counts as one sequential
+#: counter moved by other flows meanwhile (at 500 flows/s of others and 20 ms between
+#: two of our mappings: 10)
+NOISY_STEP = 32
+
+
 def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
     """Port allocation across fresh mappings, in creation order (RFC 4787 section 4.2.1).
 
     ``pairs`` = [(local, mapped)...]. Preserving when the NAT keeps the local port;
     sequential when consecutive mapped ports differ by one constant delta (predicting
-    the next); random otherwise.
+    the next), or when every step goes the same way by at most :data:`NOISY_STEP`
+    (one counter that other flows move between ours, ``extra["noisy"]``); random otherwise.
     """
     if len(pairs) < 3:
         return Verdict(None, f"only {len(pairs)} fresh mappings answered (need 3)", [])
@@ -175,6 +182,19 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
                                extra={"confidence": round((n - 1) / n, 2), "delta": d,
                                       "predicted_next_port": (rest[-1] + d - 1) % 65535 + 1,
                                       "ports": ports, "outlier": ports[i]})
+    smallest = min(deltas, key=abs)
+    if all(0 < d * (1 if smallest > 0 else -1) <= NOISY_STEP for d in deltas):
+        # one counter that other flows move too (RFC 4787 section 4.2.1; other hosts and
+        # applications behind the NAT take ports between our mappings): every step goes
+        # the same way and stays small. n random ports from a pool of P do that with a
+        # chance near (NOISY_STEP / P) ** (n - 1): about 1e-8 for 5 ports from 8192
+        share = deltas.count(smallest) / len(deltas)
+        return Verdict(PortAllocation.SEQUENTIAL,
+                       f"mapped ports {ports} step by {smallest} and sometimes more (steps "
+                       f"{deltas}): one counter that other flows also move",
+                       extra={"confidence": round(share, 2), "delta": smallest,
+                              "predicted_next_port": (ports[-1] + smallest - 1) % 65535 + 1,
+                              "ports": ports, "noisy": True})
     distinct = len(set(deltas)) / len(deltas)
     return Verdict(PortAllocation.RANDOM, f"mapped ports {ports} follow no constant step",
                    extra={"confidence": round(distinct, 2), "ports": ports})
