@@ -339,8 +339,12 @@ class SignalingClient:
                                    status=status, error=error)
         if status == 429 and error == "rate-limited":
             wait = answer.get("retry_after")
-            return RateLimited(message, hint="check the access key and the target IP; the server "
-                                             "limits failed attempts", status=status, error=error,
+            if "/v1/probe/" in url:        # probe-assist: a request budget, not failed pairings
+                hint = ("the server limits probe-assist requests per address; wait a few "
+                        "seconds between probes (punch reuses a cached profile)")
+            else:
+                hint = "check the access key and the target IP; the server limits failed attempts"
+            return RateLimited(message, hint=hint, status=status, error=error,
                                retry_after=float(wait) if isinstance(wait, (int, float)) else 1.0)
         if not error:
             return SignalingError(f"{url} answered HTTP {status} without a signaling error body",

@@ -122,3 +122,24 @@ def test_wildcard_listen_accepts_any_ip_literal_but_no_foreign_name():
 
     assert host_allowed("203.0.113.5:80", frozenset(), True)
     assert not host_allowed("rebind.evil.example", frozenset(), True)
+
+
+def test_a_spent_probe_assist_budget_says_so_not_to_check_the_key():
+    """The client's RateLimited for probe-assist names the request budget (the pairing
+    limit's hint, "check the access key and the target IP", would mislead)."""
+    from stunturn_diag.errors import RateLimited
+    from stunturn_diag.signaling import SignalingClient
+
+    config = ServerConfig(http_port=0, stun_port=0, alt_port=0, alt_ip="127.0.0.2",
+                          probe_assist=ProbeAssistConfig(burst=2, rate=0.1))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))        # bound, never listening: connects are refused
+    with start_server(config) as handle:
+        client = SignalingClient(handle.http_url)
+        body = {"port": closed.getsockname()[1], "from": ["alt-port"], "attempts": 1}
+        with pytest.raises(RateLimited) as caught:
+            for _ in range(4):
+                client.post("/v1/probe/tcp-connect", body)
+    closed.close()
+    assert caught.value.status == 429 and caught.value.retry_after >= 1
+    assert "probe-assist" in caught.value.hint and "access key" not in caught.value.hint
