@@ -42,6 +42,7 @@ DEFAULT_PAIRS = [
     ("eim-no-preservation", "symmetric-sequential"),
     ("symmetric-sequential+bg20", "port-restricted"),
     ("symmetric-sequential+bg100", "port-restricted"),
+    ("symmetric-sequential+bg100", "symmetric-sequential+bg100"),
 ]
 
 
