@@ -22,7 +22,8 @@ import threading
 import time
 from typing import Callable
 
-from stunturn_diag.netio import SYN_RTO_MIN, connect_resending
+from stunturn_diag.netio import connect_resending
+from stunturn_diag.sansio.synwait import SYN_RTO_MIN
 from stunturn_diag.sansio.assist_frame import assist_frame
 from stunturn_diag.sansio.netaddr import parse_queued_error
 

@@ -34,7 +34,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .netio import connect_racing, syn_rto
+from .netio import connect_racing
+from .sansio.synwait import syn_rto
 from .errors import (ConfigError, NoInitiatorWaiting, PairingConflict, PairingTimeout, RateLimited,
                      ServerUnreachable, SignalingError, SignalingTlsError)
 

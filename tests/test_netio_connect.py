@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from stunturn_diag.errors import ServerUnreachable
-from stunturn_diag.netio import KERNEL_SYN_RTO, connect_resending, syn_waits
-from stunturn_diag.netio import SYN_RTO_UNKNOWN, connect_racing, syn_rto
+from stunturn_diag.netio import connect_racing, connect_resending
+from stunturn_diag.sansio.synwait import KERNEL_SYN_RTO, SYN_RTO_UNKNOWN, syn_rto, syn_waits
 from stunturn_diag.signaling import SignalingClient
 
 

@@ -44,7 +44,8 @@ import time
 from dataclasses import dataclass, field
 
 from stunturn_diag.errors import ConfigError, StunDecodeError
-from stunturn_diag.netio import SYN_RTO_MIN, lower_rto_min
+from stunturn_diag.netio import lower_rto_min
+from stunturn_diag.sansio.synwait import SYN_RTO_MIN
 from stunturn_diag.sansio.netaddr import unmapped
 from stunturn_diag.sansio.stun import HEADER_LENGTH, message_length
 

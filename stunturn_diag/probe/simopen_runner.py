@@ -48,7 +48,7 @@ from stunturn_diag.sansio.probe.endpoints import Endpoints
 from stunturn_diag.sansio.probe.evidence import TcpEvidence
 from stunturn_diag.sansio.probe.simopen import (MAX_ROUNDS, first_delay_ms, lost_race, next_delay_ms,
                                                 race_error, wait_ms)
-from stunturn_diag.netio import syn_rto
+from stunturn_diag.sansio.synwait import syn_rto
 from stunturn_diag.probe.tcp_sockets import SAME_PORT_SYNS, free_port, stun_tcp_from
 
 _scapy: dict = {}

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from stunturn_diag.sansio.assist_frame import assist_frame
 from ..errors import SignalingError, StunDecodeError
 from stunturn_diag.probe.simopen_runner import simopen_test
-from stunturn_diag.netio import syn_rto
+from stunturn_diag.sansio.synwait import syn_rto
 from stunturn_diag.probe.tcp_sockets import (free_port, has_raw_socket_capability, reuse_socket, stun_tcp_from,
                                              SAME_PORT_SYNS)
 from stunturn_diag.sansio.netaddr import Address

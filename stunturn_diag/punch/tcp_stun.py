@@ -18,7 +18,8 @@ from typing import Callable
 from stunturn_diag.sansio.netaddr import Address
 
 from ..errors import PunchError, StunDecodeError
-from ..netio import SYN_RTO_UNKNOWN, lower_rto_min, syn_waits
+from ..netio import lower_rto_min
+from stunturn_diag.sansio.synwait import SYN_RTO_UNKNOWN, syn_waits
 from stunturn_diag.sansio.stun import MessageClass, Method
 from ..stun_tcp import binding_transaction
 
@@ -45,7 +46,7 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
     lossy path (the lab's ``lossy`` NAT drops 10 % each way) two lost SYNs or SYN-ACKs
     used up the whole STUN timeout (3 s) and the punch ended ``stun-failed`` before it
     began. Here a SYN without an answer within ``rto`` (then twice that, ...;
-    :func:`stunturn_diag.netio.syn_waits`) is abandoned (closing a socket in SYN-SENT
+    :func:`stunturn_diag.sansio.synwait.syn_waits`) is abandoned (closing a socket in SYN-SENT
     sends nothing) and a fresh socket on the same port sends the same SYN again: the
     same 5-tuple and, pinned (TCP_REPAIR), the same ISN ``isn``, so our NAT's conntrack
     and the server take it as a retransmission (the server answers a lost SYN-ACK's

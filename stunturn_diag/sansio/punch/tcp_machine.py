@@ -31,6 +31,7 @@ from typing import Callable, Union
 from stunturn_diag.errors import PunchError
 from stunturn_diag.sansio.punch.wire import Role
 from stunturn_diag.sansio.netaddr import Address
+from stunturn_diag.sansio.synwait import KERNEL_SYN_RTO
 
 
 #: pinned ISNs: the full-TTL SYN leaves when the prime's ICMP Time Exceeded came back
@@ -82,7 +83,6 @@ MAX_CONNECTS = 40
 #: section 5.7) to be resent; seen in the lab (``lossy--restricted-cone``: NOMINATE
 #: unacknowledged with a 6 s retransmission timer at the deadline)
 SYN_RESEND_FIRST = 0.2
-KERNEL_SYN_RTO = 1.0
 #: the initiator nominates one connection (RFC 8445 section 8 style: the controlling
 #: side picks), the receiver confirms; both return exactly that connection. The
 #: receiver also sends READY as soon as a connection is up: after a simultaneous
