@@ -128,3 +128,20 @@ def test_keep_alive_without_an_allocation_or_a_channel_sends_nothing():
     c = stream_client()
     c.keep_alive(tid(2), PEER, 0.0)
     assert c.keep_alive(tid(2), PEER, 100.0) is None        # no channel to that peer yet
+
+
+def test_keep_alive_of_a_channel_less_tcp_allocation_renews_the_permission():
+    """RFC 6062 TCP allocations have no channels: ``by_channel=False`` renews the peer's
+    permission with CreatePermission (RFC 8656 section 9); a Refresh still comes first;
+    something already due goes out on the first call."""
+    c = stream_client(now=0.0)                       # allocation until 600, no permission
+    req = c.keep_alive(tid(3), PEER, 0.0, by_channel=False)
+    msg = decode(req)
+    assert msg.method == Method.CREATE_PERMISSION
+    assert c.keep_alive(tid(4), PEER, 1.0, by_channel=False) is None   # the gap
+    c.receive(answer(req, MessageClass.SUCCESS, []), 1.0)
+    assert c.permissions[PEER[0]] == 301.0
+    assert c.keep_alive(tid(4), PEER, 100.0, by_channel=False) is None  # nothing due
+    assert decode(c.keep_alive(tid(5), PEER, 245.0, by_channel=False)).method \
+        == Method.CREATE_PERMISSION                  # within 60 s of its end
+    assert decode(c.keep_alive(tid(6), PEER, 545.0, by_channel=False)).method == Method.REFRESH

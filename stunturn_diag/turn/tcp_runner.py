@@ -313,16 +313,11 @@ class TcpTurnSession(TcpControl):
                 for event in self._handle(frames):
                     if isinstance(event, turn.Challenged):      # 438: a new nonce
                         self._send(self.client.retry(event.transaction_id, _tid(), self.clock()))
-                now = self.clock()
-                try:
-                    if self.client.refresh_due(now):
-                        self._send(self.client.refresh(_tid(), now))
-                    elif self._peer_ip and self.client.permission_due(self._peer_ip, now):
-                        self._send(self.client.create_permission(_tid(), [self._peer_ip], now))
-                        # counted as installed on success; keep the old expiry meanwhile
-                        self.client.permissions[self._peer_ip] = now + 120.0
-                except Exception:
-                    pass
+                if self._peer_ip:
+                    request = self.client.keep_alive(_tid(), (self._peer_ip, 0), self.clock(),
+                                                     by_channel=False)
+                    if request is not None and not self._send(request):
+                        break                # the control connection is gone
         if not self._stop.is_set():
             for data in self._watched:      # the relay is gone: the stream ends, not hangs
                 try:

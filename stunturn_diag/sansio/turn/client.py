@@ -368,27 +368,30 @@ class TurnClient:
 
     def keep_alive(self, tid: bytes, peer: Address, now: float, *,
                    lifetime: int = DEFAULT_LIFETIME, every: float = KEEP_ALIVE_EVERY,
-                   margin: float = KEEP_ALIVE_MARGIN) -> bytes | None:
+                   margin: float = KEEP_ALIVE_MARGIN, by_channel: bool = True) -> bytes | None:
         """The maintenance request due at ``now`` while data flows to ``peer``, or None.
 
-        A Refresh when the allocation expires within ``margin`` (section 8), else a
-        ChannelBind of ``peer``'s channel again when its permission does (section 12.1:
-        re-binding refreshes the channel and the permission), else nothing. At most one
-        request per ``every`` seconds, so a caller may ask on every send while the
-        answer is on its way. None without an allocation.
+        A Refresh when the allocation expires within ``margin`` (section 8), else, when
+        ``peer``'s permission does: a ChannelBind of its channel again (section 12.1:
+        re-binding refreshes the channel and the permission; nothing before a channel
+        is bound), or with ``by_channel=False`` (an RFC 6062 TCP allocation, which has
+        no channels) a CreatePermission (section 9). At most one request per ``every``
+        seconds, so a caller may ask on every send while the answer is on its way; the
+        first call sends only what is due already. None without an allocation.
         """
         if self.relayed is None or (self._keep_alive_after is not None and
                                     now < self._keep_alive_after):
             return None
-        if self._keep_alive_after is None:       # the first call starts the clock
-            self._keep_alive_after = now + every
-            return None
+        first = self._keep_alive_after is None
         peer = (str(peer[0]), int(peer[1]))
         out = None
         if self.refresh_due(now, margin):
             out = self.refresh(tid, now, lifetime=lifetime)
-        elif self.permission_due(peer[0], now, margin) and peer in self.channels:
-            out = self.channel_bind(tid, peer, self.channels[peer], now)
-        if out is not None:
+        elif self.permission_due(peer[0], now, margin):
+            if peer in self.channels:
+                out = self.channel_bind(tid, peer, self.channels[peer], now)
+            elif not by_channel:
+                out = self.create_permission(tid, [peer[0]], now)
+        if out is not None or first:             # the first call starts the clock
             self._keep_alive_after = now + every
         return out
