@@ -216,3 +216,15 @@ def test_kernel_flows_filter_takes_icmp_and_ipv6_hosts():
     assert not any(d[0] >> 4 == 4 and d[9] == 17 for _t, d in records)  # the UDP itself: not listed
     if has6:
         assert any(d[0] >> 4 == 6 and d.endswith(b"stunturn-bpf-v6") for _t, d in records)
+
+
+def test_ipv6_blackhole_compares_the_whole_source_address_and_the_port():
+    """RFC 8200 section 3: the source address is the IPv6 header's bytes 8-23; each source
+    is four word compares (network header offsets) and the TCP source port."""
+    prog = bpf.blackhole6_program([("2001:db8::1", 1000), ("fe80::2", 2000)])
+    loads = [i.k for i in prog if i.code == 0x20]           # LD W ABS
+    assert loads == [-0x100000 + off for off in (8, 12, 16, 20)] * 2
+    words = [i.k for i in prog if i.code == 0x15]           # JEQ K
+    assert words[:5] == [0x20010db8, 0, 0, 1, 1000]
+    assert words[5:] == [0xfe800000, 0, 0, 2, 2000]
+    assert prog[-2].k == 0xFFFFFFFF and prog[-1].k == 0      # accept the rest, drop

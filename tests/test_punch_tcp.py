@@ -170,25 +170,35 @@ def test_silent_peer_times_out(pair):
 
 
 @needs_filter
-def test_blackhole_listener_drops_only_the_listed_source():
-    listener = shared_port_socket(LO, 0)
+@pytest.mark.parametrize("lo", [LO, "::1"], ids=["ipv4", "ipv6"])
+def test_blackhole_listener_drops_only_the_listed_source(lo):
+    listener = shared_port_socket(lo, 0)
     listener.listen(4)
-    dropped, passed = shared_port_socket(LO, 0), shared_port_socket(LO, 0)
+    dropped, passed = shared_port_socket(lo, 0), shared_port_socket(lo, 0)
     try:
-        assert attach_blackhole(listener, [dropped.getsockname()])
+        assert attach_blackhole(listener, [dropped.getsockname()[:2]])
         for s in (dropped, passed):
             s.connect_ex(listener.getsockname())
         listener.setblocking(True)
         listener.settimeout(2)
         conn, peer = listener.accept()
         conn.close()
-        assert peer == passed.getsockname()
+        assert peer[:2] == passed.getsockname()[:2]
         listener.settimeout(0.3)
         with pytest.raises(socket.timeout):
             listener.accept()
     finally:
         for s in (listener, dropped, passed):
             s.close()
+
+
+@needs_filter
+def test_a_listener_of_the_other_family_needs_no_filter():
+    listener = shared_port_socket("::1", 0)
+    try:
+        assert attach_blackhole(listener, [(LO, 9)])     # IPv4 cannot reach a V6ONLY socket
+    finally:
+        listener.close()
 
 
 def test_blackhole_program_shape():

@@ -22,6 +22,8 @@ from stunturn_diag.sansio.netaddr import Address
 
 #: most candidates one listener filter holds (jump offsets are 8 bits)
 MAX_FILTERED = 60
+#: the IPv6 program takes 10 instructions per source (its jumps reach 255 at most)
+MAX_FILTERED6 = 24
 
 
 #: TCP_REPAIR options (linux/tcp.h); setting them needs CAP_NET_ADMIN
@@ -164,20 +166,21 @@ def blackhole_program(sources: list[Address]) -> list[bytes]:
 def attach_blackhole(listener: socket.socket, sources: list[Address]) -> bool:
     """Make ``listener`` silently drop segments from ``sources``; False if not possible.
 
-    tcp_v4_rcv runs the socket filter before a listener answers, so a SYN from a
-    candidate we punch toward (one that found no connecting socket of ours) is
-    neither answered by a SYN-ACK from a new ISN (which our NAT's conntrack would
-    mark INVALID) nor by a RST (which would kill the peer's attempt): the peer's
-    kernel simply retransmits it later. The program reads IPv4 headers: IPv6 sources
-    are not filtered (False when there are only IPv6 ones; behind an IPv6 firewall
-    without NAT the punch has done without it in the lab).
+    tcp_v4_rcv / tcp_v6_rcv run the socket filter before a listener answers, so a SYN
+    from a candidate we punch toward (one that found no connecting socket of ours) is
+    neither answered by a SYN-ACK from a new ISN (which our NAT's or firewall's
+    conntrack would mark INVALID) nor by a RST (which would kill the peer's attempt):
+    the peer's kernel simply retransmits it later. The program reads the listener's
+    family's header (IPv4, or IPv6 for an ``AF_INET6`` listener); sources of the other
+    family cannot reach it and are left out.
     """
-    v4 = [a for a in sources if _is_ipv4(a[0])][:MAX_FILTERED]
-    if not v4:
-        return not sources
-    sources = v4
+    v6 = listener.family == socket.AF_INET6
+    mine = [a for a in sources if _is_ipv4(a[0]) != v6][:MAX_FILTERED6 if v6 else MAX_FILTERED]
+    if not mine:
+        return True                       # nothing of this family to drop
+    program = bpf.blackhole6_program(mine) if v6 else bpf.blackhole_program(mine)
     try:
-        attach_filter(listener, bpf.blackhole_program(sources))
+        attach_filter(listener, program)
     except OSError:
         return False
     return True

@@ -149,6 +149,21 @@ def blackhole_program(sources: list[tuple[str, int]]) -> list[Insn]:
     return a.ret(ACCEPT).label("drop").ret(DROP).assemble()
 
 
+def blackhole6_program(sources: list[tuple[str, int]]) -> list[Insn]:
+    """The IPv6 :func:`blackhole_program`, for an ``AF_INET6`` TCP socket: the source
+    address is the IPv6 header's bytes 8-23 (RFC 8200 section 3), compared a word at a
+    time; the TCP source port is the segment's first two bytes."""
+    a = Assembler()
+    for i, (ip, port) in enumerate(sources):
+        packed = ipaddress.IPv6Address(ip).packed
+        for w in range(4):
+            a.ld_net(W, 8 + 4 * w).jeq(int.from_bytes(packed[4 * w:4 * w + 4], "big"),
+                                        None, f"next{i}")
+        a.ld(H, 0).jeq(port, "drop", None)
+        a.label(f"next{i}")
+    return a.ret(ACCEPT).label("drop").ret(DROP).assemble()
+
+
 def tcp_syn_program(dport: int) -> list[Insn]:
     """Accept IPv4 TCP segments to ``dport`` with SYN set and ACK clear (a connection's
     first segment, RFC 9293 3.5), first fragments only; drop the rest."""
