@@ -349,6 +349,19 @@ def test_a_receiver_with_no_transport_at_all_says_what_to_do():
     assert problem.reason == "protocol-unavailable" and "firewall" in str(problem)
 
 
+@pytest.mark.parametrize("role", ["initiator", "receiver"])
+def test_a_receiver_that_tried_one_transport_only_is_not_told_both_failed(role):
+    """--protocol tcp on the receiver and its TCP binding failed: the hint names that one
+    transport, not "neither transport reaches the server"."""
+    from stunturn_diag.sansio.punch.details import transport_problem
+
+    unavailable = {"tcp": "no STUN Binding response over TCP within 3s"}
+    peer = {"nat": {"punch": {"transports": [], "unavailable": unavailable}}}
+    problem = transport_problem(role, "tcp", [], unavailable, peer)
+    assert problem.reason == "protocol-unavailable"
+    assert "neither" not in str(problem) and "TCP only (its --protocol)" in str(problem)
+
+
 def test_a_cached_profile_from_another_public_ip_is_dropped_and_probed_again(server):
     """The cache entry for this network says "measured behind 203.0.113.99"; STUN now sees
     127.0.0.1: the profile is not shared, the probe runs again and replaces the entry."""

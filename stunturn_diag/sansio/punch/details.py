@@ -49,9 +49,15 @@ def transport_problem(role: Role | str, protocol: str, prepared: list[str], unav
     if protocol in have or (relay and protocol in relays):
         return None
     others = [p for p in have if p != protocol]
-    use = (f"run the initiator with --protocol {others[0]}" if others else
-           "neither transport reaches the signaling server's STUN responder from the receiver's "
-           "network: check its firewall, or use a relay (TURN)")
+    if others:
+        use = f"run the initiator with --protocol {others[0]}"
+    elif len(set(have) | set(why)) > 1:
+        use = ("neither transport reaches the signaling server's STUN responder from the "
+               "receiver's network: check its firewall, or use a relay (TURN)")
+    else:                          # the receiver tried this one alone (its --protocol)
+        use = (f"the receiver tried {protocol.upper()} only (its --protocol): check that "
+               f"{protocol.upper()} reaches the signaling server's STUN responder from its "
+               "network and try again, or use a relay (TURN)")
     if protocol in why:
         who = "this side" if role is Role.RECEIVER else "the receiver"
         return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
