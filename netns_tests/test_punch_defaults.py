@@ -22,7 +22,7 @@ import time
 import pytest
 
 from stunturn_diag.lab import CATALOGUE, Lab, LabSpec, SiteSpec
-from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab
+from stunturn_diag.lab.pair_runner import HTTP_PORT, serve_in_lab, start_turn
 
 pytestmark = pytest.mark.netns
 
@@ -103,6 +103,30 @@ def test_udp_initiator_learns_at_once_that_the_receiver_has_no_udp(tmp_path):
         assert side["protocol"] == "udp" and "could not prepare" in side["message"], side
         assert "--protocol tcp" in side["message"], side
     assert i["match_id"] == r["match_id"]
+    assert "Traceback" not in i_err + r_err
+
+
+def test_a_no_relay_initiator_against_a_udp_blocked_receiver_with_a_relay_offered(tmp_path):
+    """The server offers coturn, so the UDP-blocked receiver could take UDP through the
+    relay over TCP; the initiator refuses relays (--no-relay): both fail at once with
+    protocol-unavailable, the hint naming both ways out (TCP, or allowing the relay)."""
+    with Lab(LabSpec.simple("port-restricted", "udp-blocked")) as lab:
+        turn = start_turn(lab)
+        try:
+            serve_in_lab(lab, turn=turn)
+            ini = _initiator(lab, tmp_path / "a", "--no-relay")
+            _wait_waiting(ini)
+            rec = _receiver(lab, tmp_path / "b")
+            r_rc, r, r_err = _result(rec, 60)
+            i_rc, i, i_err = _result(ini, LONG_POLL + 30)
+        finally:
+            turn.stop()
+    assert (i_rc, r_rc) == (1, 1), (i, i_err, r, r_err)
+    for side in (i, r):
+        assert side["reason"] == "protocol-unavailable" and side["protocol"] == "udp", side
+        assert "--protocol tcp" in side["message"] and "--no-relay" in side["message"], side
+    assert i["match_id"] == r["match_id"]
+    assert "through the TURN relay reached over TCP" in r_err, r_err
     assert "Traceback" not in i_err + r_err
 
 

@@ -362,6 +362,20 @@ def test_a_receiver_that_tried_one_transport_only_is_not_told_both_failed(role):
     assert "neither" not in str(problem) and "TCP only (its --protocol)" in str(problem)
 
 
+def test_a_refused_relay_is_named_where_it_would_have_carried_the_protocol():
+    """The receiver's UDP is blocked but it reaches the relay over TCP for UDP; a side
+    with --no-relay makes that path unusable: the hint says both ways out."""
+    from stunturn_diag.sansio.punch.details import transport_problem
+
+    unavailable = {"udp": "no STUN answer over udp"}
+    peer = {"nat": {"punch": {"transports": ["tcp"], "unavailable": unavailable,
+                              "relay_only": {"udp": "blocked"}}}}
+    problem = transport_problem("initiator", "udp", ["udp"], {}, peer, relay=False)
+    assert problem.reason == "protocol-unavailable"
+    assert "--protocol tcp" in str(problem) and "without --no-relay" in str(problem)
+    assert transport_problem("initiator", "udp", ["udp"], {}, peer, relay=True) is None
+
+
 def test_a_cached_profile_from_another_public_ip_is_dropped_and_probed_again(server):
     """The cache entry for this network says "measured behind 203.0.113.99"; STUN now sees
     127.0.0.1: the profile is not shared, the probe runs again and replaces the entry."""

@@ -58,6 +58,9 @@ def transport_problem(role: Role | str, protocol: str, prepared: list[str], unav
         use = (f"the receiver tried {protocol.upper()} only (its --protocol): check that "
                f"{protocol.upper()} reaches the signaling server's STUN responder from its "
                "network and try again, or use a relay (TURN)")
+    if protocol in relays:         # it could have gone through the relay, but a side refused
+        use += (" or let both sides use the TURN relay (without --no-relay): the receiver "
+                f"reaches it over TCP for {protocol.upper()}")
     if protocol in why:
         who = "this side" if role is Role.RECEIVER else "the receiver"
         return PunchError(f"the initiator asked for {protocol.upper()}, which {who} could not "
