@@ -10,7 +10,8 @@ import pytest
 
 from stunturn_diag.errors import ServerUnreachable
 from stunturn_diag.netio import connect_racing, connect_resending
-from stunturn_diag.sansio.synwait import KERNEL_SYN_RTO, SYN_RTO_UNKNOWN, syn_rto, syn_waits
+from stunturn_diag.sansio.synwait import (KERNEL_SYN_RTO, MAX_SAME_TUPLE_WAITS, SYN_RTO_UNKNOWN,
+                                          same_tuple_waits, syn_rto, syn_waits)
 from stunturn_diag.signaling import SignalingClient
 
 
@@ -93,3 +94,18 @@ def test_racing_connects_and_a_refusal_is_an_answer(listener):
     listener.close()
     with pytest.raises(ConnectionRefusedError):
         connect_racing(closed, 2.0, 0.05)
+
+
+def test_same_tuple_resends_come_in_pairs_a_quick_one_after_each():
+    """A resend on one 4-tuple after a lost SYN-ACK is refused by our own fresh socket (the
+    server's SYN-ACK echoes the first SYN's timestamp): the quick one after it counts."""
+    assert same_tuple_waits(0.2, 3.0) == pytest.approx([0.2, 0.1, 0.4, 0.1, 0.8, 0.1, 1.3])
+    assert same_tuple_waits(0.05, 3.0) == pytest.approx(
+        [0.05, 0.025, 0.1, 0.025, 0.2, 0.025, 0.4, 0.025, 2.15])
+    assert same_tuple_waits(1.0, 3.0) == [3.0]            # a slow path: the kernel's only
+    for rto in (0.001, 0.05, 0.2, 0.5, 0.99, 3.0):
+        for timeout in (0.05, 0.5, 1.0, 3.5, 7.5):
+            waits = same_tuple_waits(rto, timeout)
+            assert len(waits) <= MAX_SAME_TUPLE_WAITS + 1
+            assert sum(waits) == pytest.approx(timeout)
+            assert all(w < KERNEL_SYN_RTO for w in waits[:-1])

@@ -312,8 +312,8 @@ def test_learn_mapping_from_a_silent_server_times_out():
 def test_learn_mapping_resends_an_unanswered_syn_from_the_same_port():
     """A SYN nobody answers (a listener whose accept queue is full drops it, as a lossy
     path would) is resent from a fresh socket on the rendezvous port with the same ISN
-    after 200 ms, doubling, instead of the kernel's 1 s; without an ISN to pin, one
-    socket (the kernel's schedule)."""
+    after 200 ms, a quick one 100 ms later, then 400 ms (``same_tuple_waits``), instead
+    of the kernel's 1 s; without an ISN to pin, one socket (the kernel's schedule)."""
     from stunturn_diag.punch import tcp_stun
 
     full = socket.socket()
@@ -332,7 +332,7 @@ def test_learn_mapping_resends_an_unanswered_syn_from_the_same_port():
     filler.close()
     full.close()
     assert info.value.reason == "stun-failed"
-    assert len(made) == 3                          # 0.2 + 0.4 s, then the rest of the 1 s
+    assert len(made) == 5                # 0.2, 0.1, 0.4, 0.1 s, then the rest of the 1 s
     assert set(made) == {(rv.local_port, 0x1235)}          # one port, one ISN
     made.clear()
     full = socket.socket()

@@ -19,7 +19,7 @@ from stunturn_diag.sansio.netaddr import Address
 
 from ..errors import PunchError, StunDecodeError
 from ..netio import lower_rto_min
-from stunturn_diag.sansio.synwait import SYN_RTO_UNKNOWN, syn_waits
+from stunturn_diag.sansio.synwait import SYN_RTO_UNKNOWN, same_tuple_waits
 from stunturn_diag.sansio.stun import MessageClass, Method
 from ..stun_tcp import binding_transaction
 
@@ -45,17 +45,18 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
     The kernel resends a lost SYN only after 1 s, then 3 s (RFC 6298 section 2.1): on a
     lossy path (the lab's ``lossy`` NAT drops 10 % each way) two lost SYNs or SYN-ACKs
     used up the whole STUN timeout (3 s) and the punch ended ``stun-failed`` before it
-    began. Here a SYN without an answer within ``rto`` (then twice that, ...;
-    :func:`stunturn_diag.sansio.synwait.syn_waits`) is abandoned (closing a socket in SYN-SENT
-    sends nothing) and a fresh socket on the same port sends the same SYN again: the
-    same 5-tuple and, pinned (TCP_REPAIR), the same ISN ``isn``, so our NAT's conntrack
-    and the server take it as a retransmission (the server answers a lost SYN-ACK's
-    half-open connection again; a fresh ISN would be out of its window). The last one
-    keeps the kernel's schedule. ``isn`` None (no CAP_NET_ADMIN): one socket, the
+    began. Here a SYN without an answer within ``rto`` (then a quick one ``rto / 2``
+    later, then twice ``rto``, ...: :func:`stunturn_diag.sansio.synwait.same_tuple_waits`)
+    is abandoned (closing a socket in SYN-SENT sends nothing) and a fresh socket on the
+    same port sends the same SYN again: the same 5-tuple and, pinned (TCP_REPAIR), the
+    same ISN ``isn``, so our NAT's conntrack and the server take it as a retransmission.
+    After a lost SYN-ACK the server's answer to that resend echoes the first SYN's
+    timestamp, which the fresh socket refuses with a RST; the quick SYN after it gets a
+    new SYN-ACK (see ``same_tuple_waits``). The last one keeps the kernel's schedule. ``isn`` None (no CAP_NET_ADMIN): one socket, the
     kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
     where = f"{server[0]}:{server[1]}"
     deadline = time.monotonic() + timeout
-    for wait in syn_waits(rto, timeout) if isn is not None else [timeout]:
+    for wait in same_tuple_waits(rto, timeout) if isn is not None else [timeout]:
         sock = make_socket(isn)
         lower_rto_min(sock, rto)
         err = sock.connect_ex(server)

@@ -38,3 +38,30 @@ def syn_waits(rto: float, timeout: float) -> list[float]:
         waits.append(w)
         w *= 2
     return waits + [max(0.0, timeout - sum(waits))]
+
+
+#: at most this many own SYN waits of :func:`same_tuple_waits` (so at most 9 SYNs)
+MAX_SAME_TUPLE_WAITS = 8
+
+
+def same_tuple_waits(rto: float, timeout: float) -> list[float]:
+    """:func:`syn_waits` for resends on ONE 4-tuple (a fresh socket, same local port): each
+    resend is followed by a quick one, ``rto / 2`` (two round trips) later. Pure.
+
+    Seen in the lab with 10 % loss and traced: when the SYN-ACK to our first SYN is lost,
+    the server keeps its half-open connection with that SYN's timestamp and answers our
+    resend with a SYN-ACK whose TSecr echoes the first SYN's TSval (RFC 7323 section
+    3.2). Our fresh socket had not sent anything that early, so its kernel rejects the
+    SYN-ACK (a TSecr before its own first SYN: Linux's PAWS check on an active open) and
+    answers it with a RST, which ends the server's half-open connection. Only the next
+    SYN then gets a SYN-ACK it takes. With doubling alone every lost SYN-ACK cost two
+    waits (0.6 s at ``rto`` 0.2 s; 12 of 200 bindings); the quick resend makes it
+    ``1.5 * rto``. A lost SYN still costs one ``rto``. Then, as there, doubling, and the
+    last socket keeps the kernel's schedule (its own retransmissions are not affected).
+    """
+    waits, w, quick = [], max(0.001, rto), max(0.001, rto) / 2
+    while (w < KERNEL_SYN_RTO and len(waits) + 2 <= MAX_SAME_TUPLE_WAITS
+           and sum(waits) + w + quick < timeout):
+        waits += [w, quick]
+        w *= 2
+    return waits + [max(0.0, timeout - sum(waits))]
