@@ -66,7 +66,7 @@ def _connected_pair(lab, tmp_path, *initiator_args: str) -> tuple[dict, str, dic
     rec = _receiver(lab, tmp_path / "b")
     r_rc, r, r_err = _result(rec, 90)
     i_rc, i, i_err = _result(ini, 90)
-    assert (i_rc, r_rc) == (0, 0), (i, i_err, r, r_err)
+    assert (i_rc, r_rc) == (0, 0), json.dumps([i, i_err, r, r_err])    # whole, not cut
     return i, i_err, r, r_err
 
 

@@ -346,6 +346,27 @@ def test_receiver_confirms_the_nomination_and_wins_once_the_peer_acknowledged_it
     assert m.on_unacked(h, 0, 0.602) == [] and m.winner == h
 
 
+def test_the_receiver_acknowledges_one_nomination_at_a_time():
+    """Two predicted pairs up at once, NOMINATE on both: one NOMINATE_ACK only, so the
+    initiator (which wins on the connection carrying it) keeps the receiver's connection;
+    the other is acknowledged only if the first fails (here: unacknowledged for 2 s)."""
+    m = machine(Role.RECEIVER, prime_ttl=None, candidates=(PEER, OTHER))
+    m.start(0.0)
+    a, b = m.allocate(), m.allocate()
+    for h, peer in ((a, PEER), (b, OTHER)):
+        m.on_accepted(h, peer, 0.5)
+        m.on_send_result(h, None, 0.5)
+    assert m.on_data(a, tm.NOMINATE, "", 0.6) == [StreamSend(a, tm.NOMINATE_ACK)]
+    assert m.on_data(b, tm.NOMINATE, "", 0.6) == []            # held, not acknowledged
+    assert m.on_send_result(a, None, 0.6) == [CheckUnacked(a)]
+    m.on_unacked(a, 16, 0.61)                                   # the peer has not acked yet
+    actions = m.expire(2.5)                                     # a: 2 s without its ack
+    assert Abort(a) in actions and StreamSend(b, tm.NOMINATE_ACK) in actions, actions
+    assert m.winner is None
+    assert m.on_send_result(b, None, 2.5) == [CheckUnacked(b)]
+    assert m.on_unacked(b, 0, 2.5) == [] and m.winner == b
+
+
 def test_a_one_way_connection_is_aborted_on_both_sides_after_2s():
     """Seen unprivileged: the receiver's bytes never arrive. It never wins, and the
     initiator's connected (not accepted) socket waiting for READY is dropped too."""

@@ -298,6 +298,9 @@ class TcpConn:
     cand: TcpCandidate | None = None    # the candidate it was connected to
     buf: bytes = b""
     since: float = 0.0                  # when it came up (monotonic)
+    #: receiver: NOMINATE arrived while another connection's NOMINATE_ACK was out;
+    #: acknowledged only if that one fails (see :meth:`TcpPunchMachine._ack_next`)
+    held: bool = False
 
 
 def retry_delay(failures: int) -> float:
@@ -543,10 +546,14 @@ class TcpPunchMachine:
         for conn in list(self.conns):
             if conn.cand is None or conn.handle == self.winner:  # the winner is the caller's
                 continue
+            if conn.held:          # it waits on our own acknowledgement, not on the peer
+                continue
             if now - conn.since >= NOMINATION_WAIT:
-                self._confirming.pop(conn.handle, None)
+                was_acked = self._confirming.pop(conn.handle, None) is not None
                 actions += self._drop(conn, f"no nomination within {NOMINATION_WAIT:g}s",
                                       now, abort=True)
+                if was_acked:
+                    actions += self._ack_next(now)
             else:
                 self._wake = min(self._wake, conn.since + NOMINATION_WAIT)
         return actions + [CheckUnacked(h) for h in self._confirming]
@@ -726,7 +733,7 @@ class TcpPunchMachine:
             return []
         conn = self._acking.pop(handle)
         if error is not None:
-            return self._drop(conn, error, now)
+            return self._drop(conn, error, now) + self._ack_next(now)
         self._confirming[handle] = conn
         return [CheckUnacked(handle)]
 
@@ -764,10 +771,29 @@ class TcpPunchMachine:
         if conn.buf != expect:
             return []
         if self.role is Role.RECEIVER:
+            if self._acking or self._confirming:
+                # one NOMINATE_ACK at a time: the initiator wins on the connection that
+                # carries it, so both sides keep the same one (with two acknowledged at
+                # once each side could keep another and abort the peer's: seen in the
+                # lab with several predicted pairs up at once, both ending
+                # auth-connection-lost)
+                conn.held = True
+                return []
             self._acking[handle] = conn
             return [StreamSend(handle, NOMINATE_ACK)]
         self.winner = handle
         return []
+
+    def _ack_next(self, now: float) -> list[Action]:
+        """Receiver: the connection being acknowledged failed; acknowledge a held one."""
+        if self._acking or self._confirming or self.winner is not None:
+            return []
+        held = next((c for c in self.conns if c.held), None)
+        if held is None:
+            return []
+        held.held, held.since = False, now     # its own NOMINATION_WAIT from now
+        self._acking[held.handle] = held
+        return [StreamSend(held.handle, NOMINATE_ACK)]
 
     def _drop(self, conn: TcpConn, why: str, now: float, listed: bool = True,
               abort: bool = False) -> list[Action]:
