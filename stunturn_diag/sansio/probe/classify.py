@@ -187,7 +187,7 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
         # one counter that other flows move too (RFC 4787 section 4.2.1; other hosts and
         # applications behind the NAT take ports between our mappings): every step goes
         # the same way and stays small. n random ports from a pool of P do that with a
-        # chance near (NOISY_STEP / P) ** (n - 1): about 1e-8 for 5 ports from 8192
+        # chance near 2 * (NOISY_STEP / P) ** (n - 1): about 5e-10 for 5 ports from 8192
         share = deltas.count(smallest) / len(deltas)
         return Verdict(PortAllocation.SEQUENTIAL,
                        f"mapped ports {ports} step by {smallest} and sometimes more (steps "
