@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Callable
 
-from stunturn_diag.sansio.synwait import same_tuple_waits, syn_waits
+from stunturn_diag.sansio.synwait import syn_waits
 
 
 class PeerClosed(ConnectionError):
@@ -69,8 +69,8 @@ def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: fl
 
     The kernel resends a lost SYN only after 1 s, then 3 s (RFC 6298 section 2.1's initial
     RTO, which no socket option lowers); on a lossy path that second dominated the
-    probe's TCP tests. Here a SYN that got no answer within ``rto`` (then a quick one
-    ``rto / 2`` later, then twice ``rto``, ...: :func:`same_tuple_waits`) is abandoned (closing a socket in SYN-SENT sends nothing) and a new
+    probe's TCP tests. Here a SYN that got no answer within ``rto`` (then twice that, ...;
+    :func:`syn_waits`) is abandoned (closing a socket in SYN-SENT sends nothing) and a new
     socket on the same local endpoint sends a fresh SYN on the same 5-tuple: the NAT's
     conntrack entry, hence its mapping, is the one the first SYN made, and the kernel's
     ISN for the same 4-tuple only grows, so the NAT takes it as a SYN retransmission
@@ -79,13 +79,17 @@ def connect_resending(local: tuple[str, int], dest: tuple[str, int], timeout: fl
 
     That covers a lost SYN; a lost SYN-ACK leaves the server a half-open connection for
     the first SYN, whose answer to our next SYN (its SYN-ACK again, or an ACK for the
-    other ISN) our fresh socket refuses with a RST: the quick SYN after it then meets no
-    half-open connection. A stateful NAT on the way may also drop that ACK. A caller that may change its local port
+    other ISN) our fresh socket refuses with a RST, and a stateful NAT on the way may
+    drop that ACK. (No quick resend here as in
+    :func:`stunturn_diag.sansio.synwait.same_tuple_waits`: the server's simultaneous-open
+    connect uses this too, and a socket the caller's SYN reached, SYN-RECEIVED, would be
+    closed by the next resend; with 25 ms waits the probe's lossy simultaneous-open
+    verdict came out false once in CI.) A caller that may change its local port
     says so with ``fresh_port_after``: from that many SYNs on, the resends come from a new
     port (a new 4-tuple the server holds nothing for). Errors as ``socket.connect`` raises
     them; ``TimeoutError`` by the deadline. The socket is returned blocking, with
     ``timeout`` as its timeout."""
-    waits = same_tuple_waits(rto, timeout) if rto else [timeout]
+    waits = syn_waits(rto, timeout) if rto else [timeout]
     resends = 0
     for i, wait in enumerate(waits):
         if fresh_port_after is not None and i >= fresh_port_after:
