@@ -52,8 +52,8 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
     same ISN ``isn``, so our NAT's conntrack and the server take it as a retransmission.
     After a lost SYN-ACK the server's answer to that resend echoes the first SYN's
     timestamp, which the fresh socket refuses with a RST; the quick SYN after it gets a
-    new SYN-ACK (see ``same_tuple_waits``). The last one keeps the kernel's schedule. ``isn`` None (no CAP_NET_ADMIN): one socket, the
-    kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
+    new SYN-ACK (see ``same_tuple_waits``). The last one keeps the kernel's schedule.
+    ``isn`` None (no CAP_NET_ADMIN): one socket, the kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
     where = f"{server[0]}:{server[1]}"
     deadline = time.monotonic() + timeout
     for wait in same_tuple_waits(rto, timeout) if isn is not None else [timeout]:

@@ -138,30 +138,36 @@ def _ipv4(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def blackhole_program(sources: list[tuple[str, int]]) -> list[Insn]:
-    """For a TCP socket (whose packet starts at the TCP header): drop segments from any of
-    ``sources`` (IPv4, port), accept the rest."""
+def _ipv6_words(addr: int) -> list[int]:
+    """An IPv6 address (as an int) as its four 32-bit words, the first word first."""
+    return [(addr >> (96 - 32 * w)) & 0xFFFFFFFF for w in range(4)]
+
+
+def _drop_sources(sources: list[tuple[list[tuple[int, int]], int]]) -> list[Insn]:
+    """For a TCP socket (whose packet starts at the TCP header): drop segments whose
+    network header holds every ``(offset, word)`` of a source and whose TCP source port
+    is its port; accept the rest."""
     a = Assembler()
-    for i, (ip, port) in enumerate(sources):
-        a.ld_net(W, 12).jeq(_ipv4(ip), None, f"next{i}")       # IPv4 source
+    for i, (words, port) in enumerate(sources):
+        for offset, word in words:
+            a.ld_net(W, offset).jeq(word, None, f"next{i}")      # source address
         a.ld(H, 0).jeq(port, "drop", None)                       # TCP source port
         a.label(f"next{i}")
     return a.ret(ACCEPT).label("drop").ret(DROP).assemble()
 
 
+def blackhole_program(sources: list[tuple[str, int]]) -> list[Insn]:
+    """Drop segments from any of ``sources`` (IPv4, port), accept the rest: the IPv4
+    source address is the header's word at 12."""
+    return _drop_sources([([(12, _ipv4(ip))], port) for ip, port in sources])
+
+
 def blackhole6_program(sources: list[tuple[str, int]]) -> list[Insn]:
     """The IPv6 :func:`blackhole_program`, for an ``AF_INET6`` TCP socket: the source
     address is the IPv6 header's bytes 8-23 (RFC 8200 section 3), compared a word at a
-    time; the TCP source port is the segment's first two bytes."""
-    a = Assembler()
-    for i, (ip, port) in enumerate(sources):
-        packed = ipaddress.IPv6Address(ip).packed
-        for w in range(4):
-            a.ld_net(W, 8 + 4 * w).jeq(int.from_bytes(packed[4 * w:4 * w + 4], "big"),
-                                        None, f"next{i}")
-        a.ld(H, 0).jeq(port, "drop", None)
-        a.label(f"next{i}")
-    return a.ret(ACCEPT).label("drop").ret(DROP).assemble()
+    time."""
+    return _drop_sources([(list(zip((8, 12, 16, 20), _ipv6_words(int(ipaddress.IPv6Address(ip))))),
+                           port) for ip, port in sources])
 
 
 def tcp_syn_program(dport: int) -> list[Insn]:
@@ -237,8 +243,7 @@ def flows_program(hosts: list[str], icmp: bool = True) -> list[Insn]:
     if icmp:
         a.ld_net(B, 6).jeq(IPPROTO_ICMPV6, "accept", None)  # next header (no extension headers)
     for n, (off, addr) in enumerate((off, addr) for off in (8, 24) for addr in v6):
-        for w in range(4):
-            word = (addr >> (96 - 32 * w)) & 0xFFFFFFFF
+        for w, word in enumerate(_ipv6_words(addr)):
             a.ld_net(W, off + 4 * w).jeq(word, "accept" if w == 3 else None, f"v6next{n}")
         a.label(f"v6next{n}")
     a.label("drop").ret(DROP)

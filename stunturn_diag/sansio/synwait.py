@@ -33,9 +33,20 @@ def syn_waits(rto: float, timeout: float) -> list[float]:
     """How long each SYN of a resending connect is given before the next one is sent: ``rto``,
     doubling (RFC 6298 section 5.5), while below :data:`KERNEL_SYN_RTO`; the last socket
     then has what is left of ``timeout``. At most six SYNs of our own. Pure."""
+    return _doubling_waits(rto, timeout, max_waits=5)
+
+
+def _doubling_waits(rto: float, timeout: float, *, max_waits: int,
+                    quick: float | None = None) -> list[float]:
+    """``rto``, doubling while below :data:`KERNEL_SYN_RTO`, each followed by ``quick``
+    when given; at most ``max_waits`` of them, and all within ``timeout``; then what is
+    left of it."""
     waits, w = [], max(0.001, rto)
-    while w < KERNEL_SYN_RTO and sum(waits) + w < timeout and len(waits) < 5:
-        waits.append(w)
+    while w < KERNEL_SYN_RTO:
+        steps = [w] if quick is None else [w, quick]
+        if len(waits) + len(steps) > max_waits or sum(waits) + sum(steps) >= timeout:
+            break
+        waits += steps
         w *= 2
     return waits + [max(0.0, timeout - sum(waits))]
 
@@ -59,9 +70,5 @@ def same_tuple_waits(rto: float, timeout: float) -> list[float]:
     ``1.5 * rto``. A lost SYN still costs one ``rto``. Then, as there, doubling, and the
     last socket keeps the kernel's schedule (its own retransmissions are not affected).
     """
-    waits, w, quick = [], max(0.001, rto), max(0.001, rto) / 2
-    while (w < KERNEL_SYN_RTO and len(waits) + 2 <= MAX_SAME_TUPLE_WAITS
-           and sum(waits) + w + quick < timeout):
-        waits += [w, quick]
-        w *= 2
-    return waits + [max(0.0, timeout - sum(waits))]
+    return _doubling_waits(rto, timeout, max_waits=MAX_SAME_TUPLE_WAITS,
+                           quick=max(0.001, rto) / 2)

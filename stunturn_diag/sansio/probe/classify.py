@@ -144,6 +144,11 @@ def classify_filtering(o: dict[str, Outcome], ep: Endpoints) -> Verdict:
 NOISY_STEP = 32
 
 
+def _next_port(last: int, delta: int) -> int:
+    """The port after ``last`` when the counter steps by ``delta`` (1..65535, wrapping)."""
+    return (last + delta - 1) % 65535 + 1
+
+
 def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
     """Port allocation across fresh mappings, in creation order (RFC 4787 section 4.2.1).
 
@@ -167,7 +172,7 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
         return Verdict(PortAllocation.SEQUENTIAL,
                        f"mapped ports {ports} step by {delta} ({count} of {len(deltas)} steps)",
                        extra={"confidence": round(share, 2), "delta": delta,
-                              "predicted_next_port": (ports[-1] + delta - 1) % 65535 + 1, "ports": ports})
+                              "predicted_next_port": _next_port(ports[-1], delta), "ports": ports})
     if n >= 5:  # 3 equal steps must remain
         # one mapping may not be fresh: an endpoint-independent NAT still holding a mapping
         # of the same local port (the kernel reused an ephemeral port) hands that old
@@ -180,7 +185,7 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
                                f"mapped ports {rest} step by {d}; port {ports[i]} (local port "
                                f"{pairs[i][0][1]}) was an older mapping of a reused local port",
                                extra={"confidence": round((n - 1) / n, 2), "delta": d,
-                                      "predicted_next_port": (rest[-1] + d - 1) % 65535 + 1,
+                                      "predicted_next_port": _next_port(rest[-1], d),
                                       "ports": ports, "outlier": ports[i]})
     smallest = min(deltas, key=abs)
     if all(0 < d * (1 if smallest > 0 else -1) <= NOISY_STEP for d in deltas):
@@ -193,7 +198,7 @@ def classify_allocation(pairs: list[tuple[Address, Address]]) -> Verdict:
                        f"mapped ports {ports} step by {smallest} and sometimes more (steps "
                        f"{deltas}): one counter that other flows also move",
                        extra={"confidence": round(share, 2), "delta": smallest,
-                              "predicted_next_port": (ports[-1] + smallest - 1) % 65535 + 1,
+                              "predicted_next_port": _next_port(ports[-1], smallest),
                               "ports": ports, "noisy": True})
     distinct = len(set(deltas)) / len(deltas)
     return Verdict(PortAllocation.RANDOM, f"mapped ports {ports} follow no constant step",
