@@ -138,7 +138,7 @@ def test_two_sequential_nats_both_promise(protocol, rate):
     time from the reading to the punch, so a loaded host misses more often (TCP: 40 of
     40 on a quiet host, 11 of 12 with two busy loops per core, and once in a CI run).
     Such a pair gets up to :data:`BACKGROUND_TRIES` tries (a new lab each), as a user
-    would run it again; a miss must say why (the peer's counter rate), and a quiet
+    would run it again; a miss must say why (a counter's rate), and a quiet
     pair must connect at its first try."""
     spec = LabSpec(sites={"a": SiteSpec(nat=SEQ, hosts=2, background_flows_per_s=rate),
                           "b": SiteSpec(nat=SEQ, hosts=2, background_flows_per_s=rate)})
@@ -150,7 +150,8 @@ def test_two_sequential_nats_both_promise(protocol, rate):
         if res.ok:
             break
         for side in (res.initiator, res.receiver):
-            assert side["reason"] == "timeout" and "flows/s" in side["message"], side
+            assert side["reason"] in ("timeout", "port-counter-too-fast") and \
+                "flows/s" in side["message"], side
         misses.append([res.initiator, res.receiver])
     assert res.ok, json.dumps(misses)
     for side in (res.initiator, res.receiver):

@@ -11,7 +11,8 @@ from stunturn_diag.errors import PunchError
 from stunturn_diag.lab import CATALOGUE
 from stunturn_diag.sansio.punch.candidates import build_targets, peer_addresses
 from stunturn_diag.sansio.punch.decision import (BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, PREDICT_WINDOW,
-                                          NatProfile, decide, profile_from_details)
+                                          NatProfile, decide, priming_gap, profile_from_details)
+from stunturn_diag.sansio.punch.engine import OPEN_PEER_GAP, PRIME_GAP
 
 
 def prof(name: str, birthday: bool = False) -> NatProfile:
@@ -159,3 +160,21 @@ def test_a_side_whose_udp_only_relays_sends_both_to_the_relay(blocked):
     tcp = decide(profile_from_details(nat["initiator"], "tcp"),
                  profile_from_details(nat["receiver"], "tcp"), protocol="tcp")
     assert not tcp.blocked
+
+
+@pytest.mark.parametrize("mapping,filtering,short", [
+    (Mapping.NO_NAT, None, True),
+    (Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT, True),
+    (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT, False),
+    (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT, False),
+    (Mapping.ADDRESS_AND_PORT_DEPENDENT, Filtering.ENDPOINT_INDEPENDENT, False),
+    (None, None, False),
+])
+def test_the_long_priming_gap_is_kept_for_peers_an_early_hello_can_harm(mapping, filtering,
+                                                                         short):
+    """Only a peer without a NAT, or one whose EIM mapping admits anyone (full cone),
+    gets the short gap; a filtering NAT, a per-destination mapping and an unknown
+    profile keep the long one (the peer may start late and its NAT move its mapping)."""
+    assert OPEN_PEER_GAP < PRIME_GAP
+    gap = priming_gap(NatProfile(mapping=mapping, filtering=filtering))
+    assert gap == (OPEN_PEER_GAP if short else PRIME_GAP)

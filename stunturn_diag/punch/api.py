@@ -57,10 +57,10 @@ from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake, start_p
 from stunturn_diag.sansio.punch.candidates import (address_of, build_targets, peer_uses_relay,
                                                   vet_peer_candidates)
 from stunturn_diag.sansio.probe.profile import punch_profile
-from stunturn_diag.sansio.punch.decision import Plan, decide, profile_from_details
+from stunturn_diag.sansio.punch.decision import Plan, decide, priming_gap, profile_from_details
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
                                                transport_problem)
-from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, PRIME_GAP
 from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, family_of,
                                                 plan_families)
 from .ipv6_leg import Ipv6Leg
@@ -652,7 +652,9 @@ class _Side:
             if relay is not None and not plan.feasible and (fams is None or 6 not in fams.start):
                 return self._relayed(relay, match_id, mapped, t_match, plan, plan.explanation)
             return self._direct(rv, match_id, details, protocol, mapped, t_match, plan, deadline,
-                                vetted, fams, relay_offered=relay is not None)
+                                vetted, fams, relay_offered=relay is not None,
+                                gap=priming_gap(recv_p if self.role is Role.INITIATOR
+                                                else init_p))
         except PunchError as exc:
             if relay is None or exc.reason not in _RELAY_CAUSES and exc.reason != "relay-needed":
                 raise
@@ -756,11 +758,12 @@ class _Side:
 
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
                 t_match: float, plan: Plan, deadline: float, vetted,
-                fams: FamilyPlan | None = None, *, relay_offered: bool = False) -> PunchResult:
+                fams: FamilyPlan | None = None, *, relay_offered: bool = False,
+                gap: float = PRIME_GAP) -> PunchResult:
         """The direct attempt (IPv4, or the families raced). With a relay to fall back to,
         an IPv4 UDP channel is taken only once the peer confirmed it (else both sides end
         on the relay, never one on each path: :meth:`UdpRendezvous.punch`'s
-        ``require_confirmation``)."""
+        ``require_confirmation``). ``gap``: the UDP priming gap toward this peer."""
         prime_ttl = _runner_prime_ttl(plan, self.opts.prime_ttl)
         try:
             targets = build_targets(plan, self.role, details, protocol=protocol,
@@ -779,7 +782,8 @@ class _Side:
                                     hold=targets.hold,
                                     keepalive_interval=self.opts.keepalive_interval,
                                     peer_timeout=self.opts.peer_timeout, pake=self.pake,
-                                    cancel=cancel, require_confirmation=relay_offered)
+                                    cancel=cancel, require_confirmation=relay_offered,
+                                    gap=gap)
             else:
                 def punch_v4(cancel=None):
                     return rv.punch(targets.targets, role=self.role, deadline=deadline,

@@ -22,7 +22,7 @@ from ..errors import AuthenticationError, PunchError
 from stunturn_diag.sansio.punch.handshake import Handshake, StartedPake
 from stunturn_diag.sansio.punch.wire import FRAME_KINDS, Role, kind_of
 from .channel import UdpChannel
-from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, DatagramSend, UdpPunchEngine
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, PRIME_GAP, DatagramSend, UdpPunchEngine
 from .tcp_sockets import host_ipv4_addresses
 from stunturn_diag.stun_requests import fresh_binding_request
 from stunturn_diag.sansio.netaddr import Address
@@ -213,7 +213,7 @@ class UdpRendezvous:
               spray: list[Address] | None = None, extra_sockets: int = 0, hold: float = 0.0,
               keepalive_interval: float = 2.0, peer_timeout: float = 10.0,
               pake: StartedPake | None = None, cancel: threading.Event | None = None,
-              require_confirmation: bool = False) -> UdpChannel:
+              require_confirmation: bool = False, gap: float = PRIME_GAP) -> UdpChannel:
         """Punch toward ``peer_candidates`` until authenticated or ``deadline`` (monotonic).
 
         Returns a :class:`UdpChannel` bound to the address the peer's proof came from.
@@ -222,6 +222,8 @@ class UdpRendezvous:
         :data:`~.engine.DEFAULT_PRIME_TTL` and 0 sends no priming packets.
         ``pake``: our CPace scalar and PRS, prepared before the match
         (:func:`stunturn_diag.sansio.punch.handshake.start_pake`).
+        ``gap``: from our prime to our first full-TTL HELLO
+        (:func:`stunturn_diag.sansio.punch.decision.priming_gap`).
         ``cancel``: set by the other family's win (:mod:`.family_race`); the punch then
         stops with reason ``cancelled``.
         ``require_confirmation`` (a relay to fall back to): once complete, hand over only
@@ -241,7 +243,8 @@ class UdpRendezvous:
                                 prime_ttl=prime_ttl, prime_targets=list(peer_candidates
                                                                     if prime_targets is None
                                                                     else prime_targets),
-                                spray=list(spray or []), extra_sockets=extra_sockets, hold=hold)
+                                spray=list(spray or []), extra_sockets=extra_sockets, hold=hold,
+                                gap=gap)
         socks = [self.sock, *self._extra]
         for s in socks:
             s.setblocking(False)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stunturn_diag.behaviour import Filtering, Mapping, PortAllocation
+from stunturn_diag.sansio.punch.engine import OPEN_PEER_GAP, PRIME_GAP
 from stunturn_diag.sansio.punch.wire import Role
 
 #: predicted-port window aimed at a sequentially allocating NAT
@@ -125,6 +126,24 @@ def profile_from_details(nat: object, protocol: str) -> NatProfile:
 def _is_address(value: object) -> bool:
     return (isinstance(value, dict) and isinstance(value.get("ip"), str)
             and isinstance(value.get("port"), int) and 0 < value["port"] < 65536)
+
+
+def priming_gap(peer: NatProfile) -> float:
+    """Our UDP priming gap (:data:`.engine.PRIME_GAP`), from the peer's NAT profile.
+
+    The long gap is there for the peer that starts late: our first full-TTL HELLO
+    must not reach its NAT before its prime left, or the HELLO's conntrack entry moves
+    the peer's mapping toward us. A peer without a NAT (RFC 4787 section 4.1 ``NO_NAT``)
+    has no mapping to move; behind an endpoint-independent mapping with
+    endpoint-independent filtering (section 5) our HELLO goes through the mapping the
+    peer already has toward the server, and the peer's prime later leaves by the same
+    one. Toward those :data:`.engine.OPEN_PEER_GAP` is enough. An unknown profile gets
+    the long gap.
+    """
+    if peer.mapping is Mapping.NO_NAT or (peer.mapping is Mapping.ENDPOINT_INDEPENDENT and
+                                          peer.filtering is Filtering.ENDPOINT_INDEPENDENT):
+        return OPEN_PEER_GAP
+    return PRIME_GAP
 
 
 @dataclass(frozen=True)

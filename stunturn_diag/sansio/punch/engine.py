@@ -39,7 +39,10 @@ SCHEDULE = ((20, 0.010), (40, 0.050), (10**6, 0.200))
 #: through the server). What it needs is the two sides' processing skew from the
 #: match to the prime: 1-3 ms on a quiet host in the lab, up to 17 ms with two
 #: busy loops per core, above 20 ms once in CI (the pair then took the relay).
+#: The punch picks the gap per peer (:func:`.decision.priming_gap`).
 PRIME_GAP = 0.050
+#: the gap toward a peer that our early HELLO cannot harm (:func:`.decision.priming_gap`)
+OPEN_PEER_GAP = 0.020
 #: TTL of priming packets (UDP and TCP): expires past our NAT, before the peer's
 #: (host -> own NAT -> core router -> peer NAT); one more per extra NAT level
 DEFAULT_PRIME_TTL = 2
