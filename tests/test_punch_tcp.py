@@ -346,6 +346,58 @@ def test_learn_mapping_resends_an_unanswered_syn_from_the_same_port():
     assert made == [(rv.local_port, None)]
 
 
+def test_a_binding_stuck_on_its_first_port_moves_to_a_new_port_for_the_rest():
+    """No SYN-ACK through on the first port within half the timeout
+    (``synwait.port_budgets``): ``new_port`` is asked once for a new local port, whose
+    SYNs get the rest; here its first SYN is taken (the queue freed), so what fails
+    then is the STUN answer that this listener never sends, not the connect."""
+    from stunturn_diag.punch import tcp_stun
+
+    full = socket.socket()
+    full.bind((LO, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())   # takes the only queue slot
+    made, ports, calls = [], [], []
+
+    def maker(port):
+        def make(isn):
+            sock = shared_port_socket(LO, port)
+            made.append(sock.getsockname()[1])
+            return sock
+        return make
+
+    def new_port():
+        calls.append(time.monotonic())
+        full.accept()[0].close()                            # the queue has room again
+        spare = shared_port_socket(LO, 0)
+        ports.append(spare.getsockname()[1])
+        spare.close()
+        return maker(ports[-1])
+
+    first = shared_port_socket(LO, 0)
+    first_port = first.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(PunchError) as info:
+        tcp_stun.tcp_binding_resending(maker(first_port), full.getsockname(), 1.2, 0x1235,
+                                       new_port=new_port)
+    filler.close()
+    full.close()
+    first.close()
+    assert info.value.reason == "stun-failed"
+    assert len(calls) == 1 and calls[0] - t0 >= 0.6 - 0.05   # after the first port's half
+    n_first = made.index(ports[0])
+    assert n_first >= 3 and set(made[:n_first]) == {first_port}
+    assert made[n_first:] == [ports[0]]                       # connected at its first SYN
+    assert "(from two local ports)" not in info.value.message  # the connect did not fail
+
+
+def test_port_budgets_split_the_timeout_only_when_the_port_is_ours():
+    from stunturn_diag.sansio.synwait import port_budgets
+
+    assert port_budgets(3.0, True) == [1.5, 1.5]
+    assert port_budgets(3.0, False) == [3.0]
+
+
 def test_keepalive_refreshes_the_binding_until_punch(stun_service):
     primary = stun_service.endpoints[0]
     rv = TcpRendezvous(LO)

@@ -207,6 +207,8 @@ class TcpRendezvous:
         self.local_ip = local_ip
         self.version = 6 if family_for(local_ip) == socket.AF_INET6 else 4
         self.local_port: int = self._listener.getsockname()[1]
+        #: the kernel chose the port (not the user): learn_mapping may move to a new one
+        self._port_ours = local_port == 0
         self.mapped: Address | None = None
         self._stun: socket.socket | None = None
         self._stun_server: Address | None = None
@@ -221,7 +223,9 @@ class TcpRendezvous:
     def learn_mapping(self, stun_server: tuple[str, int], timeout: float) -> tuple[str, int]:
         """STUN Binding over TCP from our port; the connection stays open (holds the mapping).
         With CAP_NET_ADMIN a lost SYN is resent (same ISN) after 200 ms, doubling, not
-        the kernel's 1 s (:func:`~.tcp_stun.tcp_binding_resending`)."""
+        the kernel's 1 s (:func:`~.tcp_stun.tcp_binding_resending`). When the kernel
+        chose our port and no SYN-ACK came through on it within half of ``timeout``, the
+        rest goes to a new local port, which becomes ours (``local_port``)."""
         self._check_open()
         host = _resolve(str(stun_server[0]), self.version)
         self._stop_keepalive()
@@ -230,10 +234,22 @@ class TcpRendezvous:
             self._stun = None
         server = (host, int(stun_server[1]))
         sock, self.mapped = tcp_binding_resending(
-            lambda isn: shared_port_socket(self.local_ip, self.local_port, isn=isn), server,
-            timeout, secrets.randbits(32) | 1 if can_pin_isn() else None)
+            self._port_sockets, server, timeout,
+            secrets.randbits(32) | 1 if can_pin_isn() else None,
+            new_port=self._new_port if self._port_ours else None)
         self._stun, self._stun_server = sock, server
         return self.mapped
+
+    def _port_sockets(self, isn: int | None) -> socket.socket:
+        return shared_port_socket(self.local_ip, self.local_port, isn=isn)
+
+    def _new_port(self):
+        """Move to a new local port of the kernel's choosing (a new 4-tuple toward the STUN
+        server); its socket maker."""
+        listener = shared_port_socket(self.local_ip, 0)
+        self._listener.close()
+        self._listener, self.local_port = listener, listener.getsockname()[1]
+        return self._port_sockets
 
     def start_keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> None:
         """Refresh the Binding on the kept STUN connection every ``interval`` seconds.

@@ -19,7 +19,7 @@ from stunturn_diag.sansio.netaddr import Address
 
 from ..errors import PunchError, StunDecodeError
 from ..netio import lower_rto_min
-from stunturn_diag.sansio.synwait import SYN_RTO_UNKNOWN, same_tuple_waits
+from stunturn_diag.sansio.synwait import SYN_RTO_UNKNOWN, port_budgets, same_tuple_waits
 from stunturn_diag.sansio.stun import MessageClass, Method
 from ..stun_tcp import binding_transaction
 
@@ -36,8 +36,9 @@ def tcp_binding(sock: socket.socket, server: Address, timeout: float) -> Address
 
 
 def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], server: Address,
-                          timeout: float, isn: int | None, rto: float = SYN_RTO_UNKNOWN
-                          ) -> tuple[socket.socket, Address]:
+                          timeout: float, isn: int | None, rto: float = SYN_RTO_UNKNOWN, *,
+                          new_port: Callable[[], Callable[[int | None], socket.socket]]
+                          | None = None) -> tuple[socket.socket, Address]:
     """:func:`tcp_binding` on a socket from ``make_socket(isn)`` (all bound to one local
     port), resending an unanswered SYN sooner than the kernel would: returns the
     connected socket and XOR-MAPPED-ADDRESS.
@@ -53,10 +54,41 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
     After a lost SYN-ACK the server's answer to that resend echoes the first SYN's
     timestamp, which the fresh socket refuses with a RST; the quick SYN after it gets a
     new SYN-ACK (see ``same_tuple_waits``). The last one keeps the kernel's schedule.
-    ``isn`` None (no CAP_NET_ADMIN): one socket, the kernel's schedule only. Raises :class:`PunchError` (reason ``stun-failed``)."""
+    ``isn`` None (no CAP_NET_ADMIN): one socket per port, the kernel's schedule only.
+    ``new_port``: when the first port got no SYN-ACK through within its share of
+    ``timeout`` (:func:`stunturn_diag.sansio.synwait.port_budgets`), called once for a
+    ``make_socket`` of a new local port, which gets the rest. Raises
+    :class:`PunchError` (reason ``stun-failed``)."""
     where = f"{server[0]}:{server[1]}"
     deadline = time.monotonic() + timeout
-    for wait in same_tuple_waits(rto, timeout) if isn is not None else [timeout]:
+    sock = None
+    for i, budget in enumerate(port_budgets(timeout, new_port is not None)):
+        if i:
+            make_socket = new_port()
+        sock = _connect_from_one_port(make_socket, server, budget, isn, rto, where)
+        if sock is not None:
+            break
+    if sock is None:
+        ports = " (from two local ports)" if new_port is not None else ""
+        raise PunchError(f"no STUN Binding response over TCP from {where} within "
+                         f"{timeout:g}s{ports}",
+                         hint="check that the server's STUN responder listens on TCP",
+                         reason="stun-failed")
+    try:
+        return sock, _transaction(sock, server, max(0.05, deadline - time.monotonic()),
+                                  connect=False)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _connect_from_one_port(make_socket: Callable[[int | None], socket.socket], server: Address,
+                           budget: float, isn: int | None, rto: float,
+                           where: str) -> socket.socket | None:
+    """The connect of :func:`tcp_binding_resending` on one local port within ``budget``
+    seconds: the connected socket, or None when no SYN-ACK came through."""
+    deadline = time.monotonic() + budget
+    for wait in same_tuple_waits(rto, budget) if isn is not None else [budget]:
         sock = make_socket(isn)
         lower_rto_min(sock, rto)
         err = sock.connect_ex(server)
@@ -73,18 +105,9 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
                              hint="check the server address and that TCP reaches it",
                              reason="stun-failed")
         if ready:
-            break
+            return sock
         sock.close()
-    else:
-        raise PunchError(f"no STUN Binding response over TCP from {where} within {timeout:g}s",
-                         hint="check that the server's STUN responder listens on TCP",
-                         reason="stun-failed")
-    try:
-        return sock, _transaction(sock, server, max(0.05, deadline - time.monotonic()),
-                                  connect=False)
-    except BaseException:
-        sock.close()
-        raise
+    return None
 
 
 def tcp_refresh(sock: socket.socket, server: Address, timeout: float) -> Address:
