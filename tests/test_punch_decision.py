@@ -178,3 +178,21 @@ def test_the_long_priming_gap_is_kept_for_peers_an_early_hello_can_harm(mapping,
     assert OPEN_PEER_GAP < PRIME_GAP
     gap = priming_gap(NatProfile(mapping=mapping, filtering=filtering))
     assert gap == (OPEN_PEER_GAP if short else PRIME_GAP)
+
+
+@pytest.mark.parametrize("name,short", [("port-restricted", False),       # moves (no firewall)
+                                        ("port-restricted-drop", True),   # its firewall drops
+                                        ("restricted-cone", True),
+                                        ("symmetric-sequential", False),  # APDM: undecidable
+                                        ("full-cone", True), ("public", True)])
+def test_a_probed_mapping_that_stays_put_gets_the_short_gap(name, short):
+    """The catalogue's ground truth (as a full probe reports it) through the punch
+    profile: ``mapping_moves_on_unsolicited`` false is enough for the short gap; the
+    quick punch probe's profile (no move test) keeps the long one."""
+    from stunturn_diag.sansio.probe.profile import punch_profile
+
+    profile = profile_from_details(punch_profile(CATALOGUE[name].expected), "udp")
+    assert priming_gap(profile) == (OPEN_PEER_GAP if short else PRIME_GAP)
+    quick = dict(CATALOGUE[name].expected["udp"], mapping_moves_on_unsolicited=None)
+    if not (profile.mapping is Mapping.NO_NAT or profile.filtering is Filtering.ENDPOINT_INDEPENDENT):
+        assert priming_gap(profile_from_details({"udp": quick}, "udp")) == PRIME_GAP

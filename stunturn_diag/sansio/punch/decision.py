@@ -64,6 +64,9 @@ class NatProfile:
     #: it cannot use this transport but through the TURN relay reached over TCP
     #: (details.nat.punch.relay_only: {protocol: why})
     relay_only: bool = False
+    #: the probe saw an unsolicited inbound packet move its mapping toward that sender
+    #: (UDP ``mapping_moves_on_unsolicited``; None: not decided)
+    moves_on_unsolicited: bool | None = None
 
     @property
     def known(self) -> bool:
@@ -120,6 +123,8 @@ def profile_from_details(nat: object, protocol: str) -> NatProfile:
         birthday_ok=punch.get("birthday") is True,
         portmap=_is_address(punch.get("portmap")),
         relay_only=isinstance(punch.get("relay_only"), dict) and protocol in punch["relay_only"],
+        moves_on_unsolicited=section.get("mapping_moves_on_unsolicited")
+        if isinstance(section.get("mapping_moves_on_unsolicited"), bool) else None,
     )
 
 
@@ -137,11 +142,15 @@ def priming_gap(peer: NatProfile) -> float:
     has no mapping to move; behind an endpoint-independent mapping with
     endpoint-independent filtering (section 5) our HELLO goes through the mapping the
     peer already has toward the server, and the peer's prime later leaves by the same
-    one. Toward those :data:`.engine.OPEN_PEER_GAP` is enough. An unknown profile gets
-    the long gap.
+    one; and a NAT whose probe saw an unsolicited packet leave its mapping where it was
+    (``mapping_moves_on_unsolicited`` false: a firewall drops such packets before
+    conntrack keeps them) does not move it either. Toward those
+    :data:`.engine.OPEN_PEER_GAP` is enough. Anything else, an unknown profile or one
+    the quick punch probe made (it leaves the move test out), gets the long gap.
     """
-    if peer.mapping is Mapping.NO_NAT or (peer.mapping is Mapping.ENDPOINT_INDEPENDENT and
-                                          peer.filtering is Filtering.ENDPOINT_INDEPENDENT):
+    if peer.mapping is Mapping.NO_NAT or peer.moves_on_unsolicited is False or (
+            peer.mapping is Mapping.ENDPOINT_INDEPENDENT and
+            peer.filtering is Filtering.ENDPOINT_INDEPENDENT):
         return OPEN_PEER_GAP
     return PRIME_GAP
 
