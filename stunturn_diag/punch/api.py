@@ -60,7 +60,7 @@ from stunturn_diag.sansio.probe.profile import punch_profile
 from stunturn_diag.sansio.punch.decision import Plan, decide, priming_gap, profile_from_details
 from stunturn_diag.sansio.punch.details import (flows_after_stun, peer_details, signaling_details,
                                                transport_problem)
-from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL, PRIME_GAP
+from stunturn_diag.sansio.punch.engine import DEFAULT_PRIME_TTL
 from stunturn_diag.sansio.punch.families import (HAPPY_EYEBALLS_DELAY, FamilyPlan, family_of,
                                                 plan_families)
 from .ipv6_leg import Ipv6Leg
@@ -759,7 +759,7 @@ class _Side:
     def _direct(self, rv, match_id: str, details: dict, protocol: str, mapped: Address,
                 t_match: float, plan: Plan, deadline: float, vetted,
                 fams: FamilyPlan | None = None, *, relay_offered: bool = False,
-                gap: float = PRIME_GAP) -> PunchResult:
+                gap: float) -> PunchResult:
         """The direct attempt (IPv4, or the families raced). With a relay to fall back to,
         an IPv4 UDP channel is taken only once the peer confirmed it (else both sides end
         on the relay, never one on each path: :meth:`UdpRendezvous.punch`'s

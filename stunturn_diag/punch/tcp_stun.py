@@ -65,6 +65,7 @@ def tcp_binding_resending(make_socket: Callable[[int | None], socket.socket], se
     for i, budget in enumerate(port_budgets(timeout, new_port is not None)):
         if i:
             make_socket = new_port()
+        budget = min(budget, max(0.0, deadline - time.monotonic()))   # (the first ran over)
         sock = _connect_from_one_port(make_socket, server, budget, isn, rto, where)
         if sock is not None:
             break
